@@ -1,0 +1,332 @@
+//! The server side of SCRAM-SHA-256 (RFC 5802 / RFC 7677), as PostgreSQL does it.
+//!
+//! The exchange, with the messages PostgreSQL wraps them in:
+//!
+//! ```text
+//! client                                   pgherd
+//!   SASLInitialResponse  n,,n=,r=<cnonce>  ──►
+//!                       ◄── AuthenticationSASLContinue  r=<cnonce+snonce>,s=<salt>,i=<iter>
+//!   SASLResponse  c=biws,r=<nonce>,p=<proof>  ──►
+//!                       ◄── AuthenticationSASLFinal  v=<server signature>
+//! ```
+//!
+//! The verifier holds `StoredKey = H(ClientKey)` and `ServerKey`; the client
+//! proves it knows `ClientKey` with `proof = ClientKey XOR HMAC(StoredKey, AuthMessage)`.
+//! A side effect worth keeping: a successful exchange *recovers* `ClientKey`,
+//! which is enough to log in to a PostgreSQL server holding the same verifier.
+//!
+//! An unknown user gets a full exchange against a made-up verifier derived
+//! from a per-process secret, so the failure looks the same as a wrong
+//! password and the answer does not reveal whether the user exists.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The only mechanism pgherd offers (no channel binding while client TLS is off).
+pub const MECHANISM: &str = "SCRAM-SHA-256";
+
+/// Why an exchange failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScramError {
+    /// The client's message does not follow the protocol (SQLSTATE 08P01).
+    #[error("malformed SCRAM message: {0}")]
+    Protocol(&'static str),
+    /// The proof was wrong, or the user is unknown (SQLSTATE 28P01).
+    #[error("password authentication failed")]
+    AuthFailed,
+}
+
+/// A parsed `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>` verifier.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramVerifier {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+impl std::fmt::Debug for ScramVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScramVerifier(***)")
+    }
+}
+
+impl ScramVerifier {
+    /// Parses a verifier as stored in `pg_authid.rolpassword`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let rest = s.strip_prefix("SCRAM-SHA-256$")?;
+        let (iter_salt, keys) = rest.split_once('$')?;
+        let (iterations, salt) = iter_salt.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        let iterations: u32 = iterations.parse().ok().filter(|&i| i > 0)?;
+        Some(ScramVerifier {
+            iterations,
+            salt: B64.decode(salt).ok()?,
+            stored_key: B64.decode(stored).ok()?.try_into().ok()?,
+            server_key: B64.decode(server).ok()?.try_into().ok()?,
+        })
+    }
+
+    /// A stand-in verifier for a user that does not exist: stable for a given
+    /// user within one process, so repeated attempts look like a real user.
+    pub fn mock(user: &str, process_secret: &[u8; 32]) -> Self {
+        let salt = hmac(process_secret, user.as_bytes());
+        let mut stored_key = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut stored_key);
+        ScramVerifier {
+            iterations: 4096,
+            salt: salt[..16].to_vec(),
+            stored_key,
+            server_key: stored_key,
+        }
+    }
+}
+
+enum State {
+    AwaitingClientFirst,
+    AwaitingClientFinal {
+        client_first_bare: String,
+        server_first: String,
+        nonce: String,
+    },
+    Done,
+}
+
+/// One SCRAM-SHA-256 exchange, server side. Sans-IO: feed it the client's
+/// messages, send back what it returns.
+pub struct ScramServer {
+    verifier: ScramVerifier,
+    /// False for a mock verifier: the exchange runs but can never succeed.
+    real: bool,
+    state: State,
+}
+
+impl std::fmt::Debug for ScramServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramServer").finish_non_exhaustive()
+    }
+}
+
+impl ScramServer {
+    /// Starts an exchange against `verifier`; `None` runs a mock exchange that
+    /// always fails at the proof.
+    pub fn new(verifier: Option<ScramVerifier>, user: &str, process_secret: &[u8; 32]) -> Self {
+        let real = verifier.is_some();
+        let verifier = verifier.unwrap_or_else(|| ScramVerifier::mock(user, process_secret));
+        ScramServer {
+            verifier,
+            real,
+            state: State::AwaitingClientFirst,
+        }
+    }
+
+    /// Takes the client-first message, returns the server-first message.
+    pub fn client_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
+        if !matches!(self.state, State::AwaitingClientFirst) {
+            return Err(ScramError::Protocol("unexpected client-first message"));
+        }
+        let msg = std::str::from_utf8(msg).map_err(|_| ScramError::Protocol("not UTF-8"))?;
+        // gs2-header: channel binding flag, optional authzid, then the bare message.
+        let (cbind, rest) = msg
+            .split_once(',')
+            .ok_or(ScramError::Protocol("missing GS2 header"))?;
+        match cbind {
+            "n" | "y" => {}
+            _ if cbind.starts_with("p=") => {
+                return Err(ScramError::Protocol(
+                    "channel binding was not offered by the server",
+                ))
+            }
+            _ => return Err(ScramError::Protocol("invalid channel binding flag")),
+        }
+        let (authzid, bare) = rest
+            .split_once(',')
+            .ok_or(ScramError::Protocol("missing GS2 header"))?;
+        if !authzid.is_empty() {
+            return Err(ScramError::Protocol("authorization identity is not supported"));
+        }
+        let mut client_nonce = None;
+        for attr in bare.split(',') {
+            if let Some(r) = attr.strip_prefix("r=") {
+                client_nonce = Some(r);
+            } else if attr.starts_with("m=") {
+                return Err(ScramError::Protocol("mandatory extensions are not supported"));
+            }
+        }
+        let client_nonce = client_nonce
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b','))
+            .ok_or(ScramError::Protocol("missing or invalid client nonce"))?;
+        let mut raw = [0u8; 18];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let nonce = format!("{client_nonce}{}", B64.encode(raw));
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&self.verifier.salt),
+            self.verifier.iterations
+        );
+        self.state = State::AwaitingClientFinal {
+            client_first_bare: bare.to_owned(),
+            server_first: server_first.clone(),
+            nonce,
+        };
+        Ok(server_first.into_bytes())
+    }
+
+    /// Takes the client-final message. On success returns the server-final
+    /// message and the client's recovered `ClientKey`.
+    pub fn client_final(&mut self, msg: &[u8]) -> Result<(Vec<u8>, [u8; 32]), ScramError> {
+        let State::AwaitingClientFinal {
+            client_first_bare,
+            server_first,
+            nonce,
+        } = std::mem::replace(&mut self.state, State::Done)
+        else {
+            return Err(ScramError::Protocol("unexpected client-final message"));
+        };
+        let msg = std::str::from_utf8(msg).map_err(|_| ScramError::Protocol("not UTF-8"))?;
+        let (without_proof, proof) = msg
+            .rsplit_once(",p=")
+            .ok_or(ScramError::Protocol("missing proof"))?;
+        let mut got_nonce = None;
+        let mut got_cbind = None;
+        for attr in without_proof.split(',') {
+            if let Some(r) = attr.strip_prefix("r=") {
+                got_nonce = Some(r);
+            } else if let Some(c) = attr.strip_prefix("c=") {
+                got_cbind = Some(c);
+            }
+        }
+        // Without channel binding the client echoes its GS2 header: "n,," or "y,,".
+        match got_cbind {
+            Some("biws") | Some("eSws") => {}
+            _ => return Err(ScramError::Protocol("unexpected channel binding data")),
+        }
+        if got_nonce != Some(nonce.as_str()) {
+            return Err(ScramError::Protocol("nonce mismatch"));
+        }
+        let proof: [u8; 32] = B64
+            .decode(proof)
+            .ok()
+            .and_then(|p| p.try_into().ok())
+            .ok_or(ScramError::Protocol("malformed proof"))?;
+        let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+        let client_signature = hmac(&self.verifier.stored_key, auth_message.as_bytes());
+        let mut client_key = [0u8; 32];
+        for (k, (p, s)) in client_key
+            .iter_mut()
+            .zip(proof.iter().zip(client_signature.iter()))
+        {
+            *k = p ^ s;
+        }
+        let stored: [u8; 32] = Sha256::digest(client_key).into();
+        let matches: bool = stored.ct_eq(&self.verifier.stored_key).into();
+        if !(matches && self.real) {
+            return Err(ScramError::AuthFailed);
+        }
+        let server_signature = hmac(&self.verifier.server_key, auth_message.as_bytes());
+        let server_final = format!("v={}", B64.encode(server_signature));
+        Ok((server_final.into_bytes(), client_key))
+    }
+}
+
+fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    mac.update(msg);
+    mac.finalize().into_bytes().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+    const SECRET: [u8; 32] = [7; 32];
+
+    fn run(verifier: Option<ScramVerifier>, password: &str) -> Result<[u8; 32], ScramError> {
+        let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        let mut server = ScramServer::new(verifier, "alice", &SECRET);
+        let server_first = server.client_first(client.message())?;
+        client.update(&server_first).expect("client accepts server-first");
+        let (server_final, key) = server.client_final(client.message())?;
+        client
+            .finish(&server_final)
+            .expect("client verifies the server signature");
+        Ok(key)
+    }
+
+    #[test]
+    fn real_client_authenticates_against_postgres_style_verifier() {
+        let v = ScramVerifier::parse(&crate::make_scram_verifier("s3cret")).unwrap();
+        run(Some(v.clone()), "s3cret").unwrap();
+        assert_eq!(run(Some(v), "wrong"), Err(ScramError::AuthFailed));
+    }
+
+    #[test]
+    fn recovered_client_key_hashes_to_stored_key() {
+        let v = ScramVerifier::parse(&crate::make_scram_verifier("pw")).unwrap();
+        let key = run(Some(v.clone()), "pw").unwrap();
+        let stored: [u8; 32] = Sha256::digest(key).into();
+        assert_eq!(stored, v.stored_key);
+    }
+
+    #[test]
+    fn unknown_user_fails_like_a_wrong_password() {
+        assert_eq!(run(None, "anything"), Err(ScramError::AuthFailed));
+    }
+
+    #[test]
+    fn mock_salt_is_stable_per_user() {
+        let a = ScramVerifier::mock("bob", &SECRET);
+        let b = ScramVerifier::mock("bob", &SECRET);
+        assert_eq!(a.salt, b.salt);
+        assert_ne!(a.salt, ScramVerifier::mock("carol", &SECRET).salt);
+    }
+
+    #[test]
+    fn parses_a_verifier_from_pg_authid() {
+        // The format of pg_authid.rolpassword.
+        let v = ScramVerifier::parse(
+            "SCRAM-SHA-256$4096:wC4BEZfMZaZmJ4uf5Cc6kQ==$wvr9ohCOmIvZjnXJwX6eSMBcb7DBkV3VgZTCz3lHzss=:DKxOrCUVvxWiSXQm1GqeAb7TPyjgqV4wpeaDxbpmg/U=",
+        )
+        .unwrap();
+        assert_eq!(v.iterations, 4096);
+        assert_eq!(v.salt.len(), 16);
+        for bad in [
+            "md5abc",
+            "SCRAM-SHA-256$0:c2FsdA==$AAAA:AAAA",
+            "SCRAM-SHA-256$4096:c2FsdA==$AAAA:AAAA",
+            "SCRAM-SHA-256$4096:c2FsdA==",
+        ] {
+            assert!(ScramVerifier::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn protocol_errors() {
+        let mut s = ScramServer::new(None, "u", &SECRET);
+        assert!(matches!(
+            s.client_first(b"p=tls-server-end-point,,n=,r=abc"),
+            Err(ScramError::Protocol(_))
+        ));
+        let mut s = ScramServer::new(None, "u", &SECRET);
+        assert!(matches!(s.client_first(b"n,,n="), Err(ScramError::Protocol(_))));
+        let mut s = ScramServer::new(None, "u", &SECRET);
+        assert!(matches!(
+            s.client_final(b"c=biws,r=x,p=AAAA"),
+            Err(ScramError::Protocol(_))
+        ));
+        let mut s = ScramServer::new(None, "u", &SECRET);
+        s.client_first(b"n,,n=,r=abc").unwrap();
+        assert!(matches!(
+            s.client_final(b"c=biws,r=other,p=AAAA"),
+            Err(ScramError::Protocol("nonce mismatch"))
+        ));
+    }
+}

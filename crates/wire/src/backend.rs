@@ -1,0 +1,317 @@
+//! Views of the server messages the proxy acts on, and encoders for the
+//! backend messages pgherd writes to clients itself (authentication, errors,
+//! key data, ReadyForQuery).
+
+use bytes::{BufMut, BytesMut};
+
+use crate::cstr::split_cstr;
+
+/// `ReadyForQuery`: the server finished a request and reports its transaction status.
+pub const READY_FOR_QUERY: u8 = b'Z';
+/// `ErrorResponse`.
+pub const ERROR_RESPONSE: u8 = b'E';
+/// `ParameterStatus`.
+pub const PARAMETER_STATUS: u8 = b'S';
+/// `BackendKeyData`.
+pub const BACKEND_KEY_DATA: u8 = b'K';
+
+/// Transaction status reported by `ReadyForQuery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    /// `I`: not in a transaction block.
+    Idle,
+    /// `T`: in a transaction block.
+    InTransaction,
+    /// `E`: in a failed transaction block.
+    Failed,
+}
+
+impl TxStatus {
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            b'I' => Some(TxStatus::Idle),
+            b'T' => Some(TxStatus::InTransaction),
+            b'E' => Some(TxStatus::Failed),
+            _ => None,
+        }
+    }
+
+    pub fn as_byte(self) -> u8 {
+        match self {
+            TxStatus::Idle => b'I',
+            TxStatus::InTransaction => b'T',
+            TxStatus::Failed => b'E',
+        }
+    }
+}
+
+/// The status in a whole `ReadyForQuery` message (tag and length included).
+pub fn ready_for_query_status(msg: &[u8]) -> Option<TxStatus> {
+    match msg {
+        [READY_FOR_QUERY, 0, 0, 0, 5, s] => TxStatus::from_byte(*s),
+        _ => None,
+    }
+}
+
+/// The fields of an ErrorResponse or NoticeResponse that pgherd reads or writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorFields {
+    /// `ERROR`, `FATAL`, ...
+    pub severity: String,
+    /// SQLSTATE, five characters.
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl ErrorFields {
+    /// A `FATAL` error: the connection is closed right after it.
+    pub fn fatal(code: &str, message: impl Into<String>) -> Self {
+        ErrorFields {
+            severity: "FATAL".into(),
+            code: code.into(),
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    /// An `ERROR`: the session goes on.
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        ErrorFields {
+            severity: "ERROR".into(),
+            ..ErrorFields::fatal(code, message)
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Reads the fields of an ErrorResponse/NoticeResponse *body*.
+    pub fn parse(body: &[u8]) -> Option<Self> {
+        let mut f = ErrorFields::fatal("", "");
+        f.severity.clear();
+        let mut rest = body;
+        loop {
+            let (&kind, after) = rest.split_first()?;
+            if kind == 0 {
+                return Some(f);
+            }
+            let (value, after) = split_cstr(after)?;
+            match kind {
+                // `V` is the non-localized severity; prefer it when present.
+                b'V' => f.severity = value.to_owned(),
+                b'S' if f.severity.is_empty() => f.severity = value.to_owned(),
+                b'C' => f.code = value.to_owned(),
+                b'M' => f.message = value.to_owned(),
+                b'D' => f.detail = Some(value.to_owned()),
+                b'H' => f.hint = Some(value.to_owned()),
+                _ => {}
+            }
+            rest = after;
+        }
+    }
+
+    /// Appends this error as an ErrorResponse message.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        let start = buf.len();
+        buf.put_u8(ERROR_RESPONSE);
+        buf.put_i32(0);
+        for (kind, value) in [
+            (b'S', Some(&self.severity)),
+            (b'V', Some(&self.severity)),
+            (b'C', Some(&self.code)),
+            (b'M', Some(&self.message)),
+            (b'D', self.detail.as_ref()),
+            (b'H', self.hint.as_ref()),
+        ] {
+            if let Some(v) = value {
+                buf.put_u8(kind);
+                put_cstr(buf, v);
+            }
+        }
+        buf.put_u8(0);
+        patch_len(buf, start);
+    }
+}
+
+impl std::fmt::Display for ErrorFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)
+    }
+}
+
+/// A `ParameterStatus` body: name and value.
+pub fn parameter_status_view(body: &[u8]) -> Option<(&str, &str)> {
+    let (name, rest) = split_cstr(body)?;
+    match split_cstr(rest)? {
+        (value, []) => Some((name, value)),
+        _ => None,
+    }
+}
+
+fn put_cstr(buf: &mut BytesMut, s: &str) {
+    buf.put_slice(s.as_bytes());
+    buf.put_u8(0);
+}
+
+/// Writes the length of the message that starts at `start` into its header.
+fn patch_len(buf: &mut BytesMut, start: usize) {
+    let len = (buf.len() - start - 1) as i32;
+    buf[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+fn auth_header(buf: &mut BytesMut, code: i32, extra: usize) {
+    buf.put_u8(b'R');
+    buf.put_i32((8 + extra) as i32);
+    buf.put_i32(code);
+}
+
+/// `AuthenticationOk`.
+pub fn authentication_ok(buf: &mut BytesMut) {
+    auth_header(buf, 0, 0);
+}
+
+/// `AuthenticationCleartextPassword`.
+pub fn authentication_cleartext(buf: &mut BytesMut) {
+    auth_header(buf, 3, 0);
+}
+
+/// `AuthenticationMD5Password` with its salt.
+pub fn authentication_md5(buf: &mut BytesMut, salt: [u8; 4]) {
+    auth_header(buf, 5, 4);
+    buf.put_slice(&salt);
+}
+
+/// `AuthenticationSASL` offering `mechanisms`.
+pub fn authentication_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
+    let extra: usize = mechanisms.iter().map(|m| m.len() + 1).sum::<usize>() + 1;
+    auth_header(buf, 10, extra);
+    for m in mechanisms {
+        put_cstr(buf, m);
+    }
+    buf.put_u8(0);
+}
+
+/// `AuthenticationSASLContinue` carrying the server-first message.
+pub fn authentication_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    auth_header(buf, 11, data.len());
+    buf.put_slice(data);
+}
+
+/// `AuthenticationSASLFinal` carrying the server-final message.
+pub fn authentication_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    auth_header(buf, 12, data.len());
+    buf.put_slice(data);
+}
+
+/// `ParameterStatus`.
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    buf.put_u8(PARAMETER_STATUS);
+    buf.put_i32((4 + name.len() + 1 + value.len() + 1) as i32);
+    put_cstr(buf, name);
+    put_cstr(buf, value);
+}
+
+/// `BackendKeyData` (protocol 3.0: a four byte secret).
+pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: [u8; 4]) {
+    buf.put_u8(BACKEND_KEY_DATA);
+    buf.put_i32(12);
+    buf.put_i32(pid);
+    buf.put_slice(&secret);
+}
+
+/// `ReadyForQuery`.
+pub fn ready_for_query(buf: &mut BytesMut, status: TxStatus) {
+    buf.put_u8(READY_FOR_QUERY);
+    buf.put_i32(5);
+    buf.put_u8(status.as_byte());
+}
+
+/// `NegotiateProtocolVersion`: the newest minor version pgherd speaks and the
+/// protocol options it did not recognise.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unsupported: &[String]) {
+    let start = buf.len();
+    buf.put_u8(b'v');
+    buf.put_i32(0);
+    buf.put_i32(3 << 16 | minor);
+    buf.put_i32(unsupported.len() as i32);
+    for o in unsupported {
+        put_cstr(buf, o);
+    }
+    patch_len(buf, start);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::next_frame;
+
+    #[test]
+    fn error_response_round_trip() {
+        let e = ErrorFields::fatal("28P01", "password authentication failed for user \"x\"")
+            .with_hint("check the password");
+        let mut buf = BytesMut::new();
+        e.encode(&mut buf);
+        let f = next_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!(f.tag, b'E');
+        assert_eq!(ErrorFields::parse(&f.body), Some(e));
+    }
+
+    #[test]
+    fn error_response_bytes() {
+        let mut buf = BytesMut::new();
+        ErrorFields::error("08P01", "bad").encode(&mut buf);
+        assert_eq!(
+            &buf[..],
+            b"E\0\0\0\x1fSERROR\0VERROR\0C08P01\0Mbad\0\0".as_slice()
+        );
+    }
+
+    #[test]
+    fn error_parse_rejects_truncation() {
+        assert!(ErrorFields::parse(b"SERROR\0C123").is_none());
+        assert!(ErrorFields::parse(b"").is_none());
+    }
+
+    #[test]
+    fn ready_for_query_status_view() {
+        assert_eq!(ready_for_query_status(b"Z\0\0\0\x05I"), Some(TxStatus::Idle));
+        assert_eq!(
+            ready_for_query_status(b"Z\0\0\0\x05E"),
+            Some(TxStatus::Failed)
+        );
+        assert_eq!(ready_for_query_status(b"Z\0\0\0\x05Q"), None);
+        assert_eq!(ready_for_query_status(b"Z\0\0\0\x06II"), None);
+    }
+
+    #[test]
+    fn auth_and_startup_encoders() {
+        let mut b = BytesMut::new();
+        authentication_ok(&mut b);
+        assert_eq!(&b[..], b"R\0\0\0\x08\0\0\0\0");
+        b.clear();
+        authentication_sasl(&mut b, &["SCRAM-SHA-256"]);
+        assert_eq!(&b[..], b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0");
+        b.clear();
+        authentication_md5(&mut b, [1, 2, 3, 4]);
+        assert_eq!(&b[..], b"R\0\0\0\x0c\0\0\0\x05\x01\x02\x03\x04");
+        b.clear();
+        backend_key_data(&mut b, 7, [9, 9, 9, 9]);
+        assert_eq!(&b[..], b"K\0\0\0\x0c\0\0\0\x07\x09\x09\x09\x09");
+        b.clear();
+        parameter_status(&mut b, "a", "b");
+        assert_eq!(parameter_status_view(&b[5..]), Some(("a", "b")));
+        b.clear();
+        negotiate_protocol_version(&mut b, 0, &["_pq_.x".into()]);
+        assert_eq!(&b[..], b"v\0\0\0\x13\0\x03\0\0\0\0\0\x01_pq_.x\0");
+    }
+}

@@ -1,0 +1,23 @@
+//! NUL-terminated string helpers shared by the message views.
+
+/// Splits a NUL-terminated UTF-8 string off the front of `buf`.
+/// Returns the string and the rest after the NUL, or `None` when there is no
+/// NUL or the bytes are not UTF-8.
+pub(crate) fn split_cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
+    let nul = buf.iter().position(|&b| b == 0)?;
+    let s = std::str::from_utf8(&buf[..nul]).ok()?;
+    Some((s, &buf[nul + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_at_first_nul() {
+        assert_eq!(split_cstr(b"ab\0cd\0"), Some(("ab", &b"cd\0"[..])));
+        assert_eq!(split_cstr(b"\0"), Some(("", &b""[..])));
+        assert_eq!(split_cstr(b"abc"), None);
+        assert_eq!(split_cstr(b"\xff\0"), None);
+    }
+}
