@@ -1,0 +1,414 @@
+//! pgherd's configuration: one TOML file, validated into typed values.
+//!
+//! Option names and defaults follow pgbouncer's wherever pgbouncer has the same
+//! option (`max_client_conn`, `default_pool_size`, `server_reset_query`, ...),
+//! because the people who run pgherd already know them. Times are in seconds,
+//! as in `pgbouncer.ini`, and may be fractional.
+//!
+//! The raw serde structs mirror the file; [`Config::parse`] turns them into the
+//! checked [`Config`] the rest of pgherd uses, so every mistake in a file is
+//! reported once, at load, with the key it concerns. Unknown keys are errors:
+//! a misspelt option must not silently fall back to its default.
+//!
+//! `config/pgherd.toml` in the repository is the annotated reference.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use pgherd_auth::{ScramVerifier, Secret};
+use serde::Deserialize;
+
+/// A configuration error, with enough context to fix the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthType {
+    /// Any user listed or not, no password asked. For local testing only.
+    #[serde(rename = "trust")]
+    Trust,
+    /// SCRAM-SHA-256 against the verifier in `[users]`.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub general: General,
+    pub nodes: Vec<Node>,
+    pub databases: BTreeMap<String, Database>,
+    pub users: BTreeMap<String, User>,
+}
+
+/// The `[pgherd]` section.
+#[derive(Debug, Clone)]
+pub struct General {
+    pub listen_addr: SocketAddr,
+    pub auth_type: AuthType,
+    pub max_client_conn: usize,
+    pub default_pool_size: usize,
+    pub server_reset_query: String,
+    pub server_connect_timeout: Duration,
+    pub query_wait_timeout: Duration,
+    pub client_login_timeout: Duration,
+    pub max_packet_size: usize,
+}
+
+/// One PostgreSQL server of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// A `[databases]` entry: what a client's database name maps to upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Database {
+    /// Database name on the server; `None` keeps the client's name.
+    pub dbname: Option<String>,
+    /// Log in to the server as this user instead of the client's.
+    pub user: Option<String>,
+    /// Password for `user`.
+    pub password: Option<Secret>,
+    pub pool_size: usize,
+}
+
+/// A `[users]` entry.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// What the client must prove; `None` only makes sense with `trust`.
+    pub verifier: Option<ScramVerifier>,
+    /// A password pgherd can use to log in to PostgreSQL as this user.
+    pub server_password: Option<Secret>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates a configuration from TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::File = toml::from_str(text)?;
+        raw.validate()
+    }
+
+    /// The `[databases]` entry for a client's database name: the exact entry,
+    /// else the `*` fallback.
+    pub fn database(&self, name: &str) -> Option<&Database> {
+        self.databases.get(name).or_else(|| self.databases.get("*"))
+    }
+}
+
+mod raw {
+    //! The file as written, before validation.
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        #[serde(default)]
+        pub pgherd: General,
+        #[serde(default)]
+        pub nodes: Vec<Node>,
+        #[serde(default)]
+        pub databases: BTreeMap<String, Database>,
+        #[serde(default)]
+        pub users: BTreeMap<String, User>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct General {
+        pub listen_addr: String,
+        pub auth_type: AuthType,
+        pub max_client_conn: usize,
+        pub default_pool_size: usize,
+        pub server_reset_query: String,
+        pub server_connect_timeout: f64,
+        pub query_wait_timeout: f64,
+        pub client_login_timeout: f64,
+        pub max_packet_size: usize,
+    }
+
+    impl Default for General {
+        fn default() -> Self {
+            General {
+                listen_addr: "0.0.0.0:5432".into(),
+                auth_type: AuthType::ScramSha256,
+                max_client_conn: 100,
+                default_pool_size: 20,
+                server_reset_query: "DISCARD ALL".into(),
+                server_connect_timeout: 15.0,
+                query_wait_timeout: 120.0,
+                client_login_timeout: 60.0,
+                // PostgreSQL's own limit for a message (PQ_LARGE_MESSAGE_LIMIT).
+                max_packet_size: 0x3fff_ffff,
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Node {
+        pub name: String,
+        pub host: String,
+        #[serde(default = "default_port")]
+        pub port: u16,
+    }
+
+    fn default_port() -> u16 {
+        5432
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Database {
+        pub dbname: Option<String>,
+        pub user: Option<String>,
+        pub password: Option<String>,
+        pub pool_size: Option<usize>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct User {
+        pub password: Option<String>,
+        pub server_password: Option<String>,
+    }
+
+    fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
+        Duration::try_from_secs_f64(v)
+            .map_err(|_| invalid(key, format!("{v} is not a valid number of seconds")))
+    }
+
+    impl File {
+        pub fn validate(self) -> Result<super::Config, ConfigError> {
+            let g = self.pgherd;
+            let listen_addr = g.listen_addr.parse().map_err(|_| {
+                invalid(
+                    "pgherd.listen_addr",
+                    format!("{:?} is not an address:port", g.listen_addr),
+                )
+            })?;
+            if g.default_pool_size == 0 {
+                return Err(invalid("pgherd.default_pool_size", "must be at least 1"));
+            }
+            if g.max_packet_size < 1024 {
+                return Err(invalid("pgherd.max_packet_size", "must be at least 1024"));
+            }
+            let general = super::General {
+                listen_addr,
+                auth_type: g.auth_type,
+                max_client_conn: g.max_client_conn,
+                default_pool_size: g.default_pool_size,
+                server_reset_query: g.server_reset_query,
+                server_connect_timeout: seconds(
+                    "pgherd.server_connect_timeout",
+                    g.server_connect_timeout,
+                )?,
+                query_wait_timeout: seconds("pgherd.query_wait_timeout", g.query_wait_timeout)?,
+                client_login_timeout: seconds(
+                    "pgherd.client_login_timeout",
+                    g.client_login_timeout,
+                )?,
+                max_packet_size: g.max_packet_size,
+            };
+
+            if self.nodes.is_empty() {
+                return Err(invalid(
+                    "nodes",
+                    "list at least one PostgreSQL node ([[nodes]] with name, host, port)",
+                ));
+            }
+            let mut nodes: Vec<super::Node> = Vec::with_capacity(self.nodes.len());
+            for n in self.nodes {
+                if nodes.iter().any(|o| o.name == n.name) {
+                    return Err(invalid("nodes", format!("node name {:?} is used twice", n.name)));
+                }
+                nodes.push(super::Node {
+                    name: n.name,
+                    host: n.host,
+                    port: n.port,
+                });
+            }
+
+            let mut databases = BTreeMap::new();
+            for (name, d) in self.databases {
+                let key = format!("databases.{name}");
+                if d.password.is_some() && d.user.is_none() {
+                    return Err(invalid(key, "password is set but user is not"));
+                }
+                if d.pool_size == Some(0) {
+                    return Err(invalid(key, "pool_size must be at least 1"));
+                }
+                databases.insert(
+                    name,
+                    super::Database {
+                        dbname: d.dbname,
+                        user: d.user,
+                        password: d.password.map(Secret::new),
+                        pool_size: d.pool_size.unwrap_or(general.default_pool_size),
+                    },
+                );
+            }
+
+            let mut users = BTreeMap::new();
+            for (name, u) in self.users {
+                let key = format!("users.{name}.password");
+                let (verifier, plain) = match u.password {
+                    None => (None, None),
+                    Some(p) if p.starts_with("SCRAM-SHA-256$") => {
+                        let v = ScramVerifier::parse(&p).ok_or_else(|| {
+                            invalid(&key, "malformed SCRAM-SHA-256 verifier")
+                        })?;
+                        (Some(v), None)
+                    }
+                    Some(p) if p.starts_with("md5") && p.len() == 35 => {
+                        return Err(invalid(
+                            key,
+                            "md5 secrets are not supported for client authentication; \
+                             use a SCRAM-SHA-256 verifier (pgherd scram-verifier)",
+                        ))
+                    }
+                    Some(p) => {
+                        let v = ScramVerifier::parse(&pgherd_auth::make_scram_verifier(&p))
+                            .ok_or_else(|| invalid(&key, "cannot derive a verifier"))?;
+                        (Some(v), Some(Secret::new(p)))
+                    }
+                };
+                if general.auth_type == AuthType::ScramSha256 && verifier.is_none() {
+                    return Err(invalid(
+                        key,
+                        "auth_type is scram-sha-256, so every user needs a password",
+                    ));
+                }
+                let server_password = u.server_password.map(Secret::new).or(plain);
+                users.insert(
+                    name,
+                    super::User {
+                        verifier,
+                        server_password,
+                    },
+                );
+            }
+
+            Ok(super::Config {
+                general,
+                nodes,
+                databases,
+                users,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[nodes]]
+        name = "pg1"
+        host = "127.0.0.1"
+    "#;
+
+    #[test]
+    fn defaults_follow_pgbouncer() {
+        let c = Config::parse(MINIMAL).unwrap();
+        let g = &c.general;
+        assert_eq!(g.listen_addr, "0.0.0.0:5432".parse().unwrap());
+        assert_eq!(g.auth_type, AuthType::ScramSha256);
+        assert_eq!(g.max_client_conn, 100);
+        assert_eq!(g.default_pool_size, 20);
+        assert_eq!(g.server_reset_query, "DISCARD ALL");
+        assert_eq!(g.query_wait_timeout, Duration::from_secs(120));
+        assert_eq!(c.nodes[0].port, 5432);
+        assert!(c.database("app").is_none(), "no * entry, no fallback");
+    }
+
+    #[test]
+    fn databases_and_fallback() {
+        let c = Config::parse(&format!(
+            "{MINIMAL}\n[databases]\napp = {{ dbname = \"appdb\", pool_size = 3 }}\n\"*\" = {{}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.database("app").unwrap().dbname.as_deref(), Some("appdb"));
+        assert_eq!(c.database("app").unwrap().pool_size, 3);
+        let other = c.database("other").unwrap();
+        assert_eq!(other.dbname, None);
+        assert_eq!(other.pool_size, 20);
+    }
+
+    #[test]
+    fn users_with_verifier_or_plaintext() {
+        let verifier = pgherd_auth::make_scram_verifier("pw");
+        let c = Config::parse(&format!(
+            "{MINIMAL}\n[users]\nalice = {{ password = \"{verifier}\" }}\nbob = {{ password = \"plain\" }}\n"
+        ))
+        .unwrap();
+        assert!(c.users["alice"].verifier.is_some());
+        assert!(c.users["alice"].server_password.is_none());
+        assert_eq!(
+            c.users["bob"].server_password.as_ref().map(Secret::expose),
+            Some("plain")
+        );
+        assert!(!format!("{c:?}").contains("plain"), "secrets stay out of Debug");
+    }
+
+    #[test]
+    fn clear_errors() {
+        let cases = [
+            ("", "nodes"),
+            (
+                "[pgherd]\nlisten_addr = \"nope\"\n[[nodes]]\nname=\"a\"\nhost=\"h\"",
+                "pgherd.listen_addr",
+            ),
+            (&format!("{MINIMAL}\n[users]\nu = {{}}"), "users.u.password"),
+            (
+                &format!("{MINIMAL}\n[databases]\nd = {{ password = \"x\" }}"),
+                "databases.d",
+            ),
+            (
+                &format!("{MINIMAL}\n[[nodes]]\nname = \"pg1\"\nhost = \"h\""),
+                "used twice",
+            ),
+        ];
+        for (text, expect) in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(expect), "{err:?} should mention {expect}");
+        }
+        let err = Config::parse(&format!("{MINIMAL}\n[pgherd]\nmax_clent_conn = 5"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_clent_conn"), "{err}");
+    }
+}
