@@ -4,8 +4,10 @@
 //! SCRAM-SHA-256 ([`scram::ScramServer`]) against PostgreSQL-style verifiers
 //! (`SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`, exactly what
 //! `pg_authid.rolpassword` holds), so plaintext client passwords never need
-//! to be written in a config file. Logging in to PostgreSQL as a client uses
-//! `postgres-protocol`'s SCRAM client in the proxy crate.
+//! to be written in a config file. A successful exchange recovers the
+//! client's `ClientKey`, and [`scram::ScramKeysClient`] uses it to log in to
+//! PostgreSQL as that user, still without a password (pgbouncer's trick). With
+//! a plaintext server password the proxy uses `postgres-protocol`'s client.
 //!
 //! Every password and verifier travels as a [`Secret`], whose `Debug` never
 //! shows its value, so a stray `{:?}` cannot leak one into a log.
@@ -14,7 +16,7 @@
 pub mod scram;
 mod secret;
 
-pub use scram::{ScramError, ScramServer, ScramVerifier};
+pub use scram::{ScramClientError, ScramError, ScramKeysClient, ScramServer, ScramVerifier};
 pub use secret::Secret;
 
 /// Makes a SCRAM-SHA-256 verifier for `password`, in the format PostgreSQL

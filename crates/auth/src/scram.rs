@@ -235,6 +235,114 @@ impl ScramServer {
     }
 }
 
+/// The client side of SCRAM-SHA-256 for logging in to a PostgreSQL server
+/// *without* the password: with the `ClientKey` recovered from the client's own
+/// SCRAM exchange and the `ServerKey` of the same verifier. This works when the
+/// server stores the same verifier (same salt and iteration count) as pgherd,
+/// which is the case when the verifier was copied from `pg_authid`.
+pub struct ScramKeysClient {
+    client_key: [u8; 32],
+    verifier: ScramVerifier,
+    client_first_bare: String,
+    nonce: String,
+    expected_server_signature: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for ScramKeysClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramKeysClient").finish_non_exhaustive()
+    }
+}
+
+/// Why a login with recovered SCRAM keys failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScramClientError {
+    #[error("malformed SCRAM message from server: {0}")]
+    Protocol(&'static str),
+    #[error(
+        "the server's SCRAM verifier for this user differs from pgherd's (salt or iteration \
+         count); copy pg_authid.rolpassword into the config, or set a server_password"
+    )]
+    VerifierMismatch,
+    #[error("the server's SCRAM signature is wrong")]
+    BadServerSignature,
+}
+
+impl ScramKeysClient {
+    pub fn new(client_key: [u8; 32], verifier: ScramVerifier) -> Self {
+        let mut raw = [0u8; 18];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let nonce = B64.encode(raw);
+        ScramKeysClient {
+            client_key,
+            verifier,
+            client_first_bare: format!("n=,r={nonce}"),
+            nonce,
+            expected_server_signature: None,
+        }
+    }
+
+    /// The client-first message (for `SASLInitialResponse`).
+    pub fn client_first(&self) -> Vec<u8> {
+        format!("n,,{}", self.client_first_bare).into_bytes()
+    }
+
+    /// Takes the server-first message, returns the client-final message.
+    pub fn server_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramClientError> {
+        let msg = std::str::from_utf8(msg).map_err(|_| ScramClientError::Protocol("not UTF-8"))?;
+        let (mut nonce, mut salt, mut iterations) = (None, None, None);
+        for attr in msg.split(',') {
+            if let Some(v) = attr.strip_prefix("r=") {
+                nonce = Some(v);
+            } else if let Some(v) = attr.strip_prefix("s=") {
+                salt = Some(v);
+            } else if let Some(v) = attr.strip_prefix("i=") {
+                iterations = Some(v);
+            }
+        }
+        let nonce = nonce
+            .filter(|n| n.starts_with(&self.nonce) && n.len() > self.nonce.len())
+            .ok_or(ScramClientError::Protocol("bad nonce"))?;
+        let salt = salt
+            .and_then(|s| B64.decode(s).ok())
+            .ok_or(ScramClientError::Protocol("bad salt"))?;
+        let iterations: u32 = iterations
+            .and_then(|i| i.parse().ok())
+            .ok_or(ScramClientError::Protocol("bad iteration count"))?;
+        if salt != self.verifier.salt || iterations != self.verifier.iterations {
+            return Err(ScramClientError::VerifierMismatch);
+        }
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{msg},{without_proof}", self.client_first_bare);
+        let stored_key: [u8; 32] = Sha256::digest(self.client_key).into();
+        let signature = hmac(&stored_key, auth_message.as_bytes());
+        let mut proof = self.client_key;
+        for (p, s) in proof.iter_mut().zip(signature.iter()) {
+            *p ^= s;
+        }
+        self.expected_server_signature =
+            Some(hmac(&self.verifier.server_key, auth_message.as_bytes()));
+        Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
+    }
+
+    /// Checks the server-final message.
+    pub fn server_final(&self, msg: &[u8]) -> Result<(), ScramClientError> {
+        let expected = self
+            .expected_server_signature
+            .ok_or(ScramClientError::Protocol("server-final before server-first"))?;
+        let got = std::str::from_utf8(msg)
+            .ok()
+            .and_then(|m| m.strip_prefix("v="))
+            .and_then(|v| B64.decode(v).ok())
+            .ok_or(ScramClientError::Protocol("bad server-final message"))?;
+        if bool::from(got.as_slice().ct_eq(&expected)) {
+            Ok(())
+        } else {
+            Err(ScramClientError::BadServerSignature)
+        }
+    }
+}
+
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
@@ -328,5 +436,31 @@ mod tests {
             s.client_final(b"c=biws,r=other,p=AAAA"),
             Err(ScramError::Protocol("nonce mismatch"))
         ));
+    }
+
+    #[test]
+    fn recovered_keys_log_in_to_a_server_with_the_same_verifier() {
+        let v = ScramVerifier::parse(&crate::make_scram_verifier("pw")).unwrap();
+        let key = run(Some(v.clone()), "pw").unwrap();
+        // pgherd, as a client, against a server holding the same verifier.
+        let mut upstream = ScramServer::new(Some(v.clone()), "alice", &SECRET);
+        let mut client = ScramKeysClient::new(key, v.clone());
+        let server_first = upstream.client_first(&client.client_first()).unwrap();
+        let client_final = client.server_first(&server_first).unwrap();
+        let (server_final, _) = upstream.client_final(&client_final).unwrap();
+        client.server_final(&server_final).unwrap();
+        assert_eq!(
+            client.server_final(b"v=AAAA"),
+            Err(ScramClientError::BadServerSignature)
+        );
+        // A server with another salt cannot be answered with these keys.
+        let other = ScramVerifier::parse(&crate::make_scram_verifier("pw")).unwrap();
+        let mut upstream = ScramServer::new(Some(other), "alice", &SECRET);
+        let mut client = ScramKeysClient::new(key, v);
+        let server_first = upstream.client_first(&client.client_first()).unwrap();
+        assert_eq!(
+            client.server_first(&server_first),
+            Err(ScramClientError::VerifierMismatch)
+        );
     }
 }

@@ -315,3 +315,90 @@ mod tests {
         assert_eq!(&b[..], b"v\0\0\0\x13\0\x03\0\0\0\0\0\x01_pq_.x\0");
     }
 }
+
+/// An `Authentication*` request from a server (tag `R`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthRequest<'a> {
+    Ok,
+    Cleartext,
+    Md5 { salt: [u8; 4] },
+    /// SASL, with the mechanisms offered.
+    Sasl(Vec<&'a str>),
+    SaslContinue(&'a [u8]),
+    SaslFinal(&'a [u8]),
+    /// Kerberos, GSS, SSPI: methods pgherd cannot answer.
+    Other(i32),
+}
+
+impl<'a> AuthRequest<'a> {
+    /// Parses the body of an `R` message.
+    pub fn parse(body: &'a [u8]) -> Option<Self> {
+        let code = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
+        let rest = &body[4..];
+        Some(match code {
+            0 => AuthRequest::Ok,
+            3 => AuthRequest::Cleartext,
+            5 => AuthRequest::Md5 {
+                salt: rest.try_into().ok()?,
+            },
+            10 => {
+                let mut mechanisms = Vec::new();
+                let mut rest = rest;
+                loop {
+                    let (m, after) = split_cstr(rest)?;
+                    if m.is_empty() {
+                        break;
+                    }
+                    mechanisms.push(m);
+                    rest = after;
+                }
+                AuthRequest::Sasl(mechanisms)
+            }
+            11 => AuthRequest::SaslContinue(rest),
+            12 => AuthRequest::SaslFinal(rest),
+            other => AuthRequest::Other(other),
+        })
+    }
+}
+
+/// The process ID and secret key of a `BackendKeyData` body. The secret is
+/// 4 bytes in protocol 3.0 (the version pgherd speaks to servers).
+pub fn backend_key_data_view(body: &[u8]) -> Option<(i32, [u8; 4])> {
+    let pid = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
+    let secret: [u8; 4] = body.get(4..)?.try_into().ok()?;
+    Some((pid, secret))
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+
+    #[test]
+    fn auth_requests() {
+        assert_eq!(AuthRequest::parse(b"\0\0\0\0"), Some(AuthRequest::Ok));
+        assert_eq!(
+            AuthRequest::parse(b"\0\0\0\x05abcd"),
+            Some(AuthRequest::Md5 { salt: *b"abcd" })
+        );
+        assert_eq!(AuthRequest::parse(b"\0\0\0\x05abc"), None);
+        assert_eq!(
+            AuthRequest::parse(b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"),
+            Some(AuthRequest::Sasl(vec!["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]))
+        );
+        assert_eq!(
+            AuthRequest::parse(b"\0\0\0\x0bxyz"),
+            Some(AuthRequest::SaslContinue(b"xyz"))
+        );
+        assert_eq!(AuthRequest::parse(b"\0\0\0\x07"), Some(AuthRequest::Other(7)));
+        assert_eq!(AuthRequest::parse(b"\0\0"), None);
+    }
+
+    #[test]
+    fn key_data() {
+        assert_eq!(
+            backend_key_data_view(b"\0\0\x01\0abcd"),
+            Some((256, *b"abcd"))
+        );
+        assert_eq!(backend_key_data_view(b"\0\0\x01\0abc"), None);
+    }
+}

@@ -78,9 +78,11 @@ pub fn next_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, F
 /// What [`Scanner::next`] found at the front of the unscanned bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chunk {
-    /// This many bytes belong to messages the caller does not watch; forward
-    /// them as they are. They may end in the middle of a message.
-    Opaque(usize),
+    /// `len` bytes belong to a message the caller does not watch; forward them
+    /// as they are. They may end in the middle of the message. `starts` is the
+    /// message's tag when these bytes begin it (`None` for a continuation), so
+    /// callers can count requests without buffering them.
+    Opaque { len: usize, starts: Option<u8> },
     /// A whole watched message of this total size (tag included) starts here.
     Message { tag: u8, len: usize },
     /// Nothing more can be decided until more bytes arrive.
@@ -122,7 +124,10 @@ impl Scanner {
             }
             let n = self.skip.min(buf.len());
             self.skip -= n;
-            return Ok(Chunk::Opaque(n));
+            return Ok(Chunk::Opaque {
+                len: n,
+                starts: None,
+            });
         }
         let Some((tag, total)) = parse_header(buf, self.max_len)? else {
             return Ok(Chunk::NeedMore);
@@ -135,7 +140,10 @@ impl Scanner {
         }
         let n = total.min(buf.len());
         self.skip = total - n;
-        Ok(Chunk::Opaque(n))
+        Ok(Chunk::Opaque {
+            len: n,
+            starts: Some(tag),
+        })
     }
 }
 
@@ -202,10 +210,11 @@ mod tests {
         let watch = |t| t == b'Z';
         let mut s = Scanner::new(1 << 20);
         // Only part of the DataRow arrived: it is forwardable already.
-        assert_eq!(s.next(&stream[..30], watch), Ok(Chunk::Opaque(30)));
+        let opaque = |len, starts| Ok(Chunk::Opaque { len, starts });
+        assert_eq!(s.next(&stream[..30], watch), opaque(30, Some(b'D')));
         assert!(!s.at_boundary());
-        assert_eq!(s.next(&stream[30..50], watch), Ok(Chunk::Opaque(20)));
-        assert_eq!(s.next(&stream[50..], watch), Ok(Chunk::Opaque(55)));
+        assert_eq!(s.next(&stream[30..50], watch), opaque(20, None));
+        assert_eq!(s.next(&stream[50..], watch), opaque(55, None));
         assert!(s.at_boundary());
         // ReadyForQuery is watched: reported only when whole.
         assert_eq!(s.next(&stream[105..108], watch), Ok(Chunk::NeedMore));
@@ -221,6 +230,12 @@ mod tests {
         let mut s = Scanner::new(100);
         assert!(s.next(&[b'Q', 0, 0, 0, 0], |_| false).is_err());
         assert!(s.next(&[b'd', 0, 0, 0, 105], |_| false).is_err());
-        assert_eq!(s.next(&[b'd', 0, 0, 0, 100], |_| false), Ok(Chunk::Opaque(5)));
+        assert_eq!(
+            s.next(&[b'd', 0, 0, 0, 100], |_| false),
+            Ok(Chunk::Opaque {
+                len: 5,
+                starts: Some(b'd')
+            })
+        );
     }
 }

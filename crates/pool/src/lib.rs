@@ -1,0 +1,302 @@
+//! A bounded pool of server connections, generic over the connection type.
+//!
+//! # Why not deadpool
+//!
+//! The design card names `deadpool`, and its shape is close, but three things a
+//! PostgreSQL pooler needs go against its grain:
+//!
+//! * a new server connection is opened with the *client's* startup packet
+//!   (user, database, `options`, `application_name`...), so creating one takes
+//!   arguments; deadpool's `Manager::create` takes none;
+//! * a connection must be reset (`DISCARD ALL`) when it is *returned*, and only
+//!   returned at all when the session left it in a known state; deadpool
+//!   recycles at checkout and returns every dropped object;
+//! * checkout should prefer an idle connection opened with the same startup
+//!   parameters, and evict a mismatched idle one rather than exceed the limit.
+//!
+//! So the pool is small and ours, and knows nothing of sockets or SQL.
+//!
+//! # Model
+//!
+//! * At most `max_size` connections exist (idle + checked out + connecting).
+//! * A [`Guard`] is a claim on one slot: it holds a semaphore permit and
+//!   possibly a connection. Waiters queue fairly on the semaphore, with a
+//!   timeout (pgbouncer's `query_wait_timeout`).
+//! * A guard is returned with [`Guard::release`], which puts its connection back
+//!   on the idle list. A guard dropped any other way *closes* its connection:
+//!   the safe default is never to hand a connection in an unknown state to
+//!   someone else.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Errors of [`Pool::checkout`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("no server connection became free within {0:?}")]
+    Timeout(Duration),
+    #[error("the pool is closed")]
+    Closed,
+}
+
+/// Counters of a pool at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolStatus {
+    pub max_size: usize,
+    /// Connections that exist or are being opened.
+    pub total: usize,
+    pub idle: usize,
+    /// Guards handed out (each with or without a connection yet).
+    pub checked_out: usize,
+}
+
+#[derive(Debug)]
+struct State<C> {
+    idle: Vec<C>,
+    /// Idle connections plus the slots held by guards.
+    total: usize,
+}
+
+#[derive(Debug)]
+struct Inner<C> {
+    max_size: usize,
+    permits: Arc<Semaphore>,
+    state: Mutex<State<C>>,
+}
+
+impl<C> Inner<C> {
+    fn state(&self) -> MutexGuard<'_, State<C>> {
+        // A panic while holding this lock cannot leave the state half-updated
+        // (every critical section is a few field updates), so a poisoned lock
+        // is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A pool of connections of type `C`. Cloning gives another handle to the same pool.
+#[derive(Debug)]
+pub struct Pool<C> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C> Clone for Pool<C> {
+    fn clone(&self) -> Self {
+        Pool {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<C> Pool<C> {
+    pub fn new(max_size: usize) -> Self {
+        Pool {
+            inner: Arc::new(Inner {
+                max_size,
+                permits: Arc::new(Semaphore::new(max_size)),
+                state: Mutex::new(State {
+                    idle: Vec::new(),
+                    total: 0,
+                }),
+            }),
+        }
+    }
+
+    /// Waits up to `timeout` for a slot, then takes the most recently used idle
+    /// connection for which `matches` is true. When none matches, the guard is
+    /// empty and the caller opens a connection; if the pool is full, one idle
+    /// connection that does not match is evicted to make room and handed over
+    /// in [`Guard::take_evicted`] so the caller can close it politely.
+    pub async fn checkout(
+        &self,
+        timeout: Duration,
+        matches: impl Fn(&C) -> bool,
+    ) -> Result<Guard<C>, PoolError> {
+        let acquire = Arc::clone(&self.inner.permits).acquire_owned();
+        let permit = match tokio::time::timeout(timeout, acquire).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(PoolError::Closed),
+            Err(_) => return Err(PoolError::Timeout(timeout)),
+        };
+        let mut state = self.inner.state();
+        let mut guard = Guard {
+            pool: Arc::clone(&self.inner),
+            conn: None,
+            evicted: None,
+            _permit: permit,
+        };
+        if let Some(i) = state.idle.iter().rposition(|c| matches(c)) {
+            guard.conn = Some(state.idle.remove(i));
+        } else if state.total < self.inner.max_size {
+            state.total += 1;
+        } else {
+            // Full: every slot is idle or checked out, and we hold a permit, so
+            // at least one is idle. Reuse its slot.
+            guard.evicted = state.idle.pop();
+        }
+        Ok(guard)
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        let state = self.inner.state();
+        PoolStatus {
+            max_size: self.inner.max_size,
+            total: state.total,
+            idle: state.idle.len(),
+            checked_out: self.inner.max_size - self.inner.permits.available_permits(),
+        }
+    }
+
+    /// Removes and returns every idle connection (for closing them).
+    pub fn drain_idle(&self) -> Vec<C> {
+        let mut state = self.inner.state();
+        let idle = std::mem::take(&mut state.idle);
+        state.total -= idle.len();
+        idle
+    }
+}
+
+/// A claim on one pool slot; see the crate docs.
+#[derive(Debug)]
+pub struct Guard<C> {
+    pool: Arc<Inner<C>>,
+    conn: Option<C>,
+    evicted: Option<C>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<C> Guard<C> {
+    /// The connection, if the guard holds one.
+    pub fn conn(&mut self) -> Option<&mut C> {
+        self.conn.as_mut()
+    }
+
+    /// Puts a freshly opened connection in this slot.
+    pub fn set(&mut self, conn: C) {
+        self.conn = Some(conn);
+    }
+
+    /// Takes the connection out; the slot stays claimed (e.g. to reconnect).
+    pub fn take(&mut self) -> Option<C> {
+        self.conn.take()
+    }
+
+    /// An idle connection that was evicted to make room for this checkout.
+    pub fn take_evicted(&mut self) -> Option<C> {
+        self.evicted.take()
+    }
+
+    /// Returns the connection to the idle list. The caller vouches that it is
+    /// clean (in sync, outside any transaction, reset). An empty guard just
+    /// frees its slot.
+    pub fn release(mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut state = self.pool.state();
+            state.idle.push(conn);
+            // The slot now belongs to the idle connection: don't count it down.
+            state.total += 1;
+        }
+    }
+}
+
+impl<C> Drop for Guard<C> {
+    fn drop(&mut self) {
+        // The slot this guard claimed is gone (its connection, if any, is
+        // dropped with it). `release` re-counted a returned connection.
+        let mut state = self.pool.state();
+        state.total -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn reuses_released_connections_lifo() {
+        let pool = Pool::new(2);
+        let mut a = pool.checkout(T, |_| true).await.unwrap();
+        assert!(a.conn().is_none());
+        a.set("a");
+        let mut b = pool.checkout(T, |_| true).await.unwrap();
+        b.set("b");
+        a.release();
+        b.release();
+        assert_eq!(
+            pool.status(),
+            PoolStatus {
+                max_size: 2,
+                total: 2,
+                idle: 2,
+                checked_out: 0
+            }
+        );
+        let mut c = pool.checkout(T, |_| true).await.unwrap();
+        assert_eq!(c.conn().copied(), Some("b"));
+    }
+
+    #[tokio::test]
+    async fn dropped_guard_closes_its_connection() {
+        let pool = Pool::new(1);
+        let mut g = pool.checkout(T, |_| true).await.unwrap();
+        g.set(String::from("dirty"));
+        drop(g);
+        assert_eq!(pool.status().total, 0);
+        let mut g = pool.checkout(T, |_| true).await.unwrap();
+        assert!(g.conn().is_none(), "a dirty connection is never handed out");
+    }
+
+    #[tokio::test]
+    async fn prefers_matching_and_evicts_when_full() {
+        let pool = Pool::new(2);
+        let mut x = pool.checkout(T, |_| true).await.unwrap();
+        x.set("x");
+        let mut y = pool.checkout(T, |_| true).await.unwrap();
+        y.set("y");
+        x.release();
+        y.release();
+        let mut g = pool.checkout(T, |c| *c == "x").await.unwrap();
+        assert_eq!(g.conn().copied(), Some("x"));
+        g.release();
+        // Nothing matches and the pool is full: an idle one makes room.
+        let mut g = pool.checkout(T, |c| *c == "z").await.unwrap();
+        assert!(g.conn().is_none());
+        assert!(g.take_evicted().is_some());
+        g.set("z");
+        g.release();
+        let s = pool.status();
+        assert_eq!((s.total, s.idle), (2, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_time_out_then_get_freed_slots() {
+        let pool = Pool::<u32>::new(1);
+        let held = pool.checkout(T, |_| true).await.unwrap();
+        let err = pool
+            .checkout(Duration::from_secs(3), |_| true)
+            .await
+            .unwrap_err();
+        assert_eq!(err, PoolError::Timeout(Duration::from_secs(3)));
+
+        let p2 = pool.clone();
+        let waiter = tokio::spawn(async move { p2.checkout(T, |_| true).await.is_ok() });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(pool.status().checked_out, 1);
+        drop(held);
+        assert!(waiter.await.unwrap());
+        assert_eq!(pool.status().total, 0);
+    }
+
+    #[tokio::test]
+    async fn drain_idle_empties_the_pool() {
+        let pool = Pool::new(3);
+        let mut g = pool.checkout(T, |_| true).await.unwrap();
+        g.set(1);
+        g.release();
+        assert_eq!(pool.drain_idle(), vec![1]);
+        assert_eq!(pool.status().total, 0);
+    }
+}
