@@ -1,0 +1,239 @@
+//! The client side of a connection: startup packets and authentication.
+//!
+//! Everything here runs before the client is given a server, under
+//! `client_login_timeout`, and ends either in an [`Authenticated`] client or in
+//! a clear FATAL ErrorResponse (or, for a CancelRequest, a silent close, as
+//! PostgreSQL does).
+
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use pgherd_auth::{ScramError, ScramServer};
+use pgherd_config::AuthType;
+use pgherd_wire::backend::{self, ErrorFields};
+use pgherd_wire::startup::{StartupMessage, StartupPacket};
+use pgherd_wire::{decode_startup, frontend, next_frame, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::Shared;
+
+/// Largest message accepted from a client before it has logged in.
+const LOGIN_MESSAGE_LIMIT: usize = 8 * 1024;
+
+/// A client connection with its read buffer. Bytes the client sent after its
+/// last login message (a pipelining driver) stay in `buf` for the session.
+#[derive(Debug)]
+pub(crate) struct Client {
+    pub(crate) stream: TcpStream,
+    pub(crate) buf: BytesMut,
+    pub(crate) peer: SocketAddr,
+}
+
+/// What a client said it is and proved.
+#[derive(Debug)]
+pub(crate) struct Authenticated {
+    pub(crate) startup: StartupMessage,
+    pub(crate) user: String,
+    pub(crate) database: String,
+    /// The client's SCRAM `ClientKey`, when it logged in with SCRAM.
+    pub(crate) client_key: Option<[u8; 32]>,
+}
+
+/// How the startup phase ended without an authenticated client.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// Tell the client why, then close.
+    Fatal(ErrorFields),
+    /// A CancelRequest: carry it out and close silently.
+    Cancel { pid: i32, secret: Bytes },
+    /// The client went away or broke the connection; nothing to say.
+    Gone,
+}
+
+impl From<std::io::Error> for Refused {
+    fn from(_: std::io::Error) -> Self {
+        Refused::Gone
+    }
+}
+
+fn protocol_violation(message: impl Into<String>) -> Refused {
+    Refused::Fatal(ErrorFields::fatal("08P01", message))
+}
+
+impl Client {
+    pub(crate) fn new(stream: TcpStream, peer: SocketAddr) -> Client {
+        Client {
+            stream,
+            buf: BytesMut::with_capacity(1024),
+            peer,
+        }
+    }
+
+    /// Writes `fields` as an ErrorResponse (best effort: the client may be gone).
+    pub(crate) async fn send_error(&mut self, fields: &ErrorFields) {
+        let mut out = BytesMut::new();
+        fields.encode(&mut out);
+        let _ = self.stream.write_all(&out).await;
+    }
+
+    async fn read_more(&mut self) -> Result<(), Refused> {
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            return Err(Refused::Gone);
+        }
+        Ok(())
+    }
+
+    /// Reads until a StartupMessage arrives, answering SSL and GSS encryption
+    /// requests with `N` (pgherd speaks plaintext to clients for now).
+    pub(crate) async fn read_startup(&mut self) -> Result<StartupMessage, Refused> {
+        loop {
+            let packet = match decode_startup(&mut self.buf) {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    self.read_more().await?;
+                    continue;
+                }
+                Err(e) => return Err(protocol_violation(e.to_string())),
+            };
+            match packet {
+                StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                    if !self.buf.is_empty() {
+                        // Bytes after an SSLRequest and before our answer would
+                        // be read as TLS by a real server (CVE-2021-23214).
+                        return Err(protocol_violation("unexpected data after SSL request"));
+                    }
+                    self.stream.write_all(b"N").await?;
+                }
+                StartupPacket::Cancel { pid, secret } => {
+                    return Err(Refused::Cancel { pid, secret })
+                }
+                StartupPacket::Startup(msg) => return Ok(msg),
+            }
+        }
+    }
+
+    async fn read_frame(&mut self) -> Result<Frame, Refused> {
+        loop {
+            match next_frame(&mut self.buf, LOGIN_MESSAGE_LIMIT) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => self.read_more().await?,
+                Err(e) => return Err(protocol_violation(e.to_string())),
+            }
+        }
+    }
+
+    /// Reads the client's answer to an authentication request.
+    async fn read_password_message(&mut self) -> Result<Bytes, Refused> {
+        let frame = self.read_frame().await?;
+        match frame.tag {
+            frontend::PASSWORD => Ok(frame.body),
+            frontend::TERMINATE => Err(Refused::Gone),
+            other => Err(protocol_violation(format!(
+                "expected password response, got message type {:?}",
+                char::from(other)
+            ))),
+        }
+    }
+
+    /// Runs the startup phase: startup packet, `max_client_conn` (checked only
+    /// now, so a CancelRequest still gets through when the proxy is full),
+    /// protocol negotiation, authentication. On success `AuthenticationOk` has been sent.
+    pub(crate) async fn login(
+        &mut self,
+        shared: &Shared,
+        over_limit: bool,
+    ) -> Result<Authenticated, Refused> {
+        let startup = self.read_startup().await?;
+        if over_limit {
+            return Err(Refused::Fatal(ErrorFields::fatal(
+                "53300",
+                "no more connections allowed (max_client_conn)",
+            )));
+        }
+        let mut out = BytesMut::new();
+        if startup.minor_version > 0 || !startup.protocol_options.is_empty() {
+            backend::negotiate_protocol_version(&mut out, 0, &startup.protocol_options);
+        }
+        let user = match startup.param("user") {
+            Some(u) if !u.is_empty() => u.to_owned(),
+            _ => {
+                return Err(Refused::Fatal(ErrorFields::fatal(
+                    "28000",
+                    "no PostgreSQL user name specified in startup packet",
+                )))
+            }
+        };
+        let database = startup
+            .param("database")
+            .filter(|d| !d.is_empty())
+            .unwrap_or(&user)
+            .to_owned();
+        let config = shared.config();
+        let client_key = match config.general.auth_type {
+            AuthType::Trust => None,
+            AuthType::ScramSha256 => {
+                let verifier = config.users.get(&user).and_then(|u| u.verifier.clone());
+                Some(self.scram(shared, &user, verifier, &mut out).await?)
+            }
+        };
+        // `out` may still hold a NegotiateProtocolVersion (trust: nothing was sent yet).
+        backend::authentication_ok(&mut out);
+        self.stream.write_all(&out).await?;
+        Ok(Authenticated {
+            startup,
+            user,
+            database,
+            client_key,
+        })
+    }
+
+    /// SCRAM-SHA-256 against the user's verifier (a mock one for unknown
+    /// users, so the reply does not tell whether the user exists).
+    async fn scram(
+        &mut self,
+        shared: &Shared,
+        user: &str,
+        verifier: Option<pgherd_auth::ScramVerifier>,
+        out: &mut BytesMut,
+    ) -> Result<[u8; 32], Refused> {
+        let failed = || {
+            Refused::Fatal(ErrorFields::fatal(
+                "28P01",
+                format!("password authentication failed for user \"{user}\""),
+            ))
+        };
+        let scram_err = |e: ScramError| match e {
+            ScramError::AuthFailed => failed(),
+            ScramError::Protocol(m) => protocol_violation(m),
+        };
+        let mut server = ScramServer::new(verifier, user, &shared.process_secret);
+        backend::authentication_sasl(out, &[pgherd_auth::scram::MECHANISM]);
+        self.stream.write_all(out).await?;
+        out.clear();
+
+        let body = self.read_password_message().await?;
+        let initial = frontend::SaslInitialResponse::parse(&body)
+            .ok_or_else(|| protocol_violation("malformed SASLInitialResponse"))?;
+        if initial.mechanism != pgherd_auth::scram::MECHANISM {
+            return Err(protocol_violation(format!(
+                "client selected an invalid SASL authentication mechanism {:?}",
+                initial.mechanism
+            )));
+        }
+        let data = initial
+            .data
+            .ok_or_else(|| protocol_violation("missing SCRAM client-first message"))?;
+        let server_first = server.client_first(data).map_err(scram_err)?;
+        backend::authentication_sasl_continue(out, &server_first);
+        self.stream.write_all(out).await?;
+        out.clear();
+
+        let body = self.read_password_message().await?;
+        let (server_final, client_key) = server.client_final(&body).map_err(scram_err)?;
+        backend::authentication_sasl_final(out, &server_final);
+        self.stream.write_all(out).await?;
+        out.clear();
+        Ok(client_key)
+    }
+}

@@ -1,0 +1,172 @@
+//! pgherd's proxy: the listener, client sessions and server connections.
+//!
+//! ```text
+//! accept ─► client::login (startup, SSL 'N', SCRAM/trust, max_client_conn)
+//!        ─► session: database entry, server credential, a server on the primary
+//!             (from the pool of (database, user, node), or freshly opened with
+//!             the client's own startup parameters)
+//!        ─► relay (bytes both ways, no re-encoding) until the client leaves
+//!        ─► reset (ROLLBACK if needed, server_reset_query) and back to the
+//!             pool — or closed, if the session left it in an unknown state
+//! ```
+//!
+//! Session pooling only, for now: a client keeps its server for its whole
+//! session, so it cannot tell pgherd from a direct connection (its backend
+//! PID, ParameterStatus values, prepared statements, temp tables and LISTENs
+//! are its own). Which node is the primary is learnt from each new server
+//! connection's `in_hot_standby` report (PostgreSQL 14+), like libpq's
+//! `target_session_attrs=read-write`.
+#![forbid(unsafe_code)]
+
+mod cancel;
+mod client;
+mod relay;
+mod server;
+mod session;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pgherd_config::Config;
+use pgherd_pool::Pool;
+use rand::RngCore;
+use tokio::net::TcpListener;
+
+pub use server::{ServerConn, ServerCredential, ServerError};
+
+/// Pools are per (server database, server user, node).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    pub(crate) database: String,
+    pub(crate) user: String,
+    pub(crate) node: usize,
+}
+
+/// State shared by every session of one proxy.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    config: Arc<Config>,
+    pools: Mutex<HashMap<PoolKey, Pool<ServerConn>>>,
+    cancels: cancel::CancelRegistry,
+    /// Connected clients, for `max_client_conn`.
+    clients: AtomicUsize,
+    /// The node that was primary last time we looked: tried first.
+    primary_hint: AtomicUsize,
+    /// Seeds the mock SCRAM exchange for unknown users.
+    process_secret: [u8; 32],
+}
+
+impl Shared {
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn pool(&self, key: PoolKey, size: usize) -> Pool<ServerConn> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.entry(key).or_insert_with(|| Pool::new(size)).clone()
+    }
+}
+
+/// A bound pgherd listener with its shared state.
+#[derive(Debug)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+}
+
+impl Proxy {
+    /// Binds `config.general.listen_addr`.
+    pub async fn bind(config: Config) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind(config.general.listen_addr).await?;
+        let mut process_secret = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut process_secret);
+        Ok(Proxy {
+            shared: Arc::new(Shared {
+                config: Arc::new(config),
+                pools: Mutex::new(HashMap::new()),
+                cancels: cancel::CancelRegistry::default(),
+                clients: AtomicUsize::new(0),
+                primary_hint: AtomicUsize::new(0),
+                process_secret,
+            }),
+            listener,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle to read the proxy's counters while it runs.
+    pub fn handle(&self) -> ProxyHandle {
+        ProxyHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Accepts clients until `shutdown` completes. Sessions already running
+    /// are left to the runtime.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let shared = Arc::clone(&self.shared);
+                        tokio::spawn(session::serve(shared, stream, peer));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off a little
+                        // instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                () = &mut shutdown => break,
+            }
+        }
+    }
+}
+
+/// A read-only view of a running proxy, for tests and (later) the admin side.
+#[derive(Debug, Clone)]
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+}
+
+/// Counters of one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    pub database: String,
+    pub user: String,
+    pub node: String,
+    pub status: pgherd_pool::PoolStatus,
+}
+
+impl ProxyHandle {
+    /// Clients connected right now (including ones still logging in).
+    pub fn client_count(&self) -> usize {
+        self.shared.clients.load(Ordering::Relaxed)
+    }
+
+    /// Every pool with its counters.
+    pub fn pools(&self) -> Vec<PoolSnapshot> {
+        let pools = self.shared.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let nodes = &self.shared.config.nodes;
+        let mut out: Vec<PoolSnapshot> = pools
+            .iter()
+            .map(|(k, p)| PoolSnapshot {
+                database: k.database.clone(),
+                user: k.user.clone(),
+                node: nodes.get(k.node).map(|n| n.name.clone()).unwrap_or_default(),
+                status: p.status(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.database, &a.user, &a.node).cmp(&(&b.database, &b.user, &b.node)));
+        out
+    }
+}

@@ -1,0 +1,344 @@
+//! The data path of a session: bytes from client to server and back.
+//!
+//! Both directions run in one task, each as a small state machine over its
+//! own buffer: read what the socket has, scan it, write it on, and only read
+//! again once everything scanned was written. That gives
+//!
+//! * **no copy, no re-encoding, no allocation per message**: bytes are read
+//!   into a buffer and written out of the same buffer; the [`Scanner`] only
+//!   looks at message headers;
+//! * **batching**: everything a read returned (many messages) goes out in one
+//!   `write`;
+//! * **bounded memory and backpressure**: a client that reads a 1 GB result
+//!   slowly makes pgherd stop reading from the server, which makes the server
+//!   wait; a huge message is forwarded in pieces, never buffered whole;
+//! * **full duplex**: a client that writes a lot without reading (COPY, a
+//!   pipeline) cannot deadlock against a server that is writing.
+//!
+//! The scanner watches only what the proxy must act on: client `Terminate`
+//! (the server stays open for the pool) and server `ReadyForQuery` (is the
+//! server idle and in which transaction state?). Requests are counted from
+//! message headers alone so that, when the client leaves, pgherd knows whether
+//! the server still owes replies — a server is only reused when it owes none.
+
+use bytes::{Buf, BytesMut};
+use pgherd_wire::backend::{self, TxStatus};
+use pgherd_wire::{frontend, Chunk, FrameError, Scanner};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+
+/// Read buffer size per direction.
+const BUF_SIZE: usize = 16 * 1024;
+
+/// How a relay ended.
+#[derive(Debug)]
+pub(crate) enum RelayEnd {
+    /// The client sent Terminate or closed its connection.
+    ClientLeft,
+    /// The client broke the protocol.
+    ClientProtocol(FrameError),
+    /// The client connection failed.
+    ClientIo(std::io::Error),
+    /// The server closed the connection (after `fatal_sent`: it told the client why).
+    ServerClosed { fatal_sent: bool },
+    ServerIo(std::io::Error),
+    ServerProtocol(FrameError),
+}
+
+/// What the proxy knows about the server's state from the traffic.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerState {
+    /// Requests sent (Query, Sync, FunctionCall) not yet answered by ReadyForQuery.
+    pub(crate) pending: usize,
+    /// Extended-protocol messages sent since the last Sync.
+    pub(crate) unsynced: bool,
+    /// Transaction status from the last ReadyForQuery.
+    pub(crate) tx: TxStatus,
+    /// The last server message was a FATAL/PANIC ErrorResponse.
+    last_fatal: bool,
+}
+
+impl ServerState {
+    pub(crate) fn new() -> Self {
+        ServerState {
+            pending: 0,
+            unsynced: false,
+            tx: TxStatus::Idle,
+            last_fatal: false,
+        }
+    }
+}
+
+/// One direction: a buffer whose first `ready` bytes are scanned and may be written.
+struct Pipe {
+    buf: BytesMut,
+    ready: usize,
+    scanner: Scanner,
+    /// Stop after flushing `ready` (client Terminate, or end of input).
+    closing: bool,
+}
+
+enum Step {
+    Read,
+    Wrote,
+    Eof,
+}
+
+impl Pipe {
+    fn new(buf: BytesMut, max_len: usize) -> Pipe {
+        Pipe {
+            buf,
+            ready: 0,
+            scanner: Scanner::new(max_len),
+            closing: false,
+        }
+    }
+
+    /// True when nothing is buffered and the scanner is between messages.
+    fn is_clean(&self) -> bool {
+        self.buf.is_empty() && self.scanner.at_boundary()
+    }
+
+    /// One step: write what is ready, or else read more. Cancel-safe: each
+    /// branch awaits one cancel-safe socket operation and changes no state
+    /// before it completes.
+    async fn step(&mut self, r: &mut ReadHalf<'_>, w: &mut WriteHalf<'_>) -> std::io::Result<Step> {
+        if self.ready > 0 {
+            let n = w.write(&self.buf[..self.ready]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.buf.advance(n);
+            self.ready -= n;
+            return Ok(Step::Wrote);
+        }
+        if self.closing {
+            return std::future::pending().await;
+        }
+        if self.buf.capacity() - self.buf.len() < BUF_SIZE / 4 {
+            self.buf.reserve(BUF_SIZE);
+        }
+        if r.read_buf(&mut self.buf).await? == 0 {
+            return Ok(Step::Eof);
+        }
+        Ok(Step::Read)
+    }
+
+    /// Scans the unscanned bytes; `on` sees every watched message whole and
+    /// every other message's tag once; returning false stops before that
+    /// message (it is not forwarded).
+    fn scan(
+        &mut self,
+        watch: fn(u8) -> bool,
+        mut on: impl FnMut(Seen<'_>) -> bool,
+    ) -> Result<(), FrameError> {
+        while !self.closing {
+            match self.scanner.next(&self.buf[self.ready..], watch)? {
+                Chunk::NeedMore => break,
+                Chunk::Opaque { len, starts } => {
+                    if let Some(tag) = starts {
+                        if !on(Seen::Starts(tag)) {
+                            self.closing = true;
+                            break;
+                        }
+                    }
+                    self.ready += len;
+                }
+                Chunk::Message { len, .. } => {
+                    let start = self.ready;
+                    if !on(Seen::Whole(&self.buf[start..start + len])) {
+                        self.closing = true;
+                        break;
+                    }
+                    self.ready += len;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Seen<'a> {
+    /// A watched message, whole (tag and length included).
+    Whole(&'a [u8]),
+    /// The first bytes of an unwatched message with this tag.
+    Starts(u8),
+}
+
+fn client_watch(tag: u8) -> bool {
+    tag == frontend::TERMINATE
+}
+
+fn server_watch(tag: u8) -> bool {
+    tag == backend::READY_FOR_QUERY || tag == backend::ERROR_RESPONSE
+}
+
+/// Relays between `client` and `server` until one side ends. `client_buf`
+/// holds bytes the client already sent (pipelined after login).
+pub(crate) async fn relay(
+    client: &mut TcpStream,
+    client_buf: BytesMut,
+    server: &mut TcpStream,
+    max_packet_size: usize,
+    state: &mut ServerState,
+) -> RelayEnd {
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+    let mut up = Pipe::new(client_buf, max_packet_size);
+    let mut down = Pipe::new(BytesMut::with_capacity(BUF_SIZE), max_packet_size);
+    if let Err(e) = scan_client(&mut up, state) {
+        return RelayEnd::ClientProtocol(e);
+    }
+    loop {
+        if up.closing && up.ready == 0 {
+            return RelayEnd::ClientLeft;
+        }
+        tokio::select! {
+            r = up.step(&mut cr, &mut sw) => match r {
+                Ok(Step::Read) => {
+                    if let Err(e) = scan_client(&mut up, state) {
+                        return RelayEnd::ClientProtocol(e);
+                    }
+                }
+                Ok(Step::Wrote) => {}
+                Ok(Step::Eof) => {
+                    // The client left in the middle of a message: the server
+                    // may have seen part of it and must not be reused.
+                    if !up.is_clean() {
+                        state.unsynced = true;
+                    }
+                    return RelayEnd::ClientLeft;
+                }
+                // A step with bytes ready was writing, to the other side.
+                Err(e) if up.ready > 0 => return RelayEnd::ServerIo(e),
+                Err(e) => return RelayEnd::ClientIo(e),
+            },
+            r = down.step(&mut sr, &mut cw) => match r {
+                Ok(Step::Read) => {
+                    if let Err(e) = scan_server(&mut down, state) {
+                        return RelayEnd::ServerProtocol(e);
+                    }
+                }
+                Ok(Step::Wrote) => {}
+                Ok(Step::Eof) => {
+                    // Deliver what is whole, then tell the client.
+                    let _ = cw.write_all(&down.buf[..down.ready]).await;
+                    return RelayEnd::ServerClosed { fatal_sent: state.last_fatal };
+                }
+                Err(e) if down.ready > 0 => return RelayEnd::ClientIo(e),
+                Err(e) => return RelayEnd::ServerIo(e),
+            },
+        }
+    }
+}
+
+fn scan_client(up: &mut Pipe, state: &mut ServerState) -> Result<(), FrameError> {
+    up.scan(client_watch, |seen| match seen {
+        Seen::Whole(_) => false, // Terminate: keep the server, end the relay.
+        Seen::Starts(tag) => {
+            match tag {
+                b'Q' | b'F' => state.pending += 1,
+                b'S' => {
+                    state.pending += 1;
+                    state.unsynced = false;
+                }
+                b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => state.unsynced = true,
+                _ => {}
+            }
+            true
+        }
+    })
+}
+
+fn scan_server(down: &mut Pipe, state: &mut ServerState) -> Result<(), FrameError> {
+    down.scan(server_watch, |seen| {
+        match seen {
+            Seen::Whole(msg) if msg[0] == backend::READY_FOR_QUERY => {
+                state.pending = state.pending.saturating_sub(1);
+                if let Some(tx) = backend::ready_for_query_status(msg) {
+                    state.tx = tx;
+                }
+                state.last_fatal = false;
+            }
+            Seen::Whole(msg) => {
+                state.last_fatal = backend::ErrorFields::parse(&msg[5..])
+                    .is_some_and(|e| e.severity == "FATAL" || e.severity == "PANIC");
+            }
+            Seen::Starts(_) => state.last_fatal = false,
+        }
+        true
+    })
+}
+
+/// The server can be handed to another client: it owes no replies, is
+/// between messages in both directions, and nothing is left unsynced.
+pub(crate) fn reusable(state: &ServerState, end: &RelayEnd) -> bool {
+    matches!(end, RelayEnd::ClientLeft) && state.pending == 0 && !state.unsynced
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn client_scan_counts_requests_and_stops_at_terminate() {
+        let mut bytes = msg(b'Q', b"select 1\0");
+        bytes.extend(msg(b'P', b"\0select 2\0\0\0"));
+        bytes.extend(msg(b'S', b""));
+        bytes.extend(msg(b'X', b""));
+        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
+        let mut state = ServerState::new();
+        scan_client(&mut pipe, &mut state).unwrap();
+        assert_eq!(state.pending, 2);
+        assert!(!state.unsynced);
+        assert!(pipe.closing);
+        assert_eq!(pipe.ready, bytes.len() - 5, "Terminate is not forwarded");
+    }
+
+    #[test]
+    fn server_scan_tracks_ready_for_query() {
+        let mut bytes = msg(b'C', b"BEGIN\0");
+        bytes.extend(msg(b'Z', b"T"));
+        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
+        let mut state = ServerState::new();
+        state.pending = 1;
+        scan_server(&mut pipe, &mut state).unwrap();
+        assert_eq!(state.pending, 0);
+        assert_eq!(state.tx, TxStatus::InTransaction);
+        assert_eq!(pipe.ready, bytes.len());
+        assert!(reusable(&state, &RelayEnd::ClientLeft));
+    }
+
+    #[test]
+    fn unsynced_extended_messages_make_a_server_unusable() {
+        let bytes = msg(b'P', b"\0select 1\0\0\0");
+        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
+        let mut state = ServerState::new();
+        scan_client(&mut pipe, &mut state).unwrap();
+        assert!(!reusable(&state, &RelayEnd::ClientLeft));
+    }
+
+    #[test]
+    fn fatal_errors_are_noticed() {
+        let mut body = Vec::new();
+        for (k, v) in [(b'S', "FATAL"), (b'C', "57P01"), (b'M', "bye")] {
+            body.push(k);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let bytes = msg(b'E', &body);
+        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
+        let mut state = ServerState::new();
+        scan_server(&mut pipe, &mut state).unwrap();
+        assert!(state.last_fatal);
+    }
+}

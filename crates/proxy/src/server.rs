@@ -1,0 +1,387 @@
+//! Connections from pgherd to a PostgreSQL server: login, reset, liveness.
+//!
+//! A server connection is opened with the startup parameters of the client
+//! that needed it (so `options`, `application_name` and every other parameter
+//! reach the server exactly as a direct connection would send them) and logs in
+//! with whichever credential pgherd holds for that user: a plaintext password
+//! (SCRAM-SHA-256, md5 or cleartext, as the server asks), the SCRAM keys
+//! recovered from the client's own login, or nothing (`trust`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pgherd_auth::{ScramKeysClient, ScramVerifier, Secret};
+use pgherd_wire::backend::{self, AuthRequest, ErrorFields, TxStatus};
+use pgherd_wire::{frontend, next_frame, Frame};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend as pq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest message accepted while logging in or resetting (no rows flow then).
+const CONTROL_MESSAGE_LIMIT: usize = 1 << 20;
+
+/// What pgherd proves to the server.
+#[derive(Debug, Clone)]
+pub enum ServerCredential {
+    /// No password: the server must `trust` this user.
+    None,
+    Password(Secret),
+    /// `ClientKey` from the client's SCRAM login plus the verifier it matched.
+    ScramKeys {
+        client_key: [u8; 32],
+        verifier: ScramVerifier,
+    },
+}
+
+/// Why a server connection could not be opened or kept.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server closed the connection")]
+    Closed,
+    /// The server answered with an ErrorResponse.
+    #[error("server said: {0}")]
+    Rejected(ErrorFields),
+    #[error("authentication: {0}")]
+    Auth(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// An open, logged-in connection to one node.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub(crate) stream: TcpStream,
+    /// Index of the node in the configuration.
+    pub node: usize,
+    pub addr: SocketAddr,
+    /// The server backend's process ID and cancel secret.
+    pub pid: i32,
+    pub secret: [u8; 4],
+    /// ParameterStatus values as the server last reported them.
+    pub params: Vec<(String, String)>,
+    /// The startup parameters this connection was opened with, sorted.
+    pub startup: Vec<(String, String)>,
+}
+
+impl ServerConn {
+    /// Connects to `host:port` and logs in with `startup` parameters.
+    pub async fn connect(
+        node: usize,
+        host: &str,
+        port: u16,
+        startup: Vec<(String, String)>,
+        credential: &ServerCredential,
+        timeout: Duration,
+    ) -> Result<ServerConn, ServerError> {
+        tokio::time::timeout(timeout, Self::connect_inner(node, host, port, startup, credential))
+            .await
+            .map_err(|_| ServerError::Timeout(timeout))?
+    }
+
+    async fn connect_inner(
+        node: usize,
+        host: &str,
+        port: u16,
+        mut startup: Vec<(String, String)>,
+        credential: &ServerCredential,
+    ) -> Result<ServerConn, ServerError> {
+        let stream = TcpStream::connect((host, port))
+            .await
+            .map_err(ServerError::Connect)?;
+        stream.set_nodelay(true)?;
+        let addr = stream.peer_addr()?;
+        startup.sort();
+        let mut conn = ServerConn {
+            stream,
+            node,
+            addr,
+            pid: 0,
+            secret: [0; 4],
+            params: Vec::new(),
+            startup,
+        };
+        conn.login(credential).await?;
+        Ok(conn)
+    }
+
+    /// The server's value of a reported parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// True when the server reports itself as a hot standby (PostgreSQL 14+
+    /// reports `in_hot_standby`; older servers are taken as primaries here).
+    pub fn is_standby(&self) -> bool {
+        self.param("in_hot_standby") == Some("on")
+    }
+
+    fn user(&self) -> &str {
+        self.startup
+            .iter()
+            .find(|(k, _)| k == "user")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    }
+
+    async fn login(&mut self, credential: &ServerCredential) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        pq::startup_message(
+            self.startup.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &mut out,
+        )?;
+        self.stream.write_all(&out).await?;
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut sasl: Option<SaslClient> = None;
+        loop {
+            let frame = self.read_frame(&mut buf).await?;
+            match frame.tag {
+                b'R' => {
+                    let req = AuthRequest::parse(&frame.body)
+                        .ok_or_else(|| ServerError::Protocol("malformed authentication request".into()))?;
+                    out.clear();
+                    self.answer_auth(req, credential, &mut sasl, &mut out)?;
+                    if !out.is_empty() {
+                        self.stream.write_all(&out).await?;
+                    }
+                }
+                backend::PARAMETER_STATUS => {
+                    let (k, v) = backend::parameter_status_view(&frame.body)
+                        .ok_or_else(|| ServerError::Protocol("malformed ParameterStatus".into()))?;
+                    self.set_param(k, v);
+                }
+                backend::BACKEND_KEY_DATA => {
+                    (self.pid, self.secret) = backend::backend_key_data_view(&frame.body)
+                        .ok_or_else(|| ServerError::Protocol("malformed BackendKeyData".into()))?;
+                }
+                backend::ERROR_RESPONSE => return Err(rejected(&frame)),
+                backend::READY_FOR_QUERY => return Ok(()),
+                // NoticeResponse, NegotiateProtocolVersion: nothing to do.
+                b'N' | b'v' => {}
+                other => {
+                    return Err(ServerError::Protocol(format!(
+                        "unexpected message {:?} during login",
+                        char::from(other)
+                    )))
+                }
+            }
+        }
+    }
+
+    fn answer_auth(
+        &self,
+        req: AuthRequest<'_>,
+        credential: &ServerCredential,
+        sasl: &mut Option<SaslClient>,
+        out: &mut BytesMut,
+    ) -> Result<(), ServerError> {
+        let password = || match credential {
+            ServerCredential::Password(p) => Ok(p.expose()),
+            _ => Err(ServerError::Auth(
+                "the server asks for a password and pgherd has none for this user \
+                 (set server_password for the user, or user/password on the database)"
+                    .into(),
+            )),
+        };
+        match req {
+            AuthRequest::Ok => {}
+            AuthRequest::Cleartext => pq::password_message(password()?.as_bytes(), out)?,
+            AuthRequest::Md5 { salt } => {
+                let hash = postgres_protocol::authentication::md5_hash(
+                    self.user().as_bytes(),
+                    password()?.as_bytes(),
+                    salt,
+                );
+                pq::password_message(hash.as_bytes(), out)?;
+            }
+            AuthRequest::Sasl(mechanisms) => {
+                if !mechanisms.contains(&pgherd_auth::scram::MECHANISM) {
+                    return Err(ServerError::Auth(format!(
+                        "server offers SASL mechanisms {mechanisms:?}, pgherd speaks SCRAM-SHA-256"
+                    )));
+                }
+                let client = match credential {
+                    ServerCredential::Password(p) => SaslClient::Password(ScramSha256::new(
+                        p.expose().as_bytes(),
+                        ChannelBinding::unsupported(),
+                    )),
+                    ServerCredential::ScramKeys {
+                        client_key,
+                        verifier,
+                    } => SaslClient::Keys(ScramKeysClient::new(*client_key, verifier.clone())),
+                    ServerCredential::None => return Err(password().err().unwrap_or_else(|| {
+                        ServerError::Auth("no credential".into())
+                    })),
+                };
+                let first = match &client {
+                    SaslClient::Password(c) => c.message().to_vec(),
+                    SaslClient::Keys(c) => c.client_first(),
+                };
+                pq::sasl_initial_response(pgherd_auth::scram::MECHANISM, &first, out)?;
+                *sasl = Some(client);
+            }
+            AuthRequest::SaslContinue(data) => {
+                let reply = match sasl.as_mut() {
+                    Some(SaslClient::Password(c)) => {
+                        c.update(data).map_err(|e| ServerError::Auth(e.to_string()))?;
+                        c.message().to_vec()
+                    }
+                    Some(SaslClient::Keys(c)) => c
+                        .server_first(data)
+                        .map_err(|e| ServerError::Auth(e.to_string()))?,
+                    None => return Err(ServerError::Protocol("SASLContinue before SASL".into())),
+                };
+                pq::sasl_response(&reply, out)?;
+            }
+            AuthRequest::SaslFinal(data) => match sasl.as_mut() {
+                Some(SaslClient::Password(c)) => {
+                    c.finish(data).map_err(|e| ServerError::Auth(e.to_string()))?
+                }
+                Some(SaslClient::Keys(c)) => c
+                    .server_final(data)
+                    .map_err(|e| ServerError::Auth(e.to_string()))?,
+                None => return Err(ServerError::Protocol("SASLFinal before SASL".into())),
+            },
+            AuthRequest::Other(code) => {
+                return Err(ServerError::Auth(format!(
+                    "server asks for authentication method {code}, which pgherd does not support"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn set_param(&mut self, name: &str, value: &str) {
+        match self.params.iter_mut().find(|(k, _)| k == name) {
+            Some((_, v)) => value.clone_into(v),
+            None => self.params.push((name.to_owned(), value.to_owned())),
+        }
+    }
+
+    async fn read_frame(&mut self, buf: &mut BytesMut) -> Result<Frame, ServerError> {
+        loop {
+            if let Some(frame) = next_frame(buf, CONTROL_MESSAGE_LIMIT)
+                .map_err(|e| ServerError::Protocol(e.to_string()))?
+            {
+                return Ok(frame);
+            }
+            if self.stream.read_buf(buf).await? == 0 {
+                return Err(ServerError::Closed);
+            }
+        }
+    }
+
+    /// Makes the connection fit for another client: rolls back an open
+    /// transaction, runs `reset_query` (unless empty), and waits until the
+    /// server is idle again. Parameter changes the reset reports are recorded.
+    pub async fn reset(
+        &mut self,
+        status: TxStatus,
+        reset_query: &str,
+        timeout: Duration,
+    ) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        let mut expected = 0;
+        if status != TxStatus::Idle {
+            frontend::query(&mut out, "ROLLBACK");
+            expected += 1;
+        }
+        if !reset_query.is_empty() {
+            frontend::query(&mut out, reset_query);
+            expected += 1;
+        }
+        if expected == 0 {
+            return Ok(());
+        }
+        let work = async {
+            self.stream.write_all(&out).await?;
+            let mut buf = BytesMut::with_capacity(256);
+            let mut failed = None;
+            while expected > 0 {
+                let frame = self.read_frame(&mut buf).await?;
+                match frame.tag {
+                    backend::READY_FOR_QUERY => {
+                        expected -= 1;
+                        if expected == 0 && frame.body.first() != Some(&b'I') {
+                            failed.get_or_insert(ServerError::Protocol(
+                                "still in a transaction after reset".into(),
+                            ));
+                        }
+                    }
+                    backend::ERROR_RESPONSE => {
+                        failed.get_or_insert(rejected(&frame));
+                    }
+                    backend::PARAMETER_STATUS => {
+                        if let Some((k, v)) = backend::parameter_status_view(&frame.body) {
+                            self.set_param(k, v);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !buf.is_empty() {
+                return Err(ServerError::Protocol("unexpected data after reset".into()));
+            }
+            failed.map_or(Ok(()), Err)
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| ServerError::Timeout(timeout))?
+    }
+
+    /// True when the idle connection is still usable: the server has neither
+    /// closed it nor sent anything (an idle server only speaks to say it is
+    /// terminating the connection).
+    pub fn is_alive(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(
+            self.stream.try_read(&mut probe),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
+
+    /// Says goodbye to the server (Terminate) and closes the connection.
+    pub async fn close(mut self) {
+        let mut out = BytesMut::new();
+        frontend::terminate(&mut out);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = self.stream.write_all(&out).await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+}
+
+enum SaslClient {
+    Password(ScramSha256),
+    Keys(ScramKeysClient),
+}
+
+fn rejected(frame: &Frame) -> ServerError {
+    match ErrorFields::parse(&frame.body) {
+        Some(fields) => ServerError::Rejected(fields),
+        None => ServerError::Protocol("malformed ErrorResponse".into()),
+    }
+}
+
+/// Sends a CancelRequest for backend `pid`/`secret` to the server at `addr`
+/// and waits (briefly) for the server to close the connection, as libpq does.
+pub async fn send_cancel(addr: SocketAddr, pid: i32, secret: [u8; 4]) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut out = BytesMut::new();
+    pq::cancel_request(pid, i32::from_be_bytes(secret), &mut out);
+    stream.write_all(&out).await?;
+    let mut sink = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
+    Ok(())
+}

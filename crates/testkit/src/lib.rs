@@ -1,0 +1,222 @@
+//! Test harness: real PostgreSQL clusters plus pgherd running in the test's
+//! own tokio runtime.
+//!
+//! * [`TestCluster`] is a [`LocalCluster`] (primary + standbys from the
+//!   installed binaries) with the roles the tests log in as:
+//!   `app` (SCRAM, owns database `app`), `md5user` (md5-stored password) and
+//!   `trustuser` (no password, `trust` in pg_hba).
+//! * [`shared_cluster`] gives every test of one test binary the same cluster,
+//!   started once; tests that stop, promote or break nodes start their own.
+//! * [`PgherdBuilder`] writes a pgherd config for a cluster, starts the proxy
+//!   on a free loopback port and returns its address.
+//!
+//! Everything started here is stopped when dropped or, for the shared
+//! cluster, by localpg's watchdog when the test process exits.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+pub use pgherd_localpg::{ClusterSpec, LocalCluster, LocalPgError, PgBinaries, StopMode};
+use pgherd_proxy::{Proxy, ProxyHandle};
+use tokio::sync::oneshot;
+
+/// Password of role `app`.
+pub const APP_PASSWORD: &str = "app-secret";
+/// Password of role `md5user`.
+pub const MD5_PASSWORD: &str = "md5-secret";
+
+/// A local cluster with the test roles.
+#[derive(Debug)]
+pub struct TestCluster {
+    pub pg: LocalCluster,
+    /// `app`'s verifier exactly as `pg_authid` stores it.
+    pub app_verifier: String,
+}
+
+impl TestCluster {
+    /// Starts a primary and `standbys` standbys and creates the test roles.
+    pub fn start(standbys: usize) -> TestCluster {
+        let pg = LocalCluster::start(ClusterSpec {
+            standbys,
+            trust_users: vec!["trustuser".into()],
+            ..ClusterSpec::default()
+        })
+        .expect("start a local PostgreSQL cluster");
+        for setup in [
+            format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"),
+            "CREATE DATABASE app OWNER app".into(),
+            format!(
+                "SET password_encryption = 'md5'; \
+                 CREATE ROLE md5user LOGIN PASSWORD '{MD5_PASSWORD}'"
+            ),
+            "CREATE ROLE trustuser LOGIN".into(),
+            "GRANT pg_read_all_stats, pg_signal_backend TO app".into(),
+        ] {
+            pg.sql(0, &setup).expect("create test roles");
+        }
+        let app_verifier = pg
+            .sql(0, "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
+            .expect("read app's verifier");
+        for i in 1..pg.nodes().len() {
+            pg.wait_caught_up(0, i).expect("standby catches up");
+        }
+        TestCluster { pg, app_verifier }
+    }
+
+    /// A pgherd config builder for this cluster.
+    pub fn pgherd(&self) -> PgherdBuilder {
+        PgherdBuilder::new(self)
+    }
+}
+
+/// The cluster shared by the tests of this test binary (1 standby). Tests
+/// using it must leave the nodes as they found them.
+pub fn shared_cluster() -> &'static TestCluster {
+    static SHARED: OnceLock<TestCluster> = OnceLock::new();
+    SHARED.get_or_init(|| TestCluster::start(1))
+}
+
+/// Builds a pgherd config: every node of the cluster, a `*` database, users
+/// `app` (with pg_authid's verifier: pgherd logs in to the server with the
+/// client's SCRAM keys) and `md5user` (plaintext, used for the server login).
+#[derive(Debug, Clone)]
+pub struct PgherdBuilder {
+    general: Vec<String>,
+    nodes: Vec<(String, u16)>,
+    databases: Vec<String>,
+    users: Vec<String>,
+}
+
+impl PgherdBuilder {
+    fn new(cluster: &TestCluster) -> Self {
+        PgherdBuilder {
+            general: vec!["listen_addr = \"127.0.0.1:0\"".into()],
+            nodes: cluster
+                .pg
+                .nodes()
+                .iter()
+                .map(|n| (n.name.clone(), n.port))
+                .collect(),
+            databases: vec!["\"*\" = {}".into()],
+            users: vec![
+                format!("app = {{ password = \"{}\" }}", cluster.app_verifier),
+                format!("md5user = {{ password = \"{MD5_PASSWORD}\" }}"),
+            ],
+        }
+    }
+
+    /// Adds a `key = value` line to `[pgherd]`.
+    pub fn general(mut self, line: &str) -> Self {
+        self.general.push(line.into());
+        self
+    }
+
+    /// Adds a `[databases]` line.
+    pub fn database(mut self, line: &str) -> Self {
+        self.databases.push(line.into());
+        self
+    }
+
+    /// Removes the `*` database entry.
+    pub fn without_fallback(mut self) -> Self {
+        self.databases.retain(|d| !d.starts_with("\"*\""));
+        self
+    }
+
+    /// Adds a `[users]` line.
+    pub fn user(mut self, line: &str) -> Self {
+        self.users.push(line.into());
+        self
+    }
+
+    /// Keeps only the nodes whose index is in `keep` (in that order).
+    pub fn nodes(mut self, keep: &[usize]) -> Self {
+        self.nodes = keep.iter().map(|&i| self.nodes[i].clone()).collect();
+        self
+    }
+
+    /// The config file text.
+    pub fn toml(&self) -> String {
+        let mut t = String::from("[pgherd]\n");
+        for l in &self.general {
+            t.push_str(l);
+            t.push('\n');
+        }
+        for (name, port) in &self.nodes {
+            t.push_str(&format!(
+                "\n[[nodes]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\n"
+            ));
+        }
+        t.push_str("\n[databases]\n");
+        for l in &self.databases {
+            t.push_str(l);
+            t.push('\n');
+        }
+        t.push_str("\n[users]\n");
+        for l in &self.users {
+            t.push_str(l);
+            t.push('\n');
+        }
+        t
+    }
+
+    /// Starts pgherd in the current tokio runtime.
+    pub async fn start(&self) -> RunningPgherd {
+        let config = pgherd_config::Config::parse(&self.toml()).expect("valid test config");
+        let proxy = Proxy::bind(config).await.expect("bind pgherd");
+        let addr = proxy.local_addr().expect("local addr");
+        let handle = proxy.handle();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(proxy.run(async move {
+            let _ = stopped.await;
+        }));
+        RunningPgherd {
+            addr,
+            handle,
+            _stop: stop,
+        }
+    }
+}
+
+/// pgherd running in the test; stops accepting when dropped.
+#[derive(Debug)]
+pub struct RunningPgherd {
+    pub addr: SocketAddr,
+    pub handle: ProxyHandle,
+    _stop: oneshot::Sender<()>,
+}
+
+impl RunningPgherd {
+    /// A tokio-postgres config for this pgherd.
+    pub fn config(&self, user: &str, password: &str, dbname: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(self.addr.ip().to_string())
+            .port(self.addr.port())
+            .user(user)
+            .password(password)
+            .dbname(dbname);
+        c
+    }
+
+    /// Connects with tokio-postgres; the connection runs on a spawned task.
+    pub async fn connect(
+        &self,
+        user: &str,
+        password: &str,
+        dbname: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = self
+            .config(user, password, dbname)
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// Connects as `app` to database `app`.
+    pub async fn app(&self) -> tokio_postgres::Client {
+        self.connect("app", APP_PASSWORD, "app")
+            .await
+            .expect("connect as app through pgherd")
+    }
+}
