@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 
-use std::process::{Command, Output};
+use std::process::Output;
+
+use tokio::process::Command;
 
 pub use pgherd_testkit::*;
 
@@ -10,7 +12,13 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
 }
 
 /// Runs psql against pgherd at `addr` with `args`; returns its output.
-pub fn psql(pgherd: &RunningPgherd, user: &str, password: &str, db: &str, args: &[&str]) -> Output {
+pub async fn psql(
+    pgherd: &RunningPgherd,
+    user: &str,
+    password: &str,
+    db: &str,
+    args: &[&str],
+) -> Output {
     let bins = pgherd_testkit::PgBinaries::find().expect("PostgreSQL binaries");
     Command::new(bins.path("psql"))
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
@@ -20,6 +28,7 @@ pub fn psql(pgherd: &RunningPgherd, user: &str, password: &str, db: &str, args: 
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10")
         .output()
+        .await
         .expect("run psql")
 }
 
@@ -44,4 +53,109 @@ pub async fn simple_rows(
 pub async fn simple_value(client: &tokio_postgres::Client, sql: &str) -> String {
     let rows = simple_rows(client, sql).await.expect("query succeeds");
     rows[0][0].clone().expect("not null")
+}
+
+/// A client that speaks the protocol byte by byte, for what drivers won't send.
+pub struct RawClient {
+    pub stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl RawClient {
+    pub async fn connect(pgherd: &RunningPgherd) -> RawClient {
+        RawClient {
+            stream: tokio::net::TcpStream::connect(pgherd.addr)
+                .await
+                .expect("connect to pgherd"),
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.expect("send");
+    }
+
+    /// The next backend message, or `None` at end of stream.
+    pub async fn recv(&mut self) -> Option<pgherd_wire::Frame> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(f) = pgherd_wire::next_frame(&mut self.buf, 1 << 30).expect("valid frame") {
+                return Some(f);
+            }
+            let n = tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                self.stream.read_buf(&mut self.buf),
+            )
+            .await
+            .expect("pgherd answers")
+            .ok()?;
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Reads until an ErrorResponse; returns it. Panics on end of stream first.
+    pub async fn expect_error(&mut self) -> pgherd_wire::backend::ErrorFields {
+        loop {
+            let f = self.recv().await.expect("an ErrorResponse before close");
+            if f.tag == b'E' {
+                return pgherd_wire::backend::ErrorFields::parse(&f.body).expect("valid error");
+            }
+        }
+    }
+
+    /// True when the server closes the connection (after any pending messages).
+    pub async fn closed(&mut self) -> bool {
+        while self.recv().await.is_some() {}
+        true
+    }
+
+    /// Sends a StartupMessage with `params`.
+    pub async fn startup(&mut self, params: &[(&str, &str)]) {
+        let mut out = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::startup_message(params.iter().copied(), &mut out)
+            .expect("encode startup");
+        self.send(&out).await;
+    }
+
+    /// Logs in as `app` with SCRAM; returns the messages after AuthenticationOk
+    /// up to and including ReadyForQuery.
+    pub async fn login_app(&mut self) -> Vec<pgherd_wire::Frame> {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        use postgres_protocol::message::frontend;
+        self.startup(&[("user", "app"), ("database", "app")]).await;
+        let mut scram = ScramSha256::new(APP_PASSWORD.as_bytes(), ChannelBinding::unsupported());
+        let mut after_ok = Vec::new();
+        let mut authenticated = false;
+        while let Some(f) = self.recv().await {
+            if authenticated {
+                let done = f.tag == b'Z';
+                after_ok.push(f);
+                if done {
+                    return after_ok;
+                }
+                continue;
+            }
+            assert_eq!(f.tag, b'R', "authentication request expected");
+            let code = i32::from_be_bytes(f.body[..4].try_into().expect("code"));
+            let mut out = bytes::BytesMut::new();
+            match code {
+                10 => frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out)
+                    .expect("encode"),
+                11 => {
+                    scram.update(&f.body[4..]).expect("server-first");
+                    frontend::sasl_response(scram.message(), &mut out).expect("encode");
+                }
+                12 => scram.finish(&f.body[4..]).expect("server signature"),
+                0 => authenticated = true,
+                other => panic!("unexpected auth request {other}"),
+            }
+            if !out.is_empty() {
+                self.send(&out).await;
+            }
+        }
+        panic!("connection closed during login");
+    }
 }

@@ -1,9 +1,13 @@
 //! Session pooling against a real cluster: what a client sees through pgherd
 //! is what it would see connected directly.
 
-use pgherd_integration_tests::*;
+use std::time::Duration;
 
-#[tokio::test]
+use futures_util::{SinkExt, StreamExt};
+use pgherd_integration_tests::*;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_and_extended_queries() {
     let pgherd = shared_cluster().pgherd().start().await;
     let client = pgherd.app().await;
@@ -14,4 +18,314 @@ async fn simple_and_extended_queries() {
         .unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
     assert_eq!(row.get::<_, String>(1), "app");
+    // A prepared statement lives as long as the session.
+    let stmt = client.prepare("SELECT $1::text || '!'").await.unwrap();
+    for word in ["a", "b", "c"] {
+        let row = client.query_one(&stmt, &[&word]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), format!("{word}!"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_inside_a_transaction() {
+    let pgherd = shared_cluster().pgherd().start().await;
+    let client = pgherd.app().await;
+    client.batch_execute("BEGIN").await.unwrap();
+    let err = client.simple_query("SELECT 1/0").await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("22012"));
+    let err = client.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("25P02"), "transaction is aborted");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(simple_value(&client, "SELECT 2").await, "2");
+    // Extended protocol error, then the session goes on.
+    let err = client.query_one("SELECT $1::int / 0", &[&1i32]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("22012"));
+    assert_eq!(simple_value(&client, "SELECT 3").await, "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_and_out() {
+    let pgherd = shared_cluster().pgherd().start().await;
+    let client = pgherd.app().await;
+    client
+        .batch_execute("CREATE TEMP TABLE copied (id int, name text)")
+        .await
+        .unwrap();
+    let sink = client
+        .copy_in::<_, bytes::Bytes>("COPY copied FROM STDIN")
+        .await
+        .unwrap();
+    let mut sink = std::pin::pin!(sink);
+    let mut data = String::new();
+    for i in 0..10_000 {
+        data.push_str(&format!("{i}\tname {i}\n"));
+    }
+    sink.send(bytes::Bytes::from(data.clone())).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 10_000);
+
+    let stream = client
+        .copy_out("COPY (SELECT * FROM copied ORDER BY id) TO STDOUT")
+        .await
+        .unwrap();
+    let chunks: Vec<bytes::Bytes> = stream.map(|c| c.unwrap()).collect().await;
+    let out: Vec<u8> = chunks.concat();
+    assert_eq!(String::from_utf8(out).unwrap(), data);
+
+    // A failed COPY leaves the session usable.
+    let err = client
+        .simple_query("COPY copied FROM STDIN WITH (FORMAT nonsense)")
+        .await
+        .unwrap_err();
+    assert!(sqlstate(&err).is_some());
+    assert_eq!(simple_value(&client, "SELECT count(*) FROM copied").await, "10000");
+}
+
+/// Connects and forwards notifications to a channel.
+async fn connect_listening(
+    pgherd: &RunningPgherd,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) {
+    let (client, mut connection) = pgherd
+        .config("app", APP_PASSWORD, "app")
+        .connect(NoTls)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n);
+            }
+        }
+    });
+    (client, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_notify_with_consistent_backend_pids() {
+    let pgherd = shared_cluster().pgherd().start().await;
+    let (listener, mut notes) = connect_listening(&pgherd).await;
+    let notifier = pgherd.app().await;
+    listener.batch_execute("LISTEN pgherd_test").await.unwrap();
+    let notifier_pid = simple_value(&notifier, "SELECT pg_backend_pid()").await;
+    notifier
+        .batch_execute("NOTIFY pgherd_test, 'hello'")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), notes.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.channel(), "pgherd_test");
+    assert_eq!(n.payload(), "hello");
+    // The PID in the notification is the notifier's real backend.
+    assert_eq!(n.process_id().to_string(), notifier_pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_key_data_pid_is_the_servers() {
+    let pgherd = shared_cluster().pgherd().start().await;
+    let mut raw = RawClient::connect(&pgherd).await;
+    let welcome = raw.login_app().await;
+    let key = welcome.iter().find(|f| f.tag == b'K').expect("BackendKeyData");
+    let pid = i32::from_be_bytes(key.body[..4].try_into().unwrap());
+    let mut q = bytes::BytesMut::new();
+    pgherd_wire::frontend::query(&mut q, "SELECT pg_backend_pid()");
+    raw.send(&q).await;
+    let row = loop {
+        let f = raw.recv().await.unwrap();
+        if f.tag == b'D' {
+            break f;
+        }
+    };
+    let value = std::str::from_utf8(&row.body[6..]).unwrap();
+    assert_eq!(value, pid.to_string());
+    // ParameterStatus values are the server's own.
+    let version = welcome
+        .iter()
+        .filter(|f| f.tag == b'S')
+        .filter_map(|f| pgherd_wire::backend::parameter_status_view(&f.body))
+        .find(|(k, _)| *k == "server_version")
+        .map(|(_, v)| v.to_owned())
+        .expect("server_version reported");
+    let direct = shared_cluster().pg.sql(0, "SHOW server_version").unwrap();
+    assert_eq!(version, direct);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_parameters_reach_the_server() {
+    let pgherd = shared_cluster().pgherd().start().await;
+    let mut config = pgherd.config("app", APP_PASSWORD, "app");
+    config
+        .application_name("pgherd-test-app")
+        .options("-c search_path=custom_path -c work_mem=3MB");
+    let (client, connection) = config.connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    assert_eq!(simple_value(&client, "SHOW search_path").await, "custom_path");
+    assert_eq!(simple_value(&client, "SHOW work_mem").await, "3MB");
+    assert_eq!(
+        simple_value(
+            &client,
+            "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        )
+        .await,
+        "pgherd-test-app"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_are_reset_and_reused() {
+    let pgherd = shared_cluster()
+        .pgherd()
+        .database("app = { pool_size = 1 }")
+        .start()
+        .await;
+    let first = pgherd.app().await;
+    let pid = simple_value(&first, "SELECT pg_backend_pid()").await;
+    first
+        .batch_execute("SET work_mem = '77MB'; CREATE TEMP TABLE leftover (x int); BEGIN; SELECT 1")
+        .await
+        .unwrap();
+    drop(first); // leaves inside a transaction
+    // The same server comes back, rolled back and reset.
+    let second = pgherd.app().await;
+    assert_eq!(simple_value(&second, "SELECT pg_backend_pid()").await, pid);
+    assert_ne!(simple_value(&second, "SHOW work_mem").await, "77MB");
+    assert_eq!(
+        simple_value(&second, "SELECT count(*) FROM pg_tables WHERE tablename = 'leftover'").await,
+        "0"
+    );
+    let status = pgherd.handle.pools();
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].status.total, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_right_backend() {
+    let pgherd = shared_cluster().pgherd().start().await;
+    let client = pgherd.app().await;
+    let bystander = pgherd.app().await;
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r = client.simple_query("SELECT pg_sleep(60)").await;
+        (r.map(|_| ()), started.elapsed())
+    });
+    // Wait until the sleep is running on the server.
+    wait_for(shared_cluster(), "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'", "1").await;
+    token.cancel_query(NoTls).await.unwrap();
+    let (result, elapsed) = sleeper.await.unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("57014"));
+    assert!(elapsed < Duration::from_secs(60), "cancelled, not finished");
+    // Other sessions are untouched.
+    assert_eq!(simple_value(&bystander, "SELECT 1").await, "1");
+}
+
+/// Polls `sql` on the primary until it returns `expected` (bounded: 30 s).
+async fn wait_for(cluster: &TestCluster, sql: &str, expected: &str) {
+    for _ in 0..600 {
+        if cluster.pg.sql(0, sql).ok().as_deref() == Some(expected) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{sql} never returned {expected}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_results_stream_with_bounded_memory() {
+    let pgherd = shared_cluster().pgherd().start().await;
+    let client = pgherd.app().await;
+    let before = peak_rss_kib();
+    // 200,000 rows of 1,000 bytes: 200 MB through the proxy.
+    let rows = client
+        .query_raw::<_, i32, _>(
+            "SELECT repeat('x', 1000) FROM generate_series(1, 200000)",
+            std::iter::empty(),
+        )
+        .await
+        .unwrap();
+    let mut rows = std::pin::pin!(rows);
+    let (mut count, mut bytes) = (0usize, 0usize);
+    while let Some(row) = rows.next().await {
+        let row = row.unwrap();
+        bytes += row.get::<_, &str>(0).len();
+        count += 1;
+        if count % 20_000 == 0 {
+            // A slow reader: the proxy must wait, not buffer.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!((count, bytes), (200_000, 200_000_000));
+    let grown = peak_rss_kib().saturating_sub(before);
+    // Both pgherd and the client live in this process; neither may hold the result.
+    assert!(grown < 64 * 1024, "peak RSS grew by {grown} KiB while streaming 200 MB");
+}
+
+fn peak_rss_kib() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_queries_and_copy() {
+    let pgherd = shared_cluster().pgherd().start().await;
+    let out = psql(
+        &pgherd,
+        "app",
+        APP_PASSWORD,
+        "app",
+        &["-c", "SELECT 40 + 2", "-c", "SELECT current_database()"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "42\napp\n");
+
+    let script = "CREATE TEMP TABLE t (v int);\n\
+                  COPY t FROM STDIN;\n1\n2\n3\n\\.\n\
+                  SELECT sum(v) FROM t;\n";
+    let dir = tempfile_path("psql-script.sql");
+    std::fs::write(&dir, script).unwrap();
+    let out = psql(&pgherd, "app", APP_PASSWORD, "app", &["-q", "-f", dir.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6");
+    let _ = std::fs::remove_file(dir);
+}
+
+fn tempfile_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("pgherd-{}-{name}", std::process::id()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_connections_pass_through() {
+    let pgherd = shared_cluster().pgherd().start().await;
+    for mode in ["database", "true"] {
+        let bins = PgBinaries::find().unwrap();
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=app dbname=app replication={mode}",
+            pgherd.addr.port()
+        );
+        let out = tokio::process::Command::new(bins.path("psql"))
+            .args(["-X", "-A", "-t", "-d", &conninfo, "-c", "IDENTIFY_SYSTEM"])
+            .env("PGPASSWORD", APP_PASSWORD)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let direct = shared_cluster()
+            .pg
+            .sql(0, "SELECT system_identifier FROM pg_control_system()")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with(&direct), "{stdout} vs {direct}");
+    }
+    assert!(pgherd.handle.pools().is_empty(), "replication is not pooled");
 }

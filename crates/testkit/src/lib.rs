@@ -51,6 +51,7 @@ impl TestCluster {
             ),
             "CREATE ROLE trustuser LOGIN".into(),
             "GRANT pg_read_all_stats, pg_signal_backend TO app".into(),
+            "ALTER ROLE app REPLICATION".into(),
         ] {
             pg.sql(0, &setup).expect("create test roles");
         }
