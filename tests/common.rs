@@ -56,6 +56,7 @@ pub async fn simple_value(client: &tokio_postgres::Client, sql: &str) -> String 
 }
 
 /// A client that speaks the protocol byte by byte, for what drivers won't send.
+#[derive(Debug)]
 pub struct RawClient {
     pub stream: tokio::net::TcpStream,
     buf: bytes::BytesMut,
@@ -157,5 +158,13 @@ impl RawClient {
             }
         }
         panic!("connection closed during login");
+    }
+}
+
+/// The message of a server (or pgherd) error, or the error's text otherwise.
+pub fn message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => d.message().to_owned(),
+        None => e.to_string(),
     }
 }

@@ -1,6 +1,8 @@
 //! Session pooling against a real cluster: what a client sees through pgherd
 //! is what it would see connected directly.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -38,7 +40,10 @@ async fn errors_inside_a_transaction() {
     client.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(simple_value(&client, "SELECT 2").await, "2");
     // Extended protocol error, then the session goes on.
-    let err = client.query_one("SELECT $1::int / 0", &[&1i32]).await.unwrap_err();
+    let err = client
+        .query_one("SELECT $1::int / 0", &[&1i32])
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&err), Some("22012"));
     assert_eq!(simple_value(&client, "SELECT 3").await, "3");
 }
@@ -77,7 +82,10 @@ async fn copy_in_and_out() {
         .await
         .unwrap_err();
     assert!(sqlstate(&err).is_some());
-    assert_eq!(simple_value(&client, "SELECT count(*) FROM copied").await, "10000");
+    assert_eq!(
+        simple_value(&client, "SELECT count(*) FROM copied").await,
+        "10000"
+    );
 }
 
 /// Connects and forwards notifications to a channel.
@@ -130,7 +138,10 @@ async fn backend_key_data_pid_is_the_servers() {
     let pgherd = shared_cluster().pgherd().start().await;
     let mut raw = RawClient::connect(&pgherd).await;
     let welcome = raw.login_app().await;
-    let key = welcome.iter().find(|f| f.tag == b'K').expect("BackendKeyData");
+    let key = welcome
+        .iter()
+        .find(|f| f.tag == b'K')
+        .expect("BackendKeyData");
     let pid = i32::from_be_bytes(key.body[..4].try_into().unwrap());
     let mut q = bytes::BytesMut::new();
     pgherd_wire::frontend::query(&mut q, "SELECT pg_backend_pid()");
@@ -164,7 +175,10 @@ async fn startup_parameters_reach_the_server() {
         .options("-c search_path=custom_path -c work_mem=3MB");
     let (client, connection) = config.connect(NoTls).await.unwrap();
     tokio::spawn(connection);
-    assert_eq!(simple_value(&client, "SHOW search_path").await, "custom_path");
+    assert_eq!(
+        simple_value(&client, "SHOW search_path").await,
+        "custom_path"
+    );
     assert_eq!(simple_value(&client, "SHOW work_mem").await, "3MB");
     assert_eq!(
         simple_value(
@@ -190,12 +204,16 @@ async fn servers_are_reset_and_reused() {
         .await
         .unwrap();
     drop(first); // leaves inside a transaction
-    // The same server comes back, rolled back and reset.
+                 // The same server comes back, rolled back and reset.
     let second = pgherd.app().await;
     assert_eq!(simple_value(&second, "SELECT pg_backend_pid()").await, pid);
     assert_ne!(simple_value(&second, "SHOW work_mem").await, "77MB");
     assert_eq!(
-        simple_value(&second, "SELECT count(*) FROM pg_tables WHERE tablename = 'leftover'").await,
+        simple_value(
+            &second,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'leftover'"
+        )
+        .await,
         "0"
     );
     let status = pgherd.handle.pools();
@@ -263,7 +281,10 @@ async fn large_results_stream_with_bounded_memory() {
     assert_eq!((count, bytes), (200_000, 200_000_000));
     let grown = peak_rss_kib().saturating_sub(before);
     // Both pgherd and the client live in this process; neither may hold the result.
-    assert!(grown < 64 * 1024, "peak RSS grew by {grown} KiB while streaming 200 MB");
+    assert!(
+        grown < 64 * 1024,
+        "peak RSS grew by {grown} KiB while streaming 200 MB"
+    );
 }
 
 fn peak_rss_kib() -> usize {
@@ -286,7 +307,11 @@ async fn psql_queries_and_copy() {
         &["-c", "SELECT 40 + 2", "-c", "SELECT current_database()"],
     )
     .await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "42\napp\n");
 
     let script = "CREATE TEMP TABLE t (v int);\n\
@@ -294,8 +319,19 @@ async fn psql_queries_and_copy() {
                   SELECT sum(v) FROM t;\n";
     let dir = tempfile_path("psql-script.sql");
     std::fs::write(&dir, script).unwrap();
-    let out = psql(&pgherd, "app", APP_PASSWORD, "app", &["-q", "-f", dir.to_str().unwrap()]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = psql(
+        &pgherd,
+        "app",
+        APP_PASSWORD,
+        "app",
+        &["-q", "-f", dir.to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6");
     let _ = std::fs::remove_file(dir);
 }
@@ -319,7 +355,11 @@ async fn replication_connections_pass_through() {
             .output()
             .await
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let direct = shared_cluster()
             .pg
             .sql(0, "SELECT system_identifier FROM pg_control_system()")
@@ -327,5 +367,8 @@ async fn replication_connections_pass_through() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.starts_with(&direct), "{stdout} vs {direct}");
     }
-    assert!(pgherd.handle.pools().is_empty(), "replication is not pooled");
+    assert!(
+        pgherd.handle.pools().is_empty(),
+        "replication is not pooled"
+    );
 }

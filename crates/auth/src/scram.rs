@@ -149,14 +149,18 @@ impl ScramServer {
             .split_once(',')
             .ok_or(ScramError::Protocol("missing GS2 header"))?;
         if !authzid.is_empty() {
-            return Err(ScramError::Protocol("authorization identity is not supported"));
+            return Err(ScramError::Protocol(
+                "authorization identity is not supported",
+            ));
         }
         let mut client_nonce = None;
         for attr in bare.split(',') {
             if let Some(r) = attr.strip_prefix("r=") {
                 client_nonce = Some(r);
             } else if attr.starts_with("m=") {
-                return Err(ScramError::Protocol("mandatory extensions are not supported"));
+                return Err(ScramError::Protocol(
+                    "mandatory extensions are not supported",
+                ));
             }
         }
         let client_nonce = client_nonce
@@ -329,7 +333,9 @@ impl ScramKeysClient {
     pub fn server_final(&self, msg: &[u8]) -> Result<(), ScramClientError> {
         let expected = self
             .expected_server_signature
-            .ok_or(ScramClientError::Protocol("server-final before server-first"))?;
+            .ok_or(ScramClientError::Protocol(
+                "server-final before server-first",
+            ))?;
         let got = std::str::from_utf8(msg)
             .ok()
             .and_then(|m| m.strip_prefix("v="))
@@ -361,7 +367,9 @@ mod tests {
         let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
         let mut server = ScramServer::new(verifier, "alice", &SECRET);
         let server_first = server.client_first(client.message())?;
-        client.update(&server_first).expect("client accepts server-first");
+        client
+            .update(&server_first)
+            .expect("client accepts server-first");
         let (server_final, key) = server.client_final(client.message())?;
         client
             .finish(&server_final)
@@ -424,7 +432,10 @@ mod tests {
             Err(ScramError::Protocol(_))
         ));
         let mut s = ScramServer::new(None, "u", &SECRET);
-        assert!(matches!(s.client_first(b"n,,n="), Err(ScramError::Protocol(_))));
+        assert!(matches!(
+            s.client_first(b"n,,n="),
+            Err(ScramError::Protocol(_))
+        ));
         let mut s = ScramServer::new(None, "u", &SECRET);
         assert!(matches!(
             s.client_final(b"c=biws,r=x,p=AAAA"),

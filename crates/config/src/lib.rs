@@ -252,7 +252,10 @@ mod raw {
             let mut nodes: Vec<super::Node> = Vec::with_capacity(self.nodes.len());
             for n in self.nodes {
                 if nodes.iter().any(|o| o.name == n.name) {
-                    return Err(invalid("nodes", format!("node name {:?} is used twice", n.name)));
+                    return Err(invalid(
+                        "nodes",
+                        format!("node name {:?} is used twice", n.name),
+                    ));
                 }
                 nodes.push(super::Node {
                     name: n.name,
@@ -287,9 +290,8 @@ mod raw {
                 let (verifier, plain) = match u.password {
                     None => (None, None),
                     Some(p) if p.starts_with("SCRAM-SHA-256$") => {
-                        let v = ScramVerifier::parse(&p).ok_or_else(|| {
-                            invalid(&key, "malformed SCRAM-SHA-256 verifier")
-                        })?;
+                        let v = ScramVerifier::parse(&p)
+                            .ok_or_else(|| invalid(&key, "malformed SCRAM-SHA-256 verifier"))?;
                         (Some(v), None)
                     }
                     Some(p) if p.starts_with("md5") && p.len() == 35 => {
@@ -381,7 +383,10 @@ mod tests {
             c.users["bob"].server_password.as_ref().map(Secret::expose),
             Some("plain")
         );
-        assert!(!format!("{c:?}").contains("plain"), "secrets stay out of Debug");
+        assert!(
+            !format!("{c:?}").contains("plain"),
+            "secrets stay out of Debug"
+        );
     }
 
     #[test]

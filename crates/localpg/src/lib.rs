@@ -187,7 +187,14 @@ impl LocalCluster {
             .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
             .arg("-h")
             .arg(self.socket_dir())
-            .args(["-p", &node.port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-p",
+                &node.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .args(["-c", sql])
             .stdin(Stdio::null())
             .output()
@@ -236,10 +243,14 @@ impl LocalCluster {
     pub fn wait_caught_up(&self, primary: usize, i: usize) -> Result<(), LocalPgError> {
         let lsn = self.sql(primary, "SELECT pg_current_wal_lsn()")?;
         let name = self.nodes[i].name.clone();
-        poll(Duration::from_secs(30), &format!("{name} to replay {lsn}"), || {
-            let q = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
-            Ok(self.sql(i, &q)? == "t")
-        })
+        poll(
+            Duration::from_secs(30),
+            &format!("{name} to replay {lsn}"),
+            || {
+                let q = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+                Ok(self.sql(i, &q)? == "t")
+            },
+        )
     }
 
     fn init_primary(&mut self) -> Result<(), LocalPgError> {
@@ -254,7 +265,12 @@ impl LocalCluster {
             Command::new(self.bins.path("initdb"))
                 .arg("-D")
                 .arg(&node.data_dir)
-                .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                ])
                 .arg(format!("--pwfile={}", pwfile.display()))
                 .args(["-E", "UTF8", "--locale=C", "--no-sync"]),
         )?;
@@ -275,7 +291,15 @@ impl LocalCluster {
                 .args(["-h", "127.0.0.1", "-p", &primary_port, "-U", "postgres"])
                 .arg("-D")
                 .arg(&node.data_dir)
-                .args(["-R", "-X", "stream", "-C", "-S", &node.name, "--checkpoint=fast"])
+                .args([
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-C",
+                    "-S",
+                    &node.name,
+                    "--checkpoint=fast",
+                ])
                 .arg("--no-sync")
                 .env("PGPASSWORD", &self.spec.superuser_password),
         )?;

@@ -87,21 +87,25 @@ impl LocalNode {
         let child = cmd.spawn().map_err(io_err("spawn postgres"))?;
         self.postmaster = Some(child);
         let port = self.port.to_string();
-        let ready = poll(Duration::from_secs(60), &format!("{} to start", self.name), || {
-            if let Some(Ok(Some(status))) = self.postmaster.as_mut().map(Child::try_wait) {
-                return Err(LocalPgError::Command {
-                    program: format!("postgres ({})", self.name),
-                    output: format!("exited with {status}; see {}", self.log_file.display()),
-                });
-            }
-            let out = Command::new(bins.path("pg_isready"))
-                .arg("-h")
-                .arg(socket_dir)
-                .args(["-p", &port, "-q"])
-                .status()
-                .map_err(io_err("run pg_isready"))?;
-            Ok(out.success())
-        });
+        let ready = poll(
+            Duration::from_secs(60),
+            &format!("{} to start", self.name),
+            || {
+                if let Some(Ok(Some(status))) = self.postmaster.as_mut().map(Child::try_wait) {
+                    return Err(LocalPgError::Command {
+                        program: format!("postgres ({})", self.name),
+                        output: format!("exited with {status}; see {}", self.log_file.display()),
+                    });
+                }
+                let out = Command::new(bins.path("pg_isready"))
+                    .arg("-h")
+                    .arg(socket_dir)
+                    .args(["-p", &port, "-q"])
+                    .status()
+                    .map_err(io_err("run pg_isready"))?;
+                Ok(out.success())
+            },
+        );
         if ready.is_err() {
             let _ = self.stop(StopMode::Immediate);
         }

@@ -126,7 +126,7 @@ impl<C> Pool<C> {
             evicted: None,
             _permit: permit,
         };
-        if let Some(i) = state.idle.iter().rposition(|c| matches(c)) {
+        if let Some(i) = state.idle.iter().rposition(matches) {
             guard.conn = Some(state.idle.remove(i));
         } else if state.total < self.inner.max_size {
             state.total += 1;

@@ -162,7 +162,10 @@ impl ProxyHandle {
             .map(|(k, p)| PoolSnapshot {
                 database: k.database.clone(),
                 user: k.user.clone(),
-                node: nodes.get(k.node).map(|n| n.name.clone()).unwrap_or_default(),
+                node: nodes
+                    .get(k.node)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default(),
                 status: p.status(),
             })
             .collect();

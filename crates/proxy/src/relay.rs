@@ -41,7 +41,9 @@ pub(crate) enum RelayEnd {
     /// The client connection failed.
     ClientIo(std::io::Error),
     /// The server closed the connection (after `fatal_sent`: it told the client why).
-    ServerClosed { fatal_sent: bool },
+    ServerClosed {
+        fatal_sent: bool,
+    },
     ServerIo(std::io::Error),
     ServerProtocol(FrameError),
 }

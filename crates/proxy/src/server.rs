@@ -81,9 +81,12 @@ impl ServerConn {
         credential: &ServerCredential,
         timeout: Duration,
     ) -> Result<ServerConn, ServerError> {
-        tokio::time::timeout(timeout, Self::connect_inner(node, host, port, startup, credential))
-            .await
-            .map_err(|_| ServerError::Timeout(timeout))?
+        tokio::time::timeout(
+            timeout,
+            Self::connect_inner(node, host, port, startup, credential),
+        )
+        .await
+        .map_err(|_| ServerError::Timeout(timeout))?
     }
 
     async fn connect_inner(
@@ -147,8 +150,9 @@ impl ServerConn {
             let frame = self.read_frame(&mut buf).await?;
             match frame.tag {
                 b'R' => {
-                    let req = AuthRequest::parse(&frame.body)
-                        .ok_or_else(|| ServerError::Protocol("malformed authentication request".into()))?;
+                    let req = AuthRequest::parse(&frame.body).ok_or_else(|| {
+                        ServerError::Protocol("malformed authentication request".into())
+                    })?;
                     out.clear();
                     self.answer_auth(req, credential, &mut sasl, &mut out)?;
                     if !out.is_empty() {
@@ -219,9 +223,11 @@ impl ServerConn {
                         client_key,
                         verifier,
                     } => SaslClient::Keys(ScramKeysClient::new(*client_key, verifier.clone())),
-                    ServerCredential::None => return Err(password().err().unwrap_or_else(|| {
-                        ServerError::Auth("no credential".into())
-                    })),
+                    ServerCredential::None => {
+                        return Err(password()
+                            .err()
+                            .unwrap_or_else(|| ServerError::Auth("no credential".into())))
+                    }
                 };
                 let first = match &client {
                     SaslClient::Password(c) => c.message().to_vec(),
@@ -233,7 +239,8 @@ impl ServerConn {
             AuthRequest::SaslContinue(data) => {
                 let reply = match sasl.as_mut() {
                     Some(SaslClient::Password(c)) => {
-                        c.update(data).map_err(|e| ServerError::Auth(e.to_string()))?;
+                        c.update(data)
+                            .map_err(|e| ServerError::Auth(e.to_string()))?;
                         c.message().to_vec()
                     }
                     Some(SaslClient::Keys(c)) => c
@@ -244,9 +251,9 @@ impl ServerConn {
                 pq::sasl_response(&reply, out)?;
             }
             AuthRequest::SaslFinal(data) => match sasl.as_mut() {
-                Some(SaslClient::Password(c)) => {
-                    c.finish(data).map_err(|e| ServerError::Auth(e.to_string()))?
-                }
+                Some(SaslClient::Password(c)) => c
+                    .finish(data)
+                    .map_err(|e| ServerError::Auth(e.to_string()))?,
                 Some(SaslClient::Keys(c)) => c
                     .server_final(data)
                     .map_err(|e| ServerError::Auth(e.to_string()))?,

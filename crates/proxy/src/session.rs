@@ -85,7 +85,11 @@ fn wants_replication(auth: &Authenticated) -> bool {
 }
 
 /// The server-side identity for a client: which user to log in as, with what.
-fn server_login(config: &Config, db: &Database, auth: &Authenticated) -> (String, ServerCredential) {
+fn server_login(
+    config: &Config,
+    db: &Database,
+    auth: &Authenticated,
+) -> (String, ServerCredential) {
     if let Some(user) = &db.user {
         let cred = db
             .password
@@ -170,7 +174,10 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
     })
     .await?;
     let Some(server) = guard.conn() else {
-        return Err(ErrorFields::fatal("XX000", "pgherd: pool handed out an empty slot"));
+        return Err(ErrorFields::fatal(
+            "XX000",
+            "pgherd: pool handed out an empty slot",
+        ));
     };
     let cancel_key = welcome(shared, client, server).await?;
     let mut state = ServerState::new();
@@ -214,7 +221,12 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
 
 /// Returns the server to the pool when the session left it clean and the
 /// reset succeeds; closes it otherwise (cancelling whatever it still runs).
-async fn finish(shared: &Shared, mut guard: Guard<ServerConn>, state: &ServerState, end: &RelayEnd) {
+async fn finish(
+    shared: &Shared,
+    mut guard: Guard<ServerConn>,
+    state: &ServerState,
+    end: &RelayEnd,
+) {
     let config = shared.config();
     let Some(server) = guard.conn() else { return };
     if relay::reusable(state, end) {
@@ -253,7 +265,11 @@ async fn finish(shared: &Shared, mut guard: Guard<ServerConn>, state: &ServerSta
 /// Sends the client what a server sends after AuthenticationOk: every
 /// ParameterStatus (the server's own values), a BackendKeyData with the
 /// server's PID and a secret of pgherd's, and ReadyForQuery. Returns the secret.
-async fn welcome(shared: &Shared, client: &mut Client, server: &ServerConn) -> Result<[u8; 4], ErrorFields> {
+async fn welcome(
+    shared: &Shared,
+    client: &mut Client,
+    server: &ServerConn,
+) -> Result<[u8; 4], ErrorFields> {
     let secret = shared.cancels.register(CancelTarget {
         addr: server.addr,
         pid: server.pid,
@@ -350,12 +366,10 @@ async fn open(
             ));
             Attempt::Refused(fields)
         }
-        Err(ServerError::Auth(why)) => Attempt::Refused(
-            ErrorFields::fatal(
-                "28000",
-                format!("pgherd cannot log in to node \"{}\": {why}", n.name),
-            ),
-        ),
+        Err(ServerError::Auth(why)) => Attempt::Refused(ErrorFields::fatal(
+            "28000",
+            format!("pgherd cannot log in to node \"{}\": {why}", n.name),
+        )),
         Err(e) => Attempt::NotPrimary(e.to_string()),
     }
 }
@@ -374,14 +388,16 @@ async fn checkout(
     let mut guard = match pool.checkout(wait, |c| c.startup == params).await {
         Ok(g) => g,
         Err(PoolError::Timeout(t)) => {
-            return Attempt::Refused(ErrorFields::fatal(
-                "53300",
-                format!(
-                    "query_wait_timeout: no server connection became free within {}s",
-                    t.as_secs_f64()
-                ),
+            return Attempt::Refused(
+                ErrorFields::fatal(
+                    "53300",
+                    format!(
+                        "query_wait_timeout: no server connection became free within {}s",
+                        t.as_secs_f64()
+                    ),
+                )
+                .with_hint("raise pool_size for this database, or look for long sessions"),
             )
-            .with_hint("raise pool_size for this database, or look for long sessions"))
         }
         Err(PoolError::Closed) => return Attempt::NotPrimary("pool closed".into()),
     };
@@ -407,7 +423,11 @@ async fn checkout(
 
 /// A replication connection: no pooling, bytes relayed as they are until
 /// either side closes (streaming replication is one long COPY).
-async fn replicate(shared: &Shared, client: &mut Client, mut server: ServerConn) -> Result<(), ErrorFields> {
+async fn replicate(
+    shared: &Shared,
+    client: &mut Client,
+    mut server: ServerConn,
+) -> Result<(), ErrorFields> {
     let secret = welcome(shared, client, &server).await?;
     let result = async {
         server.stream.write_all(&client.buf).await?;

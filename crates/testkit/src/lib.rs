@@ -136,6 +136,16 @@ impl PgherdBuilder {
         self
     }
 
+    /// Adds a node that nothing listens on (a dead server), at position `at`.
+    pub fn dead_node(mut self, name: &str, at: usize) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("find a free port")
+            .port();
+        self.nodes.insert(at, (name.into(), port));
+        self
+    }
+
     /// The config file text.
     pub fn toml(&self) -> String {
         let mut t = String::from("[pgherd]\n");

@@ -284,7 +284,10 @@ mod tests {
 
     #[test]
     fn ready_for_query_status_view() {
-        assert_eq!(ready_for_query_status(b"Z\0\0\0\x05I"), Some(TxStatus::Idle));
+        assert_eq!(
+            ready_for_query_status(b"Z\0\0\0\x05I"),
+            Some(TxStatus::Idle)
+        );
         assert_eq!(
             ready_for_query_status(b"Z\0\0\0\x05E"),
             Some(TxStatus::Failed)
@@ -321,7 +324,9 @@ mod tests {
 pub enum AuthRequest<'a> {
     Ok,
     Cleartext,
-    Md5 { salt: [u8; 4] },
+    Md5 {
+        salt: [u8; 4],
+    },
     /// SASL, with the mechanisms offered.
     Sasl(Vec<&'a str>),
     SaslContinue(&'a [u8]),
@@ -383,13 +388,19 @@ mod view_tests {
         assert_eq!(AuthRequest::parse(b"\0\0\0\x05abc"), None);
         assert_eq!(
             AuthRequest::parse(b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"),
-            Some(AuthRequest::Sasl(vec!["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]))
+            Some(AuthRequest::Sasl(vec![
+                "SCRAM-SHA-256-PLUS",
+                "SCRAM-SHA-256"
+            ]))
         );
         assert_eq!(
             AuthRequest::parse(b"\0\0\0\x0bxyz"),
             Some(AuthRequest::SaslContinue(b"xyz"))
         );
-        assert_eq!(AuthRequest::parse(b"\0\0\0\x07"), Some(AuthRequest::Other(7)));
+        assert_eq!(
+            AuthRequest::parse(b"\0\0\0\x07"),
+            Some(AuthRequest::Other(7))
+        );
         assert_eq!(AuthRequest::parse(b"\0\0"), None);
     }
 

@@ -167,7 +167,11 @@ mod tests {
         let f = next_frame(&mut buf, 1024).unwrap().unwrap();
         assert_eq!(f.tag, b'Z');
         assert_eq!(&f.body[..], b"I");
-        assert_eq!(f.body.as_ptr() as usize, base + 5, "body must point into the read buffer");
+        assert_eq!(
+            f.body.as_ptr() as usize,
+            base + 5,
+            "body must point into the read buffer"
+        );
         let f = next_frame(&mut buf, 1024).unwrap().unwrap();
         assert_eq!((f.tag, &f.body[..]), (b'C', &b"SELECT 1\0"[..]));
         assert_eq!(next_frame(&mut buf, 1024).unwrap(), None);

@@ -26,7 +26,10 @@ pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
     /// A CancelRequest. The secret is 4 bytes in protocol 3.0 and up to 256 in 3.2.
-    Cancel { pid: i32, secret: Bytes },
+    Cancel {
+        pid: i32,
+        secret: Bytes,
+    },
 }
 
 /// The parameters of a StartupMessage, in the order the client sent them.
@@ -172,7 +175,10 @@ mod tests {
     #[test]
     fn special_requests() {
         let mut buf = packet(SSL_REQUEST_CODE, b"");
-        assert_eq!(decode_startup(&mut buf), Ok(Some(StartupPacket::SslRequest)));
+        assert_eq!(
+            decode_startup(&mut buf),
+            Ok(Some(StartupPacket::SslRequest))
+        );
         let mut buf = packet(GSSENC_REQUEST_CODE, b"");
         assert_eq!(
             decode_startup(&mut buf),

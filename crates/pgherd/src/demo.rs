@@ -1,0 +1,79 @@
+//! `pgherd demo`: a real local cluster behind pgherd, in one command.
+
+use anyhow::Context;
+use pgherd_localpg::{ClusterSpec, LocalCluster};
+
+const DEMO_USER: &str = "demo";
+const DEMO_PASSWORD: &str = "demo";
+
+pub(crate) fn run(port: Option<u16>) -> anyhow::Result<()> {
+    eprintln!("starting a local PostgreSQL primary and 2 standbys...");
+    let cluster = LocalCluster::start(ClusterSpec::default()).context("starting PostgreSQL")?;
+    cluster.sql(
+        0,
+        &format!("CREATE ROLE {DEMO_USER} LOGIN PASSWORD '{DEMO_PASSWORD}'"),
+    )?;
+    cluster.sql(0, &format!("CREATE DATABASE {DEMO_USER} OWNER {DEMO_USER}"))?;
+
+    let rt = crate::runtime()?;
+    let result = rt.block_on(serve(&cluster, port));
+    drop(rt);
+    eprintln!("stopping PostgreSQL...");
+    drop(cluster);
+    result
+}
+
+fn config_for(cluster: &LocalCluster, port: u16) -> String {
+    let mut t = format!("[pgherd]\nlisten_addr = \"127.0.0.1:{port}\"\n");
+    for n in cluster.nodes() {
+        t.push_str(&format!(
+            "\n[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            n.name, n.port
+        ));
+    }
+    t.push_str("\n[databases]\n\"*\" = {}\n");
+    t.push_str(&format!(
+        "\n[users]\n{DEMO_USER} = {{ password = \"{DEMO_PASSWORD}\" }}\npostgres = {{ password = \"{}\" }}\n",
+        cluster.superuser_password()
+    ));
+    t
+}
+
+async fn serve(cluster: &LocalCluster, port: Option<u16>) -> anyhow::Result<()> {
+    let candidates: Vec<u16> = match port {
+        Some(p) => vec![p],
+        None => vec![5432, 6432, 0],
+    };
+    let mut last_err = None;
+    let mut bound = None;
+    for p in candidates {
+        let config = pgherd_config::Config::parse(&config_for(cluster, p))?;
+        match pgherd_proxy::Proxy::bind(config).await {
+            Ok(proxy) => {
+                bound = Some(proxy);
+                break;
+            }
+            Err(e) => last_err = Some(format!("127.0.0.1:{p}: {e}")),
+        }
+    }
+    let proxy = bound.with_context(|| {
+        format!(
+            "cannot bind pgherd's port ({})",
+            last_err.unwrap_or_default()
+        )
+    })?;
+    let port = proxy.local_addr()?.port();
+    println!("\npgherd demo is running.\n");
+    for (i, n) in cluster.nodes().iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "standby" };
+        println!("  {role:<8} {}  127.0.0.1:{}", n.name, n.port);
+    }
+    println!("\nConnect through pgherd:\n");
+    println!(
+        "  PGPASSWORD={DEMO_PASSWORD} psql -h 127.0.0.1 -p {port} -U {DEMO_USER} {DEMO_USER}\n"
+    );
+    println!("Data and logs: {}", cluster.dir().display());
+    println!("Press Ctrl-C to stop.");
+    proxy.run(crate::shutdown_signal()).await;
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The `pgherd` binary: command line, logging, signals, and the demo.
+//!
+//! All logic lives in the library crates; this file wires them together.
+
+mod demo;
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "pgherd",
+    version,
+    about = "PostgreSQL HA proxy: pooling, routing, health"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs pgherd with a configuration file.
+    Run {
+        /// The TOML configuration (see config/pgherd.toml).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Starts a local primary + 2 standbys from the installed PostgreSQL and
+    /// pgherd in front of them, until Ctrl-C.
+    Demo {
+        /// Port for pgherd (default: 5432, or another free one if it is taken).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Prints a SCRAM-SHA-256 verifier for a password (read from stdin when
+    /// not given), for the `[users]` section.
+    ScramVerifier { password: Option<String> },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGHERD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            let config = pgherd_config::Config::load(&config)
+                .with_context(|| format!("loading {}", config.display()))?;
+            runtime()?.block_on(run(config))
+        }
+        Command::Demo { port } => demo::run(port),
+        Command::ScramVerifier { password } => {
+            let password = match password {
+                Some(p) => p,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            println!("{}", pgherd_auth::make_scram_verifier(&password));
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn run(config: pgherd_config::Config) -> anyhow::Result<()> {
+    let addr = config.general.listen_addr;
+    let proxy = pgherd_proxy::Proxy::bind(config)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!("pgherd listening on {}", proxy.local_addr()?);
+    proxy.run(shutdown_signal()).await;
+    tracing::info!("pgherd stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
