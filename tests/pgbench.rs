@@ -17,7 +17,10 @@ async fn pgbench(pgherd: &RunningPgherd, args: &[&str]) -> String {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "pgbench {args:?} failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "pgbench {args:?} failed:\n{stdout}\n{stderr}"
+    );
     stdout
 }
 
@@ -36,11 +39,23 @@ async fn pgbench_select_only_with_16_clients() {
     let pgherd = shared_cluster().pgherd().start().await;
     pgbench(&pgherd, &["-i", "-s", "1", "-q"]).await;
     for mode in ["simple", "extended", "prepared"] {
-        let report = pgbench(&pgherd, &["-S", "-c", "16", "-j", "2", "-T", "2", "-M", mode]).await;
+        let report = pgbench(
+            &pgherd,
+            &["-S", "-c", "16", "-j", "2", "-T", "2", "-M", mode],
+        )
+        .await;
         assert!(figure(&report, "number of transactions actually processed: ") > 0);
-        assert_eq!(figure(&report, "number of failed transactions: "), 0, "{report}");
+        assert_eq!(
+            figure(&report, "number of failed transactions: "),
+            0,
+            "{report}"
+        );
     }
     // tpcb-like writes too.
     let report = pgbench(&pgherd, &["-c", "8", "-j", "2", "-T", "2"]).await;
-    assert_eq!(figure(&report, "number of failed transactions: "), 0, "{report}");
+    assert_eq!(
+        figure(&report, "number of failed transactions: "),
+        0,
+        "{report}"
+    );
 }

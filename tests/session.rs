@@ -372,3 +372,91 @@ async fn replication_connections_pass_through() {
         "replication is not pooled"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_auth_and_trusted_server_login() {
+    // No passwords anywhere: pgherd trusts clients, the server trusts pgherd.
+    let pgherd = shared_cluster()
+        .pgherd()
+        .general("auth_type = \"trust\"")
+        .start()
+        .await;
+    let client = pgherd.connect("trustuser", "", "postgres").await.unwrap();
+    assert_eq!(
+        simple_value(&client, "SELECT current_user").await,
+        "trustuser"
+    );
+    // A user the server does not trust: pgherd has no password to offer.
+    let err = pgherd.connect("app", "", "app").await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("28000"), "{}", message(&err));
+    assert!(message(&err).contains("pg0"), "{}", message(&err));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_reach_the_client() {
+    let pgherd = shared_cluster().pgherd().start().await;
+    let (client, mut connection) = pgherd
+        .config("app", APP_PASSWORD, "app")
+        .connect(NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let AsyncMessage::Notice(n) = m {
+                let _ = tx.send(n.message().to_owned());
+            }
+        }
+    });
+    client
+        .batch_execute("DO $$ BEGIN RAISE NOTICE 'hello from plpgsql'; END $$")
+        .await
+        .unwrap();
+    let notice = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(notice, "hello from plpgsql");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_protocol_versions_are_negotiated_down() {
+    let pgherd = shared_cluster()
+        .pgherd()
+        .general("auth_type = \"trust\"")
+        .start()
+        .await;
+    let mut raw = RawClient::connect(&pgherd).await;
+    // SSLRequest first: answered 'N', then protocol 3.2 with a protocol option.
+    raw.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await;
+    let mut n = [0u8; 1];
+    tokio::io::AsyncReadExt::read_exact(&mut raw.stream, &mut n)
+        .await
+        .unwrap();
+    assert_eq!(&n, b"N");
+    let mut body = Vec::new();
+    body.extend_from_slice(&[0, 3, 0, 2]);
+    for s in [
+        "user",
+        "trustuser",
+        "database",
+        "postgres",
+        "_pq_.future",
+        "1",
+    ] {
+        body.extend_from_slice(s.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend(body);
+    raw.send(&packet).await;
+    let v = raw.recv().await.unwrap();
+    assert_eq!(v.tag, b'v', "NegotiateProtocolVersion first");
+    assert_eq!(&v.body[..8], &[0, 3, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(&v.body[8..], b"_pq_.future\0");
+    let ok = raw.recv().await.unwrap();
+    assert_eq!((ok.tag, &ok.body[..]), (b'R', &[0u8, 0, 0, 0][..]));
+    while raw.recv().await.unwrap().tag != b'Z' {}
+}

@@ -40,10 +40,8 @@ pub(crate) enum RelayEnd {
     ClientProtocol(FrameError),
     /// The client connection failed.
     ClientIo(std::io::Error),
-    /// The server closed the connection (after `fatal_sent`: it told the client why).
-    ServerClosed {
-        fatal_sent: bool,
-    },
+    /// The server closed the connection.
+    ServerClosed,
     ServerIo(std::io::Error),
     ServerProtocol(FrameError),
 }
@@ -176,6 +174,15 @@ fn server_watch(tag: u8) -> bool {
     tag == backend::READY_FOR_QUERY || tag == backend::ERROR_RESPONSE
 }
 
+/// How a relay ended, and whether pgherd may still write an ErrorResponse to
+/// the client: only when what the client received ends on a message boundary,
+/// and the server has not already said why it is leaving (a FATAL error).
+#[derive(Debug)]
+pub(crate) struct Relayed {
+    pub(crate) end: RelayEnd,
+    pub(crate) can_tell_client: bool,
+}
+
 /// Relays between `client` and `server` until one side ends. `client_buf`
 /// holds bytes the client already sent (pipelined after login).
 pub(crate) async fn relay(
@@ -184,6 +191,30 @@ pub(crate) async fn relay(
     server: &mut TcpStream,
     max_packet_size: usize,
     state: &mut ServerState,
+) -> Relayed {
+    let mut down_at_boundary = true;
+    let end = relay_inner(
+        client,
+        client_buf,
+        server,
+        max_packet_size,
+        state,
+        &mut down_at_boundary,
+    )
+    .await;
+    Relayed {
+        can_tell_client: down_at_boundary && !state.last_fatal,
+        end,
+    }
+}
+
+async fn relay_inner(
+    client: &mut TcpStream,
+    client_buf: BytesMut,
+    server: &mut TcpStream,
+    max_packet_size: usize,
+    state: &mut ServerState,
+    down_at_boundary: &mut bool,
 ) -> RelayEnd {
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
@@ -196,6 +227,7 @@ pub(crate) async fn relay(
         if up.closing && up.ready == 0 {
             return RelayEnd::ClientLeft;
         }
+        *down_at_boundary = down.ready == 0 && down.scanner.at_boundary();
         tokio::select! {
             r = up.step(&mut cr, &mut sw) => match r {
                 Ok(Step::Read) => {
@@ -224,9 +256,10 @@ pub(crate) async fn relay(
                 }
                 Ok(Step::Wrote) => {}
                 Ok(Step::Eof) => {
-                    // Deliver what is whole, then tell the client.
-                    let _ = cw.write_all(&down.buf[..down.ready]).await;
-                    return RelayEnd::ServerClosed { fatal_sent: state.last_fatal };
+                    // Deliver what was scanned, then the session tells the client.
+                    let delivered = cw.write_all(&down.buf[..down.ready]).await.is_ok();
+                    *down_at_boundary = delivered && down.scanner.at_boundary();
+                    return RelayEnd::ServerClosed;
                 }
                 Err(e) if down.ready > 0 => return RelayEnd::ClientIo(e),
                 Err(e) => return RelayEnd::ServerIo(e),

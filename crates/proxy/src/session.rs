@@ -182,7 +182,7 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
     let cancel_key = welcome(shared, client, server).await?;
     let mut state = ServerState::new();
     let buf = std::mem::take(&mut client.buf);
-    let end = relay::relay(
+    let relayed = relay::relay(
         &mut client.stream,
         buf,
         &mut server.stream,
@@ -192,6 +192,7 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
     .await;
     shared.cancels.unregister(server.pid, cancel_key);
     let node = &config.nodes[server.node];
+    let end = relayed.end;
     let outcome = match &end {
         RelayEnd::ClientLeft => Ok(()),
         RelayEnd::ClientIo(e) => {
@@ -199,8 +200,7 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
             Ok(())
         }
         RelayEnd::ClientProtocol(e) => Err(ErrorFields::fatal("08P01", e.to_string())),
-        RelayEnd::ServerClosed { fatal_sent: true } => Ok(()),
-        RelayEnd::ServerClosed { fatal_sent: false } => Err(ErrorFields::fatal(
+        RelayEnd::ServerClosed => Err(ErrorFields::fatal(
             "08006",
             format!("server connection to node \"{}\" was lost", node.name),
         )
@@ -216,7 +216,12 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
         )),
     };
     finish(shared, guard, &state, &end).await;
-    outcome
+    if relayed.can_tell_client {
+        outcome
+    } else {
+        // The client is mid-message or already has the server's FATAL error.
+        Ok(())
+    }
 }
 
 /// Returns the server to the pool when the session left it clean and the
@@ -250,7 +255,7 @@ async fn finish(
     let busy = state.pending > 0 || state.tx != TxStatus::Idle;
     let server_alive = !matches!(
         end,
-        RelayEnd::ServerClosed { .. } | RelayEnd::ServerIo(_) | RelayEnd::ServerProtocol(_)
+        RelayEnd::ServerClosed | RelayEnd::ServerIo(_) | RelayEnd::ServerProtocol(_)
     );
     if server_alive {
         tokio::spawn(async move {
