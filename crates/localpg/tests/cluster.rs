@@ -1,5 +1,7 @@
 //! The launcher against the installed PostgreSQL: replication, promotion, stop and restart.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use pgherd_localpg::{ClusterSpec, LocalCluster, StopMode};
 
 #[test]
@@ -32,4 +34,23 @@ fn primary_and_standby_replicate_promote_and_clean_up() {
 
     drop(c);
     assert!(!dir.exists(), "cluster directory removed on drop");
+}
+
+#[test]
+fn a_panicking_owner_still_stops_its_cluster() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owner = std::thread::spawn(move || {
+        let c = LocalCluster::start(ClusterSpec {
+            standbys: 0,
+            ..ClusterSpec::default()
+        })
+        .expect("cluster starts");
+        tx.send((c.dir().to_path_buf(), c.node(0).pid().expect("running")))
+            .unwrap();
+        panic!("test failure while the cluster runs");
+    });
+    assert!(owner.join().is_err(), "the owner panicked");
+    let (dir, pid) = rx.recv().unwrap();
+    assert!(!dir.exists(), "directory removed during unwinding");
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err());
 }
