@@ -74,6 +74,41 @@ pub struct General {
     pub query_wait_timeout: Duration,
     pub client_login_timeout: Duration,
     pub max_packet_size: usize,
+    /// How long a client waits for a primary to appear (during a failover)
+    /// before it gets 57P03.
+    pub primary_wait_timeout: Duration,
+    /// Send `replica` sessions to the primary when no standby is usable.
+    pub replica_fallback: bool,
+    pub probe: Probe,
+}
+
+/// Health probes: how pgherd checks each node's role and replication.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub user: String,
+    pub password: Option<Secret>,
+    pub database: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes before a down node is up again (haproxy's `rise`).
+    pub rise: u32,
+    /// Consecutive failures before an up node is down (haproxy's `fall`).
+    pub fall: u32,
+    /// A standby further behind than this (in bytes of WAL) gets no reads.
+    pub max_replica_lag_bytes: Option<u64>,
+    /// A standby further behind than this gets no reads.
+    pub max_replica_lag: Option<Duration>,
+}
+
+/// Where a database's sessions go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// The one primary.
+    Primary,
+    /// A healthy standby (round robin), or the primary when none is usable
+    /// and `replica_fallback` is on.
+    Replica,
 }
 
 /// One PostgreSQL server of the cluster.
@@ -94,6 +129,7 @@ pub struct Database {
     /// Password for `user`.
     pub password: Option<Secret>,
     pub pool_size: usize,
+    pub target: Target,
 }
 
 /// A `[users]` entry.
@@ -157,6 +193,17 @@ mod raw {
         pub query_wait_timeout: f64,
         pub client_login_timeout: f64,
         pub max_packet_size: usize,
+        pub primary_wait_timeout: f64,
+        pub replica_fallback: bool,
+        pub probe_user: Option<String>,
+        pub probe_password: Option<String>,
+        pub probe_database: String,
+        pub probe_interval: f64,
+        pub probe_timeout: f64,
+        pub probe_rise: u32,
+        pub probe_fall: u32,
+        pub max_replica_lag_bytes: Option<u64>,
+        pub max_replica_lag: Option<f64>,
     }
 
     impl Default for General {
@@ -172,6 +219,17 @@ mod raw {
                 client_login_timeout: 60.0,
                 // PostgreSQL's own limit for a message (PQ_LARGE_MESSAGE_LIMIT).
                 max_packet_size: 0x3fff_ffff,
+                primary_wait_timeout: 15.0,
+                replica_fallback: true,
+                probe_user: None,
+                probe_password: None,
+                probe_database: "postgres".into(),
+                probe_interval: 1.0,
+                probe_timeout: 1.0,
+                probe_rise: 2,
+                probe_fall: 3,
+                max_replica_lag_bytes: Some(16 * 1024 * 1024),
+                max_replica_lag: None,
             }
         }
     }
@@ -196,6 +254,7 @@ mod raw {
         pub user: Option<String>,
         pub password: Option<String>,
         pub pool_size: Option<usize>,
+        pub target: Option<Target>,
     }
 
     #[derive(Deserialize)]
@@ -208,6 +267,14 @@ mod raw {
     fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
         Duration::try_from_secs_f64(v)
             .map_err(|_| invalid(key, format!("{v} is not a valid number of seconds")))
+    }
+
+    fn positive(key: &str, v: f64) -> Result<Duration, ConfigError> {
+        let d = seconds(key, v)?;
+        if d.is_zero() {
+            return Err(invalid(key, "must be more than 0"));
+        }
+        Ok(d)
     }
 
     impl File {
@@ -241,6 +308,31 @@ mod raw {
                     g.client_login_timeout,
                 )?,
                 max_packet_size: g.max_packet_size,
+                primary_wait_timeout: seconds(
+                    "pgherd.primary_wait_timeout",
+                    g.primary_wait_timeout,
+                )?,
+                replica_fallback: g.replica_fallback,
+                probe: Probe {
+                    user: g.probe_user.ok_or_else(|| {
+                        invalid(
+                            "pgherd.probe_user",
+                            "set the user pgherd's health probes log in as (a superuser \
+                             or a member of pg_monitor), like haproxy's pgsqlchk user",
+                        )
+                    })?,
+                    password: g.probe_password.map(Secret::new),
+                    database: g.probe_database,
+                    interval: positive("pgherd.probe_interval", g.probe_interval)?,
+                    timeout: positive("pgherd.probe_timeout", g.probe_timeout)?,
+                    rise: g.probe_rise.max(1),
+                    fall: g.probe_fall.max(1),
+                    max_replica_lag_bytes: g.max_replica_lag_bytes,
+                    max_replica_lag: g
+                        .max_replica_lag
+                        .map(|s| seconds("pgherd.max_replica_lag", s))
+                        .transpose()?,
+                },
             };
 
             if self.nodes.is_empty() {
@@ -280,6 +372,7 @@ mod raw {
                         user: d.user,
                         password: d.password.map(Secret::new),
                         pool_size: d.pool_size.unwrap_or(general.default_pool_size),
+                        target: d.target.unwrap_or(Target::Primary),
                     },
                 );
             }
@@ -338,6 +431,9 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = r#"
+        [pgherd]
+        probe_user = "pgherd"
+
         [[nodes]]
         name = "pg1"
         host = "127.0.0.1"
@@ -354,20 +450,26 @@ mod tests {
         assert_eq!(g.server_reset_query, "DISCARD ALL");
         assert_eq!(g.query_wait_timeout, Duration::from_secs(120));
         assert_eq!(c.nodes[0].port, 5432);
+        assert_eq!(g.probe.interval, Duration::from_secs(1));
+        assert_eq!((g.probe.rise, g.probe.fall), (2, 3));
+        assert_eq!(g.probe.database, "postgres");
+        assert!(g.replica_fallback);
         assert!(c.database("app").is_none(), "no * entry, no fallback");
     }
 
     #[test]
     fn databases_and_fallback() {
         let c = Config::parse(&format!(
-            "{MINIMAL}\n[databases]\napp = {{ dbname = \"appdb\", pool_size = 3 }}\n\"*\" = {{}}\n"
+            "{MINIMAL}\n[databases]\napp = {{ dbname = \"appdb\", pool_size = 3, target = \"replica\" }}\n\"*\" = {{}}\n"
         ))
         .unwrap();
         assert_eq!(c.database("app").unwrap().dbname.as_deref(), Some("appdb"));
         assert_eq!(c.database("app").unwrap().pool_size, 3);
+        assert_eq!(c.database("app").unwrap().target, Target::Replica);
         let other = c.database("other").unwrap();
         assert_eq!(other.dbname, None);
         assert_eq!(other.pool_size, 20);
+        assert_eq!(other.target, Target::Primary);
     }
 
     #[test]
@@ -392,11 +494,12 @@ mod tests {
     #[test]
     fn clear_errors() {
         let cases = [
-            ("", "nodes"),
+            ("[pgherd]\nprobe_user = \"p\"", "nodes"),
             (
-                "[pgherd]\nlisten_addr = \"nope\"\n[[nodes]]\nname=\"a\"\nhost=\"h\"",
+                "[pgherd]\nprobe_user=\"p\"\nlisten_addr = \"nope\"\n[[nodes]]\nname=\"a\"\nhost=\"h\"",
                 "pgherd.listen_addr",
             ),
+            ("[[nodes]]\nname=\"a\"\nhost=\"h\"", "pgherd.probe_user"),
             (&format!("{MINIMAL}\n[users]\nu = {{}}"), "users.u.password"),
             (
                 &format!("{MINIMAL}\n[databases]\nd = {{ password = \"x\" }}"),
@@ -411,7 +514,7 @@ mod tests {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(expect), "{err:?} should mention {expect}");
         }
-        let err = Config::parse(&format!("{MINIMAL}\n[pgherd]\nmax_clent_conn = 5"))
+        let err = Config::parse(&MINIMAL.replace("[pgherd]", "[pgherd]\nmax_clent_conn = 5"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_clent_conn"), "{err}");

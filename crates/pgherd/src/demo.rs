@@ -24,7 +24,10 @@ pub(crate) fn run(port: Option<u16>) -> anyhow::Result<()> {
 }
 
 fn config_for(cluster: &LocalCluster, port: u16) -> String {
-    let mut t = format!("[pgherd]\nlisten_addr = \"127.0.0.1:{port}\"\n");
+    let mut t = format!(
+        "[pgherd]\nlisten_addr = \"127.0.0.1:{port}\"\nprobe_user = \"postgres\"\nprobe_password = \"{}\"\n",
+        cluster.superuser_password()
+    );
     for n in cluster.nodes() {
         t.push_str(&format!(
             "\n[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n",

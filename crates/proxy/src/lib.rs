@@ -13,14 +13,16 @@
 //! Session pooling only, for now: a client keeps its server for its whole
 //! session, so it cannot tell pgherd from a direct connection (its backend
 //! PID, ParameterStatus values, prepared statements, temp tables and LISTENs
-//! are its own). Which node is the primary is learnt from each new server
-//! connection's `in_hot_standby` report (PostgreSQL 14+), like libpq's
-//! `target_session_attrs=read-write`.
+//! are its own). Where a session goes comes from the cluster topology
+//! (`pgherd-cluster`'s probes): the one primary, or a fresh standby for
+//! `target = "replica"`; each new server connection's `in_hot_standby` report
+//! is checked as well, so a stale topology cannot send writes to a standby.
 #![forbid(unsafe_code)]
 
 mod cancel;
 mod client;
 mod relay;
+mod route;
 mod server;
 mod session;
 
@@ -30,6 +32,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use pgherd_cluster::{Cluster, ClusterEvent, Topology};
 use pgherd_config::Config;
 use pgherd_pool::Pool;
 use rand::RngCore;
@@ -53,8 +56,10 @@ pub(crate) struct Shared {
     cancels: cancel::CancelRegistry,
     /// Connected clients, for `max_client_conn`.
     clients: AtomicUsize,
-    /// The node that was primary last time we looked: tried first.
-    primary_hint: AtomicUsize,
+    /// Probes and topology: where sessions may go.
+    cluster: Cluster,
+    /// Spreads `replica` sessions over the standbys.
+    round_robin: AtomicUsize,
     /// Seeds the mock SCRAM exchange for unknown users.
     process_secret: [u8; 32],
 }
@@ -68,6 +73,46 @@ impl Shared {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.entry(key).or_insert_with(|| Pool::new(size)).clone()
     }
+
+    /// Closes the idle server connections to node `node` (its role changed,
+    /// or it went down): the next client gets a fresh one, or another node.
+    fn drain_node(&self, node: usize) {
+        let pools: Vec<Pool<ServerConn>> = {
+            let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            pools
+                .iter()
+                .filter(|(k, _)| k.node == node)
+                .map(|(_, p)| p.clone())
+                .collect()
+        };
+        for pool in pools {
+            for conn in pool.drain_idle() {
+                tokio::spawn(conn.close());
+            }
+        }
+    }
+
+    fn node_index(&self, name: &str) -> Option<usize> {
+        self.config.nodes.iter().position(|n| n.name == name)
+    }
+}
+
+/// Drains idle connections of nodes whose role or health changed.
+async fn drain_on_changes(shared: Arc<Shared>) {
+    let mut events = shared.cluster.subscribe();
+    loop {
+        let node = match events.recv().await {
+            Ok(ClusterEvent::RoleChanged { node, .. })
+            | Ok(ClusterEvent::NodeDown { node, .. })
+            | Ok(ClusterEvent::Fenced { node, .. }) => node,
+            Ok(_) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if let Some(i) = shared.node_index(&node) {
+            shared.drain_node(i);
+        }
+    }
 }
 
 /// A bound pgherd listener with its shared state.
@@ -78,22 +123,23 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Binds `config.general.listen_addr`.
+    /// Binds `config.general.listen_addr` and starts probing the nodes.
     pub async fn bind(config: Config) -> std::io::Result<Proxy> {
         let listener = TcpListener::bind(config.general.listen_addr).await?;
         let mut process_secret = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut process_secret);
-        Ok(Proxy {
-            shared: Arc::new(Shared {
-                config: Arc::new(config),
-                pools: Mutex::new(HashMap::new()),
-                cancels: cancel::CancelRegistry::default(),
-                clients: AtomicUsize::new(0),
-                primary_hint: AtomicUsize::new(0),
-                process_secret,
-            }),
-            listener,
-        })
+        let cluster = Cluster::start(&config);
+        let shared = Arc::new(Shared {
+            config: Arc::new(config),
+            pools: Mutex::new(HashMap::new()),
+            cancels: cancel::CancelRegistry::default(),
+            clients: AtomicUsize::new(0),
+            cluster,
+            round_robin: AtomicUsize::new(0),
+            process_secret,
+        });
+        tokio::spawn(drain_on_changes(Arc::clone(&shared)));
+        Ok(Proxy { shared, listener })
     }
 
     /// The address actually bound (useful with port 0).
@@ -151,6 +197,16 @@ impl ProxyHandle {
     /// Clients connected right now (including ones still logging in).
     pub fn client_count(&self) -> usize {
         self.shared.clients.load(Ordering::Relaxed)
+    }
+
+    /// The cluster as the probes see it.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.shared.cluster.topology()
+    }
+
+    /// The cluster handle (events, probes).
+    pub fn cluster(&self) -> &Cluster {
+        &self.shared.cluster
     }
 
     /// Every pool with its counters.

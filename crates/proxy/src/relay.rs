@@ -44,6 +44,8 @@ pub(crate) enum RelayEnd {
     ServerClosed,
     ServerIo(std::io::Error),
     ServerProtocol(FrameError),
+    /// The node may no longer serve this session (fenced): why.
+    Retired(String),
 }
 
 /// What the proxy knows about the server's state from the traffic.
@@ -183,14 +185,16 @@ pub(crate) struct Relayed {
     pub(crate) can_tell_client: bool,
 }
 
-/// Relays between `client` and `server` until one side ends. `client_buf`
-/// holds bytes the client already sent (pipelined after login).
+/// Relays between `client` and `server` until one side ends, or `retire`
+/// completes (the node was fenced). `client_buf` holds bytes the client
+/// already sent (pipelined after login).
 pub(crate) async fn relay(
     client: &mut TcpStream,
     client_buf: BytesMut,
     server: &mut TcpStream,
     max_packet_size: usize,
     state: &mut ServerState,
+    retire: impl std::future::Future<Output = String>,
 ) -> Relayed {
     let mut down_at_boundary = true;
     let end = relay_inner(
@@ -200,6 +204,7 @@ pub(crate) async fn relay(
         max_packet_size,
         state,
         &mut down_at_boundary,
+        retire,
     )
     .await;
     Relayed {
@@ -215,7 +220,9 @@ async fn relay_inner(
     max_packet_size: usize,
     state: &mut ServerState,
     down_at_boundary: &mut bool,
+    retire: impl std::future::Future<Output = String>,
 ) -> RelayEnd {
+    tokio::pin!(retire);
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
     let mut up = Pipe::new(client_buf, max_packet_size);
@@ -264,6 +271,7 @@ async fn relay_inner(
                 Err(e) if down.ready > 0 => return RelayEnd::ClientIo(e),
                 Err(e) => return RelayEnd::ServerIo(e),
             },
+            reason = &mut retire => return RelayEnd::Retired(reason),
         }
     }
 }

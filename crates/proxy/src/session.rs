@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use pgherd_config::{Config, Database};
+use pgherd_config::{Config, Database, Target};
 use pgherd_pool::{Guard, PoolError};
 use pgherd_wire::backend::{self, ErrorFields, TxStatus};
 use tokio::io::AsyncWriteExt;
@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use crate::cancel::CancelTarget;
 use crate::client::{Authenticated, Client, Refused};
 use crate::relay::{self, RelayEnd, ServerState};
+use crate::route::{self, Attempt};
 use crate::server::{send_cancel, ServerConn, ServerCredential, ServerError};
 use crate::{PoolKey, Shared};
 
@@ -127,6 +128,7 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
                 user: None,
                 password: None,
                 pool_size: 1,
+                target: Target::Primary,
             };
             &fallback
         }
@@ -153,8 +155,8 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
 
     if replication {
         let (params, credential) = (&params, &credential);
-        let server = connect_primary(shared, |node| async move {
-            open(shared, node, params.clone(), credential).await
+        let server = route::connect(shared, Target::Primary, |node| async move {
+            open(shared, node, Target::Primary, params.clone(), credential).await
         })
         .await?;
         return replicate(shared, client, server).await;
@@ -165,11 +167,12 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
         user: server_user.clone(),
         node,
     };
-    let mut guard = connect_primary(shared, |node| {
+    let target = db.target;
+    let mut guard = route::connect(shared, target, |node| {
         let (params, credential, key) = (&params, &credential, key(node));
         async move {
             let pool = shared.pool(key, db.pool_size);
-            checkout(shared, &pool, node, params, credential).await
+            checkout(shared, &pool, node, target, params, credential).await
         }
     })
     .await?;
@@ -182,12 +185,14 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
     let cancel_key = welcome(shared, client, server).await?;
     let mut state = ServerState::new();
     let buf = std::mem::take(&mut client.buf);
+    let retire = retire_when_fenced(shared.cluster.watch(), server.node);
     let relayed = relay::relay(
         &mut client.stream,
         buf,
         &mut server.stream,
         config.general.max_packet_size,
         &mut state,
+        retire,
     )
     .await;
     shared.cancels.unregister(server.pid, cancel_key);
@@ -214,6 +219,10 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
             "08P01",
             format!("node \"{}\" broke the protocol: {e}", node.name),
         )),
+        RelayEnd::Retired(reason) => Err(ErrorFields::fatal(
+            "57P01",
+            format!("terminating connection: node \"{}\" {reason}", node.name),
+        )),
     };
     finish(shared, guard, &state, &end).await;
     if relayed.can_tell_client {
@@ -221,6 +230,23 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
     } else {
         // The client is mid-message or already has the server's FATAL error.
         Ok(())
+    }
+}
+
+/// Completes when node `node` is fenced: a session pinned to it must end,
+/// whatever it was doing, because the node may have diverged from the cluster.
+async fn retire_when_fenced(
+    mut topology: tokio::sync::watch::Receiver<Arc<pgherd_cluster::Topology>>,
+    node: usize,
+) -> String {
+    loop {
+        if topology.borrow_and_update().nodes[node].fenced {
+            return "was fenced: it claims to be primary but is not the cluster's one primary"
+                .into();
+        }
+        if topology.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 
@@ -295,48 +321,11 @@ async fn welcome(
     Ok(secret)
 }
 
-/// What trying one node gave.
-enum Attempt<T> {
-    Primary(T),
-    /// Reachable but not the primary, or not reachable: why.
-    NotPrimary(String),
-    /// The server refused this client (wrong database, password...): final.
-    Refused(ErrorFields),
-}
-
-/// Tries the nodes, the last known primary first, until one is the primary.
-async fn connect_primary<T, F, Fut>(shared: &Shared, attempt: F) -> Result<T, ErrorFields>
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = Attempt<T>>,
-{
-    let nodes = &shared.config().nodes;
-    let hint = shared.primary_hint.load(Ordering::Relaxed) % nodes.len();
-    let mut reasons = Vec::new();
-    for i in (0..nodes.len()).map(|k| (hint + k) % nodes.len()) {
-        match attempt(i).await {
-            Attempt::Primary(t) => {
-                shared.primary_hint.store(i, Ordering::Relaxed);
-                return Ok(t);
-            }
-            Attempt::NotPrimary(why) => {
-                let n = &nodes[i];
-                reasons.push(format!("{} ({}:{}): {why}", n.name, n.host, n.port));
-            }
-            Attempt::Refused(fields) => return Err(fields),
-        }
-    }
-    Err(
-        ErrorFields::fatal("57P03", "pgherd: no primary node is available")
-            .with_detail(reasons.join("; "))
-            .with_hint("pgherd retries on the next connection; check the nodes and their roles"),
-    )
-}
-
 /// Opens an unpooled server connection on `node`.
 async fn open(
     shared: &Shared,
     node: usize,
+    target: Target,
     params: Vec<(String, String)>,
     credential: &ServerCredential,
 ) -> Attempt<ServerConn> {
@@ -352,14 +341,14 @@ async fn open(
     )
     .await;
     match connected {
-        Ok(conn) if conn.is_standby() => {
+        Ok(conn) if target == Target::Primary && conn.is_standby() => {
             tokio::spawn(conn.close());
-            Attempt::NotPrimary("is a standby".into())
+            Attempt::Unusable("is a standby".into())
         }
-        Ok(conn) => Attempt::Primary(conn),
+        Ok(conn) => Attempt::Usable(conn),
         Err(ServerError::Rejected(fields)) if fields.code.starts_with("57P") => {
             // Starting up, shutting down, in recovery: try another node.
-            Attempt::NotPrimary(fields.message)
+            Attempt::Unusable(fields.message)
         }
         Err(ServerError::Rejected(mut fields)) => {
             fields.detail = Some(format!(
@@ -375,7 +364,7 @@ async fn open(
             "28000",
             format!("pgherd cannot log in to node \"{}\": {why}", n.name),
         )),
-        Err(e) => Attempt::NotPrimary(e.to_string()),
+        Err(e) => Attempt::Unusable(e.to_string()),
     }
 }
 
@@ -385,6 +374,7 @@ async fn checkout(
     shared: &Shared,
     pool: &pgherd_pool::Pool<ServerConn>,
     node: usize,
+    target: Target,
     params: &[(String, String)],
     credential: &ServerCredential,
 ) -> Attempt<Guard<ServerConn>> {
@@ -404,24 +394,24 @@ async fn checkout(
                 .with_hint("raise pool_size for this database, or look for long sessions"),
             )
         }
-        Err(PoolError::Closed) => return Attempt::NotPrimary("pool closed".into()),
+        Err(PoolError::Closed) => return Attempt::Unusable("pool closed".into()),
     };
     if let Some(evicted) = guard.take_evicted() {
         tokio::spawn(evicted.close());
     }
     if let Some(conn) = guard.conn() {
-        if conn.is_alive() && !conn.is_standby() {
-            return Attempt::Primary(guard);
+        if conn.is_alive() && !(target == Target::Primary && conn.is_standby()) {
+            return Attempt::Usable(guard);
         }
         // Closed by the server while idle (restart, failover, idle timeout).
         drop(guard.take());
     }
-    match open(shared, node, params.to_vec(), credential).await {
-        Attempt::Primary(conn) => {
+    match open(shared, node, target, params.to_vec(), credential).await {
+        Attempt::Usable(conn) => {
             guard.set(conn);
-            Attempt::Primary(guard)
+            Attempt::Usable(guard)
         }
-        Attempt::NotPrimary(why) => Attempt::NotPrimary(why),
+        Attempt::Unusable(why) => Attempt::Unusable(why),
         Attempt::Refused(f) => Attempt::Refused(f),
     }
 }

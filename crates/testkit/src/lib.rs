@@ -77,7 +77,8 @@ pub fn shared_cluster() -> &'static TestCluster {
     SHARED.get_or_init(|| TestCluster::start(1))
 }
 
-/// Builds a pgherd config: every node of the cluster, a `*` database, users
+/// Builds a pgherd config: every node of the cluster (probed every 0.2 s as
+/// `postgres`), a `*` database, users
 /// `app` (with pg_authid's verifier: pgherd logs in to the server with the
 /// client's SCRAM keys) and `md5user` (plaintext, used for the server login).
 #[derive(Debug, Clone)]
@@ -91,7 +92,12 @@ pub struct PgherdBuilder {
 impl PgherdBuilder {
     fn new(cluster: &TestCluster) -> Self {
         PgherdBuilder {
-            general: vec!["listen_addr = \"127.0.0.1:0\"".into()],
+            general: vec![
+                "listen_addr = \"127.0.0.1:0\"".into(),
+                "probe_user = \"postgres\"".into(),
+                format!("probe_password = \"{}\"", cluster.pg.superuser_password()),
+                "probe_interval = 0.2".into(),
+            ],
             nodes: cluster
                 .pg
                 .nodes()

@@ -1,0 +1,143 @@
+//! Cluster awareness: which node is the primary, which standbys may serve
+//! reads — what haproxy plus the xinetd `pgsqlchk` script told each other in
+//! the classic setup, done by pgherd itself with SQL.
+//!
+//! One task per node keeps a probe connection (tokio-postgres, as the probe
+//! user) and runs [`probe::PROBE_SQL`] every `probe_interval`, bounded by
+//! `probe_timeout` (a hung node counts as a failed probe). Results go to one
+//! evaluator task that owns the [`topology::Evaluator`], publishes each new
+//! [`Topology`] on a `watch` channel (sessions read it without locks on the
+//! data path) and broadcasts [`ClusterEvent`]s.
+//!
+//! [`Cluster::request_probe`] probes every node at once: the proxy calls it
+//! when a server connection to the primary fails, so a failover is noticed in
+//! one round trip rather than one interval.
+#![forbid(unsafe_code)]
+
+pub mod probe;
+pub mod topology;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgherd_config::Config;
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+
+pub use topology::{ClusterEvent, NodeStatus, ProbeSample, Role, Thresholds, Topology};
+
+/// Handle to the running probes. Cloning is cheap; dropping the last handle
+/// does not stop the probes (they stop with the runtime).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    topology: watch::Receiver<Arc<Topology>>,
+    events: broadcast::Sender<ClusterEvent>,
+    reprobe: Arc<Notify>,
+}
+
+impl Cluster {
+    /// Starts probing every node of `config` on the current tokio runtime.
+    pub fn start(config: &Config) -> Cluster {
+        let probe = &config.general.probe;
+        let evaluator = topology::Evaluator::new(
+            config.nodes.iter().map(|n| n.name.clone()).collect(),
+            Thresholds {
+                rise: probe.rise,
+                fall: probe.fall,
+                max_lag_bytes: probe.max_replica_lag_bytes,
+                max_lag: probe.max_replica_lag,
+            },
+        );
+        let (topo_tx, topo_rx) = watch::channel(Arc::new(evaluator.topology().clone()));
+        let (events, _) = broadcast::channel(256);
+        let reprobe = Arc::new(Notify::new());
+        let (results_tx, results_rx) = mpsc::channel(config.nodes.len() * 4);
+        for (i, node) in config.nodes.iter().enumerate() {
+            let target = probe::ProbeTarget::new(node, probe);
+            tokio::spawn(probe::run(
+                i,
+                target,
+                probe.interval,
+                probe.timeout,
+                Arc::clone(&reprobe),
+                results_tx.clone(),
+            ));
+        }
+        tokio::spawn(evaluate(evaluator, results_rx, topo_tx, events.clone()));
+        Cluster {
+            topology: topo_rx,
+            events,
+            reprobe,
+        }
+    }
+
+    /// The latest topology.
+    pub fn topology(&self) -> Arc<Topology> {
+        Arc::clone(&self.topology.borrow())
+    }
+
+    /// A receiver that sees every new topology.
+    pub fn watch(&self) -> watch::Receiver<Arc<Topology>> {
+        self.topology.clone()
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ClusterEvent> {
+        self.events.subscribe()
+    }
+
+    /// Probes every node now instead of at the next interval.
+    pub fn request_probe(&self) {
+        self.reprobe.notify_waiters();
+    }
+
+    /// Waits up to `timeout` for a topology that satisfies `pick`, probing
+    /// at once if the current one does not. Returns what `pick` chose, or
+    /// the last topology seen.
+    pub async fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        pick: impl Fn(&Topology) -> Option<T>,
+    ) -> Result<T, Arc<Topology>> {
+        let mut rx = self.topology.clone();
+        if let Some(t) = pick(&rx.borrow_and_update()) {
+            return Ok(t);
+        }
+        self.request_probe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {
+                    if let Some(t) = pick(&rx.borrow_and_update()) {
+                        return Ok(t);
+                    }
+                }
+                _ => return Err(self.topology()),
+            }
+        }
+    }
+}
+
+async fn evaluate(
+    mut evaluator: topology::Evaluator,
+    mut results: mpsc::Receiver<(usize, Result<ProbeSample, String>)>,
+    topology: watch::Sender<Arc<Topology>>,
+    events: broadcast::Sender<ClusterEvent>,
+) {
+    while let Some((node, result)) = results.recv().await {
+        let before = evaluator.topology().version;
+        let happened = evaluator.apply(node, result);
+        if evaluator.topology().version != before {
+            topology.send_replace(Arc::new(evaluator.topology().clone()));
+        }
+        for event in happened {
+            match &event {
+                ClusterEvent::LagOverThreshold { .. } | ClusterEvent::LagUnderThreshold { .. } => {
+                    tracing::info!("{event}")
+                }
+                _ => tracing::warn!("{event}"),
+            }
+            // No subscriber is fine: events are also logged.
+            let _ = events.send(event);
+        }
+    }
+}

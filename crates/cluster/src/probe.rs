@@ -1,0 +1,148 @@
+//! The SQL health probe of one node.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgherd_config::{Node, Probe};
+use tokio::sync::{mpsc, Notify};
+
+/// One query answers everything pgherd needs about a node (PostgreSQL 10+):
+/// its role, WAL positions, replay delay, timeline and WAL receiver state.
+/// The timeline of a primary comes from the name of the WAL file it writes,
+/// which changes the moment it is promoted.
+pub const PROBE_SQL: &str = "\
+SELECT pg_is_in_recovery(),
+  CASE WHEN pg_is_in_recovery() THEN NULL
+       ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8 END,
+  pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::int8,
+  pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::int8,
+  CASE WHEN pg_is_in_recovery()
+       THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,
+  CASE WHEN pg_is_in_recovery()
+       THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
+                     (SELECT timeline_id FROM pg_control_checkpoint()))
+       ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int4 END,
+  (SELECT status FROM pg_stat_wal_receiver)";
+
+/// Where and as whom to probe.
+#[derive(Debug, Clone)]
+pub struct ProbeTarget {
+    config: tokio_postgres::Config,
+}
+
+impl ProbeTarget {
+    pub fn new(node: &Node, probe: &Probe) -> Self {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&node.host)
+            .port(node.port)
+            .user(&probe.user)
+            .dbname(&probe.database)
+            .application_name("pgherd probe")
+            .connect_timeout(probe.timeout);
+        if let Some(p) = &probe.password {
+            config.password(p.expose());
+        }
+        ProbeTarget { config }
+    }
+}
+
+/// A connected probe session with its prepared statement.
+struct Session {
+    client: tokio_postgres::Client,
+    statement: tokio_postgres::Statement,
+}
+
+/// Probes node `index` forever: every `interval`, or at once when `reprobe`
+/// is notified. Each result is sent to `results`.
+pub(crate) async fn run(
+    index: usize,
+    target: ProbeTarget,
+    interval: Duration,
+    timeout: Duration,
+    reprobe: Arc<Notify>,
+    results: mpsc::Sender<(usize, Result<crate::ProbeSample, String>)>,
+) {
+    let mut session: Option<Session> = None;
+    loop {
+        // Registered before probing, so a request made during the probe
+        // is not lost.
+        let notified = reprobe.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, probe_once(&target, &mut session)).await {
+            Ok(Ok(mut sample)) => {
+                sample.duration = started.elapsed();
+                Ok(sample)
+            }
+            Ok(Err(e)) => {
+                session = None;
+                Err(e)
+            }
+            Err(_) => {
+                session = None;
+                Err(format!("probe timed out after {timeout:?}"))
+            }
+        };
+        if results.send((index, result)).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = notified => {}
+        }
+    }
+}
+
+async fn probe_once(
+    target: &ProbeTarget,
+    session: &mut Option<Session>,
+) -> Result<crate::ProbeSample, String> {
+    if session.as_ref().is_none_or(|s| s.client.is_closed()) {
+        let (client, connection) = target
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| describe(&e))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let statement = client.prepare(PROBE_SQL).await.map_err(|e| describe(&e))?;
+        *session = Some(Session { client, statement });
+    }
+    let Some(s) = session.as_ref() else {
+        return Err("no probe session".into());
+    };
+    let row = s
+        .client
+        .query_one(&s.statement, &[])
+        .await
+        .map_err(|e| describe(&e))?;
+    let lsn = |i: usize| -> Result<Option<u64>, String> {
+        let v: Option<i64> = row.try_get(i).map_err(|e| e.to_string())?;
+        Ok(v.map(|v| v.max(0) as u64))
+    };
+    let timeline: Option<i32> = row.try_get(5).map_err(|e| e.to_string())?;
+    Ok(crate::ProbeSample {
+        in_recovery: row.try_get(0).map_err(|e| e.to_string())?,
+        current_lsn: lsn(1)?,
+        receive_lsn: lsn(2)?,
+        replay_lsn: lsn(3)?,
+        replay_age: row.try_get(4).map_err(|e| e.to_string())?,
+        timeline: timeline.map(|t| t.max(0) as u32),
+        wal_receiver: row.try_get(6).map_err(|e| e.to_string())?,
+        duration: Duration::ZERO,
+    })
+}
+
+/// The most useful text of a tokio-postgres error (its source for I/O errors).
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.code().code(), db.message());
+    }
+    match std::error::Error::source(e) {
+        Some(src) => src.to_string(),
+        None => e.to_string(),
+    }
+}

@@ -1,0 +1,617 @@
+//! From probe results to a topology: node states, the one primary, fencing.
+//!
+//! This is the part of pgherd that decides where writes may go, so it is
+//! pure (no I/O, no clock) and tested case by case. The rules:
+//!
+//! * **Up/down with hysteresis**, as haproxy's `rise`/`fall`: an up node goes
+//!   down after `fall` consecutive failed probes, a down node comes up after
+//!   `rise` consecutive good ones. A node's first probe decides directly, so a
+//!   fresh pgherd serves at once.
+//! * **Role** comes from the latest successful probe, without delay: a
+//!   promotion is followed on the next probe.
+//! * **Exactly one primary.** Of the up nodes that are not in recovery, only
+//!   one on the highest timeline ever seen may take writes. A primary on a
+//!   lower timeline (an old primary restarted after a failover) is *fenced*,
+//!   even once the newer primary is down: its data has diverged. Two primaries
+//!   on the same timeline is a split brain that cannot be resolved by
+//!   looking: both are fenced and there is no primary until one goes away.
+
+use std::time::Duration;
+
+/// One successful probe of one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeSample {
+    pub in_recovery: bool,
+    /// Current WAL position (bytes since 0/0) on a primary.
+    pub current_lsn: Option<u64>,
+    /// Last WAL received / replayed on a standby.
+    pub receive_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    /// Seconds since the last replayed transaction's commit, on a standby.
+    pub replay_age: Option<f64>,
+    /// The timeline the node writes (primary) or receives (standby).
+    pub timeline: Option<u32>,
+    /// `pg_stat_wal_receiver.status` on a standby (`streaming`...).
+    pub wal_receiver: Option<String>,
+    /// How long the probe took.
+    pub duration: Duration,
+}
+
+/// A node's role as last probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Never probed successfully.
+    Unknown,
+    Primary,
+    Standby,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Unknown => "unknown",
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+        }
+    }
+}
+
+/// Everything known about one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeStatus {
+    pub name: String,
+    pub up: bool,
+    pub role: Role,
+    /// A primary that must take no writes (lower timeline, or split brain).
+    pub fenced: bool,
+    pub timeline: Option<u32>,
+    /// Bytes of WAL the node is behind the primary (standbys, when a primary is known).
+    pub lag_bytes: Option<u64>,
+    /// Replay delay in seconds (standbys).
+    pub lag_seconds: Option<f64>,
+    /// Lag within `max_replica_lag*`: may serve reads.
+    pub lag_ok: bool,
+    pub last_sample: Option<ProbeSample>,
+    pub last_error: Option<String>,
+}
+
+impl NodeStatus {
+    /// Up, a standby, not fenced and fresh enough: may serve reads.
+    pub fn serves_reads(&self) -> bool {
+        self.up && self.role == Role::Standby && !self.fenced && self.lag_ok
+    }
+
+    /// A short description for error messages: `up, standby, lag 120 B`.
+    pub fn describe(&self) -> String {
+        if !self.up {
+            return match &self.last_error {
+                Some(e) => format!("down ({e})"),
+                None => "down".into(),
+            };
+        }
+        let mut s = self.role.as_str().to_owned();
+        if self.fenced {
+            s.push_str(", fenced");
+        }
+        if let Some(tl) = self.timeline {
+            s.push_str(&format!(", timeline {tl}"));
+        }
+        if self.role == Role::Standby && !self.lag_ok {
+            s.push_str(", lagging");
+        }
+        s
+    }
+}
+
+/// The cluster as pgherd sees it at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    pub nodes: Vec<NodeStatus>,
+    /// The node that takes writes, if any.
+    pub primary: Option<usize>,
+    /// More than one up node claims to be primary.
+    pub split_brain: bool,
+    /// Counts published versions.
+    pub version: u64,
+}
+
+impl Topology {
+    /// One line per node, for error details: `pg0: down (...); pg1: standby`.
+    pub fn describe(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("{}: {}", n.name, n.describe()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Something that changed, for logs, notifiers and the admin side.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterEvent {
+    NodeUp {
+        node: String,
+    },
+    NodeDown {
+        node: String,
+        reason: String,
+    },
+    RoleChanged {
+        node: String,
+        from: Role,
+        to: Role,
+    },
+    PrimaryChanged {
+        from: Option<String>,
+        to: Option<String>,
+    },
+    Fenced {
+        node: String,
+        reason: String,
+    },
+    Unfenced {
+        node: String,
+    },
+    SplitBrainDetected {
+        primaries: Vec<String>,
+    },
+    SplitBrainResolved,
+    LagOverThreshold {
+        node: String,
+    },
+    LagUnderThreshold {
+        node: String,
+    },
+}
+
+impl std::fmt::Display for ClusterEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClusterEvent::NodeUp { node } => write!(f, "node {node} is up"),
+            ClusterEvent::NodeDown { node, reason } => write!(f, "node {node} is down: {reason}"),
+            ClusterEvent::RoleChanged { node, from, to } => {
+                write!(
+                    f,
+                    "node {node} changed role: {} -> {}",
+                    from.as_str(),
+                    to.as_str()
+                )
+            }
+            ClusterEvent::PrimaryChanged { from, to } => write!(
+                f,
+                "primary changed: {} -> {}",
+                from.as_deref().unwrap_or("none"),
+                to.as_deref().unwrap_or("none")
+            ),
+            ClusterEvent::Fenced { node, reason } => write!(f, "node {node} fenced: {reason}"),
+            ClusterEvent::Unfenced { node } => write!(f, "node {node} no longer fenced"),
+            ClusterEvent::SplitBrainDetected { primaries } => {
+                write!(
+                    f,
+                    "split brain: {} all claim to be primary",
+                    primaries.join(", ")
+                )
+            }
+            ClusterEvent::SplitBrainResolved => write!(f, "split brain resolved"),
+            ClusterEvent::LagOverThreshold { node } => {
+                write!(f, "node {node} lags over max_replica_lag: no reads")
+            }
+            ClusterEvent::LagUnderThreshold { node } => {
+                write!(f, "node {node} caught up: serves reads again")
+            }
+        }
+    }
+}
+
+/// Limits that decide health.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    pub rise: u32,
+    pub fall: u32,
+    pub max_lag_bytes: Option<u64>,
+    pub max_lag: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+struct Health {
+    /// `None` until the first probe.
+    up: Option<bool>,
+    successes: u32,
+    failures: u32,
+}
+
+/// Folds probe results into topologies. Sans-IO: feed results, read topologies.
+#[derive(Debug)]
+pub struct Evaluator {
+    thresholds: Thresholds,
+    health: Vec<Health>,
+    current: Topology,
+    /// Highest timeline any primary has shown: lower ones are fenced.
+    max_timeline: u32,
+}
+
+impl Evaluator {
+    pub fn new(names: Vec<String>, thresholds: Thresholds) -> Self {
+        let nodes: Vec<NodeStatus> = names
+            .into_iter()
+            .map(|name| NodeStatus {
+                name,
+                up: false,
+                role: Role::Unknown,
+                fenced: false,
+                timeline: None,
+                lag_bytes: None,
+                lag_seconds: None,
+                lag_ok: false,
+                last_sample: None,
+                last_error: None,
+            })
+            .collect();
+        Evaluator {
+            thresholds,
+            health: vec![
+                Health {
+                    up: None,
+                    successes: 0,
+                    failures: 0
+                };
+                nodes.len()
+            ],
+            current: Topology {
+                nodes,
+                primary: None,
+                split_brain: false,
+                version: 0,
+            },
+            max_timeline: 0,
+        }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.current
+    }
+
+    /// Records one probe of node `i` and returns the events it caused. The
+    /// new topology is [`Evaluator::topology`].
+    pub fn apply(&mut self, i: usize, result: Result<ProbeSample, String>) -> Vec<ClusterEvent> {
+        let previous = self.current.clone();
+        let h = &mut self.health[i];
+        let node = &mut self.current.nodes[i];
+        match result {
+            Ok(sample) => {
+                h.successes += 1;
+                h.failures = 0;
+                if h.up != Some(true) && (h.up.is_none() || h.successes >= self.thresholds.rise) {
+                    h.up = Some(true);
+                }
+                node.role = if sample.in_recovery {
+                    Role::Standby
+                } else {
+                    Role::Primary
+                };
+                node.timeline = sample.timeline;
+                node.last_sample = Some(sample);
+                node.last_error = None;
+            }
+            Err(e) => {
+                h.failures += 1;
+                h.successes = 0;
+                if h.up != Some(false) && (h.up.is_none() || h.failures >= self.thresholds.fall) {
+                    h.up = Some(false);
+                }
+                node.last_error = Some(e);
+            }
+        }
+        node.up = h.up == Some(true);
+        self.elect();
+        self.measure_lag();
+        let events = diff(&previous, &self.current);
+        if self.current != previous {
+            self.current.version += 1;
+        }
+        events
+    }
+
+    fn elect(&mut self) {
+        let claimants: Vec<usize> = (0..self.current.nodes.len())
+            .filter(|&i| {
+                let n = &self.current.nodes[i];
+                n.up && n.role == Role::Primary
+            })
+            .collect();
+        for &i in &claimants {
+            let tl = self.current.nodes[i].timeline.unwrap_or(0);
+            self.max_timeline = self.max_timeline.max(tl);
+        }
+        let newest: Vec<usize> = claimants
+            .iter()
+            .copied()
+            .filter(|&i| self.current.nodes[i].timeline.unwrap_or(0) == self.max_timeline)
+            .collect();
+        let primary = match newest.as_slice() {
+            [only] => Some(*only),
+            _ => None,
+        };
+        for (i, n) in self.current.nodes.iter_mut().enumerate() {
+            n.fenced = claimants.contains(&i) && Some(i) != primary;
+        }
+        self.current.primary = primary;
+        self.current.split_brain = claimants.len() > 1;
+    }
+
+    fn measure_lag(&mut self) {
+        let primary_lsn = self
+            .current
+            .primary
+            .and_then(|p| self.current.nodes[p].last_sample.as_ref())
+            .and_then(|s| s.current_lsn);
+        let t = self.thresholds;
+        for n in &mut self.current.nodes {
+            let Some(s) = n.last_sample.as_ref().filter(|s| s.in_recovery) else {
+                n.lag_bytes = None;
+                n.lag_seconds = None;
+                n.lag_ok = n.role == Role::Primary;
+                continue;
+            };
+            n.lag_bytes = match (primary_lsn, s.replay_lsn) {
+                (Some(p), Some(r)) => Some(p.saturating_sub(r)),
+                _ => None,
+            };
+            // Nothing left to replay means no delay, however old the last commit.
+            n.lag_seconds = if s.receive_lsn.is_some() && s.receive_lsn == s.replay_lsn {
+                Some(0.0)
+            } else {
+                s.replay_age
+            };
+            let bytes_ok = match (t.max_lag_bytes, n.lag_bytes) {
+                (Some(max), Some(lag)) => lag <= max,
+                _ => true,
+            };
+            let time_ok = match (t.max_lag, n.lag_seconds) {
+                (Some(max), Some(lag)) => lag <= max.as_secs_f64(),
+                _ => true,
+            };
+            n.lag_ok = bytes_ok && time_ok;
+        }
+    }
+}
+
+fn diff(old: &Topology, new: &Topology) -> Vec<ClusterEvent> {
+    let mut events = Vec::new();
+    for (o, n) in old.nodes.iter().zip(&new.nodes) {
+        let node = n.name.clone();
+        if !o.up && n.up {
+            events.push(ClusterEvent::NodeUp { node: node.clone() });
+        }
+        if o.up && !n.up {
+            let reason = n.last_error.clone().unwrap_or_default();
+            events.push(ClusterEvent::NodeDown {
+                node: node.clone(),
+                reason,
+            });
+        }
+        if o.role != n.role && o.role != Role::Unknown {
+            events.push(ClusterEvent::RoleChanged {
+                node: node.clone(),
+                from: o.role,
+                to: n.role,
+            });
+        }
+        if !o.fenced && n.fenced {
+            let reason = if new.split_brain && new.primary.is_none() {
+                "another node on the same timeline also claims to be primary".to_owned()
+            } else {
+                format!(
+                    "claims to be primary on timeline {}, older than the cluster's",
+                    n.timeline.unwrap_or(0)
+                )
+            };
+            events.push(ClusterEvent::Fenced {
+                node: node.clone(),
+                reason,
+            });
+        }
+        if o.fenced && !n.fenced {
+            events.push(ClusterEvent::Unfenced { node: node.clone() });
+        }
+        if n.role == Role::Standby && o.role == Role::Standby && n.up {
+            if o.lag_ok && !n.lag_ok {
+                events.push(ClusterEvent::LagOverThreshold { node: node.clone() });
+            }
+            if !o.lag_ok && n.lag_ok {
+                events.push(ClusterEvent::LagUnderThreshold { node });
+            }
+        }
+    }
+    if old.primary != new.primary {
+        let name = |p: Option<usize>| p.map(|i| new.nodes[i].name.clone());
+        events.push(ClusterEvent::PrimaryChanged {
+            from: name(old.primary),
+            to: name(new.primary),
+        });
+    }
+    if !old.split_brain && new.split_brain {
+        let primaries = new
+            .nodes
+            .iter()
+            .filter(|n| n.up && n.role == Role::Primary)
+            .map(|n| n.name.clone())
+            .collect();
+        events.push(ClusterEvent::SplitBrainDetected { primaries });
+    }
+    if old.split_brain && !new.split_brain {
+        events.push(ClusterEvent::SplitBrainResolved);
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thresholds() -> Thresholds {
+        Thresholds {
+            rise: 2,
+            fall: 3,
+            max_lag_bytes: Some(1000),
+            max_lag: None,
+        }
+    }
+
+    fn eval(n: usize) -> Evaluator {
+        Evaluator::new((0..n).map(|i| format!("pg{i}")).collect(), thresholds())
+    }
+
+    fn primary(tl: u32, lsn: u64) -> Result<ProbeSample, String> {
+        Ok(ProbeSample {
+            in_recovery: false,
+            current_lsn: Some(lsn),
+            receive_lsn: None,
+            replay_lsn: None,
+            replay_age: None,
+            timeline: Some(tl),
+            wal_receiver: None,
+            duration: Duration::from_millis(1),
+        })
+    }
+
+    fn standby(tl: u32, replay: u64) -> Result<ProbeSample, String> {
+        Ok(ProbeSample {
+            in_recovery: true,
+            current_lsn: None,
+            receive_lsn: Some(replay),
+            replay_lsn: Some(replay),
+            replay_age: Some(100.0),
+            timeline: Some(tl),
+            wal_receiver: Some("streaming".into()),
+            duration: Duration::from_millis(1),
+        })
+    }
+
+    fn down() -> Result<ProbeSample, String> {
+        Err("connection refused".into())
+    }
+
+    #[test]
+    fn first_probe_decides_then_hysteresis() {
+        let mut e = eval(2);
+        let ev = e.apply(0, primary(1, 100));
+        assert!(ev.contains(&ClusterEvent::NodeUp { node: "pg0".into() }));
+        assert_eq!(e.topology().primary, Some(0));
+        e.apply(1, down());
+        assert!(
+            !e.topology().nodes[1].up,
+            "first probe failed: down at once"
+        );
+        // Two failures are not enough to take pg0 down (fall = 3).
+        e.apply(0, down());
+        e.apply(0, down());
+        assert!(e.topology().nodes[0].up);
+        let ev = e.apply(0, down());
+        assert!(!e.topology().nodes[0].up);
+        assert!(matches!(&ev[0], ClusterEvent::NodeDown { node, .. } if node == "pg0"));
+        assert_eq!(e.topology().primary, None);
+        // Rise = 2 to come back.
+        e.apply(0, primary(1, 100));
+        assert!(!e.topology().nodes[0].up);
+        e.apply(0, primary(1, 100));
+        assert_eq!(e.topology().primary, Some(0));
+    }
+
+    #[test]
+    fn lag_is_measured_against_the_primary() {
+        let mut e = eval(3);
+        e.apply(0, primary(1, 5000));
+        e.apply(1, standby(1, 4500));
+        e.apply(2, standby(1, 3000));
+        let t = e.topology();
+        assert_eq!(t.nodes[1].lag_bytes, Some(500));
+        assert!(t.nodes[1].serves_reads());
+        assert_eq!(t.nodes[2].lag_bytes, Some(2000));
+        assert!(!t.nodes[2].serves_reads());
+        assert_eq!(
+            t.nodes[1].lag_seconds,
+            Some(0.0),
+            "fully replayed: no delay"
+        );
+        let ev = e.apply(2, standby(1, 4900));
+        assert!(ev.contains(&ClusterEvent::LagUnderThreshold { node: "pg2".into() }));
+        let ev = e.apply(0, primary(1, 9000));
+        assert!(ev.contains(&ClusterEvent::LagOverThreshold { node: "pg1".into() }));
+    }
+
+    #[test]
+    fn failover_follows_the_promoted_standby() {
+        let mut e = eval(2);
+        e.apply(0, primary(1, 100));
+        e.apply(1, standby(1, 100));
+        for _ in 0..3 {
+            e.apply(0, down());
+        }
+        assert_eq!(e.topology().primary, None);
+        let ev = e.apply(1, primary(2, 200));
+        assert_eq!(e.topology().primary, Some(1));
+        assert!(ev.contains(&ClusterEvent::RoleChanged {
+            node: "pg1".into(),
+            from: Role::Standby,
+            to: Role::Primary
+        }));
+        assert!(ev.contains(&ClusterEvent::PrimaryChanged {
+            from: None,
+            to: Some("pg1".into())
+        }));
+    }
+
+    #[test]
+    fn resurrected_old_primary_is_fenced_even_alone() {
+        let mut e = eval(2);
+        e.apply(0, primary(1, 100));
+        e.apply(1, standby(1, 100));
+        e.apply(1, primary(2, 200)); // promoted while pg0 still looks up
+        assert_eq!(e.topology().primary, Some(1), "higher timeline wins");
+        assert!(e.topology().nodes[0].fenced);
+        assert!(e.topology().split_brain);
+        // The new primary dies: the old one must still not take writes.
+        for _ in 0..3 {
+            e.apply(1, down());
+        }
+        e.apply(0, primary(1, 150));
+        assert_eq!(e.topology().primary, None);
+        assert!(e.topology().nodes[0].fenced);
+        // Rejoined as a standby of the new timeline: unfenced, serves reads.
+        let ev = e.apply(0, standby(2, 200));
+        assert!(ev.contains(&ClusterEvent::Unfenced { node: "pg0".into() }));
+        assert!(!e.topology().nodes[0].fenced);
+    }
+
+    #[test]
+    fn equal_timelines_mean_no_primary_at_all() {
+        let mut e = eval(2);
+        e.apply(0, primary(3, 100));
+        let ev = e.apply(1, primary(3, 100));
+        let t = e.topology();
+        assert_eq!(t.primary, None);
+        assert!(t.nodes[0].fenced && t.nodes[1].fenced);
+        assert!(ev
+            .iter()
+            .any(|e| matches!(e, ClusterEvent::SplitBrainDetected { .. })));
+        assert!(t.describe().contains("fenced"));
+        for _ in 0..3 {
+            e.apply(1, down());
+        }
+        let t = e.topology();
+        assert_eq!(t.primary, Some(0), "the survivor is the one primary again");
+        assert!(!t.split_brain);
+    }
+
+    #[test]
+    fn version_counts_changes_only() {
+        let mut e = eval(1);
+        e.apply(0, primary(1, 100));
+        let v = e.topology().version;
+        e.apply(0, primary(1, 100));
+        assert_eq!(e.topology().version, v);
+        e.apply(0, primary(1, 200));
+        assert_eq!(e.topology().version, v + 1);
+    }
+}
