@@ -219,6 +219,17 @@ impl LocalCluster {
         self.nodes[i].start(bins, run_as, &sock)
     }
 
+    /// Freezes node `i` — postmaster and every backend — with SIGSTOP, like a
+    /// network partition or a hung machine: connections stay open, nothing answers.
+    pub fn freeze(&self, i: usize) -> Result<(), LocalPgError> {
+        self.nodes[i].signal_all(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Resumes a frozen node (SIGCONT).
+    pub fn thaw(&self, i: usize) -> Result<(), LocalPgError> {
+        self.nodes[i].signal_all(nix::sys::signal::Signal::SIGCONT)
+    }
+
     /// Promotes standby `i` with `pg_promote()` and waits until it accepts writes.
     pub fn promote(&self, i: usize) -> Result<(), LocalPgError> {
         let done = self.sql(i, "SELECT pg_promote(true, 30)")?;

@@ -112,6 +112,24 @@ impl LocalNode {
         ready
     }
 
+    /// Sends `signal` to the postmaster, then to each of its children, by PID.
+    /// (Backends call `setsid()`, so the process group would miss them.)
+    pub(crate) fn signal_all(&self, signal: Signal) -> Result<(), LocalPgError> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| LocalPgError::Timeout(format!("{} is not running", self.name)))?;
+        let postmaster = Pid::from_raw(pid as i32);
+        kill(postmaster, signal).map_err(|e| LocalPgError::Io {
+            what: format!("signal {} with {signal}", self.name),
+            source: e.into(),
+        })?;
+        for child in children_of(pid) {
+            // A child may have exited meanwhile.
+            let _ = kill(Pid::from_raw(child), signal);
+        }
+        Ok(())
+    }
+
     /// Signals the postmaster and waits for it to exit (SIGKILL after 30 s).
     pub(crate) fn stop(&mut self, mode: StopMode) -> Result<(), LocalPgError> {
         let Some(mut child) = self.postmaster.take() else {
@@ -122,6 +140,8 @@ impl LocalNode {
             StopMode::Fast => Signal::SIGINT,
             StopMode::Immediate => Signal::SIGQUIT,
         };
+        // A frozen node must be able to act on the signal.
+        let _ = self.signal_all(Signal::SIGCONT);
         let _ = kill(pid, signal);
         let exited = poll(Duration::from_secs(30), "postgres to exit", || {
             Ok(child.try_wait().map_err(io_err("wait postgres"))?.is_some())
@@ -132,6 +152,26 @@ impl LocalNode {
         }
         Ok(())
     }
+}
+
+/// PIDs of the processes whose parent is `parent`, from `/proc/*/stat`.
+fn children_of(parent: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // `pid (comm) state ppid ...`; comm may contain spaces.
+                    let after = &stat[stat.rfind(')')? + 1..];
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
 }
 
 /// A free port on 127.0.0.1: bound once by the OS, then released for the node.

@@ -54,3 +54,33 @@ fn a_panicking_owner_still_stops_its_cluster() {
     assert!(!dir.exists(), "directory removed during unwinding");
     assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err());
 }
+
+#[test]
+fn freeze_stops_answers_thaw_resumes() {
+    let c = LocalCluster::start(ClusterSpec {
+        standbys: 0,
+        ..ClusterSpec::default()
+    })
+    .expect("cluster starts");
+    c.freeze(0).unwrap();
+    let port = c.node(0).port.to_string();
+    let bins = pgherd_localpg::PgBinaries::find().unwrap();
+    let out = std::process::Command::new(bins.path("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-c",
+            "SELECT 1",
+        ])
+        .env("PGPASSWORD", "postgres")
+        .env("PGCONNECT_TIMEOUT", "2")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a frozen node does not answer");
+    c.thaw(0).unwrap();
+    assert_eq!(c.sql(0, "SELECT 1").unwrap(), "1");
+}

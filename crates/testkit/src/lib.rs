@@ -70,11 +70,11 @@ impl TestCluster {
     }
 }
 
-/// The cluster shared by the tests of this test binary (1 standby). Tests
+/// The cluster shared by the tests of this test binary (2 standbys). Tests
 /// using it must leave the nodes as they found them.
 pub fn shared_cluster() -> &'static TestCluster {
     static SHARED: OnceLock<TestCluster> = OnceLock::new();
-    SHARED.get_or_init(|| TestCluster::start(1))
+    SHARED.get_or_init(|| TestCluster::start(2))
 }
 
 /// Builds a pgherd config: every node of the cluster (probed every 0.2 s as
@@ -228,6 +228,18 @@ impl RunningPgherd {
             .await?;
         tokio::spawn(connection);
         Ok(client)
+    }
+
+    /// Waits (up to 30 s) until the topology satisfies `ok`; panics otherwise.
+    pub async fn wait_topology(&self, what: &str, ok: impl Fn(&pgherd_cluster::Topology) -> bool) {
+        let found = self
+            .handle
+            .cluster()
+            .wait_for(std::time::Duration::from_secs(30), |t| ok(t).then_some(()))
+            .await;
+        if let Err(t) = found {
+            panic!("topology never showed {what}: {}", t.describe());
+        }
     }
 
     /// Connects as `app` to database `app`.

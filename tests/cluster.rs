@@ -1,0 +1,287 @@
+//! Cluster awareness on real clusters: reads spread over standbys, writes
+//! only ever reach the one primary, failovers are followed, resurrected and
+//! hung primaries are fenced.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pgherd_cluster::Role;
+use pgherd_integration_tests::*;
+
+/// Opens `n` sessions to `db` and counts which server port each landed on.
+async fn ports(pgherd: &RunningPgherd, db: &str, n: usize) -> HashMap<u16, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let client = pgherd.connect("app", APP_PASSWORD, db).await.unwrap();
+        let port: u16 = simple_value(&client, "SELECT inet_server_port()")
+            .await
+            .parse()
+            .unwrap();
+        *seen.entry(port).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_spread_over_standbys_writes_stay_on_the_primary() {
+    let cluster = shared_cluster();
+    let pgherd = cluster
+        .pgherd()
+        .database("ro = { dbname = \"app\", target = \"replica\" }")
+        .start()
+        .await;
+    pgherd
+        .wait_topology("two readable standbys", |t| {
+            t.nodes.iter().filter(|n| n.serves_reads()).count() == 2
+        })
+        .await;
+    let node_port = |i: usize| cluster.pg.node(i).port;
+    let reads = ports(&pgherd, "ro", 10).await;
+    assert_eq!(reads.get(&node_port(1)), Some(&5), "{reads:?}");
+    assert_eq!(reads.get(&node_port(2)), Some(&5), "{reads:?}");
+    assert_eq!(reads.get(&node_port(0)), None, "no reads on the primary");
+    let writes = ports(&pgherd, "app", 5).await;
+    assert_eq!(writes.get(&node_port(0)), Some(&5), "{writes:?}");
+
+    // A standby refuses writes, as it would directly.
+    let ro = pgherd.connect("app", APP_PASSWORD, "ro").await.unwrap();
+    let err = ro
+        .simple_query("CREATE TABLE nope (x int)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("25006"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_fallback_to_the_primary_or_refusal() {
+    let cluster = shared_cluster();
+    // Only the primary is configured: no standby can serve reads.
+    let fallback = cluster
+        .pgherd()
+        .nodes(&[0])
+        .database("ro = { dbname = \"app\", target = \"replica\" }")
+        .start()
+        .await;
+    let reads = ports(&fallback, "ro", 2).await;
+    assert_eq!(reads.get(&cluster.pg.node(0).port), Some(&2));
+
+    let strict = cluster
+        .pgherd()
+        .nodes(&[0])
+        .general("replica_fallback = false")
+        .database("ro = { dbname = \"app\", target = \"replica\" }")
+        .start()
+        .await;
+    strict
+        .wait_topology("the primary", |t| t.primary.is_some())
+        .await;
+    let err = strict.connect("app", APP_PASSWORD, "ro").await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("57P03"));
+    assert!(message(&err).contains("no standby"), "{}", message(&err));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_standby_leaves_read_routing_and_comes_back() {
+    let cluster = TestCluster::start(1);
+    let pgherd = cluster
+        .pgherd()
+        .general("max_replica_lag_bytes = 8192")
+        .database("ro = { dbname = \"app\", target = \"replica\" }")
+        .start()
+        .await;
+    pgherd
+        .wait_topology("a readable standby", |t| t.nodes[1].serves_reads())
+        .await;
+    cluster.pg.sql(1, "SELECT pg_wal_replay_pause()").unwrap();
+    cluster
+        .pg
+        .sql(
+            0,
+            "CREATE TABLE filler AS SELECT g, md5(g::text) FROM generate_series(1, 10000) g",
+        )
+        .unwrap();
+    pgherd
+        .wait_topology("pg1 lagging", |t| {
+            t.nodes[1].up && !t.nodes[1].lag_ok && t.nodes[1].lag_bytes.unwrap_or(0) > 8192
+        })
+        .await;
+    let reads = ports(&pgherd, "ro", 3).await;
+    assert_eq!(
+        reads.get(&cluster.pg.node(0).port),
+        Some(&3),
+        "fallback to the primary"
+    );
+
+    cluster.pg.sql(1, "SELECT pg_wal_replay_resume()").unwrap();
+    pgherd
+        .wait_topology("pg1 caught up", |t| t.nodes[1].serves_reads())
+        .await;
+    let reads = ports(&pgherd, "ro", 3).await;
+    assert_eq!(reads.get(&cluster.pg.node(1).port), Some(&3));
+}
+
+/// The port the row `id` of table `writes` was written on, if any.
+fn writes_on(cluster: &TestCluster, node: usize) -> usize {
+    cluster
+        .pg
+        .sql(node, "SELECT count(*) FROM writes")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_then_resurrected_old_primary_is_fenced() {
+    let mut cluster = TestCluster::start(1);
+    cluster
+        .pg
+        .sql(
+            0,
+            "CREATE TABLE writes (id serial, port int); GRANT ALL ON writes, writes_id_seq TO app",
+        )
+        .unwrap();
+    cluster.pg.wait_caught_up(0, 1).unwrap();
+    let pgherd = cluster
+        .pgherd()
+        .general("probe_timeout = 0.5")
+        .general("primary_wait_timeout = 20")
+        .start()
+        .await;
+    pgherd
+        .wait_topology("pg0 primary", |t| t.primary == Some(0))
+        .await;
+    let mut events = pgherd.handle.cluster().subscribe();
+    let write = "INSERT INTO writes (port) SELECT inet_server_port()";
+
+    let before = pgherd
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    before.batch_execute(write).await.unwrap();
+
+    // Crash the primary, promote the standby.
+    cluster.pg.stop(0, StopMode::Immediate).unwrap();
+    assert!(
+        before.batch_execute(write).await.is_err(),
+        "its server is gone"
+    );
+    let promoted_at = Instant::now();
+    cluster.pg.promote(1).unwrap();
+    // A new session waits for the new primary and writes there.
+    let after = pgherd
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    after.batch_execute(write).await.unwrap();
+    let gap = promoted_at.elapsed();
+    println!("first write through pgherd {gap:?} after promotion (probe_interval 0.2 s)");
+    assert_eq!(
+        simple_value(&after, "SELECT inet_server_port()").await,
+        cluster.pg.node(1).port.to_string()
+    );
+
+    // The old primary comes back as a primary on the old timeline: fenced.
+    cluster.pg.restart(0).unwrap();
+    pgherd
+        .wait_topology("pg0 fenced", |t| t.nodes[0].up && t.nodes[0].fenced)
+        .await;
+    let t = pgherd.handle.topology();
+    assert_eq!(t.primary, Some(1));
+    assert!(t.split_brain);
+    assert_eq!(t.nodes[0].role, Role::Primary);
+    let old_rows = writes_on(&cluster, 0);
+    for _ in 0..10 {
+        let c = pgherd
+            .connect("app", APP_PASSWORD, "postgres")
+            .await
+            .unwrap();
+        c.batch_execute(write).await.unwrap();
+    }
+    assert_eq!(
+        writes_on(&cluster, 0),
+        old_rows,
+        "no write reached the old primary"
+    );
+    assert_eq!(
+        cluster
+            .pg
+            .sql(
+                1,
+                &format!(
+                    "SELECT count(*) FROM writes WHERE port = {}",
+                    cluster.pg.node(1).port
+                )
+            )
+            .unwrap(),
+        "11"
+    );
+    // The split brain was reported.
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push(e.to_string());
+    }
+    assert!(seen.iter().any(|e| e.contains("pg0 fenced")), "{seen:?}");
+    assert!(seen.iter().any(|e| e.contains("split brain")), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_primary_is_marked_down_then_fenced_when_it_wakes() {
+    let cluster = TestCluster::start(1);
+    let pgherd = cluster
+        .pgherd()
+        .general("probe_timeout = 0.5")
+        .general("primary_wait_timeout = 30")
+        .start()
+        .await;
+    pgherd
+        .wait_topology("pg0 primary", |t| t.primary == Some(0))
+        .await;
+    let pinned = pgherd
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    assert_eq!(simple_value(&pinned, "SELECT 1").await, "1");
+
+    cluster.pg.freeze(0).unwrap();
+    let frozen_at = Instant::now();
+    pgherd.wait_topology("pg0 down", |t| !t.nodes[0].up).await;
+    println!(
+        "hung primary marked down after {:?} (timeout 0.5 s x fall 3)",
+        frozen_at.elapsed()
+    );
+
+    // A writer waits for a primary while there is none...
+    let waiter = {
+        let config = pgherd.config("app", APP_PASSWORD, "postgres");
+        tokio::spawn(async move {
+            let (c, conn) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            c.simple_query("SELECT inet_server_port()").await?;
+            Ok::<_, tokio_postgres::Error>(simple_value(&c, "SELECT inet_server_port()").await)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "no primary yet: the writer waits");
+    cluster.pg.promote(1).unwrap();
+    let port = waiter.await.unwrap().unwrap();
+    assert_eq!(
+        port,
+        cluster.pg.node(1).port.to_string(),
+        "...and lands on the new primary"
+    );
+
+    // The old primary wakes up still believing it is primary: fenced, and the
+    // session pinned to it is ended.
+    cluster.pg.thaw(0).unwrap();
+    pgherd
+        .wait_topology("pg0 fenced", |t| t.nodes[0].up && t.nodes[0].fenced)
+        .await;
+    let err = pinned.simple_query("SELECT 1").await.unwrap_err();
+    assert!(
+        sqlstate(&err) == Some("57P01") || err.is_closed(),
+        "{}",
+        message(&err)
+    );
+}
