@@ -55,6 +55,27 @@ async fn reads_spread_over_standbys_writes_stay_on_the_primary() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_write_and_read_only_ports_like_haproxy() {
+    // The seed setup's two haproxy frontends in one config: the main port
+    // writes, the second one reads from standbys, for the same database name.
+    let cluster = shared_cluster();
+    let pgherd = cluster.pgherd().listener("replica").start().await;
+    pgherd
+        .wait_topology("two readable standbys", |t| {
+            t.nodes.iter().filter(|n| n.serves_reads()).count() == 2
+        })
+        .await;
+    let read_only = pgherd.config_on(1, "app", APP_PASSWORD, "app");
+    for _ in 0..4 {
+        let (c, conn) = read_only.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        assert_eq!(simple_value(&c, "SELECT pg_is_in_recovery()").await, "t");
+    }
+    let rw = pgherd.app().await;
+    assert_eq!(simple_value(&rw, "SELECT pg_is_in_recovery()").await, "f");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_fallback_to_the_primary_or_refusal() {
     let cluster = shared_cluster();
     // Only the primary is configured: no standby can serve reads.

@@ -76,9 +76,18 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
-    /// Up, a standby, not fenced and fresh enough: may serve reads.
+    /// Up, a standby streaming from a primary, not fenced and fresh enough:
+    /// may serve reads. (A rejoining node serves reads once it streams.)
     pub fn serves_reads(&self) -> bool {
-        self.up && self.role == Role::Standby && !self.fenced && self.lag_ok
+        self.up && self.role == Role::Standby && !self.fenced && self.lag_ok && self.streaming()
+    }
+
+    /// The WAL receiver reports `streaming`.
+    pub fn streaming(&self) -> bool {
+        self.last_sample
+            .as_ref()
+            .and_then(|s| s.wal_receiver.as_deref())
+            == Some("streaming")
     }
 
     /// A short description for error messages: `up, standby, lag 120 B`.
@@ -98,6 +107,9 @@ impl NodeStatus {
         }
         if self.role == Role::Standby && !self.lag_ok {
             s.push_str(", lagging");
+        }
+        if self.role == Role::Standby && !self.streaming() {
+            s.push_str(", not streaming");
         }
         s
     }
@@ -602,6 +614,19 @@ mod tests {
         let t = e.topology();
         assert_eq!(t.primary, Some(0), "the survivor is the one primary again");
         assert!(!t.split_brain);
+    }
+
+    #[test]
+    fn standbys_serve_reads_only_while_streaming() {
+        let mut e = eval(2);
+        e.apply(0, primary(1, 100));
+        let mut sample = standby(1, 100).unwrap();
+        sample.wal_receiver = Some("waiting".into());
+        e.apply(1, Ok(sample));
+        assert!(!e.topology().nodes[1].serves_reads());
+        assert!(e.topology().describe().contains("not streaming"));
+        e.apply(1, standby(1, 100));
+        assert!(e.topology().nodes[1].serves_reads());
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub enum AuthType {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub general: General,
+    /// Listeners besides `general.listen_addr` (whose default target is `primary`).
+    pub listeners: Vec<Listener>,
     pub nodes: Vec<Node>,
     pub databases: BTreeMap<String, Database>,
     pub users: BTreeMap<String, User>,
@@ -129,6 +131,16 @@ pub struct Database {
     /// Password for `user`.
     pub password: Option<Secret>,
     pub pool_size: usize,
+    /// Where sessions go; `None` takes the listener's default target.
+    pub target: Option<Target>,
+}
+
+/// An extra listener, typically the read-only port of the classic
+/// "5432 read-write, 5433 read-only" haproxy layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    /// Target of databases that do not set their own.
     pub target: Target,
 }
 
@@ -173,6 +185,8 @@ mod raw {
     pub struct File {
         #[serde(default)]
         pub pgherd: General,
+        #[serde(default)]
+        pub listeners: Vec<Listener>,
         #[serde(default)]
         pub nodes: Vec<Node>,
         #[serde(default)]
@@ -232,6 +246,13 @@ mod raw {
                 max_replica_lag: None,
             }
         }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Listener {
+        pub addr: String,
+        pub target: Target,
     }
 
     #[derive(Deserialize)]
@@ -372,7 +393,7 @@ mod raw {
                         user: d.user,
                         password: d.password.map(Secret::new),
                         pool_size: d.pool_size.unwrap_or(general.default_pool_size),
-                        target: d.target.unwrap_or(Target::Primary),
+                        target: d.target,
                     },
                 );
             }
@@ -416,8 +437,23 @@ mod raw {
                 );
             }
 
+            let mut listeners = Vec::new();
+            for (i, l) in self.listeners.into_iter().enumerate() {
+                let addr = l.addr.parse().map_err(|_| {
+                    invalid(
+                        format!("listeners[{i}].addr"),
+                        format!("{:?} is not an address:port", l.addr),
+                    )
+                })?;
+                listeners.push(super::Listener {
+                    addr,
+                    target: l.target,
+                });
+            }
+
             Ok(super::Config {
                 general,
+                listeners,
                 nodes,
                 databases,
                 users,
@@ -465,11 +501,32 @@ mod tests {
         .unwrap();
         assert_eq!(c.database("app").unwrap().dbname.as_deref(), Some("appdb"));
         assert_eq!(c.database("app").unwrap().pool_size, 3);
-        assert_eq!(c.database("app").unwrap().target, Target::Replica);
+        assert_eq!(c.database("app").unwrap().target, Some(Target::Replica));
         let other = c.database("other").unwrap();
         assert_eq!(other.dbname, None);
         assert_eq!(other.pool_size, 20);
-        assert_eq!(other.target, Target::Primary);
+        assert_eq!(other.target, None);
+    }
+
+    #[test]
+    fn extra_listeners_with_a_default_target() {
+        let c = Config::parse(&format!(
+            "{MINIMAL}\n[[listeners]]\naddr = \"127.0.0.1:5433\"\ntarget = \"replica\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.listeners,
+            vec![Listener {
+                addr: "127.0.0.1:5433".parse().unwrap(),
+                target: Target::Replica
+            }]
+        );
+        let err = Config::parse(&format!(
+            "{MINIMAL}\n[[listeners]]\naddr = \"x\"\ntarget = \"replica\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("listeners[0].addr"), "{err}");
     }
 
     #[test]

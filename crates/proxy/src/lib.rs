@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pgherd_cluster::{Cluster, ClusterEvent, Topology};
-use pgherd_config::Config;
+use pgherd_config::{Config, Target};
 use pgherd_pool::Pool;
 use rand::RngCore;
 use tokio::net::TcpListener;
@@ -115,17 +115,28 @@ async fn drain_on_changes(shared: Arc<Shared>) {
     }
 }
 
-/// A bound pgherd listener with its shared state.
+/// pgherd's bound listeners with their shared state.
 #[derive(Debug)]
 pub struct Proxy {
     shared: Arc<Shared>,
-    listener: TcpListener,
+    /// The main listener first, then `[[listeners]]`, each with its default target.
+    listeners: Vec<(TcpListener, Target)>,
 }
 
 impl Proxy {
-    /// Binds `config.general.listen_addr` and starts probing the nodes.
+    /// Binds `listen_addr` and every `[[listeners]]` address, and starts
+    /// probing the nodes.
     pub async fn bind(config: Config) -> std::io::Result<Proxy> {
-        let listener = TcpListener::bind(config.general.listen_addr).await?;
+        let mut listeners = vec![(
+            TcpListener::bind(config.general.listen_addr).await?,
+            Target::Primary,
+        )];
+        for l in &config.listeners {
+            let bound = TcpListener::bind(l.addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}: {e}", l.addr)))?;
+            listeners.push((bound, l.target));
+        }
         let mut process_secret = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut process_secret);
         let cluster = Cluster::start(&config);
@@ -139,12 +150,20 @@ impl Proxy {
             process_secret,
         });
         tokio::spawn(drain_on_changes(Arc::clone(&shared)));
-        Ok(Proxy { shared, listener })
+        Ok(Proxy { shared, listeners })
     }
 
-    /// The address actually bound (useful with port 0).
+    /// The address the main listener actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listeners[0].0.local_addr()
+    }
+
+    /// Every bound address with its default target, main listener first.
+    pub fn listen_addrs(&self) -> std::io::Result<Vec<(SocketAddr, Target)>> {
+        self.listeners
+            .iter()
+            .map(|(l, t)| Ok((l.local_addr()?, *t)))
+            .collect()
     }
 
     /// A handle to read the proxy's counters while it runs.
@@ -154,25 +173,29 @@ impl Proxy {
         }
     }
 
-    /// Accepts clients until `shutdown` completes. Sessions already running
-    /// are left to the runtime.
+    /// Accepts clients on every listener until `shutdown` completes.
+    /// Sessions already running are left to the runtime.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let shared = Arc::clone(&self.shared);
-                        tokio::spawn(session::serve(shared, stream, peer));
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off a little
-                        // instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                },
-                () = &mut shutdown => break,
+        let mut accepting = tokio::task::JoinSet::new();
+        for (listener, target) in self.listeners {
+            accepting.spawn(accept(listener, target, Arc::clone(&self.shared)));
+        }
+        shutdown.await;
+        accepting.abort_all();
+    }
+}
+
+async fn accept(listener: TcpListener, target: Target, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(session::serve(Arc::clone(&shared), stream, peer, target));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off a little
+                // instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
     }

@@ -28,7 +28,13 @@ impl Drop for ClientSlot<'_> {
 }
 
 /// Serves one accepted connection.
-pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+/// `listener_target` is where this listener sends databases that set no target.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener_target: Target,
+) {
     let connected = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
     let _slot = ClientSlot(&shared);
     let _ = stream.set_nodelay(true);
@@ -59,7 +65,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         }
     };
     tracing::debug!(%peer, user = %auth.user, database = %auth.database, "client logged in");
-    if let Err(fields) = run(&shared, &mut client, auth).await {
+    if let Err(fields) = run(&shared, &mut client, auth, listener_target).await {
         client.send_error(&fields).await;
     }
 }
@@ -116,7 +122,12 @@ fn server_login(
 }
 
 /// Runs an authenticated client's session. An `Err` is sent to the client.
-async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Result<(), ErrorFields> {
+async fn run(
+    shared: &Shared,
+    client: &mut Client,
+    auth: Authenticated,
+    listener_target: Target,
+) -> Result<(), ErrorFields> {
     let config = shared.config();
     let replication = wants_replication(&auth);
     let fallback;
@@ -128,7 +139,7 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
                 user: None,
                 password: None,
                 pool_size: 1,
-                target: Target::Primary,
+                target: Some(Target::Primary),
             };
             &fallback
         }
@@ -167,7 +178,7 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
         user: server_user.clone(),
         node,
     };
-    let target = db.target;
+    let target = db.target.unwrap_or(listener_target);
     let mut guard = route::connect(shared, target, |node| {
         let (params, credential, key) = (&params, &credential, key(node));
         async move {
@@ -224,6 +235,10 @@ async fn run(shared: &Shared, client: &mut Client, auth: Authenticated) -> Resul
             format!("terminating connection: node \"{}\" {reason}", node.name),
         )),
     };
+    if matches!(end, RelayEnd::ServerClosed | RelayEnd::ServerIo(_)) {
+        // The node may be going away: look now rather than at the next interval.
+        shared.cluster.request_probe();
+    }
     finish(shared, guard, &state, &end).await;
     if relayed.can_tell_client {
         outcome

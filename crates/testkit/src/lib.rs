@@ -84,6 +84,7 @@ pub fn shared_cluster() -> &'static TestCluster {
 #[derive(Debug, Clone)]
 pub struct PgherdBuilder {
     general: Vec<String>,
+    listeners: Vec<String>,
     nodes: Vec<(String, u16)>,
     databases: Vec<String>,
     users: Vec<String>,
@@ -98,6 +99,7 @@ impl PgherdBuilder {
                 format!("probe_password = \"{}\"", cluster.pg.superuser_password()),
                 "probe_interval = 0.2".into(),
             ],
+            listeners: Vec::new(),
             nodes: cluster
                 .pg
                 .nodes()
@@ -115,6 +117,15 @@ impl PgherdBuilder {
     /// Adds a `key = value` line to `[pgherd]`.
     pub fn general(mut self, line: &str) -> Self {
         self.general.push(line.into());
+        self
+    }
+
+    /// Adds a listener on a free port whose databases default to `target`
+    /// (`"primary"` or `"replica"`).
+    pub fn listener(mut self, target: &str) -> Self {
+        self.listeners.push(format!(
+            "\n[[listeners]]\naddr = \"127.0.0.1:0\"\ntarget = \"{target}\"\n"
+        ));
         self
     }
 
@@ -159,6 +170,9 @@ impl PgherdBuilder {
             t.push_str(l);
             t.push('\n');
         }
+        for l in &self.listeners {
+            t.push_str(l);
+        }
         for (name, port) in &self.nodes {
             t.push_str(&format!(
                 "\n[[nodes]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\n"
@@ -182,6 +196,12 @@ impl PgherdBuilder {
         let config = pgherd_config::Config::parse(&self.toml()).expect("valid test config");
         let proxy = Proxy::bind(config).await.expect("bind pgherd");
         let addr = proxy.local_addr().expect("local addr");
+        let listeners = proxy
+            .listen_addrs()
+            .expect("listener addresses")
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
         let handle = proxy.handle();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(proxy.run(async move {
@@ -189,6 +209,7 @@ impl PgherdBuilder {
         }));
         RunningPgherd {
             addr,
+            listeners,
             handle,
             _stop: stop,
         }
@@ -198,17 +219,32 @@ impl PgherdBuilder {
 /// pgherd running in the test; stops accepting when dropped.
 #[derive(Debug)]
 pub struct RunningPgherd {
+    /// The main listener.
     pub addr: SocketAddr,
+    /// Every listener, main first, then those added with [`PgherdBuilder::listener`].
+    pub listeners: Vec<SocketAddr>,
     pub handle: ProxyHandle,
     _stop: oneshot::Sender<()>,
 }
 
 impl RunningPgherd {
-    /// A tokio-postgres config for this pgherd.
+    /// A tokio-postgres config for this pgherd's main listener.
     pub fn config(&self, user: &str, password: &str, dbname: &str) -> tokio_postgres::Config {
+        self.config_on(0, user, password, dbname)
+    }
+
+    /// A tokio-postgres config for listener `i` (see [`RunningPgherd::listeners`]).
+    pub fn config_on(
+        &self,
+        i: usize,
+        user: &str,
+        password: &str,
+        dbname: &str,
+    ) -> tokio_postgres::Config {
+        let addr = self.listeners[i];
         let mut c = tokio_postgres::Config::new();
-        c.host(self.addr.ip().to_string())
-            .port(self.addr.port())
+        c.host(addr.ip().to_string())
+            .port(addr.port())
             .user(user)
             .password(password)
             .dbname(dbname);
