@@ -235,8 +235,20 @@ async fn relay_inner(
             return RelayEnd::ClientLeft;
         }
         *down_at_boundary = down.ready == 0 && down.scanner.at_boundary();
-        tokio::select! {
-            r = up.step(&mut cr, &mut sw) => match r {
+        let step = tokio::select! {
+            // Checked first: once the node is fenced, nothing more goes through.
+            biased;
+            reason = &mut retire => return RelayEnd::Retired(reason),
+            // The two directions, in random order so neither starves.
+            step = async {
+                tokio::select! {
+                    r = up.step(&mut cr, &mut sw) => Direction::Up(r),
+                    r = down.step(&mut sr, &mut cw) => Direction::Down(r),
+                }
+            } => step,
+        };
+        match step {
+            Direction::Up(r) => match r {
                 Ok(Step::Read) => {
                     if let Err(e) = scan_client(&mut up, state) {
                         return RelayEnd::ClientProtocol(e);
@@ -255,7 +267,7 @@ async fn relay_inner(
                 Err(e) if up.ready > 0 => return RelayEnd::ServerIo(e),
                 Err(e) => return RelayEnd::ClientIo(e),
             },
-            r = down.step(&mut sr, &mut cw) => match r {
+            Direction::Down(r) => match r {
                 Ok(Step::Read) => {
                     if let Err(e) = scan_server(&mut down, state) {
                         return RelayEnd::ServerProtocol(e);
@@ -271,9 +283,14 @@ async fn relay_inner(
                 Err(e) if down.ready > 0 => return RelayEnd::ClientIo(e),
                 Err(e) => return RelayEnd::ServerIo(e),
             },
-            reason = &mut retire => return RelayEnd::Retired(reason),
         }
     }
+}
+
+/// Which direction made progress.
+enum Direction {
+    Up(std::io::Result<Step>),
+    Down(std::io::Result<Step>),
 }
 
 fn scan_client(up: &mut Pipe, state: &mut ServerState) -> Result<(), FrameError> {
