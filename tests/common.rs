@@ -168,3 +168,26 @@ pub fn message(e: &tokio_postgres::Error) -> String {
         None => e.to_string(),
     }
 }
+
+/// `GET path` on pgherd's admin port; returns the status code and body.
+pub async fn http_get(pgherd: &RunningPgherd, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = pgherd.admin_addr.expect("admin port enabled");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect admin");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: pgherd\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("send request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.expect("read response");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -68,6 +68,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct General {
     pub listen_addr: SocketAddr,
+    /// The admin HTTP listener (`/metrics`, health, JSON API); `None`: off.
+    pub admin_listen_addr: Option<SocketAddr>,
     pub auth_type: AuthType,
     pub max_client_conn: usize,
     pub default_pool_size: usize,
@@ -199,6 +201,7 @@ mod raw {
     #[serde(deny_unknown_fields, default)]
     pub struct General {
         pub listen_addr: String,
+        pub admin_listen_addr: String,
         pub auth_type: AuthType,
         pub max_client_conn: usize,
         pub default_pool_size: usize,
@@ -224,6 +227,9 @@ mod raw {
         fn default() -> Self {
             General {
                 listen_addr: "0.0.0.0:5432".into(),
+                // Clear of PostgreSQL, pgbouncer, haproxy stats, Patroni and
+                // the usual Prometheus exporters.
+                admin_listen_addr: "0.0.0.0:9930".into(),
                 auth_type: AuthType::ScramSha256,
                 max_client_conn: 100,
                 default_pool_size: 20,
@@ -313,8 +319,18 @@ mod raw {
             if g.max_packet_size < 1024 {
                 return Err(invalid("pgherd.max_packet_size", "must be at least 1024"));
             }
+            let admin_listen_addr = match g.admin_listen_addr.as_str() {
+                "" => None,
+                a => Some(a.parse().map_err(|_| {
+                    invalid(
+                        "pgherd.admin_listen_addr",
+                        format!("{a:?} is not an address:port (\"\" turns it off)"),
+                    )
+                })?),
+            };
             let general = super::General {
                 listen_addr,
+                admin_listen_addr,
                 auth_type: g.auth_type,
                 max_client_conn: g.max_client_conn,
                 default_pool_size: g.default_pool_size,
@@ -480,6 +496,7 @@ mod tests {
         let c = Config::parse(MINIMAL).unwrap();
         let g = &c.general;
         assert_eq!(g.listen_addr, "0.0.0.0:5432".parse().unwrap());
+        assert_eq!(g.admin_listen_addr, Some("0.0.0.0:9930".parse().unwrap()));
         assert_eq!(g.auth_type, AuthType::ScramSha256);
         assert_eq!(g.max_client_conn, 100);
         assert_eq!(g.default_pool_size, 20);

@@ -23,9 +23,10 @@ pub(crate) fn run(port: Option<u16>) -> anyhow::Result<()> {
     result
 }
 
-fn config_for(cluster: &LocalCluster, port: u16) -> String {
+fn config_for(cluster: &LocalCluster, port: u16, admin: u16) -> String {
     let mut t = format!(
-        "[pgherd]\nlisten_addr = \"127.0.0.1:{port}\"\nprobe_user = \"postgres\"\nprobe_password = \"{}\"\n",
+        "[pgherd]\nlisten_addr = \"127.0.0.1:{port}\"\nadmin_listen_addr = \"127.0.0.1:{admin}\"\n\
+         probe_user = \"postgres\"\nprobe_password = \"{}\"\n",
         cluster.superuser_password()
     );
     for n in cluster.nodes() {
@@ -50,16 +51,22 @@ async fn serve(cluster: &LocalCluster, port: Option<u16>) -> anyhow::Result<()> 
     let mut last_err = None;
     let mut bound = None;
     for p in candidates {
-        let config = pgherd_config::Config::parse(&config_for(cluster, p))?;
-        match pgherd_proxy::Proxy::bind(config).await {
-            Ok(proxy) => {
-                bound = Some(proxy);
+        // The admin port: 9930 unless taken.
+        let admin = if std::net::TcpListener::bind("127.0.0.1:9930").is_ok() {
+            9930
+        } else {
+            0
+        };
+        let config = pgherd_config::Config::parse(&config_for(cluster, p, admin))?;
+        match crate::start(config).await {
+            Ok(started) => {
+                bound = Some(started);
                 break;
             }
-            Err(e) => last_err = Some(format!("127.0.0.1:{p}: {e}")),
+            Err(e) => last_err = Some(format!("127.0.0.1:{p}: {e:#}")),
         }
     }
-    let proxy = bound.with_context(|| {
+    let (proxy, admin) = bound.with_context(|| {
         format!(
             "cannot bind pgherd's port ({})",
             last_err.unwrap_or_default()
@@ -75,6 +82,11 @@ async fn serve(cluster: &LocalCluster, port: Option<u16>) -> anyhow::Result<()> 
     println!(
         "  PGPASSWORD={DEMO_PASSWORD} psql -h 127.0.0.1 -p {port} -U {DEMO_USER} {DEMO_USER}\n"
     );
+    if let Some(a) = admin {
+        println!("Metrics:       http://{a}/metrics");
+        println!("Health:        http://{a}/primary  http://{a}/replica");
+        println!("Cluster (JSON): http://{a}/api/v1/nodes\n");
+    }
     println!("Data and logs: {}", cluster.dir().display());
     println!("Press Ctrl-C to stop.");
     proxy.run(crate::shutdown_signal()).await;

@@ -79,14 +79,38 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn run(config: pgherd_config::Config) -> anyhow::Result<()> {
-    let addr = config.general.listen_addr;
-    let proxy = pgherd_proxy::Proxy::bind(config)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    tracing::info!("pgherd listening on {}", proxy.local_addr()?);
+    let (proxy, _admin) = start(config).await?;
     proxy.run(shutdown_signal()).await;
     tracing::info!("pgherd stopped");
     Ok(())
+}
+
+/// Binds the proxy's listeners and the admin port, and starts the admin
+/// server. Returns the proxy (to run) and the admin address, if any.
+pub(crate) async fn start(
+    config: pgherd_config::Config,
+) -> anyhow::Result<(pgherd_proxy::Proxy, Option<std::net::SocketAddr>)> {
+    let addr = config.general.listen_addr;
+    let admin_addr = config.general.admin_listen_addr;
+    let proxy = pgherd_proxy::Proxy::bind(config)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    for (a, target) in proxy.listen_addrs()? {
+        tracing::info!("pgherd listening on {a} (default target {target:?})");
+    }
+    let admin = match admin_addr {
+        Some(a) => {
+            let admin = pgherd_admin::Admin::bind(a, proxy.handle())
+                .await
+                .with_context(|| format!("binding the admin port {a}"))?;
+            let bound = admin.local_addr()?;
+            tracing::info!("admin HTTP (metrics, health, API) on http://{bound}/");
+            tokio::spawn(admin.run(std::future::pending()));
+            Some(bound)
+        }
+        None => None,
+    };
+    Ok((proxy, admin))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

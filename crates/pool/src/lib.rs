@@ -50,6 +50,8 @@ pub struct PoolStatus {
     pub idle: usize,
     /// Guards handed out (each with or without a connection yet).
     pub checked_out: usize,
+    /// Callers waiting for a slot.
+    pub waiting: usize,
 }
 
 #[derive(Debug)]
@@ -62,6 +64,7 @@ struct State<C> {
 #[derive(Debug)]
 struct Inner<C> {
     max_size: usize,
+    waiting: std::sync::atomic::AtomicUsize,
     permits: Arc<Semaphore>,
     state: Mutex<State<C>>,
 }
@@ -94,6 +97,7 @@ impl<C> Pool<C> {
         Pool {
             inner: Arc::new(Inner {
                 max_size,
+                waiting: std::sync::atomic::AtomicUsize::new(0),
                 permits: Arc::new(Semaphore::new(max_size)),
                 state: Mutex::new(State {
                     idle: Vec::new(),
@@ -114,7 +118,10 @@ impl<C> Pool<C> {
         matches: impl Fn(&C) -> bool,
     ) -> Result<Guard<C>, PoolError> {
         let acquire = Arc::clone(&self.inner.permits).acquire_owned();
-        let permit = match tokio::time::timeout(timeout, acquire).await {
+        let waiting = WaitingCount::new(&self.inner.waiting);
+        let acquired = tokio::time::timeout(timeout, acquire).await;
+        drop(waiting);
+        let permit = match acquired {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => return Err(PoolError::Closed),
             Err(_) => return Err(PoolError::Timeout(timeout)),
@@ -145,6 +152,10 @@ impl<C> Pool<C> {
             total: state.total,
             idle: state.idle.len(),
             checked_out: self.inner.max_size - self.inner.permits.available_permits(),
+            waiting: self
+                .inner
+                .waiting
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -154,6 +165,22 @@ impl<C> Pool<C> {
         let idle = std::mem::take(&mut state.idle);
         state.total -= idle.len();
         idle
+    }
+}
+
+/// Counts a caller as waiting while it lives (also when the wait is cancelled).
+struct WaitingCount<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> WaitingCount<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        WaitingCount(count)
+    }
+}
+
+impl Drop for WaitingCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -231,7 +258,8 @@ mod tests {
                 max_size: 2,
                 total: 2,
                 idle: 2,
-                checked_out: 0
+                checked_out: 0,
+                waiting: 0
             }
         );
         let mut c = pool.checkout(T, |_| true).await.unwrap();
@@ -285,6 +313,7 @@ mod tests {
         let waiter = tokio::spawn(async move { p2.checkout(T, |_| true).await.is_ok() });
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(pool.status().checked_out, 1);
+        assert_eq!(pool.status().waiting, 1);
         drop(held);
         assert!(waiter.await.unwrap());
         assert_eq!(pool.status().total, 0);

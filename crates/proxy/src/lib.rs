@@ -217,6 +217,11 @@ pub struct PoolSnapshot {
 }
 
 impl ProxyHandle {
+    /// The configuration the proxy runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
     /// Clients connected right now (including ones still logging in).
     pub fn client_count(&self) -> usize {
         self.shared.clients.load(Ordering::Relaxed)

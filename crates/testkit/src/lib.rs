@@ -98,6 +98,7 @@ impl PgherdBuilder {
                 "probe_user = \"postgres\"".into(),
                 format!("probe_password = \"{}\"", cluster.pg.superuser_password()),
                 "probe_interval = 0.2".into(),
+                "admin_listen_addr = \"127.0.0.1:0\"".into(),
             ],
             listeners: Vec::new(),
             nodes: cluster
@@ -204,14 +205,29 @@ impl PgherdBuilder {
             .collect();
         let handle = proxy.handle();
         let (stop, stopped) = oneshot::channel::<()>();
+        let (stop_admin, admin_stopped) = oneshot::channel::<()>();
+        let admin_addr = match handle.config().general.admin_listen_addr {
+            Some(a) => {
+                let admin = pgherd_admin::Admin::bind(a, handle.clone())
+                    .await
+                    .expect("bind the admin port");
+                let bound = admin.local_addr().expect("admin addr");
+                tokio::spawn(admin.run(async move {
+                    let _ = admin_stopped.await;
+                }));
+                Some(bound)
+            }
+            None => None,
+        };
         tokio::spawn(proxy.run(async move {
             let _ = stopped.await;
         }));
         RunningPgherd {
             addr,
             listeners,
+            admin_addr,
             handle,
-            _stop: stop,
+            _stop: (stop, stop_admin),
         }
     }
 }
@@ -223,8 +239,10 @@ pub struct RunningPgherd {
     pub addr: SocketAddr,
     /// Every listener, main first, then those added with [`PgherdBuilder::listener`].
     pub listeners: Vec<SocketAddr>,
+    /// The admin HTTP port.
+    pub admin_addr: Option<SocketAddr>,
     pub handle: ProxyHandle,
-    _stop: oneshot::Sender<()>,
+    _stop: (oneshot::Sender<()>, oneshot::Sender<()>),
 }
 
 impl RunningPgherd {

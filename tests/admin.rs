@@ -1,0 +1,154 @@
+//! The admin HTTP port against real clusters: metrics, health, JSON.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use pgherd_integration_tests::*;
+
+fn sample<'a>(
+    scrape: &'a prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<&'a prometheus_parse::Sample> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+}
+
+fn value(s: Option<&prometheus_parse::Sample>) -> f64 {
+    match s.map(|s| &s.value) {
+        Some(prometheus_parse::Value::Gauge(v)) | Some(prometheus_parse::Value::Untyped(v)) => *v,
+        other => panic!("no gauge: {other:?}"),
+    }
+}
+
+async fn scrape(pgherd: &RunningPgherd) -> prometheus_parse::Scrape {
+    let (status, body) = http_get(pgherd, "/metrics").await;
+    assert_eq!(status, 200);
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_pools_and_nodes() {
+    let pgherd = shared_cluster().pgherd().start().await;
+    pgherd
+        .wait_topology("two readable standbys", |t| {
+            t.nodes.iter().filter(|n| n.serves_reads()).count() == 2
+        })
+        .await;
+    let a = pgherd.app().await;
+    let b = pgherd.app().await;
+    simple_value(&a, "SELECT 1").await;
+    simple_value(&b, "SELECT 1").await;
+    let m = scrape(&pgherd).await;
+    assert_eq!(value(sample(&m, "pgbouncer_up", &[])), 1.0);
+    let pool = [("database", "app"), ("user", "app"), ("node", "pg0")];
+    assert_eq!(
+        value(sample(
+            &m,
+            "pgbouncer_pools_client_active_connections",
+            &pool
+        )),
+        2.0
+    );
+    assert_eq!(
+        value(sample(&m, "pgbouncer_pools_server_idle_connections", &pool)),
+        0.0
+    );
+    assert_eq!(
+        value(sample(
+            &m,
+            "pgherd_node_role",
+            &[("node", "pg0"), ("role", "primary")]
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(sample(
+            &m,
+            "pgherd_node_role",
+            &[("node", "pg1"), ("role", "standby")]
+        )),
+        1.0
+    );
+    assert_eq!(value(sample(&m, "pgherd_node_up", &[("node", "pg2")])), 1.0);
+    assert_eq!(value(sample(&m, "pgherd_primary_known", &[])), 1.0);
+    assert!(sample(&m, "pgherd_replication_lag_bytes", &[("node", "pg1")]).is_some());
+
+    // Sessions end: their servers go idle in the pool.
+    drop((a, b));
+    for _ in 0..100 {
+        let m = scrape(&pgherd).await;
+        if value(sample(&m, "pgbouncer_pools_server_idle_connections", &pool)) == 2.0 {
+            assert_eq!(
+                value(sample(
+                    &m,
+                    "pgbouncer_pools_client_active_connections",
+                    &pool
+                )),
+                0.0
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("servers never went idle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_flip_on_failover() {
+    let mut cluster = TestCluster::start(1);
+    let pgherd = cluster.pgherd().general("probe_fall = 1").start().await;
+    pgherd
+        .wait_topology("pg0 primary, pg1 readable", |t| {
+            t.primary == Some(0) && t.nodes[1].serves_reads()
+        })
+        .await;
+    assert_eq!(
+        http_get(&pgherd, "/primary").await,
+        (200, "OK: primary is pg0\n".into())
+    );
+    assert_eq!(http_get(&pgherd, "/health").await.0, 200);
+    let (status, body) = http_get(&pgherd, "/replica").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "OK: standbys serving reads: pg1\n")
+    );
+
+    cluster.pg.stop(0, StopMode::Immediate).unwrap();
+    pgherd
+        .wait_topology("no primary", |t| t.primary.is_none())
+        .await;
+    let (status, body) = http_get(&pgherd, "/primary").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("pg0: down"), "{body}");
+    assert_eq!(http_get(&pgherd, "/ready").await.0, 503);
+    assert_eq!(
+        http_get(&pgherd, "/health").await.0,
+        200,
+        "pgherd itself is fine"
+    );
+
+    cluster.pg.promote(1).unwrap();
+    pgherd
+        .wait_topology("pg1 primary", |t| t.primary == Some(1))
+        .await;
+    assert_eq!(
+        http_get(&pgherd, "/primary").await,
+        (200, "OK: primary is pg1\n".into())
+    );
+    assert_eq!(
+        http_get(&pgherd, "/replica").await.0,
+        503,
+        "no standby left"
+    );
+
+    let (status, body) = http_get(&pgherd, "/api/v1/nodes").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["primary"], "pg1");
+    assert_eq!(json["nodes"][0]["up"], false);
+    assert_eq!(json["nodes"][1]["role"], "primary");
+    assert_eq!(json["nodes"][1]["timeline"], 2);
+    assert_eq!(http_get(&pgherd, "/nope").await.0, 404);
+}
