@@ -71,6 +71,9 @@ pub struct NodeStatus {
     pub lag_seconds: Option<f64>,
     /// Lag within `max_replica_lag*`: may serve reads.
     pub lag_ok: bool,
+    /// A standby on an older timeline than the primary's: it follows no
+    /// primary, or a fenced one, and its data may have diverged.
+    pub old_timeline: bool,
     pub last_sample: Option<ProbeSample>,
     pub last_error: Option<String>,
 }
@@ -79,7 +82,12 @@ impl NodeStatus {
     /// Up, a standby streaming from a primary, not fenced and fresh enough:
     /// may serve reads. (A rejoining node serves reads once it streams.)
     pub fn serves_reads(&self) -> bool {
-        self.up && self.role == Role::Standby && !self.fenced && self.lag_ok && self.streaming()
+        self.up
+            && self.role == Role::Standby
+            && !self.fenced
+            && !self.old_timeline
+            && self.lag_ok
+            && self.streaming()
     }
 
     /// The WAL receiver reports `streaming`.
@@ -110,6 +118,9 @@ impl NodeStatus {
         }
         if self.role == Role::Standby && !self.streaming() {
             s.push_str(", not streaming");
+        }
+        if self.old_timeline {
+            s.push_str(", on an old timeline");
         }
         s
     }
@@ -255,6 +266,7 @@ impl Evaluator {
                 lag_bytes: None,
                 lag_seconds: None,
                 lag_ok: false,
+                old_timeline: false,
                 last_sample: None,
                 last_error: None,
             })
@@ -352,19 +364,25 @@ impl Evaluator {
     }
 
     fn measure_lag(&mut self) {
-        let primary_lsn = self
+        let primary_sample = self
             .current
             .primary
-            .and_then(|p| self.current.nodes[p].last_sample.as_ref())
-            .and_then(|s| s.current_lsn);
+            .and_then(|p| self.current.nodes[p].last_sample.as_ref());
+        let primary_lsn = primary_sample.and_then(|s| s.current_lsn);
+        let primary_timeline = primary_sample.and_then(|s| s.timeline);
         let t = self.thresholds;
         for n in &mut self.current.nodes {
             let Some(s) = n.last_sample.as_ref().filter(|s| s.in_recovery) else {
                 n.lag_bytes = None;
                 n.lag_seconds = None;
                 n.lag_ok = n.role == Role::Primary;
+                n.old_timeline = false;
                 continue;
             };
+            n.old_timeline = matches!(
+                (s.timeline, primary_timeline),
+                (Some(mine), Some(primary)) if mine < primary
+            );
             n.lag_bytes = match (primary_lsn, s.replay_lsn) {
                 (Some(p), Some(r)) => Some(p.saturating_sub(r)),
                 _ => None,
@@ -627,6 +645,23 @@ mod tests {
         assert!(e.topology().describe().contains("not streaming"));
         e.apply(1, standby(1, 100));
         assert!(e.topology().nodes[1].serves_reads());
+    }
+
+    #[test]
+    fn standbys_left_on_an_old_timeline_serve_no_reads() {
+        let mut e = eval(3);
+        e.apply(0, primary(1, 100));
+        e.apply(1, standby(1, 100));
+        e.apply(2, standby(1, 100));
+        e.apply(1, primary(2, 120)); // pg1 promoted; pg2 still follows pg0
+        let t = e.topology();
+        assert_eq!(t.primary, Some(1));
+        assert!(!t.nodes[2].serves_reads());
+        assert!(t
+            .describe()
+            .contains("pg2: standby, timeline 1, on an old timeline"));
+        e.apply(2, standby(2, 120)); // re-pointed at the new primary
+        assert!(e.topology().nodes[2].serves_reads());
     }
 
     #[test]
