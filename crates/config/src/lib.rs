@@ -68,6 +68,7 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct General {
     pub listen_addr: SocketAddr,
+    pub pool_mode: PoolMode,
     /// The admin HTTP listener (`/metrics`, health, JSON API); `None`: off.
     pub admin_listen_addr: Option<SocketAddr>,
     pub auth_type: AuthType,
@@ -104,6 +105,16 @@ pub struct Probe {
     pub max_replica_lag: Option<Duration>,
 }
 
+/// When a client gives its server connection back (pgbouncer's `pool_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// At disconnect: the client keeps one server for its whole session.
+    Session,
+    /// At the end of each transaction (ReadyForQuery idle).
+    Transaction,
+}
+
 /// Where a database's sessions go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -133,6 +144,8 @@ pub struct Database {
     /// Password for `user`.
     pub password: Option<Secret>,
     pub pool_size: usize,
+    /// Overrides the global `pool_mode`.
+    pub pool_mode: Option<PoolMode>,
     /// Where sessions go; `None` takes the listener's default target.
     pub target: Option<Target>,
 }
@@ -153,6 +166,8 @@ pub struct User {
     pub verifier: Option<ScramVerifier>,
     /// A password pgherd can use to log in to PostgreSQL as this user.
     pub server_password: Option<Secret>,
+    /// Overrides the database's and the global `pool_mode`.
+    pub pool_mode: Option<PoolMode>,
 }
 
 impl Config {
@@ -169,6 +184,16 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: raw::File = toml::from_str(text)?;
         raw.validate()
+    }
+
+    /// The pool mode for `user` on `database`: the user's, else the
+    /// database's, else the global one (pgbouncer's precedence).
+    pub fn pool_mode(&self, database: &Database, user: &str) -> PoolMode {
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_mode)
+            .or(database.pool_mode)
+            .unwrap_or(self.general.pool_mode)
     }
 
     /// The `[databases]` entry for a client's database name: the exact entry,
@@ -201,6 +226,7 @@ mod raw {
     #[serde(deny_unknown_fields, default)]
     pub struct General {
         pub listen_addr: String,
+        pub pool_mode: PoolMode,
         pub admin_listen_addr: String,
         pub auth_type: AuthType,
         pub max_client_conn: usize,
@@ -227,6 +253,7 @@ mod raw {
         fn default() -> Self {
             General {
                 listen_addr: "0.0.0.0:5432".into(),
+                pool_mode: PoolMode::Session,
                 // Clear of PostgreSQL, pgbouncer, haproxy stats, Patroni and
                 // the usual Prometheus exporters.
                 admin_listen_addr: "0.0.0.0:9930".into(),
@@ -281,6 +308,7 @@ mod raw {
         pub user: Option<String>,
         pub password: Option<String>,
         pub pool_size: Option<usize>,
+        pub pool_mode: Option<PoolMode>,
         pub target: Option<Target>,
     }
 
@@ -289,6 +317,7 @@ mod raw {
     pub struct User {
         pub password: Option<String>,
         pub server_password: Option<String>,
+        pub pool_mode: Option<PoolMode>,
     }
 
     fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
@@ -330,6 +359,7 @@ mod raw {
             };
             let general = super::General {
                 listen_addr,
+                pool_mode: g.pool_mode,
                 admin_listen_addr,
                 auth_type: g.auth_type,
                 max_client_conn: g.max_client_conn,
@@ -409,6 +439,7 @@ mod raw {
                         user: d.user,
                         password: d.password.map(Secret::new),
                         pool_size: d.pool_size.unwrap_or(general.default_pool_size),
+                        pool_mode: d.pool_mode,
                         target: d.target,
                     },
                 );
@@ -449,6 +480,7 @@ mod raw {
                     super::User {
                         verifier,
                         server_password,
+                        pool_mode: u.pool_mode,
                     },
                 );
             }
@@ -523,6 +555,22 @@ mod tests {
         assert_eq!(other.dbname, None);
         assert_eq!(other.pool_size, 20);
         assert_eq!(other.target, None);
+    }
+
+    #[test]
+    fn pool_mode_precedence_is_user_then_database_then_global() {
+        let c = Config::parse(&format!(
+            "{}\n[databases]\ntx = {{ pool_mode = \"transaction\" }}\nplain = {{}}\n\
+             [users]\nsess = {{ password = \"p\", pool_mode = \"session\" }}\nother = {{ password = \"p\" }}\n",
+            MINIMAL.replace("[pgherd]", "[pgherd]\npool_mode = \"session\"")
+        ))
+        .unwrap();
+        let tx = &c.databases["tx"];
+        let plain = &c.databases["plain"];
+        assert_eq!(c.pool_mode(tx, "other"), PoolMode::Transaction);
+        assert_eq!(c.pool_mode(tx, "sess"), PoolMode::Session);
+        assert_eq!(c.pool_mode(plain, "other"), PoolMode::Session);
+        assert_eq!(c.general.pool_mode, PoolMode::Session);
     }
 
     #[test]

@@ -1,16 +1,19 @@
 //! Cancel keys: which server backend a client's CancelRequest is meant for.
 //!
-//! pgherd gives each client a BackendKeyData of its own: the PID of the server
-//! backend it talks to (so `pg_backend_pid()` and notification PIDs agree with
-//! what the driver was told) and a secret pgherd drew itself. A CancelRequest
-//! carrying that pair is forwarded with the *server's* real secret to the
-//! server's address. A client can only cancel what it was given a key for.
+//! pgherd gives each client a BackendKeyData of its own and draws the secret
+//! itself. In session mode the PID is that of the server backend the client
+//! keeps (so `pg_backend_pid()` and notification PIDs agree with what the
+//! driver was told); in transaction mode the client has no server of its own,
+//! so the PID is pgherd's too. Either way the key points at a [`CancelSlot`]
+//! holding the server the client uses *right now*, if any: a CancelRequest
+//! carrying the key is forwarded, with the server's real secret, to that
+//! server only. A client can never cancel another client's query.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use rand::RngCore;
+use rand::{Rng, RngCore};
 
 /// Where a cancel for one client goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,39 +23,68 @@ pub(crate) struct CancelTarget {
     pub(crate) secret: [u8; 4],
 }
 
-/// Live cancel keys, from the client-facing `(pid, secret)` to the server's.
+/// The server a client currently uses, updated as it checks servers out and in.
+#[derive(Debug, Default)]
+pub(crate) struct CancelSlot(Mutex<Option<CancelTarget>>);
+
+impl CancelSlot {
+    pub(crate) fn set(&self, target: Option<CancelTarget>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = target;
+    }
+
+    fn get(&self) -> Option<CancelTarget> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A client's registered key.
+#[derive(Debug)]
+pub(crate) struct CancelKey {
+    pub(crate) pid: i32,
+    pub(crate) secret: [u8; 4],
+    pub(crate) slot: Arc<CancelSlot>,
+}
+
+type Keys = HashMap<(i32, [u8; 4]), Arc<CancelSlot>>;
+
+/// Live cancel keys, from the client-facing `(pid, secret)` to a slot.
 #[derive(Debug, Default)]
 pub(crate) struct CancelRegistry {
-    keys: Mutex<HashMap<(i32, [u8; 4]), CancelTarget>>,
+    keys: Mutex<Keys>,
 }
 
 impl CancelRegistry {
-    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, [u8; 4]), CancelTarget>> {
+    fn keys(&self) -> std::sync::MutexGuard<'_, Keys> {
         self.keys.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers `target` and returns the secret to give the client (with the
-    /// target's PID). The secret is random and unique among live keys.
-    pub(crate) fn register(&self, target: CancelTarget) -> [u8; 4] {
+    /// Registers a key with PID `pid` (a random one when `None`) and a fresh
+    /// random secret, unique among live keys.
+    pub(crate) fn register(&self, pid: Option<i32>) -> CancelKey {
         let mut keys = self.keys();
+        let mut rng = rand::thread_rng();
         loop {
+            let pid = pid.unwrap_or_else(|| rng.gen_range(1..i32::MAX));
             let mut secret = [0u8; 4];
-            rand::thread_rng().fill_bytes(&mut secret);
-            if let std::collections::hash_map::Entry::Vacant(e) = keys.entry((target.pid, secret)) {
-                e.insert(target);
-                return secret;
+            rng.fill_bytes(&mut secret);
+            if let std::collections::hash_map::Entry::Vacant(e) = keys.entry((pid, secret)) {
+                let slot = Arc::new(CancelSlot::default());
+                e.insert(Arc::clone(&slot));
+                return CancelKey { pid, secret, slot };
             }
         }
     }
 
-    pub(crate) fn unregister(&self, pid: i32, secret: [u8; 4]) {
-        self.keys().remove(&(pid, secret));
+    pub(crate) fn unregister(&self, key: &CancelKey) {
+        self.keys().remove(&(key.pid, key.secret));
     }
 
-    /// The target for a client's key, if it is live.
+    /// The server to cancel for a client's key, if the key is live and the
+    /// client is using a server.
     pub(crate) fn lookup(&self, pid: i32, secret: &[u8]) -> Option<CancelTarget> {
         let secret: [u8; 4] = secret.try_into().ok()?;
-        self.keys().get(&(pid, secret)).copied()
+        let slot = self.keys().get(&(pid, secret)).cloned()?;
+        slot.get()
     }
 }
 
@@ -61,21 +93,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_map_to_their_target_only() {
+    fn keys_map_to_the_current_server_only() {
         let reg = CancelRegistry::default();
         let t = CancelTarget {
             addr: "127.0.0.1:5432".parse().unwrap(),
             pid: 77,
             secret: [1, 2, 3, 4],
         };
-        let s = reg.register(t);
-        assert_eq!(reg.lookup(77, &s), Some(t));
-        let mut wrong = s;
+        let key = reg.register(Some(77));
+        assert_eq!(key.pid, 77);
+        assert_eq!(reg.lookup(77, &key.secret), None, "no server yet");
+        key.slot.set(Some(t));
+        assert_eq!(reg.lookup(77, &key.secret), Some(t));
+        let mut wrong = key.secret;
         wrong[0] ^= 1;
         assert_eq!(reg.lookup(77, &wrong), None);
-        assert_eq!(reg.lookup(78, &s), None);
-        assert_eq!(reg.lookup(77, &s[..3]), None);
-        reg.unregister(77, s);
-        assert_eq!(reg.lookup(77, &s), None);
+        assert_eq!(reg.lookup(78, &key.secret), None);
+        assert_eq!(reg.lookup(77, &key.secret[..3]), None);
+        key.slot.set(None);
+        assert_eq!(reg.lookup(77, &key.secret), None, "server given back");
+        key.slot.set(Some(t));
+        reg.unregister(&key);
+        assert_eq!(reg.lookup(77, &key.secret), None);
+    }
+
+    #[test]
+    fn random_pids_are_positive() {
+        let reg = CancelRegistry::default();
+        for _ in 0..100 {
+            assert!(reg.register(None).pid > 0);
+        }
     }
 }

@@ -46,6 +46,19 @@ pub(crate) enum RelayEnd {
     ServerProtocol(FrameError),
     /// The node may no longer serve this session (fenced): why.
     Retired(String),
+    /// Transaction mode: the transaction is over and the server owes nothing;
+    /// it can go back to the pool.
+    ServerIdle,
+}
+
+/// How long a relay lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Until {
+    /// Until the client leaves (session pooling).
+    ClientLeaves,
+    /// Until the server is idle between transactions (transaction pooling),
+    /// unless the client pinned it (named prepared statement).
+    Idle,
 }
 
 /// What the proxy knows about the server's state from the traffic.
@@ -59,6 +72,10 @@ pub(crate) struct ServerState {
     pub(crate) tx: TxStatus,
     /// The last server message was a FATAL/PANIC ErrorResponse.
     last_fatal: bool,
+    /// The client created a named prepared statement on this server: in
+    /// transaction mode it keeps the server from now on, or the statement
+    /// would be missing on the next one.
+    pub(crate) pinned: bool,
 }
 
 impl ServerState {
@@ -68,6 +85,7 @@ impl ServerState {
             unsynced: false,
             tx: TxStatus::Idle,
             last_fatal: false,
+            pinned: false,
         }
     }
 }
@@ -172,6 +190,11 @@ fn client_watch(tag: u8) -> bool {
     tag == frontend::TERMINATE
 }
 
+/// Transaction mode also reads Parse whole, for the statement name.
+fn client_watch_transaction(tag: u8) -> bool {
+    tag == frontend::TERMINATE || tag == b'P'
+}
+
 fn server_watch(tag: u8) -> bool {
     tag == backend::READY_FOR_QUERY || tag == backend::ERROR_RESPONSE
 }
@@ -190,49 +213,64 @@ pub(crate) struct Relayed {
 /// already sent (pipelined after login).
 pub(crate) async fn relay(
     client: &mut TcpStream,
-    client_buf: BytesMut,
+    client_buf: &mut BytesMut,
     server: &mut TcpStream,
-    max_packet_size: usize,
+    (max_packet_size, until): (usize, Until),
     state: &mut ServerState,
     retire: impl std::future::Future<Output = String>,
 ) -> Relayed {
     let mut down_at_boundary = true;
+    let mut up = Pipe::new(std::mem::take(client_buf), max_packet_size);
     let end = relay_inner(
         client,
-        client_buf,
+        &mut up,
         server,
         max_packet_size,
+        until,
         state,
         &mut down_at_boundary,
         retire,
     )
     .await;
+    // Bytes the client sent that were not forwarded (the start of its next
+    // transaction) stay with the client.
+    if matches!(end, RelayEnd::ServerIdle) {
+        *client_buf = up.buf;
+    }
     Relayed {
         can_tell_client: down_at_boundary && !state.last_fatal,
         end,
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn relay_inner(
     client: &mut TcpStream,
-    client_buf: BytesMut,
+    up: &mut Pipe,
     server: &mut TcpStream,
     max_packet_size: usize,
+    until: Until,
     state: &mut ServerState,
     down_at_boundary: &mut bool,
     retire: impl std::future::Future<Output = String>,
 ) -> RelayEnd {
     tokio::pin!(retire);
+    let client_watch = match until {
+        Until::ClientLeaves => client_watch,
+        Until::Idle => client_watch_transaction,
+    };
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
-    let mut up = Pipe::new(client_buf, max_packet_size);
     let mut down = Pipe::new(BytesMut::with_capacity(BUF_SIZE), max_packet_size);
-    if let Err(e) = scan_client(&mut up, state) {
+    if let Err(e) = scan_client(up, client_watch, state) {
         return RelayEnd::ClientProtocol(e);
     }
     loop {
         if up.closing && up.ready == 0 {
             return RelayEnd::ClientLeft;
+        }
+        if until == Until::Idle && down.ready == 0 && server_idle(state, up) {
+            return RelayEnd::ServerIdle;
         }
         *down_at_boundary = down.ready == 0 && down.scanner.at_boundary();
         let step = tokio::select! {
@@ -250,7 +288,7 @@ async fn relay_inner(
         match step {
             Direction::Up(r) => match r {
                 Ok(Step::Read) => {
-                    if let Err(e) = scan_client(&mut up, state) {
+                    if let Err(e) = scan_client(up, client_watch, state) {
                         return RelayEnd::ClientProtocol(e);
                     }
                 }
@@ -293,21 +331,45 @@ enum Direction {
     Down(std::io::Result<Step>),
 }
 
-fn scan_client(up: &mut Pipe, state: &mut ServerState) -> Result<(), FrameError> {
-    up.scan(client_watch, |seen| match seen {
-        Seen::Whole(_) => false, // Terminate: keep the server, end the relay.
-        Seen::Starts(tag) => {
-            match tag {
-                b'Q' | b'F' => state.pending += 1,
-                b'S' => {
-                    state.pending += 1;
-                    state.unsynced = false;
+/// Transaction mode: the transaction is over and nothing is in flight, so
+/// the server can serve someone else.
+fn server_idle(state: &ServerState, up: &Pipe) -> bool {
+    state.pending == 0
+        && !state.unsynced
+        && state.tx == TxStatus::Idle
+        && !state.pinned
+        && up.ready == 0
+        && up.scanner.at_boundary()
+}
+
+fn scan_client(
+    up: &mut Pipe,
+    watch: fn(u8) -> bool,
+    state: &mut ServerState,
+) -> Result<(), FrameError> {
+    up.scan(watch, |seen| {
+        let tag = match seen {
+            // Terminate: keep the server, end the relay.
+            Seen::Whole([frontend::TERMINATE, ..]) => return false,
+            Seen::Whole(parse) => {
+                // Parse: a named statement outlives the transaction.
+                if parse.get(5).is_some_and(|&first| first != 0) {
+                    state.pinned = true;
                 }
-                b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => state.unsynced = true,
-                _ => {}
+                b'P'
             }
-            true
+            Seen::Starts(tag) => tag,
+        };
+        match tag {
+            b'Q' | b'F' => state.pending += 1,
+            b'S' => {
+                state.pending += 1;
+                state.unsynced = false;
+            }
+            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => state.unsynced = true,
+            _ => {}
         }
+        true
     })
 }
 
@@ -356,7 +418,7 @@ mod tests {
         bytes.extend(msg(b'X', b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
-        scan_client(&mut pipe, &mut state).unwrap();
+        scan_client(&mut pipe, client_watch, &mut state).unwrap();
         assert_eq!(state.pending, 2);
         assert!(!state.unsynced);
         assert!(pipe.closing);
@@ -382,8 +444,28 @@ mod tests {
         let bytes = msg(b'P', b"\0select 1\0\0\0");
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
-        scan_client(&mut pipe, &mut state).unwrap();
+        scan_client(&mut pipe, client_watch, &mut state).unwrap();
         assert!(!reusable(&state, &RelayEnd::ClientLeft));
+    }
+
+    #[test]
+    fn named_statements_pin_the_server_in_transaction_mode() {
+        let mut bytes = msg(b'P', b"\0select 1\0\0\0");
+        bytes.extend(msg(b'S', b""));
+        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
+        let mut state = ServerState::new();
+        scan_client(&mut pipe, client_watch_transaction, &mut state).unwrap();
+        assert!(
+            !state.pinned,
+            "the unnamed statement dies with the transaction"
+        );
+        let mut bytes = msg(b'P', b"s1\0select 1\0\0\0");
+        bytes.extend(msg(b'S', b""));
+        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
+        scan_client(&mut pipe, client_watch_transaction, &mut state).unwrap();
+        assert!(state.pinned);
+        assert_eq!(state.pending, 2);
+        assert!(!state.unsynced);
     }
 
     #[test]

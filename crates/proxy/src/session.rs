@@ -5,15 +5,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use pgherd_config::{Config, Database, Target};
+use pgherd_config::{Config, Database, PoolMode, Target};
 use pgherd_pool::{Guard, PoolError};
 use pgherd_wire::backend::{self, ErrorFields, TxStatus};
-use tokio::io::AsyncWriteExt;
+use pgherd_wire::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::cancel::CancelTarget;
+use crate::cancel::{CancelKey, CancelTarget};
 use crate::client::{Authenticated, Client, Refused};
-use crate::relay::{self, RelayEnd, ServerState};
+use crate::relay::{self, RelayEnd, ServerState, Until};
 use crate::route::{self, Attempt};
 use crate::server::{send_cancel, ServerConn, ServerCredential, ServerError};
 use crate::{PoolKey, Shared};
@@ -139,6 +140,7 @@ async fn run(
                 user: None,
                 password: None,
                 pool_size: 1,
+                pool_mode: None,
                 target: Some(Target::Primary),
             };
             &fallback
@@ -173,78 +175,193 @@ async fn run(
         return replicate(shared, client, server).await;
     }
 
-    let key = |node| PoolKey {
-        database: server_db.clone(),
-        user: server_user.clone(),
-        node,
+    let upstream = Upstream {
+        shared,
+        db,
+        target: db.target.unwrap_or(listener_target),
+        params: &params,
+        credential: &credential,
+        database: &server_db,
+        user: &server_user,
     };
-    let target = db.target.unwrap_or(listener_target);
-    let mut guard = route::connect(shared, target, |node| {
-        let (params, credential, key) = (&params, &credential, key(node));
-        async move {
-            let pool = shared.pool(key, db.pool_size);
-            checkout(shared, &pool, node, target, params, credential).await
-        }
-    })
-    .await?;
-    let Some(server) = guard.conn() else {
+    let mode = config.pool_mode(db, &auth.user);
+    // The welcome needs a server's ParameterStatus values, in both modes.
+    let mut first = upstream.checkout().await?;
+    let Some(server) = first.conn() else {
         return Err(ErrorFields::fatal(
             "XX000",
             "pgherd: pool handed out an empty slot",
         ));
     };
-    let cancel_key = welcome(shared, client, server).await?;
-    let mut state = ServerState::new();
-    let buf = std::mem::take(&mut client.buf);
-    let retire = retire_when_fenced(shared.cluster.watch(), server.node);
-    let relayed = relay::relay(
-        &mut client.stream,
-        buf,
-        &mut server.stream,
-        config.general.max_packet_size,
-        &mut state,
-        retire,
-    )
-    .await;
-    shared.cancels.unregister(server.pid, cancel_key);
-    let node = &config.nodes[server.node];
-    let end = relayed.end;
-    let outcome = match &end {
-        RelayEnd::ClientLeft => Ok(()),
-        RelayEnd::ClientIo(e) => {
-            tracing::debug!(peer = %client.peer, "client connection failed: {e}");
-            Ok(())
+    let cancel = shared.cancels.register(match mode {
+        PoolMode::Session => Some(server.pid),
+        PoolMode::Transaction => None,
+    });
+    let welcomed = welcome(client, server, cancel.pid, cancel.secret).await;
+    let result = match welcomed {
+        Ok(()) => {
+            let held = match mode {
+                PoolMode::Session => Some(first),
+                PoolMode::Transaction => {
+                    first.release();
+                    None
+                }
+            };
+            serve_client(&upstream, client, held, mode, &cancel).await
         }
-        RelayEnd::ClientProtocol(e) => Err(ErrorFields::fatal("08P01", e.to_string())),
-        RelayEnd::ServerClosed => Err(ErrorFields::fatal(
-            "08006",
-            format!("server connection to node \"{}\" was lost", node.name),
-        )
-        .with_detail("the server closed the connection unexpectedly")),
-        RelayEnd::ServerIo(e) => Err(ErrorFields::fatal(
-            "08006",
-            format!("server connection to node \"{}\" was lost", node.name),
-        )
-        .with_detail(e.to_string())),
-        RelayEnd::ServerProtocol(e) => Err(ErrorFields::fatal(
-            "08P01",
-            format!("node \"{}\" broke the protocol: {e}", node.name),
-        )),
-        RelayEnd::Retired(reason) => Err(ErrorFields::fatal(
-            "57P01",
-            format!("terminating connection: node \"{}\" {reason}", node.name),
-        )),
+        Err(e) => Err(e),
     };
-    if matches!(end, RelayEnd::ServerClosed | RelayEnd::ServerIo(_)) {
-        // The node may be going away: look now rather than at the next interval.
-        shared.cluster.request_probe();
+    shared.cancels.unregister(&cancel);
+    result
+}
+
+/// Where a client's servers come from: its database entry, target and login.
+struct Upstream<'a> {
+    shared: &'a Shared,
+    db: &'a Database,
+    target: Target,
+    params: &'a [(String, String)],
+    credential: &'a ServerCredential,
+    database: &'a str,
+    user: &'a str,
+}
+
+impl Upstream<'_> {
+    /// A server on a node fit for the target, from that node's pool.
+    async fn checkout(&self) -> Result<Guard<ServerConn>, ErrorFields> {
+        route::connect(self.shared, self.target, |node| async move {
+            let key = PoolKey {
+                database: self.database.to_owned(),
+                user: self.user.to_owned(),
+                node,
+            };
+            let pool = self.shared.pool(key, self.db.pool_size);
+            checkout(
+                self.shared,
+                &pool,
+                node,
+                self.target,
+                self.params,
+                self.credential,
+            )
+            .await
+        })
+        .await
     }
-    finish(shared, guard, &state, &end).await;
-    if relayed.can_tell_client {
-        outcome
-    } else {
-        // The client is mid-message or already has the server's FATAL error.
-        Ok(())
+}
+
+/// Relays a logged-in client until it leaves. In session mode it keeps
+/// `held` throughout; in transaction mode it takes a server when it sends
+/// something and gives it back when the transaction is over.
+async fn serve_client(
+    upstream: &Upstream<'_>,
+    client: &mut Client,
+    mut held: Option<Guard<ServerConn>>,
+    mode: PoolMode,
+    cancel: &CancelKey,
+) -> Result<(), ErrorFields> {
+    let shared = upstream.shared;
+    let config = shared.config();
+    loop {
+        let mut guard = match held.take() {
+            Some(g) => g,
+            None => {
+                if !wait_for_request(client, config.general.max_packet_size).await? {
+                    return Ok(());
+                }
+                upstream.checkout().await?
+            }
+        };
+        let Some(server) = guard.conn() else {
+            return Err(ErrorFields::fatal(
+                "XX000",
+                "pgherd: pool handed out an empty slot",
+            ));
+        };
+        cancel.slot.set(Some(CancelTarget {
+            addr: server.addr,
+            pid: server.pid,
+            secret: server.secret,
+        }));
+        let until = match mode {
+            PoolMode::Session => Until::ClientLeaves,
+            PoolMode::Transaction => Until::Idle,
+        };
+        let mut state = ServerState::new();
+        let retire = retire_when_fenced(shared.cluster.watch(), server.node);
+        let relayed = relay::relay(
+            &mut client.stream,
+            &mut client.buf,
+            &mut server.stream,
+            (config.general.max_packet_size, until),
+            &mut state,
+            retire,
+        )
+        .await;
+        cancel.slot.set(None);
+        if let RelayEnd::ServerIdle = relayed.end {
+            guard.release();
+            continue;
+        }
+        let node = &config.nodes[server.node];
+        let end = relayed.end;
+        let outcome = match &end {
+            RelayEnd::ClientLeft | RelayEnd::ServerIdle => Ok(()),
+            RelayEnd::ClientIo(e) => {
+                tracing::debug!(peer = %client.peer, "client connection failed: {e}");
+                Ok(())
+            }
+            RelayEnd::ClientProtocol(e) => Err(ErrorFields::fatal("08P01", e.to_string())),
+            RelayEnd::ServerClosed => Err(ErrorFields::fatal(
+                "08006",
+                format!("server connection to node \"{}\" was lost", node.name),
+            )
+            .with_detail("the server closed the connection unexpectedly")),
+            RelayEnd::ServerIo(e) => Err(ErrorFields::fatal(
+                "08006",
+                format!("server connection to node \"{}\" was lost", node.name),
+            )
+            .with_detail(e.to_string())),
+            RelayEnd::ServerProtocol(e) => Err(ErrorFields::fatal(
+                "08P01",
+                format!("node \"{}\" broke the protocol: {e}", node.name),
+            )),
+            RelayEnd::Retired(reason) => Err(ErrorFields::fatal(
+                "57P01",
+                format!("terminating connection: node \"{}\" {reason}", node.name),
+            )),
+        };
+        if matches!(end, RelayEnd::ServerClosed | RelayEnd::ServerIo(_)) {
+            // The node may be going away: look now rather than at the next interval.
+            shared.cluster.request_probe();
+        }
+        finish(shared, guard, &state, &end).await;
+        return if relayed.can_tell_client {
+            outcome
+        } else {
+            // The client is mid-message or already has the server's FATAL error.
+            Ok(())
+        };
+    }
+}
+
+/// Transaction mode, between transactions: waits until the client sends
+/// the start of a message. False when it left (closed, or sent Terminate).
+async fn wait_for_request(
+    client: &mut Client,
+    max_packet_size: usize,
+) -> Result<bool, ErrorFields> {
+    loop {
+        match pgherd_wire::frame::parse_header(&client.buf, max_packet_size) {
+            Ok(Some((frontend::TERMINATE, _))) => return Ok(false),
+            Ok(Some(_)) => return Ok(true),
+            Ok(None) => {}
+            Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string())),
+        }
+        match client.stream.read_buf(&mut client.buf).await {
+            Ok(0) | Err(_) => return Ok(false),
+            Ok(_) => {}
+        }
     }
 }
 
@@ -309,31 +426,25 @@ async fn finish(
 }
 
 /// Sends the client what a server sends after AuthenticationOk: every
-/// ParameterStatus (the server's own values), a BackendKeyData with the
-/// server's PID and a secret of pgherd's, and ReadyForQuery. Returns the secret.
+/// ParameterStatus (the server's own values), BackendKeyData with the
+/// client's cancel key, and ReadyForQuery.
 async fn welcome(
-    shared: &Shared,
     client: &mut Client,
     server: &ServerConn,
-) -> Result<[u8; 4], ErrorFields> {
-    let secret = shared.cancels.register(CancelTarget {
-        addr: server.addr,
-        pid: server.pid,
-        secret: server.secret,
-    });
+    pid: i32,
+    secret: [u8; 4],
+) -> Result<(), ErrorFields> {
     let mut out = BytesMut::with_capacity(512);
     for (k, v) in &server.params {
         backend::parameter_status(&mut out, k, v);
     }
-    backend::backend_key_data(&mut out, server.pid, secret);
+    backend::backend_key_data(&mut out, pid, secret);
     backend::ready_for_query(&mut out, TxStatus::Idle);
-    if let Err(e) = client.stream.write_all(&out).await {
-        shared.cancels.unregister(server.pid, secret);
+    client.stream.write_all(&out).await.map_err(|e| {
         tracing::debug!("client left during welcome: {e}");
         // The client is gone; an error to it would go nowhere.
-        return Err(ErrorFields::fatal("08006", "client connection lost"));
-    }
-    Ok(secret)
+        ErrorFields::fatal("08006", "client connection lost")
+    })
 }
 
 /// Opens an unpooled server connection on `node`.
@@ -438,13 +549,22 @@ async fn replicate(
     client: &mut Client,
     mut server: ServerConn,
 ) -> Result<(), ErrorFields> {
-    let secret = welcome(shared, client, &server).await?;
+    let cancel = shared.cancels.register(Some(server.pid));
+    cancel.slot.set(Some(CancelTarget {
+        addr: server.addr,
+        pid: server.pid,
+        secret: server.secret,
+    }));
+    if let Err(e) = welcome(client, &server, cancel.pid, cancel.secret).await {
+        shared.cancels.unregister(&cancel);
+        return Err(e);
+    }
     let result = async {
         server.stream.write_all(&client.buf).await?;
         tokio::io::copy_bidirectional(&mut client.stream, &mut server.stream).await
     }
     .await;
-    shared.cancels.unregister(server.pid, secret);
+    shared.cancels.unregister(&cancel);
     if let Err(e) = result {
         tracing::debug!("replication connection ended: {e}");
     }
