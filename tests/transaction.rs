@@ -1,0 +1,196 @@
+//! Transaction pooling: servers are shared between transactions of many
+//! clients, and never between two transactions at once.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use pgherd_integration_tests::*;
+use tokio_postgres::types::Type;
+
+async fn transaction_pgherd(pool_size: usize) -> RunningPgherd {
+    shared_cluster()
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("query_wait_timeout = 30")
+        .database(&format!("app = {{ pool_size = {pool_size} }}"))
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_share_a_small_pool() {
+    let pgherd = transaction_pgherd(2).await;
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(pgherd.app().await);
+    }
+    let mut tasks = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for j in 0..20 {
+                let v = simple_value(&c, &format!("SELECT {i} * 100 + {j}")).await;
+                assert_eq!(v, (i * 100 + j).to_string());
+                // Extended protocol, unnamed statement: fine across servers.
+                let rows = c
+                    .query_typed("SELECT $1::int", &[(&(j as i32), Type::INT4)])
+                    .await
+                    .unwrap();
+                assert_eq!(rows[0].get::<_, i32>(0), j as i32);
+            }
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    let pools = pgherd.handle.pools();
+    assert_eq!(pools.len(), 1);
+    assert!(pools[0].status.total <= 2, "{:?}", pools[0].status);
+    // Ten clients connected, none holding a server between transactions
+    // (a server is given back just after its last reply went out).
+    for _ in 0..100 {
+        if pgherd.handle.pools()[0].status.checked_out == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pgherd.handle.pools()[0].status.checked_out, 0);
+    assert_eq!(pgherd.handle.client_count(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_keeps_its_server_and_others_wait() {
+    let pgherd = transaction_pgherd(1).await;
+    let a = pgherd.app().await;
+    let b = pgherd.app().await;
+    a.batch_execute("BEGIN").await.unwrap();
+    let pid = simple_value(&a, "SELECT pg_backend_pid()").await;
+    // b's statement needs the only server, which a holds until COMMIT.
+    let waiting = tokio::spawn(async move { simple_value(&b, "SELECT pg_backend_pid()").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "b waits for a's transaction");
+    assert_eq!(simple_value(&a, "SELECT pg_backend_pid()").await, pid);
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(waiting.await.unwrap(), pid, "then b gets the same server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_transaction_never_leaks_it() {
+    let pgherd = transaction_pgherd(1).await;
+    shared_cluster()
+        .pg
+        .sql(
+            0,
+            "CREATE TABLE IF NOT EXISTS tx_leak (v text); GRANT ALL ON tx_leak TO app",
+        )
+        .unwrap();
+    let leaver = pgherd
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    leaver
+        .batch_execute("BEGIN; INSERT INTO tx_leak VALUES ('uncommitted')")
+        .await
+        .unwrap();
+    drop(leaver);
+    let next = pgherd
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    assert_eq!(
+        simple_value(
+            &next,
+            "SELECT count(*) FROM tx_leak WHERE v = 'uncommitted'"
+        )
+        .await,
+        "0"
+    );
+    // Not inside someone else's transaction: BEGIN works, no warning state.
+    next.batch_execute("BEGIN; COMMIT").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_prepared_statements_pin_the_client_to_its_server() {
+    let pgherd = transaction_pgherd(3).await;
+    let client = pgherd.app().await;
+    let stmt = client.prepare("SELECT pg_backend_pid()").await.unwrap();
+    let first: i32 = client.query_one(&stmt, &[]).await.unwrap().get(0);
+    // Other clients come and go; the statement keeps working.
+    for _ in 0..5 {
+        let other = pgherd.app().await;
+        simple_value(&other, "SELECT 1").await;
+        let again: i32 = client.query_one(&stmt, &[]).await.unwrap().get(0);
+        assert_eq!(again, first);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_server_running_the_query() {
+    let pgherd = transaction_pgherd(2).await;
+    let client = pgherd.app().await;
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(60)").await });
+    for _ in 0..600 {
+        let active = shared_cluster()
+            .pg
+            .sql(
+                0,
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'",
+            )
+            .unwrap();
+        if active == "1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = sleeper.await.unwrap().unwrap_err();
+    assert_eq!(sqlstate(&err), Some("57014"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_simple_and_extended_with_pool_of_four() {
+    let pgherd = transaction_pgherd(4).await;
+    let bins = PgBinaries::find().unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(bins.path("pgbench"));
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pgherd.addr.port().to_string(),
+            "-U",
+            "app",
+        ])
+        .args(args)
+        .arg("app")
+        .env("PGPASSWORD", APP_PASSWORD);
+        cmd
+    };
+    let init = run(&["-i", "-s", "1", "-q"]).output().await.unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    for mode in ["simple", "extended"] {
+        let out = run(&["-S", "-c", "32", "-j", "2", "-T", "2", "-M", mode])
+            .output()
+            .await
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{report}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            report.contains("number of failed transactions: 0 "),
+            "{report}"
+        );
+    }
+    let pools = pgherd.handle.pools();
+    assert!(pools.iter().all(|p| p.status.total <= 4), "{pools:?}");
+}
