@@ -19,6 +19,7 @@
 //! is checked as well, so a stale topology cannot send writes to a standby.
 #![forbid(unsafe_code)]
 
+mod buffers;
 mod cancel;
 mod client;
 mod relay;

@@ -28,8 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-/// Read buffer size per direction.
-const BUF_SIZE: usize = 16 * 1024;
+use crate::buffers::BUF_SIZE;
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -215,17 +214,19 @@ pub(crate) async fn relay(
     client: &mut TcpStream,
     client_buf: &mut BytesMut,
     server: &mut TcpStream,
+    server_buf: &mut BytesMut,
     (max_packet_size, until): (usize, Until),
     state: &mut ServerState,
     retire: impl std::future::Future<Output = String>,
 ) -> Relayed {
     let mut down_at_boundary = true;
     let mut up = Pipe::new(std::mem::take(client_buf), max_packet_size);
+    let mut down = Pipe::new(std::mem::take(server_buf), max_packet_size);
     let end = relay_inner(
         client,
         &mut up,
         server,
-        max_packet_size,
+        &mut down,
         until,
         state,
         &mut down_at_boundary,
@@ -236,6 +237,9 @@ pub(crate) async fn relay(
     // transaction) stay with the client.
     if matches!(end, RelayEnd::ServerIdle) {
         *client_buf = up.buf;
+        // Nothing is left in it: the server is idle and all was delivered.
+        down.buf.clear();
+        *server_buf = down.buf;
     }
     Relayed {
         can_tell_client: down_at_boundary && !state.last_fatal,
@@ -248,7 +252,7 @@ async fn relay_inner(
     client: &mut TcpStream,
     up: &mut Pipe,
     server: &mut TcpStream,
-    max_packet_size: usize,
+    down: &mut Pipe,
     until: Until,
     state: &mut ServerState,
     down_at_boundary: &mut bool,
@@ -261,7 +265,6 @@ async fn relay_inner(
     };
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
-    let mut down = Pipe::new(BytesMut::with_capacity(BUF_SIZE), max_packet_size);
     if let Err(e) = scan_client(up, client_watch, state) {
         return RelayEnd::ClientProtocol(e);
     }
@@ -307,7 +310,7 @@ async fn relay_inner(
             },
             Direction::Down(r) => match r {
                 Ok(Step::Read) => {
-                    if let Err(e) = scan_server(&mut down, state) {
+                    if let Err(e) = scan_server(down, state) {
                         return RelayEnd::ServerProtocol(e);
                     }
                 }

@@ -59,6 +59,9 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct ServerConn {
     pub(crate) stream: TcpStream,
+    /// The relay's buffer for this server's replies, kept between
+    /// transactions so relaying allocates nothing in steady state.
+    pub(crate) read_buf: BytesMut,
     /// Index of the node in the configuration.
     pub node: usize,
     pub addr: SocketAddr,
@@ -104,6 +107,7 @@ impl ServerConn {
         startup.sort();
         let mut conn = ServerConn {
             stream,
+            read_buf: BytesMut::new(),
             node,
             addr,
             pid: 0,

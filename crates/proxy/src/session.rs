@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use pgherd_config::{Config, Database, PoolMode, Target};
@@ -12,6 +12,7 @@ use pgherd_wire::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::buffers;
 use crate::cancel::{CancelKey, CancelTarget};
 use crate::client::{Authenticated, Client, Refused};
 use crate::relay::{self, RelayEnd, ServerState, Until};
@@ -44,7 +45,7 @@ pub(crate) async fn serve(
     let over_limit = connected > config.general.max_client_conn;
     let login = tokio::time::timeout(
         config.general.client_login_timeout,
-        client.login(&shared, over_limit),
+        Box::pin(client.login(&shared, over_limit)),
     )
     .await;
     let auth = match login {
@@ -183,10 +184,11 @@ async fn run(
         credential: &credential,
         database: &server_db,
         user: &server_user,
+        pools: config.nodes.iter().map(|_| OnceLock::new()).collect(),
     };
     let mode = config.pool_mode(db, &auth.user);
     // The welcome needs a server's ParameterStatus values, in both modes.
-    let mut first = upstream.checkout().await?;
+    let mut first = Box::pin(upstream.checkout()).await?;
     let Some(server) = first.conn() else {
         return Err(ErrorFields::fatal(
             "XX000",
@@ -224,21 +226,25 @@ struct Upstream<'a> {
     credential: &'a ServerCredential,
     database: &'a str,
     user: &'a str,
+    /// This client's pool on each node, looked up once.
+    pools: Vec<OnceLock<pgherd_pool::Pool<ServerConn>>>,
 }
 
 impl Upstream<'_> {
     /// A server on a node fit for the target, from that node's pool.
     async fn checkout(&self) -> Result<Guard<ServerConn>, ErrorFields> {
         route::connect(self.shared, self.target, |node| async move {
-            let key = PoolKey {
-                database: self.database.to_owned(),
-                user: self.user.to_owned(),
-                node,
-            };
-            let pool = self.shared.pool(key, self.db.pool_size);
+            let pool = self.pools[node].get_or_init(|| {
+                let key = PoolKey {
+                    database: self.database.to_owned(),
+                    user: self.user.to_owned(),
+                    node,
+                };
+                self.shared.pool(key, self.db.pool_size)
+            });
             checkout(
                 self.shared,
-                &pool,
+                pool,
                 node,
                 self.target,
                 self.params,
@@ -262,6 +268,10 @@ async fn serve_client(
 ) -> Result<(), ErrorFields> {
     let shared = upstream.shared;
     let config = shared.config();
+    if held.is_none() && client.buf.is_empty() {
+        // Transaction mode: the login buffer is not needed while idle.
+        client.buf = BytesMut::new();
+    }
     loop {
         let mut guard = match held.take() {
             Some(g) => g,
@@ -269,7 +279,7 @@ async fn serve_client(
                 if !wait_for_request(client, config.general.max_packet_size).await? {
                     return Ok(());
                 }
-                upstream.checkout().await?
+                Box::pin(upstream.checkout()).await?
             }
         };
         let Some(server) = guard.conn() else {
@@ -289,18 +299,25 @@ async fn serve_client(
         };
         let mut state = ServerState::new();
         let retire = retire_when_fenced(shared.cluster.watch(), server.node);
-        let relayed = relay::relay(
+        // Boxed: an idle client's task then holds only the small state of
+        // waiting for its next request, not the relay's.
+        let relayed = Box::pin(relay::relay(
             &mut client.stream,
             &mut client.buf,
             &mut server.stream,
+            &mut server.read_buf,
             (config.general.max_packet_size, until),
             &mut state,
             retire,
-        )
+        ))
         .await;
         cancel.slot.set(None);
         if let RelayEnd::ServerIdle = relayed.end {
             guard.release();
+            if client.buf.is_empty() {
+                // An idle client holds no read buffer between transactions.
+                buffers::give(std::mem::take(&mut client.buf));
+            }
             continue;
         }
         let node = &config.nodes[server.node];
@@ -357,6 +374,13 @@ async fn wait_for_request(
             Ok(Some(_)) => return Ok(true),
             Ok(None) => {}
             Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string())),
+        }
+        if client.buf.capacity() == 0 {
+            // Wait without a buffer; take one only when there is data.
+            if client.stream.readable().await.is_err() {
+                return Ok(false);
+            }
+            client.buf = buffers::take();
         }
         match client.stream.read_buf(&mut client.buf).await {
             Ok(0) | Err(_) => return Ok(false),

@@ -1,0 +1,633 @@
+//! pgherd against pgbouncer and a direct connection, in one run, as ratios.
+//!
+//! ```text
+//! cargo build --release && ./target/release/pgherd-bench          # full run
+//! cargo build --release && ./target/release/pgherd-bench --smoke  # seconds, for CI
+//! ./target/release/pgherd-bench --clients 16 --modes extended --reps 3 --seconds 5
+//! ```
+//!
+//! One local cluster (primary + 2 standbys, from the installed PostgreSQL),
+//! pgbench data, pgbouncer (Debian's, `apt-get install pgbouncer`) and pgherd
+//! (the release binary next to this one) with the same pool mode and size.
+//! Every workload runs for each target in turn — direct, pgbouncer, pgherd,
+//! then again — so a noisy neighbour hits all three alike; the median of the
+//! repetitions is reported. For the proxies the CPU time they used
+//! (utime + stime from `/proc/PID/stat`) is divided by the transactions
+//! pgbench completed. The host's load average is printed with each run so a
+//! disturbed run can be spotted and rejected.
+//!
+//! Machines are shared and noisy: nothing here asserts a threshold. The
+//! output is a table to read and to paste into `benches/RESULTS.md`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use pgherd_localpg::{ClusterSpec, LocalCluster, PgBinaries};
+
+const USER: &str = "bench";
+const PASSWORD: &str = "bench";
+const POOL_SIZE: usize = 20;
+
+/// One run's settings.
+struct Plan {
+    scale: u32,
+    seconds: u32,
+    reps: usize,
+    clients: Vec<u32>,
+    modes: Vec<&'static str>,
+    idle_clients: usize,
+}
+
+impl Plan {
+    fn full() -> Plan {
+        Plan {
+            scale: 10,
+            seconds: 10,
+            reps: 3,
+            clients: vec![1, 16, 64, 256],
+            modes: vec!["simple", "extended"],
+            idle_clients: 2000,
+        }
+    }
+
+    /// `--clients 1,16 --modes simple,extended --seconds 5 --reps 3 --idle 1000`
+    /// override the plan, to rerun one part.
+    fn override_from(&mut self, args: &[String]) -> anyhow::Result<()> {
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().context(format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--smoke" => {}
+                "--clients" => {
+                    self.clients = value()?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()?
+                }
+                "--modes" => {
+                    self.modes = value()?
+                        .split(',')
+                        .map(|m| match m {
+                            "simple" => Ok("simple"),
+                            "extended" => Ok("extended"),
+                            "prepared" => Ok("prepared"),
+                            other => bail!("unknown mode {other}"),
+                        })
+                        .collect::<Result<_, _>>()?
+                }
+                "--seconds" => self.seconds = value()?.parse()?,
+                "--reps" => self.reps = value()?.parse()?,
+                "--idle" => self.idle_clients = value()?.parse()?,
+                other => bail!("unknown argument {other}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn smoke() -> Plan {
+        Plan {
+            scale: 1,
+            seconds: 2,
+            reps: 1,
+            clients: vec![16],
+            modes: vec!["simple"],
+            idle_clients: 100,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Target {
+    Direct,
+    Pgbouncer,
+    Pgherd,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Pgbouncer => "pgbouncer",
+            Target::Pgherd => "pgherd",
+        }
+    }
+}
+
+/// What one pgbench run measured.
+#[derive(Clone, Copy, Debug, Default)]
+struct Measure {
+    tps: f64,
+    latency_ms: f64,
+    failed: f64,
+    /// Proxy CPU seconds per transaction, in microseconds (0 for direct).
+    cpu_us_per_tx: f64,
+    load: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let mut plan = if smoke { Plan::smoke() } else { Plan::full() };
+    plan.override_from(&args)?;
+    let bins = PgBinaries::find()?;
+    let pgbouncer = find_pgbouncer();
+    let pgherd_bin = sibling("pgherd")?;
+
+    eprintln!("starting a primary and 2 standbys...");
+    let cluster = LocalCluster::start(ClusterSpec {
+        extra_conf: vec!["max_connections = 400".into()],
+        ..ClusterSpec::default()
+    })?;
+    cluster.sql(
+        0,
+        &format!("CREATE ROLE {USER} LOGIN SUPERUSER PASSWORD '{PASSWORD}'"),
+    )?;
+    cluster.sql(0, &format!("CREATE DATABASE {USER} OWNER {USER}"))?;
+    let primary = cluster.node(0).port;
+    pgbench(&bins, primary, &["-i", "-q", "-s", &plan.scale.to_string()])?;
+    for i in 1..cluster.nodes().len() {
+        cluster.wait_caught_up(0, i)?;
+    }
+
+    let work = tempdir()?;
+    let pgherd_port = free_port()?;
+    let pgherd_admin = free_port()?;
+    let mut pgherd = spawn_pgherd(
+        &pgherd_bin,
+        &cluster,
+        work.path(),
+        pgherd_port,
+        pgherd_admin,
+    )?;
+    let mut bouncer = match &pgbouncer {
+        Some(path) => Some(spawn_pgbouncer(path, &cluster, work.path())?),
+        None => {
+            eprintln!(
+                "pgbouncer not found (apt-get install -y pgbouncer): comparing with direct only"
+            );
+            None
+        }
+    };
+    wait_ready(&bins, pgherd_port)?;
+    if let Some(b) = &bouncer {
+        wait_ready(&bins, b.port)?;
+    }
+
+    println!(
+        "# pgherd benchmark{}\n",
+        if smoke { " (smoke)" } else { "" }
+    );
+    println!("{}", environment(&bins, pgbouncer.as_deref()));
+    println!(
+        "pool_mode = transaction, pool size {POOL_SIZE}, pgbench -S (select only), scale {}, {} s per run, median of {} interleaved run(s)\n",
+        plan.scale, plan.seconds, plan.reps
+    );
+    println!("| workload | target | TPS | latency ms | failed | proxy CPU µs/tx | load | TPS vs pgbouncer | CPU vs pgbouncer | TPS vs direct |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+
+    let mut targets = vec![(Target::Direct, primary, None)];
+    if let Some(b) = &bouncer {
+        targets.push((Target::Pgbouncer, b.port, Some(b.child.id())));
+    }
+    targets.push((Target::Pgherd, pgherd_port, Some(pgherd.id())));
+
+    for mode in &plan.modes {
+        for &clients in &plan.clients {
+            let workload = format!("-S -M {mode} -c {clients}");
+            let mut results: Vec<Vec<Measure>> = vec![Vec::new(); targets.len()];
+            for _ in 0..plan.reps {
+                for (i, (_, port, pid)) in targets.iter().enumerate() {
+                    let args = [
+                        "-S",
+                        "-M",
+                        mode,
+                        "-c",
+                        &clients.to_string(),
+                        "-j",
+                        "2",
+                        "-T",
+                        &plan.seconds.to_string(),
+                    ];
+                    results[i].push(run_pgbench(&bins, *port, *pid, &args)?);
+                }
+            }
+            report(&workload, &targets, &results);
+        }
+    }
+
+    // Reads spread over the standbys: pgherd only (pgbouncer cannot route).
+    println!("\nReads over standbys (pgherd `target = \"replica\"` database `bench_ro`):\n");
+    println!("| workload | TPS | latency ms | failed | proxy CPU µs/tx |");
+    println!("|---|---|---|---|---|");
+    for &clients in plan.clients.iter().filter(|&&c| c >= 16) {
+        let args = [
+            "-S",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &plan.seconds.to_string(),
+        ];
+        let m = run_pgbench_db(&bins, pgherd_port, Some(pgherd.id()), &args, "bench_ro")?;
+        println!(
+            "| -S -c {clients} | {:.0} | {:.3} | {:.0} | {:.1} |",
+            m.tps, m.latency_ms, m.failed, m.cpu_us_per_tx
+        );
+    }
+
+    println!("\nIdle clients (logged in, doing nothing):\n");
+    println!("| target | clients | RSS before | RSS after | per client |");
+    println!("|---|---|---|---|---|");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    for (target, port, pid) in targets.iter().skip(1) {
+        let Some(pid) = pid else { continue };
+        let (before, after) = rt.block_on(idle_clients(*port, *pid, plan.idle_clients))?;
+        println!(
+            "| {} | {} | {} KiB | {} KiB | {:.2} KiB |",
+            target.name(),
+            plan.idle_clients,
+            before,
+            after,
+            (after.saturating_sub(before)) as f64 / plan.idle_clients as f64
+        );
+    }
+
+    stop(&mut pgherd);
+    if let Some(b) = bouncer.as_mut() {
+        stop(&mut b.child);
+    }
+    Ok(())
+}
+
+fn report(workload: &str, targets: &[(Target, u16, Option<u32>)], results: &[Vec<Measure>]) {
+    let medians: Vec<Measure> = results.iter().map(|r| median(r)).collect();
+    let find = |t: Target| {
+        targets
+            .iter()
+            .position(|(x, _, _)| *x == t)
+            .map(|i| medians[i])
+    };
+    let direct = find(Target::Direct);
+    let bouncer = find(Target::Pgbouncer);
+    for ((target, _, _), m) in targets.iter().zip(&medians) {
+        let ratio = |a: f64, b: Option<f64>| match b {
+            Some(b) if b > 0.0 && *target != Target::Direct => format!("{:.2}", a / b),
+            _ => "—".into(),
+        };
+        let cpu = if *target == Target::Direct {
+            "—".into()
+        } else {
+            format!("{:.1}", m.cpu_us_per_tx)
+        };
+        println!(
+            "| {workload} | {} | {:.0} | {:.3} | {:.0} | {cpu} | {:.2} | {} | {} | {} |",
+            target.name(),
+            m.tps,
+            m.latency_ms,
+            m.failed,
+            m.load,
+            if *target == Target::Pgherd {
+                ratio(m.tps, bouncer.map(|b| b.tps))
+            } else {
+                "—".into()
+            },
+            if *target == Target::Pgherd {
+                ratio(m.cpu_us_per_tx, bouncer.map(|b| b.cpu_us_per_tx))
+            } else {
+                "—".into()
+            },
+            ratio(m.tps, direct.map(|d| d.tps)),
+        );
+    }
+}
+
+/// The run with the median TPS.
+fn median(runs: &[Measure]) -> Measure {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.tps.total_cmp(&b.tps));
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+}
+
+fn run_pgbench(
+    bins: &PgBinaries,
+    port: u16,
+    proxy: Option<u32>,
+    args: &[&str],
+) -> anyhow::Result<Measure> {
+    run_pgbench_db(bins, port, proxy, args, USER)
+}
+
+fn run_pgbench_db(
+    bins: &PgBinaries,
+    port: u16,
+    proxy: Option<u32>,
+    args: &[&str],
+    db: &str,
+) -> anyhow::Result<Measure> {
+    let load = load_average();
+    let cpu_before = proxy.map(cpu_seconds).transpose()?;
+    let out = Command::new(bins.path("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
+        .args(args)
+        .arg(db)
+        .env("PGPASSWORD", PASSWORD)
+        .output()?;
+    let cpu_after = proxy.map(cpu_seconds).transpose()?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench {args:?} on port {port} failed:\n{report}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let figure = |label: &str| -> f64 {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let transactions = figure("number of transactions actually processed: ");
+    let cpu = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) if transactions > 0.0 => (a - b) / transactions * 1e6,
+        _ => 0.0,
+    };
+    Ok(Measure {
+        tps: figure("tps = "),
+        latency_ms: figure("latency average = "),
+        failed: figure("number of failed transactions: "),
+        cpu_us_per_tx: cpu,
+        load,
+    })
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = &stat[stat.rfind(')').context("malformed stat")? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the comm field: state is field 3, utime 14, stime 15 (1-based).
+    let utime: f64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    Ok((utime + stime) / ticks)
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Opens `n` idle, logged-in clients to the proxy on `port` and returns its
+/// RSS before and after.
+async fn idle_clients(port: u16, pid: u32, n: usize) -> anyhow::Result<(u64, u64)> {
+    let before = rss_kib(pid)?;
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user(USER)
+            .password(PASSWORD)
+            .dbname(USER)
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        tokio::spawn(conn);
+        clients.push(client);
+    }
+    // One query on one client: the proxy is live and has settled.
+    clients[0].simple_query("SELECT 1").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(pid)?;
+    drop(clients);
+    Ok((before, after))
+}
+
+fn pgbench(bins: &PgBinaries, port: u16, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(bins.path("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
+        .args(args)
+        .arg(USER)
+        .env("PGPASSWORD", PASSWORD)
+        .output()?;
+    if !out.status.success() {
+        bail!("pgbench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn wait_ready(bins: &PgBinaries, port: u16) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        let ok = Command::new(bins.path("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                USER,
+                "-Atc",
+                "SELECT 1",
+                USER,
+            ])
+            .env("PGPASSWORD", PASSWORD)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?
+            .success();
+        if ok {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nothing answers on port {port}")
+}
+
+fn spawn_pgherd(
+    bin: &Path,
+    cluster: &LocalCluster,
+    dir: &Path,
+    port: u16,
+    admin: u16,
+) -> anyhow::Result<Child> {
+    let mut config = format!(
+        "[pgherd]\nlisten_addr = \"127.0.0.1:{port}\"\nadmin_listen_addr = \"127.0.0.1:{admin}\"\n\
+         pool_mode = \"transaction\"\ndefault_pool_size = {POOL_SIZE}\nmax_client_conn = 20000\n\
+         probe_user = \"postgres\"\nprobe_password = \"{}\"\n",
+        cluster.superuser_password()
+    );
+    for n in cluster.nodes() {
+        config.push_str(&format!(
+            "\n[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n",
+            n.name, n.port
+        ));
+    }
+    config.push_str(&format!(
+        "\n[databases]\n{USER} = {{}}\nbench_ro = {{ dbname = \"{USER}\", target = \"replica\" }}\n\n[users]\n{USER} = {{ password = \"{PASSWORD}\" }}\n"
+    ));
+    let path = dir.join("pgherd.toml");
+    std::fs::write(&path, config)?;
+    Ok(Command::new(bin)
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("PGHERD_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()?)
+}
+
+struct Bouncer {
+    child: Child,
+    port: u16,
+}
+
+fn spawn_pgbouncer(bin: &Path, cluster: &LocalCluster, dir: &Path) -> anyhow::Result<Bouncer> {
+    use std::os::unix::process::CommandExt;
+    let port = free_port()?;
+    let primary = cluster.node(0).port;
+    let ini = format!(
+        "[databases]\n{USER} = host=127.0.0.1 port={primary} dbname={USER}\n\n\
+         [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+         auth_type = scram-sha-256\nauth_file = {dir}/userlist.txt\npool_mode = transaction\n\
+         default_pool_size = {POOL_SIZE}\nmax_client_conn = 20000\nlogfile = {dir}/pgbouncer.log\n\
+         pidfile = {dir}/pgbouncer.pid\n",
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("pgbouncer.ini"), ini)?;
+    std::fs::write(
+        dir.join("userlist.txt"),
+        format!("\"{USER}\" \"{PASSWORD}\"\n"),
+    )?;
+    let mut cmd = Command::new(bin);
+    // -q: its log goes to the log file only.
+    cmd.arg("-q")
+        .arg(dir.join("pgbouncer.ini"))
+        .stdin(Stdio::null());
+    // pgbouncer refuses to run as root.
+    if nix::unistd::geteuid().is_root() {
+        let user = nix::unistd::User::from_name("postgres")?.context("no postgres user")?;
+        for f in ["pgbouncer.ini", "userlist.txt"] {
+            std::os::unix::fs::chown(
+                dir.join(f),
+                Some(user.uid.as_raw()),
+                Some(user.gid.as_raw()),
+            )?;
+        }
+        std::os::unix::fs::chown(dir, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
+        cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+    }
+    Ok(Bouncer {
+        child: cmd.spawn()?,
+        port,
+    })
+}
+
+fn stop(child: &mut Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}
+
+fn find_pgbouncer() -> Option<PathBuf> {
+    [
+        "/usr/sbin/pgbouncer",
+        "/usr/bin/pgbouncer",
+        "/usr/local/bin/pgbouncer",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
+/// A binary next to this one (both built by `cargo build --release`).
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let path = me.with_file_name(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: build everything first (cargo build --release)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn tempdir() -> anyhow::Result<TempDir> {
+    let path = std::env::temp_dir().join(format!("pgherd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&path)?;
+    Ok(TempDir(path))
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn environment(bins: &PgBinaries, pgbouncer: Option<&Path>) -> String {
+    let version = |cmd: &Path, arg: &str| {
+        Command::new(cmd)
+            .arg(arg)
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    };
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    format!(
+        "- machine: {cpus} CPUs ({model})\n- {}\n- {}\n- pgherd {}\n",
+        version(&bins.path("postgres"), "--version"),
+        pgbouncer
+            .map(|p| version(p, "--version"))
+            .unwrap_or_else(|| "pgbouncer: not installed".into()),
+        env!("CARGO_PKG_VERSION"),
+    )
+}
