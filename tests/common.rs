@@ -191,3 +191,15 @@ pub async fn http_get(pgherd: &RunningPgherd, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// Polls `sql` on node `node` of `cluster` until it returns `expected`
+/// (bounded: 30 s, then the test fails).
+pub async fn wait_for_sql(cluster: &TestCluster, node: usize, sql: &str, expected: &str) {
+    for _ in 0..600 {
+        if cluster.pg.sql(node, sql).ok().as_deref() == Some(expected) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{sql} never returned {expected}");
+}

@@ -193,13 +193,7 @@ async fn unreachable_and_standby_nodes_are_named() {
 
 /// Polls `sql` on the primary until it returns `expected` (bounded: 30 s).
 async fn wait_for(sql: &str, expected: &str) {
-    for _ in 0..600 {
-        if shared_cluster().pg.sql(0, sql).ok().as_deref() == Some(expected) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{sql} never returned {expected}");
+    wait_for_sql(shared_cluster(), 0, sql, expected).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -233,7 +233,7 @@ async fn cancel_reaches_the_right_backend() {
         (r.map(|_| ()), started.elapsed())
     });
     // Wait until the sleep is running on the server.
-    wait_for(shared_cluster(), "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'", "1").await;
+    wait_for_sql(shared_cluster(), 0, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'", "1").await;
     token.cancel_query(NoTls).await.unwrap();
     let (result, elapsed) = sleeper.await.unwrap();
     let err = result.unwrap_err();
@@ -241,17 +241,6 @@ async fn cancel_reaches_the_right_backend() {
     assert!(elapsed < Duration::from_secs(60), "cancelled, not finished");
     // Other sessions are untouched.
     assert_eq!(simple_value(&bystander, "SELECT 1").await, "1");
-}
-
-/// Polls `sql` on the primary until it returns `expected` (bounded: 30 s).
-async fn wait_for(cluster: &TestCluster, sql: &str, expected: &str) {
-    for _ in 0..600 {
-        if cluster.pg.sql(0, sql).ok().as_deref() == Some(expected) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{sql} never returned {expected}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -132,19 +132,13 @@ async fn cancel_reaches_the_server_running_the_query() {
     let client = pgherd.app().await;
     let token = client.cancel_token();
     let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(60)").await });
-    for _ in 0..600 {
-        let active = shared_cluster()
-            .pg
-            .sql(
-                0,
-                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'",
-            )
-            .unwrap();
-        if active == "1" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_sql(
+        shared_cluster(),
+        0,
+        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'",
+        "1",
+    )
+    .await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let err = sleeper.await.unwrap().unwrap_err();
     assert_eq!(sqlstate(&err), Some("57014"));
