@@ -227,18 +227,20 @@ async fn cancel_reaches_the_right_backend() {
     let client = pgherd.app().await;
     let bystander = pgherd.app().await;
     let token = client.cancel_token();
-    let sleeper = tokio::spawn(async move {
-        let started = std::time::Instant::now();
-        let r = client.simple_query("SELECT pg_sleep(60)").await;
-        (r.map(|_| ()), started.elapsed())
-    });
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(60)").await });
     // Wait until the sleep is running on the server.
-    wait_for_sql(shared_cluster(), 0, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'", "1").await;
+    wait_for_sql(
+        shared_cluster(),
+        0,
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'",
+        "1",
+    )
+    .await;
     token.cancel_query(NoTls).await.unwrap();
-    let (result, elapsed) = sleeper.await.unwrap();
-    let err = result.unwrap_err();
+    // 57014 (query_canceled): the sleep was interrupted, not finished.
+    let err = sleeper.await.unwrap().unwrap_err();
     assert_eq!(sqlstate(&err), Some("57014"));
-    assert!(elapsed < Duration::from_secs(60), "cancelled, not finished");
     // Other sessions are untouched.
     assert_eq!(simple_value(&bystander, "SELECT 1").await, "1");
 }
