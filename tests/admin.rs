@@ -151,4 +151,20 @@ async fn health_endpoints_flip_on_failover() {
     assert_eq!(json["nodes"][1]["role"], "primary");
     assert_eq!(json["nodes"][1]["timeline"], 2);
     assert_eq!(http_get(&pgherd, "/nope").await.0, 404);
+
+    // The stats page and the event log tell the same story.
+    let (status, page) = http_get(&pgherd, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>pgherd</title>"), "{page}");
+    assert!(page.contains("primary: pg1"), "{page}");
+    assert!(page.contains("primary changed: pg0 -&gt; none"), "{page}");
+    let (_, events) = http_get(&pgherd, "/api/v1/events").await;
+    let events: serde_json::Value = serde_json::from_str(&events).unwrap();
+    let texts: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert!(texts.contains(&"primary changed: none -> pg1"), "{texts:?}");
 }

@@ -57,3 +57,13 @@ pub(crate) fn pools(proxy: &ProxyHandle) -> String {
         .collect();
     json!({ "clients": proxy.client_count(), "pools": pools }).to_string()
 }
+
+/// `/api/v1/events`: the last cluster events, oldest first.
+pub(crate) fn events(log: &crate::events::EventLog) -> String {
+    let events: Vec<Value> = log
+        .recent()
+        .into_iter()
+        .map(|(at, text)| json!({ "at": at, "event": text }))
+        .collect();
+    json!({ "events": events }).to_string()
+}

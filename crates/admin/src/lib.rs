@@ -1,20 +1,24 @@
 //! pgherd's admin HTTP port: what operators and their tools look at.
 //!
+//! * `/` — the HTML stats page: nodes, pools, recent events;
 //! * `/metrics` — Prometheus text format, rendered at scrape time from
 //!   snapshots (the data path only updates counters in place and never waits
 //!   for a scrape);
 //! * `/health`, `/ready`, `/primary`, `/replica` — health checks in the
 //!   pgsqlchk / Patroni convention (200 or 503 with a one-line text body), for
 //!   keepalived scripts, Kubernetes probes and external load balancers;
-//! * `/api/v1/nodes`, `/api/v1/pools` — JSON for scripts and dashboards.
+//! * `/api/v1/nodes`, `/api/v1/pools`, `/api/v1/events` — JSON for scripts
+//!   and dashboards.
 //!
 //! Everything here only reads [`ProxyHandle`] snapshots; nothing reaches into
 //! sessions.
 #![forbid(unsafe_code)]
 
 mod api;
+mod events;
 mod health;
 mod metrics;
+mod page;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,13 +37,16 @@ use tokio::net::TcpListener;
 pub struct Admin {
     listener: TcpListener,
     proxy: ProxyHandle,
+    events: events::EventLog,
 }
 
 impl Admin {
     pub async fn bind(addr: SocketAddr, proxy: ProxyHandle) -> std::io::Result<Admin> {
+        let events = events::EventLog::record(proxy.cluster());
         Ok(Admin {
             listener: TcpListener::bind(addr).await?,
             proxy,
+            events,
         })
     }
 
@@ -63,9 +70,10 @@ impl Admin {
                 () = &mut shutdown => return,
             };
             let proxy = self.proxy.clone();
+            let events = self.events.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let response = route(&proxy, &req);
+                    let response = route(&proxy, &events, &req);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -86,7 +94,11 @@ pub(crate) fn reply(status: StatusCode, content_type: &str, body: String) -> Res
     r
 }
 
-fn route<B>(proxy: &ProxyHandle, req: &Request<B>) -> Response<Full<Bytes>> {
+fn route<B>(
+    proxy: &ProxyHandle,
+    events: &events::EventLog,
+    req: &Request<B>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -96,6 +108,11 @@ fn route<B>(proxy: &ProxyHandle, req: &Request<B>) -> Response<Full<Bytes>> {
     }
     let query = req.uri().query().unwrap_or("");
     match req.uri().path() {
+        "/" => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            page::render(proxy, events),
+        ),
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -107,10 +124,11 @@ fn route<B>(proxy: &ProxyHandle, req: &Request<B>) -> Response<Full<Bytes>> {
         }
         "/api/v1/nodes" => reply(StatusCode::OK, "application/json", api::nodes(proxy)),
         "/api/v1/pools" => reply(StatusCode::OK, "application/json", api::pools(proxy)),
+        "/api/v1/events" => reply(StatusCode::OK, "application/json", api::events(events)),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /metrics, /health, /ready, /primary, /replica, /api/v1/nodes, /api/v1/pools\n"
+            "not found; try /, /metrics, /health, /ready, /primary, /replica, /api/v1/nodes, /api/v1/pools, /api/v1/events\n"
                 .into(),
         ),
     }

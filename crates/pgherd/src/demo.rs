@@ -83,6 +83,7 @@ async fn serve(cluster: &LocalCluster, port: Option<u16>) -> anyhow::Result<()> 
         "  PGPASSWORD={DEMO_PASSWORD} psql -h 127.0.0.1 -p {port} -U {DEMO_USER} {DEMO_USER}\n"
     );
     if let Some(a) = admin {
+        println!("Stats page:    http://{a}/");
         println!("Metrics:       http://{a}/metrics");
         println!("Health:        http://{a}/primary  http://{a}/replica");
         println!("Cluster (JSON): http://{a}/api/v1/nodes\n");
