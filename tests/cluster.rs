@@ -306,3 +306,141 @@ async fn hung_primary_is_marked_down_then_fenced_when_it_wakes() {
         message(&err)
     );
 }
+
+/// Runs `sql` in a loop, reconnecting after an error (a client whose server
+/// died gets FATAL, and reconnects as pools and drivers do), until `stop`.
+/// Records in `first_ok_after` when the first success after `mark` was set
+/// happened. Returns (successes, errors).
+async fn hammer(
+    config: tokio_postgres::Config,
+    sql: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mark: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+    first_ok_after: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+) -> (usize, usize) {
+    let (mut ok, mut errors) = (0, 0);
+    let mut client = None;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if client.is_none() {
+            match config.connect(tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    client = Some(c);
+                }
+                Err(_) => {
+                    errors += 1;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else { continue };
+        match c.simple_query(sql).await {
+            Ok(_) => {
+                ok += 1;
+                if mark.lock().unwrap().is_some() {
+                    first_ok_after
+                        .lock()
+                        .unwrap()
+                        .get_or_insert_with(Instant::now);
+                }
+            }
+            Err(_) => {
+                errors += 1;
+                client = None;
+            }
+        }
+    }
+    (ok, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_drill_in_transaction_mode() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    let mut cluster = TestCluster::start(2);
+    cluster
+        .pg
+        .sql(0, "CREATE TABLE drill (id serial, at timestamptz default now()); GRANT ALL ON drill, drill_id_seq TO app")
+        .unwrap();
+    for i in 1..=2 {
+        cluster.pg.wait_caught_up(0, i).unwrap();
+    }
+    let pgherd = cluster
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("primary_wait_timeout = 20")
+        .database("ro = { dbname = \"postgres\", target = \"replica\" }")
+        .start()
+        .await;
+    pgherd
+        .wait_topology("primary and two readable standbys", |t| {
+            t.primary == Some(0) && t.nodes.iter().filter(|n| n.serves_reads()).count() == 2
+        })
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let promoted: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let first_write: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        writers.push(tokio::spawn(hammer(
+            pgherd.config("app", APP_PASSWORD, "postgres"),
+            "INSERT INTO drill DEFAULT VALUES",
+            Arc::clone(&stop),
+            Arc::clone(&promoted),
+            Arc::clone(&first_write),
+        )));
+        readers.push(tokio::spawn(hammer(
+            pgherd.config("app", APP_PASSWORD, "ro"),
+            "SELECT count(*) FROM pg_stat_activity",
+            Arc::clone(&stop),
+            Arc::new(Mutex::new(None)),
+            Arc::new(Mutex::new(None)),
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    cluster.pg.stop(0, StopMode::Immediate).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.pg.promote(1).unwrap();
+    *promoted.lock().unwrap() = Some(Instant::now());
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let (mut wrote, mut write_errors) = (0, 0);
+    for w in writers {
+        let (ok, err) = w.await.unwrap();
+        wrote += ok;
+        write_errors += err;
+    }
+    let (mut read, mut read_errors) = (0, 0);
+    for r in readers {
+        let (ok, err) = r.await.unwrap();
+        read += ok;
+        read_errors += err;
+    }
+    let promoted_at = promoted.lock().unwrap().unwrap();
+    let first = first_write
+        .lock()
+        .unwrap()
+        .expect("writes resumed after promotion");
+    // pg_promote(wait => true) returns once the standby accepts writes;
+    // pgherd may route there before psql has even returned.
+    println!(
+        "failover drill: {wrote} writes ({write_errors} failed, in flight at the crash), \
+         {read} reads ({read_errors} failed); first write {:?} after pg_promote() returned",
+        first.saturating_duration_since(promoted_at)
+    );
+    assert_eq!(read_errors, 0, "reads never fail");
+    assert!(
+        write_errors <= 4,
+        "at most the transaction in flight per writer fails"
+    );
+    // Every acknowledged write after the promotion is on the new primary.
+    let on_new: usize = cluster
+        .pg
+        .sql(1, "SELECT count(*) FROM drill")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(on_new > 0);
+}
