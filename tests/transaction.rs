@@ -188,3 +188,36 @@ async fn pgbench_simple_and_extended_with_pool_of_four() {
     let pools = pgherd.handle.pools();
     assert!(pools.iter().all(|p| p.status.total <= 4), "{pools:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_transactions_finish_then_ends_sessions() {
+    let mut pgherd = transaction_pgherd(2).await;
+    let in_tx = pgherd.app().await;
+    let idle = pgherd.app().await;
+    in_tx.batch_execute("BEGIN").await.unwrap();
+    simple_value(&in_tx, "SELECT 1").await;
+
+    pgherd.begin_shutdown();
+    // The client inside a transaction finishes it...
+    assert_eq!(simple_value(&in_tx, "SELECT 2").await, "2");
+    in_tx.batch_execute("COMMIT").await.unwrap();
+    // ...and is then told pgherd is going, like the idle one.
+    for client in [&in_tx, &idle] {
+        let err = client.simple_query("SELECT 3").await.unwrap_err();
+        assert!(
+            sqlstate(&err) == Some("57P01") || err.is_closed(),
+            "{}",
+            message(&err)
+        );
+    }
+    // No new clients.
+    let mut refused = false;
+    for _ in 0..100 {
+        if pgherd.connect("app", APP_PASSWORD, "app").await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the listener closed");
+}

@@ -79,6 +79,8 @@ pub struct General {
     pub query_wait_timeout: Duration,
     pub client_login_timeout: Duration,
     pub max_packet_size: usize,
+    /// On SIGTERM/SIGINT: how long to wait for clients to finish before exiting.
+    pub shutdown_timeout: Duration,
     /// How long a client waits for a primary to appear (during a failover)
     /// before it gets 57P03.
     pub primary_wait_timeout: Duration,
@@ -237,6 +239,7 @@ mod raw {
         pub client_login_timeout: f64,
         pub max_packet_size: usize,
         pub primary_wait_timeout: f64,
+        pub shutdown_timeout: f64,
         pub replica_fallback: bool,
         pub probe_user: Option<String>,
         pub probe_password: Option<String>,
@@ -267,6 +270,7 @@ mod raw {
                 // PostgreSQL's own limit for a message (PQ_LARGE_MESSAGE_LIMIT).
                 max_packet_size: 0x3fff_ffff,
                 primary_wait_timeout: 15.0,
+                shutdown_timeout: 30.0,
                 replica_fallback: true,
                 probe_user: None,
                 probe_password: None,
@@ -379,6 +383,7 @@ mod raw {
                     "pgherd.primary_wait_timeout",
                     g.primary_wait_timeout,
                 )?,
+                shutdown_timeout: seconds("pgherd.shutdown_timeout", g.shutdown_timeout)?,
                 replica_fallback: g.replica_fallback,
                 probe: Probe {
                     user: g.probe_user.ok_or_else(|| {

@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     round_robin: AtomicUsize,
     /// Seeds the mock SCRAM exchange for unknown users.
     process_secret: [u8; 32],
+    /// Set when pgherd stops: clients finish their transaction and go.
+    shutting_down: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -149,6 +151,7 @@ impl Proxy {
             cluster,
             round_robin: AtomicUsize::new(0),
             process_secret,
+            shutting_down: tokio::sync::watch::Sender::new(false),
         });
         tokio::spawn(drain_on_changes(Arc::clone(&shared)));
         Ok(Proxy { shared, listeners })
@@ -174,8 +177,11 @@ impl Proxy {
         }
     }
 
-    /// Accepts clients on every listener until `shutdown` completes.
-    /// Sessions already running are left to the runtime.
+    /// Accepts clients on every listener until `shutdown` completes, then
+    /// drains: the listeners close, transaction-mode clients finish their
+    /// transaction and are told pgherd is going (57P01), session-mode clients
+    /// may finish their session; after `shutdown_timeout` whoever is left is
+    /// cut off when the runtime stops.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut accepting = tokio::task::JoinSet::new();
         for (listener, target) in self.listeners {
@@ -183,6 +189,18 @@ impl Proxy {
         }
         shutdown.await;
         accepting.abort_all();
+        while accepting.join_next().await.is_some() {}
+        self.shared.shutting_down.send_replace(true);
+        let left = self.shared.clients.load(Ordering::Relaxed);
+        if left > 0 {
+            tracing::info!("shutting down: waiting for {left} clients to finish");
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.config.general.shutdown_timeout;
+        while self.shared.clients.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 

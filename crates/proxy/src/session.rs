@@ -268,6 +268,7 @@ async fn serve_client(
 ) -> Result<(), ErrorFields> {
     let shared = upstream.shared;
     let config = shared.config();
+    let mut shutdown = shared.shutting_down.subscribe();
     if held.is_none() && client.buf.is_empty() {
         // Transaction mode: the login buffer is not needed while idle.
         client.buf = BytesMut::new();
@@ -276,7 +277,7 @@ async fn serve_client(
         let mut guard = match held.take() {
             Some(g) => g,
             None => {
-                if !wait_for_request(client, config.general.max_packet_size).await? {
+                if !wait_for_request(client, config.general.max_packet_size, &mut shutdown).await? {
                     return Ok(());
                 }
                 Box::pin(upstream.checkout()).await?
@@ -367,8 +368,13 @@ async fn serve_client(
 async fn wait_for_request(
     client: &mut Client,
     max_packet_size: usize,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<bool, ErrorFields> {
+    let going = || ErrorFields::fatal("57P01", "terminating connection: pgherd is shutting down");
     loop {
+        if client.buf.is_empty() && *shutdown.borrow() {
+            return Err(going());
+        }
         match pgherd_wire::frame::parse_header(&client.buf, max_packet_size) {
             Ok(Some((frontend::TERMINATE, _))) => return Ok(false),
             Ok(Some(_)) => return Ok(true),
@@ -377,8 +383,13 @@ async fn wait_for_request(
         }
         if client.buf.capacity() == 0 {
             // Wait without a buffer; take one only when there is data.
-            if client.stream.readable().await.is_err() {
-                return Ok(false);
+            tokio::select! {
+                ready = client.stream.readable() => {
+                    if ready.is_err() {
+                        return Ok(false);
+                    }
+                }
+                _ = shutdown.wait_for(|going| *going) => return Err(going()),
             }
             client.buf = buffers::take();
         }

@@ -227,7 +227,8 @@ impl PgherdBuilder {
             listeners,
             admin_addr,
             handle,
-            _stop: (stop, stop_admin),
+            stop: Some(stop),
+            _stop_admin: stop_admin,
         }
     }
 }
@@ -242,10 +243,18 @@ pub struct RunningPgherd {
     /// The admin HTTP port.
     pub admin_addr: Option<SocketAddr>,
     pub handle: ProxyHandle,
-    _stop: (oneshot::Sender<()>, oneshot::Sender<()>),
+    stop: Option<oneshot::Sender<()>>,
+    _stop_admin: oneshot::Sender<()>,
 }
 
 impl RunningPgherd {
+    /// Starts pgherd's shutdown, as SIGTERM does: listeners close, clients drain.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// A tokio-postgres config for this pgherd's main listener.
     pub fn config(&self, user: &str, password: &str, dbname: &str) -> tokio_postgres::Config {
         self.config_on(0, user, password, dbname)
