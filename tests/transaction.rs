@@ -112,8 +112,14 @@ async fn a_client_leaving_mid_transaction_never_leaks_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn named_prepared_statements_pin_the_client_to_its_server() {
-    let pgherd = transaction_pgherd(3).await;
+async fn without_statement_tracking_named_statements_pin_the_server() {
+    let pgherd = shared_cluster()
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("max_prepared_statements = 0")
+        .database("app = { pool_size = 3 }")
+        .start()
+        .await;
     let client = pgherd.app().await;
     let stmt = client.prepare("SELECT pg_backend_pid()").await.unwrap();
     let first: i32 = client.query_one(&stmt, &[]).await.unwrap().get(0);
@@ -145,7 +151,7 @@ async fn cancel_reaches_the_server_running_the_query() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pgbench_simple_and_extended_with_pool_of_four() {
+async fn pgbench_simple_extended_prepared_with_pool_of_four() {
     let pgherd = transaction_pgherd(4).await;
     let bins = PgBinaries::find().unwrap();
     let run = |args: &[&str]| {
@@ -169,7 +175,7 @@ async fn pgbench_simple_and_extended_with_pool_of_four() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    for mode in ["simple", "extended"] {
+    for mode in ["simple", "extended", "prepared"] {
         let out = run(&["-S", "-c", "32", "-j", "2", "-T", "2", "-M", mode])
             .output()
             .await
@@ -220,4 +226,78 @@ async fn shutdown_lets_transactions_finish_then_ends_sessions() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(refused, "the listener closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_caches_of_twenty_clients_on_two_servers() {
+    // tokio-postgres prepares every query under its own names (s0, s1, ...),
+    // so each client has statements with the same names and other queries.
+    let pgherd = transaction_pgherd(2).await;
+    let mut tasks = Vec::new();
+    for i in 0..20i32 {
+        let client = pgherd.app().await;
+        tasks.push(tokio::spawn(async move {
+            let add = client.prepare("SELECT $1::int + $2::int").await.unwrap();
+            let mine = client
+                .prepare(&format!("SELECT {i}::int AS owner, $1::text AS word"))
+                .await
+                .unwrap();
+            for j in 0..30i32 {
+                let row = client.query_one(&add, &[&i, &j]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), i + j);
+                let row = client.query_one(&mine, &[&"hello"]).await.unwrap();
+                assert_eq!(
+                    row.get::<_, i32>(0),
+                    i,
+                    "each client sees its own statement"
+                );
+                // Statements made on the fly too (tokio-postgres closes them after use).
+                let n: i64 = client
+                    .query_one("SELECT count(*) FROM generate_series(1, $1::int)", &[&j])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(n, i64::from(j));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let pools = pgherd.handle.pools();
+    assert!(pools[0].status.total <= 2, "{:?}", pools[0].status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_clients_on_one_server_keep_their_own_statements() {
+    let pgherd = transaction_pgherd(1).await;
+    let a = pgherd.app().await;
+    let b = pgherd.app().await;
+    // Same statement name (s0) on both, different queries, one server.
+    let sa = a.prepare("SELECT 'a'::text").await.unwrap();
+    let sb = b.prepare("SELECT 'b'::text, 2").await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(
+            a.query_one(&sa, &[]).await.unwrap().get::<_, String>(0),
+            "a"
+        );
+        assert_eq!(
+            b.query_one(&sb, &[]).await.unwrap().get::<_, String>(0),
+            "b"
+        );
+    }
+    // Errors in a batch do not confuse which replies are pgherd's.
+    let bad = a.prepare("SELECT 1/$1::int").await.unwrap();
+    let err = a.query_one(&bad, &[&0i32]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("22012"));
+    assert_eq!(
+        a.query_one(&sa, &[]).await.unwrap().get::<_, String>(0),
+        "a"
+    );
+    // DISCARD ALL drops the server's statements; pgherd prepares them again.
+    a.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(
+        b.query_one(&sb, &[]).await.unwrap().get::<_, String>(0),
+        "b"
+    );
 }

@@ -79,6 +79,10 @@ pub struct General {
     pub query_wait_timeout: Duration,
     pub client_login_timeout: Duration,
     pub max_packet_size: usize,
+    /// Named prepared statements kept per server connection in transaction
+    /// mode; 0 turns statement tracking off (clients that prepare keep
+    /// their server instead).
+    pub max_prepared_statements: usize,
     /// On SIGTERM/SIGINT: how long to wait for clients to finish before exiting.
     pub shutdown_timeout: Duration,
     /// How long a client waits for a primary to appear (during a failover)
@@ -239,6 +243,7 @@ mod raw {
         pub client_login_timeout: f64,
         pub max_packet_size: usize,
         pub primary_wait_timeout: f64,
+        pub max_prepared_statements: usize,
         pub shutdown_timeout: f64,
         pub replica_fallback: bool,
         pub probe_user: Option<String>,
@@ -270,6 +275,7 @@ mod raw {
                 // PostgreSQL's own limit for a message (PQ_LARGE_MESSAGE_LIMIT).
                 max_packet_size: 0x3fff_ffff,
                 primary_wait_timeout: 15.0,
+                max_prepared_statements: 200,
                 shutdown_timeout: 30.0,
                 replica_fallback: true,
                 probe_user: None,
@@ -383,6 +389,7 @@ mod raw {
                     "pgherd.primary_wait_timeout",
                     g.primary_wait_timeout,
                 )?,
+                max_prepared_statements: g.max_prepared_statements,
                 shutdown_timeout: seconds("pgherd.shutdown_timeout", g.shutdown_timeout)?,
                 replica_fallback: g.replica_fallback,
                 probe: Probe {

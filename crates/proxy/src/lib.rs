@@ -22,6 +22,7 @@
 mod buffers;
 mod cancel;
 mod client;
+mod prepared;
 mod relay;
 mod route;
 mod server;

@@ -29,6 +29,15 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use crate::buffers::BUF_SIZE;
+use crate::prepared::{self, ClientStatements, Expected, Rewrite, ServerStatements};
+
+/// Transaction mode's statement tracking, for one relay.
+pub(crate) struct Statements<'a> {
+    pub(crate) client: &'a mut ClientStatements,
+    pub(crate) server: &'a mut ServerStatements,
+    /// `max_prepared_statements`.
+    pub(crate) max: usize,
+}
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -61,7 +70,7 @@ pub(crate) enum Until {
 }
 
 /// What the proxy knows about the server's state from the traffic.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct ServerState {
     /// Requests sent (Query, Sync, FunctionCall) not yet answered by ReadyForQuery.
     pub(crate) pending: usize,
@@ -71,10 +80,13 @@ pub(crate) struct ServerState {
     pub(crate) tx: TxStatus,
     /// The last server message was a FATAL/PANIC ErrorResponse.
     last_fatal: bool,
-    /// The client created a named prepared statement on this server: in
+    /// The client created a named prepared statement on this server while
+    /// pgherd does not track statements (`max_prepared_statements = 0`): in
     /// transaction mode it keeps the server from now on, or the statement
     /// would be missing on the next one.
     pub(crate) pinned: bool,
+    /// Replies to requests pgherd added (prepared statements).
+    expected: Expected,
 }
 
 impl ServerState {
@@ -85,6 +97,7 @@ impl ServerState {
             tx: TxStatus::Idle,
             last_fatal: false,
             pinned: false,
+            expected: Expected::default(),
         }
     }
 }
@@ -145,19 +158,18 @@ impl Pipe {
     }
 
     /// Scans the unscanned bytes; `on` sees every watched message whole and
-    /// every other message's tag once; returning false stops before that
-    /// message (it is not forwarded).
+    /// every other message's tag once, and says what to do with it.
     fn scan(
         &mut self,
         watch: fn(u8) -> bool,
-        mut on: impl FnMut(Seen<'_>) -> bool,
+        mut on: impl FnMut(Seen<'_>) -> Action,
     ) -> Result<(), FrameError> {
         while !self.closing {
             match self.scanner.next(&self.buf[self.ready..], watch)? {
                 Chunk::NeedMore => break,
                 Chunk::Opaque { len, starts } => {
                     if let Some(tag) = starts {
-                        if !on(Seen::Starts(tag)) {
+                        if on(Seen::Starts(tag)) == Action::Stop {
                             self.closing = true;
                             break;
                         }
@@ -166,15 +178,47 @@ impl Pipe {
                 }
                 Chunk::Message { len, .. } => {
                     let start = self.ready;
-                    if !on(Seen::Whole(&self.buf[start..start + len])) {
-                        self.closing = true;
-                        break;
+                    match on(Seen::Whole(&self.buf[start..start + len])) {
+                        Action::Forward => self.ready += len,
+                        Action::Stop => {
+                            self.closing = true;
+                            break;
+                        }
+                        Action::Drop => splice(&mut self.buf, start, len, &[]),
+                        Action::Replace(with) => {
+                            splice(&mut self.buf, start, len, &with);
+                            self.ready += with.len();
+                        }
                     }
-                    self.ready += len;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// What to do with a scanned message.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    Forward,
+    /// Stop before it (client Terminate): it is not forwarded.
+    Stop,
+    /// Remove it (a reply to a request pgherd made itself).
+    Drop,
+    /// Forward these bytes in its place.
+    Replace(BytesMut),
+}
+
+/// Replaces `len` bytes at `start` with `with`, in place.
+fn splice(buf: &mut BytesMut, start: usize, len: usize, with: &[u8]) {
+    let old = buf.len();
+    if with.len() > len {
+        buf.resize(old + with.len() - len, 0);
+    }
+    buf.copy_within(start + len..old, start + with.len());
+    buf[start..start + with.len()].copy_from_slice(with);
+    if with.len() < len {
+        buf.truncate(old - (len - with.len()));
     }
 }
 
@@ -189,9 +233,20 @@ fn client_watch(tag: u8) -> bool {
     tag == frontend::TERMINATE
 }
 
-/// Transaction mode also reads Parse whole, for the statement name.
+/// Transaction mode without statement support reads Parse whole, for the
+/// statement name.
 fn client_watch_transaction(tag: u8) -> bool {
     tag == frontend::TERMINATE || tag == b'P'
+}
+
+/// Transaction mode with statement support reads whole what names
+/// statements, and simple queries (for `DISCARD ALL`/`DEALLOCATE ALL`).
+fn client_watch_statements(tag: u8) -> bool {
+    matches!(tag, frontend::TERMINATE | b'P' | b'B' | b'D' | b'C' | b'Q')
+}
+
+fn server_watch_statements(tag: u8) -> bool {
+    server_watch(tag) || tag == b'1' || tag == b'3'
 }
 
 fn server_watch(tag: u8) -> bool {
@@ -217,6 +272,7 @@ pub(crate) async fn relay(
     server_buf: &mut BytesMut,
     (max_packet_size, until): (usize, Until),
     state: &mut ServerState,
+    mut statements: Option<Statements<'_>>,
     retire: impl std::future::Future<Output = String>,
 ) -> Relayed {
     let mut down_at_boundary = true;
@@ -229,6 +285,7 @@ pub(crate) async fn relay(
         &mut down,
         until,
         state,
+        &mut statements,
         &mut down_at_boundary,
         retire,
     )
@@ -255,17 +312,20 @@ async fn relay_inner(
     down: &mut Pipe,
     until: Until,
     state: &mut ServerState,
+    statements: &mut Option<Statements<'_>>,
     down_at_boundary: &mut bool,
     retire: impl std::future::Future<Output = String>,
 ) -> RelayEnd {
     tokio::pin!(retire);
-    let client_watch = match until {
-        Until::ClientLeaves => client_watch,
-        Until::Idle => client_watch_transaction,
+    type Watch = fn(u8) -> bool;
+    let (client_watch, server_watch): (Watch, Watch) = match (until, statements.is_some()) {
+        (Until::ClientLeaves, _) => (client_watch, server_watch),
+        (Until::Idle, false) => (client_watch_transaction, server_watch),
+        (Until::Idle, true) => (client_watch_statements, server_watch_statements),
     };
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
-    if let Err(e) = scan_client(up, client_watch, state) {
+    if let Err(e) = scan_client(up, client_watch, state, statements) {
         return RelayEnd::ClientProtocol(e);
     }
     loop {
@@ -291,7 +351,7 @@ async fn relay_inner(
         match step {
             Direction::Up(r) => match r {
                 Ok(Step::Read) => {
-                    if let Err(e) = scan_client(up, client_watch, state) {
+                    if let Err(e) = scan_client(up, client_watch, state, statements) {
                         return RelayEnd::ClientProtocol(e);
                     }
                 }
@@ -310,7 +370,7 @@ async fn relay_inner(
             },
             Direction::Down(r) => match r {
                 Ok(Step::Read) => {
-                    if let Err(e) = scan_server(down, state) {
+                    if let Err(e) = scan_server(down, server_watch, state) {
                         return RelayEnd::ServerProtocol(e);
                     }
                 }
@@ -349,35 +409,66 @@ fn scan_client(
     up: &mut Pipe,
     watch: fn(u8) -> bool,
     state: &mut ServerState,
+    statements: &mut Option<Statements<'_>>,
 ) -> Result<(), FrameError> {
     up.scan(watch, |seen| {
-        let tag = match seen {
+        let (tag, action) = match seen {
             // Terminate: keep the server, end the relay.
-            Seen::Whole([frontend::TERMINATE, ..]) => return false,
-            Seen::Whole(parse) => {
-                // Parse: a named statement outlives the transaction.
-                if parse.get(5).is_some_and(|&first| first != 0) {
-                    state.pinned = true;
+            Seen::Whole([frontend::TERMINATE, ..]) => return Action::Stop,
+            Seen::Whole(msg) => match statements {
+                Some(st) if msg[0] == b'Q' => {
+                    if prepared::drops_all_statements(msg) {
+                        st.client.clear();
+                        st.server.clear();
+                    }
+                    (b'Q', Action::Forward)
                 }
-                b'P'
-            }
-            Seen::Starts(tag) => tag,
+                Some(st) => {
+                    let action = match prepared::rewrite(
+                        msg,
+                        st.client,
+                        st.server,
+                        &mut state.expected,
+                        st.max,
+                    ) {
+                        Rewrite::Keep => Action::Forward,
+                        Rewrite::Replace(with) => Action::Replace(with),
+                    };
+                    (msg[0], action)
+                }
+                None => {
+                    // Parse: a named statement outlives the transaction.
+                    if msg[0] == b'P' && msg.get(5).is_some_and(|&first| first != 0) {
+                        state.pinned = true;
+                    }
+                    (msg[0], Action::Forward)
+                }
+            },
+            Seen::Starts(tag) => (tag, Action::Forward),
         };
         match tag {
-            b'Q' | b'F' => state.pending += 1,
+            b'Q' | b'F' => {
+                state.pending += 1;
+                state.expected.batch_sent();
+            }
             b'S' => {
                 state.pending += 1;
                 state.unsynced = false;
+                state.expected.batch_sent();
             }
             b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => state.unsynced = true,
             _ => {}
         }
-        true
+        action
     })
 }
 
-fn scan_server(down: &mut Pipe, state: &mut ServerState) -> Result<(), FrameError> {
-    down.scan(server_watch, |seen| {
+fn scan_server(
+    down: &mut Pipe,
+    watch: fn(u8) -> bool,
+    state: &mut ServerState,
+) -> Result<(), FrameError> {
+    down.scan(watch, |seen| {
         match seen {
             Seen::Whole(msg) if msg[0] == backend::READY_FOR_QUERY => {
                 state.pending = state.pending.saturating_sub(1);
@@ -385,14 +476,23 @@ fn scan_server(down: &mut Pipe, state: &mut ServerState) -> Result<(), FrameErro
                     state.tx = tx;
                 }
                 state.last_fatal = false;
+                state.expected.batch_answered();
             }
-            Seen::Whole(msg) => {
+            Seen::Whole(msg) if msg[0] == backend::ERROR_RESPONSE => {
                 state.last_fatal = backend::ErrorFields::parse(&msg[5..])
                     .is_some_and(|e| e.severity == "FATAL" || e.severity == "PANIC");
+                state.expected.error();
+            }
+            // ParseComplete / CloseComplete: swallowed if pgherd asked.
+            Seen::Whole(msg) => {
+                if state.expected.swallow(msg[0]) {
+                    return Action::Drop;
+                }
+                state.last_fatal = false;
             }
             Seen::Starts(_) => state.last_fatal = false,
         }
-        true
+        Action::Forward
     })
 }
 
@@ -421,7 +521,7 @@ mod tests {
         bytes.extend(msg(b'X', b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
-        scan_client(&mut pipe, client_watch, &mut state).unwrap();
+        scan_client(&mut pipe, client_watch, &mut state, &mut None).unwrap();
         assert_eq!(state.pending, 2);
         assert!(!state.unsynced);
         assert!(pipe.closing);
@@ -435,7 +535,7 @@ mod tests {
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
         state.pending = 1;
-        scan_server(&mut pipe, &mut state).unwrap();
+        scan_server(&mut pipe, server_watch, &mut state).unwrap();
         assert_eq!(state.pending, 0);
         assert_eq!(state.tx, TxStatus::InTransaction);
         assert_eq!(pipe.ready, bytes.len());
@@ -447,7 +547,7 @@ mod tests {
         let bytes = msg(b'P', b"\0select 1\0\0\0");
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
-        scan_client(&mut pipe, client_watch, &mut state).unwrap();
+        scan_client(&mut pipe, client_watch, &mut state, &mut None).unwrap();
         assert!(!reusable(&state, &RelayEnd::ClientLeft));
     }
 
@@ -457,7 +557,7 @@ mod tests {
         bytes.extend(msg(b'S', b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
-        scan_client(&mut pipe, client_watch_transaction, &mut state).unwrap();
+        scan_client(&mut pipe, client_watch_transaction, &mut state, &mut None).unwrap();
         assert!(
             !state.pinned,
             "the unnamed statement dies with the transaction"
@@ -465,7 +565,7 @@ mod tests {
         let mut bytes = msg(b'P', b"s1\0select 1\0\0\0");
         bytes.extend(msg(b'S', b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        scan_client(&mut pipe, client_watch_transaction, &mut state).unwrap();
+        scan_client(&mut pipe, client_watch_transaction, &mut state, &mut None).unwrap();
         assert!(state.pinned);
         assert_eq!(state.pending, 2);
         assert!(!state.unsynced);
@@ -483,7 +583,7 @@ mod tests {
         let bytes = msg(b'E', &body);
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
-        scan_server(&mut pipe, &mut state).unwrap();
+        scan_server(&mut pipe, server_watch, &mut state).unwrap();
         assert!(state.last_fatal);
     }
 }

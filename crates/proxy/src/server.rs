@@ -62,6 +62,8 @@ pub struct ServerConn {
     /// The relay's buffer for this server's replies, kept between
     /// transactions so relaying allocates nothing in steady state.
     pub(crate) read_buf: BytesMut,
+    /// Named statements pgherd prepared here (transaction mode).
+    pub(crate) statements: crate::prepared::ServerStatements,
     /// Index of the node in the configuration.
     pub node: usize,
     pub addr: SocketAddr,
@@ -108,6 +110,7 @@ impl ServerConn {
         let mut conn = ServerConn {
             stream,
             read_buf: BytesMut::new(),
+            statements: Default::default(),
             node,
             addr,
             pid: 0,
@@ -310,6 +313,9 @@ impl ServerConn {
         if !reset_query.is_empty() {
             frontend::query(&mut out, reset_query);
             expected += 1;
+            if crate::prepared::drops_all(reset_query.as_bytes()) {
+                self.statements.clear();
+            }
         }
         if expected == 0 {
             return Ok(());

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use crate::buffers;
 use crate::cancel::{CancelKey, CancelTarget};
 use crate::client::{Authenticated, Client, Refused};
+use crate::prepared::ClientStatements;
 use crate::relay::{self, RelayEnd, ServerState, Until};
 use crate::route::{self, Attempt};
 use crate::server::{send_cancel, ServerConn, ServerCredential, ServerError};
@@ -269,6 +270,9 @@ async fn serve_client(
     let shared = upstream.shared;
     let config = shared.config();
     let mut shutdown = shared.shutting_down.subscribe();
+    let mut statements = ClientStatements::default();
+    let track_statements =
+        mode == PoolMode::Transaction && config.general.max_prepared_statements > 0;
     if held.is_none() && client.buf.is_empty() {
         // Transaction mode: the login buffer is not needed while idle.
         client.buf = BytesMut::new();
@@ -302,6 +306,11 @@ async fn serve_client(
         let retire = retire_when_fenced(shared.cluster.watch(), server.node);
         // Boxed: an idle client's task then holds only the small state of
         // waiting for its next request, not the relay's.
+        let tracked = track_statements.then(|| relay::Statements {
+            client: &mut statements,
+            server: &mut server.statements,
+            max: config.general.max_prepared_statements,
+        });
         let relayed = Box::pin(relay::relay(
             &mut client.stream,
             &mut client.buf,
@@ -309,6 +318,7 @@ async fn serve_client(
             &mut server.read_buf,
             (config.general.max_packet_size, until),
             &mut state,
+            tracked,
             retire,
         ))
         .await;
