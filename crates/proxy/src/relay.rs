@@ -265,16 +265,27 @@ pub(crate) struct Relayed {
 /// Relays between `client` and `server` until one side ends, or `retire`
 /// completes (the node was fenced). `client_buf` holds bytes the client
 /// already sent (pipelined after login).
+/// The two connections of a relay with their read buffers.
+pub(crate) struct Ends<'a> {
+    pub(crate) client: &'a mut TcpStream,
+    pub(crate) client_buf: &'a mut BytesMut,
+    pub(crate) server: &'a mut TcpStream,
+    pub(crate) server_buf: &'a mut BytesMut,
+}
+
 pub(crate) async fn relay(
-    client: &mut TcpStream,
-    client_buf: &mut BytesMut,
-    server: &mut TcpStream,
-    server_buf: &mut BytesMut,
+    ends: Ends<'_>,
     (max_packet_size, until): (usize, Until),
     state: &mut ServerState,
     mut statements: Option<Statements<'_>>,
     retire: impl std::future::Future<Output = String>,
 ) -> Relayed {
+    let Ends {
+        client,
+        client_buf,
+        server,
+        server_buf,
+    } = ends;
     let mut down_at_boundary = true;
     let mut up = Pipe::new(std::mem::take(client_buf), max_packet_size);
     let mut down = Pipe::new(std::mem::take(server_buf), max_packet_size);

@@ -306,16 +306,19 @@ async fn serve_client(
         let retire = retire_when_fenced(shared.cluster.watch(), server.node);
         // Boxed: an idle client's task then holds only the small state of
         // waiting for its next request, not the relay's.
-        let tracked = track_statements.then(|| relay::Statements {
+        let tracked = track_statements.then_some(relay::Statements {
             client: &mut statements,
             server: &mut server.statements,
             max: config.general.max_prepared_statements,
         });
+        let ends = relay::Ends {
+            client: &mut client.stream,
+            client_buf: &mut client.buf,
+            server: &mut server.stream,
+            server_buf: &mut server.read_buf,
+        };
         let relayed = Box::pin(relay::relay(
-            &mut client.stream,
-            &mut client.buf,
-            &mut server.stream,
-            &mut server.read_buf,
+            ends,
             (config.general.max_packet_size, until),
             &mut state,
             tracked,
