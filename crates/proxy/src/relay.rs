@@ -35,6 +35,9 @@ use crate::prepared::{self, ClientStatements, Expected, Rewrite, ServerStatement
 pub(crate) struct Statements<'a> {
     pub(crate) client: &'a mut ClientStatements,
     pub(crate) server: &'a mut ServerStatements,
+    /// Replies the server owes for requests pgherd added. Kept with the
+    /// server connection so its queues are reused, not reallocated.
+    pub(crate) expected: &'a mut Expected,
     /// `max_prepared_statements`.
     pub(crate) max: usize,
 }
@@ -85,8 +88,6 @@ pub(crate) struct ServerState {
     /// transaction mode it keeps the server from now on, or the statement
     /// would be missing on the next one.
     pub(crate) pinned: bool,
-    /// Replies to requests pgherd added (prepared statements).
-    expected: Expected,
 }
 
 impl ServerState {
@@ -97,7 +98,6 @@ impl ServerState {
             tx: TxStatus::Idle,
             last_fatal: false,
             pinned: false,
-            expected: Expected::default(),
         }
     }
 }
@@ -381,7 +381,7 @@ async fn relay_inner(
             },
             Direction::Down(r) => match r {
                 Ok(Step::Read) => {
-                    if let Err(e) = scan_server(down, server_watch, state) {
+                    if let Err(e) = scan_server(down, server_watch, state, statements) {
                         return RelayEnd::ServerProtocol(e);
                     }
                 }
@@ -439,7 +439,7 @@ fn scan_client(
                         msg,
                         st.client,
                         st.server,
-                        &mut state.expected,
+                        st.expected,
                         st.max,
                     ) {
                         Rewrite::Keep => Action::Forward,
@@ -460,12 +460,16 @@ fn scan_client(
         match tag {
             b'Q' | b'F' => {
                 state.pending += 1;
-                state.expected.batch_sent();
+                if let Some(st) = statements {
+                    st.expected.batch_sent();
+                }
             }
             b'S' => {
                 state.pending += 1;
                 state.unsynced = false;
-                state.expected.batch_sent();
+                if let Some(st) = statements {
+                    st.expected.batch_sent();
+                }
             }
             b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => state.unsynced = true,
             _ => {}
@@ -478,6 +482,7 @@ fn scan_server(
     down: &mut Pipe,
     watch: fn(u8) -> bool,
     state: &mut ServerState,
+    statements: &mut Option<Statements<'_>>,
 ) -> Result<(), FrameError> {
     down.scan(watch, |seen| {
         match seen {
@@ -487,16 +492,20 @@ fn scan_server(
                     state.tx = tx;
                 }
                 state.last_fatal = false;
-                state.expected.batch_answered();
+                if let Some(st) = statements {
+                    st.expected.batch_answered();
+                }
             }
             Seen::Whole(msg) if msg[0] == backend::ERROR_RESPONSE => {
                 state.last_fatal = backend::ErrorFields::parse(&msg[5..])
                     .is_some_and(|e| e.severity == "FATAL" || e.severity == "PANIC");
-                state.expected.error();
+                if let Some(st) = statements {
+                    st.expected.error();
+                }
             }
             // ParseComplete / CloseComplete: swallowed if pgherd asked.
             Seen::Whole(msg) => {
-                if state.expected.swallow(msg[0]) {
+                if statements.as_mut().is_some_and(|st| st.expected.swallow(msg[0])) {
                     return Action::Drop;
                 }
                 state.last_fatal = false;
@@ -546,7 +555,7 @@ mod tests {
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
         state.pending = 1;
-        scan_server(&mut pipe, server_watch, &mut state).unwrap();
+        scan_server(&mut pipe, server_watch, &mut state, &mut None).unwrap();
         assert_eq!(state.pending, 0);
         assert_eq!(state.tx, TxStatus::InTransaction);
         assert_eq!(pipe.ready, bytes.len());
@@ -594,7 +603,7 @@ mod tests {
         let bytes = msg(b'E', &body);
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
-        scan_server(&mut pipe, server_watch, &mut state).unwrap();
+        scan_server(&mut pipe, server_watch, &mut state, &mut None).unwrap();
         assert!(state.last_fatal);
     }
 }

@@ -64,6 +64,8 @@ pub struct ServerConn {
     pub(crate) read_buf: BytesMut,
     /// Named statements pgherd prepared here (transaction mode).
     pub(crate) statements: crate::prepared::ServerStatements,
+    /// Replies this server owes for requests pgherd added to a client's.
+    pub(crate) expected: crate::prepared::Expected,
     /// Index of the node in the configuration.
     pub node: usize,
     pub addr: SocketAddr,
@@ -111,6 +113,7 @@ impl ServerConn {
             stream,
             read_buf: BytesMut::new(),
             statements: Default::default(),
+            expected: Default::default(),
             node,
             addr,
             pid: 0,

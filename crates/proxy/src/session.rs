@@ -309,6 +309,7 @@ async fn serve_client(
         let tracked = track_statements.then_some(relay::Statements {
             client: &mut statements,
             server: &mut server.statements,
+            expected: &mut server.expected,
             max: config.general.max_prepared_statements,
         });
         let ends = relay::Ends {
