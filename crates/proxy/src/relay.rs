@@ -435,16 +435,11 @@ fn scan_client(
                     (b'Q', Action::Forward)
                 }
                 Some(st) => {
-                    let action = match prepared::rewrite(
-                        msg,
-                        st.client,
-                        st.server,
-                        st.expected,
-                        st.max,
-                    ) {
-                        Rewrite::Keep => Action::Forward,
-                        Rewrite::Replace(with) => Action::Replace(with),
-                    };
+                    let action =
+                        match prepared::rewrite(msg, st.client, st.server, st.expected, st.max) {
+                            Rewrite::Keep => Action::Forward,
+                            Rewrite::Replace(with) => Action::Replace(with),
+                        };
                     (msg[0], action)
                 }
                 None => {
@@ -505,7 +500,10 @@ fn scan_server(
             }
             // ParseComplete / CloseComplete: swallowed if pgherd asked.
             Seen::Whole(msg) => {
-                if statements.as_mut().is_some_and(|st| st.expected.swallow(msg[0])) {
+                if statements
+                    .as_mut()
+                    .is_some_and(|st| st.expected.swallow(msg[0]))
+                {
                     return Action::Drop;
                 }
                 state.last_fatal = false;
