@@ -38,10 +38,6 @@ impl PgBinaries {
     pub fn path(&self, name: &str) -> PathBuf {
         self.bindir.join(name)
     }
-
-    pub fn bindir(&self) -> &Path {
-        &self.bindir
-    }
 }
 
 fn is_server_bindir(dir: &Path) -> bool {

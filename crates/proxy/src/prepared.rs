@@ -27,6 +27,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use pgherd_wire::frame::put_message;
 
 /// A statement as pgherd prepares it on servers.
 #[derive(Debug)]
@@ -129,15 +130,6 @@ pub(crate) enum Rewrite {
 fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let nul = buf.iter().position(|&b| b == 0)?;
     Some((&buf[..nul], &buf[nul + 1..]))
-}
-
-fn put_message(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    out.put_u8(tag);
-    out.put_i32((4 + len) as i32);
-    for p in parts {
-        out.put_slice(p);
-    }
 }
 
 /// Rewrites a whole client message (`P`, `B`, `D` or `C`, tag and length

@@ -525,10 +525,9 @@ mod tests {
     use super::*;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
+        let mut b = BytesMut::new();
+        pgherd_wire::frame::put_message(&mut b, tag, &[body]);
+        b.to_vec()
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::cstr::split_cstr;
+use crate::frame::put_message;
 
 /// `ReadyForQuery`: the server finished a request and reports its transaction status.
 pub const READY_FOR_QUERY: u8 = b'Z';
@@ -74,14 +75,6 @@ impl ErrorFields {
             message: message.into(),
             detail: None,
             hint: None,
-        }
-    }
-
-    /// An `ERROR`: the session goes on.
-    pub fn error(code: &str, message: impl Into<String>) -> Self {
-        ErrorFields {
-            severity: "ERROR".into(),
-            ..ErrorFields::fatal(code, message)
         }
     }
 
@@ -180,11 +173,6 @@ pub fn authentication_ok(buf: &mut BytesMut) {
     auth_header(buf, 0, 0);
 }
 
-/// `AuthenticationCleartextPassword`.
-pub fn authentication_cleartext(buf: &mut BytesMut) {
-    auth_header(buf, 3, 0);
-}
-
 /// `AuthenticationMD5Password` with its salt.
 pub fn authentication_md5(buf: &mut BytesMut, salt: [u8; 4]) {
     auth_header(buf, 5, 4);
@@ -215,25 +203,21 @@ pub fn authentication_sasl_final(buf: &mut BytesMut, data: &[u8]) {
 
 /// `ParameterStatus`.
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
-    buf.put_u8(PARAMETER_STATUS);
-    buf.put_i32((4 + name.len() + 1 + value.len() + 1) as i32);
-    put_cstr(buf, name);
-    put_cstr(buf, value);
+    put_message(
+        buf,
+        PARAMETER_STATUS,
+        &[name.as_bytes(), b"\0", value.as_bytes(), b"\0"],
+    );
 }
 
 /// `BackendKeyData` (protocol 3.0: a four byte secret).
 pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: [u8; 4]) {
-    buf.put_u8(BACKEND_KEY_DATA);
-    buf.put_i32(12);
-    buf.put_i32(pid);
-    buf.put_slice(&secret);
+    put_message(buf, BACKEND_KEY_DATA, &[&pid.to_be_bytes(), &secret]);
 }
 
 /// `ReadyForQuery`.
 pub fn ready_for_query(buf: &mut BytesMut, status: TxStatus) {
-    buf.put_u8(READY_FOR_QUERY);
-    buf.put_i32(5);
-    buf.put_u8(status.as_byte());
+    put_message(buf, READY_FOR_QUERY, &[&[status.as_byte()]]);
 }
 
 /// `NegotiateProtocolVersion`: the newest minor version pgherd speaks and the
@@ -269,10 +253,10 @@ mod tests {
     #[test]
     fn error_response_bytes() {
         let mut buf = BytesMut::new();
-        ErrorFields::error("08P01", "bad").encode(&mut buf);
+        ErrorFields::fatal("08P01", "bad").encode(&mut buf);
         assert_eq!(
             &buf[..],
-            b"E\0\0\0\x1fSERROR\0VERROR\0C08P01\0Mbad\0\0".as_slice()
+            b"E\0\0\0\x1fSFATAL\0VFATAL\0C08P01\0Mbad\0\0".as_slice()
         );
     }
 

@@ -6,7 +6,7 @@
 //! *before* anything is allocated for it: a hostile peer cannot make the proxy
 //! reserve memory by announcing a large message.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Size of a message header: one tag byte and a four byte length.
 pub const HEADER_LEN: usize = 5;
@@ -29,6 +29,16 @@ pub struct Frame {
     pub tag: u8,
     /// The body, without tag and length.
     pub body: Bytes,
+}
+
+/// Appends a message: `tag`, its length, then `parts` one after the other.
+pub fn put_message(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.put_u8(tag);
+    out.put_i32((4 + len) as i32);
+    for p in parts {
+        out.put_slice(p);
+    }
 }
 
 /// Reads the header at the start of `buf`: the tag and the *total* message size
@@ -152,10 +162,9 @@ mod tests {
     use super::*;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
+        let mut b = BytesMut::new();
+        put_message(&mut b, tag, &[body]);
+        b.to_vec()
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Views of the client messages the proxy acts on, and encoders for the
 //! messages it sends to servers itself.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use crate::cstr::split_cstr;
+use crate::frame::put_message;
 
 /// `Terminate`: the client is leaving.
 pub const TERMINATE: u8 = b'X';
@@ -45,16 +46,12 @@ impl<'a> SaslInitialResponse<'a> {
 
 /// Appends a simple `Query` message.
 pub fn query(buf: &mut BytesMut, sql: &str) {
-    buf.put_u8(QUERY);
-    buf.put_i32((4 + sql.len() + 1) as i32);
-    buf.put_slice(sql.as_bytes());
-    buf.put_u8(0);
+    put_message(buf, QUERY, &[sql.as_bytes(), b"\0"]);
 }
 
 /// Appends a `Terminate` message.
 pub fn terminate(buf: &mut BytesMut) {
-    buf.put_u8(TERMINATE);
-    buf.put_i32(4);
+    put_message(buf, TERMINATE, &[]);
 }
 
 #[cfg(test)]
