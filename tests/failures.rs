@@ -341,3 +341,24 @@ async fn primary_down_then_back() {
     let client = pgherd.app().await;
     assert_eq!(simple_value(&client, "SELECT 1").await, "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_reset_closes_the_server_instead_of_reusing_it() {
+    let pgherd = shared_cluster()
+        .pgherd()
+        .general("server_reset_query = \"SELECT 1/0\"")
+        .database("app = { pool_size = 1 }")
+        .start()
+        .await;
+    let first = pgherd.app().await;
+    let pid = simple_value(&first, "SELECT pg_backend_pid()").await;
+    drop(first);
+    // The reset failed: that server is gone, the next client gets a new one.
+    wait_for(
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"),
+        "0",
+    )
+    .await;
+    let second = pgherd.app().await;
+    assert_ne!(simple_value(&second, "SELECT pg_backend_pid()").await, pid);
+}

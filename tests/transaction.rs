@@ -301,3 +301,58 @@ async fn interleaved_clients_on_one_server_keep_their_own_statements() {
         "b"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_wait_timeout_between_transactions() {
+    let pgherd = shared_cluster()
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("query_wait_timeout = 0.5")
+        .database("app = { pool_size = 1 }")
+        .start()
+        .await;
+    // Both log in while the only server is free.
+    let holder = pgherd.app().await;
+    let waiter = pgherd.app().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    // The waiter's next transaction finds no free server in time.
+    let err = waiter.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("53300"), "{}", message(&err));
+    assert!(
+        message(&err).contains("query_wait_timeout"),
+        "{}",
+        message(&err)
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(simple_value(&holder, "SELECT 2").await, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_statements_are_prepared_again() {
+    // Room for two statements per server, five in use, one server.
+    let pgherd = shared_cluster()
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("max_prepared_statements = 2")
+        .database("app = { pool_size = 1 }")
+        .start()
+        .await;
+    let client = pgherd.app().await;
+    let mut statements = Vec::new();
+    for i in 0..5 {
+        statements.push(client.prepare(&format!("SELECT {i}::int")).await.unwrap());
+    }
+    for round in 0..3 {
+        for (i, s) in statements.iter().enumerate() {
+            let v: i32 = client.query_one(s, &[]).await.unwrap().get(0);
+            assert_eq!(v, i as i32, "round {round}");
+        }
+    }
+    let open: i64 = client
+        .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // pgherd's two plus the one tokio-postgres just prepared for this query.
+    assert!(open <= 3, "{open} statements on the server");
+}
