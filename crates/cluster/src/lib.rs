@@ -98,6 +98,10 @@ impl Cluster {
         timeout: Duration,
         pick: impl Fn(&Topology) -> Option<T>,
     ) -> Result<T, Arc<Topology>> {
+        // The common case, on every checkout: no receiver to clone.
+        if let Some(t) = pick(&self.topology.borrow()) {
+            return Ok(t);
+        }
         let mut rx = self.topology.clone();
         if let Some(t) = pick(&rx.borrow_and_update()) {
             return Ok(t);

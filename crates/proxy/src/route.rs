@@ -92,12 +92,14 @@ where
                 }
             }
         };
-        let version = shared.cluster.topology().version;
         match attempt(node).await {
             Attempt::Usable(t) => return Ok(t),
             Attempt::Refused(fields) => return Err(fields),
             Attempt::Unusable(why) => {
                 tracing::info!(node = %shared.config().nodes[node].name, "cannot use node: {why}");
+                // Not retried until a topology newer than this one (read
+                // after the failure: at worst one probe more is awaited).
+                let version = shared.cluster.topology().version;
                 shared.cluster.request_probe();
                 failures.push(Failure { node, why, version });
             }
