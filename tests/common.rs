@@ -19,6 +19,18 @@ pub async fn psql(
     db: &str,
     args: &[&str],
 ) -> Output {
+    psql_with_env(pgherd, user, password, db, args, &[]).await
+}
+
+/// [`psql`] with extra environment variables (`PGTZ`, `PGDATESTYLE`...).
+pub async fn psql_with_env(
+    pgherd: &RunningPgherd,
+    user: &str,
+    password: &str,
+    db: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
     let bins = pgherd_testkit::PgBinaries::find().expect("PostgreSQL binaries");
     Command::new(bins.path("psql"))
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
@@ -27,6 +39,7 @@ pub async fn psql(
         .args(args)
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10")
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("run psql")

@@ -356,3 +356,152 @@ async fn evicted_statements_are_prepared_again() {
     // pgherd's two plus the one tokio-postgres just prepared for this query.
     assert!(open <= 3, "{open} statements on the server");
 }
+
+/// The values a client sees for the tracked parameters, and its backend.
+async fn settings(c: &tokio_postgres::Client) -> (String, String, String, String) {
+    let row = simple_rows(
+        c,
+        "SELECT current_setting('application_name'), current_setting('TimeZone'), \
+         current_setting('DateStyle'), pg_backend_pid()::text",
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    let mut v = row.into_iter();
+    let mut next = || v.next().unwrap().unwrap();
+    (next(), next(), next(), next())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_clients_on_one_server_keep_their_own_parameters() {
+    let pgherd = transaction_pgherd(1).await;
+    let connect = |name: &'static str| {
+        let mut config = pgherd.config("app", APP_PASSWORD, "app");
+        config.application_name(name);
+        async move {
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client
+        }
+    };
+    let a = connect("alpha").await;
+    let b = connect("beta").await;
+    let (_, default_tz, default_style, _) = settings(&b).await;
+    assert_ne!(default_tz, "Asia/Tokyo");
+    // A changes its session; the server it ran on is the one B uses next.
+    a.batch_execute("SET TimeZone = 'Asia/Tokyo'; SET DateStyle = 'German, DMY'")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let (app, tz, style, pid_a) = settings(&a).await;
+        assert_eq!(
+            (app.as_str(), tz.as_str(), style.as_str()),
+            ("alpha", "Asia/Tokyo", "German, DMY")
+        );
+        let (app, tz, style, pid_b) = settings(&b).await;
+        assert_eq!(
+            (app.as_str(), tz.as_str(), style.as_str()),
+            ("beta", default_tz.as_str(), default_style.as_str())
+        );
+        assert_eq!(pid_a, pid_b, "one server for both");
+    }
+    // RESET and DISCARD ALL are followed too.
+    a.batch_execute("RESET TimeZone").await.unwrap();
+    assert_eq!(settings(&a).await.1, default_tz);
+    b.batch_execute("SET TimeZone = 'Europe/Paris'")
+        .await
+        .unwrap();
+    b.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(settings(&b).await.1, default_tz);
+    assert_eq!(settings(&a).await.2, "German, DMY");
+    // Extended protocol too: the text of a timestamptz follows A's DateStyle.
+    let row = a
+        .query_one("SELECT '2024-03-01 12:00'::timestamptz::text", &[])
+        .await
+        .unwrap();
+    assert!(row.get::<_, String>(0).starts_with("01.03.2024"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_parameters_follow_the_client_to_each_server() {
+    let pgherd = transaction_pgherd(1).await;
+    // Another client leaves its settings on the pool's one server.
+    let other = pgherd.app().await;
+    other
+        .batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    let out = psql_with_env(
+        &pgherd,
+        "app",
+        APP_PASSWORD,
+        "app",
+        &[
+            "-c",
+            "SHOW TimeZone",
+            "-c",
+            "SHOW DateStyle",
+            "-c",
+            "SHOW application_name",
+        ],
+        &[
+            ("PGTZ", "America/New_York"),
+            ("PGDATESTYLE", "SQL, DMY"),
+            ("PGAPPNAME", "psql-tz"),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "America/New_York\nSQL, DMY\npsql-tz\n"
+    );
+    assert_eq!(simple_value(&other, "SHOW TimeZone").await, "Asia/Tokyo");
+    // A value the server refuses ends the login, as a direct connection would.
+    let out = psql_with_env(
+        &pgherd,
+        "app",
+        APP_PASSWORD,
+        "app",
+        &["-c", "SELECT 1"],
+        &[("PGTZ", "No/Such_Zone")],
+    )
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid value for parameter \"TimeZone\""),
+        "{stderr}"
+    );
+    assert_eq!(simple_value(&other, "SELECT 1").await, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_startup_parameters_do_not_reach_the_server() {
+    let pgherd = shared_cluster()
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("ignore_startup_parameters = [\"options\"]")
+        .start()
+        .await;
+    let show = |options: &'static str| {
+        let pgherd = &pgherd;
+        async move {
+            let out = psql_with_env(
+                pgherd,
+                "app",
+                APP_PASSWORD,
+                "app",
+                &["-c", "SHOW work_mem"],
+                &[("PGOPTIONS", options)],
+            )
+            .await;
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        }
+    };
+    assert_eq!(show("-c work_mem=77MB").await, "4MB");
+    // Both clients shared one server: the option did not split the pool.
+    assert_eq!(show("-c work_mem=78MB").await, "4MB");
+    assert_eq!(pgherd.handle.pools()[0].status.total, 1);
+}

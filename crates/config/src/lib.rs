@@ -64,6 +64,17 @@ pub struct Config {
     pub users: BTreeMap<String, User>,
 }
 
+/// Parameters every transaction-mode client keeps as its own, whichever
+/// server it lands on: the ones PostgreSQL reports in ParameterStatus that a
+/// client may change (pgbouncer tracks the same set).
+pub const TRACKED_PARAMETERS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+];
+
 /// The `[pgherd]` section.
 #[derive(Debug, Clone)]
 pub struct General {
@@ -83,6 +94,12 @@ pub struct General {
     /// mode; 0 turns statement tracking off (clients that prepare keep
     /// their server instead).
     pub max_prepared_statements: usize,
+    /// Transaction mode: parameters re-applied (with `SET`) when a client
+    /// lands on a server whose value differs, on top of the ones PostgreSQL
+    /// reports (see [`TRACKED_PARAMETERS`]).
+    pub track_extra_parameters: Vec<String>,
+    /// Startup parameters dropped instead of passed to the server.
+    pub ignore_startup_parameters: Vec<String>,
     /// On SIGTERM/SIGINT: how long to wait for clients to finish before exiting.
     pub shutdown_timeout: Duration,
     /// How long a client waits for a primary to appear (during a failover)
@@ -244,6 +261,8 @@ mod raw {
         pub max_packet_size: usize,
         pub primary_wait_timeout: f64,
         pub max_prepared_statements: usize,
+        pub track_extra_parameters: Vec<String>,
+        pub ignore_startup_parameters: Vec<String>,
         pub shutdown_timeout: f64,
         pub replica_fallback: bool,
         pub probe_user: Option<String>,
@@ -276,6 +295,9 @@ mod raw {
                 max_packet_size: 0x3fff_ffff,
                 primary_wait_timeout: 15.0,
                 max_prepared_statements: 200,
+                // pgbouncer's default.
+                track_extra_parameters: vec!["IntervalStyle".into()],
+                ignore_startup_parameters: Vec::new(),
                 shutdown_timeout: 30.0,
                 replica_fallback: true,
                 probe_user: None,
@@ -390,6 +412,8 @@ mod raw {
                     g.primary_wait_timeout,
                 )?,
                 max_prepared_statements: g.max_prepared_statements,
+                track_extra_parameters: g.track_extra_parameters,
+                ignore_startup_parameters: g.ignore_startup_parameters,
                 shutdown_timeout: seconds("pgherd.shutdown_timeout", g.shutdown_timeout)?,
                 replica_fallback: g.replica_fallback,
                 probe: Probe {

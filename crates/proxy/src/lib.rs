@@ -10,10 +10,13 @@
 //!             pool — or closed, if the session left it in an unknown state
 //! ```
 //!
-//! Session pooling only, for now: a client keeps its server for its whole
-//! session, so it cannot tell pgherd from a direct connection (its backend
-//! PID, ParameterStatus values, prepared statements, temp tables and LISTENs
-//! are its own). Where a session goes comes from the cluster topology
+//! In session mode a client keeps its server for its whole session, so it
+//! cannot tell pgherd from a direct connection (its backend PID,
+//! ParameterStatus values, prepared statements, temp tables and LISTENs are
+//! its own). In transaction mode it holds a server from the first message of
+//! a transaction to the ReadyForQuery that ends it; its named prepared
+//! statements (`prepared`) and session parameters (`params`) follow it from
+//! server to server. Where a session goes comes from the cluster topology
 //! (`pgherd-cluster`'s probes): the one primary, or a fresh standby for
 //! `target = "replica"`; each new server connection's `in_hot_standby` report
 //! is checked as well, so a stale topology cannot send writes to a standby.
@@ -22,6 +25,7 @@
 mod buffers;
 mod cancel;
 mod client;
+mod params;
 mod prepared;
 mod relay;
 mod route;
@@ -66,6 +70,8 @@ pub(crate) struct Shared {
     process_secret: [u8; 32],
     /// Set when pgherd stops: clients finish their transaction and go.
     shutting_down: tokio::sync::watch::Sender<bool>,
+    /// Parameters transaction-mode clients keep as their own.
+    tracked: params::Tracked,
 }
 
 impl Shared {
@@ -145,6 +151,7 @@ impl Proxy {
         rand::thread_rng().fill_bytes(&mut process_secret);
         let cluster = Cluster::start(&config);
         let shared = Arc::new(Shared {
+            tracked: params::Tracked::new(&config.general),
             config: Arc::new(config),
             pools: Mutex::new(HashMap::new()),
             cancels: cancel::CancelRegistry::default(),

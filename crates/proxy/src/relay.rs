@@ -29,7 +29,38 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use crate::buffers::BUF_SIZE;
+use crate::params::{ClientParams, Tracked};
 use crate::prepared::{self, ClientStatements, Expected, Rewrite, ServerStatements};
+
+/// What transaction mode keeps track of while relaying.
+#[derive(Default)]
+pub(crate) struct Tracking<'a> {
+    pub(crate) statements: Option<Statements<'a>>,
+    pub(crate) params: Option<Params<'a>>,
+}
+
+/// Transaction mode's parameter tracking: ParameterStatus from the server
+/// updates the server's known values and, for tracked ones, the client's.
+pub(crate) struct Params<'a> {
+    pub(crate) tracked: &'a Tracked,
+    pub(crate) client: &'a mut ClientParams,
+    pub(crate) server: &'a mut Vec<(String, String)>,
+}
+
+impl Params<'_> {
+    fn reported(&mut self, msg: &[u8]) {
+        let Some((name, value)) = backend::parameter_status_view(&msg[5..]) else {
+            return;
+        };
+        match self.server.iter_mut().find(|(k, _)| k == name) {
+            Some((_, v)) => value.clone_into(v),
+            None => self.server.push((name.to_owned(), value.to_owned())),
+        }
+        if let Some(name) = self.tracked.canonical(name) {
+            self.client.set(name, value);
+        }
+    }
+}
 
 /// Transaction mode's statement tracking, for one relay.
 pub(crate) struct Statements<'a> {
@@ -246,7 +277,12 @@ fn client_watch_statements(tag: u8) -> bool {
 }
 
 fn server_watch_statements(tag: u8) -> bool {
-    server_watch(tag) || tag == b'1' || tag == b'3'
+    server_watch_transaction(tag) || tag == b'1' || tag == b'3'
+}
+
+/// Transaction mode also reads ParameterStatus, for the client's parameters.
+fn server_watch_transaction(tag: u8) -> bool {
+    server_watch(tag) || tag == backend::PARAMETER_STATUS
 }
 
 fn server_watch(tag: u8) -> bool {
@@ -277,7 +313,7 @@ pub(crate) async fn relay(
     ends: Ends<'_>,
     (max_packet_size, until): (usize, Until),
     state: &mut ServerState,
-    mut statements: Option<Statements<'_>>,
+    mut tracking: Tracking<'_>,
     retire: impl std::future::Future<Output = String>,
 ) -> Relayed {
     let Ends {
@@ -296,7 +332,7 @@ pub(crate) async fn relay(
         &mut down,
         until,
         state,
-        &mut statements,
+        &mut tracking,
         &mut down_at_boundary,
         retire,
     )
@@ -323,20 +359,21 @@ async fn relay_inner(
     down: &mut Pipe,
     until: Until,
     state: &mut ServerState,
-    statements: &mut Option<Statements<'_>>,
+    tracking: &mut Tracking<'_>,
     down_at_boundary: &mut bool,
     retire: impl std::future::Future<Output = String>,
 ) -> RelayEnd {
     tokio::pin!(retire);
     type Watch = fn(u8) -> bool;
-    let (client_watch, server_watch): (Watch, Watch) = match (until, statements.is_some()) {
+    let (client_watch, server_watch): (Watch, Watch) = match (until, tracking.statements.is_some())
+    {
         (Until::ClientLeaves, _) => (client_watch, server_watch),
-        (Until::Idle, false) => (client_watch_transaction, server_watch),
+        (Until::Idle, false) => (client_watch_transaction, server_watch_transaction),
         (Until::Idle, true) => (client_watch_statements, server_watch_statements),
     };
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
-    if let Err(e) = scan_client(up, client_watch, state, statements) {
+    if let Err(e) = scan_client(up, client_watch, state, &mut tracking.statements) {
         return RelayEnd::ClientProtocol(e);
     }
     loop {
@@ -362,7 +399,7 @@ async fn relay_inner(
         match step {
             Direction::Up(r) => match r {
                 Ok(Step::Read) => {
-                    if let Err(e) = scan_client(up, client_watch, state, statements) {
+                    if let Err(e) = scan_client(up, client_watch, state, &mut tracking.statements) {
                         return RelayEnd::ClientProtocol(e);
                     }
                 }
@@ -381,7 +418,7 @@ async fn relay_inner(
             },
             Direction::Down(r) => match r {
                 Ok(Step::Read) => {
-                    if let Err(e) = scan_server(down, server_watch, state, statements) {
+                    if let Err(e) = scan_server(down, server_watch, state, tracking) {
                         return RelayEnd::ServerProtocol(e);
                     }
                 }
@@ -477,10 +514,17 @@ fn scan_server(
     down: &mut Pipe,
     watch: fn(u8) -> bool,
     state: &mut ServerState,
-    statements: &mut Option<Statements<'_>>,
+    tracking: &mut Tracking<'_>,
 ) -> Result<(), FrameError> {
+    let Tracking { statements, params } = tracking;
     down.scan(watch, |seen| {
         match seen {
+            Seen::Whole(msg) if msg[0] == backend::PARAMETER_STATUS => {
+                if let Some(p) = params {
+                    p.reported(msg);
+                }
+                state.last_fatal = false;
+            }
             Seen::Whole(msg) if msg[0] == backend::READY_FOR_QUERY => {
                 state.pending = state.pending.saturating_sub(1);
                 if let Some(tx) = backend::ready_for_query_status(msg) {
@@ -552,7 +596,13 @@ mod tests {
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
         state.pending = 1;
-        scan_server(&mut pipe, server_watch, &mut state, &mut None).unwrap();
+        scan_server(
+            &mut pipe,
+            server_watch,
+            &mut state,
+            &mut Tracking::default(),
+        )
+        .unwrap();
         assert_eq!(state.pending, 0);
         assert_eq!(state.tx, TxStatus::InTransaction);
         assert_eq!(pipe.ready, bytes.len());
@@ -600,7 +650,13 @@ mod tests {
         let bytes = msg(b'E', &body);
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
-        scan_server(&mut pipe, server_watch, &mut state, &mut None).unwrap();
+        scan_server(
+            &mut pipe,
+            server_watch,
+            &mut state,
+            &mut Tracking::default(),
+        )
+        .unwrap();
         assert!(state.last_fatal);
     }
 }

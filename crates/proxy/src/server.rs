@@ -72,8 +72,12 @@ pub struct ServerConn {
     /// The server backend's process ID and cancel secret.
     pub pid: i32,
     pub secret: [u8; 4],
-    /// ParameterStatus values as the server last reported them.
+    /// ParameterStatus values as the server last reported them (plus
+    /// tracked parameters pgherd set that it does not report).
     pub params: Vec<(String, String)>,
+    /// ParameterStatus values as reported at login: in transaction mode, the
+    /// defaults for a client that sets none (see `params`).
+    pub initial_params: Vec<(String, String)>,
     /// The startup parameters this connection was opened with, sorted.
     pub startup: Vec<(String, String)>,
 }
@@ -119,9 +123,11 @@ impl ServerConn {
             pid: 0,
             secret: [0; 4],
             params: Vec::new(),
+            initial_params: Vec::new(),
             startup,
         };
         conn.login(credential).await?;
+        conn.initial_params = conn.params.clone();
         Ok(conn)
     }
 
@@ -278,8 +284,13 @@ impl ServerConn {
         Ok(())
     }
 
-    fn set_param(&mut self, name: &str, value: &str) {
-        match self.params.iter_mut().find(|(k, _)| k == name) {
+    /// Records the server's value of a parameter.
+    pub(crate) fn set_param(&mut self, name: &str, value: &str) {
+        match self
+            .params
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
             Some((_, v)) => value.clone_into(v),
             None => self.params.push((name.to_owned(), value.to_owned())),
         }
@@ -320,11 +331,42 @@ impl ServerConn {
                 self.statements.clear();
             }
         }
+        self.exchange(&out, expected, timeout).await
+    }
+
+    /// Sets session parameters on the idle server (transaction mode: a
+    /// client's own values, see `params`). `values` are recorded as the
+    /// server's, also those it does not report; the ParameterStatus it does
+    /// send then replace them with its spelling. On an error the caller must
+    /// close the connection: its recorded values may be wrong.
+    pub(crate) async fn apply(
+        &mut self,
+        query: &str,
+        values: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<(), ServerError> {
+        for (name, value) in values {
+            self.set_param(name, value);
+        }
+        let mut out = BytesMut::new();
+        frontend::query(&mut out, query);
+        self.exchange(&out, 1, timeout).await
+    }
+
+    /// Sends `out` (`expected` simple queries) and reads the replies up to
+    /// the last ReadyForQuery, which must say idle. The first error the
+    /// server reports is returned; ParameterStatus changes are recorded.
+    async fn exchange(
+        &mut self,
+        out: &[u8],
+        mut expected: usize,
+        timeout: Duration,
+    ) -> Result<(), ServerError> {
         if expected == 0 {
             return Ok(());
         }
         let work = async {
-            self.stream.write_all(&out).await?;
+            self.stream.write_all(out).await?;
             let mut buf = BytesMut::with_capacity(256);
             let mut failed = None;
             while expected > 0 {

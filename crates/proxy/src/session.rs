@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use crate::buffers;
 use crate::cancel::{CancelKey, CancelTarget};
 use crate::client::{Authenticated, Client, Refused};
+use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
 use crate::relay::{self, RelayEnd, ServerState, Until};
 use crate::route::{self, Attempt};
@@ -157,13 +158,28 @@ async fn run(
     };
     let (server_user, credential) = server_login(config, db, &auth);
     let server_db = db.dbname.clone().unwrap_or_else(|| auth.database.clone());
-    let mut params: Vec<(String, String)> = auth
-        .startup
-        .params
-        .iter()
-        .filter(|(k, _)| k != "user" && k != "database")
-        .cloned()
-        .collect();
+    let mode = config.pool_mode(db, &auth.user);
+    let tracking = mode == PoolMode::Transaction && !replication;
+    let ignored = |name: &str| {
+        config
+            .general
+            .ignore_startup_parameters
+            .iter()
+            .any(|i| i.eq_ignore_ascii_case(name))
+    };
+    // Untracked startup parameters go to the server (and decide which
+    // servers this client may share); tracked ones are the client's own.
+    let mut client_params = ClientParams::default();
+    let mut params: Vec<(String, String)> = Vec::new();
+    for (name, value) in &auth.startup.params {
+        if name == "user" || name == "database" || ignored(name) {
+            continue;
+        }
+        match shared.tracked.canonical(name) {
+            Some(name) if tracking => client_params.set(name, value),
+            _ => params.push((name.clone(), value.clone())),
+        }
+    }
     params.push(("user".into(), server_user.clone()));
     params.push(("database".into(), server_db.clone()));
     params.sort();
@@ -187,7 +203,6 @@ async fn run(
         user: &server_user,
         pools: config.nodes.iter().map(|_| OnceLock::new()).collect(),
     };
-    let mode = config.pool_mode(db, &auth.user);
     // The welcome needs a server's ParameterStatus values, in both modes.
     let mut first = Box::pin(upstream.checkout()).await?;
     let Some(server) = first.conn() else {
@@ -196,6 +211,17 @@ async fn run(
             "pgherd: pool handed out an empty slot",
         ));
     };
+    if tracking {
+        // What the client did not set, it gets the server's defaults of.
+        for name in shared.tracked.names() {
+            if client_params.get(name).is_none() {
+                if let Some((_, v)) = server.initial_params.iter().find(|(k, _)| k == name) {
+                    client_params.set(name, v);
+                }
+            }
+        }
+        sync_params(shared, &mut client_params, server).await?;
+    }
     let cancel = shared.cancels.register(match mode {
         PoolMode::Session => Some(server.pid),
         PoolMode::Transaction => None,
@@ -210,7 +236,8 @@ async fn run(
                     None
                 }
             };
-            serve_client(&upstream, client, held, mode, &cancel).await
+            let params = tracking.then_some(&mut client_params);
+            serve_client(&upstream, client, held, params, &cancel).await
         }
         Err(e) => Err(e),
     };
@@ -264,9 +291,14 @@ async fn serve_client(
     upstream: &Upstream<'_>,
     client: &mut Client,
     mut held: Option<Guard<ServerConn>>,
-    mode: PoolMode,
+    mut params: Option<&mut ClientParams>,
     cancel: &CancelKey,
 ) -> Result<(), ErrorFields> {
+    // Transaction mode is when the client's parameters are tracked.
+    let mode = match params {
+        Some(_) => PoolMode::Transaction,
+        None => PoolMode::Session,
+    };
     let shared = upstream.shared;
     let config = shared.config();
     let mut shutdown = shared.shutting_down.subscribe();
@@ -293,6 +325,9 @@ async fn serve_client(
                 "pgherd: pool handed out an empty slot",
             ));
         };
+        if let Some(params) = params.as_deref_mut() {
+            sync_params(shared, params, server).await?;
+        }
         cancel.slot.set(Some(CancelTarget {
             addr: server.addr,
             pid: server.pid,
@@ -306,12 +341,19 @@ async fn serve_client(
         let retire = retire_when_fenced(shared.cluster.watch(), server.node);
         // Boxed: an idle client's task then holds only the small state of
         // waiting for its next request, not the relay's.
-        let tracked = track_statements.then_some(relay::Statements {
-            client: &mut statements,
-            server: &mut server.statements,
-            expected: &mut server.expected,
-            max: config.general.max_prepared_statements,
-        });
+        let tracking = relay::Tracking {
+            statements: track_statements.then_some(relay::Statements {
+                client: &mut statements,
+                server: &mut server.statements,
+                expected: &mut server.expected,
+                max: config.general.max_prepared_statements,
+            }),
+            params: params.as_deref_mut().map(|client| relay::Params {
+                tracked: &shared.tracked,
+                client,
+                server: &mut server.params,
+            }),
+        };
         let ends = relay::Ends {
             client: &mut client.stream,
             client_buf: &mut client.buf,
@@ -322,7 +364,7 @@ async fn serve_client(
             ends,
             (config.general.max_packet_size, until),
             &mut state,
-            tracked,
+            tracking,
             retire,
         ))
         .await;
@@ -374,6 +416,36 @@ async fn serve_client(
             // The client is mid-message or already has the server's FATAL error.
             Ok(())
         };
+    }
+}
+
+/// Transaction mode: gives `server` the client's session parameters where
+/// its own differ (nothing to do, and no allocation, in the steady state).
+async fn sync_params(
+    shared: &Shared,
+    params: &mut ClientParams,
+    server: &mut ServerConn,
+) -> Result<(), ErrorFields> {
+    let Some(query) = params.differences(&server.params) else {
+        return Ok(());
+    };
+    let timeout = shared.config().general.server_connect_timeout;
+    match server.apply(&query, params.values(), timeout).await {
+        Ok(()) => {
+            params.adopt(&server.params);
+            Ok(())
+        }
+        // A value the server refuses (a bad TimeZone in the startup packet):
+        // as a direct connection would, the server says why and ends it.
+        Err(ServerError::Rejected(fields)) => {
+            let mut fatal = ErrorFields::fatal(&fields.code, fields.message);
+            fatal.detail = fields.detail;
+            Err(fatal)
+        }
+        Err(e) => Err(ErrorFields::fatal(
+            "08006",
+            format!("setting session parameters on the server failed: {e}"),
+        )),
     }
 }
 
