@@ -66,6 +66,7 @@ mod tests {
             timeline: Some(1),
             wal_receiver: in_recovery.then(|| "streaming".to_owned()),
             duration: Duration::ZERO,
+            started: None,
         })
     }
 

@@ -74,6 +74,7 @@ pub(crate) async fn run(
         let result = match tokio::time::timeout(timeout, probe_once(&target, &mut session)).await {
             Ok(Ok(mut sample)) => {
                 sample.duration = started.elapsed();
+                sample.started = Some(started);
                 Ok(sample)
             }
             Ok(Err(e)) => {
@@ -133,6 +134,7 @@ async fn probe_once(
         timeline: timeline.map(|t| t.max(0) as u32),
         wal_receiver: row.try_get(6).map_err(|e| e.to_string())?,
         duration: Duration::ZERO,
+        started: None,
     })
 }
 

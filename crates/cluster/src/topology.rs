@@ -35,6 +35,9 @@ pub struct ProbeSample {
     pub wal_receiver: Option<String>,
     /// How long the probe took.
     pub duration: Duration,
+    /// When the probe's query was sent: its WAL positions are at least those
+    /// of any commit that completed before (read-your-writes relies on it).
+    pub started: Option<std::time::Instant>,
 }
 
 /// A node's role as last probed.
@@ -502,6 +505,7 @@ mod tests {
             timeline: Some(tl),
             wal_receiver: None,
             duration: Duration::from_millis(1),
+            started: None,
         })
     }
 
@@ -515,6 +519,7 @@ mod tests {
             timeline: Some(tl),
             wal_receiver: Some("streaming".into()),
             duration: Duration::from_millis(1),
+            started: None,
         })
     }
 

@@ -107,6 +107,11 @@ pub struct General {
     pub primary_wait_timeout: Duration,
     /// Send `replica` sessions to the primary when no standby is usable.
     pub replica_fallback: bool,
+    /// How standbys are chosen for reads.
+    pub replica_balance: Balance,
+    /// `auto` target: after a client's transaction on the primary, its reads
+    /// go to a standby only once that standby is known to have replayed it.
+    pub read_your_writes: bool,
     pub probe: Probe,
 }
 
@@ -147,6 +152,20 @@ pub enum Target {
     /// A healthy standby (round robin), or the primary when none is usable
     /// and `replica_fallback` is on.
     Replica,
+    /// Transaction mode: each transaction goes to a standby when pgherd can
+    /// tell it only reads, to the primary otherwise (session mode: primary).
+    Auto,
+}
+
+/// How reads are spread over the usable standbys (haproxy's `balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Balance {
+    /// In turn.
+    #[serde(rename = "roundrobin")]
+    RoundRobin,
+    /// The standby with the fewest server connections in use by pgherd.
+    #[serde(rename = "leastconn")]
+    LeastConn,
 }
 
 /// One PostgreSQL server of the cluster.
@@ -265,6 +284,8 @@ mod raw {
         pub ignore_startup_parameters: Vec<String>,
         pub shutdown_timeout: f64,
         pub replica_fallback: bool,
+        pub replica_balance: Balance,
+        pub read_your_writes: bool,
         pub probe_user: Option<String>,
         pub probe_password: Option<String>,
         pub probe_database: String,
@@ -300,6 +321,8 @@ mod raw {
                 ignore_startup_parameters: Vec::new(),
                 shutdown_timeout: 30.0,
                 replica_fallback: true,
+                replica_balance: Balance::RoundRobin,
+                read_your_writes: true,
                 probe_user: None,
                 probe_password: None,
                 probe_database: "postgres".into(),
@@ -416,6 +439,8 @@ mod raw {
                 ignore_startup_parameters: g.ignore_startup_parameters,
                 shutdown_timeout: seconds("pgherd.shutdown_timeout", g.shutdown_timeout)?,
                 replica_fallback: g.replica_fallback,
+                replica_balance: g.replica_balance,
+                read_your_writes: g.read_your_writes,
                 probe: Probe {
                     user: g.probe_user.ok_or_else(|| {
                         invalid(

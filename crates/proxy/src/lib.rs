@@ -24,6 +24,7 @@
 
 mod buffers;
 mod cancel;
+mod classify;
 mod client;
 mod params;
 mod prepared;
@@ -35,7 +36,7 @@ mod session;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pgherd_cluster::{Cluster, ClusterEvent, Topology};
@@ -66,6 +67,9 @@ pub(crate) struct Shared {
     cluster: Cluster,
     /// Spreads `replica` sessions over the standbys.
     round_robin: AtomicUsize,
+    /// Server connections in use (checked out) on each node, for `leastconn`.
+    node_load: Vec<AtomicUsize>,
+    routing: RoutingCounters,
     /// Seeds the mock SCRAM exchange for unknown users.
     process_secret: [u8; 32],
     /// Set when pgherd stops: clients finish their transaction and go.
@@ -102,8 +106,55 @@ impl Shared {
         }
     }
 
+    fn node_load(&self, node: usize) -> usize {
+        self.node_load[node].load(Ordering::Relaxed)
+    }
+
+    /// Counts a server connection on `node` as in use until the lease drops.
+    pub(crate) fn lease(&self, node: usize) -> NodeLease<'_> {
+        self.node_load[node].fetch_add(1, Ordering::Relaxed);
+        NodeLease(&self.node_load[node])
+    }
+
     fn node_index(&self, name: &str) -> Option<usize> {
         self.config.nodes.iter().position(|n| n.name == name)
+    }
+}
+
+/// Where sessions (session mode) and transactions (transaction mode) went.
+#[derive(Debug, Default)]
+pub struct RoutingCounters {
+    /// Sent to the primary because they wanted it.
+    pub primary: AtomicU64,
+    /// Sent to a standby.
+    pub standby: AtomicU64,
+    /// Wanted a standby, got the primary (none usable, or read-your-writes).
+    pub fallback: AtomicU64,
+    /// Reads a standby refused as writes (25006), run again on the primary.
+    pub read_only_retries: AtomicU64,
+}
+
+impl RoutingCounters {
+    fn count(&self, want: route::Want, on_standby: bool) {
+        let counter = match (want, on_standby) {
+            (_, true) => &self.standby,
+            (route::Want::Primary, false) => &self.primary,
+            (route::Want::Standby { .. }, false) => &self.fallback,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read_only_retried(&self) {
+        self.read_only_retries.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A server connection in use on a node (see [`Shared::lease`]).
+pub(crate) struct NodeLease<'a>(&'a AtomicUsize);
+
+impl Drop for NodeLease<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -152,6 +203,8 @@ impl Proxy {
         let cluster = Cluster::start(&config);
         let shared = Arc::new(Shared {
             tracked: params::Tracked::new(&config.general),
+            node_load: config.nodes.iter().map(|_| AtomicUsize::new(0)).collect(),
+            routing: RoutingCounters::default(),
             config: Arc::new(config),
             pools: Mutex::new(HashMap::new()),
             cancels: cancel::CancelRegistry::default(),
@@ -252,6 +305,11 @@ impl ProxyHandle {
     /// Clients connected right now (including ones still logging in).
     pub fn client_count(&self) -> usize {
         self.shared.clients.load(Ordering::Relaxed)
+    }
+
+    /// Routing decisions so far.
+    pub fn routing(&self) -> &RoutingCounters {
+        &self.shared.routing
     }
 
     /// The cluster as the probes see it.

@@ -127,6 +127,15 @@ pub(crate) enum Rewrite {
     Replace(BytesMut),
 }
 
+impl ClientStatements {
+    /// The query text of the client's statement `name`.
+    pub(crate) fn query(&self, name: &[u8]) -> Option<&[u8]> {
+        let statement = self.by_name.get(name)?;
+        let (_, rest) = cstr(statement.parse.get(5..)?)?;
+        Some(cstr(rest)?.0)
+    }
+}
+
 fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let nul = buf.iter().position(|&b| b == 0)?;
     Some((&buf[..nul], &buf[nul + 1..]))

@@ -91,6 +91,9 @@ pub(crate) enum RelayEnd {
     /// Transaction mode: the transaction is over and the server owes nothing;
     /// it can go back to the pool.
     ServerIdle,
+    /// A read unit the standby refused as a write (25006): the server is
+    /// idle, the client got nothing, and the unit must go to the primary.
+    ReadOnly,
 }
 
 /// How long a relay lasts.
@@ -101,6 +104,29 @@ pub(crate) enum Until {
     /// Until the server is idle between transactions (transaction pooling),
     /// unless the client pinned it (named prepared statement).
     Idle,
+    /// `auto` target, a read on a standby: the client's buffer holds one
+    /// request unit and nothing more is read from the client; the server's
+    /// replies are held back until the first row, result or error. Should
+    /// the standby refuse the unit as a write (25006) before that, its
+    /// replies are dropped and the relay ends with [`RelayEnd::ReadOnly`]
+    /// so the session can run the unit on the primary.
+    ReadUnit,
+}
+
+/// Past this many bytes of held-back replies, a read unit is committed to
+/// its standby (no more retry).
+const MAX_HELD: usize = 64 * 1024;
+
+/// Where a [`Until::ReadUnit`] relay stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// Replies flow to the client.
+    Off,
+    /// Replies are held back: nothing has reached the client yet.
+    Holding,
+    /// The standby refused with 25006: replies are dropped up to
+    /// ReadyForQuery.
+    Refused,
 }
 
 /// What the proxy knows about the server's state from the traffic.
@@ -119,6 +145,8 @@ pub(crate) struct ServerState {
     /// transaction mode it keeps the server from now on, or the statement
     /// would be missing on the next one.
     pub(crate) pinned: bool,
+    /// Replies held back (see [`Until::ReadUnit`]).
+    pub(crate) hold: Hold,
 }
 
 impl ServerState {
@@ -129,6 +157,7 @@ impl ServerState {
             tx: TxStatus::Idle,
             last_fatal: false,
             pinned: false,
+            hold: Hold::Off,
         }
     }
 }
@@ -140,6 +169,10 @@ struct Pipe {
     scanner: Scanner,
     /// Stop after flushing `ready` (client Terminate, or end of input).
     closing: bool,
+    /// Read nothing more (a read unit's client side).
+    no_read: bool,
+    /// Write nothing yet: replies held back (a read unit's server side).
+    no_write: bool,
 }
 
 enum Step {
@@ -155,6 +188,8 @@ impl Pipe {
             ready: 0,
             scanner: Scanner::new(max_len),
             closing: false,
+            no_read: false,
+            no_write: false,
         }
     }
 
@@ -167,7 +202,7 @@ impl Pipe {
     /// branch awaits one cancel-safe socket operation and changes no state
     /// before it completes.
     async fn step(&mut self, r: &mut ReadHalf<'_>, w: &mut WriteHalf<'_>) -> std::io::Result<Step> {
-        if self.ready > 0 {
+        if self.ready > 0 && !self.no_write {
             let n = w.write(&self.buf[..self.ready]).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
@@ -176,7 +211,7 @@ impl Pipe {
             self.ready -= n;
             return Ok(Step::Wrote);
         }
-        if self.closing {
+        if self.closing || self.no_read {
             return std::future::pending().await;
         }
         if self.buf.capacity() - self.buf.len() < BUF_SIZE / 4 {
@@ -339,7 +374,7 @@ pub(crate) async fn relay(
     .await;
     // Bytes the client sent that were not forwarded (the start of its next
     // transaction) stay with the client.
-    if matches!(end, RelayEnd::ServerIdle) {
+    if matches!(end, RelayEnd::ServerIdle | RelayEnd::ReadOnly) {
         *client_buf = up.buf;
         // Nothing is left in it: the server is idle and all was delivered.
         down.buf.clear();
@@ -368,9 +403,15 @@ async fn relay_inner(
     let (client_watch, server_watch): (Watch, Watch) = match (until, tracking.statements.is_some())
     {
         (Until::ClientLeaves, _) => (client_watch, server_watch),
-        (Until::Idle, false) => (client_watch_transaction, server_watch_transaction),
-        (Until::Idle, true) => (client_watch_statements, server_watch_statements),
+        (Until::Idle | Until::ReadUnit, false) => {
+            (client_watch_transaction, server_watch_transaction)
+        }
+        (Until::Idle | Until::ReadUnit, true) => (client_watch_statements, server_watch_statements),
     };
+    if until == Until::ReadUnit {
+        up.no_read = true;
+        state.hold = Hold::Holding;
+    }
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
     if let Err(e) = scan_client(up, client_watch, state, &mut tracking.statements) {
@@ -380,10 +421,17 @@ async fn relay_inner(
         if up.closing && up.ready == 0 {
             return RelayEnd::ClientLeft;
         }
-        if until == Until::Idle && down.ready == 0 && server_idle(state, up) {
+        match state.hold {
+            Hold::Holding if down.ready >= MAX_HELD => state.hold = Hold::Off,
+            Hold::Refused if state.pending == 0 => return RelayEnd::ReadOnly,
+            _ => {}
+        }
+        down.no_write = state.hold != Hold::Off;
+        if until != Until::ClientLeaves && down.ready == 0 && server_idle(state, up) {
             return RelayEnd::ServerIdle;
         }
-        *down_at_boundary = down.ready == 0 && down.scanner.at_boundary();
+        // While replies are held back, the client has received none of them.
+        *down_at_boundary = (down.ready == 0 || down.no_write) && down.scanner.at_boundary();
         let step = tokio::select! {
             // Checked first: once the node is fenced, nothing more goes through.
             biased;
@@ -518,6 +566,9 @@ fn scan_server(
 ) -> Result<(), FrameError> {
     let Tracking { statements, params } = tracking;
     down.scan(watch, |seen| {
+        if state.hold == Hold::Holding {
+            state.hold = hold_after(&seen);
+        }
         match seen {
             Seen::Whole(msg) if msg[0] == backend::PARAMETER_STATUS => {
                 if let Some(p) = params {
@@ -557,6 +608,35 @@ fn scan_server(
         Action::Forward
     })
 }
+
+/// A read unit's held-back replies: still nothing the client must see yet
+/// (statement and row descriptions, notices), a 25006 refusal, or the
+/// first result that commits the unit to this server.
+fn hold_after(seen: &Seen<'_>) -> Hold {
+    match seen {
+        Seen::Whole(msg) if msg[0] == backend::ERROR_RESPONSE => {
+            match backend::ErrorFields::parse(&msg[5..]) {
+                Some(e) if e.code == READ_ONLY_SQL_TRANSACTION => Hold::Refused,
+                _ => Hold::Off,
+            }
+        }
+        Seen::Whole(msg) => hold_for_tag(msg[0]),
+        Seen::Starts(tag) => hold_for_tag(*tag),
+    }
+}
+
+fn hold_for_tag(tag: u8) -> Hold {
+    match tag {
+        // ParseComplete, BindComplete, CloseComplete, ParameterDescription,
+        // RowDescription, NoData, NoticeResponse, ParameterStatus.
+        b'1' | b'2' | b'3' | b't' | b'T' | b'n' | b'N' | b'S' => Hold::Holding,
+        _ => Hold::Off,
+    }
+}
+
+/// SQLSTATE of "cannot execute ... in a read-only transaction" (and of
+/// "... during recovery").
+const READ_ONLY_SQL_TRANSACTION: &str = "25006";
 
 /// The server can be handed to another client: it owes no replies, is
 /// between messages in both directions, and nothing is left unsynced.

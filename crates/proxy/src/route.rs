@@ -4,17 +4,25 @@
 //!   While there is none — a failover in progress — the client waits up to
 //!   `primary_wait_timeout` for one, then gets 57P03 naming each node's state.
 //! * `replica`: a standby that is up, not fenced and within
-//!   `max_replica_lag`, round robin; when none is usable, the primary if
-//!   `replica_fallback` is on, else 57P03.
+//!   `max_replica_lag` (`replica_balance`: round robin or least
+//!   connections); when none is usable, the primary if `replica_fallback` is
+//!   on, else 57P03.
+//! * `auto`: per transaction, one of the two (see `classify`); reads of a
+//!   client that just wrote only go to a standby known to have replayed its
+//!   write: one whose probed replay position is at least the primary's WAL
+//!   position at a probe that *started after* the write completed. Until
+//!   the probes show that (about two `probe_interval`s), the primary serves
+//!   them. No extra query is run for this.
 //!
 //! A node that fails when pgherd connects to it triggers an immediate
 //! re-probe of the whole cluster, and is not tried again for this client
 //! until the topology has been refreshed.
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use pgherd_cluster::Topology;
-use pgherd_config::Target;
+use pgherd_config::{Balance, Target};
 use pgherd_wire::backend::ErrorFields;
 
 use crate::Shared;
@@ -37,27 +45,62 @@ struct Failure {
     version: u64,
 }
 
-/// Connects to a node for `target`, trying further nodes as the topology allows.
+/// What a session or transaction needs from a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// The primary.
+    Primary,
+    /// A standby; if none is usable, the primary when `fallback`, else
+    /// 57P03. `wrote_at`: the client's last transaction on the primary
+    /// ended then, and the standby must have replayed it.
+    Standby {
+        fallback: bool,
+        wrote_at: Option<Instant>,
+    },
+}
+
+impl Want {
+    /// Where a `target` database's session goes (`auto` decides per
+    /// transaction; this is its choice for the first server, the welcome).
+    pub(crate) fn of(target: Target, replica_fallback: bool) -> Want {
+        match target {
+            Target::Primary | Target::Auto => Want::Primary,
+            Target::Replica => Want::Standby {
+                fallback: replica_fallback,
+                wrote_at: None,
+            },
+        }
+    }
+}
+
+/// Connects to a node for `want`, trying further nodes as the topology allows.
 pub(crate) async fn connect<T, F, Fut>(
     shared: &Shared,
-    target: Target,
+    want: Want,
     attempt: F,
 ) -> Result<T, ErrorFields>
 where
-    F: Fn(usize) -> Fut,
+    F: Fn(usize, Target) -> Fut,
     Fut: std::future::Future<Output = Attempt<T>>,
 {
     let general = &shared.config().general;
     let deadline = tokio::time::Instant::now() + general.primary_wait_timeout;
     let mut failures: Vec<Failure> = Vec::new();
     loop {
-        let standby = match target {
-            Target::Replica => pick_standby(shared, &failures),
-            Target::Primary => None,
+        let standby = match want {
+            Want::Standby { wrote_at, .. } => pick_standby(shared, &failures, wrote_at),
+            Want::Primary => None,
         };
         let node = match standby {
             Some(node) => node,
-            None if target == Target::Replica && !general.replica_fallback => {
+            None if matches!(
+                want,
+                Want::Standby {
+                    fallback: false,
+                    ..
+                }
+            ) =>
+            {
                 return Err(no_node_error(
                     "pgherd: no standby can serve reads",
                     &shared.cluster.topology(),
@@ -92,7 +135,11 @@ where
                 }
             }
         };
-        match attempt(node).await {
+        let target = match standby {
+            Some(_) => Target::Replica,
+            None => Target::Primary,
+        };
+        match attempt(node, target).await {
             Attempt::Usable(t) => return Ok(t),
             Attempt::Refused(fields) => return Err(fields),
             Attempt::Unusable(why) => {
@@ -107,21 +154,67 @@ where
     }
 }
 
-/// The next standby that may serve reads and has not failed for this client.
-fn pick_standby(shared: &Shared, failures: &[Failure]) -> Option<usize> {
+/// The next standby that may serve reads, has not failed for this client
+/// and (when it wrote at `wrote_at`) has replayed the client's write.
+fn pick_standby(shared: &Shared, failures: &[Failure], wrote_at: Option<Instant>) -> Option<usize> {
     let topology = shared.cluster.topology();
-    let candidates: Vec<usize> = topology
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, n)| n.serves_reads() && !failures.iter().any(|f| f.node == *i))
-        .map(|(i, _)| i)
-        .collect();
-    if candidates.is_empty() {
-        return None;
+    let replayed = match wrote_at {
+        None => 0,
+        Some(t) => match replayed_after(&topology, t) {
+            Replayed::AtLeast(lsn) => lsn,
+            Replayed::NotYetKnown => return None,
+            // No primary to read from either (a failover): any standby.
+            Replayed::NoPrimary => 0,
+        },
+    };
+    let candidates = topology.nodes.iter().enumerate().filter(|(i, n)| {
+        n.serves_reads()
+            && !failures.iter().any(|f| f.node == *i)
+            && n.last_sample
+                .as_ref()
+                .and_then(|s| s.replay_lsn)
+                .unwrap_or(0)
+                >= replayed
+    });
+    match shared.config().general.replica_balance {
+        Balance::RoundRobin => {
+            let candidates: Vec<usize> = candidates.map(|(i, _)| i).collect();
+            if candidates.is_empty() {
+                return None;
+            }
+            let turn = shared.round_robin.fetch_add(1, Ordering::Relaxed);
+            Some(candidates[turn % candidates.len()])
+        }
+        Balance::LeastConn => {
+            // Ties go to the next in turn, so equal loads still rotate.
+            let turn = shared.round_robin.fetch_add(1, Ordering::Relaxed);
+            let n = topology.nodes.len().max(1);
+            candidates
+                .map(|(i, _)| i)
+                .min_by_key(|&i| (shared.node_load(i), (i + n - turn % n) % n))
+        }
     }
-    let turn = shared.round_robin.fetch_add(1, Ordering::Relaxed);
-    Some(candidates[turn % candidates.len()])
+}
+
+/// What the probes say about a write that completed at some instant.
+#[derive(Debug, PartialEq, Eq)]
+enum Replayed {
+    /// A standby replayed it if its replay position is at least this.
+    AtLeast(u64),
+    /// The primary has not been probed since.
+    NotYetKnown,
+    NoPrimary,
+}
+
+fn replayed_after(topology: &Topology, wrote_at: Instant) -> Replayed {
+    let Some(primary) = topology.primary else {
+        return Replayed::NoPrimary;
+    };
+    let sample = topology.nodes[primary].last_sample.as_ref();
+    match sample.and_then(|s| Some((s.started?, s.current_lsn?))) {
+        Some((started, lsn)) if started > wrote_at => Replayed::AtLeast(lsn),
+        _ => Replayed::NotYetKnown,
+    }
 }
 
 fn no_node_error(message: &str, topology: &Topology, failures: &[Failure]) -> ErrorFields {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use pgherd_config::{Config, Database, PoolMode, Target};
@@ -14,11 +15,12 @@ use tokio::net::TcpStream;
 
 use crate::buffers;
 use crate::cancel::{CancelKey, CancelTarget};
+use crate::classify::{classify, Request};
 use crate::client::{Authenticated, Client, Refused};
 use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
 use crate::relay::{self, RelayEnd, ServerState, Until};
-use crate::route::{self, Attempt};
+use crate::route::{self, Attempt, Want};
 use crate::server::{send_cancel, ServerConn, ServerCredential, ServerError};
 use crate::{PoolKey, Shared};
 
@@ -186,17 +188,22 @@ async fn run(
 
     if replication {
         let (params, credential) = (&params, &credential);
-        let server = route::connect(shared, Target::Primary, |node| async move {
-            open(shared, node, Target::Primary, params.clone(), credential).await
+        let server = route::connect(shared, Want::Primary, |node, target| async move {
+            open(shared, node, target, params.clone(), credential).await
         })
         .await?;
         return replicate(shared, client, server).await;
     }
 
+    let target = match db.target.unwrap_or(listener_target) {
+        // Per transaction, so only in transaction mode.
+        Target::Auto if mode == PoolMode::Session => Target::Primary,
+        t => t,
+    };
     let upstream = Upstream {
         shared,
         db,
-        target: db.target.unwrap_or(listener_target),
+        target,
         params: &params,
         credential: &credential,
         database: &server_db,
@@ -204,7 +211,7 @@ async fn run(
         pools: config.nodes.iter().map(|_| OnceLock::new()).collect(),
     };
     // The welcome needs a server's ParameterStatus values, in both modes.
-    let mut first = Box::pin(upstream.checkout()).await?;
+    let mut first = Box::pin(upstream.checkout(upstream.want())).await?;
     let Some(server) = first.conn() else {
         return Err(ErrorFields::fatal(
             "XX000",
@@ -259,9 +266,15 @@ struct Upstream<'a> {
 }
 
 impl Upstream<'_> {
-    /// A server on a node fit for the target, from that node's pool.
-    async fn checkout(&self) -> Result<Guard<ServerConn>, ErrorFields> {
-        route::connect(self.shared, self.target, |node| async move {
+    /// What the database's target wants (for `auto`: the primary, unless a
+    /// request says otherwise).
+    fn want(&self) -> Want {
+        Want::of(self.target, self.shared.config().general.replica_fallback)
+    }
+
+    /// A server on a node fit for `want`, from that node's pool.
+    async fn checkout(&self, want: Want) -> Result<Guard<ServerConn>, ErrorFields> {
+        route::connect(self.shared, want, |node, target| async move {
             let pool = self.pools[node].get_or_init(|| {
                 let key = PoolKey {
                     database: self.database.to_owned(),
@@ -274,7 +287,7 @@ impl Upstream<'_> {
                 self.shared,
                 pool,
                 node,
-                self.target,
+                target,
                 self.params,
                 self.credential,
             )
@@ -309,14 +322,37 @@ async fn serve_client(
         // Transaction mode: the login buffer is not needed while idle.
         client.buf = BytesMut::new();
     }
+    let auto = upstream.target == Target::Auto;
+    let read_your_writes = config.general.read_your_writes;
+    // `auto`: when this client's last transaction on the primary ended.
+    let mut wrote_at: Option<Instant> = None;
+    // `auto`: a read unit a standby refused (25006) goes to the primary next.
+    let mut refused_read = false;
     loop {
-        let mut guard = match held.take() {
-            Some(g) => g,
+        let (mut guard, want, read_unit) = match held.take() {
+            Some(g) => (g, upstream.want(), false),
             None => {
                 if !wait_for_request(client, config.general.max_packet_size, &mut shutdown).await? {
                     return Ok(());
                 }
-                Box::pin(upstream.checkout()).await?
+                let (want, read_unit) = if !auto || std::mem::take(&mut refused_read) {
+                    (upstream.want(), false)
+                } else {
+                    let stmts = track_statements.then_some(&statements);
+                    let Some(request) = read_request(client, stmts).await else {
+                        return Ok(());
+                    };
+                    let standby = Want::Standby {
+                        fallback: true,
+                        wrote_at: wrote_at.filter(|_| read_your_writes),
+                    };
+                    match request {
+                        Request::Read { .. } => (standby, true),
+                        Request::ReadOnlyTransaction => (standby, false),
+                        Request::Write | Request::Incomplete => (Want::Primary, false),
+                    }
+                };
+                (Box::pin(upstream.checkout(want)).await?, want, read_unit)
             }
         };
         let Some(server) = guard.conn() else {
@@ -325,6 +361,10 @@ async fn serve_client(
                 "pgherd: pool handed out an empty slot",
             ));
         };
+        let _lease = shared.lease(server.node);
+        // A server for the primary was checked not to be a standby.
+        let on_standby = want != Want::Primary && server.is_standby();
+        shared.routing.count(want, on_standby);
         if let Some(params) = params.as_deref_mut() {
             sync_params(shared, params, server).await?;
         }
@@ -335,12 +375,13 @@ async fn serve_client(
         }));
         let until = match mode {
             PoolMode::Session => Until::ClientLeaves,
+            PoolMode::Transaction if read_unit && on_standby => Until::ReadUnit,
             PoolMode::Transaction => Until::Idle,
         };
+        // The unit as the client sent it, should the primary have to run it.
+        let unit = (until == Until::ReadUnit).then(|| client.buf.clone());
         let mut state = ServerState::new();
         let retire = retire_when_fenced(shared.cluster.watch(), server.node);
-        // Boxed: an idle client's task then holds only the small state of
-        // waiting for its next request, not the relay's.
         let tracking = relay::Tracking {
             statements: track_statements.then_some(relay::Statements {
                 client: &mut statements,
@@ -360,6 +401,8 @@ async fn serve_client(
             server: &mut server.stream,
             server_buf: &mut server.read_buf,
         };
+        // Boxed: an idle client's task then holds only the small state of
+        // waiting for its next request, not the relay's.
         let relayed = Box::pin(relay::relay(
             ends,
             (config.general.max_packet_size, until),
@@ -369,18 +412,35 @@ async fn serve_client(
         ))
         .await;
         cancel.slot.set(None);
-        if let RelayEnd::ServerIdle = relayed.end {
-            guard.release();
-            if client.buf.is_empty() {
-                // An idle client holds no read buffer between transactions.
-                buffers::give(std::mem::take(&mut client.buf));
+        match relayed.end {
+            RelayEnd::ServerIdle => {
+                if want == Want::Primary && !on_standby {
+                    wrote_at = Some(Instant::now());
+                }
+                guard.release();
+                if client.buf.is_empty() {
+                    // An idle client holds no read buffer between transactions.
+                    buffers::give(std::mem::take(&mut client.buf));
+                }
+                continue;
             }
-            continue;
+            RelayEnd::ReadOnly => {
+                // The standby is idle and the client saw nothing: run the
+                // unit again on the primary.
+                guard.release();
+                if let Some(unit) = unit {
+                    client.buf = unit;
+                }
+                shared.routing.read_only_retried();
+                refused_read = true;
+                continue;
+            }
+            _ => {}
         }
         let node = &config.nodes[server.node];
         let end = relayed.end;
         let outcome = match &end {
-            RelayEnd::ClientLeft | RelayEnd::ServerIdle => Ok(()),
+            RelayEnd::ClientLeft | RelayEnd::ServerIdle | RelayEnd::ReadOnly => Ok(()),
             RelayEnd::ClientIo(e) => {
                 tracing::debug!(peer = %client.peer, "client connection failed: {e}");
                 Ok(())
@@ -416,6 +476,25 @@ async fn serve_client(
             // The client is mid-message or already has the server's FATAL error.
             Ok(())
         };
+    }
+}
+
+/// `auto` target: reads until the client's buffer holds a whole request
+/// unit (or enough to tell it is not one) and classifies it. `None`: the
+/// client left.
+async fn read_request(
+    client: &mut Client,
+    statements: Option<&ClientStatements>,
+) -> Option<Request> {
+    loop {
+        match classify(&client.buf, statements) {
+            Request::Incomplete => {}
+            request => return Some(request),
+        }
+        match client.stream.read_buf(&mut client.buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
     }
 }
 
