@@ -168,6 +168,7 @@ async fn failover_then_resurrected_old_primary_is_fenced() {
         .pgherd()
         .general("probe_timeout = 0.5")
         .general("primary_wait_timeout = 20")
+        .database("ro = { dbname = \"postgres\", target = \"replica\" }")
         .start()
         .await;
     pgherd
@@ -245,6 +246,23 @@ async fn failover_then_resurrected_old_primary_is_fenced() {
     }
     assert!(seen.iter().any(|e| e.contains("pg0 fenced")), "{seen:?}");
     assert!(seen.iter().any(|e| e.contains("split brain")), "{seen:?}");
+
+    // The operator rejoins the old primary as a standby (pg_rewind, as
+    // `repmgr node rejoin --force-rewind`): once it streams it serves reads,
+    // with no restart or reload of pgherd.
+    cluster.pg.stop(0, StopMode::Fast).unwrap();
+    cluster.pg.rejoin(0, 1).unwrap();
+    pgherd
+        .wait_topology("pg0 a readable standby", |t| t.nodes[0].serves_reads())
+        .await;
+    let t = pgherd.handle.topology();
+    assert_eq!(t.primary, Some(1));
+    assert!(!t.split_brain && !t.nodes[0].fenced);
+    let ro = pgherd.connect("app", APP_PASSWORD, "ro").await.unwrap();
+    assert_eq!(
+        simple_value(&ro, "SELECT inet_server_port()").await,
+        cluster.pg.node(0).port.to_string()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

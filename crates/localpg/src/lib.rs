@@ -242,6 +242,44 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Turns stopped node `i` (a former primary, after a failover) into a
+    /// standby of `primary`, as `repmgr node rejoin --force-rewind` does:
+    /// `pg_rewind` against the new primary (writing the recovery settings),
+    /// then start. Does not wait for it to stream.
+    pub fn rejoin(&mut self, i: usize, primary: usize) -> Result<(), LocalPgError> {
+        // pg_rewind reads the source's timeline from its control file, which
+        // a promoted server only updates at its first checkpoint.
+        self.sql(primary, "CHECKPOINT")?;
+        // The password goes into the connection string so that the
+        // recovery settings pg_rewind writes carry it too.
+        let source = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres password={}",
+            self.nodes[primary].port, self.spec.superuser_password
+        );
+        self.run(
+            Command::new(self.bins.path("pg_rewind"))
+                .arg("-D")
+                .arg(&self.nodes[i].data_dir)
+                .arg(format!("--source-server={source}"))
+                .arg("--write-recovery-conf"),
+        )?;
+        // The rewound directory has the source's settings, its slot name
+        // included: stream through a slot of this node's own.
+        let name = self.nodes[i].name.clone();
+        self.sql(
+            primary,
+            &format!(
+                "SELECT pg_create_physical_replication_slot('{name}') \
+                 WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = '{name}')"
+            ),
+        )?;
+        append(
+            &self.nodes[i].data_dir.join("postgresql.auto.conf"),
+            &format!("primary_slot_name = '{name}'\n"),
+        )?;
+        self.restart(i)
+    }
+
     /// Waits until standby `i` streams from a primary.
     pub fn wait_streaming(&self, i: usize, timeout: Duration) -> Result<(), LocalPgError> {
         let name = self.nodes[i].name.clone();
@@ -333,7 +371,6 @@ impl LocalCluster {
              wal_log_hints = on\n\
              wal_receiver_status_interval = 1s\n\
              fsync = off\n\
-             full_page_writes = off\n\
              password_encryption = 'scram-sha-256'\n",
         );
         conf.push_str(&format!(
