@@ -168,3 +168,137 @@ async fn health_endpoints_flip_on_failover() {
         .collect();
     assert!(texts.contains(&"primary changed: none -> pg1"), "{texts:?}");
 }
+
+fn counter(s: Option<&prometheus_parse::Sample>) -> f64 {
+    match s.map(|s| &s.value) {
+        Some(prometheus_parse::Value::Counter(v)) => *v,
+        other => panic!("no counter: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_under_pgbench_load() {
+    let cluster = shared_cluster();
+    let pgherd = cluster
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .database("bench = { dbname = \"app\", pool_size = 4 }")
+        .start()
+        .await;
+    let bins = PgBinaries::find().unwrap();
+    let pgbench = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(bins.path("pgbench"));
+        cmd.args(["-h", "127.0.0.1", "-p", &pgherd.addr.port().to_string()])
+            .args(["-U", "app"])
+            .args(args)
+            .arg("bench")
+            .env("PGPASSWORD", APP_PASSWORD);
+        cmd
+    };
+    let init = pgbench(&["-i", "-s", "1", "-q"]).output().await.unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let before = scrape(&pgherd).await;
+    // Pools, and so their labels, are per server database.
+    let db = [("database", "app")];
+    let xacts_before = counter(sample(
+        &before,
+        "pgbouncer_stats_sql_transactions_pooled_total",
+        &db,
+    ));
+
+    // Writes with a standby's replay paused: its lag shows.
+    cluster.pg.sql(1, "SELECT pg_wal_replay_pause()").unwrap();
+    let run = pgbench(&["-c", "8", "-j", "2", "-T", "3"]).output();
+    let during = async {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        scrape(&pgherd).await
+    };
+    let (out, during) = tokio::join!(run, during);
+    cluster.pg.sql(1, "SELECT pg_wal_replay_resume()").unwrap();
+    let out = out.unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    let processed: f64 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|r| r.split('/').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+
+    // During the run: eight clients on a pool of four, transactions moving,
+    // the paused standby behind.
+    let pool = [("database", "app"), ("user", "app"), ("node", "pg0")];
+    assert!(value(sample(&during, "pgherd_clients_connected", &[])) >= 8.0);
+    assert!(
+        value(sample(
+            &during,
+            "pgbouncer_pools_server_active_connections",
+            &pool
+        )) <= 4.0
+    );
+    let xacts_during = counter(sample(
+        &during,
+        "pgbouncer_stats_sql_transactions_pooled_total",
+        &db,
+    ));
+    assert!(xacts_during > xacts_before, "{xacts_during} {xacts_before}");
+    assert!(
+        value(sample(
+            &during,
+            "pgherd_replication_lag_bytes",
+            &[("node", "pg1")]
+        )) > 0.0
+    );
+    assert_eq!(
+        value(sample(
+            &during,
+            "pgherd_node_role",
+            &[("node", "pg0"), ("role", "primary")]
+        )),
+        1.0
+    );
+
+    // After it: every pgbench transaction counted (5 statements and a
+    // BEGIN/END each: more requests than transactions), bytes both ways,
+    // the histogram's count equal to the transaction count.
+    let after = scrape(&pgherd).await;
+    let xacts = counter(sample(
+        &after,
+        "pgbouncer_stats_sql_transactions_pooled_total",
+        &db,
+    )) - xacts_before;
+    assert!(xacts >= processed, "{xacts} < {processed}");
+    let queries = counter(sample(&after, "pgbouncer_stats_queries_pooled_total", &db));
+    assert!(queries >= 7.0 * processed, "{queries}");
+    assert!(counter(sample(&after, "pgbouncer_stats_received_bytes_total", &db)) > 0.0);
+    assert!(counter(sample(&after, "pgbouncer_stats_sent_bytes_total", &db)) > 0.0);
+    assert!(
+        counter(sample(
+            &after,
+            "pgbouncer_stats_server_in_transaction_seconds_total",
+            &db
+        )) > 0.0
+    );
+    let histogram = sample(&after, "pgherd_transaction_duration_seconds", &db).unwrap();
+    match &histogram.value {
+        prometheus_parse::Value::Histogram(buckets) => {
+            let all = buckets.last().unwrap();
+            assert!(all.less_than.is_infinite());
+            let total = counter(sample(
+                &after,
+                "pgbouncer_stats_sql_transactions_pooled_total",
+                &db,
+            ));
+            assert_eq!(all.count, total);
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+    assert_eq!(
+        counter(sample(
+            &after,
+            "pgherd_routing_decisions_total",
+            &[("decision", "standby")]
+        )),
+        0.0
+    );
+}

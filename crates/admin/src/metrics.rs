@@ -5,8 +5,11 @@
 //! label: pgherd pools per node), and `pgherd_*` for the cluster.
 
 use pgherd_cluster::Role;
-use pgherd_proxy::ProxyHandle;
-use prometheus::{Encoder, Gauge, GaugeVec, Opts, Registry, TextEncoder};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use pgherd_proxy::{ProxyHandle, StatsSnapshot, DURATION_BUCKETS};
+use prometheus::{Counter, CounterVec, Encoder, Gauge, GaugeVec, Opts, Registry, TextEncoder};
 
 /// Renders every metric of `proxy` in the text exposition format.
 pub(crate) fn render(proxy: &ProxyHandle) -> String {
@@ -16,7 +19,145 @@ pub(crate) fn render(proxy: &ProxyHandle) -> String {
         TextEncoder::new().encode(&registry.gather(), &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())
     });
-    result.unwrap_or_else(|e| format!("# error rendering metrics: {e}\n"))
+    let mut text = result.unwrap_or_else(|e| format!("# error rendering metrics: {e}\n"));
+    histograms(&mut text, proxy);
+    text
+}
+
+/// Per-database totals of every pool (nodes and users summed), sorted.
+fn totals_by_database(proxy: &ProxyHandle) -> BTreeMap<String, StatsSnapshot> {
+    let mut totals: BTreeMap<String, StatsSnapshot> = BTreeMap::new();
+    for p in proxy.pools() {
+        totals.entry(p.database).or_default().add(&p.stats);
+    }
+    totals
+}
+
+/// `pgherd_transaction_duration_seconds`, written by hand: the counts are
+/// pgherd's own atomics, which the `prometheus` crate cannot adopt.
+fn histograms(out: &mut String, proxy: &ProxyHandle) {
+    use std::fmt::Write;
+    let name = "pgherd_transaction_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Transaction mode: how long each transaction held its server.\n# TYPE {name} histogram"
+    );
+    for (db, stats) in totals_by_database(proxy) {
+        let db = escape_label(&db);
+        let mut cumulative = 0;
+        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += stats.duration_buckets.get(i).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{database=\"{db}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count: u64 = stats.duration_buckets.iter().sum();
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{database=\"{db}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{{database=\"{db}\"}} {}",
+            stats.xact_time.as_secs_f64()
+        );
+        let _ = writeln!(out, "{name}_count{{database=\"{db}\"}} {count}");
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<CounterVec> {
+    let c = CounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+/// pgbouncer exporter's `pgbouncer_stats_*` counters, per database.
+fn traffic(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
+    let db = ["database"];
+    let queries = counter_vec(
+        registry,
+        "pgbouncer_stats_queries_pooled_total",
+        "Requests answered (ReadyForQuery), pgbouncer's total_query_count.",
+        &db,
+    )?;
+    let xacts = counter_vec(
+        registry,
+        "pgbouncer_stats_sql_transactions_pooled_total",
+        "Transactions ended (ReadyForQuery idle), pgbouncer's total_xact_count.",
+        &db,
+    )?;
+    let received = counter_vec(
+        registry,
+        "pgbouncer_stats_received_bytes_total",
+        "Bytes received from clients.",
+        &db,
+    )?;
+    let sent = counter_vec(
+        registry,
+        "pgbouncer_stats_sent_bytes_total",
+        "Bytes sent to clients.",
+        &db,
+    )?;
+    let wait = counter_vec(
+        registry,
+        "pgbouncer_stats_client_wait_seconds_total",
+        "Time clients waited for a server connection.",
+        &db,
+    )?;
+    let in_tx = counter_vec(
+        registry,
+        "pgbouncer_stats_server_in_transaction_seconds_total",
+        "Transaction mode: time server connections were held by transactions.",
+        &db,
+    )?;
+    for (name, s) in totals_by_database(proxy) {
+        let l = [name.as_str()];
+        queries.with_label_values(&l).inc_by(s.queries as f64);
+        xacts.with_label_values(&l).inc_by(s.transactions as f64);
+        received
+            .with_label_values(&l)
+            .inc_by(s.received_bytes as f64);
+        sent.with_label_values(&l).inc_by(s.sent_bytes as f64);
+        wait.with_label_values(&l).inc_by(s.wait_time.as_secs_f64());
+        in_tx
+            .with_label_values(&l)
+            .inc_by(s.xact_time.as_secs_f64());
+    }
+    let routing = proxy.routing();
+    let decisions = counter_vec(
+        registry,
+        "pgherd_routing_decisions_total",
+        "Sessions (session mode) or transactions (transaction mode) by where they went: \
+         primary, standby, or fallback (wanted a standby, got the primary).",
+        &["decision"],
+    )?;
+    for (d, c) in [
+        ("primary", &routing.primary),
+        ("standby", &routing.standby),
+        ("fallback", &routing.fallback),
+    ] {
+        decisions
+            .with_label_values(&[d])
+            .inc_by(c.load(Ordering::Relaxed) as f64);
+    }
+    let retries = Counter::with_opts(Opts::new(
+        "pgherd_read_only_retries_total",
+        "Reads a standby refused as writes (25006), run again on the primary.",
+    ))?;
+    retries.inc_by(routing.read_only_retries.load(Ordering::Relaxed) as f64);
+    registry.register(Box::new(retries))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, value: f64) -> prometheus::Result<()> {
@@ -37,6 +178,7 @@ fn gauge_vec(
 }
 
 fn fill(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
+    traffic(registry, proxy)?;
     let config = proxy.config();
     gauge(
         registry,

@@ -32,6 +32,7 @@ mod relay;
 mod route;
 mod server;
 mod session;
+mod stats;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,6 +47,7 @@ use rand::RngCore;
 use tokio::net::TcpListener;
 
 pub use server::{ServerConn, ServerCredential, ServerError};
+pub use stats::{PoolStats, StatsSnapshot, DURATION_BUCKETS};
 
 /// Pools are per (server database, server user, node).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -55,11 +57,18 @@ pub(crate) struct PoolKey {
     pub(crate) node: usize,
 }
 
+/// A pool of server connections with its traffic counters.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolEntry {
+    pub(crate) pool: Pool<ServerConn>,
+    pub(crate) stats: Arc<PoolStats>,
+}
+
 /// State shared by every session of one proxy.
 #[derive(Debug)]
 pub(crate) struct Shared {
     config: Arc<Config>,
-    pools: Mutex<HashMap<PoolKey, Pool<ServerConn>>>,
+    pools: Mutex<HashMap<PoolKey, PoolEntry>>,
     cancels: cancel::CancelRegistry,
     /// Connected clients, for `max_client_conn`.
     clients: AtomicUsize,
@@ -83,9 +92,16 @@ impl Shared {
         &self.config
     }
 
-    pub(crate) fn pool(&self, key: PoolKey, size: usize) -> Pool<ServerConn> {
+    /// The pool for `key` and its counters, created on first use.
+    pub(crate) fn pool(&self, key: PoolKey, size: usize) -> PoolEntry {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools.entry(key).or_insert_with(|| Pool::new(size)).clone()
+        pools
+            .entry(key)
+            .or_insert_with(|| PoolEntry {
+                pool: Pool::new(size),
+                stats: Arc::default(),
+            })
+            .clone()
     }
 
     /// Closes the idle server connections to node `node` (its role changed,
@@ -96,7 +112,7 @@ impl Shared {
             pools
                 .iter()
                 .filter(|(k, _)| k.node == node)
-                .map(|(_, p)| p.clone())
+                .map(|(_, p)| p.pool.clone())
                 .collect()
         };
         for pool in pools {
@@ -294,6 +310,7 @@ pub struct PoolSnapshot {
     pub user: String,
     pub node: String,
     pub status: pgherd_pool::PoolStatus,
+    pub stats: StatsSnapshot,
 }
 
 impl ProxyHandle {
@@ -335,7 +352,8 @@ impl ProxyHandle {
                     .get(k.node)
                     .map(|n| n.name.clone())
                     .unwrap_or_default(),
-                status: p.status(),
+                status: p.pool.status(),
+                stats: p.stats.snapshot(),
             })
             .collect();
         out.sort_by(|a, b| (&a.database, &a.user, &a.node).cmp(&(&b.database, &b.user, &b.node)));

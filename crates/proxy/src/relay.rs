@@ -31,12 +31,18 @@ use tokio::net::TcpStream;
 use crate::buffers::BUF_SIZE;
 use crate::params::{ClientParams, Tracked};
 use crate::prepared::{self, ClientStatements, Expected, Rewrite, ServerStatements};
+use crate::stats::{PoolStats, Traffic};
 
 /// What transaction mode keeps track of while relaying.
 #[derive(Default)]
 pub(crate) struct Tracking<'a> {
     pub(crate) statements: Option<Statements<'a>>,
     pub(crate) params: Option<Params<'a>>,
+    /// Session mode: counters updated at the end of each transaction (a
+    /// relay lasts the whole session), rather than once at the end.
+    pub(crate) session_stats: Option<&'a PoolStats>,
+    /// What was added to `session_stats` so far.
+    pub(crate) flushed: Traffic,
 }
 
 /// Transaction mode's parameter tracking: ParameterStatus from the server
@@ -147,6 +153,9 @@ pub(crate) struct ServerState {
     pub(crate) pinned: bool,
     /// Replies held back (see [`Until::ReadUnit`]).
     pub(crate) hold: Hold,
+    /// ReadyForQuery replies, and those saying idle (transactions ended).
+    answered: u64,
+    idle_answers: u64,
 }
 
 impl ServerState {
@@ -158,6 +167,8 @@ impl ServerState {
             last_fatal: false,
             pinned: false,
             hold: Hold::Off,
+            answered: 0,
+            idle_answers: 0,
         }
     }
 }
@@ -173,6 +184,8 @@ struct Pipe {
     no_read: bool,
     /// Write nothing yet: replies held back (a read unit's server side).
     no_write: bool,
+    /// Bytes read, for the pool's counters.
+    bytes: u64,
 }
 
 enum Step {
@@ -190,6 +203,7 @@ impl Pipe {
             closing: false,
             no_read: false,
             no_write: false,
+            bytes: 0,
         }
     }
 
@@ -217,9 +231,11 @@ impl Pipe {
         if self.buf.capacity() - self.buf.len() < BUF_SIZE / 4 {
             self.buf.reserve(BUF_SIZE);
         }
-        if r.read_buf(&mut self.buf).await? == 0 {
+        let n = r.read_buf(&mut self.buf).await?;
+        if n == 0 {
             return Ok(Step::Eof);
         }
+        self.bytes += n as u64;
         Ok(Step::Read)
     }
 
@@ -331,6 +347,7 @@ fn server_watch(tag: u8) -> bool {
 pub(crate) struct Relayed {
     pub(crate) end: RelayEnd,
     pub(crate) can_tell_client: bool,
+    pub(crate) traffic: Traffic,
 }
 
 /// Relays between `client` and `server` until one side ends, or `retire`
@@ -359,6 +376,9 @@ pub(crate) async fn relay(
     } = ends;
     let mut down_at_boundary = true;
     let mut up = Pipe::new(std::mem::take(client_buf), max_packet_size);
+    // Bytes the client sent before (read while waiting for its request)
+    // count here; those left over for its next transaction count there.
+    up.bytes = up.buf.len() as u64;
     let mut down = Pipe::new(std::mem::take(server_buf), max_packet_size);
     let end = relay_inner(
         client,
@@ -374,7 +394,12 @@ pub(crate) async fn relay(
     .await;
     // Bytes the client sent that were not forwarded (the start of its next
     // transaction) stay with the client.
-    if matches!(end, RelayEnd::ServerIdle | RelayEnd::ReadOnly) {
+    let keeps_buffers = matches!(end, RelayEnd::ServerIdle | RelayEnd::ReadOnly);
+    if keeps_buffers {
+        up.bytes = up.bytes.saturating_sub(up.buf.len() as u64);
+    }
+    let traffic = traffic(&up, &down, state).minus(tracking.flushed);
+    if keeps_buffers {
         *client_buf = up.buf;
         // Nothing is left in it: the server is idle and all was delivered.
         down.buf.clear();
@@ -383,6 +408,7 @@ pub(crate) async fn relay(
     Relayed {
         can_tell_client: down_at_boundary && !state.last_fatal,
         end,
+        traffic,
     }
 }
 
@@ -469,6 +495,13 @@ async fn relay_inner(
                     if let Err(e) = scan_server(down, server_watch, state, tracking) {
                         return RelayEnd::ServerProtocol(e);
                     }
+                    if let Some(stats) = tracking.session_stats {
+                        if state.idle_answers > tracking.flushed.transactions {
+                            let now = traffic(up, down, state);
+                            stats.traffic(now.minus(tracking.flushed));
+                            tracking.flushed = now;
+                        }
+                    }
                 }
                 Ok(Step::Wrote) => {}
                 Ok(Step::Eof) => {
@@ -481,6 +514,16 @@ async fn relay_inner(
                 Err(e) => return RelayEnd::ServerIo(e),
             },
         }
+    }
+}
+
+/// The traffic of a relay so far.
+fn traffic(up: &Pipe, down: &Pipe, state: &ServerState) -> Traffic {
+    Traffic {
+        queries: state.answered,
+        transactions: state.idle_answers,
+        received: up.bytes,
+        sent: down.bytes,
     }
 }
 
@@ -564,7 +607,9 @@ fn scan_server(
     state: &mut ServerState,
     tracking: &mut Tracking<'_>,
 ) -> Result<(), FrameError> {
-    let Tracking { statements, params } = tracking;
+    let Tracking {
+        statements, params, ..
+    } = tracking;
     down.scan(watch, |seen| {
         if state.hold == Hold::Holding {
             state.hold = hold_after(&seen);
@@ -580,6 +625,10 @@ fn scan_server(
                 state.pending = state.pending.saturating_sub(1);
                 if let Some(tx) = backend::ready_for_query_status(msg) {
                     state.tx = tx;
+                }
+                state.answered += 1;
+                if state.tx == TxStatus::Idle {
+                    state.idle_answers += 1;
                 }
                 state.last_fatal = false;
                 if let Some(st) = statements {

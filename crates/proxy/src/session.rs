@@ -22,7 +22,7 @@ use crate::prepared::ClientStatements;
 use crate::relay::{self, RelayEnd, ServerState, Until};
 use crate::route::{self, Attempt, Want};
 use crate::server::{send_cancel, ServerConn, ServerCredential, ServerError};
-use crate::{PoolKey, Shared};
+use crate::{PoolEntry, PoolKey, Shared};
 
 /// Counts a client for `max_client_conn` while it is connected.
 struct ClientSlot<'a>(&'a Shared);
@@ -262,7 +262,7 @@ struct Upstream<'a> {
     database: &'a str,
     user: &'a str,
     /// This client's pool on each node, looked up once.
-    pools: Vec<OnceLock<pgherd_pool::Pool<ServerConn>>>,
+    pools: Vec<OnceLock<PoolEntry>>,
 }
 
 impl Upstream<'_> {
@@ -272,20 +272,25 @@ impl Upstream<'_> {
         Want::of(self.target, self.shared.config().general.replica_fallback)
     }
 
+    /// This client's pool on `node`.
+    fn entry(&self, node: usize) -> &PoolEntry {
+        self.pools[node].get_or_init(|| {
+            let key = PoolKey {
+                database: self.database.to_owned(),
+                user: self.user.to_owned(),
+                node,
+            };
+            self.shared.pool(key, self.db.pool_size)
+        })
+    }
+
     /// A server on a node fit for `want`, from that node's pool.
     async fn checkout(&self, want: Want) -> Result<Guard<ServerConn>, ErrorFields> {
         route::connect(self.shared, want, |node, target| async move {
-            let pool = self.pools[node].get_or_init(|| {
-                let key = PoolKey {
-                    database: self.database.to_owned(),
-                    user: self.user.to_owned(),
-                    node,
-                };
-                self.shared.pool(key, self.db.pool_size)
-            });
+            let entry = self.entry(node);
             checkout(
                 self.shared,
-                pool,
+                &entry.pool,
                 node,
                 target,
                 self.params,
@@ -328,6 +333,8 @@ async fn serve_client(
     let mut wrote_at: Option<Instant> = None;
     // `auto`: a read unit a standby refused (25006) goes to the primary next.
     let mut refused_read = false;
+    // How long the client waited for the server it is about to get.
+    let mut waited = None;
     loop {
         let (mut guard, want, read_unit) = match held.take() {
             Some(g) => (g, upstream.want(), false),
@@ -352,7 +359,10 @@ async fn serve_client(
                         Request::Write | Request::Incomplete => (Want::Primary, false),
                     }
                 };
-                (Box::pin(upstream.checkout(want)).await?, want, read_unit)
+                let asked = Instant::now();
+                let guard = Box::pin(upstream.checkout(want)).await?;
+                waited = Some(asked.elapsed());
+                (guard, want, read_unit)
             }
         };
         let Some(server) = guard.conn() else {
@@ -362,6 +372,11 @@ async fn serve_client(
             ));
         };
         let _lease = shared.lease(server.node);
+        let stats = &upstream.entry(server.node).stats;
+        if let Some(waited) = waited.take() {
+            stats.waited(waited);
+        }
+        let assigned = Instant::now();
         // A server for the primary was checked not to be a standby.
         let on_standby = want != Want::Primary && server.is_standby();
         shared.routing.count(want, on_standby);
@@ -394,6 +409,8 @@ async fn serve_client(
                 client,
                 server: &mut server.params,
             }),
+            session_stats: (mode == PoolMode::Session).then_some(&**stats),
+            ..Default::default()
         };
         let ends = relay::Ends {
             client: &mut client.stream,
@@ -412,8 +429,10 @@ async fn serve_client(
         ))
         .await;
         cancel.slot.set(None);
+        stats.traffic(relayed.traffic);
         match relayed.end {
             RelayEnd::ServerIdle => {
+                stats.transaction(assigned.elapsed());
                 if want == Want::Primary && !on_standby {
                     wrote_at = Some(Instant::now());
                 }

@@ -1,0 +1,173 @@
+//! Traffic counters per pool, pgbouncer's `SHOW STATS` figures.
+//!
+//! Sessions add to them once per transaction (transaction mode) or once per
+//! relay (session mode) with relaxed atomic adds on counters they hold an
+//! `Arc` to — no lock, no map lookup and no allocation on the data path.
+//! The admin port reads them at scrape time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the transaction duration histogram's buckets.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// One pool's counters since pgherd started.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Requests answered (ReadyForQuery): pgbouncer's `total_query_count`.
+    queries: AtomicU64,
+    /// ReadyForQuery replies saying idle, each ending a transaction
+    /// (explicit or implicit): `total_xact_count`.
+    transactions: AtomicU64,
+    /// Bytes from clients / to clients: `total_received`, `total_sent`.
+    received: AtomicU64,
+    sent: AtomicU64,
+    /// Microseconds clients waited for a server: `total_wait_time`.
+    wait_us: AtomicU64,
+    /// Transaction mode: microseconds servers were held by a transaction:
+    /// `total_xact_time`.
+    xact_us: AtomicU64,
+    /// Transaction mode: transactions by duration (cumulative buckets are
+    /// computed when read), plus one bucket past the last bound.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+}
+
+/// What one relay did, added to its pool's [`PoolStats`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Traffic {
+    pub(crate) queries: u64,
+    pub(crate) transactions: u64,
+    pub(crate) received: u64,
+    pub(crate) sent: u64,
+}
+
+impl Traffic {
+    /// What happened since `earlier` (a snapshot of the same relay).
+    pub(crate) fn minus(self, earlier: Traffic) -> Traffic {
+        Traffic {
+            queries: self.queries.saturating_sub(earlier.queries),
+            transactions: self.transactions.saturating_sub(earlier.transactions),
+            received: self.received.saturating_sub(earlier.received),
+            sent: self.sent.saturating_sub(earlier.sent),
+        }
+    }
+}
+
+/// A copy of a pool's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub queries: u64,
+    pub transactions: u64,
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
+    pub wait_time: Duration,
+    pub xact_time: Duration,
+    /// Transactions per duration bucket (not cumulative); the last entry
+    /// counts those longer than the last bound.
+    pub duration_buckets: Vec<u64>,
+}
+
+impl StatsSnapshot {
+    /// Adds `other` (to total pools over nodes and users).
+    pub fn add(&mut self, other: &StatsSnapshot) {
+        self.queries += other.queries;
+        self.transactions += other.transactions;
+        self.received_bytes += other.received_bytes;
+        self.sent_bytes += other.sent_bytes;
+        self.wait_time += other.wait_time;
+        self.xact_time += other.xact_time;
+        if self.duration_buckets.len() < other.duration_buckets.len() {
+            self.duration_buckets
+                .resize(other.duration_buckets.len(), 0);
+        }
+        for (a, b) in self
+            .duration_buckets
+            .iter_mut()
+            .zip(&other.duration_buckets)
+        {
+            *a += b;
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl PoolStats {
+    pub(crate) fn traffic(&self, t: Traffic) {
+        let add = |c: &AtomicU64, v: u64| {
+            if v > 0 {
+                c.fetch_add(v, Ordering::Relaxed);
+            }
+        };
+        add(&self.queries, t.queries);
+        add(&self.transactions, t.transactions);
+        add(&self.received, t.received);
+        add(&self.sent, t.sent);
+    }
+
+    /// A client waited `d` for a server.
+    pub(crate) fn waited(&self, d: Duration) {
+        self.wait_us.fetch_add(micros(d), Ordering::Relaxed);
+    }
+
+    /// Transaction mode: a transaction held its server for `d`.
+    pub(crate) fn transaction(&self, d: Duration) {
+        self.xact_us.fetch_add(micros(d), Ordering::Relaxed);
+        let secs = d.as_secs_f64();
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|&bound| secs <= bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            queries: get(&self.queries),
+            transactions: get(&self.transactions),
+            received_bytes: get(&self.received),
+            sent_bytes: get(&self.sent),
+            wait_time: Duration::from_micros(get(&self.wait_us)),
+            xact_time: Duration::from_micros(get(&self.xact_us)),
+            duration_buckets: self.buckets.iter().map(get).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_buckets_add_up() {
+        let s = PoolStats::default();
+        s.traffic(Traffic {
+            queries: 3,
+            transactions: 2,
+            received: 100,
+            sent: 1000,
+        });
+        s.waited(Duration::from_millis(2));
+        s.transaction(Duration::from_micros(50));
+        s.transaction(Duration::from_millis(3));
+        s.transaction(Duration::from_secs(60));
+        let snap = s.snapshot();
+        assert_eq!((snap.queries, snap.transactions), (3, 2));
+        assert_eq!((snap.received_bytes, snap.sent_bytes), (100, 1000));
+        assert_eq!(snap.wait_time, Duration::from_millis(2));
+        assert_eq!(snap.duration_buckets[0], 1);
+        assert_eq!(snap.duration_buckets[5], 1, "3 ms is under 5 ms");
+        assert_eq!(snap.duration_buckets[DURATION_BUCKETS.len()], 1);
+        assert_eq!(snap.duration_buckets.iter().sum::<u64>(), 3);
+        let mut total = StatsSnapshot::default();
+        total.add(&snap);
+        total.add(&snap);
+        assert_eq!(total.queries, 6);
+        assert_eq!(total.duration_buckets[0], 2);
+    }
+}
