@@ -21,6 +21,7 @@
 //! literals and comments included: a false match only sends a read to the
 //! primary.
 
+use pgherd_wire::cstr::split_cstr_bytes;
 use pgherd_wire::frame::parse_header;
 
 use crate::prepared::ClientStatements;
@@ -62,7 +63,7 @@ pub(crate) fn classify(buf: &[u8], statements: Option<&ClientStatements>) -> Req
         at = end;
         let reads = match tag {
             b'Q' => {
-                let text = cstr(body).map(|(t, _)| t).unwrap_or_default();
+                let text = split_cstr_bytes(body).map(|(t, _)| t).unwrap_or_default();
                 if !first || at != buf.len() {
                     // Not alone: part of a batch, or with more after it.
                     return Request::Write;
@@ -73,14 +74,16 @@ pub(crate) fn classify(buf: &[u8], statements: Option<&ClientStatements>) -> Req
                     Sql::Write => Request::Write,
                 };
             }
-            b'P' => match cstr(body).and_then(|(name, rest)| Some((name, cstr(rest)?.0))) {
+            b'P' => match split_cstr_bytes(body)
+                .and_then(|(name, rest)| Some((name, split_cstr_bytes(rest)?.0)))
+            {
                 Some((name, text)) => {
                     unnamed_parsed |= name.is_empty();
                     classify_sql(text) == Sql::Read
                 }
                 None => false,
             },
-            b'B' => match cstr(body).and_then(|(_, rest)| cstr(rest)) {
+            b'B' => match split_cstr_bytes(body).and_then(|(_, rest)| split_cstr_bytes(rest)) {
                 Some((b"", _)) => unnamed_parsed,
                 Some((name, _)) => statements
                     .and_then(|s| s.query(name))
@@ -109,11 +112,6 @@ fn incomplete(buf: &[u8]) -> Request {
     } else {
         Request::Incomplete
     }
-}
-
-fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = buf.iter().position(|&b| b == 0)?;
-    Some((&buf[..nul], &buf[nul + 1..]))
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -53,27 +53,29 @@ pub(crate) struct ClientParams {
     values: Vec<(String, String)>,
 }
 
-fn find<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a str> {
+/// The value of `name` in a parameter list (GUC names are case-insensitive).
+pub(crate) fn find<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a str> {
     list.iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.as_str())
 }
 
+/// Sets `name` in a parameter list, reusing the old value's allocation.
+pub(crate) fn upsert(list: &mut Vec<(String, String)>, name: &str, value: &str) {
+    match list.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        Some((_, v)) => {
+            if v != value {
+                value.clone_into(v);
+            }
+        }
+        None => list.push((name.to_owned(), value.to_owned())),
+    }
+}
+
 impl ClientParams {
     /// Sets the client's value of `name` (its canonical spelling).
     pub(crate) fn set(&mut self, name: &str, value: &str) {
-        match self
-            .values
-            .iter_mut()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
-            Some((_, v)) => {
-                if v != value {
-                    value.clone_into(v);
-                }
-            }
-            None => self.values.push((name.to_owned(), value.to_owned())),
-        }
+        upsert(&mut self.values, name, value);
     }
 
     pub(crate) fn values(&self) -> &[(String, String)] {

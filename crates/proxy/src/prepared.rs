@@ -27,6 +27,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use pgherd_wire::cstr::split_cstr_bytes;
 use pgherd_wire::frame::put_message;
 
 /// A statement as pgherd prepares it on servers.
@@ -131,14 +132,9 @@ impl ClientStatements {
     /// The query text of the client's statement `name`.
     pub(crate) fn query(&self, name: &[u8]) -> Option<&[u8]> {
         let statement = self.by_name.get(name)?;
-        let (_, rest) = cstr(statement.parse.get(5..)?)?;
-        Some(cstr(rest)?.0)
+        let (_, rest) = split_cstr_bytes(statement.parse.get(5..)?)?;
+        Some(split_cstr_bytes(rest)?.0)
     }
-}
-
-fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = buf.iter().position(|&b| b == 0)?;
-    Some((&buf[..nul], &buf[nul + 1..]))
 }
 
 /// Rewrites a whole client message (`P`, `B`, `D` or `C`, tag and length
@@ -157,7 +153,7 @@ pub(crate) fn rewrite(
     let batch = expected.sent;
     match msg[0] {
         b'P' => {
-            let Some((name, rest)) = cstr(body) else {
+            let Some((name, rest)) = split_cstr_bytes(body) else {
                 return Rewrite::Keep;
             };
             if name.is_empty() {
@@ -192,10 +188,10 @@ pub(crate) fn rewrite(
             Rewrite::Replace(out)
         }
         b'B' => {
-            let Some((portal, rest)) = cstr(body) else {
+            let Some((portal, rest)) = split_cstr_bytes(body) else {
                 return Rewrite::Keep;
             };
-            let Some((name, params)) = cstr(rest) else {
+            let Some((name, params)) = split_cstr_bytes(rest) else {
                 return Rewrite::Keep;
             };
             let Some(statement) = (!name.is_empty())
@@ -222,7 +218,7 @@ pub(crate) fn rewrite(
                     return Rewrite::Keep;
                 }
             };
-            let Some((name, [])) = cstr(name) else {
+            let Some((name, [])) = split_cstr_bytes(name) else {
                 return Rewrite::Keep;
             };
             if name.is_empty() {

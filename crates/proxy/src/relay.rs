@@ -58,10 +58,7 @@ impl Params<'_> {
         let Some((name, value)) = backend::parameter_status_view(&msg[5..]) else {
             return;
         };
-        match self.server.iter_mut().find(|(k, _)| k == name) {
-            Some((_, v)) => value.clone_into(v),
-            None => self.server.push((name.to_owned(), value.to_owned())),
-        }
+        crate::params::upsert(self.server, name, value);
         if let Some(name) = self.tracked.canonical(name) {
             self.client.set(name, value);
         }

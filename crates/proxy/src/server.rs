@@ -133,10 +133,7 @@ impl ServerConn {
 
     /// The server's value of a reported parameter.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        crate::params::find(&self.params, name)
     }
 
     /// True when the server reports itself as a hot standby (PostgreSQL 14+
@@ -286,14 +283,7 @@ impl ServerConn {
 
     /// Records the server's value of a parameter.
     pub(crate) fn set_param(&mut self, name: &str, value: &str) {
-        match self
-            .params
-            .iter_mut()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
-            Some((_, v)) => value.clone_into(v),
-            None => self.params.push((name.to_owned(), value.to_owned())),
-        }
+        crate::params::upsert(&mut self.params, name, value);
     }
 
     async fn read_frame(&mut self, buf: &mut BytesMut) -> Result<Frame, ServerError> {
@@ -376,7 +366,7 @@ impl ServerConn {
                         expected -= 1;
                         if expected == 0 && frame.body.first() != Some(&b'I') {
                             failed.get_or_insert(ServerError::Protocol(
-                                "still in a transaction after reset".into(),
+                                "still in a transaction after pgherd's own queries".into(),
                             ));
                         }
                     }
@@ -392,7 +382,7 @@ impl ServerConn {
                 }
             }
             if !buf.is_empty() {
-                return Err(ServerError::Protocol("unexpected data after reset".into()));
+                return Err(ServerError::Protocol("unexpected data after pgherd's own queries".into()));
             }
             failed.map_or(Ok(()), Err)
         };

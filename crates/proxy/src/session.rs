@@ -17,7 +17,7 @@ use crate::buffers;
 use crate::cancel::{CancelKey, CancelTarget};
 use crate::classify::{classify, Request};
 use crate::client::{Authenticated, Client, Refused};
-use crate::params::ClientParams;
+use crate::params::{self, ClientParams};
 use crate::prepared::ClientStatements;
 use crate::relay::{self, RelayEnd, ServerState, Until};
 use crate::route::{self, Attempt, Want};
@@ -222,7 +222,7 @@ async fn run(
         // What the client did not set, it gets the server's defaults of.
         for name in shared.tracked.names() {
             if client_params.get(name).is_none() {
-                if let Some((_, v)) = server.initial_params.iter().find(|(k, _)| k == name) {
+                if let Some(v) = params::find(&server.initial_params, name) {
                     client_params.set(name, v);
                 }
             }

@@ -23,7 +23,7 @@ pub mod frame;
 pub mod frontend;
 pub mod startup;
 
-mod cstr;
+pub mod cstr;
 
 pub use frame::{next_frame, Chunk, Frame, FrameError, Scanner};
 pub use startup::{decode_startup, StartupError, StartupPacket};
