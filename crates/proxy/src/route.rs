@@ -167,31 +167,35 @@ fn pick_standby(shared: &Shared, failures: &[Failure], wrote_at: Option<Instant>
             Replayed::NoPrimary => 0,
         },
     };
-    let candidates = topology.nodes.iter().enumerate().filter(|(i, n)| {
-        n.serves_reads()
-            && !failures.iter().any(|f| f.node == *i)
-            && n.last_sample
-                .as_ref()
-                .and_then(|s| s.replay_lsn)
-                .unwrap_or(0)
-                >= replayed
-    });
+    let candidates = topology
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| {
+            n.serves_reads()
+                && !failures.iter().any(|f| f.node == *i)
+                && n.last_sample
+                    .as_ref()
+                    .and_then(|s| s.replay_lsn)
+                    .unwrap_or(0)
+                    >= replayed
+        })
+        .map(|(i, _)| i);
     match shared.config().general.replica_balance {
         Balance::RoundRobin => {
-            let candidates: Vec<usize> = candidates.map(|(i, _)| i).collect();
-            if candidates.is_empty() {
+            // Counted, then walked again: no allocation per pick.
+            let count = candidates.clone().count();
+            if count == 0 {
                 return None;
             }
             let turn = shared.round_robin.fetch_add(1, Ordering::Relaxed);
-            Some(candidates[turn % candidates.len()])
+            candidates.clone().nth(turn % count)
         }
         Balance::LeastConn => {
             // Ties go to the next in turn, so equal loads still rotate.
             let turn = shared.round_robin.fetch_add(1, Ordering::Relaxed);
             let n = topology.nodes.len().max(1);
-            candidates
-                .map(|(i, _)| i)
-                .min_by_key(|&i| (shared.node_load(i), (i + n - turn % n) % n))
+            candidates.min_by_key(|&i| (shared.node_load(i), (i + n - turn % n) % n))
         }
     }
 }
@@ -226,4 +230,66 @@ fn no_node_error(message: &str, topology: &Topology, failures: &[Failure]) -> Er
         ));
     }
     ErrorFields::fatal("57P03", message).with_detail(detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgherd_cluster::topology::{NodeStatus, ProbeSample, Role};
+    use std::time::Duration;
+
+    fn topology(primary_probe_started: Option<Instant>) -> Topology {
+        let sample = ProbeSample {
+            in_recovery: false,
+            current_lsn: Some(1000),
+            receive_lsn: None,
+            replay_lsn: None,
+            replay_age: None,
+            timeline: Some(1),
+            wal_receiver: None,
+            duration: Duration::ZERO,
+            started: primary_probe_started,
+        };
+        Topology {
+            nodes: vec![NodeStatus {
+                name: "pg0".into(),
+                up: true,
+                role: Role::Primary,
+                fenced: false,
+                timeline: Some(1),
+                lag_bytes: None,
+                lag_seconds: None,
+                lag_ok: true,
+                old_timeline: false,
+                last_sample: Some(sample),
+                last_error: None,
+            }],
+            primary: Some(0),
+            split_brain: false,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn a_write_is_located_by_the_first_primary_probe_after_it() {
+        let wrote_at = Instant::now();
+        let before = wrote_at - Duration::from_millis(10);
+        let after = wrote_at + Duration::from_millis(10);
+        assert_eq!(
+            replayed_after(&topology(Some(before)), wrote_at),
+            Replayed::NotYetKnown,
+            "a probe from before the write says nothing about it"
+        );
+        assert_eq!(
+            replayed_after(&topology(Some(after)), wrote_at),
+            Replayed::AtLeast(1000)
+        );
+        assert_eq!(
+            replayed_after(&topology(None), wrote_at),
+            Replayed::NotYetKnown
+        );
+        let mut none = topology(Some(after));
+        none.primary = None;
+        assert_eq!(replayed_after(&none, wrote_at), Replayed::NoPrimary);
+    }
 }

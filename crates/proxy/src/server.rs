@@ -382,7 +382,9 @@ impl ServerConn {
                 }
             }
             if !buf.is_empty() {
-                return Err(ServerError::Protocol("unexpected data after pgherd's own queries".into()));
+                return Err(ServerError::Protocol(
+                    "unexpected data after pgherd's own queries".into(),
+                ));
             }
             failed.map_or(Ok(()), Err)
         };

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use pgherd_config::{Config, Database, PoolMode, Target};
+use pgherd_config::{Balance, Config, Database, PoolMode, Target};
 use pgherd_pool::{Guard, PoolError};
 use pgherd_wire::backend::{self, ErrorFields, TxStatus};
 use pgherd_wire::frontend;
@@ -211,7 +211,7 @@ async fn run(
         pools: config.nodes.iter().map(|_| OnceLock::new()).collect(),
     };
     // The welcome needs a server's ParameterStatus values, in both modes.
-    let mut first = Box::pin(upstream.checkout(upstream.want())).await?;
+    let (mut first, _) = Box::pin(upstream.checkout(upstream.want())).await?;
     let Some(server) = first.conn() else {
         return Err(ErrorFields::fatal(
             "XX000",
@@ -284,11 +284,14 @@ impl Upstream<'_> {
         })
     }
 
-    /// A server on a node fit for `want`, from that node's pool.
-    async fn checkout(&self, want: Want) -> Result<Guard<ServerConn>, ErrorFields> {
+    /// A server on a node fit for `want`, from that node's pool, and when it
+    /// was handed over. The time the client waited for it (failed attempts
+    /// on other nodes included) is added to that pool's counters.
+    async fn checkout(&self, want: Want) -> Result<(Guard<ServerConn>, Instant), ErrorFields> {
+        let asked = Instant::now();
         route::connect(self.shared, want, |node, target| async move {
             let entry = self.entry(node);
-            checkout(
+            let attempt = checkout(
                 self.shared,
                 &entry.pool,
                 node,
@@ -296,7 +299,16 @@ impl Upstream<'_> {
                 self.params,
                 self.credential,
             )
-            .await
+            .await;
+            match attempt {
+                Attempt::Usable(guard) => {
+                    let assigned = Instant::now();
+                    entry.stats.waited(assigned - asked);
+                    Attempt::Usable((guard, assigned))
+                }
+                Attempt::Unusable(why) => Attempt::Unusable(why),
+                Attempt::Refused(fields) => Attempt::Refused(fields),
+            }
         })
         .await
     }
@@ -328,16 +340,17 @@ async fn serve_client(
         client.buf = BytesMut::new();
     }
     let auto = upstream.target == Target::Auto;
-    let read_your_writes = config.general.read_your_writes;
-    // `auto`: when this client's last transaction on the primary ended.
+    let read_your_writes = auto && config.general.read_your_writes;
+    let leastconn = config.general.replica_balance == Balance::LeastConn;
+    // `auto` with read-your-writes: when this client's last transaction on
+    // the primary ended.
     let mut wrote_at: Option<Instant> = None;
     // `auto`: a read unit a standby refused (25006) goes to the primary next.
     let mut refused_read = false;
-    // How long the client waited for the server it is about to get.
-    let mut waited = None;
     loop {
-        let (mut guard, want, read_unit) = match held.take() {
-            Some(g) => (g, upstream.want(), false),
+        let (mut guard, assigned, want, read_unit) = match held.take() {
+            // Session mode's server, held since the welcome.
+            Some(g) => (g, Instant::now(), upstream.want(), false),
             None => {
                 if !wait_for_request(client, config.general.max_packet_size, &mut shutdown).await? {
                     return Ok(());
@@ -351,7 +364,7 @@ async fn serve_client(
                     };
                     let standby = Want::Standby {
                         fallback: true,
-                        wrote_at: wrote_at.filter(|_| read_your_writes),
+                        wrote_at,
                     };
                     match request {
                         Request::Read { .. } => (standby, true),
@@ -359,10 +372,8 @@ async fn serve_client(
                         Request::Write | Request::Incomplete => (Want::Primary, false),
                     }
                 };
-                let asked = Instant::now();
-                let guard = Box::pin(upstream.checkout(want)).await?;
-                waited = Some(asked.elapsed());
-                (guard, want, read_unit)
+                let (guard, assigned) = Box::pin(upstream.checkout(want)).await?;
+                (guard, assigned, want, read_unit)
             }
         };
         let Some(server) = guard.conn() else {
@@ -371,12 +382,9 @@ async fn serve_client(
                 "pgherd: pool handed out an empty slot",
             ));
         };
-        let _lease = shared.lease(server.node);
+        // Counted only where something reads the count.
+        let _lease = leastconn.then(|| shared.lease(server.node));
         let stats = &upstream.entry(server.node).stats;
-        if let Some(waited) = waited.take() {
-            stats.waited(waited);
-        }
-        let assigned = Instant::now();
         // A server for the primary was checked not to be a standby.
         let on_standby = want != Want::Primary && server.is_standby();
         shared.routing.count(want, on_standby);
@@ -432,9 +440,10 @@ async fn serve_client(
         stats.traffic(relayed.traffic);
         match relayed.end {
             RelayEnd::ServerIdle => {
-                stats.transaction(assigned.elapsed());
-                if want == Want::Primary && !on_standby {
-                    wrote_at = Some(Instant::now());
+                let ended = Instant::now();
+                stats.transaction(ended - assigned);
+                if read_your_writes && want == Want::Primary {
+                    wrote_at = Some(ended);
                 }
                 guard.release();
                 if client.buf.is_empty() {
