@@ -46,7 +46,7 @@ fn histograms(out: &mut String, proxy: &ProxyHandle) {
         let db = escape_label(&db);
         let mut cumulative = 0;
         for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-            cumulative += stats.duration_buckets.get(i).copied().unwrap_or(0);
+            cumulative += stats.duration_buckets[i];
             let _ = writeln!(
                 out,
                 "{name}_bucket{{database=\"{db}\",le=\"{bound}\"}} {cumulative}"

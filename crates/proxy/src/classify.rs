@@ -29,9 +29,9 @@ use crate::prepared::ClientStatements;
 /// What the start of a transaction allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Request {
-    /// One unit that only reads, `len` bytes long: a standby may run it, and
-    /// should it refuse with 25006, the primary runs it again.
-    Read { len: usize },
+    /// The buffer is one whole unit that only reads: a standby may run it,
+    /// and should it refuse with 25006, the primary runs it again.
+    Read,
     /// `BEGIN ... READ ONLY`: the transaction may run on a standby.
     ReadOnlyTransaction,
     /// Anything else: the primary.
@@ -69,7 +69,7 @@ pub(crate) fn classify(buf: &[u8], statements: Option<&ClientStatements>) -> Req
                     return Request::Write;
                 }
                 return match classify_sql(text) {
-                    Sql::Read => Request::Read { len: at },
+                    Sql::Read => Request::Read,
                     Sql::BeginReadOnly => Request::ReadOnlyTransaction,
                     Sql::Write => Request::Write,
                 };
@@ -91,12 +91,9 @@ pub(crate) fn classify(buf: &[u8], statements: Option<&ClientStatements>) -> Req
                 None => false,
             },
             b'D' | b'E' | b'H' => true,
-            b'S' => {
-                return match at == buf.len() {
-                    true => Request::Read { len: at },
-                    false => Request::Write,
-                }
-            }
+            // Sync ends the unit; anything after it is pipelined.
+            b'S' if at == buf.len() => return Request::Read,
+            b'S' => return Request::Write,
             // Close, FunctionCall, COPY data...: not a plain read.
             _ => false,
         };
@@ -287,7 +284,7 @@ mod tests {
     #[test]
     fn units() {
         let q = query("SELECT 1");
-        assert_eq!(classify(&q, None), Request::Read { len: q.len() });
+        assert_eq!(classify(&q, None), Request::Read);
         assert_eq!(classify(&q[..q.len() - 1], None), Request::Incomplete);
         assert_eq!(classify(&q[..3], None), Request::Incomplete);
         assert_eq!(classify(&query("DELETE FROM t"), None), Request::Write);
@@ -301,7 +298,7 @@ mod tests {
         assert_eq!(classify(&two, None), Request::Write);
 
         let b = batch("", "", "SELECT $1");
-        assert_eq!(classify(&b, None), Request::Read { len: b.len() });
+        assert_eq!(classify(&b, None), Request::Read);
         assert_eq!(
             classify(&batch("", "", "UPDATE t SET a = $1"), None),
             Request::Write
@@ -319,10 +316,7 @@ mod tests {
         put_message(&mut parse, b'P', &[b"s1\0SELECT 1\0\0\0"]);
         crate::prepared::rewrite(&parse, &mut statements, &mut server, &mut expected, 10);
         let b = batch("", "s1", "");
-        assert_eq!(
-            classify(&b, Some(&statements)),
-            Request::Read { len: b.len() }
-        );
+        assert_eq!(classify(&b, Some(&statements)), Request::Read);
         assert_eq!(
             classify(&batch("", "s2", ""), Some(&statements)),
             Request::Write

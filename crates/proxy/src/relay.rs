@@ -179,8 +179,6 @@ struct Pipe {
     closing: bool,
     /// Read nothing more (a read unit's client side).
     no_read: bool,
-    /// Write nothing yet: replies held back (a read unit's server side).
-    no_write: bool,
     /// Bytes read, for the pool's counters.
     bytes: u64,
 }
@@ -199,7 +197,6 @@ impl Pipe {
             scanner: Scanner::new(max_len),
             closing: false,
             no_read: false,
-            no_write: false,
             bytes: 0,
         }
     }
@@ -209,11 +206,16 @@ impl Pipe {
         self.buf.is_empty() && self.scanner.at_boundary()
     }
 
-    /// One step: write what is ready, or else read more. Cancel-safe: each
-    /// branch awaits one cancel-safe socket operation and changes no state
-    /// before it completes.
-    async fn step(&mut self, r: &mut ReadHalf<'_>, w: &mut WriteHalf<'_>) -> std::io::Result<Step> {
-        if self.ready > 0 && !self.no_write {
+    /// One step: write what is ready (unless `hold`: replies held back),
+    /// or else read more. Cancel-safe: each branch awaits one cancel-safe
+    /// socket operation and changes no state before it completes.
+    async fn step(
+        &mut self,
+        r: &mut ReadHalf<'_>,
+        w: &mut WriteHalf<'_>,
+        hold: bool,
+    ) -> std::io::Result<Step> {
+        if self.ready > 0 && !hold {
             let n = w.write(&self.buf[..self.ready]).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
@@ -449,12 +451,12 @@ async fn relay_inner(
             Hold::Refused if state.pending == 0 => return RelayEnd::ReadOnly,
             _ => {}
         }
-        down.no_write = state.hold != Hold::Off;
+        let holding = state.hold != Hold::Off;
         if until != Until::ClientLeaves && down.ready == 0 && server_idle(state, up) {
             return RelayEnd::ServerIdle;
         }
         // While replies are held back, the client has received none of them.
-        *down_at_boundary = (down.ready == 0 || down.no_write) && down.scanner.at_boundary();
+        *down_at_boundary = (down.ready == 0 || holding) && down.scanner.at_boundary();
         let step = tokio::select! {
             // Checked first: once the node is fenced, nothing more goes through.
             biased;
@@ -462,8 +464,8 @@ async fn relay_inner(
             // The two directions, in random order so neither starves.
             step = async {
                 tokio::select! {
-                    r = up.step(&mut cr, &mut sw) => Direction::Up(r),
-                    r = down.step(&mut sr, &mut cw) => Direction::Down(r),
+                    r = up.step(&mut cr, &mut sw, false) => Direction::Up(r),
+                    r = down.step(&mut sr, &mut cw, holding) => Direction::Down(r),
                 }
             } => step,
         };
@@ -764,16 +766,55 @@ mod tests {
         assert!(!state.unsynced);
     }
 
-    #[test]
-    fn fatal_errors_are_noticed() {
+    fn error(severity: &str, code: &str) -> Vec<u8> {
         let mut body = Vec::new();
-        for (k, v) in [(b'S', "FATAL"), (b'C', "57P01"), (b'M', "bye")] {
+        for (k, v) in [(b'S', severity), (b'C', code), (b'M', "no")] {
             body.push(k);
             body.extend_from_slice(v.as_bytes());
             body.push(0);
         }
         body.push(0);
-        let bytes = msg(b'E', &body);
+        msg(b'E', &body)
+    }
+
+    #[test]
+    fn a_read_unit_is_held_until_a_result_and_refused_on_25006() {
+        let held = |bytes: &[u8]| {
+            let mut pipe = Pipe::new(BytesMut::from(bytes), 1 << 20);
+            let mut state = ServerState::new();
+            state.pending = 1;
+            state.hold = Hold::Holding;
+            scan_server(
+                &mut pipe,
+                server_watch_transaction,
+                &mut state,
+                &mut Tracking::default(),
+            )
+            .unwrap();
+            state
+        };
+        // Descriptions say nothing yet: still held.
+        let mut bytes = msg(b'1', b"");
+        bytes.extend(msg(b'T', b"\0\0"));
+        assert_eq!(held(&bytes).hold, Hold::Holding);
+        // The first row commits the unit to this server.
+        bytes.extend(msg(b'D', b"\0\0"));
+        bytes.extend(error("ERROR", "25006"));
+        assert_eq!(held(&bytes).hold, Hold::Off);
+        // Refused as a write before any row: retry, once the server is idle.
+        let mut bytes = msg(b'T', b"\0\0");
+        bytes.extend(error("ERROR", "25006"));
+        assert_eq!(held(&bytes).hold, Hold::Refused);
+        bytes.extend(msg(b'Z', b"I"));
+        let state = held(&bytes);
+        assert_eq!((state.hold, state.pending), (Hold::Refused, 0));
+        // Any other error is the client's answer.
+        assert_eq!(held(&error("ERROR", "22012")).hold, Hold::Off);
+    }
+
+    #[test]
+    fn fatal_errors_are_noticed() {
+        let bytes = error("FATAL", "57P01");
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
         scan_server(

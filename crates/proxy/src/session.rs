@@ -367,7 +367,7 @@ async fn serve_client(
                         wrote_at,
                     };
                     match request {
-                        Request::Read { .. } => (standby, true),
+                        Request::Read => (standby, true),
                         Request::ReadOnlyTransaction => (standby, false),
                         Request::Write | Request::Incomplete => (Want::Primary, false),
                     }

@@ -66,7 +66,7 @@ pub struct StatsSnapshot {
     pub xact_time: Duration,
     /// Transactions per duration bucket (not cumulative); the last entry
     /// counts those longer than the last bound.
-    pub duration_buckets: Vec<u64>,
+    pub duration_buckets: [u64; DURATION_BUCKETS.len() + 1],
 }
 
 impl StatsSnapshot {
@@ -78,15 +78,7 @@ impl StatsSnapshot {
         self.sent_bytes += other.sent_bytes;
         self.wait_time += other.wait_time;
         self.xact_time += other.xact_time;
-        if self.duration_buckets.len() < other.duration_buckets.len() {
-            self.duration_buckets
-                .resize(other.duration_buckets.len(), 0);
-        }
-        for (a, b) in self
-            .duration_buckets
-            .iter_mut()
-            .zip(&other.duration_buckets)
-        {
+        for (a, b) in self.duration_buckets.iter_mut().zip(other.duration_buckets) {
             *a += b;
         }
     }
@@ -134,7 +126,7 @@ impl PoolStats {
             sent_bytes: get(&self.sent),
             wait_time: Duration::from_micros(get(&self.wait_us)),
             xact_time: Duration::from_micros(get(&self.xact_us)),
-            duration_buckets: self.buckets.iter().map(get).collect(),
+            duration_buckets: self.buckets.each_ref().map(get),
         }
     }
 }
