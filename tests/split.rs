@@ -260,3 +260,48 @@ async fn leastconn_picks_the_least_busy_standby() {
     assert_ne!(pa, busy);
     assert_ne!(pb, busy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_or_unfinished_requests_in_auto_mode_take_no_server() {
+    let pgherd = shared_cluster()
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("read_your_writes = false")
+        .database("app = { target = \"auto\" }")
+        .start()
+        .await;
+    // A length below the minimum: 08P01, as in the other modes.
+    let mut raw = RawClient::connect(&pgherd).await;
+    raw.login_app().await;
+    raw.send(&[b'Q', 0, 0, 0, 3]).await;
+    assert_eq!(raw.expect_error().await.code, "08P01");
+    assert!(raw.closed().await);
+    // Half a query, then gone: classified never, no server taken.
+    let mut raw = RawClient::connect(&pgherd).await;
+    raw.login_app().await;
+    raw.send(&[b'Q', 0, 0, 0, 100, b'S', b'E']).await;
+    drop(raw);
+    for _ in 0..100 {
+        if pgherd.handle.client_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pgherd.handle.client_count(), 0);
+    assert!(pgherd
+        .handle
+        .pools()
+        .iter()
+        .all(|p| p.status.checked_out == 0));
+    // A request too large to hold back for classifying goes to the primary.
+    let c = pgherd.app().await;
+    let big = format!(
+        "SELECT inet_server_port() FROM (SELECT '{}') AS x",
+        "x".repeat(100_000)
+    );
+    assert_eq!(simple_value(&c, &big).await, port(0).to_string());
+    assert_ne!(
+        simple_value(&c, "SELECT inet_server_port()").await,
+        port(0).to_string()
+    );
+}

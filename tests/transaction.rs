@@ -505,3 +505,33 @@ async fn ignored_startup_parameters_do_not_reach_the_server() {
     assert_eq!(show("-c work_mem=78MB").await, "4MB");
     assert_eq!(pgherd.handle.pools()[0].status.total, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_larger_than_a_read_buffer() {
+    // Query, Parse and Bind are read whole in transaction mode; one larger
+    // than what a read returns must still go through (it once made the
+    // session loop without reading the rest). The guard only turns a hang
+    // into a failure.
+    let pgherd = transaction_pgherd(2).await;
+    let c = pgherd.app().await;
+    let text = "x".repeat(200_000);
+    let work = async {
+        let simple = format!("SELECT length('{text}')");
+        assert_eq!(simple_value(&c, &simple).await, "200000");
+        let prepared = c
+            .prepare(&format!("SELECT length('{text}') + $1::int"))
+            .await
+            .unwrap();
+        let n: i32 = c.query_one(&prepared, &[&1i32]).await.unwrap().get(0);
+        assert_eq!(n, 200_001);
+        let n: i32 = c
+            .query_one("SELECT length($1::text)", &[&text])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 200_000);
+    };
+    tokio::time::timeout(Duration::from_secs(120), work)
+        .await
+        .expect("large requests went through");
+}

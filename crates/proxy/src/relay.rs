@@ -533,14 +533,17 @@ enum Direction {
 }
 
 /// Transaction mode: the transaction is over and nothing is in flight, so
-/// the server can serve someone else.
+/// the server can serve someone else. The client must have sent nothing
+/// more either: the start of a message it is still sending (one read whole
+/// before it is forwarded, a large `Query` or `Parse`) belongs to this
+/// server's next request, and ending the relay there would leave nothing to
+/// read the rest of it.
 fn server_idle(state: &ServerState, up: &Pipe) -> bool {
     state.pending == 0
         && !state.unsynced
         && state.tx == TxStatus::Idle
         && !state.pinned
-        && up.ready == 0
-        && up.scanner.at_boundary()
+        && up.is_clean()
 }
 
 fn scan_client(
