@@ -86,6 +86,12 @@ where
     let general = &shared.config().general;
     let deadline = tokio::time::Instant::now() + general.primary_wait_timeout;
     let mut failures: Vec<Failure> = Vec::new();
+    let no_primary = |t: &Topology, failures: &[Failure], what: &str| {
+        no_node_error("pgherd: no primary node is available", t, failures).with_hint(format!(
+            "{what} for primary_wait_timeout ({}s)",
+            general.primary_wait_timeout.as_secs_f64()
+        ))
+    };
     loop {
         let standby = match want {
             Want::Standby { wrote_at, .. } => pick_standby(shared, &failures, wrote_at),
@@ -109,6 +115,16 @@ where
             }
             None => {
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if remaining.is_zero() && !failures.is_empty() {
+                    // The primary the probes see keeps failing for this
+                    // client: primary_wait_timeout bounds the retries too.
+                    let t = shared.cluster.topology();
+                    return Err(no_primary(
+                        &t,
+                        &failures,
+                        "kept failing to connect to a primary",
+                    ));
+                }
                 let primary = shared
                     .cluster
                     .wait_for(remaining, |t| {
@@ -121,17 +137,7 @@ where
                     .await;
                 match primary {
                     Ok(p) => p,
-                    Err(t) => {
-                        return Err(no_node_error(
-                            "pgherd: no primary node is available",
-                            &t,
-                            &failures,
-                        )
-                        .with_hint(format!(
-                            "waited primary_wait_timeout ({}s) for a primary",
-                            general.primary_wait_timeout.as_secs_f64()
-                        )))
-                    }
+                    Err(t) => return Err(no_primary(&t, &failures, "waited for a primary")),
                 }
             }
         };
