@@ -31,11 +31,7 @@ async fn scrape(pgherd: &RunningPgherd) -> prometheus_parse::Scrape {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_pools_and_nodes() {
     let pgherd = shared_cluster().pgherd().start().await;
-    pgherd
-        .wait_topology("two readable standbys", |t| {
-            t.nodes.iter().filter(|n| n.serves_reads()).count() == 2
-        })
-        .await;
+    pgherd.wait_standbys_readable().await;
     let a = pgherd.app().await;
     let b = pgherd.app().await;
     simple_value(&a, "SELECT 1").await;

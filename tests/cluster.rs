@@ -32,11 +32,7 @@ async fn reads_spread_over_standbys_writes_stay_on_the_primary() {
         .database("ro = { dbname = \"app\", target = \"replica\" }")
         .start()
         .await;
-    pgherd
-        .wait_topology("two readable standbys", |t| {
-            t.nodes.iter().filter(|n| n.serves_reads()).count() == 2
-        })
-        .await;
+    pgherd.wait_standbys_readable().await;
     let node_port = |i: usize| cluster.pg.node(i).port;
     let reads = ports(&pgherd, "ro", 10).await;
     assert_eq!(reads.get(&node_port(1)), Some(&5), "{reads:?}");
@@ -60,11 +56,7 @@ async fn read_write_and_read_only_ports_like_haproxy() {
     // writes, the second one reads from standbys, for the same database name.
     let cluster = shared_cluster();
     let pgherd = cluster.pgherd().listener("replica").start().await;
-    pgherd
-        .wait_topology("two readable standbys", |t| {
-            t.nodes.iter().filter(|n| n.serves_reads()).count() == 2
-        })
-        .await;
+    pgherd.wait_standbys_readable().await;
     let read_only = pgherd.config_on(1, "app", APP_PASSWORD, "app");
     for _ in 0..4 {
         let (c, conn) = read_only.connect(tokio_postgres::NoTls).await.unwrap();

@@ -17,11 +17,7 @@ async fn auto_pgherd(extra: &[&str]) -> RunningPgherd {
         builder = builder.general(line);
     }
     let pgherd = builder.start().await;
-    pgherd
-        .wait_topology("two readable standbys", |t| {
-            t.nodes.iter().filter(|n| n.serves_reads()).count() == 2
-        })
-        .await;
+    pgherd.wait_standbys_readable().await;
     pgherd
 }
 
@@ -225,11 +221,7 @@ async fn leastconn_picks_the_least_busy_standby() {
         .database("ro = { dbname = \"app\", target = \"replica\" }")
         .start()
         .await;
-    pgherd
-        .wait_topology("two readable standbys", |t| {
-            t.nodes.iter().filter(|n| n.serves_reads()).count() == 2
-        })
-        .await;
+    pgherd.wait_standbys_readable().await;
     let session = || async {
         let c = pgherd.connect("app", APP_PASSWORD, "ro").await.unwrap();
         let p: u16 = simple_value(&c, "SELECT inet_server_port()")

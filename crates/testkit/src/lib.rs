@@ -305,6 +305,14 @@ impl RunningPgherd {
         }
     }
 
+    /// Waits until both standbys of the shared cluster serve reads.
+    pub async fn wait_standbys_readable(&self) {
+        self.wait_topology("two readable standbys", |t| {
+            t.nodes.iter().filter(|n| n.serves_reads()).count() == 2
+        })
+        .await;
+    }
+
     /// Connects as `app` to database `app`.
     pub async fn app(&self) -> tokio_postgres::Client {
         self.connect("app", APP_PASSWORD, "app")
