@@ -457,7 +457,7 @@ async fn serve_client(
                 // unit again on the primary.
                 guard.release();
                 if let Some(unit) = unit {
-                    client.buf = unit;
+                    buffers::give(std::mem::replace(&mut client.buf, unit));
                 }
                 shared.routing.read_only_retried();
                 refused_read = true;
