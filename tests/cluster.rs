@@ -51,6 +51,49 @@ async fn reads_spread_over_standbys_writes_stay_on_the_primary() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_weights_and_priorities_shape_read_routing() {
+    let cluster = shared_cluster();
+    let node_port = |i: usize| cluster.pg.node(i).port;
+    let ro = "ro = { dbname = \"app\", target = \"replica\" }";
+
+    // haproxy's `weight`: three reads on pg1 for one on pg2.
+    let weighted = cluster
+        .pgherd()
+        .database(ro)
+        .node_option("pg1", "weight = 3")
+        .start()
+        .await;
+    weighted.wait_standbys_readable().await;
+    let reads = ports(&weighted, "ro", 40).await;
+    assert_eq!(reads.get(&node_port(1)), Some(&30), "{reads:?}");
+    assert_eq!(reads.get(&node_port(2)), Some(&10), "{reads:?}");
+
+    // A preferred standby (e.g. the one in the local data centre) takes
+    // every read while it can serve.
+    let preferred = cluster
+        .pgherd()
+        .database(ro)
+        .node_option("pg2", "priority = 200")
+        .start()
+        .await;
+    preferred.wait_standbys_readable().await;
+    let reads = ports(&preferred, "ro", 10).await;
+    assert_eq!(reads.get(&node_port(2)), Some(&10), "{reads:?}");
+
+    // Weight 0 drains it: the next priority serves.
+    let drained = cluster
+        .pgherd()
+        .database(ro)
+        .node_option("pg2", "priority = 200")
+        .node_option("pg2", "weight = 0")
+        .start()
+        .await;
+    drained.wait_standbys_readable().await;
+    let reads = ports(&drained, "ro", 10).await;
+    assert_eq!(reads.get(&node_port(1)), Some(&10), "{reads:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_write_and_read_only_ports_like_haproxy() {
     // The seed setup's two haproxy frontends in one config: the main port
     // writes, the second one reads from standbys, for the same database name.
@@ -156,10 +199,13 @@ async fn failover_then_resurrected_old_primary_is_fenced() {
         )
         .unwrap();
     cluster.pg.wait_caught_up(0, 1).unwrap();
+    let state_file = cluster.pg.dir().join("pgherd.state");
+    let remember = format!("state_file = {:?}", state_file.display().to_string());
     let pgherd = cluster
         .pgherd()
         .general("probe_timeout = 0.5")
         .general("primary_wait_timeout = 20")
+        .general(&remember)
         .database("ro = { dbname = \"postgres\", target = \"replica\" }")
         .start()
         .await;
@@ -238,6 +284,37 @@ async fn failover_then_resurrected_old_primary_is_fenced() {
     }
     assert!(seen.iter().any(|e| e.contains("pg0 fenced")), "{seen:?}");
     assert!(seen.iter().any(|e| e.contains("split brain")), "{seen:?}");
+
+    // The dangerous moment: pgherd restarts while the new primary is down
+    // and only the old one answers. With the state file it still knows
+    // timeline 2 exists: pg0 stays fenced, writes are refused.
+    let written = std::fs::read_to_string(&state_file).unwrap();
+    assert!(written.contains("timeline = 2"), "{written}");
+    cluster.pg.stop(1, StopMode::Fast).unwrap();
+    let restarted = cluster
+        .pgherd()
+        .general(&remember)
+        .general("primary_wait_timeout = 1")
+        .start()
+        .await;
+    restarted
+        .wait_topology("pg0 fenced after a restart", |t| {
+            t.nodes[0].up && t.nodes[0].fenced && !t.nodes[1].up
+        })
+        .await;
+    let err = restarted
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("57P03"), "{err}");
+    // Without it, the old primary would have been taken for the primary.
+    let forgetful = cluster.pgherd().start().await;
+    forgetful
+        .wait_topology("pg0 primary without a state file", |t| t.primary == Some(0))
+        .await;
+    assert_eq!(writes_on(&cluster, 0), old_rows, "nothing written to pg0");
+    drop((restarted, forgetful));
+    cluster.pg.restart(1).unwrap();
 
     // The operator rejoins the old primary as a standby (pg_rewind, as
     // `repmgr node rejoin --force-rewind`): once it streams it serves reads,
@@ -375,8 +452,11 @@ async fn failover_drill_in_transaction_mode() {
     for i in 1..=2 {
         cluster.pg.wait_caught_up(0, i).unwrap();
     }
+    // The default probe interval, as in production: the gap measured
+    // below is what operators get.
     let pgherd = cluster
         .pgherd()
+        .probe_interval(1.0)
         .general("pool_mode = \"transaction\"")
         .general("primary_wait_timeout = 20")
         .database("ro = { dbname = \"postgres\", target = \"replica\" }")
@@ -437,7 +517,8 @@ async fn failover_drill_in_transaction_mode() {
     // pgherd may route there before psql has even returned.
     println!(
         "failover drill: {wrote} writes ({write_errors} failed, in flight at the crash), \
-         {read} reads ({read_errors} failed); first write {:?} after pg_promote() returned",
+         {read} reads ({read_errors} failed); first write {:?} after pg_promote() returned \
+         (probe_interval 1 s)",
         first.saturating_duration_since(promoted_at)
     );
     assert_eq!(read_errors, 0, "reads never fail");

@@ -65,6 +65,7 @@ mod tests {
             replay_age: None,
             timeline: Some(1),
             wal_receiver: in_recovery.then(|| "streaming".to_owned()),
+            system_identifier: Some(1),
             duration: Duration::ZERO,
             started: None,
         })
@@ -79,6 +80,7 @@ mod tests {
                 max_lag_bytes: None,
                 max_lag: None,
             },
+            None,
         );
         e.apply(
             0,

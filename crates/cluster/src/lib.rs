@@ -12,16 +12,26 @@
 //! [`Cluster::request_probe`] probes every node at once: the proxy calls it
 //! when a server connection to the primary fails, so a failover is noticed in
 //! one round trip rather than one interval.
+//!
+//! While the cluster is unsettled (no primary, or the primary's last probe
+//! failed) probes run every `probe_fast_interval` instead (haproxy's
+//! `fastinter`): a promotion is seen within that.
+//!
+//! With `state_file` set, the highest timeline seen is kept there (see
+//! [`state`]) so fencing survives a pgherd restart.
 #![forbid(unsafe_code)]
 
 pub mod probe;
+pub mod state;
 pub mod topology;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pgherd_config::Config;
-use tokio::sync::{broadcast, mpsc, watch, Notify};
+use std::sync::atomic::Ordering;
+use tokio::sync::{broadcast, mpsc, watch};
 
 pub use topology::{ClusterEvent, NodeStatus, ProbeSample, Role, Thresholds, Topology};
 
@@ -31,13 +41,26 @@ pub use topology::{ClusterEvent, NodeStatus, ProbeSample, Role, Thresholds, Topo
 pub struct Cluster {
     topology: watch::Receiver<Arc<Topology>>,
     events: broadcast::Sender<ClusterEvent>,
-    reprobe: Arc<Notify>,
+    schedule: Arc<probe::Schedule>,
 }
 
 impl Cluster {
     /// Starts probing every node of `config` on the current tokio runtime.
-    pub fn start(config: &Config) -> Cluster {
+    /// Fails only when the state file exists but cannot be read.
+    pub fn start(config: &Config) -> std::io::Result<Cluster> {
         let probe = &config.general.probe;
+        let state_file = config.general.state_file.clone();
+        let remembered = match &state_file {
+            Some(path) => state::load(path)?,
+            None => None,
+        };
+        if let Some(r) = remembered {
+            tracing::info!(
+                "highest timeline seen before: {} (system identifier {})",
+                r.timeline,
+                r.system_identifier
+            );
+        }
         let evaluator = topology::Evaluator::new(
             config.nodes.iter().map(|n| n.name.clone()).collect(),
             Thresholds {
@@ -46,28 +69,34 @@ impl Cluster {
                 max_lag_bytes: probe.max_replica_lag_bytes,
                 max_lag: probe.max_replica_lag,
             },
+            remembered,
         );
         let (topo_tx, topo_rx) = watch::channel(Arc::new(evaluator.topology().clone()));
         let (events, _) = broadcast::channel(256);
-        let reprobe = Arc::new(Notify::new());
+        let schedule = Arc::new(probe::Schedule::new(probe));
         let (results_tx, results_rx) = mpsc::channel(config.nodes.len() * 4);
         for (i, node) in config.nodes.iter().enumerate() {
             let target = probe::ProbeTarget::new(node, probe);
             tokio::spawn(probe::run(
                 i,
                 target,
-                probe.interval,
-                probe.timeout,
-                Arc::clone(&reprobe),
+                Arc::clone(&schedule),
                 results_tx.clone(),
             ));
         }
-        tokio::spawn(evaluate(evaluator, results_rx, topo_tx, events.clone()));
-        Cluster {
+        tokio::spawn(evaluate(
+            evaluator,
+            results_rx,
+            topo_tx,
+            events.clone(),
+            state_file,
+            Arc::clone(&schedule),
+        ));
+        Ok(Cluster {
             topology: topo_rx,
             events,
-            reprobe,
-        }
+            schedule,
+        })
     }
 
     /// The latest topology.
@@ -87,7 +116,7 @@ impl Cluster {
 
     /// Probes every node now instead of at the next interval.
     pub fn request_probe(&self) {
-        self.reprobe.notify_waiters();
+        self.schedule.reprobe.notify_waiters();
     }
 
     /// Waits up to `timeout` for a topology that satisfies `pick`, probing
@@ -126,12 +155,37 @@ async fn evaluate(
     mut results: mpsc::Receiver<(usize, Result<ProbeSample, String>)>,
     topology: watch::Sender<Arc<Topology>>,
     events: broadcast::Sender<ClusterEvent>,
+    state_file: Option<PathBuf>,
+    schedule: Arc<probe::Schedule>,
 ) {
+    let mut saved = evaluator.remembered();
     while let Some((node, result)) = results.recv().await {
         let before = evaluator.topology().version;
         let happened = evaluator.apply(node, result);
         if evaluator.topology().version != before {
             topology.send_replace(Arc::new(evaluator.topology().clone()));
+        }
+        let unsettled = evaluator.topology().unsettled();
+        let was = schedule.unsettled.swap(unsettled, Ordering::Relaxed);
+        if unsettled && !was {
+            // Wake the probes sleeping a whole interval.
+            schedule.reprobe.notify_waiters();
+        }
+        let remembered = evaluator.remembered();
+        if let (Some(path), Some(r)) = (&state_file, remembered) {
+            if remembered != saved {
+                // Rare (a new timeline): a blocking write is fine here, and
+                // the probes wait for it rather than race it.
+                match state::save(path, &r) {
+                    Ok(()) => saved = remembered,
+                    Err(e) => tracing::error!(
+                        "cannot write state file {}: {e}; a restarted pgherd may not fence \
+                         an old primary on timeline < {}",
+                        path.display(),
+                        r.timeline
+                    ),
+                }
+            }
         }
         for event in happened {
             match &event {

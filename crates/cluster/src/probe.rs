@@ -1,5 +1,6 @@
 //! The SQL health probe of one node.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,8 @@ use tokio::sync::{mpsc, Notify};
 /// One query answers everything pgherd needs about a node (PostgreSQL 10+):
 /// its role, WAL positions, replay delay, timeline and WAL receiver state.
 /// The timeline of a primary comes from the name of the WAL file it writes,
-/// which changes the moment it is promoted.
+/// which changes the moment it is promoted. The system identifier tells
+/// which cluster a timeline belongs to (see `state`).
 pub const PROBE_SQL: &str = "\
 SELECT pg_is_in_recovery(),
   CASE WHEN pg_is_in_recovery() THEN NULL
@@ -22,7 +24,8 @@ SELECT pg_is_in_recovery(),
        THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
                      (SELECT timeline_id FROM pg_control_checkpoint()))
        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int4 END,
-  (SELECT status FROM pg_stat_wal_receiver)";
+  (SELECT status FROM pg_stat_wal_receiver),
+  (SELECT system_identifier FROM pg_control_system())";
 
 /// Where and as whom to probe.
 #[derive(Debug, Clone)]
@@ -53,21 +56,53 @@ struct Session {
     statement: tokio_postgres::Statement,
 }
 
-/// Probes node `index` forever: every `interval`, or at once when `reprobe`
-/// is notified. Each result is sent to `results`.
+/// When probes run: shared by every node's probe task and the evaluator.
+#[derive(Debug)]
+pub(crate) struct Schedule {
+    pub interval: Duration,
+    pub fast_interval: Duration,
+    pub timeout: Duration,
+    /// Set by the evaluator while the cluster is unsettled: probes run every
+    /// `fast_interval`.
+    pub unsettled: AtomicBool,
+    /// Probe every node now.
+    pub reprobe: Notify,
+}
+
+impl Schedule {
+    pub(crate) fn new(probe: &Probe) -> Schedule {
+        Schedule {
+            interval: probe.interval,
+            fast_interval: probe.fast_interval,
+            timeout: probe.timeout,
+            unsettled: AtomicBool::new(true),
+            reprobe: Notify::new(),
+        }
+    }
+
+    fn pause(&self) -> Duration {
+        if self.unsettled.load(Ordering::Relaxed) {
+            self.fast_interval
+        } else {
+            self.interval
+        }
+    }
+}
+
+/// Probes node `index` forever, as `schedule` says. Each result is sent to
+/// `results`.
 pub(crate) async fn run(
     index: usize,
     target: ProbeTarget,
-    interval: Duration,
-    timeout: Duration,
-    reprobe: Arc<Notify>,
+    schedule: Arc<Schedule>,
     results: mpsc::Sender<(usize, Result<crate::ProbeSample, String>)>,
 ) {
+    let timeout = schedule.timeout;
     let mut session: Option<Session> = None;
     loop {
         // Registered before probing, so a request made during the probe
         // is not lost.
-        let notified = reprobe.notified();
+        let notified = schedule.reprobe.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let started = Instant::now();
@@ -90,7 +125,7 @@ pub(crate) async fn run(
             return;
         }
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(schedule.pause()) => {}
             () = notified => {}
         }
     }
@@ -125,6 +160,8 @@ async fn probe_once(
         Ok(v.map(|v| v.max(0) as u64))
     };
     let timeline: Option<i32> = row.try_get(5).map_err(|e| e.to_string())?;
+    // An unsigned 64-bit number that PostgreSQL shows as int8.
+    let system_identifier: Option<i64> = row.try_get(7).map_err(|e| e.to_string())?;
     Ok(crate::ProbeSample {
         in_recovery: row.try_get(0).map_err(|e| e.to_string())?,
         current_lsn: lsn(1)?,
@@ -133,6 +170,7 @@ async fn probe_once(
         replay_age: row.try_get(4).map_err(|e| e.to_string())?,
         timeline: timeline.map(|t| t.max(0) as u32),
         wal_receiver: row.try_get(6).map_err(|e| e.to_string())?,
+        system_identifier: system_identifier.map(|id| id as u64),
         duration: Duration::ZERO,
         started: None,
     })

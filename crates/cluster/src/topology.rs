@@ -15,6 +15,12 @@
 //!   even once the newer primary is down: its data has diverged. Two primaries
 //!   on the same timeline is a split brain that cannot be resolved by
 //!   looking: both are fenced and there is no primary until one goes away.
+//! * **The highest timeline survives restarts** when a state file is
+//!   configured: the evaluator starts from the [`Remembered`] timeline of
+//!   the cluster (its `system_identifier`), so an old primary that comes back
+//!   while the new one is down is still fenced by a freshly started pgherd.
+//!   A primary with another system identifier is another cluster (rebuilt
+//!   with initdb): the remembered timeline no longer applies.
 
 use std::time::Duration;
 
@@ -33,6 +39,9 @@ pub struct ProbeSample {
     pub timeline: Option<u32>,
     /// `pg_stat_wal_receiver.status` on a standby (`streaming`...).
     pub wal_receiver: Option<String>,
+    /// `pg_control_system().system_identifier`: the same on every node of
+    /// one cluster (initdb's), kept across failovers and base backups.
+    pub system_identifier: Option<u64>,
     /// How long the probe took.
     pub duration: Duration,
     /// When the probe's query was sent: its WAL positions are at least those
@@ -93,6 +102,11 @@ impl NodeStatus {
             && self.streaming()
     }
 
+    /// Its cluster's identifier, as last probed.
+    pub fn system_identifier(&self) -> Option<u64> {
+        self.last_sample.as_ref().and_then(|s| s.system_identifier)
+    }
+
     /// The WAL receiver reports `streaming`.
     pub fn streaming(&self) -> bool {
         self.last_sample
@@ -142,6 +156,13 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// No primary, or the primary's last probe failed: a failover may be
+    /// under way and probes should run at `probe_fast_interval`.
+    pub fn unsettled(&self) -> bool {
+        self.primary
+            .is_none_or(|p| self.nodes[p].last_error.is_some())
+    }
+
     /// One line per node, for error details: `pg0: down (...); pg1: standby`.
     pub fn describe(&self) -> String {
         self.nodes
@@ -246,6 +267,14 @@ struct Health {
     failures: u32,
 }
 
+/// The highest primary timeline seen in one cluster: what pgherd keeps in
+/// its state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remembered {
+    pub system_identifier: u64,
+    pub timeline: u32,
+}
+
 /// Folds probe results into topologies. Sans-IO: feed results, read topologies.
 #[derive(Debug)]
 pub struct Evaluator {
@@ -254,10 +283,14 @@ pub struct Evaluator {
     current: Topology,
     /// Highest timeline any primary has shown: lower ones are fenced.
     max_timeline: u32,
+    /// The cluster `max_timeline` belongs to, once known.
+    system_identifier: Option<u64>,
 }
 
 impl Evaluator {
-    pub fn new(names: Vec<String>, thresholds: Thresholds) -> Self {
+    /// An evaluator for the named nodes, starting from what a previous run
+    /// remembered (if anything).
+    pub fn new(names: Vec<String>, thresholds: Thresholds, remembered: Option<Remembered>) -> Self {
         let nodes: Vec<NodeStatus> = names
             .into_iter()
             .map(|name| NodeStatus {
@@ -290,12 +323,22 @@ impl Evaluator {
                 split_brain: false,
                 version: 0,
             },
-            max_timeline: 0,
+            max_timeline: remembered.map_or(0, |r| r.timeline),
+            system_identifier: remembered.map(|r| r.system_identifier),
         }
     }
 
     pub fn topology(&self) -> &Topology {
         &self.current
+    }
+
+    /// The highest timeline seen and its cluster, once a primary was elected
+    /// (or as remembered at start).
+    pub fn remembered(&self) -> Option<Remembered> {
+        self.system_identifier.map(|system_identifier| Remembered {
+            system_identifier,
+            timeline: self.max_timeline,
+        })
     }
 
     /// Records one probe of node `i` and returns the events it caused. The
@@ -346,6 +389,19 @@ impl Evaluator {
                 n.up && n.role == Role::Primary
             })
             .collect();
+        let nodes = &self.current.nodes;
+        if let Some(known) = self.system_identifier {
+            let mut ids = claimants
+                .iter()
+                .filter_map(|&i| nodes[i].system_identifier())
+                .peekable();
+            if ids.peek().is_some() && ids.all(|id| id != known) {
+                // Every primary belongs to another cluster: a rebuilt one,
+                // whose timelines start again.
+                self.system_identifier = None;
+                self.max_timeline = 0;
+            }
+        }
         for &i in &claimants {
             let tl = self.current.nodes[i].timeline.unwrap_or(0);
             self.max_timeline = self.max_timeline.max(tl);
@@ -364,6 +420,9 @@ impl Evaluator {
         }
         self.current.primary = primary;
         self.current.split_brain = claimants.len() > 1;
+        if let Some(id) = primary.and_then(|p| self.current.nodes[p].system_identifier()) {
+            self.system_identifier = Some(id);
+        }
     }
 
     fn measure_lag(&mut self) {
@@ -482,6 +541,8 @@ fn diff(old: &Topology, new: &Topology) -> Vec<ClusterEvent> {
 mod tests {
     use super::*;
 
+    const CLUSTER: u64 = 7_300_000_000_000_000_001;
+
     fn thresholds() -> Thresholds {
         Thresholds {
             rise: 2,
@@ -492,7 +553,11 @@ mod tests {
     }
 
     fn eval(n: usize) -> Evaluator {
-        Evaluator::new((0..n).map(|i| format!("pg{i}")).collect(), thresholds())
+        Evaluator::new(
+            (0..n).map(|i| format!("pg{i}")).collect(),
+            thresholds(),
+            None,
+        )
     }
 
     fn primary(tl: u32, lsn: u64) -> Result<ProbeSample, String> {
@@ -504,6 +569,7 @@ mod tests {
             replay_age: None,
             timeline: Some(tl),
             wal_receiver: None,
+            system_identifier: Some(CLUSTER),
             duration: Duration::from_millis(1),
             started: None,
         })
@@ -518,6 +584,7 @@ mod tests {
             replay_age: Some(100.0),
             timeline: Some(tl),
             wal_receiver: Some("streaming".into()),
+            system_identifier: Some(CLUSTER),
             duration: Duration::from_millis(1),
             started: None,
         })
@@ -670,6 +737,21 @@ mod tests {
     }
 
     #[test]
+    fn unsettled_from_a_failed_primary_probe_until_a_primary_answers() {
+        let mut e = eval(2);
+        assert!(e.topology().unsettled(), "nothing known yet");
+        e.apply(0, primary(1, 100));
+        e.apply(1, standby(1, 100));
+        assert!(!e.topology().unsettled());
+        e.apply(1, down());
+        assert!(!e.topology().unsettled(), "a standby's failure is not");
+        e.apply(0, down());
+        assert!(e.topology().unsettled(), "still up (fall 3) but failing");
+        e.apply(0, primary(1, 100));
+        assert!(!e.topology().unsettled());
+    }
+
+    #[test]
     fn version_counts_changes_only() {
         let mut e = eval(1);
         e.apply(0, primary(1, 100));
@@ -678,5 +760,53 @@ mod tests {
         assert_eq!(e.topology().version, v);
         e.apply(0, primary(1, 200));
         assert_eq!(e.topology().version, v + 1);
+    }
+
+    #[test]
+    fn a_remembered_timeline_fences_an_old_primary_after_a_restart() {
+        let mut e = eval(2);
+        e.apply(0, primary(1, 100));
+        assert_eq!(e.remembered().map(|r| r.timeline), Some(1));
+        e.apply(0, primary(3, 100));
+        let remembered = e.remembered();
+        assert_eq!(
+            remembered,
+            Some(Remembered {
+                system_identifier: CLUSTER,
+                timeline: 3
+            })
+        );
+        // A new pgherd whose first sight is the old primary on timeline 2.
+        let mut restarted =
+            Evaluator::new(vec!["pg0".into(), "pg1".into()], thresholds(), remembered);
+        restarted.apply(1, primary(2, 100));
+        assert_eq!(restarted.topology().primary, None);
+        assert!(restarted.topology().nodes[1].fenced);
+        // Without the memory it would have been taken as the primary.
+        let mut forgetful = eval(2);
+        forgetful.apply(1, primary(2, 100));
+        assert_eq!(forgetful.topology().primary, Some(1));
+    }
+
+    #[test]
+    fn a_rebuilt_cluster_forgets_the_remembered_timeline() {
+        let remembered = Some(Remembered {
+            system_identifier: CLUSTER + 1,
+            timeline: 9,
+        });
+        let mut e = Evaluator::new(vec!["pg0".into()], thresholds(), remembered);
+        e.apply(0, primary(1, 100));
+        assert_eq!(
+            e.topology().primary,
+            Some(0),
+            "another cluster: initdb's timeline 1"
+        );
+        assert_eq!(
+            e.remembered(),
+            Some(Remembered {
+                system_identifier: CLUSTER,
+                timeline: 1
+            })
+        );
     }
 }

@@ -112,6 +112,9 @@ pub struct General {
     /// `auto` target: after a client's transaction on the primary, its reads
     /// go to a standby only once that standby is known to have replayed it.
     pub read_your_writes: bool,
+    /// Where pgherd remembers the highest timeline it has seen, so a
+    /// restarted pgherd still fences an old primary that comes back first.
+    pub state_file: Option<std::path::PathBuf>,
     pub probe: Probe,
 }
 
@@ -122,6 +125,10 @@ pub struct Probe {
     pub password: Option<Secret>,
     pub database: String,
     pub interval: Duration,
+    /// The interval while the cluster is unsettled — no primary, or the
+    /// primary's last probe failed (haproxy's `fastinter`): a promotion is
+    /// seen within this, not within `interval`.
+    pub fast_interval: Duration,
     pub timeout: Duration,
     /// Consecutive successes before a down node is up again (haproxy's `rise`).
     pub rise: u32,
@@ -174,6 +181,13 @@ pub struct Node {
     pub name: String,
     pub host: String,
     pub port: u16,
+    /// Share of reads among standbys of the same priority (haproxy's
+    /// `weight`); 0 sends it no reads.
+    pub weight: u32,
+    /// Reads go to the usable standbys with the highest priority; lower
+    /// ones serve only when none of those can (haproxy's `backup` servers,
+    /// in as many tiers as needed).
+    pub priority: u32,
 }
 
 /// A `[databases]` entry: what a client's database name maps to upstream.
@@ -286,10 +300,12 @@ mod raw {
         pub replica_fallback: bool,
         pub replica_balance: Balance,
         pub read_your_writes: bool,
+        pub state_file: Option<String>,
         pub probe_user: Option<String>,
         pub probe_password: Option<String>,
         pub probe_database: String,
         pub probe_interval: f64,
+        pub probe_fast_interval: f64,
         pub probe_timeout: f64,
         pub probe_rise: u32,
         pub probe_fall: u32,
@@ -323,10 +339,12 @@ mod raw {
                 replica_fallback: true,
                 replica_balance: Balance::RoundRobin,
                 read_your_writes: true,
+                state_file: None,
                 probe_user: None,
                 probe_password: None,
                 probe_database: "postgres".into(),
                 probe_interval: 1.0,
+                probe_fast_interval: 0.1,
                 probe_timeout: 1.0,
                 probe_rise: 2,
                 probe_fall: 3,
@@ -350,6 +368,19 @@ mod raw {
         pub host: String,
         #[serde(default = "default_port")]
         pub port: u16,
+        #[serde(default = "default_weight")]
+        pub weight: u32,
+        #[serde(default = "default_priority")]
+        pub priority: u32,
+    }
+
+    fn default_weight() -> u32 {
+        1
+    }
+
+    // repmgr's default node priority: higher is preferred there too.
+    fn default_priority() -> u32 {
+        100
     }
 
     fn default_port() -> u16 {
@@ -441,6 +472,7 @@ mod raw {
                 replica_fallback: g.replica_fallback,
                 replica_balance: g.replica_balance,
                 read_your_writes: g.read_your_writes,
+                state_file: g.state_file.map(std::path::PathBuf::from),
                 probe: Probe {
                     user: g.probe_user.ok_or_else(|| {
                         invalid(
@@ -452,6 +484,8 @@ mod raw {
                     password: g.probe_password.map(Secret::new),
                     database: g.probe_database,
                     interval: positive("pgherd.probe_interval", g.probe_interval)?,
+                    fast_interval: positive("pgherd.probe_fast_interval", g.probe_fast_interval)?
+                        .min(positive("pgherd.probe_interval", g.probe_interval)?),
                     timeout: positive("pgherd.probe_timeout", g.probe_timeout)?,
                     rise: g.probe_rise.max(1),
                     fall: g.probe_fall.max(1),
@@ -481,6 +515,8 @@ mod raw {
                     name: n.name,
                     host: n.host,
                     port: n.port,
+                    weight: n.weight,
+                    priority: n.priority,
                 });
             }
 

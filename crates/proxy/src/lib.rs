@@ -216,7 +216,7 @@ impl Proxy {
         }
         let mut process_secret = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut process_secret);
-        let cluster = Cluster::start(&config);
+        let cluster = Cluster::start(&config)?;
         let shared = Arc::new(Shared {
             tracked: params::Tracked::new(&config.general),
             node_load: config.nodes.iter().map(|_| AtomicUsize::new(0)).collect(),

@@ -85,7 +85,8 @@ pub fn shared_cluster() -> &'static TestCluster {
 pub struct PgherdBuilder {
     general: Vec<String>,
     listeners: Vec<String>,
-    nodes: Vec<(String, u16)>,
+    /// Name, port and extra `key = value` lines of each `[[nodes]]` entry.
+    nodes: Vec<(String, u16, Vec<String>)>,
     databases: Vec<String>,
     users: Vec<String>,
 }
@@ -105,7 +106,7 @@ impl PgherdBuilder {
                 .pg
                 .nodes()
                 .iter()
-                .map(|n| (n.name.clone(), n.port))
+                .map(|n| (n.name.clone(), n.port, Vec::new()))
                 .collect(),
             databases: vec!["\"*\" = {}".into()],
             users: vec![
@@ -113,6 +114,13 @@ impl PgherdBuilder {
                 format!("md5user = {{ password = \"{MD5_PASSWORD}\" }}"),
             ],
         }
+    }
+
+    /// Probes every `seconds` instead of the tests' 0.2 s.
+    pub fn probe_interval(mut self, seconds: f64) -> Self {
+        self.general.retain(|l| !l.starts_with("probe_interval"));
+        self.general.push(format!("probe_interval = {seconds}"));
+        self
     }
 
     /// Adds a `key = value` line to `[pgherd]`.
@@ -160,7 +168,15 @@ impl PgherdBuilder {
             .and_then(|l| l.local_addr())
             .expect("find a free port")
             .port();
-        self.nodes.insert(at, (name.into(), port));
+        self.nodes.insert(at, (name.into(), port, Vec::new()));
+        self
+    }
+
+    /// Adds a `key = value` line to the `[[nodes]]` entry named `name`.
+    pub fn node_option(mut self, name: &str, line: &str) -> Self {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.0 == name) {
+            node.2.push(line.into());
+        }
         self
     }
 
@@ -174,10 +190,14 @@ impl PgherdBuilder {
         for l in &self.listeners {
             t.push_str(l);
         }
-        for (name, port) in &self.nodes {
+        for (name, port, extra) in &self.nodes {
             t.push_str(&format!(
                 "\n[[nodes]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\n"
             ));
+            for l in extra {
+                t.push_str(l);
+                t.push('\n');
+            }
         }
         t.push_str("\n[databases]\n");
         for l in &self.databases {
