@@ -24,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use pgherd_localpg::{ClusterSpec, LocalCluster, PgBinaries};
+use pgherd_localpg::{find_pgbouncer, ClusterSpec, LocalCluster, LocalPgbouncer, PgBinaries};
 
 const USER: &str = "bench";
 const PASSWORD: &str = "bench";
@@ -161,8 +161,8 @@ fn main() -> anyhow::Result<()> {
         pgherd_port,
         pgherd_admin,
     )?;
-    let mut bouncer = match &pgbouncer {
-        Some(path) => Some(spawn_pgbouncer(path, &cluster, work.path())?),
+    let bouncer = match &pgbouncer {
+        Some(path) => Some(spawn_pgbouncer(path, &cluster)?),
         None => {
             eprintln!(
                 "pgbouncer not found (apt-get install -y pgbouncer): comparing with direct only"
@@ -189,7 +189,7 @@ fn main() -> anyhow::Result<()> {
 
     let mut targets = vec![(Target::Direct, primary, None)];
     if let Some(b) = &bouncer {
-        targets.push((Target::Pgbouncer, b.port, Some(b.child.id())));
+        targets.push((Target::Pgbouncer, b.port, Some(b.pid())));
     }
     targets.push((Target::Pgherd, pgherd_port, Some(pgherd.id())));
 
@@ -265,9 +265,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     stop(&mut pgherd);
-    if let Some(b) = bouncer.as_mut() {
-        stop(&mut b.child);
-    }
+    drop(bouncer);
     Ok(())
 }
 
@@ -499,50 +497,18 @@ fn spawn_pgherd(
         .spawn()?)
 }
 
-struct Bouncer {
-    child: Child,
-    port: u16,
-}
-
-fn spawn_pgbouncer(bin: &Path, cluster: &LocalCluster, dir: &Path) -> anyhow::Result<Bouncer> {
-    use std::os::unix::process::CommandExt;
-    let port = free_port()?;
+/// pgbouncer in transaction mode with pgherd's pool size, in front of the primary.
+fn spawn_pgbouncer(bin: &Path, cluster: &LocalCluster) -> anyhow::Result<LocalPgbouncer> {
     let primary = cluster.node(0).port;
-    let ini = format!(
-        "[databases]\n{USER} = host=127.0.0.1 port={primary} dbname={USER}\n\n\
-         [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
-         auth_type = scram-sha-256\nauth_file = {dir}/userlist.txt\npool_mode = transaction\n\
-         default_pool_size = {POOL_SIZE}\nmax_client_conn = 20000\nlogfile = {dir}/pgbouncer.log\n\
-         pidfile = {dir}/pgbouncer.pid\n",
-        dir = dir.display()
-    );
-    std::fs::write(dir.join("pgbouncer.ini"), ini)?;
-    std::fs::write(
-        dir.join("userlist.txt"),
-        format!("\"{USER}\" \"{PASSWORD}\"\n"),
-    )?;
-    let mut cmd = Command::new(bin);
-    // -q: its log goes to the log file only.
-    cmd.arg("-q")
-        .arg(dir.join("pgbouncer.ini"))
-        .stdin(Stdio::null());
-    // pgbouncer refuses to run as root.
-    if nix::unistd::geteuid().is_root() {
-        let user = nix::unistd::User::from_name("postgres")?.context("no postgres user")?;
-        for f in ["pgbouncer.ini", "userlist.txt"] {
-            std::os::unix::fs::chown(
-                dir.join(f),
-                Some(user.uid.as_raw()),
-                Some(user.gid.as_raw()),
-            )?;
-        }
-        std::os::unix::fs::chown(dir, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
-        cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
-    }
-    Ok(Bouncer {
-        child: cmd.spawn()?,
-        port,
-    })
+    Ok(LocalPgbouncer::start(
+        bin,
+        &format!("{USER} = host=127.0.0.1 port={primary} dbname={USER}"),
+        &format!(
+            "auth_type = scram-sha-256\npool_mode = transaction\n\
+             default_pool_size = {POOL_SIZE}\nmax_client_conn = 20000"
+        ),
+        &format!("\"{USER}\" \"{PASSWORD}\"\n"),
+    )?)
 }
 
 fn stop(child: &mut Child) {
@@ -551,17 +517,6 @@ fn stop(child: &mut Child) {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = child.wait();
-}
-
-fn find_pgbouncer() -> Option<PathBuf> {
-    [
-        "/usr/sbin/pgbouncer",
-        "/usr/bin/pgbouncer",
-        "/usr/local/bin/pgbouncer",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_file())
 }
 
 /// A binary next to this one (both built by `cargo build --release`).

@@ -102,6 +102,8 @@ pub struct General {
     pub ignore_startup_parameters: Vec<String>,
     /// On SIGTERM/SIGINT: how long to wait for clients to finish before exiting.
     pub shutdown_timeout: Duration,
+    /// Period of the admin console's `SHOW STATS_AVERAGES` (pgbouncer's).
+    pub stats_period: Duration,
     /// How long a client waits for a primary to appear (during a failover)
     /// before it gets 57P03.
     pub primary_wait_timeout: Duration,
@@ -112,6 +114,11 @@ pub struct General {
     /// `auto` target: after a client's transaction on the primary, its reads
     /// go to a standby only once that standby is known to have replayed it.
     pub read_your_writes: bool,
+    /// Users who may run every admin console command (database `pgbouncer`
+    /// or `pgherd`); they log in as any other user, with `[users]` entries.
+    pub admin_users: Vec<String>,
+    /// Users who may run the console's read-only commands (`SHOW ...`).
+    pub stats_users: Vec<String>,
     /// Where pgherd remembers the highest timeline it has seen, so a
     /// restarted pgherd still fences an old primary that comes back first.
     pub state_file: Option<std::path::PathBuf>,
@@ -259,6 +266,103 @@ impl Config {
     }
 }
 
+/// Every `[pgherd]` setting as `(key, value, default)` text, for the admin
+/// console's `SHOW CONFIG`. Secrets are never shown, only whether one is set.
+pub fn settings(g: &General) -> Vec<(&'static str, String, String)> {
+    // The defaults are valid (a unit test checks it); were they not, the
+    // default column would be empty rather than the console failing.
+    let theirs = raw::File::defaults()
+        .map(|d| setting_values(&d))
+        .unwrap_or_default();
+    setting_values(g)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value))| {
+            let default = theirs.get(i).map(|(_, d)| d.clone()).unwrap_or_default();
+            (key, value, default)
+        })
+        .collect()
+}
+
+fn setting_values(g: &General) -> Vec<(&'static str, String)> {
+    let secs = |d: Duration| d.as_secs_f64().to_string();
+    let opt_secs = |d: Option<Duration>| d.map(secs).unwrap_or_default();
+    let list = |v: &[String]| v.join(",");
+    let p = &g.probe;
+    vec![
+        ("listen_addr", g.listen_addr.to_string()),
+        ("pool_mode", format!("{:?}", g.pool_mode).to_lowercase()),
+        (
+            "admin_listen_addr",
+            g.admin_listen_addr
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "auth_type",
+            match g.auth_type {
+                AuthType::Trust => "trust".into(),
+                AuthType::ScramSha256 => "scram-sha-256".into(),
+            },
+        ),
+        ("max_client_conn", g.max_client_conn.to_string()),
+        ("default_pool_size", g.default_pool_size.to_string()),
+        ("server_reset_query", g.server_reset_query.clone()),
+        ("server_connect_timeout", secs(g.server_connect_timeout)),
+        ("query_wait_timeout", secs(g.query_wait_timeout)),
+        ("client_login_timeout", secs(g.client_login_timeout)),
+        ("max_packet_size", g.max_packet_size.to_string()),
+        (
+            "max_prepared_statements",
+            g.max_prepared_statements.to_string(),
+        ),
+        ("track_extra_parameters", list(&g.track_extra_parameters)),
+        (
+            "ignore_startup_parameters",
+            list(&g.ignore_startup_parameters),
+        ),
+        ("shutdown_timeout", secs(g.shutdown_timeout)),
+        ("stats_period", secs(g.stats_period)),
+        ("primary_wait_timeout", secs(g.primary_wait_timeout)),
+        ("replica_fallback", g.replica_fallback.to_string()),
+        (
+            "replica_balance",
+            match g.replica_balance {
+                Balance::RoundRobin => "roundrobin".into(),
+                Balance::LeastConn => "leastconn".into(),
+            },
+        ),
+        ("read_your_writes", g.read_your_writes.to_string()),
+        ("admin_users", list(&g.admin_users)),
+        ("stats_users", list(&g.stats_users)),
+        (
+            "state_file",
+            g.state_file
+                .as_ref()
+                .map(|f| f.display().to_string())
+                .unwrap_or_default(),
+        ),
+        ("probe_user", p.user.clone()),
+        (
+            "probe_password",
+            if p.password.is_some() { "(set)" } else { "" }.into(),
+        ),
+        ("probe_database", p.database.clone()),
+        ("probe_interval", secs(p.interval)),
+        ("probe_fast_interval", secs(p.fast_interval)),
+        ("probe_timeout", secs(p.timeout)),
+        ("probe_rise", p.rise.to_string()),
+        ("probe_fall", p.fall.to_string()),
+        (
+            "max_replica_lag_bytes",
+            p.max_replica_lag_bytes
+                .map(|b| b.to_string())
+                .unwrap_or_default(),
+        ),
+        ("max_replica_lag", opt_secs(p.max_replica_lag)),
+    ]
+}
+
 mod raw {
     //! The file as written, before validation.
     use super::*;
@@ -297,9 +401,12 @@ mod raw {
         pub track_extra_parameters: Vec<String>,
         pub ignore_startup_parameters: Vec<String>,
         pub shutdown_timeout: f64,
+        pub stats_period: f64,
         pub replica_fallback: bool,
         pub replica_balance: Balance,
         pub read_your_writes: bool,
+        pub admin_users: Vec<String>,
+        pub stats_users: Vec<String>,
         pub state_file: Option<String>,
         pub probe_user: Option<String>,
         pub probe_password: Option<String>,
@@ -336,9 +443,12 @@ mod raw {
                 track_extra_parameters: vec!["IntervalStyle".into()],
                 ignore_startup_parameters: Vec::new(),
                 shutdown_timeout: 30.0,
+                stats_period: 60.0,
                 replica_fallback: true,
                 replica_balance: Balance::RoundRobin,
                 read_your_writes: true,
+                admin_users: Vec::new(),
+                stats_users: Vec::new(),
                 state_file: None,
                 probe_user: None,
                 probe_password: None,
@@ -420,6 +530,28 @@ mod raw {
     }
 
     impl File {
+        /// The `[pgherd]` section as it is when the file sets nothing
+        /// (the probe user, which has no default, left empty).
+        pub fn defaults() -> Result<super::General, ConfigError> {
+            let file = File {
+                pgherd: General {
+                    probe_user: Some(String::new()),
+                    ..General::default()
+                },
+                listeners: Vec::new(),
+                nodes: vec![Node {
+                    name: "default".into(),
+                    host: "localhost".into(),
+                    port: default_port(),
+                    weight: default_weight(),
+                    priority: default_priority(),
+                }],
+                databases: BTreeMap::new(),
+                users: BTreeMap::new(),
+            };
+            file.validate().map(|c| c.general)
+        }
+
         pub fn validate(self) -> Result<super::Config, ConfigError> {
             let g = self.pgherd;
             let listen_addr = g.listen_addr.parse().map_err(|_| {
@@ -469,9 +601,12 @@ mod raw {
                 track_extra_parameters: g.track_extra_parameters,
                 ignore_startup_parameters: g.ignore_startup_parameters,
                 shutdown_timeout: seconds("pgherd.shutdown_timeout", g.shutdown_timeout)?,
+                stats_period: positive("pgherd.stats_period", g.stats_period)?,
                 replica_fallback: g.replica_fallback,
                 replica_balance: g.replica_balance,
                 read_your_writes: g.read_your_writes,
+                admin_users: g.admin_users,
+                stats_users: g.stats_users,
                 state_file: g.state_file.map(std::path::PathBuf::from),
                 probe: Probe {
                     user: g.probe_user.ok_or_else(|| {
@@ -610,6 +745,25 @@ mod raw {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_show_values_defaults_and_no_secrets() {
+        let c = Config::parse(
+            "[pgherd]\nprobe_user = \"p\"\nprobe_password = \"hunter2\"\nprobe_interval = 2\n\
+             [[nodes]]\nname = \"a\"\nhost = \"h\"",
+        )
+        .unwrap();
+        let s = settings(&c.general);
+        let get = |k: &str| s.iter().find(|(key, _, _)| *key == k).cloned().unwrap();
+        assert_eq!(
+            get("probe_interval"),
+            ("probe_interval", "2".into(), "1".into())
+        );
+        assert_eq!(get("default_pool_size").2, "20");
+        assert_eq!(get("probe_password").1, "(set)");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(raw::File::defaults().is_ok());
+    }
 
     const MINIMAL: &str = r#"
         [pgherd]

@@ -20,6 +20,7 @@
 
 mod binaries;
 mod node;
+pub mod pgbouncer;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 
 pub use binaries::PgBinaries;
 pub use node::{LocalNode, StopMode};
+pub use pgbouncer::{find_pgbouncer, LocalPgbouncer};
 
 /// Anything that can go wrong while running local PostgreSQL servers.
 #[derive(Debug, thiserror::Error)]

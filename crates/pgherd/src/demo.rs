@@ -26,7 +26,7 @@ pub(crate) fn run(port: Option<u16>) -> anyhow::Result<()> {
 fn config_for(cluster: &LocalCluster, port: u16, admin: u16) -> String {
     let mut t = format!(
         "[pgherd]\nlisten_addr = \"127.0.0.1:{port}\"\nadmin_listen_addr = \"127.0.0.1:{admin}\"\n\
-         probe_user = \"postgres\"\nprobe_password = \"{}\"\n",
+         probe_user = \"postgres\"\nprobe_password = \"{}\"\nadmin_users = [\"{DEMO_USER}\"]\n",
         cluster.superuser_password()
     );
     for n in cluster.nodes() {
@@ -81,6 +81,10 @@ async fn serve(cluster: &LocalCluster, port: Option<u16>) -> anyhow::Result<()> 
     println!("\nConnect through pgherd:\n");
     println!(
         "  PGPASSWORD={DEMO_PASSWORD} psql -h 127.0.0.1 -p {port} -U {DEMO_USER} {DEMO_USER}\n"
+    );
+    println!("Admin console (pgbouncer's SHOW POOLS, SHOW NODES, PAUSE, ...):\n");
+    println!(
+        "  PGPASSWORD={DEMO_PASSWORD} psql -h 127.0.0.1 -p {port} -U {DEMO_USER} pgbouncer -c 'SHOW POOLS'\n"
     );
     if let Some(a) = admin {
         println!("Stats page:    http://{a}/");

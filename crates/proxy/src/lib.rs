@@ -26,28 +26,31 @@ mod buffers;
 mod cancel;
 mod classify;
 mod client;
+mod console;
 mod params;
 mod prepared;
+mod registry;
 mod relay;
 mod route;
 mod server;
 mod session;
 mod stats;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pgherd_cluster::{Cluster, ClusterEvent, Topology};
-use pgherd_config::{Config, Target};
+use pgherd_config::{Config, PoolMode, Target};
 use pgherd_pool::Pool;
 use rand::RngCore;
 use tokio::net::TcpListener;
 
+pub use registry::{ClientInfo, ClientState, ServerInfo, ServerState};
 pub use server::{ServerConn, ServerCredential, ServerError};
-pub use stats::{PoolStats, StatsSnapshot, DURATION_BUCKETS};
+pub use stats::{Averages, PoolStats, StatsSnapshot, DURATION_BUCKETS};
 
 /// Pools are per (server database, server user, node).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -62,6 +65,8 @@ pub(crate) struct PoolKey {
 pub(crate) struct PoolEntry {
     pub(crate) pool: Pool<ServerConn>,
     pub(crate) stats: Arc<PoolStats>,
+    /// The pool mode of the client that created it.
+    pub(crate) mode: PoolMode,
 }
 
 /// State shared by every session of one proxy.
@@ -85,6 +90,12 @@ pub(crate) struct Shared {
     shutting_down: tokio::sync::watch::Sender<bool>,
     /// Parameters transaction-mode clients keep as their own.
     tracked: params::Tracked,
+    /// Clients, server connections and database switches (admin console).
+    registry: Arc<registry::Registry>,
+    /// The console's SHUTDOWN: [`Proxy::run`] stops as if signalled.
+    shutdown_requested: tokio::sync::Notify,
+    /// `SHOW STATS_AVERAGES` per database, over the last `stats_period`.
+    averages: Mutex<BTreeMap<String, Averages>>,
 }
 
 impl Shared {
@@ -93,15 +104,59 @@ impl Shared {
     }
 
     /// The pool for `key` and its counters, created on first use.
-    pub(crate) fn pool(&self, key: PoolKey, size: usize) -> PoolEntry {
+    pub(crate) fn pool(&self, key: PoolKey, size: usize, mode: PoolMode) -> PoolEntry {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools
             .entry(key)
             .or_insert_with(|| PoolEntry {
                 pool: Pool::new(size),
                 stats: Arc::default(),
+                mode,
             })
             .clone()
+    }
+
+    /// Every pool with its counters, sorted by database, user, node.
+    pub(crate) fn pool_rows(&self) -> Vec<PoolSnapshot> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let nodes = &self.config.nodes;
+        let mut out: Vec<PoolSnapshot> = pools
+            .iter()
+            .map(|(k, p)| PoolSnapshot {
+                database: k.database.clone(),
+                user: k.user.clone(),
+                node: nodes
+                    .get(k.node)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_default(),
+                mode: p.mode,
+                status: p.pool.status(),
+                stats: p.stats.snapshot(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.database, &a.user, &a.node).cmp(&(&b.database, &b.user, &b.node)));
+        out
+    }
+
+    /// Traffic totals per (server) database, over users and nodes.
+    pub(crate) fn database_totals(&self) -> BTreeMap<String, StatsSnapshot> {
+        let mut totals: BTreeMap<String, StatsSnapshot> = BTreeMap::new();
+        for p in self.pool_rows() {
+            totals.entry(p.database).or_default().add(&p.stats);
+        }
+        totals
+    }
+
+    /// The averages of the last complete `stats_period`.
+    pub(crate) fn averages(&self) -> BTreeMap<String, Averages> {
+        self.averages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn request_shutdown(&self) {
+        self.shutdown_requested.notify_one();
     }
 
     /// Closes the idle server connections to node `node` (its role changed,
@@ -174,6 +229,29 @@ impl Drop for NodeLease<'_> {
     }
 }
 
+/// Every `stats_period`, turns the totals into pgbouncer's averages.
+async fn average_stats(shared: std::sync::Weak<Shared>, period: std::time::Duration) {
+    let mut earlier: BTreeMap<String, StatsSnapshot> = BTreeMap::new();
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = shared.database_totals();
+        let averages = now
+            .iter()
+            .map(|(db, later)| {
+                let before = earlier.get(db).cloned().unwrap_or_default();
+                (db.clone(), Averages::between(&before, later, period))
+            })
+            .collect();
+        *shared.averages.lock().unwrap_or_else(|e| e.into_inner()) = averages;
+        earlier = now;
+    }
+}
+
 /// Drains idle connections of nodes whose role or health changed.
 async fn drain_on_changes(shared: Arc<Shared>) {
     let mut events = shared.cluster.subscribe();
@@ -229,8 +307,15 @@ impl Proxy {
             round_robin: AtomicUsize::new(0),
             process_secret,
             shutting_down: tokio::sync::watch::Sender::new(false),
+            registry: Arc::default(),
+            shutdown_requested: tokio::sync::Notify::new(),
+            averages: Mutex::default(),
         });
         tokio::spawn(drain_on_changes(Arc::clone(&shared)));
+        tokio::spawn(average_stats(
+            Arc::downgrade(&shared),
+            shared.config.general.stats_period,
+        ));
         Ok(Proxy { shared, listeners })
     }
 
@@ -264,7 +349,12 @@ impl Proxy {
         for (listener, target) in self.listeners {
             accepting.spawn(accept(listener, target, Arc::clone(&self.shared)));
         }
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = self.shared.shutdown_requested.notified() => {
+                tracing::info!("SHUTDOWN from the admin console");
+            }
+        }
         accepting.abort_all();
         while accepting.join_next().await.is_some() {}
         self.shared.shutting_down.send_replace(true);
@@ -309,6 +399,7 @@ pub struct PoolSnapshot {
     pub database: String,
     pub user: String,
     pub node: String,
+    pub mode: PoolMode,
     pub status: pgherd_pool::PoolStatus,
     pub stats: StatsSnapshot,
 }
@@ -341,22 +432,16 @@ impl ProxyHandle {
 
     /// Every pool with its counters.
     pub fn pools(&self) -> Vec<PoolSnapshot> {
-        let pools = self.shared.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let nodes = &self.shared.config.nodes;
-        let mut out: Vec<PoolSnapshot> = pools
-            .iter()
-            .map(|(k, p)| PoolSnapshot {
-                database: k.database.clone(),
-                user: k.user.clone(),
-                node: nodes
-                    .get(k.node)
-                    .map(|n| n.name.clone())
-                    .unwrap_or_default(),
-                status: p.pool.status(),
-                stats: p.stats.snapshot(),
-            })
-            .collect();
-        out.sort_by(|a, b| (&a.database, &a.user, &a.node).cmp(&(&b.database, &b.user, &b.node)));
-        out
+        self.shared.pool_rows()
+    }
+
+    /// Connected clients (logged in).
+    pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
+        self.shared.registry.clients()
+    }
+
+    /// Open server connections.
+    pub fn servers(&self) -> Vec<Arc<ServerInfo>> {
+        self.shared.registry.servers()
     }
 }

@@ -80,6 +80,8 @@ pub struct ServerConn {
     pub initial_params: Vec<(String, String)>,
     /// The startup parameters this connection was opened with, sorted.
     pub startup: Vec<(String, String)>,
+    /// Its entry in the admin console's list, while it is open.
+    pub(crate) registered: Option<crate::registry::Registered<crate::registry::ServerInfo>>,
 }
 
 impl ServerConn {
@@ -125,6 +127,7 @@ impl ServerConn {
             params: Vec::new(),
             initial_params: Vec::new(),
             startup,
+            registered: None,
         };
         conn.login(credential).await?;
         conn.initial_params = conn.params.clone();

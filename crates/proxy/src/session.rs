@@ -19,6 +19,7 @@ use crate::classify::{classify, Request};
 use crate::client::{Authenticated, Client, Refused};
 use crate::params::{self, ClientParams};
 use crate::prepared::ClientStatements;
+use crate::registry::{ClientInfo, DatabaseControl, InUse, NewClient, NewServer, ServerInfo};
 use crate::relay::{self, RelayEnd, ServerState, Until};
 use crate::route::{self, Attempt, Want};
 use crate::server::{send_cancel, ServerConn, ServerCredential, ServerError};
@@ -134,6 +135,9 @@ async fn run(
     auth: Authenticated,
     listener_target: Target,
 ) -> Result<(), ErrorFields> {
+    if crate::console::is_console(&auth.database) {
+        return crate::console::serve(shared, client, &auth).await;
+    }
     let config = shared.config();
     let replication = wants_replication(&auth);
     let fallback;
@@ -158,6 +162,21 @@ async fn run(
             .with_hint("pgherd has no [databases] entry for it and no \"*\" entry"))
         }
     };
+    let control = shared.registry.database(&auth.database);
+    if control.disabled() {
+        return Err(ErrorFields::fatal(
+            "57P03",
+            format!("database \"{}\" is disabled", auth.database),
+        )
+        .with_hint("an administrator ran DISABLE on the admin console; ENABLE lifts it"));
+    }
+    let me = shared.registry.add_client(NewClient {
+        user: &auth.user,
+        database: &auth.database,
+        addr: client.peer,
+        local_addr: client.stream.local_addr().ok(),
+        application_name: auth.startup.param("application_name").unwrap_or(""),
+    });
     let (server_user, credential) = server_login(config, db, &auth);
     let server_db = db.dbname.clone().unwrap_or_else(|| auth.database.clone());
     let mode = config.pool_mode(db, &auth.user);
@@ -208,10 +227,13 @@ async fn run(
         credential: &credential,
         database: &server_db,
         user: &server_user,
+        mode,
         pools: config.nodes.iter().map(|_| OnceLock::new()).collect(),
+        control,
+        me: Arc::clone(&me.info),
     };
     // The welcome needs a server's ParameterStatus values, in both modes.
-    let (mut first, _) = Box::pin(upstream.checkout(upstream.want())).await?;
+    let (mut first, _, first_lease) = Box::pin(upstream.checkout(upstream.want())).await?;
     let Some(server) = first.conn() else {
         return Err(ErrorFields::fatal(
             "XX000",
@@ -237,14 +259,24 @@ async fn run(
     let result = match welcomed {
         Ok(()) => {
             let held = match mode {
-                PoolMode::Session => Some(first),
+                PoolMode::Session => Some((first, first_lease)),
                 PoolMode::Transaction => {
                     first.release();
+                    drop(first_lease);
                     None
                 }
             };
             let params = tracking.then_some(&mut client_params);
-            serve_client(&upstream, client, held, params, &cancel).await
+            // KILL / KILL_CLIENT end the session wherever it is; a server
+            // it held is closed, never pooled, as when a client vanishes.
+            tokio::select! {
+                biased;
+                result = serve_client(&upstream, client, held, params, &cancel) => result,
+                () = me.info.killed() => Err(ErrorFields::fatal(
+                    "57P01",
+                    "terminating connection due to administrator command",
+                )),
+            }
         }
         Err(e) => Err(e),
     };
@@ -261,8 +293,29 @@ struct Upstream<'a> {
     credential: &'a ServerCredential,
     database: &'a str,
     user: &'a str,
+    mode: PoolMode,
     /// This client's pool on each node, looked up once.
     pools: Vec<OnceLock<PoolEntry>>,
+    /// PAUSE / DISABLE of the database the client asked for.
+    control: Arc<DatabaseControl>,
+    /// This client's entry in the console's list.
+    me: Arc<ClientInfo>,
+}
+
+/// What a client holds with its server: a claim on its paused-or-not
+/// database, and the link the console shows. Dropped with the server.
+pub(crate) struct Lease {
+    _in_use: InUse,
+    link: Option<(Arc<ClientInfo>, Arc<ServerInfo>)>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some((client, server)) = &self.link {
+            client.set_server(None);
+            server.set_client(None);
+        }
+    }
 }
 
 impl Upstream<'_> {
@@ -280,15 +333,47 @@ impl Upstream<'_> {
                 user: self.user.to_owned(),
                 node,
             };
-            self.shared.pool(key, self.db.pool_size)
+            self.shared.pool(key, self.db.pool_size, self.mode)
         })
     }
 
     /// A server on a node fit for `want`, from that node's pool, and when it
     /// was handed over. The time the client waited for it (failed attempts
     /// on other nodes included) is added to that pool's counters.
-    async fn checkout(&self, want: Want) -> Result<(Guard<ServerConn>, Instant), ErrorFields> {
+    async fn checkout(
+        &self,
+        want: Want,
+    ) -> Result<(Guard<ServerConn>, Instant, Lease), ErrorFields> {
         let asked = Instant::now();
+        self.me.wants_server();
+        let in_use = self.control.enter().await;
+        let result = self.connect(want, asked).await;
+        self.me.served();
+        let (mut guard, assigned) = result?;
+        let server = guard
+            .conn()
+            .and_then(|c| c.registered.as_ref())
+            .map(|r| Arc::clone(&r.info));
+        let link = server.map(|server| {
+            self.me.set_server(Some(server.id));
+            server.set_client(Some(self.me.id));
+            (Arc::clone(&self.me), server)
+        });
+        Ok((
+            guard,
+            assigned,
+            Lease {
+                _in_use: in_use,
+                link,
+            },
+        ))
+    }
+
+    async fn connect(
+        &self,
+        want: Want,
+        asked: Instant,
+    ) -> Result<(Guard<ServerConn>, Instant), ErrorFields> {
         route::connect(self.shared, want, |node, target| async move {
             let entry = self.entry(node);
             let attempt = checkout(
@@ -320,7 +405,7 @@ impl Upstream<'_> {
 async fn serve_client(
     upstream: &Upstream<'_>,
     client: &mut Client,
-    mut held: Option<Guard<ServerConn>>,
+    mut held: Option<(Guard<ServerConn>, Lease)>,
     mut params: Option<&mut ClientParams>,
     cancel: &CancelKey,
 ) -> Result<(), ErrorFields> {
@@ -348,9 +433,9 @@ async fn serve_client(
     // `auto`: a read unit a standby refused (25006) goes to the primary next.
     let mut refused_read = false;
     loop {
-        let (mut guard, assigned, want, read_unit) = match held.take() {
+        let (mut guard, assigned, want, read_unit, _lease) = match held.take() {
             // Session mode's server, held since the welcome.
-            Some(g) => (g, Instant::now(), upstream.want(), false),
+            Some((g, lease)) => (g, Instant::now(), upstream.want(), false, lease),
             None => {
                 if !wait_for_request(client, config.general.max_packet_size, &mut shutdown).await? {
                     return Ok(());
@@ -372,8 +457,8 @@ async fn serve_client(
                         Request::Write | Request::Incomplete => (Want::Primary, false),
                     }
                 };
-                let (guard, assigned) = Box::pin(upstream.checkout(want)).await?;
-                (guard, assigned, want, read_unit)
+                let (guard, assigned, lease) = Box::pin(upstream.checkout(want)).await?;
+                (guard, assigned, want, read_unit, lease)
             }
         };
         let Some(server) = guard.conn() else {
@@ -699,7 +784,19 @@ async fn open(
             tokio::spawn(conn.close());
             Attempt::Unusable("is a standby".into())
         }
-        Ok(conn) => Attempt::Usable(conn),
+        Ok(mut conn) => {
+            let param = |name: &str| params::find(&conn.startup, name).unwrap_or("").to_owned();
+            let (user, database) = (param("user"), param("database"));
+            conn.registered = Some(shared.registry.add_server(NewServer {
+                node,
+                user: &user,
+                database: &database,
+                addr: conn.addr,
+                local_addr: conn.stream.local_addr().ok(),
+                pid: conn.pid,
+            }));
+            Attempt::Usable(conn)
+        }
         Err(ServerError::Rejected(fields)) if fields.code.starts_with("57P") => {
             // Starting up, shutting down, in recovery: try another node.
             Attempt::Unusable(fields.message)

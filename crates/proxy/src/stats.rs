@@ -84,7 +84,42 @@ impl StatsSnapshot {
     }
 }
 
-fn micros(d: Duration) -> u64 {
+/// Per-second rates and per-transaction means over one `stats_period`:
+/// pgbouncer's `SHOW STATS_AVERAGES` figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Averages {
+    pub transactions: u64,
+    pub queries: u64,
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
+    /// Mean transaction time, µs.
+    pub xact_time_us: u64,
+    /// Mean wait for a server per transaction, µs.
+    pub wait_time_us: u64,
+}
+
+impl Averages {
+    /// The averages between two totals taken `period` apart.
+    pub fn between(earlier: &StatsSnapshot, later: &StatsSnapshot, period: Duration) -> Averages {
+        let secs = period.as_secs_f64().max(1e-3);
+        let rate = |a: u64, b: u64| (b.saturating_sub(a) as f64 / secs).round() as u64;
+        let xacts = later.transactions.saturating_sub(earlier.transactions);
+        let per_xact = |a: Duration, b: Duration| match xacts {
+            0 => 0,
+            n => micros(b.saturating_sub(a)) / n,
+        };
+        Averages {
+            transactions: rate(earlier.transactions, later.transactions),
+            queries: rate(earlier.queries, later.queries),
+            received_bytes: rate(earlier.received_bytes, later.received_bytes),
+            sent_bytes: rate(earlier.sent_bytes, later.sent_bytes),
+            xact_time_us: per_xact(earlier.xact_time, later.xact_time),
+            wait_time_us: per_xact(earlier.wait_time, later.wait_time),
+        }
+    }
+}
+
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -161,5 +196,32 @@ mod tests {
         total.add(&snap);
         assert_eq!(total.queries, 6);
         assert_eq!(total.duration_buckets[0], 2);
+    }
+
+    #[test]
+    fn averages_are_rates_and_means_over_the_period() {
+        let earlier = StatsSnapshot {
+            transactions: 100,
+            queries: 200,
+            xact_time: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let later = StatsSnapshot {
+            transactions: 400,
+            queries: 800,
+            received_bytes: 6000,
+            xact_time: Duration::from_millis(400),
+            wait_time: Duration::from_millis(3),
+            ..Default::default()
+        };
+        let a = Averages::between(&earlier, &later, Duration::from_secs(3));
+        assert_eq!(
+            (a.transactions, a.queries, a.received_bytes),
+            (100, 200, 2000)
+        );
+        assert_eq!(a.xact_time_us, 1000, "300 ms over 300 transactions");
+        assert_eq!(a.wait_time_us, 10);
+        let idle = Averages::between(&later, &later, Duration::from_secs(3));
+        assert_eq!(idle, Averages::default());
     }
 }

@@ -16,7 +16,9 @@
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
-pub use pgherd_localpg::{ClusterSpec, LocalCluster, LocalPgError, PgBinaries, StopMode};
+pub use pgherd_localpg::{
+    find_pgbouncer, ClusterSpec, LocalCluster, LocalPgError, LocalPgbouncer, PgBinaries, StopMode,
+};
 use pgherd_proxy::{Proxy, ProxyHandle};
 use tokio::sync::oneshot;
 

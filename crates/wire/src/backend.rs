@@ -1,6 +1,6 @@
 //! Views of the server messages the proxy acts on, and encoders for the
 //! backend messages pgherd writes to clients itself (authentication, errors,
-//! key data, ReadyForQuery).
+//! key data, ReadyForQuery, and the admin console's result sets).
 
 use bytes::{BufMut, BytesMut};
 
@@ -15,6 +15,8 @@ pub const ERROR_RESPONSE: u8 = b'E';
 pub const PARAMETER_STATUS: u8 = b'S';
 /// `BackendKeyData`.
 pub const BACKEND_KEY_DATA: u8 = b'K';
+/// `NoticeResponse`.
+pub const NOTICE_RESPONSE: u8 = b'N';
 
 /// Transaction status reported by `ReadyForQuery`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,10 +115,35 @@ impl ErrorFields {
         }
     }
 
+    /// An `ERROR`: the statement failed, the session goes on.
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        ErrorFields {
+            severity: "ERROR".into(),
+            ..ErrorFields::fatal(code, message)
+        }
+    }
+
+    /// A `NOTICE` (SQLSTATE 00000) to send with [`ErrorFields::encode_notice`].
+    pub fn notice(message: impl Into<String>) -> Self {
+        ErrorFields {
+            severity: "NOTICE".into(),
+            ..ErrorFields::fatal("00000", message)
+        }
+    }
+
     /// Appends this error as an ErrorResponse message.
     pub fn encode(&self, buf: &mut BytesMut) {
+        self.encode_as(buf, ERROR_RESPONSE);
+    }
+
+    /// Appends these fields as a NoticeResponse message.
+    pub fn encode_notice(&self, buf: &mut BytesMut) {
+        self.encode_as(buf, NOTICE_RESPONSE);
+    }
+
+    fn encode_as(&self, buf: &mut BytesMut, tag: u8) {
         let start = buf.len();
-        buf.put_u8(ERROR_RESPONSE);
+        buf.put_u8(tag);
         buf.put_i32(0);
         for (kind, value) in [
             (b'S', Some(&self.severity)),
@@ -220,6 +247,65 @@ pub fn ready_for_query(buf: &mut BytesMut, status: TxStatus) {
     put_message(buf, READY_FOR_QUERY, &[&[status.as_byte()]]);
 }
 
+/// Type OIDs of the columns pgherd's own result sets use.
+pub mod oid {
+    pub const INT4: u32 = 23;
+    pub const INT8: u32 = 20;
+    pub const TEXT: u32 = 25;
+    pub const NUMERIC: u32 = 1700;
+}
+
+/// `RowDescription` for text-format columns of the given names and types.
+pub fn row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
+    let start = buf.len();
+    buf.put_u8(b'T');
+    buf.put_i32(0);
+    buf.put_i16(columns.len() as i16);
+    for (name, type_oid) in columns {
+        put_cstr(buf, name);
+        buf.put_i32(0); // table OID
+        buf.put_i16(0); // column number
+        buf.put_u32(*type_oid);
+        let size: i16 = match *type_oid {
+            oid::INT4 => 4,
+            oid::INT8 => 8,
+            _ => -1,
+        };
+        buf.put_i16(size);
+        buf.put_i32(-1); // type modifier
+        buf.put_i16(0); // text format
+    }
+    patch_len(buf, start);
+}
+
+/// `DataRow` of text values (`None` is NULL).
+pub fn data_row<'a>(buf: &mut BytesMut, values: impl ExactSizeIterator<Item = Option<&'a str>>) {
+    let start = buf.len();
+    buf.put_u8(b'D');
+    buf.put_i32(0);
+    buf.put_i16(values.len() as i16);
+    for v in values {
+        match v {
+            Some(v) => {
+                buf.put_i32(v.len() as i32);
+                buf.put_slice(v.as_bytes());
+            }
+            None => buf.put_i32(-1),
+        }
+    }
+    patch_len(buf, start);
+}
+
+/// `CommandComplete` with its tag (`SHOW`, `PAUSE`, `SELECT 3`...).
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    put_message(buf, b'C', &[tag.as_bytes(), b"\0"]);
+}
+
+/// `EmptyQueryResponse`.
+pub fn empty_query_response(buf: &mut BytesMut) {
+    put_message(buf, b'I', &[]);
+}
+
 /// `NegotiateProtocolVersion`: the newest minor version pgherd speaks and the
 /// protocol options it did not recognise.
 pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unsupported: &[String]) {
@@ -258,6 +344,31 @@ mod tests {
             &buf[..],
             b"E\0\0\0\x1fSFATAL\0VFATAL\0C08P01\0Mbad\0\0".as_slice()
         );
+    }
+
+    #[test]
+    fn result_set_bytes() {
+        let mut buf = BytesMut::new();
+        row_description(&mut buf, &[("a", oid::TEXT), ("n", oid::INT4)]);
+        data_row(&mut buf, [Some("x"), None].into_iter());
+        command_complete(&mut buf, "SHOW");
+        let t = next_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!(t.tag, b'T');
+        assert_eq!(
+            &t.body[..],
+            b"\0\x02a\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0\
+              n\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0"
+                .as_slice()
+        );
+        let d = next_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!(&d.body[..], b"\0\x02\0\0\0\x01x\xff\xff\xff\xff".as_slice());
+        let c = next_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!((c.tag, &c.body[..]), (b'C', b"SHOW\0".as_slice()));
+        let mut n = BytesMut::new();
+        ErrorFields::notice("hi").encode_notice(&mut n);
+        let f = next_frame(&mut n, 1 << 20).unwrap().unwrap();
+        assert_eq!(f.tag, b'N');
+        assert_eq!(ErrorFields::parse(&f.body).unwrap().severity, "NOTICE");
     }
 
     #[test]

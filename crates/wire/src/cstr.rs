@@ -11,7 +11,7 @@ pub fn split_cstr_bytes(buf: &[u8]) -> Option<(&[u8], &[u8])> {
 /// Splits a NUL-terminated UTF-8 string off the front of `buf`.
 /// Returns the string and the rest after the NUL, or `None` when there is no
 /// NUL or the bytes are not UTF-8.
-pub(crate) fn split_cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
+pub fn split_cstr(buf: &[u8]) -> Option<(&str, &[u8])> {
     let (s, rest) = split_cstr_bytes(buf)?;
     Some((std::str::from_utf8(s).ok()?, rest))
 }

@@ -1,0 +1,878 @@
+//! The admin console: the virtual database `pgbouncer` (or `pgherd`), with
+//! pgbouncer's commands and column names, so the scripts and exporters
+//! operators already run against pgbouncer keep working.
+//!
+//! Users in `admin_users` may run everything; users in `stats_users` only
+//! `SHOW`. They log in like any other client (same `auth_type`, `[users]`).
+//! Like pgbouncer's, the console speaks the simple query protocol only, one
+//! command per query (a trailing `;` is fine).
+//!
+//! Columns keep pgbouncer 1.18's names, order and types (text, int4,
+//! numeric); pgherd's own columns are appended at the end. Where pgbouncer's
+//! SQLSTATE for a console error is the catch-all 08P01, pgherd uses the
+//! precise one: 42601 unknown command, 3D000 unknown database, 42501 a
+//! stats user trying a control command.
+//!
+//! Not here yet: `RELOAD`, `RECONNECT`, `WAIT_CLOSE`, `SUSPEND`, `SET`
+//! (they answer "unknown command").
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use pgherd_cluster::Role;
+use pgherd_config::PoolMode;
+use pgherd_wire::backend::{self, oid, ErrorFields, TxStatus};
+use pgherd_wire::frame::next_frame;
+use pgherd_wire::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::client::{Authenticated, Client};
+use crate::registry::{ClientState, ServerState};
+use crate::Shared;
+
+/// The virtual database names that open the console.
+pub(crate) fn is_console(database: &str) -> bool {
+    database == "pgbouncer" || database == "pgherd"
+}
+
+/// What a console user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Admin,
+    Stats,
+}
+
+/// One parsed console command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Command {
+    Empty,
+    Show(String),
+    Pause(Option<String>),
+    Resume(Option<String>),
+    Disable(String),
+    Enable(String),
+    Kill(String),
+    KillClient(u64),
+    Shutdown,
+}
+
+impl Command {
+    fn parse(sql: &str) -> Result<Command, ErrorFields> {
+        let text = sql.trim().trim_end_matches(';').trim();
+        let invalid =
+            || ErrorFields::error("42601", format!("invalid command '{text}', use SHOW HELP;"));
+        let mut words = text.split_whitespace();
+        let Some(verb) = words.next() else {
+            return Ok(Command::Empty);
+        };
+        let arg = words.next().map(|w| w.trim_matches('"').to_owned());
+        if words.next().is_some() {
+            return Err(invalid());
+        }
+        let required = |arg: Option<String>| {
+            arg.ok_or_else(|| ErrorFields::error("42601", "a database is required"))
+        };
+        Ok(match verb.to_ascii_uppercase().as_str() {
+            "SHOW" => Command::Show(required(arg).map_err(|_| invalid())?.to_ascii_uppercase()),
+            "PAUSE" => Command::Pause(arg),
+            "RESUME" => Command::Resume(arg),
+            "DISABLE" => Command::Disable(required(arg)?),
+            "ENABLE" => Command::Enable(required(arg)?),
+            "KILL" => Command::Kill(required(arg)?),
+            "KILL_CLIENT" => {
+                // The `id` column of SHOW CLIENTS, or its `ptr` (hex).
+                let arg = required(arg)?;
+                let id = match arg.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                    None => arg.parse().ok(),
+                };
+                Command::KillClient(id.ok_or_else(|| {
+                    ErrorFields::error("22023", "KILL_CLIENT takes a client id (see SHOW CLIENTS)")
+                })?)
+            }
+            "SHUTDOWN" if arg.is_none() => Command::Shutdown,
+            _ => return Err(invalid()),
+        })
+    }
+
+    fn is_control(&self) -> bool {
+        !matches!(self, Command::Empty | Command::Show(_))
+    }
+}
+
+const HELP: &str = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n\
+                    \tSHOW LISTS|STATE|NODES\n\
+                    \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n\
+                    \tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\
+                    \tKILL <db>\n\tKILL_CLIENT <id>\n\tSHUTDOWN";
+
+/// Serves a console session after login. An `Err` is sent to the client.
+pub(crate) async fn serve(
+    shared: &Shared,
+    client: &mut Client,
+    auth: &Authenticated,
+) -> Result<(), ErrorFields> {
+    let general = &shared.config().general;
+    let access = if general.admin_users.contains(&auth.user) {
+        Access::Admin
+    } else if general.stats_users.contains(&auth.user) {
+        Access::Stats
+    } else {
+        return Err(ErrorFields::fatal(
+            "42501",
+            format!(
+                "user \"{}\" may not use the admin console (not in admin_users or stats_users)",
+                auth.user
+            ),
+        ));
+    };
+    let registration = shared.registry.add_client(crate::registry::NewClient {
+        user: &auth.user,
+        database: &auth.database,
+        addr: client.peer,
+        local_addr: client.stream.local_addr().ok(),
+        application_name: auth.startup.param("application_name").unwrap_or(""),
+    });
+    let mut out = BytesMut::with_capacity(1024);
+    for (k, v) in [
+        ("server_version", "15.0 (pgherd)"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        (
+            "application_name",
+            auth.startup.param("application_name").unwrap_or(""),
+        ),
+    ] {
+        backend::parameter_status(&mut out, k, v);
+    }
+    backend::backend_key_data(&mut out, 0, [0; 4]);
+    backend::ready_for_query(&mut out, TxStatus::Idle);
+    let io = |_| ErrorFields::fatal("08006", "client connection lost");
+    client.stream.write_all(&out).await.map_err(io)?;
+    let max = general.max_packet_size;
+    loop {
+        let frame = loop {
+            match next_frame(&mut client.buf, max) {
+                Ok(Some(f)) => break f,
+                Ok(None) => {}
+                Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string())),
+            }
+            tokio::select! {
+                read = client.stream.read_buf(&mut client.buf) => match read {
+                    Ok(0) | Err(_) => return Ok(()),
+                    Ok(_) => {}
+                },
+                () = registration.info.killed() => return Err(killed()),
+            }
+        };
+        out.clear();
+        match frame.tag {
+            frontend::TERMINATE => return Ok(()),
+            frontend::QUERY => {
+                let sql = pgherd_wire::cstr::split_cstr(&frame.body)
+                    .map(|(s, _)| s)
+                    .ok_or_else(|| ErrorFields::fatal("08P01", "malformed Query message"))?;
+                let shutdown = run(shared, access, sql, &mut out).await;
+                backend::ready_for_query(&mut out, TxStatus::Idle);
+                client.stream.write_all(&out).await.map_err(io)?;
+                if shutdown {
+                    shared.request_shutdown();
+                }
+            }
+            other => {
+                return Err(ErrorFields::fatal(
+                    "08P01",
+                    format!(
+                    "the admin console supports the simple query protocol only (got message {:?})",
+                    char::from(other)
+                ),
+                ))
+            }
+        }
+    }
+}
+
+fn killed() -> ErrorFields {
+    ErrorFields::fatal(
+        "57P01",
+        "terminating connection due to administrator command",
+    )
+}
+
+/// Runs one query's command, appending its reply to `out`. True for SHUTDOWN.
+async fn run(shared: &Shared, access: Access, sql: &str, out: &mut BytesMut) -> bool {
+    let command = match Command::parse(sql) {
+        Ok(c) => c,
+        Err(e) => {
+            e.encode(out);
+            return false;
+        }
+    };
+    if command.is_control() && access != Access::Admin {
+        ErrorFields::error(
+            "42501",
+            "admin console: stats users may only run SHOW commands",
+        )
+        .encode(out);
+        return false;
+    }
+    let result = match &command {
+        Command::Empty => {
+            backend::empty_query_response(out);
+            Ok(())
+        }
+        Command::Show(what) => show(shared, what, out),
+        Command::Pause(db) => pause(shared, db.as_deref(), out).await,
+        Command::Resume(db) => resume(shared, db.as_deref(), out),
+        Command::Disable(db) | Command::Enable(db) => known_database(shared, db).map(|control| {
+            control.set_disabled(matches!(command, Command::Disable(_)));
+            let tag = if matches!(command, Command::Disable(_)) {
+                "DISABLE"
+            } else {
+                "ENABLE"
+            };
+            backend::command_complete(out, tag);
+        }),
+        Command::Kill(db) => known_database(shared, db).map(|control| {
+            // pgbouncer's KILL: the database stays paused until RESUME.
+            control.set_paused(true);
+            for c in shared.registry.clients() {
+                if &c.database == db {
+                    c.kill();
+                }
+            }
+            backend::command_complete(out, "KILL");
+        }),
+        Command::KillClient(id) => match shared.registry.client(*id) {
+            Some(c) => {
+                c.kill();
+                backend::command_complete(out, "KILL_CLIENT");
+                Ok(())
+            }
+            None => Err(ErrorFields::error(
+                "42704",
+                format!("no client with id {id} (see SHOW CLIENTS)"),
+            )),
+        },
+        Command::Shutdown => {
+            backend::command_complete(out, "SHUTDOWN");
+            return true;
+        }
+    };
+    if let Err(e) = result {
+        e.encode(out);
+    }
+    false
+}
+
+/// A database name clients use (a `[databases]` entry, or one seen through `*`).
+fn known_database(
+    shared: &Shared,
+    name: &str,
+) -> Result<Arc<crate::registry::DatabaseControl>, ErrorFields> {
+    let config = shared.config();
+    let seen = shared.registry.databases().iter().any(|(n, _)| n == name);
+    if config.databases.contains_key(name) && name != "*" || seen {
+        Ok(shared.registry.database(name))
+    } else {
+        Err(ErrorFields::error(
+            "3D000",
+            format!("no such database: {name}"),
+        ))
+    }
+}
+
+async fn pause(shared: &Shared, db: Option<&str>, out: &mut BytesMut) -> Result<(), ErrorFields> {
+    let targets = match db {
+        Some(name) => vec![known_database(shared, name)?],
+        None => {
+            shared.registry.set_all_paused(true);
+            shared
+                .registry
+                .databases()
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect()
+        }
+    };
+    for d in &targets {
+        d.set_paused(true);
+    }
+    // Returns once every transaction (session, in session mode) that held
+    // a server has ended; new ones wait for RESUME.
+    for d in &targets {
+        d.drained().await;
+    }
+    backend::command_complete(out, "PAUSE");
+    Ok(())
+}
+
+fn resume(shared: &Shared, db: Option<&str>, out: &mut BytesMut) -> Result<(), ErrorFields> {
+    match db {
+        Some(name) => known_database(shared, name)?.set_paused(false),
+        None => shared.registry.set_all_paused(false),
+    }
+    backend::command_complete(out, "RESUME");
+    Ok(())
+}
+
+/// A result set being built: columns first, then rows of text values.
+struct Table<'a> {
+    out: &'a mut BytesMut,
+    rows: usize,
+}
+
+impl<'a> Table<'a> {
+    fn new(out: &'a mut BytesMut, columns: &[(&str, u32)]) -> Self {
+        backend::row_description(out, columns);
+        Table { out, rows: 0 }
+    }
+
+    fn row(&mut self, values: &[Option<&str>]) {
+        backend::data_row(self.out, values.iter().copied());
+        self.rows += 1;
+    }
+
+    fn finish(self) {
+        backend::command_complete(self.out, "SHOW");
+    }
+}
+
+const T: u32 = oid::TEXT;
+const I: u32 = oid::INT4;
+const N: u32 = oid::NUMERIC;
+
+fn show(shared: &Shared, what: &str, out: &mut BytesMut) -> Result<(), ErrorFields> {
+    match what {
+        "HELP" => {
+            let mut notice = ErrorFields::notice("Console usage");
+            notice.detail = Some(HELP.into());
+            notice.encode_notice(out);
+            backend::command_complete(out, "SHOW");
+        }
+        "VERSION" => {
+            let mut t = Table::new(out, &[("version", T)]);
+            t.row(&[Some(&format!("pgherd {}", env!("CARGO_PKG_VERSION")))]);
+            t.finish();
+        }
+        "POOLS" => show_pools(shared, out),
+        "STATS" | "STATS_TOTALS" | "STATS_AVERAGES" => show_stats(shared, what, out),
+        "CLIENTS" => show_clients(shared, out),
+        "SERVERS" => show_servers(shared, out),
+        "DATABASES" => show_databases(shared, out),
+        "USERS" => {
+            let mut t = Table::new(out, &[("name", T), ("pool_mode", T)]);
+            for (name, u) in &shared.config().users {
+                t.row(&[Some(name), u.pool_mode.map(mode_name)]);
+            }
+            t.finish();
+        }
+        "CONFIG" => {
+            let config = shared.config();
+            let mut t = Table::new(
+                out,
+                &[("key", T), ("value", T), ("default", T), ("changeable", T)],
+            );
+            for (key, value, default) in pgherd_config::settings(&config.general) {
+                t.row(&[Some(key), Some(&value), Some(&default), Some("no")]);
+            }
+            t.finish();
+        }
+        "LISTS" => show_lists(shared, out),
+        "STATE" => {
+            let paused = shared.registry.all_paused();
+            let mut t = Table::new(out, &[("key", T), ("value", T)]);
+            t.row(&[Some("active"), Some(yes_no(!paused))]);
+            t.row(&[Some("paused"), Some(yes_no(paused))]);
+            t.row(&[Some("suspended"), Some("no")]);
+            t.finish();
+        }
+        "NODES" => show_nodes(shared, out),
+        _ => {
+            return Err(ErrorFields::error(
+                "42601",
+                format!("invalid command 'SHOW {what}', use SHOW HELP;"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn mode_name(m: PoolMode) -> &'static str {
+    match m {
+        PoolMode::Session => "session",
+        PoolMode::Transaction => "transaction",
+    }
+}
+
+fn show_pools(shared: &Shared, out: &mut BytesMut) {
+    let mut t = Table::new(
+        out,
+        &[
+            ("database", T),
+            ("user", T),
+            ("cl_active", I),
+            ("cl_waiting", I),
+            ("cl_active_cancel_req", I),
+            ("cl_waiting_cancel_req", I),
+            ("sv_active", I),
+            ("sv_active_cancel", I),
+            ("sv_being_canceled", I),
+            ("sv_idle", I),
+            ("sv_used", I),
+            ("sv_tested", I),
+            ("sv_login", I),
+            ("maxwait", I),
+            ("maxwait_us", I),
+            ("pool_mode", T),
+            ("node", T),
+        ],
+    );
+    for p in shared.pool_rows() {
+        let s = p.status;
+        let login = s.total.saturating_sub(s.idle + s.checked_out);
+        let n = |v: usize| v.to_string();
+        t.row(&[
+            Some(&p.database),
+            Some(&p.user),
+            Some(&n(s.checked_out)),
+            Some(&n(s.waiting)),
+            Some("0"),
+            Some("0"),
+            Some(&n(s.checked_out)),
+            Some("0"),
+            Some("0"),
+            Some(&n(s.idle)),
+            Some("0"),
+            Some("0"),
+            Some(&n(login)),
+            Some("0"),
+            Some("0"),
+            Some(mode_name(p.mode)),
+            Some(&p.node),
+        ]);
+    }
+    t.finish();
+}
+
+fn show_stats(shared: &Shared, what: &str, out: &mut BytesMut) {
+    let totals = shared.database_totals();
+    let averages = shared.averages();
+    let names = [
+        "xact_count",
+        "query_count",
+        "bytes_received",
+        "bytes_sent",
+        "xact_time",
+        "query_time",
+        "wait_time",
+    ];
+    let mut columns: Vec<(String, u32)> = vec![("database".into(), T)];
+    match what {
+        "STATS" => {
+            for c in [
+                "total_xact_count",
+                "total_query_count",
+                "total_received",
+                "total_sent",
+                "total_xact_time",
+                "total_query_time",
+                "total_wait_time",
+                "avg_xact_count",
+                "avg_query_count",
+                "avg_recv",
+                "avg_sent",
+                "avg_xact_time",
+                "avg_query_time",
+                "avg_wait_time",
+            ] {
+                columns.push((c.into(), N));
+            }
+        }
+        _ => columns.extend(names.iter().map(|c| ((*c).to_owned(), N))),
+    }
+    let columns: Vec<(&str, u32)> = columns.iter().map(|(c, t)| (c.as_str(), *t)).collect();
+    let mut t = Table::new(out, &columns);
+    for (db, total) in &totals {
+        let avg = averages.get(db).copied().unwrap_or_default();
+        // pgbouncer does not time single queries here: query_time is not
+        // measured by pgherd and shows 0.
+        let total_values = [
+            total.transactions,
+            total.queries,
+            total.received_bytes,
+            total.sent_bytes,
+            crate::stats::micros(total.xact_time),
+            0,
+            crate::stats::micros(total.wait_time),
+        ];
+        let avg_values = [
+            avg.transactions,
+            avg.queries,
+            avg.received_bytes,
+            avg.sent_bytes,
+            avg.xact_time_us,
+            0,
+            avg.wait_time_us,
+        ];
+        let values: Vec<u64> = match what {
+            "STATS" => total_values.iter().chain(&avg_values).copied().collect(),
+            "STATS_TOTALS" => total_values.to_vec(),
+            _ => avg_values.to_vec(),
+        };
+        let text: Vec<String> = values.iter().map(u64::to_string).collect();
+        let mut row: Vec<Option<&str>> = vec![Some(db)];
+        row.extend(text.iter().map(|v| Some(v.as_str())));
+        t.row(&row);
+    }
+    t.finish();
+}
+
+/// pgbouncer's time format in SHOW CLIENTS/SERVERS: `2024-05-01 12:00:00 UTC`.
+fn timestamp(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a (year, month, day) in the proleptic Gregorian
+/// calendar (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+const SOCKET_COLUMNS: [(&str, u32); 18] = [
+    ("type", T),
+    ("user", T),
+    ("database", T),
+    ("state", T),
+    ("addr", T),
+    ("port", I),
+    ("local_addr", T),
+    ("local_port", I),
+    ("connect_time", T),
+    ("request_time", T),
+    ("wait", I),
+    ("wait_us", I),
+    ("close_needed", I),
+    ("ptr", T),
+    ("link", T),
+    ("remote_pid", I),
+    ("tls", T),
+    ("application_name", T),
+];
+
+fn ptr(id: Option<u64>) -> String {
+    id.map(|id| format!("{id:#x}")).unwrap_or_default()
+}
+
+fn show_clients(shared: &Shared, out: &mut BytesMut) {
+    let mut columns = SOCKET_COLUMNS.to_vec();
+    columns.push(("id", oid::INT8));
+    let mut t = Table::new(out, &columns);
+    for c in shared.registry.clients() {
+        let state = match c.state() {
+            ClientState::Active => "active",
+            ClientState::Waiting => "waiting",
+        };
+        let (waited, request) = c.waiting_since();
+        let wait = waited.unwrap_or(Duration::ZERO);
+        let local = c.local_addr;
+        t.row(&[
+            Some("C"),
+            Some(&c.user),
+            Some(&c.database),
+            Some(state),
+            Some(&c.addr.ip().to_string()),
+            Some(&c.addr.port().to_string()),
+            local.map(|a| a.ip().to_string()).as_deref(),
+            local.map(|a| a.port().to_string()).as_deref(),
+            Some(&timestamp(c.connected)),
+            Some(&timestamp(request.unwrap_or(c.connected))),
+            Some(&wait.as_secs().to_string()),
+            Some(&wait.subsec_micros().to_string()),
+            Some("0"),
+            Some(&ptr(Some(c.id))),
+            Some(&ptr(c.server())),
+            Some("0"),
+            Some(""),
+            Some(&c.application_name),
+            Some(&c.id.to_string()),
+        ]);
+    }
+    t.finish();
+}
+
+fn show_servers(shared: &Shared, out: &mut BytesMut) {
+    let mut columns = SOCKET_COLUMNS.to_vec();
+    columns.push(("id", oid::INT8));
+    columns.push(("node", T));
+    let mut t = Table::new(out, &columns);
+    let nodes = &shared.config().nodes;
+    for s in shared.registry.servers() {
+        let state = match s.state() {
+            ServerState::Active => "active",
+            ServerState::Idle => "idle",
+        };
+        let local = s.local_addr;
+        t.row(&[
+            Some("S"),
+            Some(&s.user),
+            Some(&s.database),
+            Some(state),
+            Some(&s.addr.ip().to_string()),
+            Some(&s.addr.port().to_string()),
+            local.map(|a| a.ip().to_string()).as_deref(),
+            local.map(|a| a.port().to_string()).as_deref(),
+            Some(&timestamp(s.connected)),
+            Some(&timestamp(s.connected)),
+            Some("0"),
+            Some("0"),
+            Some("0"),
+            Some(&ptr(Some(s.id))),
+            Some(&ptr(s.client())),
+            Some(&s.pid.to_string()),
+            Some(""),
+            Some(""),
+            Some(&s.id.to_string()),
+            nodes.get(s.node).map(|n| n.name.as_str()),
+        ]);
+    }
+    t.finish();
+}
+
+fn show_databases(shared: &Shared, out: &mut BytesMut) {
+    let config = shared.config();
+    let mut t = Table::new(
+        out,
+        &[
+            ("name", T),
+            ("host", T),
+            ("port", I),
+            ("database", T),
+            ("force_user", T),
+            ("pool_size", I),
+            ("min_pool_size", I),
+            ("reserve_pool", I),
+            ("pool_mode", T),
+            ("max_connections", I),
+            ("current_connections", I),
+            ("paused", I),
+            ("disabled", I),
+            ("target", T),
+        ],
+    );
+    let topology = shared.cluster.topology();
+    let primary = topology.primary.and_then(|p| config.nodes.get(p));
+    let mut names: Vec<String> = config
+        .databases
+        .keys()
+        .filter(|n| *n != "*")
+        .cloned()
+        .collect();
+    for (name, _) in shared.registry.databases() {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    let servers = shared.registry.servers();
+    for name in names {
+        let Some(db) = config.database(&name) else {
+            continue;
+        };
+        let control = shared.registry.database(&name);
+        let server_db = db.dbname.clone().unwrap_or_else(|| name.clone());
+        let current = servers.iter().filter(|s| s.database == server_db).count();
+        let target = match db.target {
+            Some(pgherd_config::Target::Primary) | None => "primary",
+            Some(pgherd_config::Target::Replica) => "replica",
+            Some(pgherd_config::Target::Auto) => "auto",
+        };
+        t.row(&[
+            Some(&name),
+            primary.map(|n| n.host.as_str()),
+            primary.map(|n| n.port.to_string()).as_deref(),
+            Some(&server_db),
+            db.user.as_deref(),
+            Some(&db.pool_size.to_string()),
+            Some("0"),
+            Some("0"),
+            db.pool_mode.map(mode_name),
+            Some("0"),
+            Some(&current.to_string()),
+            Some(if control.paused() { "1" } else { "0" }),
+            Some(if control.disabled() { "1" } else { "0" }),
+            Some(target),
+        ]);
+    }
+    t.finish();
+}
+
+fn show_lists(shared: &Shared, out: &mut BytesMut) {
+    let config = shared.config();
+    let clients = shared.registry.clients().len();
+    let connected = shared.clients.load(std::sync::atomic::Ordering::Relaxed);
+    let servers = shared.registry.servers().len();
+    let mut t = Table::new(out, &[("list", T), ("items", I)]);
+    for (list, items) in [
+        ("databases", config.databases.len()),
+        ("users", config.users.len()),
+        ("pools", shared.pool_rows().len()),
+        ("free_clients", 0),
+        ("used_clients", clients),
+        ("login_clients", connected.saturating_sub(clients)),
+        ("free_servers", 0),
+        ("used_servers", servers),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ] {
+        t.row(&[Some(list), Some(&items.to_string())]);
+    }
+    t.finish();
+}
+
+fn show_nodes(shared: &Shared, out: &mut BytesMut) {
+    let config = shared.config();
+    let topology = shared.cluster.topology();
+    let mut t = Table::new(
+        out,
+        &[
+            ("name", T),
+            ("host", T),
+            ("port", I),
+            ("up", T),
+            ("role", T),
+            ("fenced", T),
+            ("timeline", oid::INT8),
+            ("lag_bytes", oid::INT8),
+            ("lag_seconds", N),
+            ("serves_reads", T),
+            ("weight", oid::INT8),
+            ("priority", oid::INT8),
+            ("last_error", T),
+        ],
+    );
+    for (n, cfg) in topology.nodes.iter().zip(&config.nodes) {
+        let role = match (n.role, n.fenced) {
+            (_, true) => "fenced",
+            (Role::Primary, false) => "primary",
+            (Role::Standby, false) => "standby",
+            (Role::Unknown, false) => "unknown",
+        };
+        let mut lag_seconds = String::new();
+        if let Some(s) = n.lag_seconds {
+            let _ = write!(lag_seconds, "{s:.3}");
+        }
+        t.row(&[
+            Some(&n.name),
+            Some(&cfg.host),
+            Some(&cfg.port.to_string()),
+            Some(yes_no(n.up)),
+            Some(role),
+            Some(yes_no(n.fenced)),
+            n.timeline.map(|v| v.to_string()).as_deref(),
+            n.lag_bytes.map(|v| v.to_string()).as_deref(),
+            n.lag_seconds.map(|_| lag_seconds.as_str()),
+            Some(yes_no(n.serves_reads())),
+            Some(&cfg.weight.to_string()),
+            Some(&cfg.priority.to_string()),
+            n.last_error.as_deref(),
+        ]);
+    }
+    t.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_like_pgbouncer() {
+        assert_eq!(
+            Command::parse("show pools;"),
+            Ok(Command::Show("POOLS".into()))
+        );
+        assert_eq!(
+            Command::parse("  SHOW   STATS ; "),
+            Ok(Command::Show("STATS".into()))
+        );
+        assert_eq!(Command::parse("PAUSE"), Ok(Command::Pause(None)));
+        assert_eq!(
+            Command::parse("pause app"),
+            Ok(Command::Pause(Some("app".into())))
+        );
+        assert_eq!(
+            Command::parse("RESUME \"app\""),
+            Ok(Command::Resume(Some("app".into())))
+        );
+        assert_eq!(
+            Command::parse("KILL_CLIENT 0x1f"),
+            Ok(Command::KillClient(31))
+        );
+        assert_eq!(
+            Command::parse("kill_client 31"),
+            Ok(Command::KillClient(31))
+        );
+        assert_eq!(Command::parse(";"), Ok(Command::Empty));
+        assert_eq!(Command::parse("shutdown"), Ok(Command::Shutdown));
+        for bad in [
+            "select 1",
+            "SHOW",
+            "PAUSE a b",
+            "DISABLE",
+            "KILL_CLIENT x",
+            "SHUTDOWN now",
+        ] {
+            let e = Command::parse(bad).unwrap_err();
+            assert_eq!(e.severity, "ERROR", "{bad}");
+        }
+        assert_eq!(
+            Command::parse("select 1").unwrap_err().message,
+            "invalid command 'select 1', use SHOW HELP;"
+        );
+        assert!(Command::Pause(None).is_control());
+        assert!(!Command::Show("POOLS".into()).is_control());
+    }
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_699_478);
+        assert_eq!(timestamp(t), "2026-11-26 13:24:38 UTC");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(timestamp(leap), "2000-02-29 00:00:00 UTC");
+    }
+}

@@ -1,0 +1,293 @@
+//! The admin console (virtual database `pgbouncer`/`pgherd`): pgbouncer's
+//! column names checked against a real pgbouncer, PAUSE/RESUME on a real
+//! cluster, access rules and errors, KILL_CLIENT and DISABLE.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use pgherd_integration_tests::*;
+use tokio_postgres::SimpleQueryMessage;
+
+/// Column names of a console command's result.
+async fn columns(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    let messages = client.simple_query(sql).await.unwrap();
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                Some(cols.iter().map(|c| c.name().to_owned()).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no RowDescription"))
+}
+
+async fn console(pgherd: &RunningPgherd, user: &str, password: &str) -> tokio_postgres::Client {
+    pgherd.connect(user, password, "pgbouncer").await.unwrap()
+}
+
+fn with_console(cluster: &TestCluster) -> PgherdBuilder {
+    cluster
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("admin_users = [\"app\"]")
+        .general("stats_users = [\"md5user\"]")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_columns_are_pgbouncers() {
+    let cluster = shared_cluster();
+    let bin = find_pgbouncer().expect("pgbouncer is installed (apt-get install -y pgbouncer)");
+    let bouncer = LocalPgbouncer::start(
+        &bin,
+        &format!(
+            "app = host=127.0.0.1 port={} dbname=app",
+            cluster.pg.node(0).port
+        ),
+        "auth_type = trust\nadmin_users = admin",
+        "\"admin\" \"x\"\n",
+    )
+    .unwrap();
+    let (reference, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(bouncer.port)
+        .user("admin")
+        .dbname("pgbouncer")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let pgherd = with_console(cluster).start().await;
+    // Something in every list: a client with a server.
+    let app = pgherd.app().await;
+    app.simple_query("SELECT 1").await.unwrap();
+    let ours = console(&pgherd, "app", APP_PASSWORD).await;
+    for show in [
+        "POOLS",
+        "STATS",
+        "STATS_TOTALS",
+        "STATS_AVERAGES",
+        "SERVERS",
+        "CLIENTS",
+        "DATABASES",
+        "USERS",
+        "CONFIG",
+        "LISTS",
+        "VERSION",
+    ] {
+        let sql = format!("SHOW {show}");
+        let theirs = columns(&reference, &sql).await;
+        let mine = columns(&ours, &sql).await;
+        assert!(
+            mine.starts_with(&theirs),
+            "SHOW {show}: pgbouncer {theirs:?}, pgherd {mine:?}"
+        );
+    }
+    // SHOW LISTS has pgbouncer's rows, in its order.
+    let list_names = |rows: Vec<Vec<Option<String>>>| -> Vec<String> {
+        rows.into_iter().map(|r| r[0].clone().unwrap()).collect()
+    };
+    assert_eq!(
+        list_names(simple_rows(&ours, "SHOW LISTS").await.unwrap()),
+        list_names(simple_rows(&reference, "SHOW LISTS").await.unwrap())
+    );
+    // Semicolons and case, as pgbouncer accepts them.
+    assert_eq!(
+        columns(&ours, "show pools;").await,
+        columns(&ours, "SHOW POOLS").await
+    );
+}
+
+/// The value of `column` in the first row of a console command whose
+/// first column is `key`.
+async fn cell(client: &tokio_postgres::Client, sql: &str, key: &str, column: &str) -> String {
+    let messages = client.simple_query(sql).await.unwrap();
+    for m in &messages {
+        if let SimpleQueryMessage::Row(r) = m {
+            if r.get(0) == Some(key) {
+                return r.get(column).unwrap_or("").to_owned();
+            }
+        }
+    }
+    panic!("{sql}: no row for {key}: {messages:?}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_waits_for_transactions_and_resume_releases_the_waiting() {
+    let cluster = shared_cluster();
+    let pgherd = with_console(cluster).start().await;
+    let admin = console(&pgherd, "app", APP_PASSWORD).await;
+    let busy = pgherd.app().await;
+    let waiting = pgherd.app().await;
+    busy.batch_execute("BEGIN; SELECT 1").await.unwrap();
+
+    // PAUSE returns only once the open transaction is over.
+    let pause = tokio::spawn(async move {
+        admin.simple_query("PAUSE app").await.unwrap();
+        admin
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pause.is_finished(), "PAUSE returned during a transaction");
+    busy.batch_execute("COMMIT").await.unwrap();
+    let admin = tokio::time::timeout(Duration::from_secs(10), pause)
+        .await
+        .expect("PAUSE returns after COMMIT")
+        .unwrap();
+    assert_eq!(cell(&admin, "SHOW DATABASES", "app", "paused").await, "1");
+
+    // New transactions wait, then run after RESUME with no error.
+    let query = tokio::spawn(async move { simple_value(&waiting, "SELECT 42").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!query.is_finished(), "a transaction ran while paused");
+    let state = cell(&admin, "SHOW CLIENTS", "C", "state").await;
+    assert!(
+        simple_rows(&admin, "SHOW CLIENTS")
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r[3].as_deref() == Some("waiting")),
+        "a waiting client is listed as waiting (first: {state})"
+    );
+    admin.simple_query("RESUME app").await.unwrap();
+    let value = tokio::time::timeout(Duration::from_secs(10), query)
+        .await
+        .expect("RESUME releases the waiting transaction")
+        .unwrap();
+    assert_eq!(value, "42");
+    assert_eq!(cell(&admin, "SHOW DATABASES", "app", "paused").await, "0");
+
+    // PAUSE without a database pauses everything, also databases first
+    // used afterwards; RESUME lifts it.
+    admin.simple_query("PAUSE").await.unwrap();
+    assert_eq!(cell(&admin, "SHOW STATE", "paused", "value").await, "yes");
+    let later = tokio::spawn(async move {
+        let c = pgherd
+            .connect("app", APP_PASSWORD, "postgres")
+            .await
+            .unwrap();
+        simple_value(&c, "SELECT 7").await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !later.is_finished(),
+        "a new database's login ran while paused"
+    );
+    admin.simple_query("RESUME").await.unwrap();
+    assert_eq!(later.await.unwrap(), "7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_access_and_errors() {
+    let cluster = shared_cluster();
+    let pgherd = with_console(cluster)
+        .user("nobody = { password = \"nobody-secret\" }")
+        .start()
+        .await;
+
+    // A stats user may look, not touch.
+    let stats = console(&pgherd, "md5user", MD5_PASSWORD).await;
+    assert!(!simple_rows(&stats, "SHOW NODES").await.unwrap().is_empty());
+    let err = stats.simple_query("PAUSE").await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("42501"), "{err}");
+    // ... and the session goes on.
+    stats.simple_query("SHOW VERSION").await.unwrap();
+
+    let admin = console(&pgherd, "app", APP_PASSWORD).await;
+    for (sql, code) in [
+        ("SELECT 1", "42601"),
+        ("SHOW NOTHING", "42601"),
+        ("PAUSE nosuchdb", "3D000"),
+        ("DISABLE", "42601"),
+        ("KILL_CLIENT 999999", "42704"),
+    ] {
+        let err = admin.simple_query(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&err), Some(code), "{sql}: {err}");
+    }
+    let help = admin.simple_query("SHOW HELP").await.unwrap();
+    assert!(matches!(
+        help.last(),
+        Some(SimpleQueryMessage::CommandComplete(_))
+    ));
+    // The extended protocol is refused clearly (as pgbouncer does).
+    let err = admin.query("SHOW POOLS", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("08P01"), "{err}");
+
+    // A user in neither list cannot open the console (under either name).
+    let err = pgherd
+        .connect("nobody", "nobody-secret", "pgherd")
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("42501"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_servers_kill_client_and_disable() {
+    let cluster = shared_cluster();
+    let pgherd = with_console(cluster).start().await;
+    let admin = console(&pgherd, "app", APP_PASSWORD).await;
+    let (victim, conn) = pgherd
+        .config("app", APP_PASSWORD, "app")
+        .application_name("victim")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    victim.batch_execute("BEGIN").await.unwrap();
+    let pid = simple_value(&victim, "SELECT pg_backend_pid()").await;
+
+    // The victim is listed with its application_name, linked to a server
+    // whose remote_pid is its backend.
+    let clients = simple_rows(&admin, "SHOW CLIENTS").await.unwrap();
+    let row = clients
+        .iter()
+        .find(|r| r[17].as_deref() == Some("victim"))
+        .expect("the client is listed");
+    let (id, link) = (row[18].clone().unwrap(), row[14].clone().unwrap());
+    let servers = simple_rows(&admin, "SHOW SERVERS").await.unwrap();
+    let server = servers
+        .iter()
+        .find(|r| r[13].as_deref() == Some(link.as_str()))
+        .expect("its server is listed");
+    assert_eq!(server[15].as_deref(), Some(pid.as_str()));
+    assert_eq!(server[3].as_deref(), Some("active"));
+
+    admin
+        .simple_query(&format!("KILL_CLIENT {id}"))
+        .await
+        .unwrap();
+    let err = victim.simple_query("SELECT 1").await.unwrap_err();
+    assert!(
+        sqlstate(&err) == Some("57P01") || victim.is_closed(),
+        "{err}"
+    );
+    // Its server was not pooled mid-transaction: the backend is gone.
+    let direct = pgherd.app().await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while simple_value(
+            &direct,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"),
+        )
+        .await
+            != "0"
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the killed client's backend ends");
+
+    // DISABLE refuses new clients of that database, ENABLE lets them in.
+    admin.simple_query("DISABLE app").await.unwrap();
+    let err = pgherd
+        .connect("app", APP_PASSWORD, "app")
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("57P03"), "{err}");
+    assert_eq!(cell(&admin, "SHOW DATABASES", "app", "disabled").await, "1");
+    direct.simple_query("SELECT 1").await.unwrap();
+    admin.simple_query("ENABLE app").await.unwrap();
+    pgherd.connect("app", APP_PASSWORD, "app").await.unwrap();
+}
