@@ -298,3 +298,137 @@ async fn metrics_move_under_pgbench_load() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_endpoints_need_an_admin_and_act() {
+    use std::time::Duration;
+    let cluster = shared_cluster();
+    let pgherd = cluster
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("admin_users = [\"app\"]")
+        .general("stats_users = [\"md5user\"]")
+        .database("ro = { dbname = \"app\", target = \"replica\" }")
+        .start()
+        .await;
+    pgherd.wait_standbys_readable().await;
+    let admin = Some(("app", APP_PASSWORD));
+    let drain = "/api/v1/nodes/pg1/drain";
+
+    // Control needs an admin_users member with the right password.
+    assert_eq!(http_request(&pgherd, "POST", drain, None).await.0, 401);
+    let wrong = Some(("app", "wrong"));
+    assert_eq!(http_request(&pgherd, "POST", drain, wrong).await.0, 401);
+    let stats = Some(("md5user", MD5_PASSWORD));
+    assert_eq!(http_request(&pgherd, "POST", drain, stats).await.0, 403);
+    // Reads stay open by default (admin_auth = "control").
+    assert_eq!(http_get(&pgherd, "/api/v1/nodes").await.0, 200);
+
+    // Drain a standby: every read goes to the other one; undrain: both again.
+    let (status, body) = http_request(&pgherd, "POST", drain, admin).await;
+    assert_eq!(
+        (status, body.contains("\"ok\":true")),
+        (200, true),
+        "{body}"
+    );
+    let read_ports = || async {
+        let mut ports = Vec::new();
+        for _ in 0..6 {
+            let c = pgherd.connect("app", APP_PASSWORD, "ro").await.unwrap();
+            ports.push(simple_value(&c, "SELECT inet_server_port()").await);
+        }
+        ports
+    };
+    let pg1 = cluster.pg.node(1).port.to_string();
+    let pg2 = cluster.pg.node(2).port.to_string();
+    assert!(read_ports().await.iter().all(|p| *p == pg2));
+    let (_, nodes) = http_get(&pgherd, "/api/v1/nodes").await;
+    let nodes: serde_json::Value = serde_json::from_str(&nodes).unwrap();
+    assert_eq!(nodes["nodes"][1]["drained"], true);
+    http_request(&pgherd, "POST", "/api/v1/nodes/pg1/undrain", admin).await;
+    assert!(read_ports().await.contains(&pg1));
+
+    // Pause a database: its transactions wait; resume: they run. (New
+    // logins wait too: pgherd's welcome needs a server's parameters.)
+    let client = pgherd.app().await;
+    let (status, _) = http_request(&pgherd, "POST", "/api/v1/databases/app/pause", admin).await;
+    assert_eq!(status, 200);
+    let (_, dbs) = http_get(&pgherd, "/api/v1/databases").await;
+    assert!(
+        dbs.contains("{\"disabled\":false,\"name\":\"app\",\"paused\":true}"),
+        "{dbs}"
+    );
+    let query = tokio::spawn(async move { simple_value(&client, "SELECT 5").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!query.is_finished(), "ran while paused");
+    http_request(&pgherd, "POST", "/api/v1/databases/app/resume", admin).await;
+    assert_eq!(query.await.unwrap(), "5");
+
+    // Unknown things are 404s (with a `*` entry every database name exists).
+    for path in [
+        "/api/v1/databases/app/frobnicate",
+        "/api/v1/nodes/nosuch/drain",
+        "/api/v1/clients/99999999/kill",
+        "/api/v1/frobnicate",
+    ] {
+        assert_eq!(
+            http_request(&pgherd, "POST", path, admin).await.0,
+            404,
+            "{path}"
+        );
+    }
+
+    // Clients are listed and can be ended.
+    let (victim, conn) = pgherd
+        .config("app", APP_PASSWORD, "app")
+        .application_name("api-victim")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (_, clients) = http_get(&pgherd, "/api/v1/clients").await;
+    let clients: serde_json::Value = serde_json::from_str(&clients).unwrap();
+    let id = clients["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["application_name"] == "api-victim")
+        .expect("listed")["id"]
+        .as_u64()
+        .unwrap();
+    let kill = format!("/api/v1/clients/{id}/kill");
+    assert_eq!(http_request(&pgherd, "POST", &kill, admin).await.0, 200);
+    assert!(victim.simple_query("SELECT 1").await.is_err());
+
+    // The config, without secrets.
+    let (_, config) = http_get(&pgherd, "/api/v1/config").await;
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let password = config["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == "probe_password")
+        .unwrap();
+    assert_eq!(password["value"], "(set)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_auth_all_guards_reads_but_never_health_checks() {
+    let cluster = shared_cluster();
+    let pgherd = cluster
+        .pgherd()
+        .general("admin_auth = \"all\"")
+        .general("stats_users = [\"md5user\"]")
+        .start()
+        .await;
+    for path in ["/", "/metrics", "/api/v1/nodes", "/api/v1/clients"] {
+        assert_eq!(http_get(&pgherd, path).await.0, 401, "{path}");
+        let stats = Some(("md5user", MD5_PASSWORD));
+        assert_eq!(
+            http_request(&pgherd, "GET", path, stats).await.0,
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(http_get(&pgherd, "/health").await.0, 200);
+}

@@ -184,12 +184,32 @@ pub fn message(e: &tokio_postgres::Error) -> String {
 
 /// `GET path` on pgherd's admin port; returns the status code and body.
 pub async fn http_get(pgherd: &RunningPgherd, path: &str) -> (u16, String) {
+    http_request(pgherd, "GET", path, None).await
+}
+
+/// An HTTP request to pgherd's admin port, with basic auth when `login`
+/// (user, password) is given; returns the status and the body.
+pub async fn http_request(
+    pgherd: &RunningPgherd,
+    method: &str,
+    path: &str,
+    login: Option<(&str, &str)>,
+) -> (u16, String) {
+    use base64::Engine;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = pgherd.admin_addr.expect("admin port enabled");
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect admin");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: pgherd\r\nConnection: close\r\n\r\n");
+    let auth = login
+        .map(|(u, p)| {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            format!("Authorization: Basic {token}\r\n")
+        })
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: pgherd\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.expect("send request");
     let mut raw = String::new();
     s.read_to_string(&mut raw).await.expect("read response");

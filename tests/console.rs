@@ -180,7 +180,10 @@ async fn pause_waits_for_transactions_and_resume_releases_the_waiting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_access_and_errors() {
     let cluster = shared_cluster();
+    // No `*` entry: only listed databases exist.
     let pgherd = with_console(cluster)
+        .without_fallback()
+        .database("app = {}")
         .user("nobody = { password = \"nobody-secret\" }")
         .start()
         .await;

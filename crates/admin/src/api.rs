@@ -1,7 +1,14 @@
 //! `/api/v1/*`: JSON snapshots for scripts and dashboards.
 
-use pgherd_proxy::ProxyHandle;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use pgherd_proxy::{ClientState, ControlError, ProxyHandle, ServerState};
 use serde_json::{json, Value};
+
+use crate::reply;
 
 /// `/api/v1/nodes`: every node with its state, and the election result.
 pub(crate) fn nodes(proxy: &ProxyHandle) -> String {
@@ -11,7 +18,8 @@ pub(crate) fn nodes(proxy: &ProxyHandle) -> String {
         .nodes
         .iter()
         .zip(&config.nodes)
-        .map(|(n, c)| {
+        .enumerate()
+        .map(|(i, (n, c))| {
             json!({
                 "name": n.name,
                 "host": c.host,
@@ -26,6 +34,9 @@ pub(crate) fn nodes(proxy: &ProxyHandle) -> String {
                 "streaming": n.streaming(),
                 "last_error": n.last_error,
                 "probe_seconds": n.last_sample.as_ref().map(|s| s.duration.as_secs_f64()),
+                "weight": c.weight,
+                "priority": c.priority,
+                "drained": proxy.node_drained(i),
             })
         })
         .collect();
@@ -66,4 +77,155 @@ pub(crate) fn events(log: &crate::events::EventLog) -> String {
         .map(|(at, text)| json!({ "at": at, "event": text }))
         .collect();
     json!({ "events": events }).to_string()
+}
+
+/// Seconds since the Unix epoch.
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// `/api/v1/databases`: database names clients use, paused or disabled.
+pub(crate) fn databases(proxy: &ProxyHandle) -> String {
+    let dbs: Vec<Value> = proxy
+        .databases()
+        .into_iter()
+        .map(|d| json!({ "name": d.name, "paused": d.paused, "disabled": d.disabled }))
+        .collect();
+    json!({ "databases": dbs }).to_string()
+}
+
+/// `/api/v1/clients`: every logged-in client.
+pub(crate) fn clients(proxy: &ProxyHandle) -> String {
+    let clients: Vec<Value> = proxy
+        .clients()
+        .iter()
+        .map(|c| {
+            let (waited, _) = c.waiting_since();
+            json!({
+                "id": c.id,
+                "user": c.user,
+                "database": c.database,
+                "addr": c.addr.to_string(),
+                "application_name": c.application_name,
+                "state": match c.state() {
+                    ClientState::Active => "active",
+                    ClientState::Waiting => "waiting",
+                },
+                "waiting_seconds": waited.map(|w| w.as_secs_f64()),
+                "server": c.server(),
+                "connected_at": unix(c.connected),
+            })
+        })
+        .collect();
+    json!({ "clients": clients }).to_string()
+}
+
+/// `/api/v1/servers`: every open server connection.
+pub(crate) fn servers(proxy: &ProxyHandle) -> String {
+    let nodes = &proxy.config().nodes;
+    let servers: Vec<Value> = proxy
+        .servers()
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "node": nodes.get(s.node).map(|n| n.name.clone()),
+                "user": s.user,
+                "database": s.database,
+                "addr": s.addr.to_string(),
+                "pid": s.pid,
+                "state": match s.state() {
+                    ServerState::Active => "active",
+                    ServerState::Idle => "idle",
+                },
+                "client": s.client(),
+                "connected_at": unix(s.connected),
+            })
+        })
+        .collect();
+    json!({ "servers": servers }).to_string()
+}
+
+/// `/api/v1/config`: the `[pgherd]` settings with their defaults (secrets
+/// show only whether they are set), nodes and database entries.
+pub(crate) fn config(proxy: &ProxyHandle) -> String {
+    let config = proxy.config();
+    let settings: Vec<Value> = pgherd_config::settings(&config.general)
+        .into_iter()
+        .map(|(key, value, default)| json!({ "key": key, "value": value, "default": default }))
+        .collect();
+    let nodes: Vec<Value> = config
+        .nodes
+        .iter()
+        .map(|n| json!({ "name": n.name, "host": n.host, "port": n.port, "weight": n.weight, "priority": n.priority }))
+        .collect();
+    let databases: Vec<Value> = config
+        .databases
+        .iter()
+        .map(|(name, d)| {
+            json!({
+                "name": name,
+                "dbname": d.dbname,
+                "user": d.user,
+                "pool_size": d.pool_size,
+                "pool_mode": d.pool_mode.map(|m| format!("{m:?}").to_lowercase()),
+                "target": d.target.map(|t| format!("{t:?}").to_lowercase()),
+            })
+        })
+        .collect();
+    json!({ "settings": settings, "nodes": nodes, "databases": databases }).to_string()
+}
+
+/// A `POST` control endpoint: runs it, answers 200 with `{"ok": true}`,
+/// 404 for an unknown path, database, node or client.
+pub(crate) async fn control(proxy: &ProxyHandle, path: &str) -> Response<Full<Bytes>> {
+    let parts: Vec<&str> = path
+        .trim_start_matches("/api/v1/")
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let result: Result<Value, ControlError> = match parts.as_slice() {
+        ["pause"] => proxy.pause(None).await.map(|()| json!({})),
+        ["resume"] => proxy.resume(None).map(|()| json!({})),
+        ["databases", db, action] => match *action {
+            "pause" => proxy.pause(Some(db)).await.map(|()| json!({})),
+            "resume" => proxy.resume(Some(db)).map(|()| json!({})),
+            "disable" => proxy.set_database_disabled(db, true).map(|()| json!({})),
+            "enable" => proxy.set_database_disabled(db, false).map(|()| json!({})),
+            "kill" => proxy
+                .kill_database(db)
+                .map(|killed| json!({ "killed_clients": killed })),
+            _ => return not_found(path),
+        },
+        ["nodes", node, action @ ("drain" | "undrain")] => proxy
+            .set_node_drained(node, *action == "drain")
+            .map(|()| json!({})),
+        ["clients", id, "kill"] => match id.parse() {
+            Ok(id) => proxy.kill_client(id).map(|()| json!({})),
+            Err(_) => return not_found(path),
+        },
+        _ => return not_found(path),
+    };
+    match result {
+        Ok(mut body) => {
+            body["ok"] = json!(true);
+            tracing::info!("admin API: POST {path}");
+            reply(StatusCode::OK, "application/json", body.to_string())
+        }
+        Err(e) => reply(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            json!({ "ok": false, "error": e.to_string() }).to_string(),
+        ),
+    }
+}
+
+fn not_found(path: &str) -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::NOT_FOUND,
+        "application/json",
+        json!({ "ok": false, "error": format!("no control endpoint {path}") }).to_string(),
+    )
 }

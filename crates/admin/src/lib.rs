@@ -7,14 +7,19 @@
 //! * `/health`, `/ready`, `/primary`, `/replica` — health checks in the
 //!   pgsqlchk / Patroni convention (200 or 503 with a one-line text body), for
 //!   keepalived scripts, Kubernetes probes and external load balancers;
-//! * `/api/v1/nodes`, `/api/v1/pools`, `/api/v1/events` — JSON for scripts
-//!   and dashboards.
+//! * `/api/v1/nodes`, `/pools`, `/databases`, `/clients`, `/servers`,
+//!   `/events`, `/config` — JSON for scripts and dashboards (no secrets);
+//! * control, `POST` only, an `admin_users` member with HTTP basic auth:
+//!   `/api/v1/pause`, `/api/v1/resume` (every database),
+//!   `/api/v1/databases/{db}/pause|resume|disable|enable|kill`,
+//!   `/api/v1/nodes/{node}/drain|undrain`, `/api/v1/clients/{id}/kill` —
+//!   the admin console's commands, through the same [`ProxyHandle`] calls.
 //!
-//! Everything here only reads [`ProxyHandle`] snapshots; nothing reaches into
-//! sessions.
+//! Reads only take [`ProxyHandle`] snapshots; nothing reaches into sessions.
 #![forbid(unsafe_code)]
 
 mod api;
+mod auth;
 mod events;
 mod health;
 mod metrics;
@@ -73,8 +78,9 @@ impl Admin {
             let events = self.events.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let response = route(&proxy, &events, &req);
-                    async move { Ok::<_, Infallible>(response) }
+                    let proxy = proxy.clone();
+                    let events = events.clone();
+                    async move { Ok::<_, Infallible>(route(&proxy, &events, &req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -94,20 +100,56 @@ pub(crate) fn reply(status: StatusCode, content_type: &str, body: String) -> Res
     r
 }
 
-fn route<B>(
+async fn route<B>(
     proxy: &ProxyHandle,
     events: &events::EventLog,
     req: &Request<B>,
 ) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "only GET and HEAD\n".into(),
-        );
+    let path = req.uri().path();
+    let need = match (req.method(), path) {
+        (_, "/health" | "/ready" | "/primary" | "/replica") => auth::Need::Nothing,
+        (&Method::POST, _) => auth::Need::Control,
+        (&Method::GET | &Method::HEAD, _) => auth::Need::Read,
+        _ => {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "GET or HEAD to read, POST to control\n".into(),
+            )
+        }
+    };
+    let authorization = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match auth::check(proxy.config(), need, authorization) {
+        auth::Verdict::Allowed => {}
+        auth::Verdict::Unauthenticated => {
+            let mut r = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "authentication required (an admin_users member for control)\n".into(),
+            );
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Basic realm=\"pgherd\""),
+            );
+            return r;
+        }
+        auth::Verdict::Forbidden => {
+            return reply(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                "this user may not do that (see admin_users, stats_users)\n".into(),
+            )
+        }
+    }
+    if need == auth::Need::Control {
+        return api::control(proxy, path).await;
     }
     let query = req.uri().query().unwrap_or("");
-    match req.uri().path() {
+    let json = |body: String| reply(StatusCode::OK, "application/json", body);
+    match path {
         "/" => reply(
             StatusCode::OK,
             "text/html; charset=utf-8",
@@ -119,16 +161,22 @@ fn route<B>(
             metrics::render(proxy),
         ),
         "/health" | "/ready" | "/primary" | "/replica" => {
-            let (status, body) = health::check(req.uri().path(), query, &proxy.topology());
+            let (status, body) = health::check(path, query, &proxy.topology());
             reply(status, "text/plain", body + "\n")
         }
-        "/api/v1/nodes" => reply(StatusCode::OK, "application/json", api::nodes(proxy)),
-        "/api/v1/pools" => reply(StatusCode::OK, "application/json", api::pools(proxy)),
-        "/api/v1/events" => reply(StatusCode::OK, "application/json", api::events(events)),
+        "/api/v1/nodes" => json(api::nodes(proxy)),
+        "/api/v1/pools" => json(api::pools(proxy)),
+        "/api/v1/databases" => json(api::databases(proxy)),
+        "/api/v1/clients" => json(api::clients(proxy)),
+        "/api/v1/servers" => json(api::servers(proxy)),
+        "/api/v1/config" => json(api::config(proxy)),
+        "/api/v1/events" => json(api::events(events)),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /, /metrics, /health, /ready, /primary, /replica, /api/v1/nodes, /api/v1/pools, /api/v1/events\n"
+            "not found; try /, /metrics, /health, /ready, /primary, /replica, \
+             /api/v1/nodes, /api/v1/pools, /api/v1/databases, /api/v1/clients, \
+             /api/v1/servers, /api/v1/events, /api/v1/config\n"
                 .into(),
         ),
     }

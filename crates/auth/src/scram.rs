@@ -73,6 +73,26 @@ impl ScramVerifier {
         })
     }
 
+    /// Whether `password` is the one this verifier was made from (for HTTP
+    /// basic auth on the admin port, where the client sends the password).
+    /// Costs `iterations` HMACs: a few milliseconds at PostgreSQL's 4096.
+    pub fn verify_password(&self, password: &str) -> bool {
+        // Hi() of RFC 5802: PBKDF2 with HMAC-SHA-256 and one output block.
+        let mut block = self.salt.clone();
+        block.extend_from_slice(&1u32.to_be_bytes());
+        let mut u = hmac(password.as_bytes(), &block);
+        let mut salted = u;
+        for _ in 1..self.iterations {
+            u = hmac(password.as_bytes(), &u);
+            for (s, b) in salted.iter_mut().zip(u) {
+                *s ^= b;
+            }
+        }
+        let client_key = hmac(&salted, b"Client Key");
+        let stored: [u8; 32] = Sha256::digest(client_key).into();
+        stored.ct_eq(&self.stored_key).into()
+    }
+
     /// A stand-in verifier for a user that does not exist: stable for a given
     /// user within one process, so repeated attempts look like a real user.
     pub fn mock(user: &str, process_secret: &[u8; 32]) -> Self {
@@ -354,6 +374,19 @@ fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     mac.update(msg);
     mac.finalize().into_bytes().into()
+}
+
+#[cfg(test)]
+mod password_tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_passwords_check_against_postgres_verifiers() {
+        let v = ScramVerifier::parse(&crate::make_scram_verifier("s3cret")).unwrap();
+        assert!(v.verify_password("s3cret"));
+        assert!(!v.verify_password("s3cret "));
+        assert!(!v.verify_password(""));
+    }
 }
 
 #[cfg(test)]

@@ -119,6 +119,9 @@ pub struct General {
     pub admin_users: Vec<String>,
     /// Users who may run the console's read-only commands (`SHOW ...`).
     pub stats_users: Vec<String>,
+    /// What of the admin HTTP port asks for HTTP basic auth (an
+    /// `admin_users` member for control, or a `stats_users` one for reads).
+    pub admin_auth: AdminAuth,
     /// Where pgherd remembers the highest timeline it has seen, so a
     /// restarted pgherd still fences an old primary that comes back first.
     pub state_file: Option<std::path::PathBuf>,
@@ -169,6 +172,18 @@ pub enum Target {
     /// Transaction mode: each transaction goes to a standby when pgherd can
     /// tell it only reads, to the primary otherwise (session mode: primary).
     Auto,
+}
+
+/// Which admin HTTP endpoints need basic auth. Health checks never do:
+/// keepalived and load balancers must reach them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AdminAuth {
+    /// Control (`POST`) only; pages, metrics and JSON reads are open.
+    #[serde(rename = "control")]
+    Control,
+    /// Everything but the health checks.
+    #[serde(rename = "all")]
+    All,
 }
 
 /// How reads are spread over the usable standbys (haproxy's `balance`).
@@ -336,6 +351,13 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
         ("admin_users", list(&g.admin_users)),
         ("stats_users", list(&g.stats_users)),
         (
+            "admin_auth",
+            match g.admin_auth {
+                AdminAuth::Control => "control".into(),
+                AdminAuth::All => "all".into(),
+            },
+        ),
+        (
             "state_file",
             g.state_file
                 .as_ref()
@@ -407,6 +429,7 @@ mod raw {
         pub read_your_writes: bool,
         pub admin_users: Vec<String>,
         pub stats_users: Vec<String>,
+        pub admin_auth: AdminAuth,
         pub state_file: Option<String>,
         pub probe_user: Option<String>,
         pub probe_password: Option<String>,
@@ -449,6 +472,7 @@ mod raw {
                 read_your_writes: true,
                 admin_users: Vec::new(),
                 stats_users: Vec::new(),
+                admin_auth: AdminAuth::Control,
                 state_file: None,
                 probe_user: None,
                 probe_password: None,
@@ -607,6 +631,7 @@ mod raw {
                 read_your_writes: g.read_your_writes,
                 admin_users: g.admin_users,
                 stats_users: g.stats_users,
+                admin_auth: g.admin_auth,
                 state_file: g.state_file.map(std::path::PathBuf::from),
                 probe: Probe {
                     user: g.probe_user.ok_or_else(|| {

@@ -17,7 +17,6 @@
 //! (they answer "unknown command").
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
@@ -29,6 +28,7 @@ use pgherd_wire::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client::{Authenticated, Client};
+use crate::control::ControlError;
 use crate::registry::{ClientState, ServerState};
 use crate::Shared;
 
@@ -226,99 +226,45 @@ async fn run(shared: &Shared, access: Access, sql: &str, out: &mut BytesMut) -> 
             backend::empty_query_response(out);
             Ok(())
         }
-        Command::Show(what) => show(shared, what, out),
-        Command::Pause(db) => pause(shared, db.as_deref(), out).await,
-        Command::Resume(db) => resume(shared, db.as_deref(), out),
-        Command::Disable(db) | Command::Enable(db) => known_database(shared, db).map(|control| {
-            control.set_disabled(matches!(command, Command::Disable(_)));
-            let tag = if matches!(command, Command::Disable(_)) {
-                "DISABLE"
-            } else {
-                "ENABLE"
-            };
-            backend::command_complete(out, tag);
-        }),
-        Command::Kill(db) => known_database(shared, db).map(|control| {
-            // pgbouncer's KILL: the database stays paused until RESUME.
-            control.set_paused(true);
-            for c in shared.registry.clients() {
-                if &c.database == db {
-                    c.kill();
-                }
+        Command::Show(what) => match show(shared, what, out) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                e.encode(out);
+                return false;
             }
-            backend::command_complete(out, "KILL");
-        }),
-        Command::KillClient(id) => match shared.registry.client(*id) {
-            Some(c) => {
-                c.kill();
-                backend::command_complete(out, "KILL_CLIENT");
-                Ok(())
-            }
-            None => Err(ErrorFields::error(
-                "42704",
-                format!("no client with id {id} (see SHOW CLIENTS)"),
-            )),
         },
+        Command::Pause(db) => shared
+            .pause(db.as_deref())
+            .await
+            .map(|()| backend::command_complete(out, "PAUSE")),
+        Command::Resume(db) => shared
+            .resume(db.as_deref())
+            .map(|()| backend::command_complete(out, "RESUME")),
+        Command::Disable(db) => shared
+            .set_disabled(db, true)
+            .map(|()| backend::command_complete(out, "DISABLE")),
+        Command::Enable(db) => shared
+            .set_disabled(db, false)
+            .map(|()| backend::command_complete(out, "ENABLE")),
+        Command::Kill(db) => shared
+            .kill_database(db)
+            .map(|_| backend::command_complete(out, "KILL")),
+        Command::KillClient(id) => shared
+            .kill_client(*id)
+            .map(|()| backend::command_complete(out, "KILL_CLIENT")),
         Command::Shutdown => {
             backend::command_complete(out, "SHUTDOWN");
             return true;
         }
     };
     if let Err(e) = result {
-        e.encode(out);
+        let code = match e {
+            ControlError::UnknownDatabase(_) => "3D000",
+            ControlError::UnknownClient(_) | ControlError::UnknownNode(_) => "42704",
+        };
+        ErrorFields::error(code, e.to_string()).encode(out);
     }
     false
-}
-
-/// A database name clients use (a `[databases]` entry, or one seen through `*`).
-fn known_database(
-    shared: &Shared,
-    name: &str,
-) -> Result<Arc<crate::registry::DatabaseControl>, ErrorFields> {
-    let config = shared.config();
-    let seen = shared.registry.databases().iter().any(|(n, _)| n == name);
-    if config.databases.contains_key(name) && name != "*" || seen {
-        Ok(shared.registry.database(name))
-    } else {
-        Err(ErrorFields::error(
-            "3D000",
-            format!("no such database: {name}"),
-        ))
-    }
-}
-
-async fn pause(shared: &Shared, db: Option<&str>, out: &mut BytesMut) -> Result<(), ErrorFields> {
-    let targets = match db {
-        Some(name) => vec![known_database(shared, name)?],
-        None => {
-            shared.registry.set_all_paused(true);
-            shared
-                .registry
-                .databases()
-                .into_iter()
-                .map(|(_, d)| d)
-                .collect()
-        }
-    };
-    for d in &targets {
-        d.set_paused(true);
-    }
-    // Returns once every transaction (session, in session mode) that held
-    // a server has ended; new ones wait for RESUME.
-    for d in &targets {
-        d.drained().await;
-    }
-    backend::command_complete(out, "PAUSE");
-    Ok(())
-}
-
-fn resume(shared: &Shared, db: Option<&str>, out: &mut BytesMut) -> Result<(), ErrorFields> {
-    match db {
-        Some(name) => known_database(shared, name)?.set_paused(false),
-        None => shared.registry.set_all_paused(false),
-    }
-    backend::command_complete(out, "RESUME");
-    Ok(())
 }
 
 /// A result set being built: columns first, then rows of text values.
@@ -694,24 +640,12 @@ fn show_databases(shared: &Shared, out: &mut BytesMut) {
     );
     let topology = shared.cluster.topology();
     let primary = topology.primary.and_then(|p| config.nodes.get(p));
-    let mut names: Vec<String> = config
-        .databases
-        .keys()
-        .filter(|n| *n != "*")
-        .cloned()
-        .collect();
-    for (name, _) in shared.registry.databases() {
-        if !names.contains(&name) {
-            names.push(name);
-        }
-    }
-    names.sort();
     let servers = shared.registry.servers();
-    for name in names {
+    for state in shared.database_states() {
+        let name = state.name;
         let Some(db) = config.database(&name) else {
             continue;
         };
-        let control = shared.registry.database(&name);
         let server_db = db.dbname.clone().unwrap_or_else(|| name.clone());
         let current = servers.iter().filter(|s| s.database == server_db).count();
         let target = match db.target {
@@ -731,8 +665,8 @@ fn show_databases(shared: &Shared, out: &mut BytesMut) {
             db.pool_mode.map(mode_name),
             Some("0"),
             Some(&current.to_string()),
-            Some(if control.paused() { "1" } else { "0" }),
-            Some(if control.disabled() { "1" } else { "0" }),
+            Some(if state.paused { "1" } else { "0" }),
+            Some(if state.disabled { "1" } else { "0" }),
             Some(target),
         ]);
     }
@@ -783,9 +717,10 @@ fn show_nodes(shared: &Shared, out: &mut BytesMut) {
             ("weight", oid::INT8),
             ("priority", oid::INT8),
             ("last_error", T),
+            ("drained", T),
         ],
     );
-    for (n, cfg) in topology.nodes.iter().zip(&config.nodes) {
+    for (i, (n, cfg)) in topology.nodes.iter().zip(&config.nodes).enumerate() {
         let role = match (n.role, n.fenced) {
             (_, true) => "fenced",
             (Role::Primary, false) => "primary",
@@ -810,6 +745,7 @@ fn show_nodes(shared: &Shared, out: &mut BytesMut) {
             Some(&cfg.weight.to_string()),
             Some(&cfg.priority.to_string()),
             n.last_error.as_deref(),
+            Some(yes_no(shared.node_is_drained(i))),
         ]);
     }
     t.finish();

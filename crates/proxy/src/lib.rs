@@ -27,6 +27,7 @@ mod cancel;
 mod classify;
 mod client;
 mod console;
+mod control;
 mod params;
 mod prepared;
 mod registry;
@@ -39,7 +40,7 @@ mod stats;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pgherd_cluster::{Cluster, ClusterEvent, Topology};
@@ -48,6 +49,7 @@ use pgherd_pool::Pool;
 use rand::RngCore;
 use tokio::net::TcpListener;
 
+pub use control::{ControlError, DatabaseState};
 pub use registry::{ClientInfo, ClientState, ServerInfo, ServerState};
 pub use server::{ServerConn, ServerCredential, ServerError};
 pub use stats::{Averages, PoolStats, StatsSnapshot, DURATION_BUCKETS};
@@ -83,6 +85,8 @@ pub(crate) struct Shared {
     round_robin: AtomicUsize,
     /// Server connections in use (checked out) on each node, for `leastconn`.
     node_load: Vec<AtomicUsize>,
+    /// Nodes an administrator drained: no new reads.
+    node_drained: Vec<AtomicBool>,
     routing: RoutingCounters,
     /// Seeds the mock SCRAM exchange for unknown users.
     process_secret: [u8; 32],
@@ -298,6 +302,11 @@ impl Proxy {
         let shared = Arc::new(Shared {
             tracked: params::Tracked::new(&config.general),
             node_load: config.nodes.iter().map(|_| AtomicUsize::new(0)).collect(),
+            node_drained: config
+                .nodes
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
             routing: RoutingCounters::default(),
             config: Arc::new(config),
             pools: Mutex::new(HashMap::new()),
@@ -443,5 +452,44 @@ impl ProxyHandle {
     /// Open server connections.
     pub fn servers(&self) -> Vec<Arc<ServerInfo>> {
         self.shared.registry.servers()
+    }
+
+    /// Database names clients use, with their pause and disable switches.
+    pub fn databases(&self) -> Vec<DatabaseState> {
+        self.shared.database_states()
+    }
+
+    /// Pauses a database (all when `None`); completes once no client of it
+    /// holds a server. New transactions wait for [`ProxyHandle::resume`].
+    pub async fn pause(&self, db: Option<&str>) -> Result<(), ControlError> {
+        self.shared.pause(db).await
+    }
+
+    pub fn resume(&self, db: Option<&str>) -> Result<(), ControlError> {
+        self.shared.resume(db)
+    }
+
+    /// Refuses (or again accepts) new logins to a database.
+    pub fn set_database_disabled(&self, db: &str, disabled: bool) -> Result<(), ControlError> {
+        self.shared.set_disabled(db, disabled)
+    }
+
+    /// Ends every client of a database (which stays paused); returns how many.
+    pub fn kill_database(&self, db: &str) -> Result<usize, ControlError> {
+        self.shared.kill_database(db)
+    }
+
+    pub fn kill_client(&self, id: u64) -> Result<(), ControlError> {
+        self.shared.kill_client(id)
+    }
+
+    /// Stops (or resumes) sending reads to a node.
+    pub fn set_node_drained(&self, node: &str, drained: bool) -> Result<(), ControlError> {
+        self.shared.set_node_drained(node, drained)
+    }
+
+    /// Whether node `i` (config order) is drained.
+    pub fn node_drained(&self, i: usize) -> bool {
+        self.shared.node_is_drained(i)
     }
 }

@@ -56,6 +56,11 @@ pub(crate) enum Want {
     Standby {
         fallback: bool,
         wrote_at: Option<Instant>,
+        /// Take the standby whose turn it is without using the turn up:
+        /// a transaction-mode login only borrows a server for its welcome,
+        /// and its first query should get the same turn (otherwise, with
+        /// two standbys, every one-query client would read from the same).
+        peek: bool,
     },
 }
 
@@ -68,6 +73,7 @@ impl Want {
             Target::Replica => Want::Standby {
                 fallback: replica_fallback,
                 wrote_at: None,
+                peek: false,
             },
         }
     }
@@ -94,7 +100,7 @@ where
     };
     loop {
         let standby = match want {
-            Want::Standby { wrote_at, .. } => pick_standby(shared, &failures, wrote_at),
+            Want::Standby { wrote_at, peek, .. } => pick_standby(shared, &failures, wrote_at, peek),
             Want::Primary => None,
         };
         let node = match standby {
@@ -162,7 +168,12 @@ where
 
 /// The next standby that may serve reads, has not failed for this client
 /// and (when it wrote at `wrote_at`) has replayed the client's write.
-fn pick_standby(shared: &Shared, failures: &[Failure], wrote_at: Option<Instant>) -> Option<usize> {
+fn pick_standby(
+    shared: &Shared,
+    failures: &[Failure],
+    wrote_at: Option<Instant>,
+    peek: bool,
+) -> Option<usize> {
     let topology = shared.cluster.topology();
     let replayed = match wrote_at {
         None => 0,
@@ -180,6 +191,7 @@ fn pick_standby(shared: &Shared, failures: &[Failure], wrote_at: Option<Instant>
         .enumerate()
         .filter(|(i, n)| {
             n.serves_reads()
+                && !shared.node_is_drained(*i)
                 && !failures.iter().any(|f| f.node == *i)
                 && n.last_sample
                     .as_ref()
@@ -193,7 +205,11 @@ fn pick_standby(shared: &Shared, failures: &[Failure], wrote_at: Option<Instant>
             priority: nodes[i].priority,
             load: shared.node_load(i),
         });
-    let turn = shared.round_robin.fetch_add(1, Ordering::Relaxed);
+    let turn = if peek {
+        shared.round_robin.load(Ordering::Relaxed)
+    } else {
+        shared.round_robin.fetch_add(1, Ordering::Relaxed)
+    };
     choose(
         candidates,
         shared.config().general.replica_balance,

@@ -233,7 +233,15 @@ async fn run(
         me: Arc::clone(&me.info),
     };
     // The welcome needs a server's ParameterStatus values, in both modes.
-    let (mut first, _, first_lease) = Box::pin(upstream.checkout(upstream.want())).await?;
+    let welcome_want = match (upstream.want(), mode) {
+        (Want::Standby { fallback, .. }, PoolMode::Transaction) => Want::Standby {
+            fallback,
+            wrote_at: None,
+            peek: true,
+        },
+        (want, _) => want,
+    };
+    let (mut first, _, first_lease) = Box::pin(upstream.checkout(welcome_want)).await?;
     let Some(server) = first.conn() else {
         return Err(ErrorFields::fatal(
             "XX000",
@@ -450,6 +458,7 @@ async fn serve_client(
                     let standby = Want::Standby {
                         fallback: true,
                         wrote_at,
+                        peek: false,
                     };
                     match request {
                         Request::Read => (standby, true),
