@@ -136,7 +136,9 @@ async fn run(
     listener_target: Target,
 ) -> Result<(), ErrorFields> {
     if crate::console::is_console(&auth.database) {
-        return crate::console::serve(shared, client, &auth).await;
+        // Boxed, as every await that an idle client is never parked in: a
+        // task is as large as its largest state, for its whole life.
+        return Box::pin(crate::console::serve(shared, client, &auth)).await;
     }
     let config = shared.config();
     let replication = wants_replication(&auth);
@@ -207,11 +209,16 @@ async fn run(
 
     if replication {
         let (params, credential) = (&params, &credential);
-        let server = route::connect(shared, Want::Primary, |node, target| async move {
-            open(shared, node, target, params.clone(), credential).await
-        })
-        .await?;
-        return replicate(shared, client, server).await;
+        let server =
+            Box::pin(route::connect(
+                shared,
+                Want::Primary,
+                |node, target| async move {
+                    open(shared, node, target, params.clone(), credential).await
+                },
+            ))
+            .await?;
+        return Box::pin(replicate(shared, client, server)).await;
     }
 
     let target = match db.target.unwrap_or(listener_target) {
@@ -591,7 +598,7 @@ async fn serve_client(
             // The node may be going away: look now rather than at the next interval.
             shared.cluster.request_probe();
         }
-        finish(shared, guard, &state, &end).await;
+        Box::pin(finish(shared, guard, &state, &end)).await;
         return if relayed.can_tell_client {
             outcome
         } else {
@@ -630,6 +637,16 @@ async fn sync_params(
     let Some(query) = params.differences(&server.params) else {
         return Ok(());
     };
+    // Only now (a parameter differs) is the exchange's state allocated.
+    Box::pin(apply_params(shared, params, server, query)).await
+}
+
+async fn apply_params(
+    shared: &Shared,
+    params: &mut ClientParams,
+    server: &mut ServerConn,
+    query: String,
+) -> Result<(), ErrorFields> {
     let timeout = shared.config().general.server_connect_timeout;
     match server.apply(&query, params.values(), timeout).await {
         Ok(()) => {
