@@ -70,6 +70,22 @@ async fn metrics_follow_pools_and_nodes() {
     assert_eq!(value(sample(&m, "pgherd_node_up", &[("node", "pg2")])), 1.0);
     assert_eq!(value(sample(&m, "pgherd_primary_known", &[])), 1.0);
     assert!(sample(&m, "pgherd_replication_lag_bytes", &[("node", "pg1")]).is_some());
+    assert_eq!(
+        value(sample(&m, "pgherd_clients", &[("state", "active")])),
+        2.0
+    );
+    assert_eq!(
+        value(sample(&m, "pgherd_clients", &[("state", "waiting")])),
+        0.0
+    );
+
+    // A refused login is counted by reason.
+    let auth = [("reason", "auth")];
+    let counted =
+        |m: &prometheus_parse::Scrape| counter(sample(m, "pgherd_login_failures_total", &auth));
+    assert_eq!(counted(&m), 0.0);
+    assert!(pgherd.connect("app", "wrong", "app").await.is_err());
+    assert_eq!(counted(&scrape(&pgherd).await), 1.0);
 
     // Sessions end: their servers go idle in the pool.
     drop((a, b));

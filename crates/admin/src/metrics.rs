@@ -198,6 +198,44 @@ fn fill(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
         "Client connections, including ones logging in.",
         proxy.client_count() as f64,
     )?;
+    let by_state = gauge_vec(
+        registry,
+        "pgherd_clients",
+        "Client connections by state: active (idle or on a server), waiting \
+         (for a server), login (not logged in yet).",
+        &["state"],
+    )?;
+    let clients = proxy.clients();
+    let waiting = clients
+        .iter()
+        .filter(|c| c.state() == pgherd_proxy::ClientState::Waiting)
+        .count();
+    let logging_in = proxy.client_count().saturating_sub(clients.len());
+    for (state, n) in [
+        ("active", clients.len() - waiting),
+        ("waiting", waiting),
+        ("login", logging_in),
+    ] {
+        by_state.with_label_values(&[state]).set(n as f64);
+    }
+    let failures = counter_vec(
+        registry,
+        "pgherd_login_failures_total",
+        "Logins refused, by reason: auth (28P01/28000), limit (max_client_conn), \
+         protocol (08P01), timeout (client_login_timeout).",
+        &["reason"],
+    )?;
+    let f = proxy.login_failures();
+    for (reason, c) in [
+        ("auth", &f.auth),
+        ("limit", &f.limit),
+        ("protocol", &f.protocol),
+        ("timeout", &f.timeout),
+    ] {
+        failures
+            .with_label_values(&[reason])
+            .inc_by(c.load(Ordering::Relaxed) as f64);
+    }
 
     let pool_labels = ["database", "user", "node"];
     let client_active = gauge_vec(

@@ -88,6 +88,7 @@ pub(crate) struct Shared {
     /// Nodes an administrator drained: no new reads.
     node_drained: Vec<AtomicBool>,
     routing: RoutingCounters,
+    login_failures: LoginFailures,
     /// Seeds the mock SCRAM exchange for unknown users.
     process_secret: [u8; 32],
     /// Set when pgherd stops: clients finish their transaction and go.
@@ -224,6 +225,30 @@ impl RoutingCounters {
     }
 }
 
+/// Logins pgherd refused, by why (`pgherd_login_failures_total`).
+#[derive(Debug, Default)]
+pub struct LoginFailures {
+    /// Wrong password or unknown user (28P01), or no user name (28000).
+    pub auth: AtomicU64,
+    /// `max_client_conn` reached (53300).
+    pub limit: AtomicU64,
+    /// Not the PostgreSQL protocol, or broken messages (08P01).
+    pub protocol: AtomicU64,
+    /// Not done within `client_login_timeout`.
+    pub timeout: AtomicU64,
+}
+
+impl LoginFailures {
+    pub(crate) fn count(&self, sqlstate: &str) {
+        let counter = match sqlstate {
+            "28P01" | "28000" => &self.auth,
+            "53300" => &self.limit,
+            _ => &self.protocol,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A server connection in use on a node (see [`Shared::lease`]).
 pub(crate) struct NodeLease<'a>(&'a AtomicUsize);
 
@@ -308,6 +333,7 @@ impl Proxy {
                 .map(|_| AtomicBool::new(false))
                 .collect(),
             routing: RoutingCounters::default(),
+            login_failures: LoginFailures::default(),
             config: Arc::new(config),
             pools: Mutex::new(HashMap::new()),
             cancels: cancel::CancelRegistry::default(),
@@ -427,6 +453,11 @@ impl ProxyHandle {
     /// Routing decisions so far.
     pub fn routing(&self) -> &RoutingCounters {
         &self.shared.routing
+    }
+
+    /// Refused logins so far.
+    pub fn login_failures(&self) -> &LoginFailures {
+        &self.shared.login_failures
     }
 
     /// The cluster as the probes see it.

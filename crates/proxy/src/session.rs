@@ -57,6 +57,7 @@ pub(crate) async fn serve(
         Ok(Ok(auth)) => auth,
         Ok(Err(Refused::Fatal(fields))) => {
             tracing::info!(%peer, "login refused: {fields}");
+            shared.login_failures.count(&fields.code);
             client.send_error(&fields).await;
             return;
         }
@@ -66,6 +67,10 @@ pub(crate) async fn serve(
         }
         Ok(Err(Refused::Gone)) => return,
         Err(_) => {
+            shared
+                .login_failures
+                .timeout
+                .fetch_add(1, Ordering::Relaxed);
             let fields = ErrorFields::fatal("08P01", "client_login_timeout: login took too long");
             client.send_error(&fields).await;
             return;
