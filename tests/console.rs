@@ -294,3 +294,65 @@ async fn clients_servers_kill_client_and_disable() {
     admin.simple_query("ENABLE app").await.unwrap();
     pgherd.connect("app", APP_PASSWORD, "app").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_new_settings_and_names_restart_only_ones() {
+    let cluster = shared_cluster();
+    let first = with_console(cluster);
+    let pgherd = first.start().await;
+    let dir = std::env::temp_dir().join(format!("pgherd-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pgherd.toml");
+    std::fs::write(&path, first.toml()).unwrap();
+    pgherd.handle.set_config_file(path.clone());
+    let admin = console(&pgherd, "app", APP_PASSWORD).await;
+
+    let stats = console(&pgherd, "md5user", MD5_PASSWORD).await;
+    let err = stats.simple_query("PAUSE app").await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("42501"));
+
+    // md5user becomes an admin, a timeout changes, and so does a setting
+    // that needs a restart.
+    let second = cluster
+        .pgherd()
+        .probe_interval(0.5)
+        .general("pool_mode = \"transaction\"")
+        .general("admin_users = [\"app\", \"md5user\"]")
+        .general("query_wait_timeout = 7");
+    std::fs::write(&path, second.toml()).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    assert_eq!(
+        cell(&admin, "SHOW CONFIG", "query_wait_timeout", "value").await,
+        "7"
+    );
+    assert_eq!(
+        cell(&admin, "SHOW CONFIG", "probe_interval", "value").await,
+        "0.2",
+        "restart-only: the running value stays"
+    );
+    let promoted = console(&pgherd, "md5user", MD5_PASSWORD).await;
+    promoted.simple_query("PAUSE app").await.unwrap();
+    promoted.simple_query("RESUME app").await.unwrap();
+    let (status, body) = http_request(
+        &pgherd,
+        "POST",
+        "/api/v1/reload",
+        Some(("app", APP_PASSWORD)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"not_applied_until_restart\":[\"probe_*\"]"),
+        "{body}"
+    );
+
+    // A broken file changes nothing.
+    std::fs::write(&path, "[pgherd\nnot toml").unwrap();
+    let err = admin.simple_query("RELOAD").await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("F0000"), "{err}");
+    assert_eq!(
+        cell(&admin, "SHOW CONFIG", "query_wait_timeout", "value").await,
+        "7"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -186,6 +186,20 @@ pub(crate) async fn control(proxy: &ProxyHandle, path: &str) -> Response<Full<By
         .split('/')
         .filter(|p| !p.is_empty())
         .collect();
+    if parts.as_slice() == ["reload"] {
+        return match proxy.reload() {
+            Ok(kept) => reply(
+                StatusCode::OK,
+                "application/json",
+                json!({ "ok": true, "not_applied_until_restart": kept }).to_string(),
+            ),
+            Err(e) => reply(
+                StatusCode::BAD_REQUEST,
+                "application/json",
+                json!({ "ok": false, "error": e.to_string() }).to_string(),
+            ),
+        };
+    }
     let result: Result<Value, ControlError> = match parts.as_slice() {
         ["pause"] => proxy.pause(None).await.map(|()| json!({})),
         ["resume"] => proxy.resume(None).map(|()| json!({})),

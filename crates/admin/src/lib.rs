@@ -10,7 +10,7 @@
 //! * `/api/v1/nodes`, `/pools`, `/databases`, `/clients`, `/servers`,
 //!   `/events`, `/config` — JSON for scripts and dashboards (no secrets);
 //! * control, `POST` only, an `admin_users` member with HTTP basic auth:
-//!   `/api/v1/pause`, `/api/v1/resume` (every database),
+//!   `/api/v1/pause`, `/api/v1/resume` (every database), `/api/v1/reload`,
 //!   `/api/v1/databases/{db}/pause|resume|disable|enable|kill`,
 //!   `/api/v1/nodes/{node}/drain|undrain`, `/api/v1/clients/{id}/kill` —
 //!   the admin console's commands, through the same [`ProxyHandle`] calls.
@@ -122,7 +122,7 @@ async fn route<B>(
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match auth::check(proxy.config(), need, authorization) {
+    match auth::check(&proxy.config(), need, authorization) {
         auth::Verdict::Allowed => {}
         auth::Verdict::Unauthenticated => {
             let mut r = reply(

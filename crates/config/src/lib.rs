@@ -129,7 +129,7 @@ pub struct General {
 }
 
 /// Health probes: how pgherd checks each node's role and replication.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Probe {
     pub user: String,
     pub password: Option<Secret>,

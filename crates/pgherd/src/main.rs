@@ -51,10 +51,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => {
-            let config = pgherd_config::Config::load(&config)
-                .with_context(|| format!("loading {}", config.display()))?;
-            runtime()?.block_on(run(config))
+        Command::Run { config: path } => {
+            let config = pgherd_config::Config::load(&path)
+                .with_context(|| format!("loading {}", path.display()))?;
+            runtime()?.block_on(run(config, path))
         }
         Command::Demo { port } => demo::run(port),
         Command::ScramVerifier { password } => {
@@ -78,8 +78,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn run(config: pgherd_config::Config) -> anyhow::Result<()> {
+async fn run(config: pgherd_config::Config, path: PathBuf) -> anyhow::Result<()> {
     let (proxy, _admin) = start(config).await?;
+    let handle = proxy.handle();
+    handle.set_config_file(path);
+    tokio::spawn(reload_on_sighup(handle));
     proxy.run(shutdown_signal()).await;
     tracing::info!("pgherd stopped");
     Ok(())
@@ -111,6 +114,24 @@ pub(crate) async fn start(
         None => None,
     };
     Ok((proxy, admin))
+}
+
+/// SIGHUP reloads the config file, as for pgbouncer (errors are logged and
+/// change nothing).
+async fn reload_on_sighup(handle: pgherd_proxy::ProxyHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP: {e}");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        if let Err(e) = handle.reload() {
+            tracing::error!("reload on SIGHUP failed, configuration unchanged: {e}");
+        }
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -13,8 +13,8 @@
 //! precise one: 42601 unknown command, 3D000 unknown database, 42501 a
 //! stats user trying a control command.
 //!
-//! Not here yet: `RELOAD`, `RECONNECT`, `WAIT_CLOSE`, `SUSPEND`, `SET`
-//! (they answer "unknown command").
+//! Not here yet: `RECONNECT`, `WAIT_CLOSE`, `SUSPEND`, `SET` (they answer
+//! "unknown command").
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
@@ -55,6 +55,7 @@ enum Command {
     Enable(String),
     Kill(String),
     KillClient(u64),
+    Reload,
     Shutdown,
 }
 
@@ -93,6 +94,7 @@ impl Command {
                 })?)
             }
             "SHUTDOWN" if arg.is_none() => Command::Shutdown,
+            "RELOAD" if arg.is_none() => Command::Reload,
             _ => return Err(invalid()),
         })
     }
@@ -106,7 +108,7 @@ const HELP: &str = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|V
                     \tSHOW LISTS|STATE|NODES\n\
                     \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n\
                     \tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\
-                    \tKILL <db>\n\tKILL_CLIENT <id>\n\tSHUTDOWN";
+                    \tKILL <db>\n\tKILL_CLIENT <id>\n\tRELOAD\n\tSHUTDOWN";
 
 /// Serves a console session after login. An `Err` is sent to the client.
 pub(crate) async fn serve(
@@ -252,6 +254,23 @@ async fn run(shared: &Shared, access: Access, sql: &str, out: &mut BytesMut) -> 
         Command::KillClient(id) => shared
             .kill_client(*id)
             .map(|()| backend::command_complete(out, "KILL_CLIENT")),
+        Command::Reload => {
+            match shared.reload() {
+                Ok(kept) => {
+                    if !kept.is_empty() {
+                        ErrorFields::notice(format!(
+                            "not applied until pgherd restarts: {}",
+                            kept.join(", ")
+                        ))
+                        .encode_notice(out);
+                    }
+                    backend::command_complete(out, "RELOAD");
+                }
+                // PostgreSQL's "config_file_error".
+                Err(e) => ErrorFields::error("F0000", format!("RELOAD failed: {e}")).encode(out),
+            }
+            return false;
+        }
         Command::Shutdown => {
             backend::command_complete(out, "SHUTDOWN");
             return true;
@@ -784,6 +803,7 @@ mod tests {
         );
         assert_eq!(Command::parse(";"), Ok(Command::Empty));
         assert_eq!(Command::parse("shutdown"), Ok(Command::Shutdown));
+        assert_eq!(Command::parse("reload;"), Ok(Command::Reload));
         for bad in [
             "select 1",
             "SHOW",

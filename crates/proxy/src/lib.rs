@@ -32,6 +32,7 @@ mod params;
 mod prepared;
 mod registry;
 mod relay;
+pub mod reload;
 mod route;
 mod server;
 mod session;
@@ -43,6 +44,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use pgherd_cluster::{Cluster, ClusterEvent, Topology};
 use pgherd_config::{Config, PoolMode, Target};
 use pgherd_pool::Pool;
@@ -74,7 +76,10 @@ pub(crate) struct PoolEntry {
 /// State shared by every session of one proxy.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    config: Arc<Config>,
+    /// Swapped whole by RELOAD; see [`Shared::config`].
+    config: ArcSwap<Config>,
+    /// Where RELOAD reads the configuration from.
+    config_file: Mutex<Option<std::path::PathBuf>>,
     pools: Mutex<HashMap<PoolKey, PoolEntry>>,
     cancels: cancel::CancelRegistry,
     /// Connected clients, for `max_client_conn`.
@@ -104,8 +109,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
+    /// The configuration new sessions start with. A session keeps the one
+    /// it started with until it ends (so a `RELOAD` never changes the rules
+    /// under a running transaction); per-transaction code reads that one.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config.load_full()
     }
 
     /// The pool for `key` and its counters, created on first use.
@@ -124,7 +132,8 @@ impl Shared {
     /// Every pool with its counters, sorted by database, user, node.
     pub(crate) fn pool_rows(&self) -> Vec<PoolSnapshot> {
         let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let nodes = &self.config.nodes;
+        let config = self.config.load();
+        let nodes = &config.nodes;
         let mut out: Vec<PoolSnapshot> = pools
             .iter()
             .map(|(k, p)| PoolSnapshot {
@@ -193,7 +202,7 @@ impl Shared {
     }
 
     fn node_index(&self, name: &str) -> Option<usize> {
-        self.config.nodes.iter().position(|n| n.name == name)
+        self.config.load().nodes.iter().position(|n| n.name == name)
     }
 }
 
@@ -334,7 +343,8 @@ impl Proxy {
                 .collect(),
             routing: RoutingCounters::default(),
             login_failures: LoginFailures::default(),
-            config: Arc::new(config),
+            config: ArcSwap::from_pointee(config),
+            config_file: Mutex::new(None),
             pools: Mutex::new(HashMap::new()),
             cancels: cancel::CancelRegistry::default(),
             clients: AtomicUsize::new(0),
@@ -349,7 +359,7 @@ impl Proxy {
         tokio::spawn(drain_on_changes(Arc::clone(&shared)));
         tokio::spawn(average_stats(
             Arc::downgrade(&shared),
-            shared.config.general.stats_period,
+            shared.config.load().general.stats_period,
         ));
         Ok(Proxy { shared, listeners })
     }
@@ -397,7 +407,8 @@ impl Proxy {
         if left > 0 {
             tracing::info!("shutting down: waiting for {left} clients to finish");
         }
-        let deadline = tokio::time::Instant::now() + self.shared.config.general.shutdown_timeout;
+        let deadline =
+            tokio::time::Instant::now() + self.shared.config.load().general.shutdown_timeout;
         while self.shared.clients.load(Ordering::Relaxed) > 0
             && tokio::time::Instant::now() < deadline
         {
@@ -440,9 +451,24 @@ pub struct PoolSnapshot {
 }
 
 impl ProxyHandle {
-    /// The configuration the proxy runs with.
-    pub fn config(&self) -> &Config {
-        &self.shared.config
+    /// The configuration the proxy runs with (the latest reloaded one).
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config()
+    }
+
+    /// The file [`ProxyHandle::reload`] reads.
+    pub fn set_config_file(&self, path: std::path::PathBuf) {
+        *self
+            .shared
+            .config_file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(path);
+    }
+
+    /// Reads the config file again and applies it to new sessions (see
+    /// [`reload`]). Returns the settings that differ but need a restart.
+    pub fn reload(&self) -> Result<Vec<&'static str>, reload::ReloadError> {
+        self.shared.reload()
     }
 
     /// Clients connected right now (including ones still logging in).

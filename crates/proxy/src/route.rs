@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use pgherd_cluster::Topology;
-use pgherd_config::{Balance, Target};
+use pgherd_config::{Balance, Config, Target};
 use pgherd_wire::backend::ErrorFields;
 
 use crate::Shared;
@@ -80,8 +80,10 @@ impl Want {
 }
 
 /// Connects to a node for `want`, trying further nodes as the topology allows.
+/// `config` is the session's (see `Shared::config`).
 pub(crate) async fn connect<T, F, Fut>(
     shared: &Shared,
+    config: &Config,
     want: Want,
     attempt: F,
 ) -> Result<T, ErrorFields>
@@ -89,7 +91,7 @@ where
     F: Fn(usize, Target) -> Fut,
     Fut: std::future::Future<Output = Attempt<T>>,
 {
-    let general = &shared.config().general;
+    let general = &config.general;
     let deadline = tokio::time::Instant::now() + general.primary_wait_timeout;
     let mut failures: Vec<Failure> = Vec::new();
     let no_primary = |t: &Topology, failures: &[Failure], what: &str| {
@@ -100,7 +102,9 @@ where
     };
     loop {
         let standby = match want {
-            Want::Standby { wrote_at, peek, .. } => pick_standby(shared, &failures, wrote_at, peek),
+            Want::Standby { wrote_at, peek, .. } => {
+                pick_standby(shared, config, &failures, wrote_at, peek)
+            }
             Want::Primary => None,
         };
         let node = match standby {
@@ -155,7 +159,7 @@ where
             Attempt::Usable(t) => return Ok(t),
             Attempt::Refused(fields) => return Err(fields),
             Attempt::Unusable(why) => {
-                tracing::info!(node = %shared.config().nodes[node].name, "cannot use node: {why}");
+                tracing::info!(node = %config.nodes[node].name, "cannot use node: {why}");
                 // Not retried until a topology newer than this one (read
                 // after the failure: at worst one probe more is awaited).
                 let version = shared.cluster.topology().version;
@@ -170,6 +174,7 @@ where
 /// and (when it wrote at `wrote_at`) has replayed the client's write.
 fn pick_standby(
     shared: &Shared,
+    config: &Config,
     failures: &[Failure],
     wrote_at: Option<Instant>,
     peek: bool,
@@ -184,7 +189,7 @@ fn pick_standby(
             Replayed::NoPrimary => 0,
         },
     };
-    let nodes = &shared.config().nodes;
+    let nodes = &config.nodes;
     let candidates = topology
         .nodes
         .iter()
@@ -212,7 +217,7 @@ fn pick_standby(
     };
     choose(
         candidates,
-        shared.config().general.replica_balance,
+        config.general.replica_balance,
         turn,
         topology.nodes.len(),
     )

@@ -184,7 +184,7 @@ async fn run(
         local_addr: client.stream.local_addr().ok(),
         application_name: auth.startup.param("application_name").unwrap_or(""),
     });
-    let (server_user, credential) = server_login(config, db, &auth);
+    let (server_user, credential) = server_login(&config, db, &auth);
     let server_db = db.dbname.clone().unwrap_or_else(|| auth.database.clone());
     let mode = config.pool_mode(db, &auth.user);
     let tracking = mode == PoolMode::Transaction && !replication;
@@ -217,6 +217,7 @@ async fn run(
         let server =
             Box::pin(route::connect(
                 shared,
+                &config,
                 Want::Primary,
                 |node, target| async move {
                     open(shared, node, target, params.clone(), credential).await
@@ -233,6 +234,7 @@ async fn run(
     };
     let upstream = Upstream {
         shared,
+        config: &config,
         db,
         target,
         params: &params,
@@ -307,6 +309,8 @@ async fn run(
 /// Where a client's servers come from: its database entry, target and login.
 struct Upstream<'a> {
     shared: &'a Shared,
+    /// The configuration this session started with.
+    config: &'a Config,
     db: &'a Database,
     target: Target,
     params: &'a [(String, String)],
@@ -342,7 +346,7 @@ impl Upstream<'_> {
     /// What the database's target wants (for `auto`: the primary, unless a
     /// request says otherwise).
     fn want(&self) -> Want {
-        Want::of(self.target, self.shared.config().general.replica_fallback)
+        Want::of(self.target, self.config.general.replica_fallback)
     }
 
     /// This client's pool on `node`.
@@ -394,10 +398,11 @@ impl Upstream<'_> {
         want: Want,
         asked: Instant,
     ) -> Result<(Guard<ServerConn>, Instant), ErrorFields> {
-        route::connect(self.shared, want, |node, target| async move {
+        route::connect(self.shared, self.config, want, |node, target| async move {
             let entry = self.entry(node);
             let attempt = checkout(
                 self.shared,
+                self.config.general.query_wait_timeout,
                 &entry.pool,
                 node,
                 target,
@@ -435,7 +440,7 @@ async fn serve_client(
         None => PoolMode::Session,
     };
     let shared = upstream.shared;
-    let config = shared.config();
+    let config = upstream.config;
     let mut shutdown = shared.shutting_down.subscribe();
     let mut statements = ClientStatements::default();
     let track_statements =
@@ -854,14 +859,13 @@ async fn open(
 /// with the same startup parameters, or a new one.
 async fn checkout(
     shared: &Shared,
+    wait: std::time::Duration,
     pool: &pgherd_pool::Pool<ServerConn>,
     node: usize,
     target: Target,
     params: &[(String, String)],
     credential: &ServerCredential,
 ) -> Attempt<Guard<ServerConn>> {
-    let config = shared.config();
-    let wait = config.general.query_wait_timeout;
     let mut guard = match pool.checkout(wait, |c| c.startup == params).await {
         Ok(g) => g,
         Err(PoolError::Timeout(t)) => {
