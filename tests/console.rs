@@ -356,3 +356,53 @@ async fn reload_applies_new_settings_and_names_restart_only_ones() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_closes_servers_once_released_and_wait_close_waits() {
+    let cluster = shared_cluster();
+    let pgherd = with_console(cluster).start().await;
+    let admin = console(&pgherd, "app", APP_PASSWORD).await;
+    // One server held by a transaction, another idle in the pool.
+    let busy = pgherd.app().await;
+    busy.batch_execute("BEGIN").await.unwrap();
+    let busy_pid = simple_value(&busy, "SELECT pg_backend_pid()").await;
+    let idle_one = pgherd.app().await;
+    let idle_pid = simple_value(&idle_one, "SELECT pg_backend_pid()").await;
+    assert_ne!(idle_pid, busy_pid);
+
+    admin.simple_query("RECONNECT app").await.unwrap();
+    let servers = simple_rows(&admin, "SHOW SERVERS").await.unwrap();
+    let busy_row = servers
+        .iter()
+        .find(|r| r[15].as_deref() == Some(busy_pid.as_str()))
+        .expect("the busy server is listed");
+    assert_eq!(busy_row[12].as_deref(), Some("1"), "close_needed");
+    assert!(
+        !servers
+            .iter()
+            .any(|r| r[15].as_deref() == Some(idle_pid.as_str())),
+        "the idle server was closed at once"
+    );
+
+    let wait = tokio::spawn(async move {
+        admin.simple_query("WAIT_CLOSE app").await.unwrap();
+        admin
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !wait.is_finished(),
+        "a marked server is still in a transaction"
+    );
+    busy.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("WAIT_CLOSE returns once the busy server is released")
+        .unwrap();
+    // The client carries on, on a fresh server.
+    let again = simple_value(&busy, "SELECT pg_backend_pid()").await;
+    assert_ne!(again, busy_pid);
+    assert_ne!(
+        simple_value(&idle_one, "SELECT pg_backend_pid()").await,
+        idle_pid
+    );
+}

@@ -203,6 +203,9 @@ pub(crate) async fn control(proxy: &ProxyHandle, path: &str) -> Response<Full<By
     let result: Result<Value, ControlError> = match parts.as_slice() {
         ["pause"] => proxy.pause(None).await.map(|()| json!({})),
         ["resume"] => proxy.resume(None).map(|()| json!({})),
+        ["reconnect"] => proxy
+            .reconnect(None)
+            .map(|n| json!({ "marked_servers": n })),
         ["databases", db, action] => match *action {
             "pause" => proxy.pause(Some(db)).await.map(|()| json!({})),
             "resume" => proxy.resume(Some(db)).map(|()| json!({})),
@@ -211,6 +214,9 @@ pub(crate) async fn control(proxy: &ProxyHandle, path: &str) -> Response<Full<By
             "kill" => proxy
                 .kill_database(db)
                 .map(|killed| json!({ "killed_clients": killed })),
+            "reconnect" => proxy
+                .reconnect(Some(db))
+                .map(|n| json!({ "marked_servers": n })),
             _ => return not_found(path),
         },
         ["nodes", node, action @ ("drain" | "undrain")] => proxy

@@ -11,7 +11,8 @@
 //!   `/events`, `/config` — JSON for scripts and dashboards (no secrets);
 //! * control, `POST` only, an `admin_users` member with HTTP basic auth:
 //!   `/api/v1/pause`, `/api/v1/resume` (every database), `/api/v1/reload`,
-//!   `/api/v1/databases/{db}/pause|resume|disable|enable|kill`,
+//!   `/api/v1/reconnect`,
+//!   `/api/v1/databases/{db}/pause|resume|disable|enable|kill|reconnect`,
 //!   `/api/v1/nodes/{node}/drain|undrain`, `/api/v1/clients/{id}/kill` —
 //!   the admin console's commands, through the same [`ProxyHandle`] calls.
 //!

@@ -163,6 +163,17 @@ impl<C> Pool<C> {
         }
     }
 
+    /// Removes and returns the idle connections for which `which` is true.
+    pub fn drain_idle_where(&self, which: impl Fn(&C) -> bool) -> Vec<C> {
+        let mut state = self.inner.state();
+        let (taken, kept): (Vec<Box<C>>, Vec<Box<C>>) = std::mem::take(&mut state.idle)
+            .into_iter()
+            .partition(|c| which(c));
+        state.idle = kept;
+        state.total -= taken.len();
+        taken.into_iter().map(|c| *c).collect()
+    }
+
     /// Removes and returns every idle connection (for closing them).
     pub fn drain_idle(&self) -> Vec<C> {
         let mut state = self.inner.state();
@@ -321,6 +332,19 @@ mod tests {
         drop(held);
         assert!(waiter.await.unwrap());
         assert_eq!(pool.status().total, 0);
+    }
+
+    #[tokio::test]
+    async fn drain_idle_where_takes_only_the_chosen() {
+        let pool = Pool::new(3);
+        for v in [1, 2, 3] {
+            let mut g = pool.checkout(T, |_| false).await.unwrap();
+            g.set(v);
+            g.release();
+        }
+        assert_eq!(pool.drain_idle_where(|v| v % 2 == 1), vec![1, 3]);
+        let s = pool.status();
+        assert_eq!((s.total, s.idle), (1, 1));
     }
 
     #[tokio::test]

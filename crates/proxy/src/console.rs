@@ -13,8 +13,8 @@
 //! precise one: 42601 unknown command, 3D000 unknown database, 42501 a
 //! stats user trying a control command.
 //!
-//! Not here yet: `RECONNECT`, `WAIT_CLOSE`, `SUSPEND`, `SET` (they answer
-//! "unknown command").
+//! Not here: `SUSPEND` (for online restarts, which pgherd does not do) and
+//! `SET` (settings change with `RELOAD`); they answer "unknown command".
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
@@ -55,6 +55,8 @@ enum Command {
     Enable(String),
     Kill(String),
     KillClient(u64),
+    Reconnect(Option<String>),
+    WaitClose(Option<String>),
     Reload,
     Shutdown,
 }
@@ -79,6 +81,8 @@ impl Command {
             "SHOW" => Command::Show(required(arg).map_err(|_| invalid())?.to_ascii_uppercase()),
             "PAUSE" => Command::Pause(arg),
             "RESUME" => Command::Resume(arg),
+            "RECONNECT" => Command::Reconnect(arg),
+            "WAIT_CLOSE" => Command::WaitClose(arg),
             "DISABLE" => Command::Disable(required(arg)?),
             "ENABLE" => Command::Enable(required(arg)?),
             "KILL" => Command::Kill(required(arg)?),
@@ -108,6 +112,7 @@ const HELP: &str = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|V
                     \tSHOW LISTS|STATE|NODES\n\
                     \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n\
                     \tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\
+                    \tRECONNECT [<db>]\n\tWAIT_CLOSE [<db>]\n\
                     \tKILL <db>\n\tKILL_CLIENT <id>\n\tRELOAD\n\tSHUTDOWN";
 
 /// Serves a console session after login. An `Err` is sent to the client.
@@ -254,6 +259,13 @@ async fn run(shared: &Shared, access: Access, sql: &str, out: &mut BytesMut) -> 
         Command::KillClient(id) => shared
             .kill_client(*id)
             .map(|()| backend::command_complete(out, "KILL_CLIENT")),
+        Command::Reconnect(db) => shared
+            .reconnect(db.as_deref())
+            .map(|_| backend::command_complete(out, "RECONNECT")),
+        Command::WaitClose(db) => shared
+            .wait_close(db.as_deref())
+            .await
+            .map(|()| backend::command_complete(out, "WAIT_CLOSE")),
         Command::Reload => {
             match shared.reload() {
                 Ok(kept) => {
@@ -623,7 +635,7 @@ fn show_servers(shared: &Shared, out: &mut BytesMut) {
             Some(&timestamp(s.connected)),
             Some("0"),
             Some("0"),
-            Some("0"),
+            Some(if s.close_needed() { "1" } else { "0" }),
             Some(&ptr(Some(s.id))),
             Some(&ptr(s.client())),
             Some(&s.pid.to_string()),
@@ -804,6 +816,11 @@ mod tests {
         assert_eq!(Command::parse(";"), Ok(Command::Empty));
         assert_eq!(Command::parse("shutdown"), Ok(Command::Shutdown));
         assert_eq!(Command::parse("reload;"), Ok(Command::Reload));
+        assert_eq!(Command::parse("RECONNECT"), Ok(Command::Reconnect(None)));
+        assert_eq!(
+            Command::parse("wait_close app"),
+            Ok(Command::WaitClose(Some("app".into())))
+        );
         for bad in [
             "select 1",
             "SHOW",

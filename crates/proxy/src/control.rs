@@ -5,6 +5,8 @@
 //!   transactions finish, new ones wait), resume, disable (new logins are
 //!   refused with 57P03), enable, kill (every client of it is ended with
 //!   57P01 and the database stays paused until resumed, as in pgbouncer).
+//! * **Server connections**: reconnect (close each one as soon as it is
+//!   idle; new ones are opened as needed) and wait until that is done.
 //! * **Clients**: kill one by its id (`SHOW CLIENTS`, `/api/v1/clients`).
 //! * **Nodes**: drain a standby — it gets no new reads and its idle server
 //!   connections are closed; sessions and transactions already there finish
@@ -95,6 +97,57 @@ impl Shared {
             }
         }
         Ok(killed)
+    }
+
+    /// The server database names the servers of `db` (or of every database)
+    /// are logged in to.
+    fn server_databases(&self, db: Option<&str>) -> Result<Option<String>, ControlError> {
+        match db {
+            None => Ok(None),
+            Some(name) => {
+                self.known_database(name)?;
+                let config = self.config();
+                let server_db = config
+                    .database(name)
+                    .and_then(|d| d.dbname.clone())
+                    .unwrap_or_else(|| name.to_owned());
+                Ok(Some(server_db))
+            }
+        }
+    }
+
+    /// `RECONNECT`: every open server connection of `db` (all when `None`)
+    /// is closed — idle ones now, busy ones when their client releases them.
+    /// Returns how many were marked.
+    pub(crate) fn reconnect(&self, db: Option<&str>) -> Result<usize, ControlError> {
+        let server_db = self.server_databases(db)?;
+        let mut marked = 0;
+        for s in self.registry.servers() {
+            if server_db.as_ref().is_none_or(|d| *d == s.database) {
+                s.mark_close_needed();
+                marked += 1;
+            }
+        }
+        for i in 0..self.node_drained.len() {
+            self.close_idle_marked(i);
+        }
+        Ok(marked)
+    }
+
+    /// `WAIT_CLOSE`: waits until no server connection of `db` (all when
+    /// `None`) that `RECONNECT` marked is still open.
+    pub(crate) async fn wait_close(&self, db: Option<&str>) -> Result<(), ControlError> {
+        let server_db = self.server_databases(db)?;
+        loop {
+            let pending =
+                self.registry.servers().iter().any(|s| {
+                    s.close_needed() && server_db.as_ref().is_none_or(|d| *d == s.database)
+                });
+            if !pending {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     pub(crate) fn kill_client(&self, id: u64) -> Result<(), ControlError> {

@@ -191,6 +191,25 @@ impl Shared {
         }
     }
 
+    /// Closes the idle connections to node `node` that `RECONNECT` marked.
+    pub(crate) fn close_idle_marked(&self, node: usize) {
+        let pools: Vec<Pool<ServerConn>> = {
+            let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            pools
+                .iter()
+                .filter(|(k, _)| k.node == node)
+                .map(|(_, p)| p.pool.clone())
+                .collect()
+        };
+        for pool in pools {
+            let marked =
+                |c: &ServerConn| c.registered.as_ref().is_some_and(|r| r.info.close_needed());
+            for conn in pool.drain_idle_where(marked) {
+                tokio::spawn(conn.close());
+            }
+        }
+    }
+
     fn node_load(&self, node: usize) -> usize {
         self.node_load[node].load(Ordering::Relaxed)
     }
@@ -538,6 +557,17 @@ impl ProxyHandle {
 
     pub fn kill_client(&self, id: u64) -> Result<(), ControlError> {
         self.shared.kill_client(id)
+    }
+
+    /// Closes every server connection of a database (all when `None`) as
+    /// soon as it is idle; returns how many were marked.
+    pub fn reconnect(&self, db: Option<&str>) -> Result<usize, ControlError> {
+        self.shared.reconnect(db)
+    }
+
+    /// Completes once the connections [`ProxyHandle::reconnect`] marked are closed.
+    pub async fn wait_close(&self, db: Option<&str>) -> Result<(), ControlError> {
+        self.shared.wait_close(db).await
     }
 
     /// Stops (or resumes) sending reads to a node.

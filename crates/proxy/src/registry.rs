@@ -135,6 +135,8 @@ pub struct ServerInfo {
     pub pid: i32,
     /// Id of the client holding it; 0 when idle.
     client: AtomicU64,
+    /// `RECONNECT`: close it when its client releases it.
+    close_needed: AtomicBool,
 }
 
 impl ServerInfo {
@@ -151,6 +153,14 @@ impl ServerInfo {
 
     pub(crate) fn set_client(&self, id: Option<u64>) {
         self.client.store(id.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    pub fn close_needed(&self) -> bool {
+        self.close_needed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_close_needed(&self) {
+        self.close_needed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -332,6 +342,7 @@ impl Registry {
             connected: SystemTime::now(),
             pid: s.pid,
             client: AtomicU64::new(0),
+            close_needed: AtomicBool::new(false),
         });
         lock(&self.servers).insert(id, Arc::clone(&info));
         Registered {

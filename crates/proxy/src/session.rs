@@ -283,7 +283,7 @@ async fn run(
             let held = match mode {
                 PoolMode::Session => Some((first, first_lease)),
                 PoolMode::Transaction => {
-                    first.release();
+                    release(first);
                     drop(first_lease);
                     None
                 }
@@ -556,7 +556,7 @@ async fn serve_client(
                 if read_your_writes && want == Want::Primary {
                     wrote_at = Some(ended);
                 }
-                guard.release();
+                release(guard);
                 if client.buf.is_empty() {
                     // An idle client holds no read buffer between transactions.
                     buffers::give(std::mem::take(&mut client.buf));
@@ -566,7 +566,7 @@ async fn serve_client(
             RelayEnd::ReadOnly => {
                 // The standby is idle and the client saw nothing: run the
                 // unit again on the primary.
-                guard.release();
+                release(guard);
                 if let Some(unit) = unit {
                     buffers::give(std::mem::replace(&mut client.buf, unit));
                 }
@@ -731,6 +731,22 @@ async fn retire_when_fenced(
     }
 }
 
+/// Gives a clean server back to its pool, or closes it when `RECONNECT`
+/// asked for that.
+fn release(mut guard: Guard<ServerConn>) {
+    let close = guard
+        .conn()
+        .and_then(|c| c.registered.as_ref())
+        .is_some_and(|r| r.info.close_needed());
+    if !close {
+        guard.release();
+        return;
+    }
+    if let Some(server) = guard.take() {
+        tokio::spawn(server.close());
+    }
+}
+
 /// Returns the server to the pool when the session left it clean and the
 /// reset succeeds; closes it otherwise (cancelling whatever it still runs).
 async fn finish(
@@ -751,7 +767,7 @@ async fn finish(
             .await
         {
             Ok(()) => {
-                guard.release();
+                release(guard);
                 return;
             }
             Err(e) => tracing::info!("server reset failed, closing the connection: {e}"),
