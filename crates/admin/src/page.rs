@@ -84,7 +84,7 @@ pub(crate) fn render(proxy: &ProxyHandle, events: &EventLog) -> String {
 
     h.push_str("<section><h2>Nodes</h2><table><tr><th>node</th><th>address</th><th>state</th>\
                 <th class=n>timeline</th><th class=n>lag</th><th>reads</th><th class=n>probe</th><th>last error</th></tr>");
-    for (n, c) in topology.nodes.iter().zip(&config.nodes) {
+    for (i, (n, c)) in topology.nodes.iter().zip(&config.nodes).enumerate() {
         let (class, label) = match (n.up, n.role, n.fenced) {
             (false, _, _) => ("down", "down"),
             (true, Role::Primary, true) => ("fenced", "fenced"),
@@ -98,7 +98,9 @@ pub(crate) fn render(proxy: &ProxyHandle, events: &EventLog) -> String {
             (None, Some(s)) => format!("{s:.1} s"),
             (None, None) => "—".into(),
         };
-        let reads = if n.serves_reads() {
+        let reads = if proxy.node_drained(i) {
+            "<span class=\"b warn\" title=\"drained by an administrator\">drained</span>".to_owned()
+        } else if n.serves_reads() {
             "<span class=ok>yes</span>".to_owned()
         } else if n.role == Role::Standby && n.up {
             let why = n.describe();
@@ -150,6 +152,49 @@ pub(crate) fn render(proxy: &ProxyHandle, events: &EventLog) -> String {
     }
     h.push_str("</table></section>");
 
+    let period = config.general.stats_period.as_secs_f64();
+    h.push_str(&format!(
+        "<section><h2>Databases</h2><table><tr><th>database</th><th>state</th></tr>"
+    ));
+    for d in proxy.databases() {
+        let state = match (d.paused, d.disabled) {
+            (true, true) => {
+                "<span class=\"b warn\">paused</span> <span class=\"b fenced\">disabled</span>"
+            }
+            (true, false) => "<span class=\"b warn\">paused</span>",
+            (false, true) => "<span class=\"b fenced\">disabled</span>",
+            (false, false) => "<span class=ok>serving</span>",
+        };
+        h.push_str(&format!(
+            "<tr><td>{}</td><td>{state}</td></tr>",
+            esc(&d.name)
+        ));
+    }
+    h.push_str("</table></section>");
+    h.push_str(&format!(
+        "<section><h2>Traffic (last {period:.0} s, per server database)</h2><table><tr><th>database</th>\
+         <th class=n>tps</th><th class=n>qps</th><th class=n>avg xact</th><th class=n>avg wait</th>\
+         <th class=n>in/s</th><th class=n>out/s</th></tr>"
+    ));
+    let averages = proxy.averages();
+    if averages.is_empty() {
+        h.push_str("<tr><td colspan=7 class=muted>no complete period yet</td></tr>");
+    }
+    for (db, a) in &averages {
+        h.push_str(&format!(
+            "<tr><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{:.2} ms</td>\
+             <td class=n>{:.2} ms</td><td class=n>{}</td><td class=n>{}</td></tr>",
+            esc(db),
+            a.transactions,
+            a.queries,
+            a.xact_time_us as f64 / 1000.0,
+            a.wait_time_us as f64 / 1000.0,
+            bytes(a.received_bytes),
+            bytes(a.sent_bytes),
+        ));
+    }
+    h.push_str("</table></section>");
+
     h.push_str("<section><h2>Recent events</h2><table><tr><th>time (UTC)</th><th>event</th></tr>");
     let recent = events.recent();
     if recent.is_empty() {
@@ -164,7 +209,8 @@ pub(crate) fn render(proxy: &ProxyHandle, events: &EventLog) -> String {
     }
     h.push_str("</table></section>");
     h.push_str("<p class=muted>Also: <a href=/metrics>/metrics</a> · <a href=/api/v1/nodes>/api/v1/nodes</a> · \
-                <a href=/api/v1/pools>/api/v1/pools</a> · <a href=/api/v1/events>/api/v1/events</a> · \
+                <a href=/api/v1/pools>/api/v1/pools</a> · <a href=/api/v1/clients>/api/v1/clients</a> · \
+                <a href=/api/v1/events>/api/v1/events</a> · \
                 <a href=/primary>/primary</a> · <a href=/replica>/replica</a></p></main></body></html>");
     h
 }

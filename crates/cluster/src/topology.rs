@@ -15,6 +15,8 @@
 //!   even once the newer primary is down: its data has diverged. Two primaries
 //!   on the same timeline is a split brain that cannot be resolved by
 //!   looking: both are fenced and there is no primary until one goes away.
+//!   A fenced node stays fenced while it is down: its last word was that it
+//!   is a primary, and sessions pinned to it must not resume writing there.
 //! * **The highest timeline survives restarts** when a state file is
 //!   configured: the evaluator starts from the [`Remembered`] timeline of
 //!   the cluster (its `system_identifier`), so an old primary that comes back
@@ -416,7 +418,12 @@ impl Evaluator {
             _ => None,
         };
         for (i, n) in self.current.nodes.iter_mut().enumerate() {
-            n.fenced = claimants.contains(&i) && Some(i) != primary;
+            // Fencing is sticky: a fenced node that stops answering probes
+            // (overloaded, partitioned) may still be reachable by sessions
+            // pinned to it, so it stays fenced until a probe shows it is no
+            // longer a primary (rejoined as a standby) or it is elected.
+            let claims = claimants.contains(&i) || (n.fenced && n.role == Role::Primary);
+            n.fenced = claims && Some(i) != primary;
         }
         self.current.primary = primary;
         self.current.split_brain = claimants.len() > 1;
@@ -683,6 +690,23 @@ mod tests {
         // Rejoined as a standby of the new timeline: unfenced, serves reads.
         let ev = e.apply(0, standby(2, 200));
         assert!(ev.contains(&ClusterEvent::Unfenced { node: "pg0".into() }));
+        assert!(!e.topology().nodes[0].fenced);
+    }
+
+    #[test]
+    fn a_fenced_node_that_goes_down_stays_fenced() {
+        let mut e = eval(2);
+        e.apply(0, primary(1, 100));
+        e.apply(1, primary(2, 200));
+        assert!(e.topology().nodes[0].fenced);
+        for _ in 0..3 {
+            e.apply(0, down());
+        }
+        assert!(!e.topology().nodes[0].up);
+        assert!(e.topology().nodes[0].fenced, "down, but still fenced");
+        // Back as a standby of the new timeline: no longer fenced.
+        e.apply(0, standby(2, 200));
+        e.apply(0, standby(2, 200));
         assert!(!e.topology().nodes[0].fenced);
     }
 

@@ -530,6 +530,11 @@ impl ProxyHandle {
         self.shared.registry.servers()
     }
 
+    /// Per server database: rates and means over the last `stats_period`.
+    pub fn averages(&self) -> BTreeMap<String, Averages> {
+        self.shared.averages()
+    }
+
     /// Database names clients use, with their pause and disable switches.
     pub fn databases(&self) -> Vec<DatabaseState> {
         self.shared.database_states()
