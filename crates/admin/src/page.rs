@@ -153,9 +153,7 @@ pub(crate) fn render(proxy: &ProxyHandle, events: &EventLog) -> String {
     h.push_str("</table></section>");
 
     let period = config.general.stats_period.as_secs_f64();
-    h.push_str(&format!(
-        "<section><h2>Databases</h2><table><tr><th>database</th><th>state</th></tr>"
-    ));
+    h.push_str("<section><h2>Databases</h2><table><tr><th>database</th><th>state</th></tr>");
     for d in proxy.databases() {
         let state = match (d.paused, d.disabled) {
             (true, true) => {
