@@ -22,10 +22,13 @@ trap 'kill -INT $demo 2>/dev/null; wait $demo 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 1 100); do grep -q "Press Ctrl-C" "$log" && break; sleep 0.2; done
 admin=$(grep -o 'http://127.0.0.1:[0-9]*/metrics' "$log" | head -1 | sed 's|/metrics||')
 standby=$(awk '/standby  pg1/ {split($3, a, ":"); print a[2]}' "$log")
-port=$(grep -o 'psql -h 127.0.0.1 -p [0-9]*' "$log" | awk '{print $NF}')
+port=$(grep -o 'psql -h 127.0.0.1 -p [0-9]*' "$log" | head -1 | awk '{print $NF}')
 
-# Some traffic for the pools table, then a split brain for the events.
+# Some traffic for the pools table, a drained node and a disabled database
+# through the admin console, then a split brain for the events.
 PGPASSWORD=demo psql -h 127.0.0.1 -p "$port" -U demo demo -Atc 'SELECT 1' >/dev/null
+PGPASSWORD=demo psql -h 127.0.0.1 -p "$port" -U demo pgbouncer -c 'DISABLE demo' >/dev/null
+curl -fsS -u demo:demo -X POST "$admin/api/v1/nodes/pg2/drain" >/dev/null
 PGPASSWORD=postgres psql -h 127.0.0.1 -p "$standby" -U postgres -Atc 'SELECT pg_promote()' >/dev/null
 sleep 2
 
