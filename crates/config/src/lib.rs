@@ -86,6 +86,23 @@ pub struct General {
     pub max_client_conn: usize,
     pub default_pool_size: usize,
     pub server_reset_query: String,
+    /// Idle server connections older than this in the pool are closed;
+    /// `None` (0 in the file): never.
+    pub server_idle_timeout: Option<Duration>,
+    /// A server connection older than this is closed when released (an
+    /// idle one by the sweeper); `None`: never.
+    pub server_lifetime: Option<Duration>,
+    /// A connection idle in the pool at least this long runs
+    /// `server_check_query` before it is handed out.
+    pub server_check_delay: Duration,
+    /// Empty: no check.
+    pub server_check_query: String,
+    /// Clients sending nothing for this long (outside a transaction) are
+    /// disconnected; `None`: never.
+    pub client_idle_timeout: Option<Duration>,
+    /// Clients sending nothing for this long inside a transaction are
+    /// disconnected (their server rolled back or closed); `None`: never.
+    pub idle_transaction_timeout: Option<Duration>,
     pub server_connect_timeout: Duration,
     pub query_wait_timeout: Duration,
     pub client_login_timeout: Duration,
@@ -301,7 +318,8 @@ pub fn settings(g: &General) -> Vec<(&'static str, String, String)> {
 
 fn setting_values(g: &General) -> Vec<(&'static str, String)> {
     let secs = |d: Duration| d.as_secs_f64().to_string();
-    let opt_secs = |d: Option<Duration>| d.map(secs).unwrap_or_default();
+    // Unset timeouts show as 0, as they are written.
+    let opt_secs = |d: Option<Duration>| d.map(secs).unwrap_or_else(|| "0".into());
     let list = |v: &[String]| v.join(",");
     let p = &g.probe;
     vec![
@@ -323,6 +341,15 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
         ("max_client_conn", g.max_client_conn.to_string()),
         ("default_pool_size", g.default_pool_size.to_string()),
         ("server_reset_query", g.server_reset_query.clone()),
+        ("server_idle_timeout", opt_secs(g.server_idle_timeout)),
+        ("server_lifetime", opt_secs(g.server_lifetime)),
+        ("server_check_delay", secs(g.server_check_delay)),
+        ("server_check_query", g.server_check_query.clone()),
+        ("client_idle_timeout", opt_secs(g.client_idle_timeout)),
+        (
+            "idle_transaction_timeout",
+            opt_secs(g.idle_transaction_timeout),
+        ),
         ("server_connect_timeout", secs(g.server_connect_timeout)),
         ("query_wait_timeout", secs(g.query_wait_timeout)),
         ("client_login_timeout", secs(g.client_login_timeout)),
@@ -381,7 +408,10 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
                 .map(|b| b.to_string())
                 .unwrap_or_default(),
         ),
-        ("max_replica_lag", opt_secs(p.max_replica_lag)),
+        (
+            "max_replica_lag",
+            p.max_replica_lag.map(secs).unwrap_or_default(),
+        ),
     ]
 }
 
@@ -414,6 +444,12 @@ mod raw {
         pub max_client_conn: usize,
         pub default_pool_size: usize,
         pub server_reset_query: String,
+        pub server_idle_timeout: f64,
+        pub server_lifetime: f64,
+        pub server_check_delay: f64,
+        pub server_check_query: String,
+        pub client_idle_timeout: f64,
+        pub idle_transaction_timeout: f64,
         pub server_connect_timeout: f64,
         pub query_wait_timeout: f64,
         pub client_login_timeout: f64,
@@ -455,6 +491,13 @@ mod raw {
                 max_client_conn: 100,
                 default_pool_size: 20,
                 server_reset_query: "DISCARD ALL".into(),
+                // pgbouncer's defaults.
+                server_idle_timeout: 600.0,
+                server_lifetime: 3600.0,
+                server_check_delay: 30.0,
+                server_check_query: "select 1".into(),
+                client_idle_timeout: 0.0,
+                idle_transaction_timeout: 0.0,
                 server_connect_timeout: 15.0,
                 query_wait_timeout: 120.0,
                 client_login_timeout: 60.0,
@@ -545,6 +588,12 @@ mod raw {
             .map_err(|_| invalid(key, format!("{v} is not a valid number of seconds")))
     }
 
+    /// A timeout where 0 means "never" (pgbouncer's convention).
+    fn optional(key: &str, v: f64) -> Result<Option<Duration>, ConfigError> {
+        let d = seconds(key, v)?;
+        Ok((!d.is_zero()).then_some(d))
+    }
+
     fn positive(key: &str, v: f64) -> Result<Duration, ConfigError> {
         let d = seconds(key, v)?;
         if d.is_zero() {
@@ -607,6 +656,15 @@ mod raw {
                 max_client_conn: g.max_client_conn,
                 default_pool_size: g.default_pool_size,
                 server_reset_query: g.server_reset_query,
+                server_idle_timeout: optional("pgherd.server_idle_timeout", g.server_idle_timeout)?,
+                server_lifetime: optional("pgherd.server_lifetime", g.server_lifetime)?,
+                server_check_delay: seconds("pgherd.server_check_delay", g.server_check_delay)?,
+                server_check_query: g.server_check_query,
+                client_idle_timeout: optional("pgherd.client_idle_timeout", g.client_idle_timeout)?,
+                idle_transaction_timeout: optional(
+                    "pgherd.idle_transaction_timeout",
+                    g.idle_transaction_timeout,
+                )?,
                 server_connect_timeout: seconds(
                     "pgherd.server_connect_timeout",
                     g.server_connect_timeout,

@@ -309,6 +309,39 @@ async fn average_stats(shared: std::sync::Weak<Shared>, period: std::time::Durat
     }
 }
 
+/// Closes idle server connections past `server_idle_timeout` or
+/// `server_lifetime`, looking every second (settings as reloaded).
+async fn sweep_idle_servers(shared: std::sync::Weak<Shared>) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let config = shared.config();
+        let (idle, lifetime) = (
+            config.general.server_idle_timeout,
+            config.general.server_lifetime,
+        );
+        if idle.is_none() && lifetime.is_none() {
+            continue;
+        }
+        let pools: Vec<Pool<ServerConn>> = {
+            let pools = shared.pools.lock().unwrap_or_else(|e| e.into_inner());
+            pools.values().map(|p| p.pool.clone()).collect()
+        };
+        for pool in pools {
+            let stale = |c: &ServerConn| {
+                idle.is_some_and(|t| c.idle_since.elapsed() >= t) || c.expired(lifetime)
+            };
+            for conn in pool.drain_idle_where(stale) {
+                tokio::spawn(conn.close());
+            }
+        }
+    }
+}
+
 /// Drains idle connections of nodes whose role or health changed.
 async fn drain_on_changes(shared: Arc<Shared>) {
     let mut events = shared.cluster.subscribe();
@@ -376,6 +409,7 @@ impl Proxy {
             averages: Mutex::default(),
         });
         tokio::spawn(drain_on_changes(Arc::clone(&shared)));
+        tokio::spawn(sweep_idle_servers(Arc::downgrade(&shared)));
         tokio::spawn(average_stats(
             Arc::downgrade(&shared),
             shared.config.load().general.stats_period,

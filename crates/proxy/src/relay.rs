@@ -21,12 +21,16 @@
 //! message headers alone so that, when the client leaves, pgherd knows whether
 //! the server still owes replies — a server is only reused when it owes none.
 
+use std::pin::Pin;
+use std::time::Duration;
+
 use bytes::{Buf, BytesMut};
 use pgherd_wire::backend::{self, TxStatus};
 use pgherd_wire::{frontend, Chunk, FrameError, Scanner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::buffers::BUF_SIZE;
 use crate::params::{ClientParams, Tracked};
@@ -97,6 +101,50 @@ pub(crate) enum RelayEnd {
     /// A read unit the standby refused as a write (25006): the server is
     /// idle, the client got nothing, and the unit must go to the primary.
     ReadOnly,
+    /// Nothing moved for `idle_transaction_timeout` inside a transaction,
+    /// or for `client_idle_timeout` outside one (session mode).
+    IdleTimeout(IdleKind),
+}
+
+/// Which idle limit ended a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdleKind {
+    InTransaction,
+    Session,
+}
+
+/// pgbouncer's `client_idle_timeout` and `idle_transaction_timeout`, as a
+/// relay applies them: idle means no bytes either way and no request
+/// waiting for its answer (a long query is not idle).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct IdleLimits {
+    pub(crate) session: Option<Duration>,
+    pub(crate) transaction: Option<Duration>,
+}
+
+impl IdleLimits {
+    fn limit(&self, tx: TxStatus) -> Option<(Duration, IdleKind)> {
+        match tx {
+            TxStatus::Idle => self.session.map(|d| (d, IdleKind::Session)),
+            _ => self.transaction.map(|d| (d, IdleKind::InTransaction)),
+        }
+    }
+
+    /// How often to look when the current state has no limit.
+    fn shortest(&self) -> Option<Duration> {
+        match (self.session, self.transaction) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The idle timer's branch: pending forever when no limit is set.
+async fn idle_tick(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long a relay lasts.
@@ -362,7 +410,7 @@ pub(crate) struct Ends<'a> {
 
 pub(crate) async fn relay(
     ends: Ends<'_>,
-    (max_packet_size, until): (usize, Until),
+    (max_packet_size, until, idle): (usize, Until, IdleLimits),
     state: &mut ServerState,
     mut tracking: Tracking<'_>,
     retire: impl std::future::Future<Output = String>,
@@ -384,7 +432,7 @@ pub(crate) async fn relay(
         &mut up,
         server,
         &mut down,
-        until,
+        (until, idle),
         state,
         &mut tracking,
         &mut down_at_boundary,
@@ -417,13 +465,17 @@ async fn relay_inner(
     up: &mut Pipe,
     server: &mut TcpStream,
     down: &mut Pipe,
-    until: Until,
+    (until, idle): (Until, IdleLimits),
     state: &mut ServerState,
     tracking: &mut Tracking<'_>,
     down_at_boundary: &mut bool,
     retire: impl std::future::Future<Output = String>,
 ) -> RelayEnd {
     tokio::pin!(retire);
+    // Only with an idle limit configured: a timer and a clock read per
+    // read step; without, nothing.
+    let mut idle_timer = idle.shortest().map(|d| Box::pin(tokio::time::sleep(d)));
+    let mut last_activity = idle_timer.as_ref().map(|_| tokio::time::Instant::now());
     type Watch = fn(u8) -> bool;
     let (client_watch, server_watch): (Watch, Watch) = match (until, tracking.statements.is_some())
     {
@@ -461,6 +513,25 @@ async fn relay_inner(
             // Checked first: once the node is fenced, nothing more goes through.
             biased;
             reason = &mut retire => return RelayEnd::Retired(reason),
+            () = idle_tick(&mut idle_timer) => {
+                let now = tokio::time::Instant::now();
+                let since = last_activity.unwrap_or(now);
+                let next = match idle.limit(state.tx) {
+                    // Waiting for an answer is not idle.
+                    Some((limit, kind)) if state.pending == 0 => {
+                        if now.duration_since(since) >= limit {
+                            return RelayEnd::IdleTimeout(kind);
+                        }
+                        since + limit
+                    }
+                    Some((limit, _)) => now + limit,
+                    None => now + idle.shortest().unwrap_or(Duration::from_secs(60)),
+                };
+                if let Some(t) = idle_timer.as_mut() {
+                    t.as_mut().reset(next);
+                }
+                continue;
+            }
             // The two directions, in random order so neither starves.
             step = async {
                 tokio::select! {
@@ -469,6 +540,11 @@ async fn relay_inner(
                 }
             } => step,
         };
+        if let (Some(at), Direction::Up(Ok(Step::Read)) | Direction::Down(Ok(Step::Read))) =
+            (last_activity.as_mut(), &step)
+        {
+            *at = tokio::time::Instant::now();
+        }
         match step {
             Direction::Up(r) => match r {
                 Ok(Step::Read) => {

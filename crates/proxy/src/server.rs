@@ -80,6 +80,11 @@ pub struct ServerConn {
     pub initial_params: Vec<(String, String)>,
     /// The startup parameters this connection was opened with, sorted.
     pub startup: Vec<(String, String)>,
+    /// When it was opened (`server_lifetime`).
+    pub(crate) created: std::time::Instant,
+    /// When it last went back to the pool (`server_idle_timeout`,
+    /// `server_check_delay`).
+    pub(crate) idle_since: std::time::Instant,
     /// Its entry in the admin console's list, while it is open.
     pub(crate) registered: Option<crate::registry::Registered<crate::registry::ServerInfo>>,
 }
@@ -127,6 +132,8 @@ impl ServerConn {
             params: Vec::new(),
             initial_params: Vec::new(),
             startup,
+            created: std::time::Instant::now(),
+            idle_since: std::time::Instant::now(),
             registered: None,
         };
         conn.login(credential).await?;
@@ -325,6 +332,23 @@ impl ServerConn {
             }
         }
         self.exchange(&out, expected, timeout).await
+    }
+
+    /// Runs `server_check_query` on a connection that sat idle: a half-open
+    /// connection fails here instead of in a client's transaction.
+    pub(crate) async fn check(
+        &mut self,
+        query: &str,
+        timeout: Duration,
+    ) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(&mut out, query);
+        self.exchange(&out, 1, timeout).await
+    }
+
+    /// Whether it has outlived `server_lifetime`.
+    pub(crate) fn expired(&self, lifetime: Option<Duration>) -> bool {
+        lifetime.is_some_and(|l| self.created.elapsed() >= l)
     }
 
     /// Sets session parameters on the idle server (transaction mode: a

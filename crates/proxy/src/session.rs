@@ -283,7 +283,7 @@ async fn run(
             let held = match mode {
                 PoolMode::Session => Some((first, first_lease)),
                 PoolMode::Transaction => {
-                    release(first);
+                    release(first, config.general.server_lifetime);
                     drop(first_lease);
                     None
                 }
@@ -402,7 +402,7 @@ impl Upstream<'_> {
             let entry = self.entry(node);
             let attempt = checkout(
                 self.shared,
-                self.config.general.query_wait_timeout,
+                self.config,
                 &entry.pool,
                 node,
                 target,
@@ -462,7 +462,11 @@ async fn serve_client(
             // Session mode's server, held since the welcome.
             Some((g, lease)) => (g, Instant::now(), upstream.want(), false, lease),
             None => {
-                if !wait_for_request(client, config.general.max_packet_size, &mut shutdown).await? {
+                let limits = (
+                    config.general.max_packet_size,
+                    config.general.client_idle_timeout,
+                );
+                if !wait_for_request(client, limits, &mut shutdown).await? {
                     return Ok(());
                 }
                 let (want, read_unit) = if !auto || std::mem::take(&mut refused_read) {
@@ -541,7 +545,14 @@ async fn serve_client(
         // waiting for its next request, not the relay's.
         let relayed = Box::pin(relay::relay(
             ends,
-            (config.general.max_packet_size, until),
+            (
+                config.general.max_packet_size,
+                until,
+                relay::IdleLimits {
+                    session: config.general.client_idle_timeout,
+                    transaction: config.general.idle_transaction_timeout,
+                },
+            ),
             &mut state,
             tracking,
             retire,
@@ -556,7 +567,7 @@ async fn serve_client(
                 if read_your_writes && want == Want::Primary {
                     wrote_at = Some(ended);
                 }
-                release(guard);
+                release(guard, config.general.server_lifetime);
                 if client.buf.is_empty() {
                     // An idle client holds no read buffer between transactions.
                     buffers::give(std::mem::take(&mut client.buf));
@@ -566,7 +577,7 @@ async fn serve_client(
             RelayEnd::ReadOnly => {
                 // The standby is idle and the client saw nothing: run the
                 // unit again on the primary.
-                release(guard);
+                release(guard, config.general.server_lifetime);
                 if let Some(unit) = unit {
                     buffers::give(std::mem::replace(&mut client.buf, unit));
                 }
@@ -598,6 +609,14 @@ async fn serve_client(
             RelayEnd::ServerProtocol(e) => Err(ErrorFields::fatal(
                 "08P01",
                 format!("node \"{}\" broke the protocol: {e}", node.name),
+            )),
+            RelayEnd::IdleTimeout(relay::IdleKind::InTransaction) => Err(ErrorFields::fatal(
+                "25P03",
+                "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
+            )),
+            RelayEnd::IdleTimeout(relay::IdleKind::Session) => Err(ErrorFields::fatal(
+                "57P05",
+                "terminating connection due to idle-session timeout (client_idle_timeout)",
             )),
             RelayEnd::Retired(reason) => Err(ErrorFields::fatal(
                 "57P01",
@@ -681,10 +700,17 @@ async fn apply_params(
 /// the start of a message. False when it left (closed, or sent Terminate).
 async fn wait_for_request(
     client: &mut Client,
-    max_packet_size: usize,
+    (max_packet_size, idle_limit): (usize, Option<std::time::Duration>),
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<bool, ErrorFields> {
     let going = || ErrorFields::fatal("57P01", "terminating connection: pgherd is shutting down");
+    let idle_for = async {
+        match idle_limit {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(idle_for);
     loop {
         if client.buf.is_empty() && *shutdown.borrow() {
             return Err(going());
@@ -704,6 +730,10 @@ async fn wait_for_request(
                     }
                 }
                 _ = shutdown.wait_for(|going| *going) => return Err(going()),
+                () = &mut idle_for => return Err(ErrorFields::fatal(
+                    "57P05",
+                    "terminating connection due to idle-session timeout (client_idle_timeout)",
+                )),
             }
             client.buf = buffers::take();
         }
@@ -733,12 +763,18 @@ async fn retire_when_fenced(
 
 /// Gives a clean server back to its pool, or closes it when `RECONNECT`
 /// asked for that.
-fn release(mut guard: Guard<ServerConn>) {
-    let close = guard
-        .conn()
-        .and_then(|c| c.registered.as_ref())
-        .is_some_and(|r| r.info.close_needed());
+/// Also closes one older than `server_lifetime`.
+fn release(mut guard: Guard<ServerConn>, lifetime: Option<std::time::Duration>) {
+    let Some(server) = guard.conn() else {
+        return;
+    };
+    let close = server.expired(lifetime)
+        || server
+            .registered
+            .as_ref()
+            .is_some_and(|r| r.info.close_needed());
     if !close {
+        server.idle_since = Instant::now();
         guard.release();
         return;
     }
@@ -767,7 +803,7 @@ async fn finish(
             .await
         {
             Ok(()) => {
-                release(guard);
+                release(guard, config.general.server_lifetime);
                 return;
             }
             Err(e) => tracing::info!("server reset failed, closing the connection: {e}"),
@@ -875,13 +911,15 @@ async fn open(
 /// with the same startup parameters, or a new one.
 async fn checkout(
     shared: &Shared,
-    wait: std::time::Duration,
+    config: &Config,
     pool: &pgherd_pool::Pool<ServerConn>,
     node: usize,
     target: Target,
     params: &[(String, String)],
     credential: &ServerCredential,
 ) -> Attempt<Guard<ServerConn>> {
+    let general = &config.general;
+    let wait = general.query_wait_timeout;
     let mut guard = match pool.checkout(wait, |c| c.startup == params).await {
         Ok(g) => g,
         Err(PoolError::Timeout(t)) => {
@@ -902,11 +940,27 @@ async fn checkout(
         tokio::spawn(evicted.close());
     }
     if let Some(conn) = guard.conn() {
-        if conn.is_alive() && !(target == Target::Primary && conn.is_standby()) {
+        let fit = conn.is_alive()
+            && !conn.expired(general.server_lifetime)
+            && !(target == Target::Primary && conn.is_standby());
+        if fit && !needs_check(conn, general) {
             return Attempt::Usable(guard);
         }
-        // Closed by the server while idle (restart, failover, idle timeout).
-        drop(guard.take());
+        if fit {
+            // Idle a while: prove it still answers before a client uses it.
+            let checked =
+                Box::pin(conn.check(&general.server_check_query, general.server_connect_timeout))
+                    .await;
+            match checked {
+                Ok(()) => return Attempt::Usable(guard),
+                Err(e) => tracing::info!("server_check_query failed, reconnecting: {e}"),
+            }
+        }
+        // Closed by the server while idle (restart, failover, idle timeout),
+        // too old, or failed its check.
+        if let Some(conn) = guard.take() {
+            tokio::spawn(conn.close());
+        }
     }
     match open(shared, node, target, params.to_vec(), credential).await {
         Attempt::Usable(conn) => {
@@ -916,6 +970,13 @@ async fn checkout(
         Attempt::Unusable(why) => Attempt::Unusable(why),
         Attempt::Refused(f) => Attempt::Refused(f),
     }
+}
+
+/// `server_check_query` is due: the connection sat idle at least
+/// `server_check_delay`.
+fn needs_check(conn: &ServerConn, general: &pgherd_config::General) -> bool {
+    !general.server_check_query.is_empty()
+        && conn.idle_since.elapsed() >= general.server_check_delay
 }
 
 /// A replication connection: no pooling, bytes relayed as they are until

@@ -1,0 +1,174 @@
+//! pgbouncer's server and client timeouts on a real cluster, with short real
+//! timeouts (half a second): server_idle_timeout, server_lifetime,
+//! server_check_query/delay, client_idle_timeout, idle_transaction_timeout.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use pgherd_integration_tests::*;
+
+/// Polls until `done` holds (bounded: 10 s, then the test fails).
+async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+fn backend_alive(cluster: &TestCluster, pid: &str) -> bool {
+    cluster
+        .pg
+        .sql(
+            0,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"),
+        )
+        .unwrap()
+        == "1"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_servers_are_closed_after_server_idle_timeout() {
+    let cluster = shared_cluster();
+    let pgherd = cluster
+        .pgherd()
+        .general("server_idle_timeout = 0.5")
+        .start()
+        .await;
+    let client = pgherd.app().await;
+    let pid = simple_value(&client, "SELECT pg_backend_pid()").await;
+    drop(client);
+    // Released to the pool, then closed by the sweeper.
+    eventually("the idle server is closed", async || {
+        pgherd.handle.servers().is_empty()
+    })
+    .await;
+    eventually("its backend exits", async || !backend_alive(cluster, &pid)).await;
+    // The pool opens a new one for the next client.
+    let again = pgherd.app().await;
+    assert_ne!(simple_value(&again, "SELECT pg_backend_pid()").await, pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_older_than_server_lifetime_are_replaced() {
+    let cluster = shared_cluster();
+    let pgherd = cluster
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("server_lifetime = 0.5")
+        .start()
+        .await;
+    let client = pgherd.app().await;
+    let first = simple_value(&client, "SELECT pg_backend_pid()").await;
+    assert_eq!(
+        simple_value(&client, "SELECT pg_backend_pid()").await,
+        first
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let later = simple_value(&client, "SELECT pg_backend_pid()").await;
+    assert_ne!(later, first, "a fresh server after the lifetime");
+    eventually("the old backend exits", async || {
+        !backend_alive(cluster, &first)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_check_query_runs_on_servers_that_sat_idle() {
+    let cluster = shared_cluster();
+    let pgherd = cluster
+        .pgherd()
+        .general("server_check_delay = 0")
+        .general("server_check_query = \"SELECT set_config('pgherd.checked', 'yes', false)\"")
+        .start()
+        .await;
+    let first = pgherd.app().await;
+    let pid = simple_value(&first, "SELECT pg_backend_pid()").await;
+    assert_eq!(
+        simple_value(
+            &first,
+            "SELECT coalesce(current_setting('pgherd.checked', true), '')"
+        )
+        .await,
+        "",
+        "a brand new server is not checked"
+    );
+    drop(first);
+    eventually("the server is idle", async || {
+        pgherd.handle.pools().iter().any(|p| p.status.idle == 1)
+    })
+    .await;
+    let second = pgherd.app().await;
+    assert_eq!(simple_value(&second, "SELECT pg_backend_pid()").await, pid);
+    assert_eq!(
+        simple_value(
+            &second,
+            "SELECT coalesce(current_setting('pgherd.checked', true), '')"
+        )
+        .await,
+        "yes",
+        "checked when it left the pool"
+    );
+
+    // A check that fails: the server is replaced, the client never notices.
+    let broken = cluster
+        .pgherd()
+        .general("server_check_delay = 0")
+        .general("server_check_query = \"SELECT no_such_function()\"")
+        .start()
+        .await;
+    let c = broken.app().await;
+    let pid = simple_value(&c, "SELECT pg_backend_pid()").await;
+    drop(c);
+    eventually("the server is idle", async || {
+        broken.handle.pools().iter().any(|p| p.status.idle == 1)
+    })
+    .await;
+    let c = broken.app().await;
+    assert_ne!(simple_value(&c, "SELECT pg_backend_pid()").await, pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_idle_timeout_disconnects_idle_clients_in_both_modes() {
+    let cluster = shared_cluster();
+    for mode in ["session", "transaction"] {
+        let pgherd = cluster
+            .pgherd()
+            .general(&format!("pool_mode = \"{mode}\""))
+            .general("client_idle_timeout = 0.5")
+            .start()
+            .await;
+        let idle = pgherd.app().await;
+        let busy = pgherd.app().await;
+        // A query longer than the limit is not idleness.
+        simple_value(&busy, "SELECT pg_sleep(0.8)::text").await;
+        eventually("the idle client is disconnected", async || idle.is_closed()).await;
+        assert!(idle.simple_query("SELECT 1").await.is_err(), "{mode}");
+        assert!(!busy.is_closed(), "{mode}: the busy client stays");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_transaction_timeout_ends_idle_transactions_and_frees_the_server() {
+    let cluster = shared_cluster();
+    let pgherd = cluster
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("idle_transaction_timeout = 0.5")
+        .database("app = { pool_size = 1 }")
+        .start()
+        .await;
+    let stuck = pgherd.app().await;
+    stuck.batch_execute("BEGIN").await.unwrap();
+    // A long statement inside the transaction is not idle.
+    simple_value(&stuck, "SELECT pg_sleep(0.8)::text").await;
+    assert!(!stuck.is_closed());
+    eventually("the idle transaction is ended", async || stuck.is_closed()).await;
+    // The pool's only server was rolled back or closed, not lost: another
+    // client gets one.
+    let other = pgherd.app().await;
+    assert_eq!(simple_value(&other, "SELECT 1").await, "1");
+}
