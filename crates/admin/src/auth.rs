@@ -2,9 +2,9 @@
 //!
 //! Users are pgherd's own: a member of `admin_users` may use the control
 //! endpoints, a member of `admin_users` or `stats_users` may read when
-//! `admin_auth = "all"`. The password is checked against the user's SCRAM
-//! verifier in `[users]` (the one the console and clients log in with), so
-//! no separate password file exists. Health checks are always open.
+//! `admin_auth = "all"`. The password is checked against the user's secret
+//! (SCRAM verifier or md5, from `[users]` or the auth_file: the one the
+//! console and clients log in with), so no separate password file exists. Health checks are always open.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -48,8 +48,11 @@ pub(crate) fn check(config: &Config, need: Need, authorization: Option<&str>) ->
     let known = config
         .users
         .get(&user)
-        .and_then(|u| u.verifier.as_ref())
-        .is_some_and(|v| v.verify_password(&password));
+        .is_some_and(|u| match (&u.verifier, &u.md5) {
+            (Some(v), _) => v.verify_password(&password),
+            (None, Some(m)) => pgherd_auth::md5::md5_password_matches(m.expose(), &user, &password),
+            (None, None) => false,
+        });
     if !known {
         return Verdict::Unauthenticated;
     }

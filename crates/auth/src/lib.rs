@@ -9,10 +9,14 @@
 //! PostgreSQL as that user, still without a password (pgbouncer's trick). With
 //! a plaintext server password the proxy uses `postgres-protocol`'s client.
 //!
+//! [`md5`] has PostgreSQL's md5 scheme (client and server side, from the
+//! stored secret) and pgbouncer's auth_file parser.
+//!
 //! Every password and verifier travels as a [`Secret`], whose `Debug` never
 //! shows its value, so a stray `{:?}` cannot leak one into a log.
 #![forbid(unsafe_code)]
 
+pub mod md5;
 pub mod scram;
 mod secret;
 

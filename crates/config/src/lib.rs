@@ -51,6 +51,15 @@ pub enum AuthType {
     /// SCRAM-SHA-256 against the verifier in `[users]`.
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// md5 against the user's md5 secret (or plaintext password); a user
+    /// with only a SCRAM verifier logs in with SCRAM instead (pgbouncer's
+    /// rule).
+    #[serde(rename = "md5")]
+    Md5,
+    /// The client sends its password in clear (use with TLS only); checked
+    /// against whatever secret the user has.
+    #[serde(rename = "plain")]
+    Plain,
 }
 
 /// The whole, validated configuration.
@@ -83,6 +92,8 @@ pub struct General {
     /// The admin HTTP listener (`/metrics`, health, JSON API); `None`: off.
     pub admin_listen_addr: Option<SocketAddr>,
     pub auth_type: AuthType,
+    /// pgbouncer's userlist.txt: more users, after those in `[users]`.
+    pub auth_file: Option<std::path::PathBuf>,
     pub max_client_conn: usize,
     pub default_pool_size: usize,
     pub server_reset_query: String,
@@ -259,6 +270,9 @@ pub struct Listener {
 pub struct User {
     /// What the client must prove; `None` only makes sense with `trust`.
     pub verifier: Option<ScramVerifier>,
+    /// The md5 secret (`md5` + hex), from an md5 entry or derived from a
+    /// plaintext password: md5 logins of clients, and of pgherd to servers.
+    pub md5: Option<Secret>,
     /// A password pgherd can use to log in to PostgreSQL as this user.
     pub server_password: Option<Secret>,
     /// Overrides the database's and the global `pool_mode`.
@@ -336,7 +350,16 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
             match g.auth_type {
                 AuthType::Trust => "trust".into(),
                 AuthType::ScramSha256 => "scram-sha-256".into(),
+                AuthType::Md5 => "md5".into(),
+                AuthType::Plain => "plain".into(),
             },
+        ),
+        (
+            "auth_file",
+            g.auth_file
+                .as_ref()
+                .map(|f| f.display().to_string())
+                .unwrap_or_default(),
         ),
         ("max_client_conn", g.max_client_conn.to_string()),
         ("default_pool_size", g.default_pool_size.to_string()),
@@ -441,6 +464,7 @@ mod raw {
         pub pool_mode: PoolMode,
         pub admin_listen_addr: String,
         pub auth_type: AuthType,
+        pub auth_file: Option<String>,
         pub max_client_conn: usize,
         pub default_pool_size: usize,
         pub server_reset_query: String,
@@ -488,6 +512,7 @@ mod raw {
                 // the usual Prometheus exporters.
                 admin_listen_addr: "0.0.0.0:9930".into(),
                 auth_type: AuthType::ScramSha256,
+                auth_file: None,
                 max_client_conn: 100,
                 default_pool_size: 20,
                 server_reset_query: "DISCARD ALL".into(),
@@ -602,6 +627,52 @@ mod raw {
         Ok(d)
     }
 
+    /// A user from its secret: a SCRAM verifier, an md5 secret, or a
+    /// plaintext password (from which both are derived, and which pgherd
+    /// may also use to log in to servers).
+    fn user_entry(
+        general: &super::General,
+        name: &str,
+        secret: Option<String>,
+        key: &str,
+    ) -> Result<super::User, ConfigError> {
+        let (verifier, md5, plain) = match secret {
+            None => (None, None, None),
+            Some(p) if p.starts_with("SCRAM-SHA-256$") => {
+                let v = ScramVerifier::parse(&p)
+                    .ok_or_else(|| invalid(key, "malformed SCRAM-SHA-256 verifier"))?;
+                (Some(v), None, None)
+            }
+            Some(p) if pgherd_auth::md5::is_md5_secret(&p) => (None, Some(Secret::new(p)), None),
+            Some(p) => {
+                let v = ScramVerifier::parse(&pgherd_auth::make_scram_verifier(&p))
+                    .ok_or_else(|| invalid(key, "cannot derive a verifier"))?;
+                let md5 = pgherd_auth::md5::md5_secret(name, &p);
+                (Some(v), Some(Secret::new(md5)), Some(Secret::new(p)))
+            }
+        };
+        let missing = match general.auth_type {
+            AuthType::Trust => None,
+            AuthType::ScramSha256 if verifier.is_none() => Some(
+                "auth_type is scram-sha-256, so every user needs a SCRAM verifier or a \
+                 plaintext password (an md5 secret is not enough)",
+            ),
+            AuthType::Md5 | AuthType::Plain if verifier.is_none() && md5.is_none() => {
+                Some("every user needs a password")
+            }
+            _ => None,
+        };
+        if let Some(message) = missing {
+            return Err(invalid(key, message));
+        }
+        Ok(super::User {
+            verifier,
+            md5,
+            server_password: plain,
+            pool_mode: None,
+        })
+    }
+
     impl File {
         /// The `[pgherd]` section as it is when the file sets nothing
         /// (the probe user, which has no default, left empty).
@@ -653,6 +724,7 @@ mod raw {
                 pool_mode: g.pool_mode,
                 admin_listen_addr,
                 auth_type: g.auth_type,
+                auth_file: g.auth_file.clone().map(std::path::PathBuf::from),
                 max_client_conn: g.max_client_conn,
                 default_pool_size: g.default_pool_size,
                 server_reset_query: g.server_reset_query,
@@ -763,41 +835,35 @@ mod raw {
             let mut users = BTreeMap::new();
             for (name, u) in self.users {
                 let key = format!("users.{name}.password");
-                let (verifier, plain) = match u.password {
-                    None => (None, None),
-                    Some(p) if p.starts_with("SCRAM-SHA-256$") => {
-                        let v = ScramVerifier::parse(&p)
-                            .ok_or_else(|| invalid(&key, "malformed SCRAM-SHA-256 verifier"))?;
-                        (Some(v), None)
-                    }
-                    Some(p) if p.starts_with("md5") && p.len() == 35 => {
-                        return Err(invalid(
-                            key,
-                            "md5 secrets are not supported for client authentication; \
-                             use a SCRAM-SHA-256 verifier (pgherd scram-verifier)",
-                        ))
-                    }
-                    Some(p) => {
-                        let v = ScramVerifier::parse(&pgherd_auth::make_scram_verifier(&p))
-                            .ok_or_else(|| invalid(&key, "cannot derive a verifier"))?;
-                        (Some(v), Some(Secret::new(p)))
-                    }
-                };
-                if general.auth_type == AuthType::ScramSha256 && verifier.is_none() {
-                    return Err(invalid(
-                        key,
-                        "auth_type is scram-sha-256, so every user needs a password",
-                    ));
-                }
-                let server_password = u.server_password.map(Secret::new).or(plain);
+                let user = user_entry(&general, &name, u.password, &key)?;
                 users.insert(
                     name,
                     super::User {
-                        verifier,
-                        server_password,
+                        server_password: u
+                            .server_password
+                            .map(Secret::new)
+                            .or(user.server_password),
                         pool_mode: u.pool_mode,
+                        ..user
                     },
                 );
+            }
+            if let Some(path) = &general.auth_file {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let entries = pgherd_auth::md5::parse_userlist(&text)
+                    .map_err(|e| invalid("pgherd.auth_file", format!("{}: {e}", path.display())))?;
+                for e in entries {
+                    // [users] entries win: they may carry more settings.
+                    if users.contains_key(&e.user) {
+                        continue;
+                    }
+                    let key = format!("auth_file user {:?}", e.user);
+                    let user = user_entry(&general, &e.user, Some(e.secret), &key)?;
+                    users.insert(e.user, user);
+                }
             }
 
             let mut listeners = Vec::new();

@@ -38,6 +38,8 @@ pub(crate) struct Authenticated {
     pub(crate) database: String,
     /// The client's SCRAM `ClientKey`, when it logged in with SCRAM.
     pub(crate) client_key: Option<[u8; 32]>,
+    /// The password itself, when the client sent it in clear (`plain`).
+    pub(crate) password: Option<pgherd_auth::Secret>,
 }
 
 /// How the startup phase ended without an authenticated client.
@@ -55,6 +57,13 @@ impl From<std::io::Error> for Refused {
     fn from(_: std::io::Error) -> Self {
         Refused::Gone
     }
+}
+
+fn auth_failed(user: &str) -> Refused {
+    Refused::Fatal(ErrorFields::fatal(
+        "28P01",
+        format!("password authentication failed for user \"{user}\""),
+    ))
 }
 
 fn protocol_violation(message: impl Into<String>) -> Refused {
@@ -170,13 +179,25 @@ impl Client {
             .unwrap_or(&user)
             .to_owned();
         let config = shared.config();
-        let client_key = match config.general.auth_type {
-            AuthType::Trust => None,
+        let entry = config.users.get(&user);
+        let verifier = entry.and_then(|u| u.verifier.clone());
+        let md5 = entry.and_then(|u| u.md5.clone());
+        let (mut client_key, mut password) = (None, None);
+        match config.general.auth_type {
+            AuthType::Trust => {}
             AuthType::ScramSha256 => {
-                let verifier = config.users.get(&user).and_then(|u| u.verifier.clone());
-                Some(self.scram(shared, &user, verifier, &mut out).await?)
+                client_key = Some(self.scram(shared, &user, verifier, &mut out).await?);
             }
-        };
+            // pgbouncer's rule: a user with only a SCRAM secret logs in with
+            // SCRAM even when auth_type is md5.
+            AuthType::Md5 if md5.is_none() && verifier.is_some() => {
+                client_key = Some(self.scram(shared, &user, verifier, &mut out).await?);
+            }
+            AuthType::Md5 => self.md5(&user, md5, &mut out).await?,
+            AuthType::Plain => {
+                password = Some(self.plain(&user, verifier, md5, &mut out).await?);
+            }
+        }
         // `out` may still hold a NegotiateProtocolVersion (trust: nothing was sent yet).
         backend::authentication_ok(&mut out);
         self.stream.write_all(&out).await?;
@@ -185,7 +206,62 @@ impl Client {
             user,
             database,
             client_key,
+            password,
         })
+    }
+
+    /// md5 against the user's md5 secret. An unknown user is challenged all
+    /// the same and fails the same way (28P01).
+    async fn md5(
+        &mut self,
+        user: &str,
+        secret: Option<pgherd_auth::Secret>,
+        out: &mut BytesMut,
+    ) -> Result<(), Refused> {
+        let mut salt = [0u8; 4];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut salt);
+        backend::authentication_md5(out, salt);
+        self.stream.write_all(out).await?;
+        out.clear();
+        let body = self.read_password_message().await?;
+        let answer = frontend::password(&body)
+            .ok_or_else(|| protocol_violation("malformed password message"))?;
+        let ok = secret.is_some_and(|s| {
+            pgherd_auth::md5::md5_answer_matches(s.expose(), salt, answer.as_bytes())
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(auth_failed(user))
+        }
+    }
+
+    /// Cleartext password, checked against the user's SCRAM verifier or md5
+    /// secret. Returns it: pgherd may log in to servers with it.
+    async fn plain(
+        &mut self,
+        user: &str,
+        verifier: Option<pgherd_auth::ScramVerifier>,
+        md5: Option<pgherd_auth::Secret>,
+        out: &mut BytesMut,
+    ) -> Result<pgherd_auth::Secret, Refused> {
+        backend::authentication_cleartext(out);
+        self.stream.write_all(out).await?;
+        out.clear();
+        let body = self.read_password_message().await?;
+        let password = frontend::password(&body)
+            .ok_or_else(|| protocol_violation("malformed password message"))?
+            .to_owned();
+        let ok = match (&verifier, &md5) {
+            (Some(v), _) => v.verify_password(&password),
+            (None, Some(m)) => pgherd_auth::md5::md5_password_matches(m.expose(), user, &password),
+            (None, None) => false,
+        };
+        if ok {
+            Ok(pgherd_auth::Secret::new(password))
+        } else {
+            Err(auth_failed(user))
+        }
     }
 
     /// SCRAM-SHA-256 against the user's verifier (a mock one for unknown

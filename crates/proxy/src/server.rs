@@ -33,6 +33,8 @@ pub enum ServerCredential {
         client_key: [u8; 32],
         verifier: ScramVerifier,
     },
+    /// An md5 secret (userlist.txt): enough for a server that asks md5.
+    Md5Secret(Secret),
 }
 
 /// Why a server connection could not be opened or kept.
@@ -224,11 +226,16 @@ impl ServerConn {
             AuthRequest::Ok => {}
             AuthRequest::Cleartext => pq::password_message(password()?.as_bytes(), out)?,
             AuthRequest::Md5 { salt } => {
-                let hash = postgres_protocol::authentication::md5_hash(
-                    self.user().as_bytes(),
-                    password()?.as_bytes(),
-                    salt,
-                );
+                let hash = match credential {
+                    ServerCredential::Md5Secret(m) => {
+                        pgherd_auth::md5::md5_salted(m.expose(), salt)
+                    }
+                    _ => postgres_protocol::authentication::md5_hash(
+                        self.user().as_bytes(),
+                        password()?.as_bytes(),
+                        salt,
+                    ),
+                };
                 pq::password_message(hash.as_bytes(), out)?;
             }
             AuthRequest::Sasl(mechanisms) => {
@@ -246,6 +253,13 @@ impl ServerConn {
                         client_key,
                         verifier,
                     } => SaslClient::Keys(ScramKeysClient::new(*client_key, verifier.clone())),
+                    ServerCredential::Md5Secret(_) => {
+                        return Err(ServerError::Auth(
+                            "the server asks for SCRAM and pgherd has only an md5 secret for \
+                             this user (give it a SCRAM verifier or a server_password)"
+                                .into(),
+                        ))
+                    }
                     ServerCredential::None => {
                         return Err(password()
                             .err()

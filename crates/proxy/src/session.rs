@@ -117,18 +117,22 @@ fn server_login(
         return (user.clone(), cred);
     }
     let user_cfg = config.users.get(&auth.user);
-    let cred = match (user_cfg, auth.client_key) {
-        (Some(u), _) if u.server_password.is_some() => {
-            ServerCredential::Password(u.server_password.clone().unwrap_or_default())
+    // Best first: a configured password; the keys the client proved with
+    // SCRAM; the password it sent in clear; the md5 secret.
+    let scram = user_cfg.and_then(|u| Some((auth.client_key?, u.verifier.clone()?)));
+    let cred = if let Some(p) = user_cfg.and_then(|u| u.server_password.clone()) {
+        ServerCredential::Password(p)
+    } else if let Some((client_key, verifier)) = scram {
+        ServerCredential::ScramKeys {
+            client_key,
+            verifier,
         }
-        (Some(u), Some(client_key)) => match &u.verifier {
-            Some(v) => ServerCredential::ScramKeys {
-                client_key,
-                verifier: v.clone(),
-            },
-            None => ServerCredential::None,
-        },
-        _ => ServerCredential::None,
+    } else if let Some(p) = &auth.password {
+        ServerCredential::Password(p.clone())
+    } else if let Some(m) = user_cfg.and_then(|u| u.md5.clone()) {
+        ServerCredential::Md5Secret(m)
+    } else {
+        ServerCredential::None
     };
     (auth.user.clone(), cred)
 }

@@ -158,6 +158,13 @@ impl PgherdBuilder {
         self
     }
 
+    /// Removes the default `[users]` entries (for tests that bring users
+    /// from an auth_file).
+    pub fn without_users(mut self) -> Self {
+        self.users.clear();
+        self
+    }
+
     /// Keeps only the nodes whose index is in `keep` (in that order).
     pub fn nodes(mut self, keep: &[usize]) -> Self {
         self.nodes = keep.iter().map(|&i| self.nodes[i].clone()).collect();

@@ -200,6 +200,11 @@ pub fn authentication_ok(buf: &mut BytesMut) {
     auth_header(buf, 0, 0);
 }
 
+/// `AuthenticationCleartextPassword`.
+pub fn authentication_cleartext(buf: &mut BytesMut) {
+    auth_header(buf, 3, 0);
+}
+
 /// `AuthenticationMD5Password` with its salt.
 pub fn authentication_md5(buf: &mut BytesMut, salt: [u8; 4]) {
     auth_header(buf, 5, 4);

@@ -1,0 +1,166 @@
+//! Client auth types × user sources × server auth, on a real cluster:
+//! `md5`, `plain` and `scram-sha-256` clients, users from a pgbouncer
+//! auth_file (md5 secrets and SCRAM verifiers), servers storing SCRAM (`app`)
+//! or md5 (`md5user`). Failures are 28P01 whether or not the user exists.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use pgherd_integration_tests::*;
+
+/// An auth_file with md5user's md5 secret and app's SCRAM verifier, as a
+/// pgbouncer admin would copy them from pg_authid.
+fn userlist(cluster: &TestCluster) -> std::path::PathBuf {
+    let md5 = cluster
+        .pg
+        .sql(
+            0,
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'md5user'",
+        )
+        .unwrap();
+    assert!(md5.starts_with("md5"), "{md5}");
+    let dir = std::env::temp_dir().join(format!("pgherd-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("userlist.txt");
+    std::fs::write(
+        &path,
+        format!(
+            "; copied from pg_authid\n\"md5user\" \"{md5}\"\n\"app\" \"{}\"\n",
+            cluster.app_verifier
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn pgherd_with(cluster: &TestCluster, auth_type: &str) -> RunningPgherd {
+    cluster
+        .pgherd()
+        .without_users()
+        .general(&format!("auth_type = \"{auth_type}\""))
+        .general(&format!(
+            "auth_file = {:?}",
+            userlist(cluster).display().to_string()
+        ))
+        .start()
+        .await
+}
+
+async fn login(
+    pgherd: &RunningPgherd,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Result<String, String> {
+    match pgherd.connect(user, password, db).await {
+        Ok(c) => Ok(simple_value(&c, "SELECT current_user").await),
+        Err(e) => Err(sqlstate(&e).unwrap_or("none").to_owned()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_clients_with_an_auth_file() {
+    let cluster = shared_cluster();
+    let pgherd = pgherd_with(cluster, "md5").await;
+    // md5 secret: md5 to the client, and the same secret logs in to the
+    // server (which stores md5 for md5user).
+    assert_eq!(
+        login(&pgherd, "md5user", MD5_PASSWORD, "postgres").await,
+        Ok("md5user".into())
+    );
+    // A SCRAM verifier: SCRAM to the client (pgbouncer's rule), the keys it
+    // proved log in to the server (which stores SCRAM for app).
+    assert_eq!(
+        login(&pgherd, "app", APP_PASSWORD, "app").await,
+        Ok("app".into())
+    );
+    // Wrong password and unknown user look the same.
+    assert_eq!(
+        login(&pgherd, "md5user", "wrong", "postgres").await,
+        Err("28P01".into())
+    );
+    assert_eq!(
+        login(&pgherd, "nobody", "x", "postgres").await,
+        Err("28P01".into())
+    );
+    // psql, too.
+    let out = psql(
+        &pgherd,
+        "md5user",
+        MD5_PASSWORD,
+        "postgres",
+        &["-c", "SELECT 7"],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_clients_with_an_auth_file() {
+    let cluster = shared_cluster();
+    let pgherd = pgherd_with(cluster, "plain").await;
+    // Checked against the md5 secret; the password then logs in to the server.
+    assert_eq!(
+        login(&pgherd, "md5user", MD5_PASSWORD, "postgres").await,
+        Ok("md5user".into())
+    );
+    // Checked against the SCRAM verifier; SCRAM to the server with it.
+    assert_eq!(
+        login(&pgherd, "app", APP_PASSWORD, "app").await,
+        Ok("app".into())
+    );
+    assert_eq!(
+        login(&pgherd, "app", "wrong", "app").await,
+        Err("28P01".into())
+    );
+    assert_eq!(
+        login(&pgherd, "nobody", "x", "app").await,
+        Err("28P01".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_clients_with_an_auth_file_and_the_limits_of_md5_secrets() {
+    let cluster = shared_cluster();
+    // scram-sha-256 needs verifiers: an md5 secret in the file is refused
+    // when the config is loaded, naming the user.
+    let err = pgherd_config::Config::parse(
+        &cluster
+            .pgherd()
+            .without_users()
+            .general(&format!(
+                "auth_file = {:?}",
+                userlist(cluster).display().to_string()
+            ))
+            .toml(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("md5user") && err.contains("SCRAM"), "{err}");
+
+    // A server that stores SCRAM cannot be logged in to with an md5 secret:
+    // a clear error, not a hang.
+    let dir = std::env::temp_dir().join(format!("pgherd-auth-md5app-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("userlist.txt");
+    let md5 = pgherd_auth::md5::md5_secret("app", APP_PASSWORD);
+    std::fs::write(&path, format!("\"app\" \"{md5}\"\n")).unwrap();
+    let pgherd = cluster
+        .pgherd()
+        .without_users()
+        .general("auth_type = \"md5\"")
+        .general(&format!("auth_file = {:?}", path.display().to_string()))
+        .start()
+        .await;
+    let err = pgherd
+        .connect("app", APP_PASSWORD, "app")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("28000"), "{err}");
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("only an md5 secret"),
+        "{err}"
+    );
+}
