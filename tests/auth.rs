@@ -164,3 +164,74 @@ async fn scram_clients_with_an_auth_file_and_the_limits_of_md5_secrets() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_users_log_in_with_scram_and_md5() {
+    let cluster = shared_cluster();
+    cluster
+        .pg
+        .sql(
+            0,
+            "DROP ROLE IF EXISTS expired_role; \
+             CREATE ROLE expired_role LOGIN PASSWORD 'expired-secret' VALID UNTIL '2000-01-01'",
+        )
+        .unwrap();
+    let with_auth_query = |auth_type: &str| {
+        cluster
+            .pgherd()
+            .without_users()
+            .user(&format!(
+                "postgres = {{ password = \"{}\" }}",
+                cluster.pg.superuser_password()
+            ))
+            .general(&format!("auth_type = \"{auth_type}\""))
+            .general("auth_user = \"postgres\"")
+    };
+
+    // SCRAM: the verifier comes from pg_authid, the client's proof logs
+    // pgherd in to the server (pgbouncer cannot do this with auth_query).
+    let scram = with_auth_query("scram-sha-256").start().await;
+    assert_eq!(
+        login(&scram, "app", APP_PASSWORD, "app").await,
+        Ok("app".into())
+    );
+    let c = scram.connect("app", APP_PASSWORD, "app").await.unwrap();
+    assert_eq!(simple_value(&c, "SELECT 40 + 2").await, "42");
+    assert_eq!(
+        login(&scram, "app", "wrong", "app").await,
+        Err("28P01".into())
+    );
+    assert_eq!(
+        login(&scram, "nobody", "x", "app").await,
+        Err("28P01".into())
+    );
+    // An expired role has no password for the default query: 28P01, like a
+    // wrong password (PostgreSQL would refuse it too).
+    assert_eq!(
+        login(&scram, "expired_role", "expired-secret", "postgres").await,
+        Err("28P01".into())
+    );
+    // md5user's secret is md5: no SCRAM possible.
+    assert_eq!(
+        login(&scram, "md5user", MD5_PASSWORD, "postgres").await,
+        Err("28P01".into())
+    );
+
+    // md5: md5 secrets from pg_authid log in both ways.
+    let md5 = with_auth_query("md5").start().await;
+    assert_eq!(
+        login(&md5, "md5user", MD5_PASSWORD, "postgres").await,
+        Ok("md5user".into())
+    );
+    assert_eq!(
+        login(&md5, "md5user", "wrong", "postgres").await,
+        Err("28P01".into())
+    );
+    // ...and SCRAM users still get SCRAM.
+    assert_eq!(
+        login(&md5, "app", APP_PASSWORD, "app").await,
+        Ok("app".into())
+    );
+
+    cluster.pg.sql(0, "DROP ROLE expired_role").unwrap();
+}

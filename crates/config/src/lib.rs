@@ -94,6 +94,13 @@ pub struct General {
     pub auth_type: AuthType,
     /// pgbouncer's userlist.txt: more users, after those in `[users]`.
     pub auth_file: Option<std::path::PathBuf>,
+    /// Users in neither `[users]` nor the auth_file are looked up on the
+    /// primary with `auth_query`, logged in as this user (which needs a
+    /// plaintext password in `[users]` or the auth_file).
+    pub auth_user: Option<String>,
+    pub auth_query: String,
+    /// The database `auth_query` runs in.
+    pub auth_dbname: String,
     pub max_client_conn: usize,
     pub default_pool_size: usize,
     pub server_reset_query: String,
@@ -279,6 +286,21 @@ pub struct User {
     pub pool_mode: Option<PoolMode>,
 }
 
+impl User {
+    /// A user from a secret found at login (`auth_query`): a SCRAM
+    /// verifier, an md5 secret or a plaintext password. `None` when the
+    /// secret is none of those.
+    pub fn from_secret(name: &str, secret: &str) -> Option<User> {
+        let (verifier, md5, plain) = raw::secrets(name, secret).ok()?;
+        Some(User {
+            verifier,
+            md5,
+            server_password: plain,
+            pool_mode: None,
+        })
+    }
+}
+
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -354,6 +376,9 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
                 AuthType::Plain => "plain".into(),
             },
         ),
+        ("auth_user", g.auth_user.clone().unwrap_or_default()),
+        ("auth_query", g.auth_query.clone()),
+        ("auth_dbname", g.auth_dbname.clone()),
         (
             "auth_file",
             g.auth_file
@@ -465,6 +490,9 @@ mod raw {
         pub admin_listen_addr: String,
         pub auth_type: AuthType,
         pub auth_file: Option<String>,
+        pub auth_user: Option<String>,
+        pub auth_query: String,
+        pub auth_dbname: String,
         pub max_client_conn: usize,
         pub default_pool_size: usize,
         pub server_reset_query: String,
@@ -513,6 +541,12 @@ mod raw {
                 admin_listen_addr: "0.0.0.0:9930".into(),
                 auth_type: AuthType::ScramSha256,
                 auth_file: None,
+                auth_user: None,
+                // pgbouncer's default: expired roles have no password.
+                auth_query: "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL \
+                             ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin"
+                    .into(),
+                auth_dbname: "postgres".into(),
                 max_client_conn: 100,
                 default_pool_size: 20,
                 server_reset_query: "DISCARD ALL".into(),
@@ -627,6 +661,24 @@ mod raw {
         Ok(d)
     }
 
+    type Secrets = (Option<ScramVerifier>, Option<Secret>, Option<Secret>);
+
+    /// What a secret gives: a SCRAM verifier, an md5 secret, and (for a
+    /// plaintext password, from which both are derived) the password.
+    pub(super) fn secrets(name: &str, p: &str) -> Result<Secrets, &'static str> {
+        if p.starts_with("SCRAM-SHA-256$") {
+            let v = ScramVerifier::parse(p).ok_or("malformed SCRAM-SHA-256 verifier")?;
+            return Ok((Some(v), None, None));
+        }
+        if pgherd_auth::md5::is_md5_secret(p) {
+            return Ok((None, Some(Secret::new(p)), None));
+        }
+        let v = ScramVerifier::parse(&pgherd_auth::make_scram_verifier(p))
+            .ok_or("cannot derive a verifier")?;
+        let md5 = pgherd_auth::md5::md5_secret(name, p);
+        Ok((Some(v), Some(Secret::new(md5)), Some(Secret::new(p))))
+    }
+
     /// A user from its secret: a SCRAM verifier, an md5 secret, or a
     /// plaintext password (from which both are derived, and which pgherd
     /// may also use to log in to servers).
@@ -638,18 +690,7 @@ mod raw {
     ) -> Result<super::User, ConfigError> {
         let (verifier, md5, plain) = match secret {
             None => (None, None, None),
-            Some(p) if p.starts_with("SCRAM-SHA-256$") => {
-                let v = ScramVerifier::parse(&p)
-                    .ok_or_else(|| invalid(key, "malformed SCRAM-SHA-256 verifier"))?;
-                (Some(v), None, None)
-            }
-            Some(p) if pgherd_auth::md5::is_md5_secret(&p) => (None, Some(Secret::new(p)), None),
-            Some(p) => {
-                let v = ScramVerifier::parse(&pgherd_auth::make_scram_verifier(&p))
-                    .ok_or_else(|| invalid(key, "cannot derive a verifier"))?;
-                let md5 = pgherd_auth::md5::md5_secret(name, &p);
-                (Some(v), Some(Secret::new(md5)), Some(Secret::new(p)))
-            }
+            Some(p) => secrets(name, &p).map_err(|message| invalid(key, message))?,
         };
         let missing = match general.auth_type {
             AuthType::Trust => None,
@@ -725,6 +766,9 @@ mod raw {
                 admin_listen_addr,
                 auth_type: g.auth_type,
                 auth_file: g.auth_file.clone().map(std::path::PathBuf::from),
+                auth_user: g.auth_user.clone(),
+                auth_query: g.auth_query.clone(),
+                auth_dbname: g.auth_dbname.clone(),
                 max_client_conn: g.max_client_conn,
                 default_pool_size: g.default_pool_size,
                 server_reset_query: g.server_reset_query,

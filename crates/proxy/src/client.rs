@@ -40,6 +40,8 @@ pub(crate) struct Authenticated {
     pub(crate) client_key: Option<[u8; 32]>,
     /// The password itself, when the client sent it in clear (`plain`).
     pub(crate) password: Option<pgherd_auth::Secret>,
+    /// The user as `auth_query` found it (not in the config).
+    pub(crate) looked_up: Option<pgherd_config::User>,
 }
 
 /// How the startup phase ended without an authenticated client.
@@ -179,7 +181,15 @@ impl Client {
             .unwrap_or(&user)
             .to_owned();
         let config = shared.config();
-        let entry = config.users.get(&user);
+        let looked_up = match config.users.get(&user) {
+            None if config.general.auth_user.is_some()
+                && config.general.auth_type != AuthType::Trust =>
+            {
+                shared.auth_query.lookup(shared, &config, &user).await
+            }
+            _ => None,
+        };
+        let entry = config.users.get(&user).or(looked_up.as_ref());
         let verifier = entry.and_then(|u| u.verifier.clone());
         let md5 = entry.and_then(|u| u.md5.clone());
         let (mut client_key, mut password) = (None, None);
@@ -207,6 +217,7 @@ impl Client {
             database,
             client_key,
             password,
+            looked_up,
         })
     }
 

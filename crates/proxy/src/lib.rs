@@ -22,6 +22,7 @@
 //! is checked as well, so a stale topology cannot send writes to a standby.
 #![forbid(unsafe_code)]
 
+mod auth_query;
 mod buffers;
 mod cancel;
 mod classify;
@@ -106,6 +107,8 @@ pub(crate) struct Shared {
     shutdown_requested: tokio::sync::Notify,
     /// `SHOW STATS_AVERAGES` per database, over the last `stats_period`.
     averages: Mutex<BTreeMap<String, Averages>>,
+    /// `auth_user` + `auth_query` lookups.
+    auth_query: auth_query::AuthQuery,
 }
 
 impl Shared {
@@ -407,6 +410,7 @@ impl Proxy {
             registry: Arc::default(),
             shutdown_requested: tokio::sync::Notify::new(),
             averages: Mutex::default(),
+            auth_query: auth_query::AuthQuery::default(),
         });
         tokio::spawn(drain_on_changes(Arc::clone(&shared)));
         tokio::spawn(sweep_idle_servers(Arc::downgrade(&shared)));

@@ -116,7 +116,7 @@ fn server_login(
             .map_or(ServerCredential::None, ServerCredential::Password);
         return (user.clone(), cred);
     }
-    let user_cfg = config.users.get(&auth.user);
+    let user_cfg = config.users.get(&auth.user).or(auth.looked_up.as_ref());
     // Best first: a configured password; the keys the client proved with
     // SCRAM; the password it sent in clear; the md5 secret.
     let scram = user_cfg.and_then(|u| Some((auth.client_key?, u.verifier.clone()?)));
