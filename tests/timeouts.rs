@@ -172,3 +172,32 @@ async fn idle_transaction_timeout_ends_idle_transactions_and_frees_the_server() 
     let other = pgherd.app().await;
     assert_eq!(simple_value(&other, "SELECT 1").await, "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserve_pool_serves_clients_that_waited_reserve_pool_timeout() {
+    let cluster = shared_cluster();
+    let pgherd = cluster
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("reserve_pool_size = 1")
+        .general("reserve_pool_timeout = 0.3")
+        .database("app = { pool_size = 1 }")
+        .start()
+        .await;
+    let slow = pgherd.app().await;
+    slow.batch_execute("BEGIN").await.unwrap();
+    let held = simple_value(&slow, "SELECT pg_backend_pid()").await;
+    // The pool's one server is in a transaction: after reserve_pool_timeout
+    // the next client gets a reserve server instead of waiting for it.
+    let waiting = pgherd.app().await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        simple_value(&waiting, "SELECT pg_backend_pid()"),
+    )
+    .await
+    .expect("served from the reserve, not after the transaction");
+    assert_ne!(got, held);
+    let status = pgherd.handle.pools()[0].status;
+    assert_eq!((status.max_size, status.total), (1, 2));
+    slow.batch_execute("COMMIT").await.unwrap();
+}

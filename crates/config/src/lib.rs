@@ -103,6 +103,10 @@ pub struct General {
     pub auth_dbname: String,
     pub max_client_conn: usize,
     pub default_pool_size: usize,
+    /// Extra server connections per pool for clients that waited
+    /// `reserve_pool_timeout` for one.
+    pub reserve_pool_size: usize,
+    pub reserve_pool_timeout: Duration,
     pub server_reset_query: String,
     /// Idle server connections older than this in the pool are closed;
     /// `None` (0 in the file): never.
@@ -388,6 +392,8 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
         ),
         ("max_client_conn", g.max_client_conn.to_string()),
         ("default_pool_size", g.default_pool_size.to_string()),
+        ("reserve_pool_size", g.reserve_pool_size.to_string()),
+        ("reserve_pool_timeout", secs(g.reserve_pool_timeout)),
         ("server_reset_query", g.server_reset_query.clone()),
         ("server_idle_timeout", opt_secs(g.server_idle_timeout)),
         ("server_lifetime", opt_secs(g.server_lifetime)),
@@ -495,6 +501,8 @@ mod raw {
         pub auth_dbname: String,
         pub max_client_conn: usize,
         pub default_pool_size: usize,
+        pub reserve_pool_size: usize,
+        pub reserve_pool_timeout: f64,
         pub server_reset_query: String,
         pub server_idle_timeout: f64,
         pub server_lifetime: f64,
@@ -549,6 +557,9 @@ mod raw {
                 auth_dbname: "postgres".into(),
                 max_client_conn: 100,
                 default_pool_size: 20,
+                // pgbouncer's defaults.
+                reserve_pool_size: 0,
+                reserve_pool_timeout: 5.0,
                 server_reset_query: "DISCARD ALL".into(),
                 // pgbouncer's defaults.
                 server_idle_timeout: 600.0,
@@ -771,6 +782,11 @@ mod raw {
                 auth_dbname: g.auth_dbname.clone(),
                 max_client_conn: g.max_client_conn,
                 default_pool_size: g.default_pool_size,
+                reserve_pool_size: g.reserve_pool_size,
+                reserve_pool_timeout: seconds(
+                    "pgherd.reserve_pool_timeout",
+                    g.reserve_pool_timeout,
+                )?,
                 server_reset_query: g.server_reset_query,
                 server_idle_timeout: optional("pgherd.server_idle_timeout", g.server_idle_timeout)?,
                 server_lifetime: optional("pgherd.server_lifetime", g.server_lifetime)?,

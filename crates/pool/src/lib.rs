@@ -18,7 +18,10 @@
 //!
 //! # Model
 //!
-//! * At most `max_size` connections exist (idle + checked out + connecting).
+//! * At most `max_size` connections exist (idle + checked out + connecting),
+//!   plus `reserve` more for callers that waited `reserve_after` already
+//!   (pgbouncer's `reserve_pool_size` / `reserve_pool_timeout`: a burst gets
+//!   a few extra connections instead of queueing behind a slow transaction).
 //! * A [`Guard`] is a claim on one slot: it holds a semaphore permit and
 //!   possibly a connection. Waiters queue fairly on the semaphore, with a
 //!   timeout (pgbouncer's `query_wait_timeout`).
@@ -68,8 +71,10 @@ struct State<C> {
 #[derive(Debug)]
 struct Inner<C> {
     max_size: usize,
+    reserve: usize,
     waiting: std::sync::atomic::AtomicUsize,
     permits: Arc<Semaphore>,
+    reserve_permits: Arc<Semaphore>,
     state: Mutex<State<C>>,
 }
 
@@ -98,11 +103,18 @@ impl<C> Clone for Pool<C> {
 
 impl<C> Pool<C> {
     pub fn new(max_size: usize) -> Self {
+        Pool::with_reserve(max_size, 0)
+    }
+
+    /// A pool of `max_size` plus `reserve` slots for long waiters.
+    pub fn with_reserve(max_size: usize, reserve: usize) -> Self {
         Pool {
             inner: Arc::new(Inner {
                 max_size,
+                reserve,
                 waiting: std::sync::atomic::AtomicUsize::new(0),
                 permits: Arc::new(Semaphore::new(max_size)),
+                reserve_permits: Arc::new(Semaphore::new(reserve)),
                 state: Mutex::new(State {
                     idle: Vec::new(),
                     total: 0,
@@ -121,7 +133,34 @@ impl<C> Pool<C> {
         timeout: Duration,
         matches: impl Fn(&C) -> bool,
     ) -> Result<Guard<C>, PoolError> {
-        let acquire = Arc::clone(&self.inner.permits).acquire_owned();
+        self.checkout_with_reserve(timeout, Duration::MAX, matches)
+            .await
+    }
+
+    /// [`Pool::checkout`], taking a reserve slot if none frees up within
+    /// `reserve_after` (and the pool has a reserve).
+    pub async fn checkout_with_reserve(
+        &self,
+        timeout: Duration,
+        reserve_after: Duration,
+        matches: impl Fn(&C) -> bool,
+    ) -> Result<Guard<C>, PoolError> {
+        let main = Arc::clone(&self.inner.permits).acquire_owned();
+        let reserve = Arc::clone(&self.inner.reserve_permits);
+        let has_reserve = self.inner.reserve > 0;
+        let acquire = async move {
+            if !has_reserve {
+                return main.await;
+            }
+            tokio::pin!(main);
+            tokio::select! {
+                p = &mut main => p,
+                p = async {
+                    tokio::time::sleep(reserve_after).await;
+                    reserve.acquire_owned().await
+                } => p,
+            }
+        };
         let waiting = WaitingCount::new(&self.inner.waiting);
         let acquired = tokio::time::timeout(timeout, acquire).await;
         drop(waiting);
@@ -139,7 +178,7 @@ impl<C> Pool<C> {
         };
         if let Some(i) = state.idle.iter().rposition(|c| matches(c)) {
             guard.conn = Some(state.idle.remove(i));
-        } else if state.total < self.inner.max_size {
+        } else if state.total < self.inner.max_size + self.inner.reserve {
             state.total += 1;
         } else {
             // Full: every slot is idle or checked out, and we hold a permit, so
@@ -155,7 +194,8 @@ impl<C> Pool<C> {
             max_size: self.inner.max_size,
             total: state.total,
             idle: state.idle.len(),
-            checked_out: self.inner.max_size - self.inner.permits.available_permits(),
+            checked_out: self.inner.max_size - self.inner.permits.available_permits()
+                + (self.inner.reserve - self.inner.reserve_permits.available_permits()),
             waiting: self
                 .inner
                 .waiting
@@ -332,6 +372,37 @@ mod tests {
         drop(held);
         assert!(waiter.await.unwrap());
         assert_eq!(pool.status().total, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_waiters_get_a_reserve_slot() {
+        let pool = Pool::<u32>::with_reserve(1, 1);
+        let _held = pool.checkout(T, |_| true).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut extra = pool
+            .checkout_with_reserve(T, Duration::from_secs(2), |_| true)
+            .await
+            .unwrap();
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(2),
+            "after reserve_after"
+        );
+        extra.set(7);
+        assert_eq!(pool.status().checked_out, 2);
+        // The reserve is used up: the next one times out.
+        let err = pool
+            .checkout_with_reserve(Duration::from_secs(5), Duration::from_secs(1), |_| true)
+            .await
+            .unwrap_err();
+        assert_eq!(err, PoolError::Timeout(Duration::from_secs(5)));
+        // A pool without a reserve never gives more than its size.
+        let small = Pool::<u32>::new(1);
+        let _one = small.checkout(T, |_| true).await.unwrap();
+        assert!(small
+            .checkout_with_reserve(Duration::from_secs(3), Duration::ZERO, |_| true)
+            .await
+            .is_err());
     }
 
     #[tokio::test]

@@ -121,11 +121,12 @@ impl Shared {
 
     /// The pool for `key` and its counters, created on first use.
     pub(crate) fn pool(&self, key: PoolKey, size: usize, mode: PoolMode) -> PoolEntry {
+        let reserve = self.config.load().general.reserve_pool_size;
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools
             .entry(key)
             .or_insert_with(|| PoolEntry {
-                pool: Pool::new(size),
+                pool: Pool::with_reserve(size, reserve),
                 stats: Arc::default(),
                 mode,
             })

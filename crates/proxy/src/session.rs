@@ -924,7 +924,9 @@ async fn checkout(
 ) -> Attempt<Guard<ServerConn>> {
     let general = &config.general;
     let wait = general.query_wait_timeout;
-    let mut guard = match pool.checkout(wait, |c| c.startup == params).await {
+    let checkout =
+        pool.checkout_with_reserve(wait, general.reserve_pool_timeout, |c| c.startup == params);
+    let mut guard = match checkout.await {
         Ok(g) => g,
         Err(PoolError::Timeout(t)) => {
             return Attempt::Refused(
