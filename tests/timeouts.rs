@@ -201,3 +201,48 @@ async fn reserve_pool_serves_clients_that_waited_reserve_pool_timeout() {
     assert_eq!((status.max_size, status.total), (1, 2));
     slow.batch_execute("COMMIT").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_db_and_user_connections_cap_servers_over_all_pools() {
+    let cluster = shared_cluster();
+    // Per database: two servers to `app` at most, whatever the pool size.
+    let pgherd = cluster
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("max_db_connections = 2")
+        .start()
+        .await;
+    let a = pgherd.app().await;
+    let b = pgherd.app().await;
+    let c = pgherd.app().await;
+    a.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("BEGIN").await.unwrap();
+    let query = tokio::spawn(async move { simple_value(&c, "SELECT 3").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!query.is_finished(), "a third server was opened");
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(query.await.unwrap(), "3");
+    assert!(pgherd.handle.servers().len() <= 2);
+
+    // Per user, over two databases: the idle server of one pool is closed
+    // to make room for the other.
+    let pgherd = cluster
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("max_user_connections = 1")
+        .start()
+        .await;
+    let on_app = pgherd.app().await;
+    let first = simple_value(&on_app, "SELECT pg_backend_pid()").await;
+    let on_postgres = pgherd
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    assert_eq!(
+        simple_value(&on_postgres, "SELECT current_database()").await,
+        "postgres"
+    );
+    let servers = pgherd.handle.servers();
+    assert_eq!(servers.len(), 1, "one server for the user: {servers:?}");
+    assert_ne!(servers[0].pid.to_string(), first);
+}

@@ -103,6 +103,10 @@ pub struct General {
     pub auth_dbname: String,
     pub max_client_conn: usize,
     pub default_pool_size: usize,
+    /// Server connections to one (server) database over all pools; 0: no limit.
+    pub max_db_connections: usize,
+    /// Server connections as one (server) user over all pools; 0: no limit.
+    pub max_user_connections: usize,
     /// Extra server connections per pool for clients that waited
     /// `reserve_pool_timeout` for one.
     pub reserve_pool_size: usize,
@@ -393,6 +397,8 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
         ("max_client_conn", g.max_client_conn.to_string()),
         ("default_pool_size", g.default_pool_size.to_string()),
         ("reserve_pool_size", g.reserve_pool_size.to_string()),
+        ("max_db_connections", g.max_db_connections.to_string()),
+        ("max_user_connections", g.max_user_connections.to_string()),
         ("reserve_pool_timeout", secs(g.reserve_pool_timeout)),
         ("server_reset_query", g.server_reset_query.clone()),
         ("server_idle_timeout", opt_secs(g.server_idle_timeout)),
@@ -503,6 +509,8 @@ mod raw {
         pub default_pool_size: usize,
         pub reserve_pool_size: usize,
         pub reserve_pool_timeout: f64,
+        pub max_db_connections: usize,
+        pub max_user_connections: usize,
         pub server_reset_query: String,
         pub server_idle_timeout: f64,
         pub server_lifetime: f64,
@@ -560,6 +568,8 @@ mod raw {
                 // pgbouncer's defaults.
                 reserve_pool_size: 0,
                 reserve_pool_timeout: 5.0,
+                max_db_connections: 0,
+                max_user_connections: 0,
                 server_reset_query: "DISCARD ALL".into(),
                 // pgbouncer's defaults.
                 server_idle_timeout: 600.0,
@@ -783,6 +793,8 @@ mod raw {
                 max_client_conn: g.max_client_conn,
                 default_pool_size: g.default_pool_size,
                 reserve_pool_size: g.reserve_pool_size,
+                max_db_connections: g.max_db_connections,
+                max_user_connections: g.max_user_connections,
                 reserve_pool_timeout: seconds(
                     "pgherd.reserve_pool_timeout",
                     g.reserve_pool_timeout,

@@ -29,6 +29,7 @@ mod classify;
 mod client;
 mod console;
 mod control;
+mod limits;
 mod params;
 mod prepared;
 mod registry;
@@ -109,6 +110,8 @@ pub(crate) struct Shared {
     averages: Mutex<BTreeMap<String, Averages>>,
     /// `auth_user` + `auth_query` lookups.
     auth_query: auth_query::AuthQuery,
+    /// `max_db_connections` / `max_user_connections`.
+    limits: limits::ConnectionLimits,
 }
 
 impl Shared {
@@ -190,7 +193,7 @@ impl Shared {
         };
         for pool in pools {
             for conn in pool.drain_idle() {
-                tokio::spawn(conn.close());
+                conn.close_in_background();
             }
         }
     }
@@ -209,7 +212,7 @@ impl Shared {
             let marked =
                 |c: &ServerConn| c.registered.as_ref().is_some_and(|r| r.info.close_needed());
             for conn in pool.drain_idle_where(marked) {
-                tokio::spawn(conn.close());
+                conn.close_in_background();
             }
         }
     }
@@ -340,7 +343,7 @@ async fn sweep_idle_servers(shared: std::sync::Weak<Shared>) {
                 idle.is_some_and(|t| c.idle_since.elapsed() >= t) || c.expired(lifetime)
             };
             for conn in pool.drain_idle_where(stale) {
-                tokio::spawn(conn.close());
+                conn.close_in_background();
             }
         }
     }
@@ -412,6 +415,7 @@ impl Proxy {
             shutdown_requested: tokio::sync::Notify::new(),
             averages: Mutex::default(),
             auth_query: auth_query::AuthQuery::default(),
+            limits: limits::ConnectionLimits::default(),
         });
         tokio::spawn(drain_on_changes(Arc::clone(&shared)));
         tokio::spawn(sweep_idle_servers(Arc::downgrade(&shared)));

@@ -99,6 +99,10 @@ impl ClientInfo {
         self.kill.notify_waiters();
     }
 
+    pub(crate) fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+
     /// Completes once [`ClientInfo::kill`] was called.
     pub(crate) async fn killed(&self) {
         loop {

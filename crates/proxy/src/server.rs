@@ -87,6 +87,8 @@ pub struct ServerConn {
     /// When it last went back to the pool (`server_idle_timeout`,
     /// `server_check_delay`).
     pub(crate) idle_since: std::time::Instant,
+    /// `max_db_connections` / `max_user_connections` permits, held while open.
+    pub(crate) permits: crate::limits::Permits,
     /// Its entry in the admin console's list, while it is open.
     pub(crate) registered: Option<crate::registry::Registered<crate::registry::ServerInfo>>,
 }
@@ -136,6 +138,7 @@ impl ServerConn {
             startup,
             created: std::time::Instant::now(),
             idle_since: std::time::Instant::now(),
+            permits: Vec::new(),
             registered: None,
         };
         conn.login(credential).await?;
@@ -446,6 +449,13 @@ impl ServerConn {
     }
 
     /// Says goodbye to the server (Terminate) and closes the connection.
+    /// Leaves the console's lists now and says goodbye to the server in a
+    /// task of its own.
+    pub(crate) fn close_in_background(mut self) {
+        self.registered = None;
+        tokio::spawn(self.close());
+    }
+
     pub async fn close(mut self) {
         let mut out = BytesMut::new();
         frontend::terminate(&mut out);

@@ -298,10 +298,7 @@ async fn run(
             tokio::select! {
                 biased;
                 result = serve_client(&upstream, client, held, params, &cancel) => result,
-                () = me.info.killed() => Err(ErrorFields::fatal(
-                    "57P01",
-                    "terminating connection due to administrator command",
-                )),
+                () = me.info.killed() => Err(killed_by_admin()),
             }
         }
         Err(e) => Err(e),
@@ -473,6 +470,10 @@ async fn serve_client(
                 if !wait_for_request(client, limits, &mut shutdown).await? {
                     return Ok(());
                 }
+                // Killed while idle: not one more transaction.
+                if upstream.me.is_killed() {
+                    return Err(killed_by_admin());
+                }
                 let (want, read_unit) = if !auto || std::mem::take(&mut refused_read) {
                     (upstream.want(), false)
                 } else {
@@ -523,7 +524,14 @@ async fn serve_client(
         // The unit as the client sent it, should the primary have to run it.
         let unit = (until == Until::ReadUnit).then(|| client.buf.clone());
         let mut state = ServerState::new();
-        let retire = retire_when_fenced(shared.cluster.watch(), server.node);
+        // Fenced node or KILL: checked before anything more is relayed.
+        let me = &upstream.me;
+        let retire = async {
+            tokio::select! {
+                reason = retire_when_fenced(shared.cluster.watch(), server.node) => reason,
+                () = me.killed() => "was left by a killed client".to_owned(),
+            }
+        };
         let tracking = relay::Tracking {
             statements: track_statements.then_some(relay::Statements {
                 client: &mut statements,
@@ -622,6 +630,7 @@ async fn serve_client(
                 "57P05",
                 "terminating connection due to idle-session timeout (client_idle_timeout)",
             )),
+            RelayEnd::Retired(_) if upstream.me.is_killed() => Err(killed_by_admin()),
             RelayEnd::Retired(reason) => Err(ErrorFields::fatal(
                 "57P01",
                 format!("terminating connection: node \"{}\" {reason}", node.name),
@@ -783,7 +792,7 @@ fn release(mut guard: Guard<ServerConn>, lifetime: Option<std::time::Duration>) 
         return;
     }
     if let Some(server) = guard.take() {
-        tokio::spawn(server.close());
+        server.close_in_background();
     }
 }
 
@@ -873,7 +882,7 @@ async fn open(
     .await;
     match connected {
         Ok(conn) if target == Target::Primary && conn.is_standby() => {
-            tokio::spawn(conn.close());
+            conn.close_in_background();
             Attempt::Unusable("is a standby".into())
         }
         Ok(mut conn) => {
@@ -943,7 +952,7 @@ async fn checkout(
         Err(PoolError::Closed) => return Attempt::Unusable("pool closed".into()),
     };
     if let Some(evicted) = guard.take_evicted() {
-        tokio::spawn(evicted.close());
+        evicted.close_in_background();
     }
     if let Some(conn) = guard.conn() {
         let fit = conn.is_alive()
@@ -965,17 +974,50 @@ async fn checkout(
         // Closed by the server while idle (restart, failover, idle timeout),
         // too old, or failed its check.
         if let Some(conn) = guard.take() {
-            tokio::spawn(conn.close());
+            conn.close_in_background();
         }
     }
+    let limits = (general.max_db_connections, general.max_user_connections);
+    let permits = if limits == (0, 0) {
+        Vec::new()
+    } else {
+        let database = params::find(params, "database").unwrap_or("");
+        let user = params::find(params, "user").unwrap_or("");
+        match shared
+            .connection_permits(limits, database, user, wait)
+            .await
+        {
+            Some(p) => p,
+            None => {
+                return Attempt::Refused(ErrorFields::fatal(
+                    "53300",
+                    format!(
+                        "query_wait_timeout: no server connection could be opened within {}s \
+                         (max_db_connections {}, max_user_connections {})",
+                        wait.as_secs_f64(),
+                        limits.0,
+                        limits.1
+                    ),
+                ))
+            }
+        }
+    };
     match open(shared, node, target, params.to_vec(), credential).await {
-        Attempt::Usable(conn) => {
+        Attempt::Usable(mut conn) => {
+            conn.permits = permits;
             guard.set(conn);
             Attempt::Usable(guard)
         }
         Attempt::Unusable(why) => Attempt::Unusable(why),
         Attempt::Refused(f) => Attempt::Refused(f),
     }
+}
+
+fn killed_by_admin() -> ErrorFields {
+    ErrorFields::fatal(
+        "57P01",
+        "terminating connection due to administrator command",
+    )
 }
 
 /// `server_check_query` is due: the connection sat idle at least

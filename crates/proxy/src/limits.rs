@@ -1,0 +1,118 @@
+//! pgbouncer's `max_db_connections` and `max_user_connections`: caps on the
+//! server connections to one database, or as one user, over all pools
+//! (users, nodes, startup parameters).
+//!
+//! Each new server connection takes a permit for its database and one for
+//! its user and keeps them until it is closed. When none is free, an idle
+//! connection of the same database (or user) in another pool is closed to
+//! make room — as pgbouncer does — and the client waits (within
+//! `query_wait_timeout`) for a permit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{PoolKey, Shared};
+
+/// What a limit counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Scope {
+    Database(String),
+    User(String),
+}
+
+/// The semaphores, one per database or user that has a limit.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionLimits {
+    semaphores: Mutex<HashMap<Scope, (usize, Arc<Semaphore>)>>,
+}
+
+impl ConnectionLimits {
+    /// The semaphore for `scope` with `limit` permits (made anew when the
+    /// limit changed with a RELOAD).
+    fn semaphore(&self, scope: &Scope, limit: usize) -> Arc<Semaphore> {
+        let mut map = self.semaphores.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(scope) {
+            Some((l, s)) if *l == limit => Arc::clone(s),
+            _ => {
+                let s = Arc::new(Semaphore::new(limit));
+                map.insert(scope.clone(), (limit, Arc::clone(&s)));
+                s
+            }
+        }
+    }
+}
+
+/// The permits a server connection holds while it is open.
+pub(crate) type Permits = Vec<OwnedSemaphorePermit>;
+
+impl Shared {
+    /// Permits for a new server connection to `database` as `user`, waiting
+    /// up to `wait`; `None` when none came free in time.
+    pub(crate) async fn connection_permits(
+        &self,
+        (max_db, max_user): (usize, usize),
+        database: &str,
+        user: &str,
+        wait: Duration,
+    ) -> Option<Permits> {
+        let mut permits = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        for (limit, scope) in [
+            (max_db, Scope::Database(database.to_owned())),
+            (max_user, Scope::User(user.to_owned())),
+        ] {
+            if limit == 0 {
+                continue;
+            }
+            let semaphore = self.limits.semaphore(&scope, limit);
+            // Connections hold their permits while idle in a pool: make room
+            // by closing one, and again while waiting, as servers are
+            // released by other clients.
+            let permit = loop {
+                if let Ok(p) = Arc::clone(&semaphore).try_acquire_owned() {
+                    break p;
+                }
+                self.close_one_idle(&scope);
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return None;
+                }
+                let step = (now + Duration::from_millis(100)).min(deadline);
+                if let Ok(Ok(p)) =
+                    tokio::time::timeout_at(step, Arc::clone(&semaphore).acquire_owned()).await
+                {
+                    break p;
+                }
+            };
+            permits.push(permit);
+        }
+        Some(permits)
+    }
+
+    /// Closes one idle server connection in `scope` (its permits go back).
+    fn close_one_idle(&self, scope: &Scope) {
+        let in_scope = |k: &PoolKey| match scope {
+            Scope::Database(d) => &k.database == d,
+            Scope::User(u) => &k.user == u,
+        };
+        let pools: Vec<_> = {
+            let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            pools
+                .iter()
+                .filter(|(k, _)| in_scope(k))
+                .map(|(_, p)| p.pool.clone())
+                .collect()
+        };
+        for pool in pools {
+            let taken = std::cell::Cell::new(false);
+            let one = pool.drain_idle_where(|_| !taken.replace(true));
+            if let Some(conn) = one.into_iter().next() {
+                conn.close_in_background();
+                return;
+            }
+        }
+    }
+}
