@@ -246,3 +246,24 @@ async fn max_db_and_user_connections_cap_servers_over_all_pools() {
     assert_eq!(servers.len(), 1, "one server for the user: {servers:?}");
     assert_ne!(servers[0].pid.to_string(), first);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_pool_size_keeps_servers_ready() {
+    let cluster = shared_cluster();
+    let pgherd = cluster.pgherd().general("min_pool_size = 3").start().await;
+    // The first client makes the pool (and shows how to open its servers).
+    let c = pgherd.app().await;
+    simple_value(&c, "SELECT 1").await;
+    drop(c);
+    eventually("the pool is topped up to 3 idle servers", async || {
+        pgherd
+            .handle
+            .pools()
+            .iter()
+            .any(|p| p.status.total == 3 && p.status.idle == 3)
+    })
+    .await;
+    // They are real, working connections.
+    let c = pgherd.app().await;
+    assert_eq!(simple_value(&c, "SELECT current_user").await, "app");
+}

@@ -103,6 +103,9 @@ pub struct General {
     pub auth_dbname: String,
     pub max_client_conn: usize,
     pub default_pool_size: usize,
+    /// Server connections each pool keeps open, idle or not (opened in the
+    /// background, like the pool's last one); 0: none.
+    pub min_pool_size: usize,
     /// Server connections to one (server) database over all pools; 0: no limit.
     pub max_db_connections: usize,
     /// Server connections as one (server) user over all pools; 0: no limit.
@@ -397,6 +400,7 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
         ("max_client_conn", g.max_client_conn.to_string()),
         ("default_pool_size", g.default_pool_size.to_string()),
         ("reserve_pool_size", g.reserve_pool_size.to_string()),
+        ("min_pool_size", g.min_pool_size.to_string()),
         ("max_db_connections", g.max_db_connections.to_string()),
         ("max_user_connections", g.max_user_connections.to_string()),
         ("reserve_pool_timeout", secs(g.reserve_pool_timeout)),
@@ -511,6 +515,7 @@ mod raw {
         pub reserve_pool_timeout: f64,
         pub max_db_connections: usize,
         pub max_user_connections: usize,
+        pub min_pool_size: usize,
         pub server_reset_query: String,
         pub server_idle_timeout: f64,
         pub server_lifetime: f64,
@@ -570,6 +575,7 @@ mod raw {
                 reserve_pool_timeout: 5.0,
                 max_db_connections: 0,
                 max_user_connections: 0,
+                min_pool_size: 0,
                 server_reset_query: "DISCARD ALL".into(),
                 // pgbouncer's defaults.
                 server_idle_timeout: 600.0,
@@ -794,6 +800,7 @@ mod raw {
                 default_pool_size: g.default_pool_size,
                 reserve_pool_size: g.reserve_pool_size,
                 max_db_connections: g.max_db_connections,
+                min_pool_size: g.min_pool_size,
                 max_user_connections: g.max_user_connections,
                 reserve_pool_timeout: seconds(
                     "pgherd.reserve_pool_timeout",

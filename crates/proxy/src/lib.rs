@@ -73,6 +73,17 @@ pub(crate) struct PoolEntry {
     pub(crate) stats: Arc<PoolStats>,
     /// The pool mode of the client that created it.
     pub(crate) mode: PoolMode,
+    /// How its last connection was opened: `min_pool_size` opens more the
+    /// same way.
+    pub(crate) template: Arc<Mutex<Option<Template>>>,
+}
+
+/// Startup parameters, credential and target of a pool's connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Template {
+    pub(crate) params: Vec<(String, String)>,
+    pub(crate) credential: ServerCredential,
+    pub(crate) target: Target,
 }
 
 /// State shared by every session of one proxy.
@@ -132,6 +143,7 @@ impl Shared {
                 pool: Pool::with_reserve(size, reserve),
                 stats: Arc::default(),
                 mode,
+                template: Arc::default(),
             })
             .clone()
     }
@@ -316,8 +328,9 @@ async fn average_stats(shared: std::sync::Weak<Shared>, period: std::time::Durat
     }
 }
 
-/// Closes idle server connections past `server_idle_timeout` or
-/// `server_lifetime`, looking every second (settings as reloaded).
+/// Every second (settings as reloaded): closes idle server connections
+/// past `server_idle_timeout` or `server_lifetime`, and tops pools up to
+/// `min_pool_size`.
 async fn sweep_idle_servers(shared: std::sync::Weak<Shared>) {
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -331,9 +344,6 @@ async fn sweep_idle_servers(shared: std::sync::Weak<Shared>) {
             config.general.server_idle_timeout,
             config.general.server_lifetime,
         );
-        if idle.is_none() && lifetime.is_none() {
-            continue;
-        }
         let pools: Vec<Pool<ServerConn>> = {
             let pools = shared.pools.lock().unwrap_or_else(|e| e.into_inner());
             pools.values().map(|p| p.pool.clone()).collect()
@@ -345,6 +355,9 @@ async fn sweep_idle_servers(shared: std::sync::Weak<Shared>) {
             for conn in pool.drain_idle_where(stale) {
                 conn.close_in_background();
             }
+        }
+        if config.general.min_pool_size > 0 {
+            session::fill_pools(&shared, &config).await;
         }
     }
 }

@@ -404,7 +404,7 @@ impl Upstream<'_> {
             let attempt = checkout(
                 self.shared,
                 self.config,
-                &entry.pool,
+                entry,
                 node,
                 target,
                 self.params,
@@ -925,7 +925,7 @@ async fn open(
 async fn checkout(
     shared: &Shared,
     config: &Config,
-    pool: &pgherd_pool::Pool<ServerConn>,
+    entry: &PoolEntry,
     node: usize,
     target: Target,
     params: &[(String, String)],
@@ -933,8 +933,9 @@ async fn checkout(
 ) -> Attempt<Guard<ServerConn>> {
     let general = &config.general;
     let wait = general.query_wait_timeout;
-    let checkout =
-        pool.checkout_with_reserve(wait, general.reserve_pool_timeout, |c| c.startup == params);
+    let checkout = entry
+        .pool
+        .checkout_with_reserve(wait, general.reserve_pool_timeout, |c| c.startup == params);
     let mut guard = match checkout.await {
         Ok(g) => g,
         Err(PoolError::Timeout(t)) => {
@@ -1006,6 +1007,13 @@ async fn checkout(
         Attempt::Usable(mut conn) => {
             conn.permits = permits;
             guard.set(conn);
+            if general.min_pool_size > 0 {
+                *entry.template.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::Template {
+                    params: params.to_vec(),
+                    credential: credential.clone(),
+                    target,
+                });
+            }
             Attempt::Usable(guard)
         }
         Attempt::Unusable(why) => Attempt::Unusable(why),
@@ -1018,6 +1026,71 @@ fn killed_by_admin() -> ErrorFields {
         "57P01",
         "terminating connection due to administrator command",
     )
+}
+
+/// `min_pool_size`: opens connections in pools below it, as their last
+/// one was opened, on nodes that still fit the pool's target. Stops at a
+/// pool's size and at `max_db_connections`/`max_user_connections`.
+pub(crate) async fn fill_pools(shared: &Shared, config: &Config) {
+    let entries: Vec<(PoolKey, PoolEntry)> = {
+        let pools = shared.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.iter().map(|(k, e)| (k.clone(), e.clone())).collect()
+    };
+    let topology = shared.cluster.topology();
+    let general = &config.general;
+    for (key, entry) in entries {
+        let template = entry
+            .template
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(t) = template else { continue };
+        let fits = match t.target {
+            Target::Primary | Target::Auto => topology.primary == Some(key.node),
+            Target::Replica => topology
+                .nodes
+                .get(key.node)
+                .is_some_and(|n| n.serves_reads()),
+        };
+        if !fits {
+            continue;
+        }
+        while entry.pool.status().total < general.min_pool_size {
+            let Ok(mut guard) = entry
+                .pool
+                .checkout(std::time::Duration::ZERO, |_| false)
+                .await
+            else {
+                break;
+            };
+            if let Some(evicted) = guard.take_evicted() {
+                // Full of other connections: nothing to add.
+                guard.set(evicted);
+                guard.release();
+                break;
+            }
+            let limits = (general.max_db_connections, general.max_user_connections);
+            let permits = if limits == (0, 0) {
+                Vec::new()
+            } else {
+                match shared
+                    .connection_permits(limits, &key.database, &key.user, std::time::Duration::ZERO)
+                    .await
+                {
+                    Some(p) => p,
+                    None => break,
+                }
+            };
+            match open(shared, key.node, t.target, t.params.clone(), &t.credential).await {
+                Attempt::Usable(mut conn) => {
+                    conn.permits = permits;
+                    guard.set(conn);
+                    guard.release();
+                }
+                _ => break,
+            }
+        }
+    }
 }
 
 /// `server_check_query` is due: the connection sat idle at least
