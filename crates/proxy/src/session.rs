@@ -524,12 +524,16 @@ async fn serve_client(
         // The unit as the client sent it, should the primary have to run it.
         let unit = (until == Until::ReadUnit).then(|| client.buf.clone());
         let mut state = ServerState::new();
-        // Fenced node or KILL: checked before anything more is relayed.
+        // Fenced node or KILL: checked before anything more is relayed. In
+        // transaction mode a kill is seen between transactions (above) and
+        // by the session's own select, so the relay of each transaction
+        // does not register a waiter for it.
         let me = &upstream.me;
+        let session_long = until == Until::ClientLeaves;
         let retire = async {
             tokio::select! {
                 reason = retire_when_fenced(shared.cluster.watch(), server.node) => reason,
-                () = me.killed() => "was left by a killed client".to_owned(),
+                () = me.killed(), if session_long => "was left by a killed client".to_owned(),
             }
         };
         let tracking = relay::Tracking {
