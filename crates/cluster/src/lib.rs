@@ -119,6 +119,11 @@ impl Cluster {
         self.schedule.reprobe.notify_waiters();
     }
 
+    /// What `pick` chooses in the current topology, without waiting.
+    pub fn pick_now<T>(&self, pick: impl Fn(&Topology) -> Option<T>) -> Option<T> {
+        pick(&self.topology.borrow())
+    }
+
     /// Waits up to `timeout` for a topology that satisfies `pick`, probing
     /// at once if the current one does not. Returns what `pick` chose, or
     /// the last topology seen.

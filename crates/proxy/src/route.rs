@@ -92,7 +92,9 @@ where
     Fut: std::future::Future<Output = Attempt<T>>,
 {
     let general = &config.general;
-    let deadline = tokio::time::Instant::now() + general.primary_wait_timeout;
+    // Read the clock only when there is something to wait for: the common
+    // case (a primary known, or a standby) never needs it.
+    let mut deadline: Option<tokio::time::Instant> = None;
     let mut failures: Vec<Failure> = Vec::new();
     let no_primary = |t: &Topology, failures: &[Failure], what: &str| {
         no_node_error("pgherd: no primary node is available", t, failures).with_hint(format!(
@@ -124,27 +126,39 @@ where
                 ))
             }
             None => {
-                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if remaining.is_zero() && !failures.is_empty() {
-                    // The primary the probes see keeps failing for this
-                    // client: primary_wait_timeout bounds the retries too.
-                    let t = shared.cluster.topology();
-                    return Err(no_primary(
-                        &t,
-                        &failures,
-                        "kept failing to connect to a primary",
-                    ));
-                }
-                let primary = shared
-                    .cluster
-                    .wait_for(remaining, |t| {
-                        t.primary.filter(|&p| {
-                            !failures
-                                .iter()
-                                .any(|f| f.node == p && f.version >= t.version)
-                        })
+                let usable = |t: &Topology| {
+                    t.primary.filter(|&p| {
+                        !failures
+                            .iter()
+                            .any(|f| f.node == p && f.version >= t.version)
                     })
-                    .await;
+                };
+                // The common case, nothing failed yet and a primary known:
+                // no clock read. After a failure the deadline applies.
+                let now_usable = failures
+                    .is_empty()
+                    .then(|| shared.cluster.pick_now(usable))
+                    .flatten();
+                let primary = match now_usable {
+                    Some(p) => Ok(p),
+                    None => {
+                        let now = tokio::time::Instant::now();
+                        let deadline = *deadline.get_or_insert(now + general.primary_wait_timeout);
+                        let remaining = deadline.saturating_duration_since(now);
+                        if remaining.is_zero() && !failures.is_empty() {
+                            // The primary the probes see keeps failing for
+                            // this client: primary_wait_timeout bounds the
+                            // retries too.
+                            let t = shared.cluster.topology();
+                            return Err(no_primary(
+                                &t,
+                                &failures,
+                                "kept failing to connect to a primary",
+                            ));
+                        }
+                        shared.cluster.wait_for(remaining, usable).await
+                    }
+                };
                 match primary {
                     Ok(p) => p,
                     Err(t) => return Err(no_primary(&t, &failures, "waited for a primary")),
