@@ -154,7 +154,7 @@ impl Client {
         &mut self,
         shared: &Shared,
         over_limit: bool,
-    ) -> Result<Authenticated, Refused> {
+    ) -> Result<Box<Authenticated>, Refused> {
         let startup = self.read_startup().await?;
         if over_limit {
             return Err(Refused::Fatal(ErrorFields::fatal(
@@ -211,14 +211,16 @@ impl Client {
         // `out` may still hold a NegotiateProtocolVersion (trust: nothing was sent yet).
         backend::authentication_ok(&mut out);
         self.stream.write_all(&out).await?;
-        Ok(Authenticated {
+        // Boxed: the session keeps it for its whole life, and moved inline
+        // through its futures it would be copied into each of them.
+        Ok(Box::new(Authenticated {
             startup,
             user,
             database,
             client_key,
             password,
             looked_up,
-        })
+        }))
     }
 
     /// md5 against the user's md5 secret. An unknown user is challenged all

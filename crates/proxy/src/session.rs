@@ -141,7 +141,7 @@ fn server_login(
 async fn run(
     shared: &Shared,
     client: &mut Client,
-    auth: Authenticated,
+    auth: Box<Authenticated>,
     listener_target: Target,
 ) -> Result<(), ErrorFields> {
     if crate::console::is_console(&auth.database) {
@@ -721,13 +721,9 @@ async fn wait_for_request(
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<bool, ErrorFields> {
     let going = || ErrorFields::fatal("57P01", "terminating connection: pgherd is shutting down");
-    let idle_for = async {
-        match idle_limit {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(idle_for);
+    // Allocated only with client_idle_timeout set: this is the state an
+    // idle client waits in, and a timer inline would grow every one.
+    let mut idle_for = idle_limit.map(|d| Box::pin(tokio::time::sleep(d)));
     loop {
         if client.buf.is_empty() && *shutdown.borrow() {
             return Err(going());
@@ -747,7 +743,10 @@ async fn wait_for_request(
                     }
                 }
                 _ = shutdown.wait_for(|going| *going) => return Err(going()),
-                () = &mut idle_for => return Err(ErrorFields::fatal(
+                () = async { match idle_for.as_mut() {
+                    Some(t) => t.as_mut().await,
+                    None => std::future::pending().await,
+                } } => return Err(ErrorFields::fatal(
                     "57P05",
                     "terminating connection due to idle-session timeout (client_idle_timeout)",
                 )),
