@@ -58,64 +58,49 @@ async fn login(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn md5_clients_with_an_auth_file() {
+async fn md5_and_plain_clients_with_an_auth_file() {
     let cluster = shared_cluster();
-    let pgherd = pgherd_with(cluster, "md5").await;
-    // md5 secret: md5 to the client, and the same secret logs in to the
-    // server (which stores md5 for md5user).
-    assert_eq!(
-        login(&pgherd, "md5user", MD5_PASSWORD, "postgres").await,
-        Ok("md5user".into())
-    );
-    // A SCRAM verifier: SCRAM to the client (pgbouncer's rule), the keys it
-    // proved log in to the server (which stores SCRAM for app).
-    assert_eq!(
-        login(&pgherd, "app", APP_PASSWORD, "app").await,
-        Ok("app".into())
-    );
-    // Wrong password and unknown user look the same.
-    assert_eq!(
-        login(&pgherd, "md5user", "wrong", "postgres").await,
-        Err("28P01".into())
-    );
-    assert_eq!(
-        login(&pgherd, "nobody", "x", "postgres").await,
-        Err("28P01".into())
-    );
-    // psql, too.
-    let out = psql(
-        &pgherd,
-        "md5user",
-        MD5_PASSWORD,
-        "postgres",
-        &["-c", "SELECT 7"],
-    )
-    .await;
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plain_clients_with_an_auth_file() {
-    let cluster = shared_cluster();
-    let pgherd = pgherd_with(cluster, "plain").await;
-    // Checked against the md5 secret; the password then logs in to the server.
-    assert_eq!(
-        login(&pgherd, "md5user", MD5_PASSWORD, "postgres").await,
-        Ok("md5user".into())
-    );
-    // Checked against the SCRAM verifier; SCRAM to the server with it.
-    assert_eq!(
-        login(&pgherd, "app", APP_PASSWORD, "app").await,
-        Ok("app".into())
-    );
-    assert_eq!(
-        login(&pgherd, "app", "wrong", "app").await,
-        Err("28P01".into())
-    );
-    assert_eq!(
-        login(&pgherd, "nobody", "x", "app").await,
-        Err("28P01".into())
-    );
+    for auth_type in ["md5", "plain"] {
+        let pgherd = pgherd_with(cluster, auth_type).await;
+        // md5user has an md5 secret: md5 checks the answer, plain the
+        // password; the secret (md5) or the password (plain) then logs in to
+        // the server, which stores md5 for md5user.
+        assert_eq!(
+            login(&pgherd, "md5user", MD5_PASSWORD, "postgres").await,
+            Ok("md5user".into()),
+            "{auth_type}"
+        );
+        // app has a SCRAM verifier: SCRAM to the client under md5
+        // (pgbouncer's rule), checked against the verifier under plain; the
+        // server stores SCRAM for app.
+        assert_eq!(
+            login(&pgherd, "app", APP_PASSWORD, "app").await,
+            Ok("app".into()),
+            "{auth_type}"
+        );
+        // Wrong password and unknown user look the same.
+        for (user, password) in [("md5user", "wrong"), ("app", "wrong"), ("nobody", "x")] {
+            assert_eq!(
+                login(&pgherd, user, password, "postgres").await,
+                Err("28P01".into()),
+                "{auth_type} {user}"
+            );
+        }
+        // psql, too.
+        let out = psql(
+            &pgherd,
+            "md5user",
+            MD5_PASSWORD,
+            "postgres",
+            &["-c", "SELECT 7"],
+        )
+        .await;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "7",
+            "{auth_type}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -192,18 +192,20 @@ impl Shared {
         self.shutdown_requested.notify_one();
     }
 
+    /// Handles to the pools of node `node` (taken out of the lock).
+    fn pools_on(&self, node: usize) -> Vec<Pool<ServerConn>> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools
+            .iter()
+            .filter(|(k, _)| k.node == node)
+            .map(|(_, p)| p.pool.clone())
+            .collect()
+    }
+
     /// Closes the idle server connections to node `node` (its role changed,
     /// or it went down): the next client gets a fresh one, or another node.
     fn drain_node(&self, node: usize) {
-        let pools: Vec<Pool<ServerConn>> = {
-            let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-            pools
-                .iter()
-                .filter(|(k, _)| k.node == node)
-                .map(|(_, p)| p.pool.clone())
-                .collect()
-        };
-        for pool in pools {
+        for pool in self.pools_on(node) {
             for conn in pool.drain_idle() {
                 conn.close_in_background();
             }
@@ -212,15 +214,7 @@ impl Shared {
 
     /// Closes the idle connections to node `node` that `RECONNECT` marked.
     pub(crate) fn close_idle_marked(&self, node: usize) {
-        let pools: Vec<Pool<ServerConn>> = {
-            let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-            pools
-                .iter()
-                .filter(|(k, _)| k.node == node)
-                .map(|(_, p)| p.pool.clone())
-                .collect()
-        };
-        for pool in pools {
+        for pool in self.pools_on(node) {
             let marked =
                 |c: &ServerConn| c.registered.as_ref().is_some_and(|r| r.info.close_needed());
             for conn in pool.drain_idle_where(marked) {
