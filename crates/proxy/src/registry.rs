@@ -215,17 +215,23 @@ impl DatabaseControl {
     /// Claims the right to use a server, waiting while the database is
     /// paused. The claim is counted before the pause flag is read, so a
     /// `PAUSE` that saw no server in use cannot be overtaken.
+    /// Not paused (every transaction): two atomic operations, no waiter
+    /// registered on the database's shared `Notify`.
     pub(crate) async fn enter(self: &Arc<Self>) -> InUse {
         loop {
-            let notified = self.resumed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             self.in_use.fetch_add(1, Ordering::SeqCst);
             if !self.paused.load(Ordering::SeqCst) {
                 return InUse(Arc::clone(self));
             }
             self.leave();
-            notified.await;
+            // Registered before the flag is read again, so a RESUME in
+            // between is not missed.
+            let notified = self.resumed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.paused.load(Ordering::SeqCst) {
+                notified.await;
+            }
         }
     }
 
