@@ -342,9 +342,11 @@ async fn sweep_idle_servers(shared: std::sync::Weak<Shared>) {
             let pools = shared.pools.lock().unwrap_or_else(|e| e.into_inner());
             pools.values().map(|p| p.pool.clone()).collect()
         };
+        let now = std::time::Instant::now();
         for pool in pools {
             let stale = |c: &ServerConn| {
-                idle.is_some_and(|t| c.idle_since.elapsed() >= t) || c.expired(lifetime)
+                idle.is_some_and(|t| now.saturating_duration_since(c.idle_since) >= t)
+                    || c.expired(lifetime, now)
             };
             for conn in pool.drain_idle_where(stale) {
                 conn.close_in_background();

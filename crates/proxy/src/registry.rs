@@ -12,10 +12,17 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use atomic_waker::AtomicWaker;
 use tokio::sync::Notify;
+
+/// One moment on both clocks: request times are kept as monotonic offsets
+/// from it (no wall-clock read per transaction) and shown as wall time.
+fn epoch() -> &'static (Instant, SystemTime) {
+    static EPOCH: std::sync::OnceLock<(Instant, SystemTime)> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(|| (Instant::now(), SystemTime::now()))
+}
 
 /// What a client is doing, pgbouncer's `SHOW CLIENTS` states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +45,7 @@ pub struct ClientInfo {
     pub connected: SystemTime,
     pub application_name: String,
     state: AtomicU8,
-    /// When it last asked for a server (µs since the Unix epoch); 0: never.
+    /// When it last asked for a server (µs after [`epoch`], plus one); 0: never.
     request_us: AtomicU64,
     /// Id of the server connection it holds; 0 when none.
     server: AtomicU64,
@@ -57,14 +64,13 @@ impl ClientInfo {
         }
     }
 
-    /// It asks for a server now: waiting until [`ClientInfo::served`].
-    pub(crate) fn wants_server(&self) {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros();
+    /// It asked for a server at `asked` (a clock the caller read anyway):
+    /// waiting until [`ClientInfo::served`].
+    pub(crate) fn wants_server(&self, asked: Instant) {
+        // +1: 0 means "never asked".
+        let us = asked.saturating_duration_since(epoch().0).as_micros() + 1;
         self.request_us
-            .store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+            .store(u64::try_from(us).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.state
             .store(ClientState::Waiting as u8, Ordering::Relaxed);
     }
@@ -79,12 +85,14 @@ impl ClientInfo {
     /// for a server.
     pub fn waiting_since(&self) -> (Option<Duration>, Option<SystemTime>) {
         let us = self.request_us.load(Ordering::Relaxed);
-        let asked = (us != 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_micros(us));
-        let waited = match (self.state(), asked) {
-            (ClientState::Waiting, Some(t)) => Some(t.elapsed().unwrap_or_default()),
-            _ => None,
-        };
-        (waited, asked)
+        if us == 0 {
+            return (None, None);
+        }
+        let since_epoch = Duration::from_micros(us - 1);
+        let (instant, wall) = epoch();
+        let waited =
+            (self.state() == ClientState::Waiting).then(|| (*instant + since_epoch).elapsed());
+        (waited, Some(*wall + since_epoch))
     }
 
     /// The server connection this client holds now, if any.

@@ -363,9 +363,10 @@ impl ServerConn {
         self.exchange(&out, 1, timeout).await
     }
 
-    /// Whether it has outlived `server_lifetime`.
-    pub(crate) fn expired(&self, lifetime: Option<Duration>) -> bool {
-        lifetime.is_some_and(|l| self.created.elapsed() >= l)
+    /// Whether it has outlived `server_lifetime` at `now` (a clock the
+    /// caller read anyway: this runs for every transaction).
+    pub(crate) fn expired(&self, lifetime: Option<Duration>, now: std::time::Instant) -> bool {
+        lifetime.is_some_and(|l| now.saturating_duration_since(self.created) >= l)
     }
 
     /// Sets session parameters on the idle server (transaction mode: a

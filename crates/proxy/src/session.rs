@@ -287,7 +287,7 @@ async fn run(
             let held = match mode {
                 PoolMode::Session => Some((first, first_lease)),
                 PoolMode::Transaction => {
-                    release(first, config.general.server_lifetime);
+                    release(first, config.general.server_lifetime, Instant::now());
                     drop(first_lease);
                     None
                 }
@@ -370,7 +370,7 @@ impl Upstream<'_> {
         want: Want,
     ) -> Result<(Guard<ServerConn>, Instant, Lease), ErrorFields> {
         let asked = Instant::now();
-        self.me.wants_server();
+        self.me.wants_server(asked);
         let in_use = self.control.enter().await;
         let result = self.connect(want, asked).await;
         self.me.served();
@@ -403,7 +403,7 @@ impl Upstream<'_> {
             let entry = self.entry(node);
             let attempt = checkout(
                 self.shared,
-                self.config,
+                (self.config, asked),
                 entry,
                 node,
                 target,
@@ -583,7 +583,7 @@ async fn serve_client(
                 if read_your_writes && want == Want::Primary {
                     wrote_at = Some(ended);
                 }
-                release(guard, config.general.server_lifetime);
+                release(guard, config.general.server_lifetime, ended);
                 if client.buf.is_empty() {
                     // An idle client holds no read buffer between transactions.
                     buffers::give(std::mem::take(&mut client.buf));
@@ -593,7 +593,7 @@ async fn serve_client(
             RelayEnd::ReadOnly => {
                 // The standby is idle and the client saw nothing: run the
                 // unit again on the primary.
-                release(guard, config.general.server_lifetime);
+                release(guard, config.general.server_lifetime, Instant::now());
                 if let Some(unit) = unit {
                     buffers::give(std::mem::replace(&mut client.buf, unit));
                 }
@@ -779,18 +779,19 @@ async fn retire_when_fenced(
 
 /// Gives a clean server back to its pool, or closes it when `RECONNECT`
 /// asked for that.
-/// Also closes one older than `server_lifetime`.
-fn release(mut guard: Guard<ServerConn>, lifetime: Option<std::time::Duration>) {
+/// Also closes one older than `server_lifetime`. `now` is when the
+/// transaction ended (read once for stats and for this).
+fn release(mut guard: Guard<ServerConn>, lifetime: Option<std::time::Duration>, now: Instant) {
     let Some(server) = guard.conn() else {
         return;
     };
-    let close = server.expired(lifetime)
+    let close = server.expired(lifetime, now)
         || server
             .registered
             .as_ref()
             .is_some_and(|r| r.info.close_needed());
     if !close {
-        server.idle_since = Instant::now();
+        server.idle_since = now;
         guard.release();
         return;
     }
@@ -819,7 +820,7 @@ async fn finish(
             .await
         {
             Ok(()) => {
-                release(guard, config.general.server_lifetime);
+                release(guard, config.general.server_lifetime, Instant::now());
                 return;
             }
             Err(e) => tracing::info!("server reset failed, closing the connection: {e}"),
@@ -925,9 +926,11 @@ async fn open(
 
 /// Takes a server for this client from `node`'s pool: an idle one opened
 /// with the same startup parameters, or a new one.
+/// `asked` is when the client asked (the clock for `server_lifetime` and
+/// `server_check_delay`, so checkout reads none of its own).
 async fn checkout(
     shared: &Shared,
-    config: &Config,
+    (config, asked): (&Config, Instant),
     entry: &PoolEntry,
     node: usize,
     target: Target,
@@ -960,9 +963,9 @@ async fn checkout(
     }
     if let Some(conn) = guard.conn() {
         let fit = conn.is_alive()
-            && !conn.expired(general.server_lifetime)
+            && !conn.expired(general.server_lifetime, asked)
             && !(target == Target::Primary && conn.is_standby());
-        if fit && !needs_check(conn, general) {
+        if fit && !needs_check(conn, general, asked) {
             return Attempt::Usable(guard);
         }
         if fit {
@@ -1098,9 +1101,9 @@ pub(crate) async fn fill_pools(shared: &Shared, config: &Config) {
 
 /// `server_check_query` is due: the connection sat idle at least
 /// `server_check_delay`.
-fn needs_check(conn: &ServerConn, general: &pgherd_config::General) -> bool {
+fn needs_check(conn: &ServerConn, general: &pgherd_config::General, now: Instant) -> bool {
     !general.server_check_query.is_empty()
-        && conn.idle_since.elapsed() >= general.server_check_delay
+        && now.saturating_duration_since(conn.idle_since) >= general.server_check_delay
 }
 
 /// A replication connection: no pooling, bytes relayed as they are until
