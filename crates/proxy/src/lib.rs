@@ -192,14 +192,19 @@ impl Shared {
         self.shutdown_requested.notify_one();
     }
 
-    /// Handles to the pools of node `node` (taken out of the lock).
-    fn pools_on(&self, node: usize) -> Vec<Pool<ServerConn>> {
+    /// Handles to the pools whose key `keep` accepts (taken out of the
+    /// lock, so connections can be closed without holding it).
+    pub(crate) fn pools_where(&self, keep: impl Fn(&PoolKey) -> bool) -> Vec<Pool<ServerConn>> {
         let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools
             .iter()
-            .filter(|(k, _)| k.node == node)
+            .filter(|(k, _)| keep(k))
             .map(|(_, p)| p.pool.clone())
             .collect()
+    }
+
+    fn pools_on(&self, node: usize) -> Vec<Pool<ServerConn>> {
+        self.pools_where(|k| k.node == node)
     }
 
     /// Closes the idle server connections to node `node` (its role changed,
@@ -338,12 +343,8 @@ async fn sweep_idle_servers(shared: std::sync::Weak<Shared>) {
             config.general.server_idle_timeout,
             config.general.server_lifetime,
         );
-        let pools: Vec<Pool<ServerConn>> = {
-            let pools = shared.pools.lock().unwrap_or_else(|e| e.into_inner());
-            pools.values().map(|p| p.pool.clone()).collect()
-        };
         let now = std::time::Instant::now();
-        for pool in pools {
+        for pool in shared.pools_where(|_| true) {
             let stale = |c: &ServerConn| {
                 idle.is_some_and(|t| now.saturating_duration_since(c.idle_since) >= t)
                     || c.expired(lifetime, now)

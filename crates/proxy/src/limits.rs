@@ -98,14 +98,7 @@ impl Shared {
             Scope::Database(d) => &k.database == d,
             Scope::User(u) => &k.user == u,
         };
-        let pools: Vec<_> = {
-            let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-            pools
-                .iter()
-                .filter(|(k, _)| in_scope(k))
-                .map(|(_, p)| p.pool.clone())
-                .collect()
-        };
+        let pools = self.pools_where(in_scope);
         for pool in pools {
             let taken = std::cell::Cell::new(false);
             let one = pool.drain_idle_where(|_| !taken.replace(true));
