@@ -220,3 +220,44 @@ async fn auth_query_users_log_in_with_scram_and_md5() {
 
     cluster.pg.sql(0, "DROP ROLE expired_role").unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_auth_query_refuses_only_looked_up_users() {
+    let cluster = shared_cluster();
+    // auth_user's password is wrong: no lookup can succeed.
+    let pgherd = cluster
+        .pgherd()
+        .user("postgres = { password = \"not-the-password\" }")
+        .general("auth_user = \"postgres\"")
+        .start()
+        .await;
+    // A user known only to the server gets the ordinary 28P01...
+    cluster
+        .pg
+        .sql(0, "DROP ROLE IF EXISTS lookup_only; CREATE ROLE lookup_only LOGIN PASSWORD 'lookup-secret'")
+        .unwrap();
+    assert_eq!(
+        login(&pgherd, "lookup_only", "lookup-secret", "postgres").await,
+        Err("28P01".into())
+    );
+    // ...and users from the config still log in.
+    assert_eq!(
+        login(&pgherd, "app", APP_PASSWORD, "app").await,
+        Ok("app".into())
+    );
+    // With the right auth_user password the same user gets in.
+    let working = cluster
+        .pgherd()
+        .user(&format!(
+            "postgres = {{ password = \"{}\" }}",
+            cluster.pg.superuser_password()
+        ))
+        .general("auth_user = \"postgres\"")
+        .start()
+        .await;
+    assert_eq!(
+        login(&working, "lookup_only", "lookup-secret", "postgres").await,
+        Ok("lookup_only".into())
+    );
+    cluster.pg.sql(0, "DROP ROLE lookup_only").unwrap();
+}

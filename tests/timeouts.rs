@@ -267,3 +267,24 @@ async fn min_pool_size_keeps_servers_ready() {
     let c = pgherd.app().await;
     assert_eq!(simple_value(&c, "SELECT current_user").await, "app");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_limit_that_never_frees_ends_in_53300() {
+    let cluster = shared_cluster();
+    let pgherd = cluster
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("max_db_connections = 1")
+        .general("query_wait_timeout = 0.5")
+        .start()
+        .await;
+    let holder = pgherd.app().await;
+    let waiter = pgherd.app().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let err = waiter.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("53300"), "{err}");
+    // The holder is unaffected and the server is not lost.
+    holder.batch_execute("COMMIT").await.unwrap();
+    let again = pgherd.app().await;
+    assert_eq!(simple_value(&again, "SELECT 1").await, "1");
+}
