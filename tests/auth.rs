@@ -261,3 +261,56 @@ async fn a_failing_auth_query_refuses_only_looked_up_users() {
     );
     cluster.pg.sql(0, "DROP ROLE lookup_only").unwrap();
 }
+
+/// `server_login_retry`: once the server refused a pool's login, the pool's
+/// clients get that error (with a hint) without pgherd trying again, until
+/// the retry time has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_server_login_waits_for_server_login_retry() {
+    let cluster = shared_cluster();
+    // pgherd's password for md5user is not the server's: clients log in to
+    // pgherd with it, and the server refuses pgherd.
+    let pgherd = cluster
+        .pgherd()
+        .without_users()
+        .user("md5user = { password = \"not-the-servers\" }")
+        .user(&format!(
+            "app = {{ password = \"{}\" }}",
+            cluster.app_verifier
+        ))
+        .general("server_login_retry = 1")
+        .start()
+        .await;
+    let hint = |e: &tokio_postgres::Error| {
+        e.as_db_error()
+            .and_then(|d| d.hint())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let first = pgherd
+        .connect("md5user", "not-the-servers", "postgres")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&first), Some("28P01"), "{first}");
+    assert!(!hint(&first).contains("server_login_retry"), "{first:?}");
+
+    let again = pgherd
+        .connect("md5user", "not-the-servers", "postgres")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&again), Some("28P01"), "{again}");
+    assert!(hint(&again).contains("server_login_retry"), "{again:?}");
+
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let later = pgherd
+        .connect("md5user", "not-the-servers", "postgres")
+        .await
+        .unwrap_err();
+    assert!(
+        !hint(&later).contains("server_login_retry"),
+        "tried again: {later:?}"
+    );
+    // Other users' pools are not affected.
+    let app = pgherd.connect("app", APP_PASSWORD, "app").await.unwrap();
+    assert_eq!(simple_value(&app, "SELECT 1").await, "1");
+}

@@ -222,7 +222,8 @@ fn fill(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
         registry,
         "pgherd_login_failures_total",
         "Logins refused, by reason: auth (28P01/28000), limit (max_client_conn), \
-         protocol (08P01), timeout (client_login_timeout).",
+         protocol (08P01), timeout (client_login_timeout), tls (handshake failed, or TLS \
+         required and not used).",
         &["reason"],
     )?;
     let f = proxy.login_failures();
@@ -231,6 +232,7 @@ fn fill(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
         ("limit", &f.limit),
         ("protocol", &f.protocol),
         ("timeout", &f.timeout),
+        ("tls", &f.tls),
     ] {
         failures
             .with_label_values(&[reason])

@@ -45,9 +45,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts probing every node of `config` on the current tokio runtime.
+    /// Starts probing every node of `config` on the current tokio runtime,
+    /// connecting with `tls` (`server_tls_*`).
     /// Fails only when the state file exists but cannot be read.
-    pub fn start(config: &Config) -> std::io::Result<Cluster> {
+    pub fn start(config: &Config, tls: &pgherd_tls::ServerTls) -> std::io::Result<Cluster> {
         let probe = &config.general.probe;
         let state_file = config.general.state_file.clone();
         let remembered = match &state_file {
@@ -76,7 +77,7 @@ impl Cluster {
         let schedule = Arc::new(probe::Schedule::new(probe));
         let (results_tx, results_rx) = mpsc::channel(config.nodes.len() * 4);
         for (i, node) in config.nodes.iter().enumerate() {
-            let target = probe::ProbeTarget::new(node, probe);
+            let target = probe::ProbeTarget::new(node, probe, tls);
             tokio::spawn(probe::run(
                 i,
                 target,

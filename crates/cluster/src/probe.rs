@@ -31,10 +31,12 @@ SELECT pg_is_in_recovery(),
 #[derive(Debug, Clone)]
 pub struct ProbeTarget {
     config: tokio_postgres::Config,
+    /// `server_tls_*`: probes connect as sessions do.
+    tls: pgherd_tls::PostgresTls,
 }
 
 impl ProbeTarget {
-    pub fn new(node: &Node, probe: &Probe) -> Self {
+    pub fn new(node: &Node, probe: &Probe, tls: &pgherd_tls::ServerTls) -> Self {
         let mut config = tokio_postgres::Config::new();
         config
             .host(&node.host)
@@ -42,11 +44,15 @@ impl ProbeTarget {
             .user(&probe.user)
             .dbname(&probe.database)
             .application_name("pgherd probe")
-            .connect_timeout(probe.timeout);
+            .connect_timeout(probe.timeout)
+            .ssl_mode(tls.postgres_ssl_mode());
         if let Some(p) = &probe.password {
             config.password(p.expose());
         }
-        ProbeTarget { config }
+        ProbeTarget {
+            config,
+            tls: tls.for_postgres(),
+        }
     }
 }
 
@@ -138,7 +144,7 @@ async fn probe_once(
     if session.as_ref().is_none_or(|s| s.client.is_closed()) {
         let (client, connection) = target
             .config
-            .connect(tokio_postgres::NoTls)
+            .connect(target.tls.clone())
             .await
             .map_err(|e| describe(&e))?;
         tokio::spawn(async move {

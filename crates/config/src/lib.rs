@@ -133,6 +133,9 @@ pub struct General {
     /// disconnected (their server rolled back or closed); `None`: never.
     pub idle_transaction_timeout: Option<Duration>,
     pub server_connect_timeout: Duration,
+    /// After a server refused a pool's login, clients of that pool get the
+    /// same error for this long instead of another attempt each.
+    pub server_login_retry: Duration,
     pub query_wait_timeout: Duration,
     pub client_login_timeout: Duration,
     pub max_packet_size: usize,
@@ -171,6 +174,11 @@ pub struct General {
     /// Where pgherd remembers the highest timeline it has seen, so a
     /// restarted pgherd still fences an old primary that comes back first.
     pub state_file: Option<std::path::PathBuf>,
+    /// TLS towards clients (`client_tls_*`).
+    pub client_tls: Tls,
+    /// TLS towards PostgreSQL (`server_tls_*`), for sessions, probes and
+    /// `auth_query` alike.
+    pub server_tls: Tls,
     pub probe: Probe,
 }
 
@@ -230,6 +238,110 @@ pub enum AdminAuth {
     /// Everything but the health checks.
     #[serde(rename = "all")]
     All,
+}
+
+/// TLS on one side of pgherd: `client_tls_*` (pgherd is the TLS server,
+/// clients connect to it) or `server_tls_*` (pgherd connects to PostgreSQL).
+/// pgbouncer's names and modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP. Towards clients, an SSLRequest is answered "no".
+    Disable,
+    /// Clients: TLS if the client asks. Servers: plain first, TLS when the
+    /// server refuses a plain login (libpq's `allow`).
+    Allow,
+    /// Clients: as `allow`. Servers: TLS when the server offers it, no
+    /// certificate check.
+    Prefer,
+    /// TLS or nothing; no certificate check.
+    Require,
+    /// TLS with a certificate signed by `*_tls_ca_file`.
+    VerifyCa,
+    /// Servers: `verify-ca` plus the node's host name (or IP) must match
+    /// the certificate. Clients: as `verify-ca` (pgbouncer's rule).
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The name as written in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether the peer's certificate must chain to the CA file.
+    pub fn verifies(self) -> bool {
+        self >= SslMode::VerifyCa
+    }
+}
+
+/// The TLS versions one side accepts. rustls implements 1.2 and 1.3 only,
+/// so pgbouncer's `all` and `legacy` mean these two here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsProtocols {
+    pub tls12: bool,
+    pub tls13: bool,
+}
+
+impl TlsProtocols {
+    fn parse(key: &str, value: &str) -> Result<TlsProtocols, ConfigError> {
+        let mut p = TlsProtocols {
+            tls12: false,
+            tls13: false,
+        };
+        for word in value.split([',', ' ', ':']).filter(|w| !w.is_empty()) {
+            match word.to_ascii_lowercase().as_str() {
+                "secure" | "all" | "legacy" => {
+                    p.tls12 = true;
+                    p.tls13 = true;
+                }
+                "tlsv1.2" => p.tls12 = true,
+                "tlsv1.3" => p.tls13 = true,
+                "tlsv1.0" | "tlsv1.1" => {}
+                other => {
+                    return Err(invalid(
+                        key,
+                        format!("unknown TLS protocol {other:?} (secure, tlsv1.2, tlsv1.3)"),
+                    ))
+                }
+            }
+        }
+        if !(p.tls12 || p.tls13) {
+            return Err(invalid(
+                key,
+                "allow tlsv1.2 or tlsv1.3 (TLS 1.0 and 1.1 are not implemented: they are insecure)",
+            ));
+        }
+        Ok(p)
+    }
+
+    fn name(self) -> String {
+        match (self.tls12, self.tls13) {
+            (true, true) => "secure".into(),
+            (true, false) => "tlsv1.2".into(),
+            _ => "tlsv1.3".into(),
+        }
+    }
+}
+
+/// One side's TLS settings (`client_tls_*` or `server_tls_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub sslmode: SslMode,
+    /// pgherd's private key and certificate chain: required towards
+    /// clients; towards servers, a client certificate (optional).
+    pub key_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The CA that signs the peer's certificates (`verify-ca`, `verify-full`).
+    pub ca_file: Option<std::path::PathBuf>,
+    pub protocols: TlsProtocols,
 }
 
 /// How reads are spread over the usable standbys (haproxy's `balance`).
@@ -368,6 +480,11 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
     // Unset timeouts show as 0, as they are written.
     let opt_secs = |d: Option<Duration>| d.map(secs).unwrap_or_else(|| "0".into());
     let list = |v: &[String]| v.join(",");
+    let file = |f: &Option<std::path::PathBuf>| {
+        f.as_ref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_default()
+    };
     let p = &g.probe;
     vec![
         ("listen_addr", g.listen_addr.to_string()),
@@ -390,13 +507,7 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
         ("auth_user", g.auth_user.clone().unwrap_or_default()),
         ("auth_query", g.auth_query.clone()),
         ("auth_dbname", g.auth_dbname.clone()),
-        (
-            "auth_file",
-            g.auth_file
-                .as_ref()
-                .map(|f| f.display().to_string())
-                .unwrap_or_default(),
-        ),
+        ("auth_file", file(&g.auth_file)),
         ("max_client_conn", g.max_client_conn.to_string()),
         ("default_pool_size", g.default_pool_size.to_string()),
         ("reserve_pool_size", g.reserve_pool_size.to_string()),
@@ -415,6 +526,7 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
             opt_secs(g.idle_transaction_timeout),
         ),
         ("server_connect_timeout", secs(g.server_connect_timeout)),
+        ("server_login_retry", secs(g.server_login_retry)),
         ("query_wait_timeout", secs(g.query_wait_timeout)),
         ("client_login_timeout", secs(g.client_login_timeout)),
         ("max_packet_size", g.max_packet_size.to_string()),
@@ -448,13 +560,17 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
                 AdminAuth::All => "all".into(),
             },
         ),
-        (
-            "state_file",
-            g.state_file
-                .as_ref()
-                .map(|f| f.display().to_string())
-                .unwrap_or_default(),
-        ),
+        ("state_file", file(&g.state_file)),
+        ("client_tls_sslmode", g.client_tls.sslmode.name().into()),
+        ("client_tls_key_file", file(&g.client_tls.key_file)),
+        ("client_tls_cert_file", file(&g.client_tls.cert_file)),
+        ("client_tls_ca_file", file(&g.client_tls.ca_file)),
+        ("client_tls_protocols", g.client_tls.protocols.name()),
+        ("server_tls_sslmode", g.server_tls.sslmode.name().into()),
+        ("server_tls_key_file", file(&g.server_tls.key_file)),
+        ("server_tls_cert_file", file(&g.server_tls.cert_file)),
+        ("server_tls_ca_file", file(&g.server_tls.ca_file)),
+        ("server_tls_protocols", g.server_tls.protocols.name()),
         ("probe_user", p.user.clone()),
         (
             "probe_password",
@@ -524,6 +640,7 @@ mod raw {
         pub client_idle_timeout: f64,
         pub idle_transaction_timeout: f64,
         pub server_connect_timeout: f64,
+        pub server_login_retry: f64,
         pub query_wait_timeout: f64,
         pub client_login_timeout: f64,
         pub max_packet_size: usize,
@@ -540,6 +657,16 @@ mod raw {
         pub stats_users: Vec<String>,
         pub admin_auth: AdminAuth,
         pub state_file: Option<String>,
+        pub client_tls_sslmode: SslMode,
+        pub client_tls_key_file: Option<String>,
+        pub client_tls_cert_file: Option<String>,
+        pub client_tls_ca_file: Option<String>,
+        pub client_tls_protocols: String,
+        pub server_tls_sslmode: SslMode,
+        pub server_tls_key_file: Option<String>,
+        pub server_tls_cert_file: Option<String>,
+        pub server_tls_ca_file: Option<String>,
+        pub server_tls_protocols: String,
         pub probe_user: Option<String>,
         pub probe_password: Option<String>,
         pub probe_database: String,
@@ -585,6 +712,7 @@ mod raw {
                 client_idle_timeout: 0.0,
                 idle_transaction_timeout: 0.0,
                 server_connect_timeout: 15.0,
+                server_login_retry: 15.0,
                 query_wait_timeout: 120.0,
                 client_login_timeout: 60.0,
                 // PostgreSQL's own limit for a message (PQ_LARGE_MESSAGE_LIMIT).
@@ -603,6 +731,17 @@ mod raw {
                 stats_users: Vec::new(),
                 admin_auth: AdminAuth::Control,
                 state_file: None,
+                // pgbouncer's defaults.
+                client_tls_sslmode: SslMode::Disable,
+                client_tls_key_file: None,
+                client_tls_cert_file: None,
+                client_tls_ca_file: None,
+                client_tls_protocols: "secure".into(),
+                server_tls_sslmode: SslMode::Disable,
+                server_tls_key_file: None,
+                server_tls_cert_file: None,
+                server_tls_ca_file: None,
+                server_tls_protocols: "secure".into(),
                 probe_user: None,
                 probe_password: None,
                 probe_database: "postgres".into(),
@@ -678,6 +817,46 @@ mod raw {
     fn optional(key: &str, v: f64) -> Result<Option<Duration>, ConfigError> {
         let d = seconds(key, v)?;
         Ok((!d.is_zero()).then_some(d))
+    }
+
+    /// One side's TLS settings, checked for what its mode needs.
+    fn tls_side(
+        side: &str,
+        sslmode: SslMode,
+        [key_file, cert_file, ca_file]: [Option<String>; 3],
+        protocols: &str,
+    ) -> Result<super::Tls, ConfigError> {
+        let key = |k: &str| format!("pgherd.{side}_tls_{k}");
+        let path = |v: Option<String>| v.filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+        let tls = super::Tls {
+            sslmode,
+            key_file: path(key_file),
+            cert_file: path(cert_file),
+            ca_file: path(ca_file),
+            protocols: TlsProtocols::parse(&key("protocols"), protocols)?,
+        };
+        if tls.key_file.is_some() != tls.cert_file.is_some() {
+            return Err(invalid(
+                key("key_file"),
+                "set both key_file and cert_file, or neither",
+            ));
+        }
+        if side == "client" && sslmode != SslMode::Disable && tls.key_file.is_none() {
+            return Err(invalid(
+                key("sslmode"),
+                format!(
+                    "{} needs client_tls_key_file and client_tls_cert_file (pgherd's certificate)",
+                    sslmode.name()
+                ),
+            ));
+        }
+        if sslmode.verifies() && tls.ca_file.is_none() {
+            return Err(invalid(
+                key("sslmode"),
+                format!("{} needs {side}_tls_ca_file", sslmode.name()),
+            ));
+        }
+        Ok(tls)
     }
 
     fn positive(key: &str, v: f64) -> Result<Duration, ConfigError> {
@@ -820,6 +999,7 @@ mod raw {
                     "pgherd.server_connect_timeout",
                     g.server_connect_timeout,
                 )?,
+                server_login_retry: seconds("pgherd.server_login_retry", g.server_login_retry)?,
                 query_wait_timeout: seconds("pgherd.query_wait_timeout", g.query_wait_timeout)?,
                 client_login_timeout: seconds(
                     "pgherd.client_login_timeout",
@@ -842,6 +1022,26 @@ mod raw {
                 stats_users: g.stats_users,
                 admin_auth: g.admin_auth,
                 state_file: g.state_file.map(std::path::PathBuf::from),
+                client_tls: tls_side(
+                    "client",
+                    g.client_tls_sslmode,
+                    [
+                        g.client_tls_key_file,
+                        g.client_tls_cert_file,
+                        g.client_tls_ca_file,
+                    ],
+                    &g.client_tls_protocols,
+                )?,
+                server_tls: tls_side(
+                    "server",
+                    g.server_tls_sslmode,
+                    [
+                        g.server_tls_key_file,
+                        g.server_tls_cert_file,
+                        g.server_tls_ca_file,
+                    ],
+                    &g.server_tls_protocols,
+                )?,
                 probe: Probe {
                     user: g.probe_user.ok_or_else(|| {
                         invalid(
@@ -1001,6 +1201,50 @@ mod tests {
         name = "pg1"
         host = "127.0.0.1"
     "#;
+
+    #[test]
+    fn tls_settings_are_checked_for_what_their_mode_needs() {
+        let parse = |lines: &str| {
+            Config::parse(&format!(
+                "[pgherd]\nprobe_user = \"p\"\n{lines}\n[[nodes]]\nname = \"a\"\nhost = \"h\""
+            ))
+        };
+        let c = parse("").unwrap();
+        assert_eq!(c.general.client_tls.sslmode, SslMode::Disable);
+        assert_eq!(c.general.server_tls.sslmode, SslMode::Disable);
+
+        let e = parse("client_tls_sslmode = \"require\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("client_tls_key_file"), "{e}");
+        let e = parse(
+            "client_tls_sslmode = \"verify-ca\"\nclient_tls_key_file = \"k\"\n\
+             client_tls_cert_file = \"c\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("client_tls_ca_file"), "{e}");
+        let e = parse("server_tls_sslmode = \"verify-full\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server_tls_ca_file"), "{e}");
+        let e = parse("server_tls_key_file = \"k\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("both"), "{e}");
+        assert!(parse("server_tls_sslmode = \"prefer\"").is_ok());
+        assert!(parse("server_tls_sslmode = \"sometimes\"").is_err());
+
+        let p = parse("client_tls_protocols = \"tlsv1.3\"").unwrap();
+        let tls13 = p.general.client_tls.protocols;
+        assert!(tls13.tls13 && !tls13.tls12);
+        let all = parse("server_tls_protocols = \"all\"").unwrap();
+        assert!(all.general.server_tls.protocols.tls12);
+        let e = parse("client_tls_protocols = \"tlsv1.0,tlsv1.1\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not implemented"), "{e}");
+    }
 
     #[test]
     fn defaults_follow_pgbouncer() {

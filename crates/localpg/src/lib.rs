@@ -68,6 +68,18 @@ pub struct ClusterSpec {
     pub trust_users: Vec<String>,
     /// Extra `postgresql.conf` lines for every node.
     pub extra_conf: Vec<String>,
+    /// `pg_hba.conf` lines checked before the defaults (first match wins).
+    pub hba_first: Vec<String>,
+    /// Turns on TLS (`ssl = on`) with this certificate and key.
+    pub ssl: Option<SslFiles>,
+}
+
+/// A server certificate and its key (PEM files), for [`ClusterSpec::ssl`].
+/// They are copied, so PostgreSQL owns its copy of the key.
+#[derive(Debug, Clone)]
+pub struct SslFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for ClusterSpec {
@@ -77,6 +89,8 @@ impl Default for ClusterSpec {
             superuser_password: "postgres".into(),
             trust_users: Vec::new(),
             extra_conf: Vec::new(),
+            hba_first: Vec::new(),
+            ssl: None,
         }
     }
 }
@@ -325,7 +339,10 @@ impl LocalCluster {
                 .arg(format!("--pwfile={}", pwfile.display()))
                 .args(["-E", "UTF8", "--locale=C", "--no-sync"]),
         )?;
-        let conf = self.postgresql_conf();
+        let mut conf = self.postgresql_conf();
+        if let Some(ssl) = &self.spec.ssl {
+            conf.push_str(&self.install_ssl_files(ssl)?);
+        }
         append(&node.data_dir.join("postgresql.conf"), &conf)?;
         std::fs::write(node.data_dir.join("pg_hba.conf"), self.pg_hba_conf())
             .map_err(io_err("write pg_hba.conf"))?;
@@ -386,8 +403,32 @@ impl LocalCluster {
         conf
     }
 
+    /// Copies the certificate and key where every node reads them, owned by
+    /// the server's user and private (PostgreSQL refuses a key others can
+    /// read); returns the `postgresql.conf` lines that use them.
+    fn install_ssl_files(&self, ssl: &SslFiles) -> Result<String, LocalPgError> {
+        use std::os::unix::fs::PermissionsExt;
+        let cert = self.dir.path().join("server.crt");
+        let key = self.dir.path().join("server.key");
+        for (from, to) in [(&ssl.cert, &cert), (&ssl.key, &key)] {
+            std::fs::copy(from, to).map_err(io_err(format!("copy {}", from.display())))?;
+            std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600))
+                .map_err(io_err(format!("chmod {}", to.display())))?;
+            RunAs::chown(self.run_as, to)?;
+        }
+        Ok(format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            cert.display(),
+            key.display()
+        ))
+    }
+
     fn pg_hba_conf(&self) -> String {
         let mut hba = String::from("local all all trust\n");
+        for line in &self.spec.hba_first {
+            hba.push_str(line);
+            hba.push('\n');
+        }
         for u in &self.spec.trust_users {
             hba.push_str(&format!("host all {u} 127.0.0.1/32 trust\n"));
         }

@@ -67,7 +67,8 @@ impl AuthQuery {
                     tracing::warn!("auth_query for {name:?}: no primary to ask");
                     return None;
                 };
-                match open(config, auth_user, node).await {
+                let tls = &shared.tls().server;
+                match open(config, tls, auth_user, node).await {
                     Ok(l) => *conn = Some(l),
                     Err(e) => {
                         tracing::warn!("auth_query: cannot log in as auth_user {auth_user:?}: {e}");
@@ -95,7 +96,12 @@ impl AuthQuery {
     }
 }
 
-async fn open(config: &Config, auth_user: &str, node: usize) -> Result<Lookup, String> {
+async fn open(
+    config: &Config,
+    tls: &pgherd_tls::ServerTls,
+    auth_user: &str,
+    node: usize,
+) -> Result<Lookup, String> {
     let n = &config.nodes[node];
     let password = config
         .users
@@ -111,9 +117,10 @@ async fn open(config: &Config, auth_user: &str, node: usize) -> Result<Lookup, S
         .password(password.expose())
         .dbname(&config.general.auth_dbname)
         .application_name("pgherd auth_query")
-        .connect_timeout(config.general.server_connect_timeout);
+        .connect_timeout(config.general.server_connect_timeout)
+        .ssl_mode(tls.postgres_ssl_mode());
     let (client, connection) = pg
-        .connect(tokio_postgres::NoTls)
+        .connect(tls.for_postgres())
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(async move {

@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use pgherd_auth::{ScramError, ScramServer};
 use pgherd_config::AuthType;
+use pgherd_tls::{ClientTls, Stream};
 use pgherd_wire::backend::{self, ErrorFields};
 use pgherd_wire::startup::{StartupMessage, StartupPacket};
 use pgherd_wire::{decode_startup, frontend, next_frame, Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::Shared;
@@ -25,7 +26,7 @@ const LOGIN_MESSAGE_LIMIT: usize = 8 * 1024;
 /// last login message (a pipelining driver) stay in `buf` for the session.
 #[derive(Debug)]
 pub(crate) struct Client {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     pub(crate) buf: BytesMut,
     pub(crate) peer: SocketAddr,
 }
@@ -53,6 +54,19 @@ pub(crate) enum Refused {
     Cancel { pid: i32, secret: Bytes },
     /// The client went away or broke the connection; nothing to say.
     Gone,
+    /// The TLS handshake failed (a client that does not trust pgherd's
+    /// certificate, or has no valid one of its own): nothing can be said.
+    Handshake(std::io::Error),
+    /// TLS is required and the client logged in without: tell it, then close.
+    TlsRequired(ErrorFields),
+    /// `client_login_timeout` passed before encryption was settled (the
+    /// client was told when it could be).
+    TimedOut,
+}
+
+/// What a client hears when its login takes longer than `client_login_timeout`.
+pub(crate) fn login_timeout() -> ErrorFields {
+    ErrorFields::fatal("08P01", "client_login_timeout: login took too long")
 }
 
 impl From<std::io::Error> for Refused {
@@ -72,12 +86,60 @@ fn protocol_violation(message: impl Into<String>) -> Refused {
     Refused::Fatal(ErrorFields::fatal("08P01", message))
 }
 
+/// PostgreSQL's SSLRequest and GSSENCRequest codes.
+const SSL_REQUEST_CODE: u32 = 80_877_103;
+const GSSENC_REQUEST_CODE: u32 = 80_877_104;
+
 impl Client {
-    pub(crate) fn new(stream: TcpStream, peer: SocketAddr) -> Client {
-        Client {
-            stream,
-            buf: BytesMut::with_capacity(1024),
-            peer,
+    /// A new connection, before anything is read: negotiates encryption
+    /// (`client_tls_sslmode`). An SSLRequest is answered `S` and followed
+    /// by a TLS handshake when TLS is on, `N` otherwise; a GSSENCRequest
+    /// always gets `N`. What else the client sent first stays in the
+    /// buffer for [`Client::login`].
+    /// Gives up at `deadline` (`client_login_timeout`).
+    pub(crate) async fn accept(
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        tls: &ClientTls,
+        deadline: tokio::time::Instant,
+    ) -> Result<Client, Refused> {
+        let mut buf = BytesMut::with_capacity(1024);
+        loop {
+            // Every startup packet begins with its length and a code: eight
+            // bytes, read exactly, so nothing meant for TLS is read here.
+            let mut head = [0u8; 8];
+            match tokio::time::timeout_at(deadline, tcp.read_exact(&mut head)).await {
+                Ok(read) => read?,
+                Err(_) => {
+                    let mut out = BytesMut::new();
+                    login_timeout().encode(&mut out);
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut tcp, &out).await;
+                    return Err(Refused::TimedOut);
+                }
+            };
+            let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+            let is_request = head[..4] == 8u32.to_be_bytes();
+            match code {
+                SSL_REQUEST_CODE if is_request && tls.offered() => {
+                    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"S").await?;
+                    let stream = tokio::time::timeout_at(deadline, tls.accept(tcp))
+                        .await
+                        .map_err(|_| Refused::TimedOut)?
+                        .map_err(Refused::Handshake)?;
+                    return Ok(Client { stream, buf, peer });
+                }
+                SSL_REQUEST_CODE | GSSENC_REQUEST_CODE if is_request => {
+                    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"N").await?;
+                }
+                _ => {
+                    buf.extend_from_slice(&head);
+                    return Ok(Client {
+                        stream: Stream::Plain(tcp),
+                        buf,
+                        peer,
+                    });
+                }
+            }
         }
     }
 
@@ -85,7 +147,7 @@ impl Client {
     pub(crate) async fn send_error(&mut self, fields: &ErrorFields) {
         let mut out = BytesMut::new();
         fields.encode(&mut out);
-        let _ = self.stream.write_all(&out).await;
+        let _ = self.stream.send(&out).await;
     }
 
     async fn read_more(&mut self) -> Result<(), Refused> {
@@ -95,8 +157,9 @@ impl Client {
         Ok(())
     }
 
-    /// Reads until a StartupMessage arrives, answering SSL and GSS encryption
-    /// requests with `N` (pgherd speaks plaintext to clients for now).
+    /// Reads until a StartupMessage arrives. Encryption was negotiated in
+    /// [`Client::accept`]; a request for it now (a second one, or one sent
+    /// inside TLS) gets `N`, as PostgreSQL answers.
     pub(crate) async fn read_startup(&mut self) -> Result<StartupMessage, Refused> {
         loop {
             let packet = match decode_startup(&mut self.buf) {
@@ -114,7 +177,7 @@ impl Client {
                         // be read as TLS by a real server (CVE-2021-23214).
                         return Err(protocol_violation("unexpected data after SSL request"));
                     }
-                    self.stream.write_all(b"N").await?;
+                    self.stream.send(b"N").await?;
                 }
                 StartupPacket::Cancel { pid, secret } => {
                     return Err(Refused::Cancel { pid, secret })
@@ -156,6 +219,16 @@ impl Client {
         over_limit: bool,
     ) -> Result<Box<Authenticated>, Refused> {
         let startup = self.read_startup().await?;
+        if !self.stream.is_tls() && shared.tls().client.required() {
+            return Err(Refused::TlsRequired(ErrorFields::fatal(
+                "28000",
+                format!(
+                    "pgherd requires TLS: connect with sslmode=require or stronger \
+                     (client_tls_sslmode = {})",
+                    shared.tls().client.mode().name()
+                ),
+            )));
+        }
         if over_limit {
             return Err(Refused::Fatal(ErrorFields::fatal(
                 "53300",
@@ -210,7 +283,7 @@ impl Client {
         }
         // `out` may still hold a NegotiateProtocolVersion (trust: nothing was sent yet).
         backend::authentication_ok(&mut out);
-        self.stream.write_all(&out).await?;
+        self.stream.send(&out).await?;
         // Boxed: the session keeps it for its whole life, and moved inline
         // through its futures it would be copied into each of them.
         Ok(Box::new(Authenticated {
@@ -234,7 +307,7 @@ impl Client {
         let mut salt = [0u8; 4];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut salt);
         backend::authentication_md5(out, salt);
-        self.stream.write_all(out).await?;
+        self.stream.send(out).await?;
         out.clear();
         let body = self.read_password_message().await?;
         let answer = frontend::password(&body)
@@ -259,7 +332,7 @@ impl Client {
         out: &mut BytesMut,
     ) -> Result<pgherd_auth::Secret, Refused> {
         backend::authentication_cleartext(out);
-        self.stream.write_all(out).await?;
+        self.stream.send(out).await?;
         out.clear();
         let body = self.read_password_message().await?;
         let password = frontend::password(&body)
@@ -298,7 +371,7 @@ impl Client {
         };
         let mut server = ScramServer::new(verifier, user, &shared.process_secret);
         backend::authentication_sasl(out, &[pgherd_auth::scram::MECHANISM]);
-        self.stream.write_all(out).await?;
+        self.stream.send(out).await?;
         out.clear();
 
         let body = self.read_password_message().await?;
@@ -315,13 +388,13 @@ impl Client {
             .ok_or_else(|| protocol_violation("missing SCRAM client-first message"))?;
         let server_first = server.client_first(data).map_err(scram_err)?;
         backend::authentication_sasl_continue(out, &server_first);
-        self.stream.write_all(out).await?;
+        self.stream.send(out).await?;
         out.clear();
 
         let body = self.read_password_message().await?;
         let (server_final, client_key) = server.client_final(&body).map_err(scram_err)?;
         backend::authentication_sasl_final(out, &server_final);
-        self.stream.write_all(out).await?;
+        self.stream.send(out).await?;
         out.clear();
         Ok(client_key)
     }

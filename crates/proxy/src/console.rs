@@ -25,7 +25,7 @@ use pgherd_config::PoolMode;
 use pgherd_wire::backend::{self, oid, ErrorFields, TxStatus};
 use pgherd_wire::frame::next_frame;
 use pgherd_wire::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::client::{Authenticated, Client};
 use crate::control::ControlError;
@@ -160,7 +160,7 @@ pub(crate) async fn serve(
     backend::backend_key_data(&mut out, 0, [0; 4]);
     backend::ready_for_query(&mut out, TxStatus::Idle);
     let io = |_| ErrorFields::fatal("08006", "client connection lost");
-    client.stream.write_all(&out).await.map_err(io)?;
+    client.stream.send(&out).await.map_err(io)?;
     let max = general.max_packet_size;
     loop {
         let frame = loop {
@@ -186,7 +186,7 @@ pub(crate) async fn serve(
                     .ok_or_else(|| ErrorFields::fatal("08P01", "malformed Query message"))?;
                 let shutdown = run(shared, access, sql, &mut out).await;
                 backend::ready_for_query(&mut out, TxStatus::Idle);
-                client.stream.write_all(&out).await.map_err(io)?;
+                client.stream.send(&out).await.map_err(io)?;
                 if shutdown {
                     shared.request_shutdown();
                 }

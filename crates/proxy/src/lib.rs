@@ -76,6 +76,10 @@ pub(crate) struct PoolEntry {
     /// How its last connection was opened: `min_pool_size` opens more the
     /// same way.
     pub(crate) template: Arc<Mutex<Option<Template>>>,
+    /// When a server last refused this pool's login, and what it said
+    /// (`server_login_retry`); cleared by the next successful login.
+    pub(crate) login_failure:
+        Arc<Mutex<Option<(std::time::Instant, pgherd_wire::backend::ErrorFields)>>>,
 }
 
 /// Startup parameters, credential and target of a pool's connections.
@@ -123,6 +127,8 @@ pub(crate) struct Shared {
     auth_query: auth_query::AuthQuery,
     /// `max_db_connections` / `max_user_connections`.
     limits: limits::ConnectionLimits,
+    /// TLS towards clients and servers, rebuilt by RELOAD.
+    tls: ArcSwap<pgherd_tls::Contexts>,
 }
 
 impl Shared {
@@ -131,6 +137,11 @@ impl Shared {
     /// under a running transaction); per-transaction code reads that one.
     pub(crate) fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// TLS as configured now: new connections use it.
+    pub(crate) fn tls(&self) -> Arc<pgherd_tls::Contexts> {
+        self.tls.load_full()
     }
 
     /// The pool for `key` and its counters, created on first use.
@@ -144,6 +155,7 @@ impl Shared {
                 stats: Arc::default(),
                 mode,
                 template: Arc::default(),
+                login_failure: Arc::default(),
             })
             .clone()
     }
@@ -282,6 +294,9 @@ pub struct LoginFailures {
     pub protocol: AtomicU64,
     /// Not done within `client_login_timeout`.
     pub timeout: AtomicU64,
+    /// The TLS handshake failed (untrusted or missing certificates, no
+    /// common protocol version), or TLS was required and not used.
+    pub tls: AtomicU64,
 }
 
 impl LoginFailures {
@@ -401,7 +416,9 @@ impl Proxy {
         }
         let mut process_secret = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut process_secret);
-        let cluster = Cluster::start(&config)?;
+        let tls = pgherd_tls::Contexts::new(&config.general)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let cluster = Cluster::start(&config, &tls.server)?;
         let shared = Arc::new(Shared {
             tracked: params::Tracked::new(&config.general),
             node_load: config.nodes.iter().map(|_| AtomicUsize::new(0)).collect(),
@@ -426,6 +443,7 @@ impl Proxy {
             averages: Mutex::default(),
             auth_query: auth_query::AuthQuery::default(),
             limits: limits::ConnectionLimits::default(),
+            tls: ArcSwap::from_pointee(tls),
         });
         tokio::spawn(drain_on_changes(Arc::clone(&shared)));
         tokio::spawn(sweep_idle_servers(Arc::downgrade(&shared)));

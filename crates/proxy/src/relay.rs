@@ -21,15 +21,16 @@
 //! message headers alone so that, when the client leaves, pgherd knows whether
 //! the server still owes replies — a server is only reused when it owes none.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use pgherd_tls::Stream;
 use pgherd_wire::backend::{self, TxStatus};
 use pgherd_wire::{frontend, Chunk, FrameError, Scanner};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::time::Sleep;
 
 use crate::buffers::BUF_SIZE;
@@ -229,12 +230,23 @@ struct Pipe {
     no_read: bool,
     /// Bytes read, for the pool's counters.
     bytes: u64,
+    /// Written but maybe not yet sent: a TLS stream keeps what it was
+    /// given until flushed.
+    unflushed: bool,
 }
 
 enum Step {
     Read,
     Wrote,
     Eof,
+}
+
+/// Which side of a step failed.
+enum StepError {
+    /// Reading from the pipe's source.
+    Read(std::io::Error),
+    /// Writing to the pipe's sink.
+    Write(std::io::Error),
 }
 
 impl Pipe {
@@ -246,6 +258,7 @@ impl Pipe {
             closing: false,
             no_read: false,
             bytes: 0,
+            unflushed: false,
         }
     }
 
@@ -254,36 +267,58 @@ impl Pipe {
         self.buf.is_empty() && self.scanner.at_boundary()
     }
 
+    /// True when everything scanned has reached the sink's socket.
+    fn delivered(&self) -> bool {
+        self.ready == 0 && !self.unflushed
+    }
+
     /// One step: write what is ready (unless `hold`: replies held back),
-    /// or else read more. Cancel-safe: each branch awaits one cancel-safe
-    /// socket operation and changes no state before it completes.
-    async fn step(
+    /// or else flush, or else read more. Polled, not awaited, so the two
+    /// directions can take turns on the same two streams; each poll
+    /// changes no state unless its socket operation completed.
+    fn poll_step(
         &mut self,
-        r: &mut ReadHalf<'_>,
-        w: &mut WriteHalf<'_>,
+        cx: &mut Context<'_>,
+        from: &mut Stream,
+        to: &mut Stream,
         hold: bool,
-    ) -> std::io::Result<Step> {
+    ) -> Poll<Result<Step, StepError>> {
         if self.ready > 0 && !hold {
-            let n = w.write(&self.buf[..self.ready]).await?;
+            let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.buf[..self.ready]))
+                .map_err(StepError::Write)?;
             if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
+                return Poll::Ready(Err(StepError::Write(std::io::ErrorKind::WriteZero.into())));
             }
             self.buf.advance(n);
             self.ready -= n;
-            return Ok(Step::Wrote);
+            if self.ready == 0 {
+                // All handed over: push it out. Free for plain TCP; TLS
+                // sends the records it holds, or finishes on a later poll.
+                match Pin::new(&mut *to).poll_flush(cx) {
+                    Poll::Ready(r) => r.map_err(StepError::Write)?,
+                    Poll::Pending => self.unflushed = true,
+                }
+            }
+            return Poll::Ready(Ok(Step::Wrote));
+        }
+        if self.unflushed {
+            ready!(Pin::new(&mut *to).poll_flush(cx)).map_err(StepError::Write)?;
+            self.unflushed = false;
+            return Poll::Ready(Ok(Step::Wrote));
         }
         if self.closing || self.no_read {
-            return std::future::pending().await;
+            return Poll::Pending;
         }
         if self.buf.capacity() - self.buf.len() < BUF_SIZE / 4 {
             self.buf.reserve(BUF_SIZE);
         }
-        let n = r.read_buf(&mut self.buf).await?;
+        let n = ready!(std::pin::pin!(from.read_buf(&mut self.buf)).poll(cx))
+            .map_err(StepError::Read)?;
         if n == 0 {
-            return Ok(Step::Eof);
+            return Poll::Ready(Ok(Step::Eof));
         }
         self.bytes += n as u64;
-        Ok(Step::Read)
+        Poll::Ready(Ok(Step::Read))
     }
 
     /// Scans the unscanned bytes; `on` sees every watched message whole and
@@ -402,9 +437,9 @@ pub(crate) struct Relayed {
 /// already sent (pipelined after login).
 /// The two connections of a relay with their read buffers.
 pub(crate) struct Ends<'a> {
-    pub(crate) client: &'a mut TcpStream,
+    pub(crate) client: &'a mut Stream,
     pub(crate) client_buf: &'a mut BytesMut,
-    pub(crate) server: &'a mut TcpStream,
+    pub(crate) server: &'a mut Stream,
     pub(crate) server_buf: &'a mut BytesMut,
 }
 
@@ -461,9 +496,9 @@ pub(crate) async fn relay(
 
 #[allow(clippy::too_many_arguments)]
 async fn relay_inner(
-    client: &mut TcpStream,
+    client: &mut Stream,
     up: &mut Pipe,
-    server: &mut TcpStream,
+    server: &mut Stream,
     down: &mut Pipe,
     (until, idle): (Until, IdleLimits),
     state: &mut ServerState,
@@ -489,13 +524,13 @@ async fn relay_inner(
         up.no_read = true;
         state.hold = Hold::Holding;
     }
-    let (mut cr, mut cw) = client.split();
-    let (mut sr, mut sw) = server.split();
+    // Which direction is polled first, alternating so neither starves.
+    let mut up_first = false;
     if let Err(e) = scan_client(up, client_watch, state, &mut tracking.statements) {
         return RelayEnd::ClientProtocol(e);
     }
     loop {
-        if up.closing && up.ready == 0 {
+        if up.closing && up.delivered() {
             return RelayEnd::ClientLeft;
         }
         match state.hold {
@@ -504,7 +539,7 @@ async fn relay_inner(
             _ => {}
         }
         let holding = state.hold != Hold::Off;
-        if until != Until::ClientLeaves && down.ready == 0 && server_idle(state, up) {
+        if until != Until::ClientLeaves && down.delivered() && server_idle(state, up) {
             return RelayEnd::ServerIdle;
         }
         // While replies are held back, the client has received none of them.
@@ -532,14 +567,11 @@ async fn relay_inner(
                 }
                 continue;
             }
-            // The two directions, in random order so neither starves.
-            step = async {
-                tokio::select! {
-                    r = up.step(&mut cr, &mut sw, false) => Direction::Up(r),
-                    r = down.step(&mut sr, &mut cw, holding) => Direction::Down(r),
-                }
-            } => step,
+            step = std::future::poll_fn(|cx| {
+                poll_directions(cx, (&mut *up, &mut *down), (&mut *client, &mut *server), holding, up_first)
+            }) => step,
         };
+        up_first = !up_first;
         if let (Some(at), Direction::Up(Ok(Step::Read)) | Direction::Down(Ok(Step::Read))) =
             (last_activity.as_mut(), &step)
         {
@@ -561,9 +593,8 @@ async fn relay_inner(
                     }
                     return RelayEnd::ClientLeft;
                 }
-                // A step with bytes ready was writing, to the other side.
-                Err(e) if up.ready > 0 => return RelayEnd::ServerIo(e),
-                Err(e) => return RelayEnd::ClientIo(e),
+                Err(StepError::Write(e)) => return RelayEnd::ServerIo(e),
+                Err(StepError::Read(e)) => return RelayEnd::ClientIo(e),
             },
             Direction::Down(r) => match r {
                 Ok(Step::Read) => {
@@ -581,15 +612,41 @@ async fn relay_inner(
                 Ok(Step::Wrote) => {}
                 Ok(Step::Eof) => {
                     // Deliver what was scanned, then the session tells the client.
-                    let delivered = cw.write_all(&down.buf[..down.ready]).await.is_ok();
+                    let delivered = client.send(&down.buf[..down.ready]).await.is_ok();
                     *down_at_boundary = delivered && down.scanner.at_boundary();
                     return RelayEnd::ServerClosed;
                 }
-                Err(e) if down.ready > 0 => return RelayEnd::ClientIo(e),
-                Err(e) => return RelayEnd::ServerIo(e),
+                Err(StepError::Write(e)) => return RelayEnd::ClientIo(e),
+                Err(StepError::Read(e)) => return RelayEnd::ServerIo(e),
             },
         }
     }
+}
+
+/// Polls both directions once, `up_first` or the other way round: the
+/// first that completes a step wins. Sequential polls on the same two
+/// streams need no split halves, so a TLS stream relays like a plain one.
+fn poll_directions(
+    cx: &mut Context<'_>,
+    (up, down): (&mut Pipe, &mut Pipe),
+    (client, server): (&mut Stream, &mut Stream),
+    holding: bool,
+    up_first: bool,
+) -> Poll<Direction> {
+    if up_first {
+        if let Poll::Ready(r) = up.poll_step(cx, client, server, false) {
+            return Poll::Ready(Direction::Up(r));
+        }
+    }
+    if let Poll::Ready(r) = down.poll_step(cx, server, client, holding) {
+        return Poll::Ready(Direction::Down(r));
+    }
+    if !up_first {
+        if let Poll::Ready(r) = up.poll_step(cx, client, server, false) {
+            return Poll::Ready(Direction::Up(r));
+        }
+    }
+    Poll::Pending
 }
 
 /// The traffic of a relay so far.
@@ -604,8 +661,8 @@ fn traffic(up: &Pipe, down: &Pipe, state: &ServerState) -> Traffic {
 
 /// Which direction made progress.
 enum Direction {
-    Up(std::io::Result<Step>),
-    Down(std::io::Result<Step>),
+    Up(Result<Step, StepError>),
+    Down(Result<Step, StepError>),
 }
 
 /// Transaction mode: the transaction is over and nothing is in flight, so

@@ -25,6 +25,8 @@ pub enum ReloadError {
     NoFile,
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] pgherd_tls::TlsError),
 }
 
 /// Copies into `new` what only a restart can change, from `running`, and
@@ -68,7 +70,11 @@ impl Shared {
         let mut new = Config::load(&path)?;
         let running = self.config();
         let kept = keep_restart_only(&running, &mut new);
+        // Certificate files are read again (renewed ones take effect); a
+        // TLS setting that does not work changes nothing.
+        let tls = pgherd_tls::Contexts::new(&new.general)?;
         self.config.store(Arc::new(new));
+        self.tls.store(Arc::new(tls));
         if kept.is_empty() {
             tracing::info!("configuration reloaded from {}", path.display());
         } else {

@@ -6,12 +6,16 @@
 //! with whichever credential pgherd holds for that user: a plaintext password
 //! (SCRAM-SHA-256, md5 or cleartext, as the server asks), the SCRAM keys
 //! recovered from the client's own login, or nothing (`trust`).
+//!
+//! It runs over TLS when `server_tls_sslmode` asks for it; the login
+//! itself is the same either way.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use pgherd_auth::{ScramKeysClient, ScramVerifier, Secret};
+use pgherd_tls::{ServerTls, Stream};
 use pgherd_wire::backend::{self, AuthRequest, ErrorFields, TxStatus};
 use pgherd_wire::{frontend, next_frame, Frame};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
@@ -42,6 +46,9 @@ pub enum ServerCredential {
 pub enum ServerError {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
+    /// No TLS when it was required, or the handshake failed.
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("I/O error: {0}")]
@@ -60,7 +67,7 @@ pub enum ServerError {
 /// An open, logged-in connection to one node.
 #[derive(Debug)]
 pub struct ServerConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     /// The relay's buffer for this server's replies, kept between
     /// transactions so relaying allocates nothing in steady state.
     pub(crate) read_buf: BytesMut,
@@ -94,35 +101,46 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    /// Connects to `host:port` and logs in with `startup` parameters.
+    /// Connects to `host:port` (with TLS as `tls` says) and logs in with
+    /// `startup` parameters.
     pub async fn connect(
-        node: usize,
-        host: &str,
-        port: u16,
+        (node, host, port): (usize, &str, u16),
         startup: Vec<(String, String)>,
         credential: &ServerCredential,
+        tls: &ServerTls,
         timeout: Duration,
     ) -> Result<ServerConn, ServerError> {
-        tokio::time::timeout(
-            timeout,
-            Self::connect_inner(node, host, port, startup, credential),
-        )
-        .await
-        .map_err(|_| ServerError::Timeout(timeout))?
+        let attempts = async {
+            let at = (node, host, port);
+            match Self::connect_once(at, startup.clone(), credential, tls, false).await {
+                // `allow`: the server refused a plain login; try TLS.
+                Err(ServerError::Rejected(f)) if f.code == "28000" && tls.retries_with_tls() => {
+                    Self::connect_once(at, startup, credential, tls, true).await
+                }
+                done => done,
+            }
+        };
+        tokio::time::timeout(timeout, attempts)
+            .await
+            .map_err(|_| ServerError::Timeout(timeout))?
     }
 
-    async fn connect_inner(
-        node: usize,
-        host: &str,
-        port: u16,
+    async fn connect_once(
+        (node, host, port): (usize, &str, u16),
         mut startup: Vec<(String, String)>,
         credential: &ServerCredential,
+        tls: &ServerTls,
+        insist_on_tls: bool,
     ) -> Result<ServerConn, ServerError> {
-        let stream = TcpStream::connect((host, port))
+        let tcp = TcpStream::connect((host, port))
             .await
             .map_err(ServerError::Connect)?;
-        stream.set_nodelay(true)?;
-        let addr = stream.peer_addr()?;
+        tcp.set_nodelay(true)?;
+        let addr = tcp.peer_addr()?;
+        let stream = tls
+            .start(tcp, host, insist_on_tls)
+            .await
+            .map_err(ServerError::Tls)?;
         startup.sort();
         let mut conn = ServerConn {
             stream,
@@ -171,7 +189,7 @@ impl ServerConn {
             self.startup.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             &mut out,
         )?;
-        self.stream.write_all(&out).await?;
+        self.stream.send(&out).await?;
         let mut buf = BytesMut::with_capacity(1024);
         let mut sasl: Option<SaslClient> = None;
         loop {
@@ -184,7 +202,7 @@ impl ServerConn {
                     out.clear();
                     self.answer_auth(req, credential, &mut sasl, &mut out)?;
                     if !out.is_empty() {
-                        self.stream.write_all(&out).await?;
+                        self.stream.send(&out).await?;
                     }
                 }
                 backend::PARAMETER_STATUS => {
@@ -401,7 +419,7 @@ impl ServerConn {
             return Ok(());
         }
         let work = async {
-            self.stream.write_all(out).await?;
+            self.stream.send(out).await?;
             let mut buf = BytesMut::with_capacity(256);
             let mut failed = None;
             while expected > 0 {
@@ -441,12 +459,8 @@ impl ServerConn {
     /// True when the idle connection is still usable: the server has neither
     /// closed it nor sent anything (an idle server only speaks to say it is
     /// terminating the connection).
-    pub fn is_alive(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(
-            self.stream.try_read(&mut probe),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-        )
+    pub fn is_alive(&mut self) -> bool {
+        self.stream.is_idle_and_open()
     }
 
     /// Says goodbye to the server (Terminate) and closes the connection.
@@ -461,7 +475,7 @@ impl ServerConn {
         let mut out = BytesMut::new();
         frontend::terminate(&mut out);
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = self.stream.write_all(&out).await;
+            let _ = self.stream.send(&out).await;
             let _ = self.stream.shutdown().await;
         })
         .await;

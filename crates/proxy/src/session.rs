@@ -10,7 +10,7 @@ use pgherd_config::{Balance, Config, Database, PoolMode, Target};
 use pgherd_pool::{Guard, PoolError};
 use pgherd_wire::backend::{self, ErrorFields, TxStatus};
 use pgherd_wire::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::buffers;
@@ -45,14 +45,31 @@ pub(crate) async fn serve(
     let connected = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
     let _slot = ClientSlot(&shared);
     let _ = stream.set_nodelay(true);
-    let mut client = Client::new(stream, peer);
     let config = shared.config();
     let over_limit = connected > config.general.max_client_conn;
-    let login = tokio::time::timeout(
-        config.general.client_login_timeout,
-        Box::pin(client.login(&shared, over_limit)),
-    )
-    .await;
+    // One deadline for encryption and login together.
+    let deadline = tokio::time::Instant::now() + config.general.client_login_timeout;
+    let tls = shared.tls();
+    let accepted = Box::pin(Client::accept(stream, peer, &tls.client, deadline)).await;
+    drop(tls);
+    let mut client = match accepted {
+        Ok(client) => client,
+        Err(Refused::Handshake(e)) => {
+            tracing::info!(%peer, "TLS handshake failed: {e}");
+            shared.login_failures.tls.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Err(Refused::TimedOut) => {
+            shared
+                .login_failures
+                .timeout
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Err(_) => return,
+    };
+    let login =
+        tokio::time::timeout_at(deadline, Box::pin(client.login(&shared, over_limit))).await;
     let auth = match login {
         Ok(Ok(auth)) => auth,
         Ok(Err(Refused::Fatal(fields))) => {
@@ -65,14 +82,19 @@ pub(crate) async fn serve(
             forward_cancel(&shared, pid, &secret).await;
             return;
         }
-        Ok(Err(Refused::Gone)) => return,
+        Ok(Err(Refused::TlsRequired(fields))) => {
+            tracing::info!(%peer, "login refused: {fields}");
+            shared.login_failures.tls.fetch_add(1, Ordering::Relaxed);
+            client.send_error(&fields).await;
+            return;
+        }
+        Ok(Err(Refused::Gone | Refused::Handshake(_) | Refused::TimedOut)) => return,
         Err(_) => {
             shared
                 .login_failures
                 .timeout
                 .fetch_add(1, Ordering::Relaxed);
-            let fields = ErrorFields::fatal("08P01", "client_login_timeout: login took too long");
-            client.send_error(&fields).await;
+            client.send_error(&crate::client::login_timeout()).await;
             return;
         }
     };
@@ -734,26 +756,25 @@ async fn wait_for_request(
             Ok(None) => {}
             Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string())),
         }
-        if client.buf.capacity() == 0 {
-            // Wait without a buffer; take one only when there is data.
-            tokio::select! {
-                ready = client.stream.readable() => {
-                    if ready.is_err() {
-                        return Ok(false);
-                    }
+        let read = tokio::select! {
+            read = async {
+                if client.buf.capacity() == 0 {
+                    // Wait without a buffer; take one only when there is data.
+                    client.stream.wait_readable().await?;
+                    client.buf = buffers::take();
                 }
-                _ = shutdown.wait_for(|going| *going) => return Err(going()),
-                () = async { match idle_for.as_mut() {
-                    Some(t) => t.as_mut().await,
-                    None => std::future::pending().await,
-                } } => return Err(ErrorFields::fatal(
-                    "57P05",
-                    "terminating connection due to idle-session timeout (client_idle_timeout)",
-                )),
-            }
-            client.buf = buffers::take();
-        }
-        match client.stream.read_buf(&mut client.buf).await {
+                client.stream.read_buf(&mut client.buf).await
+            } => read,
+            _ = shutdown.wait_for(|going| *going) => return Err(going()),
+            () = async { match idle_for.as_mut() {
+                Some(t) => t.as_mut().await,
+                None => std::future::pending().await,
+            } } => return Err(ErrorFields::fatal(
+                "57P05",
+                "terminating connection due to idle-session timeout (client_idle_timeout)",
+            )),
+        };
+        match read {
             Ok(0) | Err(_) => return Ok(false),
             Ok(_) => {}
         }
@@ -858,7 +879,7 @@ async fn welcome(
     }
     backend::backend_key_data(&mut out, pid, secret);
     backend::ready_for_query(&mut out, TxStatus::Idle);
-    client.stream.write_all(&out).await.map_err(|e| {
+    client.stream.send(&out).await.map_err(|e| {
         tracing::debug!("client left during welcome: {e}");
         // The client is gone; an error to it would go nowhere.
         ErrorFields::fatal("08006", "client connection lost")
@@ -876,11 +897,10 @@ async fn open(
     let config = shared.config();
     let n = &config.nodes[node];
     let connected = ServerConn::connect(
-        node,
-        &n.host,
-        n.port,
+        (node, &n.host, n.port),
         params,
         credential,
+        &shared.tls().server,
         config.general.server_connect_timeout,
     )
     .await;
@@ -920,6 +940,18 @@ async fn open(
             "28000",
             format!("pgherd cannot log in to node \"{}\": {why}", n.name),
         )),
+        // A TLS setting that does not fit the server: every node will say
+        // the same, so the client hears why instead of waiting.
+        Err(ServerError::Tls(why)) => Attempt::Refused(
+            ErrorFields::fatal(
+                "08001",
+                format!(
+                    "pgherd cannot connect to node \"{}\" with TLS: {why}",
+                    n.name
+                ),
+            )
+            .with_hint("check server_tls_sslmode and server_tls_ca_file"),
+        ),
         Err(e) => Attempt::Unusable(e.to_string()),
     }
 }
@@ -984,6 +1016,9 @@ async fn checkout(
             conn.close_in_background();
         }
     }
+    if let Some(refused) = recent_login_failure(entry, general.server_login_retry, asked) {
+        return Attempt::Refused(refused);
+    }
     let limits = (general.max_db_connections, general.max_user_connections);
     let permits = if limits == (0, 0) {
         Vec::new()
@@ -1011,6 +1046,10 @@ async fn checkout(
     };
     match open(shared, node, target, params.to_vec(), credential).await {
         Attempt::Usable(mut conn) => {
+            *entry
+                .login_failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
             conn.permits = permits;
             guard.set(conn);
             if general.min_pool_size > 0 {
@@ -1023,8 +1062,45 @@ async fn checkout(
             Attempt::Usable(guard)
         }
         Attempt::Unusable(why) => Attempt::Unusable(why),
-        Attempt::Refused(f) => Attempt::Refused(f),
+        Attempt::Refused(f) => {
+            // Only what holds for every client of the pool: who logs in,
+            // to which database, over what. (A bad startup parameter is one
+            // client's own problem.)
+            if f.code.starts_with("28") || f.code == "3D000" || f.code == "08001" {
+                *entry
+                    .login_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), f.clone()));
+            }
+            Attempt::Refused(f)
+        }
     }
+}
+
+/// `server_login_retry`: when a server refused this pool's login less than
+/// `retry` before `now`, the same error again (saying it was not retried)
+/// instead of another attempt.
+fn recent_login_failure(
+    entry: &PoolEntry,
+    retry: std::time::Duration,
+    now: Instant,
+) -> Option<ErrorFields> {
+    let failure = entry
+        .login_failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let (at, fields) = failure.as_ref()?;
+    if now.saturating_duration_since(*at) >= retry {
+        return None;
+    }
+    let mut fields = fields.clone();
+    fields.hint = Some(format!(
+        "the server refused this login {:.1}s ago; pgherd tries again after \
+         server_login_retry ({}s)",
+        now.saturating_duration_since(*at).as_secs_f64(),
+        retry.as_secs_f64()
+    ));
+    Some(fields)
 }
 
 fn killed_by_admin() -> ErrorFields {
@@ -1124,7 +1200,7 @@ async fn replicate(
         return Err(e);
     }
     let result = async {
-        server.stream.write_all(&client.buf).await?;
+        server.stream.send(&client.buf).await?;
         tokio::io::copy_bidirectional(&mut client.stream, &mut server.stream).await
     }
     .await;

@@ -17,9 +17,11 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 pub use pgherd_localpg::{
-    find_pgbouncer, ClusterSpec, LocalCluster, LocalPgError, LocalPgbouncer, PgBinaries, StopMode,
+    find_pgbouncer, ClusterSpec, LocalCluster, LocalPgError, LocalPgbouncer, PgBinaries, SslFiles,
+    StopMode,
 };
 use pgherd_proxy::{Proxy, ProxyHandle};
+pub use pgherd_tls::test_pki::TestPki;
 use tokio::sync::oneshot;
 
 /// Password of role `app`.
@@ -38,12 +40,17 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts a primary and `standbys` standbys and creates the test roles.
     pub fn start(standbys: usize) -> TestCluster {
-        let pg = LocalCluster::start(ClusterSpec {
+        TestCluster::start_with(ClusterSpec {
             standbys,
-            trust_users: vec!["trustuser".into()],
             ..ClusterSpec::default()
         })
-        .expect("start a local PostgreSQL cluster");
+    }
+
+    /// Starts a cluster as `spec` says (plus the `trustuser` role) and
+    /// creates the test roles.
+    pub fn start_with(mut spec: ClusterSpec) -> TestCluster {
+        spec.trust_users.push("trustuser".into());
+        let pg = LocalCluster::start(spec).expect("start a local PostgreSQL cluster");
         for setup in [
             format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"),
             "CREATE DATABASE app OWNER app".into(),

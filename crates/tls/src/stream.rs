@@ -1,0 +1,159 @@
+//! A connection that is plain TCP or TLS over TCP.
+//!
+//! One type for both, so everything above (login, relay, console) is
+//! written once. The enum dispatch is a predictable branch per read or
+//! write; the TLS variants are boxed so a plain [`Stream`] is no bigger
+//! than the [`TcpStream`] it holds (an idle client's memory counts).
+//!
+//! One rule comes with TLS: a write may leave bytes inside the TLS layer
+//! until the stream is flushed. Code that writes and then waits for the
+//! peer to answer must flush first ([`Stream::send`] does both); for plain
+//! TCP the flush is free.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A client's or a server's connection.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    /// A client's connection after a TLS handshake (pgherd is the server).
+    Accepted(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// A connection to PostgreSQL after a TLS handshake.
+    Connected(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Accepted(s) => s.get_ref().0,
+            Stream::Connected(s) => s.get_ref().0,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Stream::Plain(_))
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().local_addr()
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().peer_addr()
+    }
+
+    /// Writes all of `bytes` and flushes them to the socket.
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes).await?;
+        self.flush().await
+    }
+
+    /// Waits until a read would not wait, without reading — so an idle
+    /// connection needs no read buffer. Plain TCP waits for the socket;
+    /// TLS may hold decrypted bytes the socket does not show, so it
+    /// returns at once and the caller's read does the waiting.
+    pub async fn wait_readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.readable().await,
+            Stream::Accepted(_) | Stream::Connected(_) => Ok(()),
+        }
+    }
+
+    /// True when the connection is idle and still open: nothing to read
+    /// and no end of stream. (A PostgreSQL server idle in a pool only
+    /// speaks to say it is closing the connection.) Never waits.
+    pub fn is_idle_and_open(&mut self) -> bool {
+        if let Stream::Plain(s) = self {
+            let mut probe = [0u8; 1];
+            return matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        }
+        // TLS: one read attempt that must not wait. Records without data
+        // (a TLS 1.3 session ticket) are consumed and still count as idle.
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(self).poll_read(&mut cx, &mut buf).is_pending()
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Accepted(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Connected(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Accepted(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Connected(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(_) => Poll::Ready(Ok(())),
+            Stream::Accepted(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Connected(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Accepted(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Connected(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn a_plain_stream_is_no_bigger_than_its_socket() {
+        assert_eq!(
+            std::mem::size_of::<Stream>(),
+            std::mem::size_of::<TcpStream>()
+        );
+    }
+
+    #[tokio::test]
+    async fn plain_idle_check_sees_data_and_close() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut peer = TcpStream::connect(addr).await.unwrap();
+        let mut ours = Stream::Plain(listener.accept().await.unwrap().0);
+        assert!(ours.is_idle_and_open());
+        peer.write_all(b"x").await.unwrap();
+        ours.wait_readable().await.unwrap();
+        assert!(!ours.is_idle_and_open(), "unexpected data is not idle");
+        drop(peer);
+        let mut rest = Vec::new();
+        let _ = ours.read_to_end(&mut rest).await;
+        assert!(!ours.is_idle_and_open(), "closed");
+    }
+}
