@@ -425,3 +425,51 @@ async fn a_slow_tls_reader_gets_every_byte() {
         .expect("the whole result and ReadyForQuery arrive");
     assert!(total > 3_000_000, "{total}");
 }
+
+/// RELOAD reads the certificate files again (renewal without a restart);
+/// a certificate that does not load changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_picks_up_a_renewed_certificate() {
+    let cluster = shared_cluster();
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (cert, key) = (dir.join("pgherd.crt"), dir.join("pgherd.key"));
+    std::fs::copy(&pki.server_cert, &cert).unwrap();
+    std::fs::copy(&pki.server_key, &key).unwrap();
+    let builder = cluster
+        .pgherd()
+        .general("client_tls_sslmode = \"require\"")
+        .general(&format!(
+            "client_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"",
+            cert.display(),
+            key.display()
+        ));
+    let pgherd = builder.start().await;
+    let config = dir.join("pgherd.toml");
+    std::fs::write(&config, builder.toml()).unwrap();
+    pgherd.handle.set_config_file(config);
+
+    let trusted = || verifying_client(&pki.ca_cert, None);
+    let rogue_trusting = || verifying_client(&pki.rogue_ca_cert, None);
+    assert!(connect_tls(&pgherd, APP_PASSWORD, trusted()).await.is_ok());
+    assert!(connect_tls(&pgherd, APP_PASSWORD, rogue_trusting())
+        .await
+        .is_err());
+
+    // "Renewed" with a certificate from the other CA.
+    std::fs::copy(&pki.rogue_cert, &cert).unwrap();
+    std::fs::copy(&pki.rogue_key, &key).unwrap();
+    pgherd.handle.reload().unwrap();
+    assert!(connect_tls(&pgherd, APP_PASSWORD, rogue_trusting())
+        .await
+        .is_ok());
+    assert!(connect_tls(&pgherd, APP_PASSWORD, trusted()).await.is_err());
+
+    // A broken file: the reload fails and the running certificate stays.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    assert!(pgherd.handle.reload().is_err());
+    assert!(connect_tls(&pgherd, APP_PASSWORD, rogue_trusting())
+        .await
+        .is_ok());
+}
