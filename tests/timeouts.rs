@@ -179,9 +179,9 @@ async fn reserve_pool_serves_clients_that_waited_reserve_pool_timeout() {
     let pgherd = cluster
         .pgherd()
         .general("pool_mode = \"transaction\"")
-        .general("reserve_pool_size = 1")
         .general("reserve_pool_timeout = 0.3")
-        .database("app = { pool_size = 1 }")
+        // pgbouncer's per-database name (reserve_pool_size is the default).
+        .database("app = { pool_size = 1, reserve_pool = 1 }")
         .start()
         .await;
     let slow = pgherd.app().await;
@@ -287,4 +287,96 @@ async fn a_connection_limit_that_never_frees_ends_in_53300() {
     holder.batch_execute("COMMIT").await.unwrap();
     let again = pgherd.app().await;
     assert_eq!(simple_value(&again, "SELECT 1").await, "1");
+}
+
+/// pgbouncer's per-database `min_pool_size` and `max_db_connections` and
+/// per-user `max_user_connections` override the global ones for their
+/// pools only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_and_user_entries_override_the_limits() {
+    let cluster = shared_cluster();
+    let pgherd = cluster
+        .pgherd()
+        .without_users()
+        .user(&format!(
+            "app = {{ password = \"{}\" }}",
+            cluster.app_verifier
+        ))
+        .user(&format!(
+            "md5user = {{ password = \"{MD5_PASSWORD}\", max_user_connections = 1 }}"
+        ))
+        .general("pool_mode = \"transaction\"")
+        .database("app = { min_pool_size = 2, max_db_connections = 1 }")
+        .start()
+        .await;
+
+    // app's database: at most one server; the others are not capped.
+    let a = pgherd.app().await;
+    let b = pgherd.app().await;
+    a.batch_execute("BEGIN").await.unwrap();
+    let blocked = tokio::spawn(async move { simple_value(&b, "SELECT 2").await });
+    let free = pgherd
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    let free2 = pgherd
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    free.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        simple_value(&free2, "SELECT 3").await,
+        "3",
+        "postgres: no cap"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!blocked.is_finished(), "a second server to app was opened");
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(blocked.await.unwrap(), "2");
+    free.batch_execute("COMMIT").await.unwrap();
+
+    // md5user: one server over all its pools.
+    let m1 = pgherd
+        .connect("md5user", MD5_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    let m2 = pgherd
+        .connect("md5user", MD5_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    m1.batch_execute("BEGIN").await.unwrap();
+    let waiting = tokio::spawn(async move { simple_value(&m2, "SELECT 4").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second server for md5user was opened"
+    );
+    m1.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(waiting.await.unwrap(), "4");
+
+    // min_pool_size for app's database only.
+    let pgherd = cluster
+        .pgherd()
+        .database("app = { min_pool_size = 2 }")
+        .start()
+        .await;
+    let on_app = pgherd.app().await;
+    let on_postgres = pgherd
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    simple_value(&on_app, "SELECT 1").await;
+    simple_value(&on_postgres, "SELECT 1").await;
+    drop((on_app, on_postgres));
+    eventually("app's pool is topped up to 2", async || {
+        let pools = pgherd.handle.pools();
+        pools
+            .iter()
+            .any(|p| p.database == "app" && p.status.total == 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let pools = pgherd.handle.pools();
+    let postgres = pools.iter().find(|p| p.database == "postgres").unwrap();
+    assert_eq!(postgres.status.total, 1, "no minimum there: {pools:?}");
 }

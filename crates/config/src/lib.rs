@@ -380,6 +380,15 @@ pub struct Database {
     /// Password for `user`.
     pub password: Option<Secret>,
     pub pool_size: usize,
+    /// Connections kept open per pool (`min_pool_size` unless set here).
+    pub min_pool_size: usize,
+    /// Extra connections per pool for clients that waited
+    /// `reserve_pool_timeout` (pgbouncer's per-database `reserve_pool`;
+    /// `reserve_pool_size` unless set here).
+    pub reserve_pool: usize,
+    /// Server connections to this database over all pools; 0: no limit
+    /// (`max_db_connections` unless set here).
+    pub max_db_connections: usize,
     /// Overrides the global `pool_mode`.
     pub pool_mode: Option<PoolMode>,
     /// Where sessions go; `None` takes the listener's default target.
@@ -407,6 +416,8 @@ pub struct User {
     pub server_password: Option<Secret>,
     /// Overrides the database's and the global `pool_mode`.
     pub pool_mode: Option<PoolMode>,
+    /// Overrides the global `max_user_connections`.
+    pub max_user_connections: Option<usize>,
 }
 
 impl User {
@@ -420,6 +431,7 @@ impl User {
             md5,
             server_password: plain,
             pool_mode: None,
+            max_user_connections: None,
         })
     }
 }
@@ -438,6 +450,14 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: raw::File = toml::from_str(text)?;
         raw.validate()
+    }
+
+    /// `max_user_connections` for `user`: the user's own, else the global one.
+    pub fn max_user_connections(&self, user: &str) -> usize {
+        self.users
+            .get(user)
+            .and_then(|u| u.max_user_connections)
+            .unwrap_or(self.general.max_user_connections)
     }
 
     /// The pool mode for `user` on `database`: the user's, else the
@@ -796,6 +816,9 @@ mod raw {
         pub user: Option<String>,
         pub password: Option<String>,
         pub pool_size: Option<usize>,
+        pub min_pool_size: Option<usize>,
+        pub reserve_pool: Option<usize>,
+        pub max_db_connections: Option<usize>,
         pub pool_mode: Option<PoolMode>,
         pub target: Option<Target>,
     }
@@ -806,6 +829,7 @@ mod raw {
         pub password: Option<String>,
         pub server_password: Option<String>,
         pub pool_mode: Option<PoolMode>,
+        pub max_user_connections: Option<usize>,
     }
 
     fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
@@ -917,6 +941,7 @@ mod raw {
             md5,
             server_password: plain,
             pool_mode: None,
+            max_user_connections: None,
         })
     }
 
@@ -1105,6 +1130,11 @@ mod raw {
                         user: d.user,
                         password: d.password.map(Secret::new),
                         pool_size: d.pool_size.unwrap_or(general.default_pool_size),
+                        min_pool_size: d.min_pool_size.unwrap_or(general.min_pool_size),
+                        reserve_pool: d.reserve_pool.unwrap_or(general.reserve_pool_size),
+                        max_db_connections: d
+                            .max_db_connections
+                            .unwrap_or(general.max_db_connections),
                         pool_mode: d.pool_mode,
                         target: d.target,
                     },
@@ -1123,6 +1153,7 @@ mod raw {
                             .map(Secret::new)
                             .or(user.server_password),
                         pool_mode: u.pool_mode,
+                        max_user_connections: u.max_user_connections,
                         ..user
                     },
                 );
@@ -1201,6 +1232,36 @@ mod tests {
         name = "pg1"
         host = "127.0.0.1"
     "#;
+
+    #[test]
+    fn database_and_user_limits_default_to_the_global_ones() {
+        let c = Config::parse(
+            "[pgherd]\nprobe_user = \"p\"\nmin_pool_size = 1\nreserve_pool_size = 2\n\
+             max_db_connections = 3\nmax_user_connections = 4\n\
+             [[nodes]]\nname = \"a\"\nhost = \"h\"\n\
+             [databases]\nown = { min_pool_size = 5, reserve_pool = 6, max_db_connections = 7 }\n\
+             \"*\" = {}\n\
+             [users]\nu = { password = \"x\", max_user_connections = 8 }\nv = { password = \"y\" }",
+        )
+        .unwrap();
+        let own = c.database("own").unwrap();
+        assert_eq!(
+            (own.min_pool_size, own.reserve_pool, own.max_db_connections),
+            (5, 6, 7)
+        );
+        let other = c.database("other").unwrap();
+        assert_eq!(
+            (
+                other.min_pool_size,
+                other.reserve_pool,
+                other.max_db_connections
+            ),
+            (1, 2, 3)
+        );
+        assert_eq!(c.max_user_connections("u"), 8);
+        assert_eq!(c.max_user_connections("v"), 4);
+        assert_eq!(c.max_user_connections("unknown"), 4);
+    }
 
     #[test]
     fn tls_settings_are_checked_for_what_their_mode_needs() {

@@ -82,12 +82,25 @@ pub(crate) struct PoolEntry {
         Arc<Mutex<Option<(std::time::Instant, pgherd_wire::backend::ErrorFields)>>>,
 }
 
+/// What a pool's database and user entries (or the global settings) allow
+/// it: connections kept open, and caps over all pools (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PoolLimits {
+    /// `min_pool_size`.
+    pub(crate) min_size: usize,
+    /// `max_db_connections`.
+    pub(crate) max_db: usize,
+    /// `max_user_connections`.
+    pub(crate) max_user: usize,
+}
+
 /// Startup parameters, credential and target of a pool's connections.
 #[derive(Debug, Clone)]
 pub(crate) struct Template {
     pub(crate) params: Vec<(String, String)>,
     pub(crate) credential: ServerCredential,
     pub(crate) target: Target,
+    pub(crate) limits: PoolLimits,
 }
 
 /// State shared by every session of one proxy.
@@ -144,9 +157,14 @@ impl Shared {
         self.tls.load_full()
     }
 
-    /// The pool for `key` and its counters, created on first use.
-    pub(crate) fn pool(&self, key: PoolKey, size: usize, mode: PoolMode) -> PoolEntry {
-        let reserve = self.config.load().general.reserve_pool_size;
+    /// The pool for `key` and its counters, created on first use with
+    /// `size` connections plus `reserve`.
+    pub(crate) fn pool(
+        &self,
+        key: PoolKey,
+        (size, reserve): (usize, usize),
+        mode: PoolMode,
+    ) -> PoolEntry {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools
             .entry(key)
@@ -368,9 +386,7 @@ async fn sweep_idle_servers(shared: std::sync::Weak<Shared>) {
                 conn.close_in_background();
             }
         }
-        if config.general.min_pool_size > 0 {
-            session::fill_pools(&shared, &config).await;
-        }
+        session::fill_pools(&shared).await;
     }
 }
 

@@ -23,7 +23,7 @@ use crate::registry::{ClientInfo, DatabaseControl, InUse, NewClient, NewServer, 
 use crate::relay::{self, RelayEnd, ServerState, Until};
 use crate::route::{self, Attempt, Want};
 use crate::server::{send_cancel, ServerConn, ServerCredential, ServerError};
-use crate::{PoolEntry, PoolKey, Shared};
+use crate::{PoolEntry, PoolKey, PoolLimits, Shared};
 
 /// Counts a client for `max_client_conn` while it is connected.
 struct ClientSlot<'a>(&'a Shared);
@@ -182,6 +182,9 @@ async fn run(
                 user: None,
                 password: None,
                 pool_size: 1,
+                min_pool_size: 0,
+                reserve_pool: 0,
+                max_db_connections: 0,
                 pool_mode: None,
                 target: Some(Target::Primary),
             };
@@ -268,6 +271,11 @@ async fn run(
         database: &server_db,
         user: &server_user,
         mode,
+        limits: PoolLimits {
+            min_size: db.min_pool_size,
+            max_db: db.max_db_connections,
+            max_user: config.max_user_connections(&server_user),
+        },
         pools: config.nodes.iter().map(|_| OnceLock::new()).collect(),
         control,
         me: Arc::clone(&me.info),
@@ -341,6 +349,7 @@ struct Upstream<'a> {
     database: &'a str,
     user: &'a str,
     mode: PoolMode,
+    limits: PoolLimits,
     /// This client's pool on each node, looked up once.
     pools: Vec<OnceLock<PoolEntry>>,
     /// PAUSE / DISABLE of the database the client asked for.
@@ -380,7 +389,8 @@ impl Upstream<'_> {
                 user: self.user.to_owned(),
                 node,
             };
-            self.shared.pool(key, self.db.pool_size, self.mode)
+            let size = (self.db.pool_size, self.db.reserve_pool);
+            self.shared.pool(key, size, self.mode)
         })
     }
 
@@ -426,7 +436,7 @@ impl Upstream<'_> {
             let attempt = checkout(
                 self.shared,
                 (self.config, asked),
-                entry,
+                (entry, self.limits),
                 node,
                 target,
                 self.params,
@@ -963,7 +973,7 @@ async fn open(
 async fn checkout(
     shared: &Shared,
     (config, asked): (&Config, Instant),
-    entry: &PoolEntry,
+    (entry, limits): (&PoolEntry, PoolLimits),
     node: usize,
     target: Target,
     params: &[(String, String)],
@@ -1019,16 +1029,13 @@ async fn checkout(
     if let Some(refused) = recent_login_failure(entry, general.server_login_retry, asked) {
         return Attempt::Refused(refused);
     }
-    let limits = (general.max_db_connections, general.max_user_connections);
-    let permits = if limits == (0, 0) {
+    let caps = (limits.max_db, limits.max_user);
+    let permits = if caps == (0, 0) {
         Vec::new()
     } else {
         let database = params::find(params, "database").unwrap_or("");
         let user = params::find(params, "user").unwrap_or("");
-        match shared
-            .connection_permits(limits, database, user, wait)
-            .await
-        {
+        match shared.connection_permits(caps, database, user, wait).await {
             Some(p) => p,
             None => {
                 return Attempt::Refused(ErrorFields::fatal(
@@ -1037,8 +1044,8 @@ async fn checkout(
                         "query_wait_timeout: no server connection could be opened within {}s \
                          (max_db_connections {}, max_user_connections {})",
                         wait.as_secs_f64(),
-                        limits.0,
-                        limits.1
+                        caps.0,
+                        caps.1
                     ),
                 ))
             }
@@ -1052,11 +1059,12 @@ async fn checkout(
                 .unwrap_or_else(|e| e.into_inner()) = None;
             conn.permits = permits;
             guard.set(conn);
-            if general.min_pool_size > 0 {
+            if limits.min_size > 0 {
                 *entry.template.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::Template {
                     params: params.to_vec(),
                     credential: credential.clone(),
                     target,
+                    limits,
                 });
             }
             Attempt::Usable(guard)
@@ -1113,13 +1121,12 @@ fn killed_by_admin() -> ErrorFields {
 /// `min_pool_size`: opens connections in pools below it, as their last
 /// one was opened, on nodes that still fit the pool's target. Stops at a
 /// pool's size and at `max_db_connections`/`max_user_connections`.
-pub(crate) async fn fill_pools(shared: &Shared, config: &Config) {
+pub(crate) async fn fill_pools(shared: &Shared) {
     let entries: Vec<(PoolKey, PoolEntry)> = {
         let pools = shared.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.iter().map(|(k, e)| (k.clone(), e.clone())).collect()
     };
     let topology = shared.cluster.topology();
-    let general = &config.general;
     for (key, entry) in entries {
         let template = entry
             .template
@@ -1137,7 +1144,7 @@ pub(crate) async fn fill_pools(shared: &Shared, config: &Config) {
         if !fits {
             continue;
         }
-        while entry.pool.status().total < general.min_pool_size {
+        while entry.pool.status().total < t.limits.min_size {
             let Ok(mut guard) = entry
                 .pool
                 .checkout(std::time::Duration::ZERO, |_| false)
@@ -1151,12 +1158,12 @@ pub(crate) async fn fill_pools(shared: &Shared, config: &Config) {
                 guard.release();
                 break;
             }
-            let limits = (general.max_db_connections, general.max_user_connections);
-            let permits = if limits == (0, 0) {
+            let caps = (t.limits.max_db, t.limits.max_user);
+            let permits = if caps == (0, 0) {
                 Vec::new()
             } else {
                 match shared
-                    .connection_permits(limits, &key.database, &key.user, std::time::Duration::ZERO)
+                    .connection_permits(caps, &key.database, &key.user, std::time::Duration::ZERO)
                     .await
                 {
                     Some(p) => p,
