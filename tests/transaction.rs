@@ -535,3 +535,44 @@ async fn requests_larger_than_a_read_buffer() {
         .await
         .expect("large requests went through");
 }
+
+/// `server_reset_query_always`: session state a client leaves on a server
+/// (a plain `SET`, a temp table) is gone before the next transaction, while
+/// the client's own tracked parameters and prepared statements still follow
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_reset_query_always_cleans_up_after_each_transaction() {
+    let pgherd = shared_cluster()
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("server_reset_query_always = true")
+        .database("app = { pool_size = 1 }")
+        .start()
+        .await;
+    let messy = pgherd.app().await;
+    let other = pgherd.app().await;
+    let default_work_mem = simple_value(&other, "SHOW work_mem").await;
+    messy
+        .batch_execute("SET application_name = 'messy'; SET work_mem = '7MB'")
+        .await
+        .unwrap();
+    messy
+        .batch_execute("CREATE TEMP TABLE leftover (i int)")
+        .await
+        .unwrap();
+    let statement = messy.prepare("SELECT $1::int + 1").await.unwrap();
+
+    // The one server, after messy's transactions: reset.
+    assert_eq!(
+        simple_value(&other, "SHOW work_mem").await,
+        default_work_mem
+    );
+    let temp = "SELECT count(*) FROM pg_class WHERE relname = 'leftover'";
+    assert_eq!(simple_value(&other, temp).await, "0");
+
+    // messy's tracked parameter and statement are back on its next turn.
+    assert_eq!(simple_value(&messy, "SHOW application_name").await, "messy");
+    assert_eq!(simple_value(&other, "SHOW application_name").await, "");
+    let row = messy.query_one(&statement, &[&41i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+}

@@ -115,6 +115,9 @@ pub struct General {
     pub reserve_pool_size: usize,
     pub reserve_pool_timeout: Duration,
     pub server_reset_query: String,
+    /// Transaction mode: run `server_reset_query` after every transaction
+    /// too, not only when a session ends (pgbouncer's name and default).
+    pub server_reset_query_always: bool,
     /// Idle server connections older than this in the pool are closed;
     /// `None` (0 in the file): never.
     pub server_idle_timeout: Option<Duration>,
@@ -536,6 +539,10 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
         ("max_user_connections", g.max_user_connections.to_string()),
         ("reserve_pool_timeout", secs(g.reserve_pool_timeout)),
         ("server_reset_query", g.server_reset_query.clone()),
+        (
+            "server_reset_query_always",
+            g.server_reset_query_always.to_string(),
+        ),
         ("server_idle_timeout", opt_secs(g.server_idle_timeout)),
         ("server_lifetime", opt_secs(g.server_lifetime)),
         ("server_check_delay", secs(g.server_check_delay)),
@@ -653,6 +660,7 @@ mod raw {
         pub max_user_connections: usize,
         pub min_pool_size: usize,
         pub server_reset_query: String,
+        pub server_reset_query_always: bool,
         pub server_idle_timeout: f64,
         pub server_lifetime: f64,
         pub server_check_delay: f64,
@@ -724,6 +732,7 @@ mod raw {
                 max_user_connections: 0,
                 min_pool_size: 0,
                 server_reset_query: "DISCARD ALL".into(),
+                server_reset_query_always: false,
                 // pgbouncer's defaults.
                 server_idle_timeout: 600.0,
                 server_lifetime: 3600.0,
@@ -1011,6 +1020,7 @@ mod raw {
                     g.reserve_pool_timeout,
                 )?,
                 server_reset_query: g.server_reset_query,
+                server_reset_query_always: g.server_reset_query_always,
                 server_idle_timeout: optional("pgherd.server_idle_timeout", g.server_idle_timeout)?,
                 server_lifetime: optional("pgherd.server_lifetime", g.server_lifetime)?,
                 server_check_delay: seconds("pgherd.server_check_delay", g.server_check_delay)?,

@@ -364,6 +364,10 @@ impl ServerConn {
             expected += 1;
             if crate::prepared::drops_all(reset_query.as_bytes()) {
                 self.statements.clear();
+                // DISCARD ALL also resets every parameter to its session
+                // default: the values this connection logged in with. (The
+                // ParameterStatus the server sends may refine them.)
+                self.params = self.initial_params.clone();
             }
         }
         self.exchange(&out, expected, timeout).await

@@ -615,6 +615,9 @@ async fn serve_client(
                 if read_your_writes && want == Want::Primary {
                     wrote_at = Some(ended);
                 }
+                if config.general.server_reset_query_always {
+                    Box::pin(reset_after_transaction(&mut guard, config)).await;
+                }
                 release(guard, config.general.server_lifetime, ended);
                 if client.buf.is_empty() {
                     // An idle client holds no read buffer between transactions.
@@ -828,6 +831,24 @@ fn release(mut guard: Guard<ServerConn>, lifetime: Option<std::time::Duration>, 
     }
     if let Some(server) = guard.take() {
         server.close_in_background();
+    }
+}
+
+/// `server_reset_query_always`: resets the server a transaction just left
+/// (idle, in sync); one that fails the reset is closed, not pooled.
+async fn reset_after_transaction(guard: &mut Guard<ServerConn>, config: &Config) {
+    let general = &config.general;
+    let Some(server) = guard.conn() else { return };
+    let reset = server.reset(
+        TxStatus::Idle,
+        &general.server_reset_query,
+        general.server_connect_timeout,
+    );
+    if let Err(e) = reset.await {
+        tracing::info!("server reset failed, closing the connection: {e}");
+        if let Some(server) = guard.take() {
+            server.close_in_background();
+        }
     }
 }
 
