@@ -245,6 +245,17 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    if plan.idle_clients > 0 {
+        idle_report(&targets, plan.idle_clients)?;
+    }
+
+    stop(&mut pgherd);
+    drop(bouncer);
+    Ok(())
+}
+
+/// The idle-clients table: RSS per logged-in client doing nothing.
+fn idle_report(targets: &[(Target, u16, Option<u32>)], n: usize) -> anyhow::Result<()> {
     println!("\nIdle clients (logged in, doing nothing):\n");
     println!("| target | clients | RSS before | RSS after | per client |");
     println!("|---|---|---|---|---|");
@@ -253,19 +264,16 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     for (target, port, pid) in targets.iter().skip(1) {
         let Some(pid) = pid else { continue };
-        let (before, after) = rt.block_on(idle_clients(*port, *pid, plan.idle_clients))?;
+        let (before, after) = rt.block_on(idle_clients(*port, *pid, n))?;
         println!(
             "| {} | {} | {} KiB | {} KiB | {:.2} KiB |",
             target.name(),
-            plan.idle_clients,
+            n,
             before,
             after,
-            (after.saturating_sub(before)) as f64 / plan.idle_clients as f64
+            (after.saturating_sub(before)) as f64 / n as f64
         );
     }
-
-    stop(&mut pgherd);
-    drop(bouncer);
     Ok(())
 }
 
@@ -418,7 +426,9 @@ async fn idle_clients(port: u16, pid: u32, n: usize) -> anyhow::Result<(u64, u64
         clients.push(client);
     }
     // One query on one client: the proxy is live and has settled.
-    clients[0].simple_query("SELECT 1").await?;
+    if let Some(first) = clients.first() {
+        first.simple_query("SELECT 1").await?;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_kib(pid)?;
     drop(clients);

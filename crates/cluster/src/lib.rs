@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgherd_config::Config;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{broadcast, mpsc, watch};
 
 pub use topology::{ClusterEvent, NodeStatus, ProbeSample, Role, Thresholds, Topology};
@@ -40,6 +40,10 @@ pub use topology::{ClusterEvent, NodeStatus, ProbeSample, Role, Thresholds, Topo
 #[derive(Debug, Clone)]
 pub struct Cluster {
     topology: watch::Receiver<Arc<Topology>>,
+    /// Each node's `fenced`, stored before the topology that says so is
+    /// published: a relay checks this flag on every wake-up instead of
+    /// subscribing to the topology for each transaction.
+    fenced: Arc<[AtomicBool]>,
     events: broadcast::Sender<ClusterEvent>,
     schedule: Arc<probe::Schedule>,
 }
@@ -85,16 +89,23 @@ impl Cluster {
                 results_tx.clone(),
             ));
         }
+        let fenced: Arc<[AtomicBool]> = evaluator
+            .topology()
+            .nodes
+            .iter()
+            .map(|n| AtomicBool::new(n.fenced))
+            .collect();
         tokio::spawn(evaluate(
             evaluator,
             results_rx,
-            topo_tx,
+            (topo_tx, Arc::clone(&fenced)),
             events.clone(),
             state_file,
             Arc::clone(&schedule),
         ));
         Ok(Cluster {
             topology: topo_rx,
+            fenced,
             events,
             schedule,
         })
@@ -103,6 +114,11 @@ impl Cluster {
     /// The latest topology.
     pub fn topology(&self) -> Arc<Topology> {
         Arc::clone(&self.topology.borrow())
+    }
+
+    /// Whether node `i` is fenced in the latest topology (one atomic load).
+    pub fn is_fenced(&self, i: usize) -> bool {
+        self.fenced.get(i).is_some_and(|f| f.load(Ordering::Acquire))
     }
 
     /// A receiver that sees every new topology.
@@ -159,7 +175,7 @@ impl Cluster {
 async fn evaluate(
     mut evaluator: topology::Evaluator,
     mut results: mpsc::Receiver<(usize, Result<ProbeSample, String>)>,
-    topology: watch::Sender<Arc<Topology>>,
+    (topology, fenced): (watch::Sender<Arc<Topology>>, Arc<[AtomicBool]>),
     events: broadcast::Sender<ClusterEvent>,
     state_file: Option<PathBuf>,
     schedule: Arc<probe::Schedule>,
@@ -169,6 +185,9 @@ async fn evaluate(
         let before = evaluator.topology().version;
         let happened = evaluator.apply(node, result);
         if evaluator.topology().version != before {
+            for (flag, node) in fenced.iter().zip(&evaluator.topology().nodes) {
+                flag.store(node.fenced, Ordering::Release);
+            }
             topology.send_replace(Arc::new(evaluator.topology().clone()));
         }
         let unsettled = evaluator.topology().unsettled();

@@ -140,12 +140,13 @@ impl<C> Pool<C> {
 
     /// [`Pool::checkout`], taking a reserve slot if none frees up within
     /// `reserve_after` (and the pool has a reserve).
-    pub async fn checkout_with_reserve(
+    /// Waits up to `timeout` for a slot, taking a reserve one after
+    /// `reserve_after`.
+    async fn wait_for_permit(
         &self,
         timeout: Duration,
         reserve_after: Duration,
-        matches: impl Fn(&C) -> bool,
-    ) -> Result<Guard<C>, PoolError> {
+    ) -> Result<OwnedSemaphorePermit, PoolError> {
         let main = Arc::clone(&self.inner.permits).acquire_owned();
         let reserve = Arc::clone(&self.inner.reserve_permits);
         let has_reserve = self.inner.reserve > 0;
@@ -165,10 +166,27 @@ impl<C> Pool<C> {
         let waiting = WaitingCount::new(&self.inner.waiting);
         let acquired = tokio::time::timeout(timeout, acquire).await;
         drop(waiting);
-        let permit = match acquired {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(PoolError::Closed),
-            Err(_) => return Err(PoolError::Timeout(timeout)),
+        match acquired {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(PoolError::Closed),
+            Err(_) => Err(PoolError::Timeout(timeout)),
+        }
+    }
+
+    pub async fn checkout_with_reserve(
+        &self,
+        timeout: Duration,
+        reserve_after: Duration,
+        matches: impl Fn(&C) -> bool,
+    ) -> Result<Guard<C>, PoolError> {
+        // A free slot is the common case: taken without a timer (no clock
+        // read, no timer entry).
+        let permit = match Arc::clone(&self.inner.permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(PoolError::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                self.wait_for_permit(timeout, reserve_after).await?
+            }
         };
         let mut state = self.inner.state();
         let mut guard = Guard {

@@ -127,7 +127,7 @@ pub(crate) struct Shared {
     /// Seeds the mock SCRAM exchange for unknown users.
     process_secret: [u8; 32],
     /// Set when pgherd stops: clients finish their transaction and go.
-    shutting_down: tokio::sync::watch::Sender<bool>,
+    going: AtomicBool,
     /// Parameters transaction-mode clients keep as their own.
     tracked: params::Tracked,
     /// Clients, server connections and database switches (admin console).
@@ -390,6 +390,36 @@ async fn sweep_idle_servers(shared: std::sync::Weak<Shared>) {
     }
 }
 
+/// Wakes every session when a node becomes fenced, so one relaying to it
+/// stops at once (see `Cluster::is_fenced`). One watch for the process,
+/// instead of one per transaction.
+async fn nudge_on_fence(shared: std::sync::Weak<Shared>) {
+    let Some(mut topology) = shared.upgrade().map(|s| s.cluster.watch()) else {
+        return;
+    };
+    let mut fenced: Vec<bool> = Vec::new();
+    loop {
+        let now: Vec<bool> = topology
+            .borrow_and_update()
+            .nodes
+            .iter()
+            .map(|n| n.fenced)
+            .collect();
+        let newly = now
+            .iter()
+            .enumerate()
+            .any(|(i, &f)| f && !fenced.get(i).copied().unwrap_or(false));
+        fenced = now;
+        if newly {
+            let Some(shared) = shared.upgrade() else { return };
+            shared.registry.nudge_all();
+        }
+        if topology.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Drains idle connections of nodes whose role or health changed.
 async fn drain_on_changes(shared: Arc<Shared>) {
     let mut events = shared.cluster.subscribe();
@@ -453,7 +483,7 @@ impl Proxy {
             cluster,
             round_robin: AtomicUsize::new(0),
             process_secret,
-            shutting_down: tokio::sync::watch::Sender::new(false),
+            going: AtomicBool::new(false),
             registry: Arc::default(),
             shutdown_requested: tokio::sync::Notify::new(),
             averages: Mutex::default(),
@@ -462,6 +492,7 @@ impl Proxy {
             tls: ArcSwap::from_pointee(tls),
         });
         tokio::spawn(drain_on_changes(Arc::clone(&shared)));
+        tokio::spawn(nudge_on_fence(Arc::downgrade(&shared)));
         tokio::spawn(sweep_idle_servers(Arc::downgrade(&shared)));
         tokio::spawn(average_stats(
             Arc::downgrade(&shared),
@@ -508,7 +539,8 @@ impl Proxy {
         }
         accepting.abort_all();
         while accepting.join_next().await.is_some() {}
-        self.shared.shutting_down.send_replace(true);
+        self.shared.going.store(true, Ordering::SeqCst);
+        self.shared.registry.nudge_all();
         let left = self.shared.clients.load(Ordering::Relaxed);
         if left > 0 {
             tracing::info!("shutting down: waiting for {left} clients to finish");

@@ -50,10 +50,13 @@ pub struct ClientInfo {
     /// Id of the server connection it holds; 0 when none.
     server: AtomicU64,
     killed: AtomicBool,
-    /// The session's task, to wake on a kill. One waker, not a `Notify`:
-    /// the session polls this on every wake-up, and an atomic check is
-    /// cheaper than a `Notify`'s lock (it showed in a profile).
-    kill_waker: AtomicWaker,
+    /// The session's task, woken when something it must react to happened
+    /// outside it: a kill, its node fenced, pgherd shutting down. One
+    /// waker and flags the session checks, not a `Notify` or a watch
+    /// channel per wait: a session waits for these around every
+    /// transaction, and registering with a `Notify` takes its lock (it
+    /// showed in a profile).
+    waker: AtomicWaker,
 }
 
 impl ClientInfo {
@@ -108,7 +111,30 @@ impl ClientInfo {
     /// 57P01.
     pub(crate) fn kill(&self) {
         self.killed.store(true, Ordering::SeqCst);
-        self.kill_waker.wake();
+        self.waker.wake();
+    }
+
+    /// Wakes the session to look at the flags it watches (a fence, shutdown).
+    pub(crate) fn nudge(&self) {
+        self.waker.wake();
+    }
+
+    /// Completes when `done` says so, checked now and at each
+    /// [`ClientInfo::nudge`] or kill. Only the session's own task waits.
+    pub(crate) fn until<'a, T>(
+        &'a self,
+        mut done: impl FnMut() -> Option<T> + 'a,
+    ) -> impl std::future::Future<Output = T> + 'a {
+        std::future::poll_fn(move |cx| {
+            if let Some(v) = done() {
+                return std::task::Poll::Ready(v);
+            }
+            self.waker.register(cx.waker());
+            match done() {
+                Some(v) => std::task::Poll::Ready(v),
+                None => std::task::Poll::Pending,
+            }
+        })
     }
 
     pub(crate) fn is_killed(&self) -> bool {
@@ -118,17 +144,7 @@ impl ClientInfo {
     /// Completes once [`ClientInfo::kill`] was called. Only the session's
     /// own task waits for this (one waker is kept).
     pub(crate) fn killed(&self) -> impl std::future::Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.killed.load(Ordering::SeqCst) {
-                return std::task::Poll::Ready(());
-            }
-            self.kill_waker.register(cx.waker());
-            if self.killed.load(Ordering::SeqCst) {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
+        self.until(|| self.is_killed().then_some(()))
     }
 }
 
@@ -342,7 +358,7 @@ impl Registry {
             request_us: AtomicU64::new(0),
             server: AtomicU64::new(0),
             killed: AtomicBool::new(false),
-            kill_waker: AtomicWaker::new(),
+            waker: AtomicWaker::new(),
         });
         lock(&self.clients).insert(id, Arc::clone(&info));
         Registered {
@@ -381,6 +397,13 @@ impl Registry {
     }
 
     /// Every client, by id.
+    /// Wakes every session to look at its flags (see [`ClientInfo::nudge`]).
+    pub(crate) fn nudge_all(&self) {
+        for c in lock(&self.clients).values() {
+            c.nudge();
+        }
+    }
+
     pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
         let mut v: Vec<_> = lock(&self.clients).values().cloned().collect();
         v.sort_by_key(|c| c.id);

@@ -474,7 +474,6 @@ async fn serve_client(
     };
     let shared = upstream.shared;
     let config = upstream.config;
-    let mut shutdown = shared.shutting_down.subscribe();
     let mut statements = ClientStatements::default();
     let track_statements =
         mode == PoolMode::Transaction && config.general.max_prepared_statements > 0;
@@ -499,7 +498,7 @@ async fn serve_client(
                     config.general.max_packet_size,
                     config.general.client_idle_timeout,
                 );
-                if !wait_for_request(client, limits, &mut shutdown).await? {
+                if !wait_for_request(client, limits, (&upstream.me, &shared.going)).await? {
                     return Ok(());
                 }
                 // Killed while idle: not one more transaction.
@@ -562,12 +561,19 @@ async fn serve_client(
         // does not register a waiter for it.
         let me = &upstream.me;
         let session_long = until == Until::ClientLeaves;
-        let retire = async {
-            tokio::select! {
-                reason = retire_when_fenced(shared.cluster.watch(), server.node) => reason,
-                () = me.killed(), if session_long => "was left by a killed client".to_owned(),
+        let node = server.node;
+        let retire = me.until(move || {
+            if shared.cluster.is_fenced(node) {
+                Some(
+                    "was fenced: it claims to be primary but is not the cluster's one primary"
+                        .to_owned(),
+                )
+            } else if session_long && me.is_killed() {
+                Some("was left by a killed client".to_owned())
+            } else {
+                None
             }
-        };
+        });
         let tracking = relay::Tracking {
             statements: track_statements.then_some(relay::Statements {
                 client: &mut statements,
@@ -750,17 +756,19 @@ async fn apply_params(
 
 /// Transaction mode, between transactions: waits until the client sends
 /// the start of a message. False when it left (closed, or sent Terminate).
+/// `going` is pgherd shutting down (the session is nudged when it is set).
 async fn wait_for_request(
     client: &mut Client,
     (max_packet_size, idle_limit): (usize, Option<std::time::Duration>),
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    (me, going): (&ClientInfo, &std::sync::atomic::AtomicBool),
 ) -> Result<bool, ErrorFields> {
+    let is_going = || going.load(Ordering::SeqCst);
     let going = || ErrorFields::fatal("57P01", "terminating connection: pgherd is shutting down");
     // Allocated only with client_idle_timeout set: this is the state an
     // idle client waits in, and a timer inline would grow every one.
     let mut idle_for = idle_limit.map(|d| Box::pin(tokio::time::sleep(d)));
     loop {
-        if client.buf.is_empty() && *shutdown.borrow() {
+        if client.buf.is_empty() && is_going() {
             return Err(going());
         }
         match pgherd_wire::frame::parse_header(&client.buf, max_packet_size) {
@@ -778,7 +786,7 @@ async fn wait_for_request(
                 }
                 client.stream.read_buf(&mut client.buf).await
             } => read,
-            _ = shutdown.wait_for(|going| *going) => return Err(going()),
+            () = me.until(|| is_going().then_some(())) => return Err(going()),
             () = async { match idle_for.as_mut() {
                 Some(t) => t.as_mut().await,
                 None => std::future::pending().await,
@@ -790,23 +798,6 @@ async fn wait_for_request(
         match read {
             Ok(0) | Err(_) => return Ok(false),
             Ok(_) => {}
-        }
-    }
-}
-
-/// Completes when node `node` is fenced: a session pinned to it must end,
-/// whatever it was doing, because the node may have diverged from the cluster.
-async fn retire_when_fenced(
-    mut topology: tokio::sync::watch::Receiver<Arc<pgherd_cluster::Topology>>,
-    node: usize,
-) -> String {
-    loop {
-        if topology.borrow_and_update().nodes[node].fenced {
-            return "was fenced: it claims to be primary but is not the cluster's one primary"
-                .into();
-        }
-        if topology.changed().await.is_err() {
-            return std::future::pending().await;
         }
     }
 }
