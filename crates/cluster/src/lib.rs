@@ -118,7 +118,9 @@ impl Cluster {
 
     /// Whether node `i` is fenced in the latest topology (one atomic load).
     pub fn is_fenced(&self, i: usize) -> bool {
-        self.fenced.get(i).is_some_and(|f| f.load(Ordering::Acquire))
+        self.fenced
+            .get(i)
+            .is_some_and(|f| f.load(Ordering::Acquire))
     }
 
     /// A receiver that sees every new topology.

@@ -184,8 +184,10 @@ impl<C> Pool<C> {
         let permit = match Arc::clone(&self.inner.permits).try_acquire_owned() {
             Ok(p) => p,
             Err(tokio::sync::TryAcquireError::Closed) => return Err(PoolError::Closed),
+            // Boxed: the waiting machinery (timers, a select) is most of
+            // this future's size, and it is rarely needed.
             Err(tokio::sync::TryAcquireError::NoPermits) => {
-                self.wait_for_permit(timeout, reserve_after).await?
+                Box::pin(self.wait_for_permit(timeout, reserve_after)).await?
             }
         };
         let mut state = self.inner.state();

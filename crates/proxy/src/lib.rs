@@ -411,7 +411,9 @@ async fn nudge_on_fence(shared: std::sync::Weak<Shared>) {
             .any(|(i, &f)| f && !fenced.get(i).copied().unwrap_or(false));
         fenced = now;
         if newly {
-            let Some(shared) = shared.upgrade() else { return };
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
             shared.registry.nudge_all();
         }
         if topology.changed().await.is_err() {

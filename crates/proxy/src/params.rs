@@ -51,6 +51,10 @@ impl Tracked {
 #[derive(Debug, Default)]
 pub(crate) struct ClientParams {
     values: Vec<(String, String)>,
+    /// For each value, where its name was last found in a server's list:
+    /// servers report their parameters in the same order, so this is
+    /// almost always where it is on the next server too.
+    seen_at: Vec<usize>,
 }
 
 /// The value of `name` in a parameter list (GUC names are case-insensitive).
@@ -76,6 +80,7 @@ impl ClientParams {
     /// Sets the client's value of `name` (its canonical spelling).
     pub(crate) fn set(&mut self, name: &str, value: &str) {
         upsert(&mut self.values, name, value);
+        self.seen_at.resize(self.values.len(), 0);
     }
 
     pub(crate) fn values(&self) -> &[(String, String)] {
@@ -89,10 +94,22 @@ impl ClientParams {
     /// A query setting, on a server whose known values are `server`, every
     /// parameter it has differently; `None` when there is nothing to do (the
     /// steady state: allocation-free).
-    pub(crate) fn differences(&self, server: &[(String, String)]) -> Option<String> {
+    pub(crate) fn differences(&mut self, server: &[(String, String)]) -> Option<String> {
         let mut query: Option<String> = None;
-        for (name, value) in &self.values {
-            if find(server, name) == Some(value.as_str()) {
+        for ((name, value), at) in self.values.iter().zip(&mut self.seen_at) {
+            // This runs for every transaction: look where the name was on
+            // the last server first (one comparison), search only if not.
+            let theirs = match server.get(*at) {
+                Some((k, v)) if k == name => Some(v.as_str()),
+                _ => server
+                    .iter()
+                    .position(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|i| {
+                        *at = i;
+                        server[i].1.as_str()
+                    }),
+            };
+            if theirs == Some(value.as_str()) {
                 continue;
             }
             let q = query.get_or_insert_with(String::new);
@@ -182,6 +199,15 @@ mod tests {
         );
         let same = pairs(&[("timezone", "Asia/Tokyo"), ("application_name", "app")]);
         assert_eq!(client.differences(&same), None);
+        // Another server with the same values in another order (the
+        // remembered positions miss) and with one of them changed.
+        let reordered = pairs(&[("application_name", "app"), ("TimeZone", "Asia/Tokyo")]);
+        assert_eq!(client.differences(&reordered), None);
+        let changed = pairs(&[("application_name", "other"), ("TimeZone", "Asia/Tokyo")]);
+        assert_eq!(
+            client.differences(&changed).as_deref(),
+            Some("SET \"application_name\" TO E'app';")
+        );
     }
 
     #[test]

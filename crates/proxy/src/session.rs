@@ -1047,7 +1047,8 @@ async fn checkout(
     } else {
         let database = params::find(params, "database").unwrap_or("");
         let user = params::find(params, "user").unwrap_or("");
-        match shared.connection_permits(caps, database, user, wait).await {
+        // Boxed, like `open` below: only with a limit configured.
+        match Box::pin(shared.connection_permits(caps, database, user, wait)).await {
             Some(p) => p,
             None => {
                 return Attempt::Refused(ErrorFields::fatal(
@@ -1063,7 +1064,9 @@ async fn checkout(
             }
         }
     };
-    match open(shared, node, target, params.to_vec(), credential).await {
+    // Boxed: opening a connection (TCP, TLS, login) is a large future, and
+    // checkout runs for every transaction while opening is rare.
+    match Box::pin(open(shared, node, target, params.to_vec(), credential)).await {
         Attempt::Usable(mut conn) => {
             *entry
                 .login_failure
