@@ -34,6 +34,21 @@ impl Drop for ClientSlot<'_> {
     }
 }
 
+/// A replication connection to a database with no entry: to the primary,
+/// unpooled.
+static REPLICATION_FALLBACK: std::sync::LazyLock<Database> =
+    std::sync::LazyLock::new(|| Database {
+        dbname: None,
+        user: None,
+        password: None,
+        pool_size: 1,
+        min_pool_size: 0,
+        reserve_pool: 0,
+        max_db_connections: 0,
+        pool_mode: None,
+        target: Some(Target::Primary),
+    });
+
 /// Serves one accepted connection.
 /// `listener_target` is where this listener sends databases that set no target.
 pub(crate) async fn serve(
@@ -50,9 +65,7 @@ pub(crate) async fn serve(
     // One deadline for encryption and login together.
     let deadline = tokio::time::Instant::now() + config.general.client_login_timeout;
     let tls = shared.tls();
-    let accepted = Box::pin(Client::accept(stream, peer, &tls.client, deadline)).await;
-    drop(tls);
-    let mut client = match accepted {
+    let mut client = match Box::pin(Client::accept(stream, peer, &tls.client, deadline)).await {
         Ok(client) => client,
         Err(Refused::Handshake(e)) => {
             tracing::info!(%peer, "TLS handshake failed: {e}");
@@ -68,9 +81,12 @@ pub(crate) async fn serve(
         }
         Err(_) => return,
     };
-    let login =
-        tokio::time::timeout_at(deadline, Box::pin(client.login(&shared, over_limit))).await;
-    let auth = match login {
+    drop(tls);
+    // Matched where it is made: a named result would keep its bytes in the
+    // task for the whole session.
+    let auth = match tokio::time::timeout_at(deadline, Box::pin(client.login(&shared, over_limit)))
+        .await
+    {
         Ok(Ok(auth)) => auth,
         Ok(Err(Refused::Fatal(fields))) => {
             tracing::info!(%peer, "login refused: {fields}");
@@ -173,23 +189,9 @@ async fn run(
     }
     let config = shared.config();
     let replication = wants_replication(&auth);
-    let fallback;
     let db = match config.database(&auth.database) {
         Some(db) => db,
-        None if replication => {
-            fallback = Database {
-                dbname: None,
-                user: None,
-                password: None,
-                pool_size: 1,
-                min_pool_size: 0,
-                reserve_pool: 0,
-                max_db_connections: 0,
-                pool_mode: None,
-                target: Some(Target::Primary),
-            };
-            &fallback
-        }
+        None if replication => &REPLICATION_FALLBACK,
         None => {
             return Err(ErrorFields::fatal(
                 "3D000",
@@ -214,6 +216,8 @@ async fn run(
         application_name: auth.startup.param("application_name").unwrap_or(""),
     });
     let (server_user, credential) = server_login(&config, db, &auth);
+    // Boxed: it lives as long as the session (an idle client's memory).
+    let credential = Box::new(credential);
     let server_db = db.dbname.clone().unwrap_or_else(|| auth.database.clone());
     let mode = config.pool_mode(db, &auth.user);
     let tracking = mode == PoolMode::Transaction && !replication;
@@ -311,27 +315,27 @@ async fn run(
         PoolMode::Session => Some(server.pid),
         PoolMode::Transaction => None,
     });
-    let welcomed = welcome(client, server, cancel.pid, cancel.secret).await;
-    let result = match welcomed {
-        Ok(()) => {
-            let held = match mode {
-                PoolMode::Session => Some((first, first_lease)),
-                PoolMode::Transaction => {
-                    release(first, config.general.server_lifetime, Instant::now());
-                    drop(first_lease);
-                    None
-                }
-            };
-            let params = tracking.then_some(&mut client_params);
-            // KILL / KILL_CLIENT end the session wherever it is; a server
-            // it held is closed, never pooled, as when a client vanishes.
-            tokio::select! {
-                biased;
-                result = serve_client(&upstream, client, held, params, &cancel) => result,
-                () = me.info.killed() => Err(killed_by_admin()),
-            }
+    // Not a `match` on the result: its 120 bytes would stay in the task,
+    // an idle client's memory, for the whole session.
+    if let Err(e) = welcome(client, server, cancel.pid, cancel.secret).await {
+        shared.cancels.unregister(&cancel);
+        return Err(e);
+    }
+    let held = match mode {
+        PoolMode::Session => Some((first, first_lease)),
+        PoolMode::Transaction => {
+            release(first, config.general.server_lifetime, Instant::now());
+            drop(first_lease);
+            None
         }
-        Err(e) => Err(e),
+    };
+    let params = tracking.then_some(&mut client_params);
+    // KILL / KILL_CLIENT end the session wherever it is; a server it held
+    // is closed, never pooled, as when a client vanishes.
+    let result = tokio::select! {
+        biased;
+        result = serve_client(&upstream, client, held, params, &cancel) => result,
+        () = me.info.killed() => Err(killed_by_admin()),
     };
     shared.cancels.unregister(&cancel);
     result

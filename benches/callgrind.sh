@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Instructions pgherd executes per transaction, counted by callgrind.
+#
+#   cargo build --release && bash benches/callgrind.sh [path/to/pgherd]
+#
+# CPU time on a shared 2-core machine moves by ±20% from run to run; an
+# instruction count does not (±0.5% here), so this is the number to compare
+# two builds of pgherd with. It is not a comparison with pgbouncer: under
+# valgrind everything runs ~50x slower, so work done per second (probes,
+# timers) weighs more than in real time, and pgbouncer's per-second work
+# weighs so much there that its count says nothing about its real cost.
+#
+# What it does: starts `pgherd demo` (a local primary and two standbys),
+# loads pgbench's tables, runs a second pgherd (transaction mode, pool size
+# 20, probes every 30 s) under callgrind with instrumentation off, warms
+# it up with 1,200 transactions, then counts the user-space instructions of
+# `pgbench -S -c 4 -t 1000` (4,000 transactions) and prints them per
+# transaction. Needs valgrind and the PostgreSQL binaries.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+pgherd=${1:-$here/target/release/pgherd}
+bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+work=$(mktemp -d)
+demo_pid=""
+measured_pid=""
+cleanup() {
+    [ -n "$measured_pid" ] && kill "$measured_pid" 2>/dev/null || true
+    [ -n "$demo_pid" ] && kill "$demo_pid" 2>/dev/null || true
+    [ -n "$demo_pid" ] && wait "$demo_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+demo_port=$(free_port)
+"$pgherd" demo --port "$demo_port" >"$work/demo.log" 2>&1 &
+demo_pid=$!
+for _ in $(seq 1 120); do
+    grep -q "pgherd demo is running" "$work/demo.log" && break
+    sleep 0.5
+done
+grep -q "pgherd demo is running" "$work/demo.log" || { cat "$work/demo.log"; exit 1; }
+# "  primary  pg0  127.0.0.1:PORT" and the standbys, in node order.
+mapfile -t nodes < <(grep -E '^  (primary|standby) ' "$work/demo.log" | awk '{print $2, $3}')
+
+export PGPASSWORD=demo
+primary_port=${nodes[0]##*:}
+"$bindir/pgbench" -q -i -s 1 -h 127.0.0.1 -p "$primary_port" -U demo demo >/dev/null 2>&1
+
+port=$(free_port)
+{
+    printf '[pgherd]\nlisten_addr = "127.0.0.1:%s"\nadmin_listen_addr = ""\n' "$port"
+    printf 'probe_user = "postgres"\nprobe_password = "postgres"\nprobe_interval = 30\n'
+    printf 'pool_mode = "transaction"\ndefault_pool_size = 20\n'
+    for n in "${nodes[@]}"; do
+        name=${n%% *}
+        addr=${n##* }
+        printf '\n[[nodes]]\nname = "%s"\nhost = "127.0.0.1"\nport = %s\n' "$name" "${addr##*:}"
+    done
+    printf '\n[databases]\n"*" = {}\n\n[users]\ndemo = { password = "demo" }\n'
+} >"$work/pgherd.toml"
+
+valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
+    --collect-atstart=yes --instr-atstart=no \
+    "$pgherd" run -c "$work/pgherd.toml" >"$work/valgrind.log" 2>&1 &
+measured_pid=$!
+for _ in $(seq 1 120); do
+    "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" && break
+    sleep 0.5
+done
+sleep 2
+pgbench() { "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U demo -S -c 4 -n "$@" demo; }
+pgbench -t 300 >/dev/null 2>&1
+callgrind_control -i on "$measured_pid" >/dev/null
+pgbench -t 1000 2>&1 | grep -E "processed|failed"
+callgrind_control -d "$measured_pid" >/dev/null
+callgrind_control -i off "$measured_pid" >/dev/null
+total=$(awk '/^summary:/ {print $2; exit}' "$work/cg.out.1")
+echo "pgherd user-space instructions: $total for 4000 transactions, $((total / 4000)) per transaction"
