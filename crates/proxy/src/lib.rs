@@ -539,10 +539,12 @@ impl Proxy {
                 tracing::info!("SHUTDOWN from the admin console");
             }
         }
-        accepting.abort_all();
-        while accepting.join_next().await.is_some() {}
+        // Sessions hear it first: a client between transactions is told at
+        // once, not after the listeners have wound down.
         self.shared.going.store(true, Ordering::SeqCst);
         self.shared.registry.nudge_all();
+        accepting.abort_all();
+        while accepting.join_next().await.is_some() {}
         let left = self.shared.clients.load(Ordering::Relaxed);
         if left > 0 {
             tracing::info!("shutting down: waiting for {left} clients to finish");

@@ -771,6 +771,10 @@ async fn wait_for_request(
     // Allocated only with client_idle_timeout set: this is the state an
     // idle client waits in, and a timer inline would grow every one.
     let mut idle_for = idle_limit.map(|d| Box::pin(tokio::time::sleep(d)));
+    if client.buf.is_empty() && client.buf.capacity() > 0 {
+        // The buffer the login was read into: an idle client keeps none.
+        buffers::give(std::mem::take(&mut client.buf));
+    }
     loop {
         if client.buf.is_empty() && is_going() {
             return Err(going());
