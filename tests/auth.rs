@@ -314,3 +314,50 @@ async fn a_refused_server_login_waits_for_server_login_retry() {
     let app = pgherd.connect("app", APP_PASSWORD, "app").await.unwrap();
     assert_eq!(simple_value(&app, "SELECT 1").await, "1");
 }
+
+/// A `[users]` entry's own `auth_type` overrides the global one: here the
+/// global SCRAM, md5 for one user, trust for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_auth_type_overrides_the_global_one() {
+    let cluster = shared_cluster();
+    let pgherd = cluster
+        .pgherd()
+        .without_users()
+        .user(&format!(
+            "app = {{ password = \"{}\" }}",
+            cluster.app_verifier
+        ))
+        .user(&format!(
+            "md5user = {{ password = \"{MD5_PASSWORD}\", auth_type = \"md5\" }}"
+        ))
+        .user("trustuser = { auth_type = \"trust\" }")
+        .start()
+        .await;
+    // What pgherd asks each for: SASL (10), MD5 (5), nothing (Ok, 0).
+    for (user, expected) in [("app", 10), ("md5user", 5), ("trustuser", 0)] {
+        let mut raw = RawClient::connect(&pgherd).await;
+        raw.startup(&[("user", user), ("database", "postgres")])
+            .await;
+        let request = raw.recv().await.unwrap();
+        assert_eq!(request.tag, b'R', "{user}");
+        let code = i32::from_be_bytes(request.body[..4].try_into().unwrap());
+        assert_eq!(code, expected, "{user}");
+    }
+    let md5 = pgherd
+        .connect("md5user", MD5_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    assert_eq!(simple_value(&md5, "SELECT current_user").await, "md5user");
+    let e = pgherd
+        .connect("md5user", "wrong", "postgres")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("28P01"), "{e}");
+    let trusted = pgherd.connect("trustuser", "", "postgres").await.unwrap();
+    assert_eq!(
+        simple_value(&trusted, "SELECT current_user").await,
+        "trustuser"
+    );
+    let app = pgherd.connect("app", APP_PASSWORD, "app").await.unwrap();
+    assert_eq!(simple_value(&app, "SELECT current_user").await, "app");
+}

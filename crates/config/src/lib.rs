@@ -421,6 +421,8 @@ pub struct User {
     pub pool_mode: Option<PoolMode>,
     /// Overrides the global `max_user_connections`.
     pub max_user_connections: Option<usize>,
+    /// Overrides the global `auth_type` for this user.
+    pub auth_type: Option<AuthType>,
 }
 
 impl User {
@@ -435,6 +437,7 @@ impl User {
             server_password: plain,
             pool_mode: None,
             max_user_connections: None,
+            auth_type: None,
         })
     }
 }
@@ -453,6 +456,14 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: raw::File = toml::from_str(text)?;
         raw.validate()
+    }
+
+    /// How `user` logs in: the user's own `auth_type`, else the global one.
+    pub fn auth_type(&self, user: &str) -> AuthType {
+        self.users
+            .get(user)
+            .and_then(|u| u.auth_type)
+            .unwrap_or(self.general.auth_type)
     }
 
     /// `max_user_connections` for `user`: the user's own, else the global one.
@@ -839,6 +850,7 @@ mod raw {
         pub server_password: Option<String>,
         pub pool_mode: Option<PoolMode>,
         pub max_user_connections: Option<usize>,
+        pub auth_type: Option<AuthType>,
     }
 
     fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
@@ -921,8 +933,9 @@ mod raw {
     /// A user from its secret: a SCRAM verifier, an md5 secret, or a
     /// plaintext password (from which both are derived, and which pgherd
     /// may also use to log in to servers).
+    /// A user's secrets, checked against how the user logs in (`auth_type`).
     fn user_entry(
-        general: &super::General,
+        auth_type: AuthType,
         name: &str,
         secret: Option<String>,
         key: &str,
@@ -931,7 +944,7 @@ mod raw {
             None => (None, None, None),
             Some(p) => secrets(name, &p).map_err(|message| invalid(key, message))?,
         };
-        let missing = match general.auth_type {
+        let missing = match auth_type {
             AuthType::Trust => None,
             AuthType::ScramSha256 if verifier.is_none() => Some(
                 "auth_type is scram-sha-256, so every user needs a SCRAM verifier or a \
@@ -951,6 +964,7 @@ mod raw {
             server_password: plain,
             pool_mode: None,
             max_user_connections: None,
+            auth_type: None,
         })
     }
 
@@ -1154,7 +1168,8 @@ mod raw {
             let mut users = BTreeMap::new();
             for (name, u) in self.users {
                 let key = format!("users.{name}.password");
-                let user = user_entry(&general, &name, u.password, &key)?;
+                let auth_type = u.auth_type.unwrap_or(general.auth_type);
+                let user = user_entry(auth_type, &name, u.password, &key)?;
                 users.insert(
                     name,
                     super::User {
@@ -1164,6 +1179,7 @@ mod raw {
                             .or(user.server_password),
                         pool_mode: u.pool_mode,
                         max_user_connections: u.max_user_connections,
+                        auth_type: u.auth_type,
                         ..user
                     },
                 );
@@ -1181,7 +1197,7 @@ mod raw {
                         continue;
                     }
                     let key = format!("auth_file user {:?}", e.user);
-                    let user = user_entry(&general, &e.user, Some(e.secret), &key)?;
+                    let user = user_entry(general.auth_type, &e.user, Some(e.secret), &key)?;
                     users.insert(e.user, user);
                 }
             }

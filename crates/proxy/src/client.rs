@@ -254,10 +254,9 @@ impl Client {
             .unwrap_or(&user)
             .to_owned();
         let config = shared.config();
+        let auth_type = config.auth_type(&user);
         let looked_up = match config.users.get(&user) {
-            None if config.general.auth_user.is_some()
-                && config.general.auth_type != AuthType::Trust =>
-            {
+            None if config.general.auth_user.is_some() && auth_type != AuthType::Trust => {
                 shared.auth_query.lookup(shared, &config, &user).await
             }
             _ => None,
@@ -266,7 +265,7 @@ impl Client {
         let verifier = entry.and_then(|u| u.verifier.clone());
         let md5 = entry.and_then(|u| u.md5.clone());
         let (mut client_key, mut password) = (None, None);
-        match config.general.auth_type {
+        match auth_type {
             AuthType::Trust => {}
             AuthType::ScramSha256 => {
                 client_key = Some(self.scram(shared, &user, verifier, &mut out).await?);
