@@ -83,6 +83,12 @@ impl ClientParams {
         self.seen_at.resize(self.values.len(), 0);
     }
 
+    /// Frees spare capacity (a client keeps its values for its session).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.values.shrink_to_fit();
+        self.seen_at.shrink_to_fit();
+    }
+
     pub(crate) fn values(&self) -> &[(String, String)] {
         &self.values
     }

@@ -244,6 +244,11 @@ async fn run(
     params.push(("user".into(), server_user.clone()));
     params.push(("database".into(), server_db.clone()));
     params.sort();
+    params.shrink_to_fit();
+    // Everything needed from the login is copied out: the startup packet
+    // and the rest go now, not at the end of the session (an idle client
+    // kept ~0.5 KiB of them, measured with valgrind's dhat).
+    drop(auth);
 
     if replication {
         let (params, credential) = (&params, &credential);
@@ -309,6 +314,8 @@ async fn run(
                 }
             }
         }
+        // Kept for the whole session: no spare capacity.
+        client_params.shrink_to_fit();
         sync_params(shared, &mut client_params, server).await?;
     }
     let cancel = shared.cancels.register(match mode {
