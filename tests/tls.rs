@@ -64,6 +64,15 @@ async fn connect_tls(
     Ok(client)
 }
 
+/// `client_tls_cert_file` and `client_tls_key_file` for pgherd's certificate.
+fn pgherd_certificate(cert: &Path, key: &Path) -> String {
+    format!(
+        "client_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"",
+        cert.display(),
+        key.display()
+    )
+}
+
 fn tls_failures(pgherd: &RunningPgherd) -> u64 {
     pgherd.handle.login_failures().tls.load(Ordering::Relaxed)
 }
@@ -114,11 +123,7 @@ async fn busy_transactions(clients: &[tokio_postgres::Client]) {
 async fn clients_get_tls_as_client_tls_sslmode_says() {
     let cluster = shared_cluster();
     let pki = TestPki::new();
-    let files = format!(
-        "client_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"",
-        pki.server_cert.display(),
-        pki.server_key.display()
-    );
+    let files = pgherd_certificate(&pki.server_cert, &pki.server_key);
     let pgherd = cluster
         .pgherd()
         .general("client_tls_sslmode = \"require\"")
@@ -202,9 +207,8 @@ async fn prefer_serves_both_and_verify_ca_demands_a_client_certificate() {
     let cluster = shared_cluster();
     let pki = TestPki::new();
     let files = format!(
-        "client_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"\nclient_tls_ca_file = \"{}\"",
-        pki.server_cert.display(),
-        pki.server_key.display(),
+        "{}\nclient_tls_ca_file = \"{}\"",
+        pgherd_certificate(&pki.server_cert, &pki.server_key),
         pki.ca_cert.display()
     );
     let prefer = cluster
@@ -331,11 +335,7 @@ async fn tls_on_both_sides_relays_transactions() {
             pki.ca_cert.display()
         ))
         .general("client_tls_sslmode = \"require\"")
-        .general(&format!(
-            "client_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"",
-            pki.server_cert.display(),
-            pki.server_key.display()
-        ))
+        .general(&pgherd_certificate(&pki.server_cert, &pki.server_key))
         .general("pool_mode = \"transaction\"")
         .general("default_pool_size = 2")
         .start()
@@ -363,11 +363,7 @@ async fn a_slow_tls_reader_gets_every_byte() {
         .pgherd()
         .general("auth_type = \"trust\"")
         .general("client_tls_sslmode = \"require\"")
-        .general(&format!(
-            "client_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"",
-            pki.server_cert.display(),
-            pki.server_key.display()
-        ))
+        .general(&pgherd_certificate(&pki.server_cert, &pki.server_key))
         .general("pool_mode = \"transaction\"")
         .start()
         .await;
@@ -440,11 +436,7 @@ async fn reload_picks_up_a_renewed_certificate() {
     let builder = cluster
         .pgherd()
         .general("client_tls_sslmode = \"require\"")
-        .general(&format!(
-            "client_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"",
-            cert.display(),
-            key.display()
-        ));
+        .general(&pgherd_certificate(&cert, &key));
     let pgherd = builder.start().await;
     let config = dir.join("pgherd.toml");
     std::fs::write(&config, builder.toml()).unwrap();
