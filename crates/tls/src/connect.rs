@@ -92,10 +92,6 @@ impl ServerTls {
         })
     }
 
-    pub fn mode(&self) -> SslMode {
-        self.mode
-    }
-
     /// `allow`: a login the server refused in plain text is tried again
     /// with TLS.
     pub fn retries_with_tls(&self) -> bool {

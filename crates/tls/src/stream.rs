@@ -30,7 +30,7 @@ pub enum Stream {
 
 impl Stream {
     /// The TCP connection underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
             Stream::Accepted(s) => s.get_ref().0,
@@ -44,10 +44,6 @@ impl Stream {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.tcp().local_addr()
-    }
-
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().peer_addr()
     }
 
     /// Writes all of `bytes` and flushes them to the socket.
