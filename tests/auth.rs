@@ -361,3 +361,51 @@ async fn a_users_auth_type_overrides_the_global_one() {
     let app = pgherd.connect("app", APP_PASSWORD, "app").await.unwrap();
     assert_eq!(simple_value(&app, "SELECT current_user").await, "app");
 }
+
+/// `min_pool_size` opens connections through the same `server_login_retry`
+/// gate as clients: when the server starts refusing the pool's login (its
+/// password changed), the sweeper's failed attempt is what the next client
+/// hears, not one more failing login of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_pool_size_refills_respect_server_login_retry() {
+    let cluster = shared_cluster();
+    cluster
+        .pg
+        .sql(0, "CREATE ROLE retry_min LOGIN PASSWORD 'first'")
+        .unwrap();
+    let pgherd = cluster
+        .pgherd()
+        .user("retry_min = { password = \"first\" }")
+        .general("pool_mode = \"transaction\"")
+        .general("min_pool_size = 3")
+        .general("server_login_retry = 30")
+        .start()
+        .await;
+    let c = pgherd
+        .connect("retry_min", "first", "postgres")
+        .await
+        .unwrap();
+    assert_eq!(simple_value(&c, "SELECT 1").await, "1");
+    // The server now refuses pgherd's password, and the pool's
+    // connections are gone: the sweeper's refill fails.
+    cluster
+        .pg
+        .sql(
+            0,
+            "ALTER ROLE retry_min PASSWORD 'second'; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'retry_min'",
+        )
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let e = pgherd
+        .connect("retry_min", "first", "postgres")
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "28P01", "{e:?}");
+    assert!(
+        db.hint().unwrap_or("").contains("server_login_retry"),
+        "the refill's refusal, not a new attempt: {e:?}"
+    );
+    cluster.pg.sql(0, "DROP ROLE retry_min").unwrap();
+}

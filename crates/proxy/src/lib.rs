@@ -76,10 +76,8 @@ pub(crate) struct PoolEntry {
     /// How its last connection was opened: `min_pool_size` opens more the
     /// same way.
     pub(crate) template: Arc<Mutex<Option<Template>>>,
-    /// When a server last refused this pool's login, and what it said
-    /// (`server_login_retry`); cleared by the next successful login.
-    pub(crate) login_failure:
-        Arc<Mutex<Option<(std::time::Instant, pgherd_wire::backend::ErrorFields)>>>,
+    /// `server_login_retry`: when a server last refused this pool's login.
+    pub(crate) login_failure: Arc<session::LoginFailure>,
 }
 
 /// What a pool's database and user entries (or the global settings) allow

@@ -1053,9 +1053,6 @@ async fn checkout(
             conn.close_in_background();
         }
     }
-    if let Some(refused) = recent_login_failure(entry, general.server_login_retry, asked) {
-        return Attempt::Refused(refused);
-    }
     let caps = (limits.max_db, limits.max_user);
     let permits = if caps == (0, 0) {
         Vec::new()
@@ -1079,14 +1076,8 @@ async fn checkout(
             }
         }
     };
-    // Boxed: opening a connection (TCP, TLS, login) is a large future, and
-    // checkout runs for every transaction while opening is rare.
-    match Box::pin(open(shared, node, target, params.to_vec(), credential)).await {
+    match open_for_pool(shared, entry, (node, target), params, credential).await {
         Attempt::Usable(mut conn) => {
-            *entry
-                .login_failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = None;
             conn.permits = permits;
             guard.set(conn);
             if limits.min_size > 0 {
@@ -1100,45 +1091,75 @@ async fn checkout(
             Attempt::Usable(guard)
         }
         Attempt::Unusable(why) => Attempt::Unusable(why),
-        Attempt::Refused(f) => {
-            // Only what holds for every client of the pool: who logs in,
-            // to which database, over what. (A bad startup parameter is one
-            // client's own problem.)
-            if f.code.starts_with("28") || f.code == "3D000" || f.code == "08001" {
-                *entry
-                    .login_failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), f.clone()));
-            }
-            Attempt::Refused(f)
-        }
+        Attempt::Refused(f) => Attempt::Refused(f),
     }
 }
 
-/// `server_login_retry`: when a server refused this pool's login less than
-/// `retry` before `now`, the same error again (saying it was not retried)
-/// instead of another attempt.
-fn recent_login_failure(
+/// Opens a connection for `entry`'s pool, unless a server refused this
+/// pool's login less than `server_login_retry` ago: then that error again,
+/// saying it was not retried. Clients (checkout) and `min_pool_size`
+/// (the sweeper) both open through here, so neither hammers a server that
+/// refuses the login.
+async fn open_for_pool(
+    shared: &Shared,
     entry: &PoolEntry,
-    retry: std::time::Duration,
-    now: Instant,
-) -> Option<ErrorFields> {
-    let failure = entry
-        .login_failure
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let (at, fields) = failure.as_ref()?;
-    if now.saturating_duration_since(*at) >= retry {
-        return None;
+    (node, target): (usize, Target),
+    params: &[(String, String)],
+    credential: &ServerCredential,
+) -> Attempt<ServerConn> {
+    let retry = shared.config().general.server_login_retry;
+    if let Some(refused) = entry.login_failure.recent(retry, Instant::now()) {
+        return Attempt::Refused(refused);
     }
-    let mut fields = fields.clone();
-    fields.hint = Some(format!(
-        "the server refused this login {:.1}s ago; pgherd tries again after \
-         server_login_retry ({}s)",
-        now.saturating_duration_since(*at).as_secs_f64(),
-        retry.as_secs_f64()
-    ));
-    Some(fields)
+    // Boxed: opening a connection (TCP, TLS, login) is a large future, and
+    // checkout runs for every transaction while opening is rare.
+    let attempt = Box::pin(open(shared, node, target, params.to_vec(), credential)).await;
+    entry.login_failure.record(&attempt);
+    attempt
+}
+
+/// `server_login_retry` for one pool: when a server last refused its
+/// login, and what it said.
+#[derive(Debug, Default)]
+pub(crate) struct LoginFailure(std::sync::Mutex<Option<(Instant, ErrorFields)>>);
+
+impl LoginFailure {
+    fn last(&self) -> std::sync::MutexGuard<'_, Option<(Instant, ErrorFields)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The refusal again when it was less than `retry` before `now`.
+    fn recent(&self, retry: std::time::Duration, now: Instant) -> Option<ErrorFields> {
+        let last = self.last();
+        let (at, fields) = last.as_ref()?;
+        let ago = now.saturating_duration_since(*at);
+        if ago >= retry {
+            return None;
+        }
+        let mut fields = fields.clone();
+        fields.hint = Some(format!(
+            "the server refused this login {:.1}s ago; pgherd tries again after \
+             server_login_retry ({}s)",
+            ago.as_secs_f64(),
+            retry.as_secs_f64()
+        ));
+        Some(fields)
+    }
+
+    /// Remembers a refusal that holds for every client of the pool (who
+    /// logs in, to which database, over what — a bad startup parameter is
+    /// one client's own problem); a login that worked forgets it.
+    fn record(&self, attempt: &Attempt<ServerConn>) {
+        match attempt {
+            Attempt::Usable(_) => *self.last() = None,
+            Attempt::Refused(f)
+                if f.code.starts_with("28") || f.code == "3D000" || f.code == "08001" =>
+            {
+                *self.last() = Some((Instant::now(), f.clone()));
+            }
+            _ => {}
+        }
+    }
 }
 
 fn killed_by_admin() -> ErrorFields {
@@ -1200,7 +1221,15 @@ pub(crate) async fn fill_pools(shared: &Shared) {
                     None => break,
                 }
             };
-            match open(shared, key.node, t.target, t.params.clone(), &t.credential).await {
+            match open_for_pool(
+                shared,
+                &entry,
+                (key.node, t.target),
+                &t.params,
+                &t.credential,
+            )
+            .await
+            {
                 Attempt::Usable(mut conn) => {
                     conn.permits = permits;
                     guard.set(conn);
