@@ -272,12 +272,7 @@ async fn a_refused_server_login_waits_for_server_login_retry() {
     // pgherd with it, and the server refuses pgherd.
     let pgherd = cluster
         .pgherd()
-        .without_users()
         .user("md5user = { password = \"not-the-servers\" }")
-        .user(&format!(
-            "app = {{ password = \"{}\" }}",
-            cluster.app_verifier
-        ))
         .general("server_login_retry = 1")
         .start()
         .await;
@@ -322,11 +317,6 @@ async fn a_users_auth_type_overrides_the_global_one() {
     let cluster = shared_cluster();
     let pgherd = cluster
         .pgherd()
-        .without_users()
-        .user(&format!(
-            "app = {{ password = \"{}\" }}",
-            cluster.app_verifier
-        ))
         .user(&format!(
             "md5user = {{ password = \"{MD5_PASSWORD}\", auth_type = \"md5\" }}"
         ))

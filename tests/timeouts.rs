@@ -297,11 +297,6 @@ async fn database_and_user_entries_override_the_limits() {
     let cluster = shared_cluster();
     let pgherd = cluster
         .pgherd()
-        .without_users()
-        .user(&format!(
-            "app = {{ password = \"{}\" }}",
-            cluster.app_verifier
-        ))
         .user(&format!(
             "md5user = {{ password = \"{MD5_PASSWORD}\", max_user_connections = 1 }}"
         ))

@@ -159,8 +159,11 @@ impl PgherdBuilder {
         self
     }
 
-    /// Adds a `[users]` line.
+    /// Adds a `[users]` line, replacing the entry of the same user (so a
+    /// test can give `md5user` other settings and keep `app`).
     pub fn user(mut self, line: &str) -> Self {
+        let name = |l: &str| l.split('=').next().unwrap_or("").trim().to_owned();
+        self.users.retain(|l| name(l) != name(line));
         self.users.push(line.into());
         self
     }
