@@ -465,3 +465,60 @@ async fn reload_picks_up_a_renewed_certificate() {
         .await
         .is_ok());
 }
+
+/// Clients that break the TLS handshake: one goes silent after pgherd
+/// said yes to TLS, one sends plain text instead of a ClientHello. Each is
+/// closed (the silent one at `client_login_timeout`) and counted; a proper
+/// client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_tls_handshakes_are_closed_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = shared_cluster();
+    let pki = TestPki::new();
+    let pgherd = cluster
+        .pgherd()
+        .general("client_tls_sslmode = \"require\"")
+        .general(&pgherd_certificate(&pki.server_cert, &pki.server_key))
+        .general("client_login_timeout = 0.5")
+        .start()
+        .await;
+    let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let said_yes = || async {
+        let mut tcp = tokio::net::TcpStream::connect(pgherd.addr).await.unwrap();
+        tcp.write_all(&ssl_request).await.unwrap();
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"S");
+        tcp
+    };
+    // Closed by pgherd: end of stream (or a reset), within a hang guard.
+    let closed = |mut tcp: tokio::net::TcpStream| async move {
+        let mut rest = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tcp.read_to_end(&mut rest),
+        )
+        .await
+        .expect("pgherd closes the connection")
+        .ok();
+    };
+    let handle = &pgherd.handle;
+    let timeouts = || handle.login_failures().timeout.load(Ordering::Relaxed);
+    let (timeouts_before, tls_before) = (timeouts(), tls_failures(&pgherd));
+
+    let silent = said_yes().await;
+    let mut garbage = said_yes().await;
+    garbage
+        .write_all(b"\0\0\0\x08\0\x03\0\0 not a TLS ClientHello")
+        .await
+        .unwrap();
+    let served = connect_tls(&pgherd, APP_PASSWORD, verifying_client(&pki.ca_cert, None))
+        .await
+        .unwrap();
+    assert_eq!(simple_value(&served, "SELECT 1").await, "1");
+    closed(garbage).await;
+    closed(silent).await;
+    assert_eq!(tls_failures(&pgherd), tls_before + 1, "the bad handshake");
+    assert_eq!(timeouts(), timeouts_before + 1, "the silent client");
+    assert_eq!(simple_value(&served, "SELECT 2").await, "2");
+}
