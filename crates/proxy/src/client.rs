@@ -59,13 +59,12 @@ pub(crate) enum Refused {
     Handshake(std::io::Error),
     /// TLS is required and the client logged in without: tell it, then close.
     TlsRequired(ErrorFields),
-    /// `client_login_timeout` passed before encryption was settled (the
-    /// client was told when it could be).
+    /// `client_login_timeout` passed (the client was told when it could be).
     TimedOut,
 }
 
 /// What a client hears when its login takes longer than `client_login_timeout`.
-pub(crate) fn login_timeout() -> ErrorFields {
+fn login_timeout() -> ErrorFields {
     ErrorFields::fatal("08P01", "client_login_timeout: login took too long")
 }
 
@@ -212,23 +211,43 @@ impl Client {
 
     /// Runs the startup phase: startup packet, `max_client_conn` (checked only
     /// now, so a CancelRequest still gets through when the proxy is full),
-    /// protocol negotiation, authentication. On success `AuthenticationOk` has been sent.
+    /// protocol negotiation, authentication. On success `AuthenticationOk`
+    /// has been sent; a client that is not done by `deadline`
+    /// (`client_login_timeout`) is told so.
     pub(crate) async fn login(
+        &mut self,
+        shared: &Shared,
+        over_limit: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<Box<Authenticated>, Refused> {
+        let login = Box::pin(self.login_steps(shared, over_limit));
+        match tokio::time::timeout_at(deadline, login).await {
+            Ok(done) => done,
+            Err(_) => {
+                self.send_error(&login_timeout()).await;
+                Err(Refused::TimedOut)
+            }
+        }
+    }
+
+    async fn login_steps(
         &mut self,
         shared: &Shared,
         over_limit: bool,
     ) -> Result<Box<Authenticated>, Refused> {
         let startup = self.read_startup().await?;
-        if !self.stream.is_tls() && shared.tls().client.required() {
+        let tls = shared.tls();
+        if !self.stream.is_tls() && tls.client.required() {
             return Err(Refused::TlsRequired(ErrorFields::fatal(
                 "28000",
                 format!(
                     "pgherd requires TLS: connect with sslmode=require or stronger \
                      (client_tls_sslmode = {})",
-                    shared.tls().client.mode().name()
+                    tls.client.mode().name()
                 ),
             )));
         }
+        drop(tls);
         if over_limit {
             return Err(Refused::Fatal(ErrorFields::fatal(
                 "53300",

@@ -316,11 +316,28 @@ pub struct LoginFailures {
 }
 
 impl LoginFailures {
-    pub(crate) fn count(&self, sqlstate: &str) {
-        let counter = match sqlstate {
-            "28P01" | "28000" => &self.auth,
-            "53300" => &self.limit,
-            _ => &self.protocol,
+    /// Counts (and logs) a login that ended without a session.
+    pub(crate) fn refused(&self, refused: &client::Refused, peer: SocketAddr) {
+        use client::Refused;
+        let counter = match refused {
+            Refused::Fatal(fields) => {
+                tracing::info!(%peer, "login refused: {fields}");
+                match fields.code.as_str() {
+                    "28P01" | "28000" => &self.auth,
+                    "53300" => &self.limit,
+                    _ => &self.protocol,
+                }
+            }
+            Refused::TlsRequired(fields) => {
+                tracing::info!(%peer, "login refused: {fields}");
+                &self.tls
+            }
+            Refused::Handshake(e) => {
+                tracing::info!(%peer, "TLS handshake failed: {e}");
+                &self.tls
+            }
+            Refused::TimedOut => &self.timeout,
+            Refused::Gone | Refused::Cancel { .. } => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

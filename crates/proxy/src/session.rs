@@ -67,50 +67,21 @@ pub(crate) async fn serve(
     let tls = shared.tls();
     let mut client = match Box::pin(Client::accept(stream, peer, &tls.client, deadline)).await {
         Ok(client) => client,
-        Err(Refused::Handshake(e)) => {
-            tracing::info!(%peer, "TLS handshake failed: {e}");
-            shared.login_failures.tls.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        Err(Refused::TimedOut) => {
-            shared
-                .login_failures
-                .timeout
-                .fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        Err(_) => return,
+        Err(refused) => return shared.login_failures.refused(&refused, peer),
     };
     drop(tls);
     // Matched where it is made: a named result would keep its bytes in the
     // task for the whole session.
-    let auth = match tokio::time::timeout_at(deadline, Box::pin(client.login(&shared, over_limit)))
-        .await
-    {
-        Ok(Ok(auth)) => auth,
-        Ok(Err(Refused::Fatal(fields))) => {
-            tracing::info!(%peer, "login refused: {fields}");
-            shared.login_failures.count(&fields.code);
-            client.send_error(&fields).await;
-            return;
+    let auth = match Box::pin(client.login(&shared, over_limit, deadline)).await {
+        Ok(auth) => auth,
+        Err(Refused::Cancel { pid, secret }) => {
+            return forward_cancel(&shared, pid, &secret).await;
         }
-        Ok(Err(Refused::Cancel { pid, secret })) => {
-            forward_cancel(&shared, pid, &secret).await;
-            return;
-        }
-        Ok(Err(Refused::TlsRequired(fields))) => {
-            tracing::info!(%peer, "login refused: {fields}");
-            shared.login_failures.tls.fetch_add(1, Ordering::Relaxed);
-            client.send_error(&fields).await;
-            return;
-        }
-        Ok(Err(Refused::Gone | Refused::Handshake(_) | Refused::TimedOut)) => return,
-        Err(_) => {
-            shared
-                .login_failures
-                .timeout
-                .fetch_add(1, Ordering::Relaxed);
-            client.send_error(&crate::client::login_timeout()).await;
+        Err(refused) => {
+            shared.login_failures.refused(&refused, peer);
+            if let Refused::Fatal(fields) | Refused::TlsRequired(fields) = &refused {
+                client.send_error(fields).await;
+            }
             return;
         }
     };
