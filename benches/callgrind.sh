@@ -3,6 +3,9 @@
 #
 #   cargo build --release && bash benches/callgrind.sh [path/to/pgherd]
 #
+# With CALLGRIND_OUT=FILE the profile is kept there, for
+# `callgrind_annotate --inclusive=yes FILE`.
+#
 # CPU time on a shared 2-core machine moves by ±20% from run to run; an
 # instruction count does not (±0.5% here), so this is the number to compare
 # two builds of pgherd with. It is not a comparison with pgbouncer: under
@@ -77,5 +80,6 @@ callgrind_control -i on "$measured_pid" >/dev/null
 pgbench -t 1000 2>&1 | grep -E "processed|failed"
 callgrind_control -d "$measured_pid" >/dev/null
 callgrind_control -i off "$measured_pid" >/dev/null
+[ -n "${CALLGRIND_OUT:-}" ] && cp "$work/cg.out.1" "$CALLGRIND_OUT"
 total=$(awk '/^summary:/ {print $2; exit}' "$work/cg.out.1")
 echo "pgherd user-space instructions: $total for 4000 transactions, $((total / 4000)) per transaction"

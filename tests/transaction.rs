@@ -20,6 +20,17 @@ async fn transaction_pgherd(pool_size: usize) -> RunningPgherd {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_share_a_small_pool() {
+    ten_clients_on_two_servers().await;
+}
+
+/// pgherd's default runtime (`worker_threads = 1`): sessions, probes and
+/// these clients all on one thread, none waiting on another.
+#[tokio::test(flavor = "current_thread")]
+async fn many_clients_share_a_small_pool_on_one_thread() {
+    ten_clients_on_two_servers().await;
+}
+
+async fn ten_clients_on_two_servers() {
     let pgherd = transaction_pgherd(2).await;
     let mut clients = Vec::new();
     for _ in 0..10 {

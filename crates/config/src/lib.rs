@@ -154,6 +154,9 @@ pub struct General {
     pub ignore_startup_parameters: Vec<String>,
     /// On SIGTERM/SIGINT: how long to wait for clients to finish before exiting.
     pub shutdown_timeout: Duration,
+    /// Threads that run sessions: 1 (the default) is one thread, as
+    /// pgbouncer; 0 is one per CPU.
+    pub worker_threads: usize,
     /// Period of the admin console's `SHOW STATS_AVERAGES` (pgbouncer's).
     pub stats_period: Duration,
     /// How long a client waits for a primary to appear (during a failover)
@@ -578,6 +581,7 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
             list(&g.ignore_startup_parameters),
         ),
         ("shutdown_timeout", secs(g.shutdown_timeout)),
+        ("worker_threads", g.worker_threads.to_string()),
         ("stats_period", secs(g.stats_period)),
         ("primary_wait_timeout", secs(g.primary_wait_timeout)),
         ("replica_fallback", g.replica_fallback.to_string()),
@@ -688,6 +692,7 @@ mod raw {
         pub track_extra_parameters: Vec<String>,
         pub ignore_startup_parameters: Vec<String>,
         pub shutdown_timeout: f64,
+        pub worker_threads: usize,
         pub stats_period: f64,
         pub replica_fallback: bool,
         pub replica_balance: Balance,
@@ -763,6 +768,7 @@ mod raw {
                 track_extra_parameters: vec!["IntervalStyle".into()],
                 ignore_startup_parameters: Vec::new(),
                 shutdown_timeout: 30.0,
+                worker_threads: 1,
                 stats_period: 60.0,
                 replica_fallback: true,
                 replica_balance: Balance::RoundRobin,
@@ -1063,6 +1069,7 @@ mod raw {
                 track_extra_parameters: g.track_extra_parameters,
                 ignore_startup_parameters: g.ignore_startup_parameters,
                 shutdown_timeout: seconds("pgherd.shutdown_timeout", g.shutdown_timeout)?,
+                worker_threads: g.worker_threads,
                 stats_period: positive("pgherd.stats_period", g.stats_period)?,
                 replica_fallback: g.replica_fallback,
                 replica_balance: g.replica_balance,

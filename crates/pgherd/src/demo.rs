@@ -15,7 +15,8 @@ pub(crate) fn run(port: Option<u16>) -> anyhow::Result<()> {
     )?;
     cluster.sql(0, &format!("CREATE DATABASE {DEMO_USER} OWNER {DEMO_USER}"))?;
 
-    let rt = crate::runtime()?;
+    // The default worker_threads.
+    let rt = crate::runtime(1)?;
     let result = rt.block_on(serve(&cluster, port));
     drop(rt);
     eprintln!("stopping PostgreSQL...");

@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run { config: path } => {
             let config = pgherd_config::Config::load(&path)
                 .with_context(|| format!("loading {}", path.display()))?;
-            runtime()?.block_on(run(config, path))
+            runtime(config.general.worker_threads)?.block_on(run(config, path))
         }
         Command::Demo { port } => demo::run(port),
         Command::ScramVerifier { password } => {
@@ -72,10 +72,21 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+/// The runtime for `worker_threads` (see config/pgherd.toml): one thread
+/// runs everything on the current thread, as pgbouncer does, which costs
+/// less per transaction than a work-stealing pool of threads.
+fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
+    Ok(builder.enable_all().build()?)
 }
 
 async fn run(config: pgherd_config::Config, path: PathBuf) -> anyhow::Result<()> {

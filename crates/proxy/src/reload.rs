@@ -46,6 +46,7 @@ pub(crate) fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'sta
     keep!("admin_listen_addr", admin_listen_addr);
     keep!("state_file", state_file);
     keep!("stats_period", stats_period);
+    keep!("worker_threads", worker_threads);
     keep!("track_extra_parameters", track_extra_parameters);
     keep!("probe_*", probe);
     if running.listeners != new.listeners {
