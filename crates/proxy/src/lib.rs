@@ -127,7 +127,7 @@ pub(crate) struct Shared {
     /// Set when pgherd stops: clients finish their transaction and go.
     going: AtomicBool,
     /// Parameters transaction-mode clients keep as their own.
-    tracked: params::Tracked,
+    tracked: Arc<params::Tracked>,
     /// Clients, server connections and database switches (admin console).
     registry: Arc<registry::Registry>,
     /// The console's SHUTDOWN: [`Proxy::run`] stops as if signalled.
@@ -483,7 +483,7 @@ impl Proxy {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let cluster = Cluster::start(&config, &tls.server)?;
         let shared = Arc::new(Shared {
-            tracked: params::Tracked::new(&config.general),
+            tracked: Arc::new(params::Tracked::new(&config.general)),
             node_load: config.nodes.iter().map(|_| AtomicUsize::new(0)).collect(),
             node_drained: config
                 .nodes

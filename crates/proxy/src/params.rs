@@ -15,10 +15,19 @@
 //! the client is on it (`SET`, `RESET`, `DISCARD ALL`). The untracked startup
 //! parameters (`options`, say) are what a server is opened with, and a client
 //! only gets servers opened with exactly its own.
+//!
+//! Why the values are shared ([`Values`]): the comparison runs for every
+//! transaction, and nearly every client of an application has the same
+//! settings as the servers it lands on. Equal sets are made one allocation
+//! when they meet, so the steady state compares two pointers and an idle
+//! client holds one pointer instead of a dozen small strings.
+
+use std::sync::Arc;
 
 use pgherd_config::{General, TRACKED_PARAMETERS};
 
-/// The tracked parameter names of a configuration.
+/// The tracked parameter names of a configuration; a name's place here is
+/// its index in every [`Values`].
 #[derive(Debug, Clone)]
 pub(crate) struct Tracked(Vec<String>);
 
@@ -33,97 +42,106 @@ impl Tracked {
         Tracked(names)
     }
 
-    /// The configured spelling of `name`, if it is tracked (GUC names are
+    /// The index of `name`, if it is tracked (GUC names are
     /// case-insensitive: a driver may send `datestyle`).
-    pub(crate) fn canonical(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|n| n.eq_ignore_ascii_case(name))
-            .map(String::as_str)
+    pub(crate) fn index(&self, name: &str) -> Option<usize> {
+        self.0.iter().position(|n| n.eq_ignore_ascii_case(name))
     }
 
-    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(String::as_str)
+    /// The configured spelling of the parameter at `index`.
+    pub(crate) fn name(&self, index: usize) -> &str {
+        self.0.get(index).map_or("", String::as_str)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Values of the tracked parameters by index (`None`: not known), behind
+/// one shared, copy-on-write allocation.
+#[derive(Debug, Clone)]
+pub(crate) struct Values(Arc<[Option<Box<str>>]>);
+
+impl Values {
+    /// No value known for any of `tracked`.
+    pub(crate) fn unknown(tracked: &Tracked) -> Values {
+        Values((0..tracked.len()).map(|_| None).collect())
+    }
+
+    pub(crate) fn get(&self, index: usize) -> Option<&str> {
+        self.0.get(index)?.as_deref()
+    }
+
+    /// Sets one value; copies the set first if others share it.
+    pub(crate) fn set(&mut self, index: usize, value: &str) {
+        if self.get(index) == Some(value) || index >= self.0.len() {
+            return;
+        }
+        let mut own: Vec<Option<Box<str>>> = self.0.to_vec();
+        own[index] = Some(value.into());
+        self.0 = own.into();
+    }
+
+    /// True when both hold the same allocation (and so the same values).
+    fn same(&self, other: &Values) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// When the values are equal, makes both hold one allocation: the one
+    /// more holders already share, so sets converge on one per setting.
+    fn share(&mut self, other: &mut Values) {
+        if self.same(other) || self.0 != other.0 {
+            return;
+        }
+        if Arc::strong_count(&self.0) >= Arc::strong_count(&other.0) {
+            other.0 = Arc::clone(&self.0);
+        } else {
+            self.0 = Arc::clone(&other.0);
+        }
     }
 }
 
 /// One client's values of the tracked parameters.
-#[derive(Debug, Default)]
-pub(crate) struct ClientParams {
-    values: Vec<(String, String)>,
-    /// For each value, where its name was last found in a server's list:
-    /// servers report their parameters in the same order, so this is
-    /// almost always where it is on the next server too.
-    seen_at: Vec<usize>,
-}
-
-/// The value of `name` in a parameter list (GUC names are case-insensitive).
-pub(crate) fn find<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    list.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-/// Sets `name` in a parameter list, reusing the old value's allocation.
-pub(crate) fn upsert(list: &mut Vec<(String, String)>, name: &str, value: &str) {
-    match list.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
-        Some((_, v)) => {
-            if v != value {
-                value.clone_into(v);
-            }
-        }
-        None => list.push((name.to_owned(), value.to_owned())),
-    }
-}
+#[derive(Debug, Clone)]
+pub(crate) struct ClientParams(Values);
 
 impl ClientParams {
-    /// Sets the client's value of `name` (its canonical spelling).
-    pub(crate) fn set(&mut self, name: &str, value: &str) {
-        upsert(&mut self.values, name, value);
-        self.seen_at.resize(self.values.len(), 0);
+    pub(crate) fn new(tracked: &Tracked) -> ClientParams {
+        ClientParams(Values::unknown(tracked))
     }
 
-    /// Frees spare capacity (a client keeps its values for its session).
-    pub(crate) fn shrink_to_fit(&mut self) {
-        self.values.shrink_to_fit();
-        self.seen_at.shrink_to_fit();
+    pub(crate) fn set(&mut self, index: usize, value: &str) {
+        self.0.set(index, value);
     }
 
-    pub(crate) fn values(&self) -> &[(String, String)] {
-        &self.values
+    pub(crate) fn get(&self, index: usize) -> Option<&str> {
+        self.0.get(index)
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<&str> {
-        find(&self.values, name)
-    }
-
-    /// A query setting, on a server whose known values are `server`, every
-    /// parameter it has differently; `None` when there is nothing to do (the
-    /// steady state: allocation-free).
-    pub(crate) fn differences(&mut self, server: &[(String, String)]) -> Option<String> {
+    /// A query setting, on a server whose tracked values are `server`,
+    /// every parameter this client has differently; `None` when there is
+    /// nothing to do. Equal sets end up shared, so the steady state is one
+    /// pointer comparison, without allocation.
+    pub(crate) fn differences(&mut self, server: &mut Values, tracked: &Tracked) -> Option<String> {
+        if self.0.same(server) {
+            return None;
+        }
         let mut query: Option<String> = None;
-        for ((name, value), at) in self.values.iter().zip(&mut self.seen_at) {
-            // This runs for every transaction: look where the name was on
-            // the last server first (one comparison), search only if not.
-            let theirs = match server.get(*at) {
-                Some((k, v)) if k == name => Some(v.as_str()),
-                _ => server
-                    .iter()
-                    .position(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|i| {
-                        *at = i;
-                        server[i].1.as_str()
-                    }),
-            };
-            if theirs == Some(value.as_str()) {
+        for (index, value) in self.0 .0.iter().enumerate() {
+            let Some(value) = value else { continue };
+            if server.get(index) == Some(value) {
                 continue;
             }
             let q = query.get_or_insert_with(String::new);
             q.push_str("SET ");
-            quote_ident(q, name);
+            quote_ident(q, tracked.name(index));
             q.push_str(" TO ");
             quote_literal(q, value);
             q.push(';');
+        }
+        if query.is_none() {
+            self.0.share(server);
         }
         query
     }
@@ -131,15 +149,98 @@ impl ClientParams {
     /// After a server applied this client's values: takes the server's
     /// spelling of each (it reports `DateStyle` `iso, mdy` as `ISO, MDY`), so
     /// the next comparison with a server holding the same setting matches.
-    pub(crate) fn adopt(&mut self, server: &[(String, String)]) {
-        for (name, value) in &mut self.values {
-            if let Some(v) = find(server, name) {
+    pub(crate) fn adopt(&mut self, server: &mut Values) {
+        for index in 0..self.0 .0.len() {
+            if let (Some(_), Some(theirs)) = (self.0.get(index), server.get(index)) {
+                let theirs = theirs.to_owned();
+                self.0.set(index, &theirs);
+            }
+        }
+        self.0.share(server);
+    }
+
+    /// Whether this client's values and `other` are one allocation.
+    #[cfg(test)]
+    fn shares_with(&self, other: &Values) -> bool {
+        self.0.same(other)
+    }
+}
+
+/// A server connection's parameters: every ParameterStatus it reported,
+/// and the tracked ones as [`Values`] for comparing with clients'.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerParams {
+    /// Everything reported, in the order the server first reported it
+    /// (what a client's welcome repeats).
+    reported: Vec<(String, String)>,
+    /// The tracked values (plus those pgherd set that the server does not
+    /// report).
+    pub(crate) tracked: Values,
+    /// `in_hot_standby = on`, kept as a flag: it is asked for every
+    /// transaction.
+    standby: bool,
+    names: Arc<Tracked>,
+}
+
+impl ServerParams {
+    pub(crate) fn new(names: Arc<Tracked>) -> ServerParams {
+        ServerParams {
+            reported: Vec::new(),
+            tracked: Values::unknown(&names),
+            standby: false,
+            names,
+        }
+    }
+
+    /// Records the server's value of a parameter; returns its tracked
+    /// index, if it is tracked.
+    pub(crate) fn record(&mut self, name: &str, value: &str) -> Option<usize> {
+        match self
+            .reported
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
+            Some((_, v)) => {
                 if v != value {
-                    v.clone_into(value);
+                    value.clone_into(v);
                 }
+            }
+            None => self.reported.push((name.to_owned(), value.to_owned())),
+        }
+        if name.eq_ignore_ascii_case("in_hot_standby") {
+            self.standby = value == "on";
+        }
+        let index = self.names.index(name)?;
+        self.tracked.set(index, value);
+        Some(index)
+    }
+
+    /// Records a client's values as this server's (before they are set on
+    /// it): parameters the server does not report are known only this way.
+    pub(crate) fn assume(&mut self, client: &ClientParams) {
+        for index in 0..self.names.len() {
+            if let Some(value) = client.get(index) {
+                self.tracked.set(index, value);
             }
         }
     }
+
+    pub(crate) fn reported(&self) -> &[(String, String)] {
+        &self.reported
+    }
+
+    /// True when the server reports itself as a hot standby (PostgreSQL 14+
+    /// reports `in_hot_standby`; older servers are taken as primaries here).
+    pub(crate) fn is_standby(&self) -> bool {
+        self.standby
+    }
+}
+
+/// The value of `name` in a parameter list (GUC names are case-insensitive).
+pub(crate) fn find<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    list.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// `"name"`, with `"` doubled.
@@ -171,80 +272,143 @@ fn quote_literal(out: &mut String, value: &str) {
 mod tests {
     use super::*;
 
-    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn tracked_names_are_case_insensitive_and_include_extras() {
+    fn tracked(extra: &[&str]) -> Arc<Tracked> {
         let mut general = pgherd_config::Config::parse(
             "[pgherd]\nprobe_user = \"p\"\n[[nodes]]\nname = \"a\"\nhost = \"h\"\n",
         )
         .unwrap()
         .general;
-        general.track_extra_parameters = vec!["search_path".into(), "timezone".into()];
-        let tracked = Tracked::new(&general);
-        assert_eq!(tracked.canonical("datestyle"), Some("DateStyle"));
-        assert_eq!(tracked.canonical("TIMEZONE"), Some("TimeZone"));
-        assert_eq!(tracked.canonical("search_path"), Some("search_path"));
-        assert_eq!(tracked.canonical("options"), None);
-        assert_eq!(tracked.names().count(), TRACKED_PARAMETERS.len() + 1);
+        general.track_extra_parameters = extra.iter().map(|&e| e.to_owned()).collect();
+        Arc::new(Tracked::new(&general))
+    }
+
+    fn server(names: &Arc<Tracked>, list: &[(&str, &str)]) -> ServerParams {
+        let mut s = ServerParams::new(Arc::clone(names));
+        for (k, v) in list {
+            s.record(k, v);
+        }
+        s
+    }
+
+    fn client(names: &Tracked, list: &[(&str, &str)]) -> ClientParams {
+        let mut c = ClientParams::new(names);
+        for (k, v) in list {
+            c.set(names.index(k).unwrap(), v);
+        }
+        c
+    }
+
+    #[test]
+    fn tracked_names_are_case_insensitive_and_include_extras() {
+        let names = tracked(&["search_path", "timezone"]);
+        let datestyle = names.index("datestyle").unwrap();
+        assert_eq!(names.name(datestyle), "DateStyle");
+        assert_eq!(names.name(names.index("TIMEZONE").unwrap()), "TimeZone");
+        assert_eq!(names.index("options"), None);
+        assert_eq!(names.len(), TRACKED_PARAMETERS.len() + 1);
     }
 
     #[test]
     fn only_differing_values_are_set() {
-        let mut client = ClientParams::default();
-        client.set("TimeZone", "Asia/Tokyo");
-        client.set("application_name", "app");
-        let server = pairs(&[("TimeZone", "UTC"), ("application_name", "app")]);
+        let names = tracked(&[]);
+        let mut c = client(
+            &names,
+            &[("TimeZone", "Asia/Tokyo"), ("application_name", "app")],
+        );
+        let mut s = server(&names, &[("TimeZone", "UTC"), ("application_name", "app")]);
         assert_eq!(
-            client.differences(&server).as_deref(),
+            c.differences(&mut s.tracked, &names).as_deref(),
             Some("SET \"TimeZone\" TO E'Asia/Tokyo';")
         );
-        let same = pairs(&[("timezone", "Asia/Tokyo"), ("application_name", "app")]);
-        assert_eq!(client.differences(&same), None);
-        // Another server with the same values in another order (the
-        // remembered positions miss) and with one of them changed.
-        let reordered = pairs(&[("application_name", "app"), ("TimeZone", "Asia/Tokyo")]);
-        assert_eq!(client.differences(&reordered), None);
-        let changed = pairs(&[("application_name", "other"), ("TimeZone", "Asia/Tokyo")]);
+        assert!(!c.shares_with(&s.tracked), "different sets stay apart");
+        // Reported in another order and spelling: the same values.
+        let mut same = server(
+            &names,
+            &[("application_name", "app"), ("timezone", "Asia/Tokyo")],
+        );
+        assert_eq!(c.differences(&mut same.tracked, &names), None);
+        let mut changed = server(
+            &names,
+            &[("application_name", "other"), ("TimeZone", "Asia/Tokyo")],
+        );
         assert_eq!(
-            client.differences(&changed).as_deref(),
+            c.differences(&mut changed.tracked, &names).as_deref(),
             Some("SET \"application_name\" TO E'app';")
         );
     }
 
     #[test]
-    fn a_parameter_the_server_never_reported_is_set() {
-        let mut client = ClientParams::default();
-        client.set("search_path", "app, public");
+    fn equal_sets_become_one_allocation_and_copy_on_write() {
+        let names = tracked(&[]);
+        let mut a = client(&names, &[("TimeZone", "UTC")]);
+        let mut b = client(&names, &[("TimeZone", "UTC")]);
+        let mut s = server(&names, &[("TimeZone", "UTC")]);
+        assert_eq!(a.differences(&mut s.tracked, &names), None);
+        assert!(a.shares_with(&s.tracked));
+        // Two share it now: b takes theirs rather than they b's.
+        assert_eq!(b.differences(&mut s.tracked, &names), None);
+        assert!(b.shares_with(&s.tracked) && a.shares_with(&s.tracked));
+        // A SET on the server changes its set and this client's, not a's.
+        let index = s.record("TimeZone", "Europe/Paris").unwrap();
+        b.set(index, "Europe/Paris");
+        assert_eq!(a.get(index), Some("UTC"));
         assert_eq!(
-            client.differences(&[]).as_deref(),
-            Some("SET \"search_path\" TO E'app, public';")
+            a.differences(&mut s.tracked, &names).as_deref(),
+            Some("SET \"TimeZone\" TO E'UTC';")
         );
     }
 
     #[test]
-    fn values_are_quoted_whatever_standard_conforming_strings_is() {
-        let mut client = ClientParams::default();
-        client.set("application_name", r"it's a \ path");
-        client.set("we\"ird", "x");
+    fn a_parameter_the_server_never_reported_is_set() {
+        let names = tracked(&["search_path"]);
+        let mut c = client(&names, &[("search_path", "app, public")]);
+        let mut s = server(&names, &[]);
         assert_eq!(
-            client.differences(&[]).as_deref(),
+            c.differences(&mut s.tracked, &names).as_deref(),
+            Some("SET \"search_path\" TO E'app, public';")
+        );
+        // Once set, pgherd knows the server has it (it will not report it).
+        s.assume(&c);
+        assert_eq!(c.differences(&mut s.tracked, &names), None);
+    }
+
+    #[test]
+    fn values_are_quoted_whatever_standard_conforming_strings_is() {
+        let names = tracked(&["we\"ird"]);
+        let c = client(
+            &names,
+            &[("application_name", r"it's a \ path"), ("we\"ird", "x")],
+        );
+        let mut c = c;
+        let mut s = server(&names, &[]);
+        assert_eq!(
+            c.differences(&mut s.tracked, &names).as_deref(),
             Some(r#"SET "application_name" TO E'it''s a \\ path';SET "we""ird" TO E'x';"#)
         );
     }
 
     #[test]
     fn adopting_takes_the_servers_spelling() {
-        let mut client = ClientParams::default();
-        client.set("DateStyle", "iso, dmy");
-        client.adopt(&pairs(&[("DateStyle", "ISO, DMY")]));
-        assert_eq!(client.get("datestyle"), Some("ISO, DMY"));
-        client.set("DATESTYLE", "German");
-        assert_eq!(client.get("DateStyle"), Some("German"));
-        assert_eq!(client.values.len(), 1);
+        let names = tracked(&[]);
+        let datestyle = names.index("DateStyle").unwrap();
+        let mut c = client(&names, &[("DateStyle", "iso, dmy")]);
+        let mut s = server(&names, &[("DateStyle", "ISO, DMY"), ("TimeZone", "UTC")]);
+        c.adopt(&mut s.tracked);
+        assert_eq!(c.get(datestyle), Some("ISO, DMY"));
+        // What the client had no value for stays unknown to it.
+        assert_eq!(c.get(names.index("TimeZone").unwrap()), None);
+        c.set(datestyle, "German");
+        assert_eq!(c.get(datestyle), Some("German"));
+    }
+
+    #[test]
+    fn the_standby_flag_follows_reports() {
+        let names = tracked(&[]);
+        let mut s = server(&names, &[("in_hot_standby", "on")]);
+        assert!(s.is_standby());
+        assert_eq!(s.record("in_hot_standby", "off"), None);
+        assert!(!s.is_standby());
+        assert_eq!(find(s.reported(), "IN_HOT_STANDBY"), Some("off"));
+        assert_eq!(s.reported().len(), 1);
     }
 }

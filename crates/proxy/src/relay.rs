@@ -34,7 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::time::Sleep;
 
 use crate::buffers::BUF_SIZE;
-use crate::params::{ClientParams, Tracked};
+use crate::params::{ClientParams, ServerParams};
 use crate::prepared::{self, ClientStatements, Expected, Rewrite, ServerStatements};
 use crate::stats::{PoolStats, Traffic};
 
@@ -53,9 +53,8 @@ pub(crate) struct Tracking<'a> {
 /// Transaction mode's parameter tracking: ParameterStatus from the server
 /// updates the server's known values and, for tracked ones, the client's.
 pub(crate) struct Params<'a> {
-    pub(crate) tracked: &'a Tracked,
     pub(crate) client: &'a mut ClientParams,
-    pub(crate) server: &'a mut Vec<(String, String)>,
+    pub(crate) server: &'a mut ServerParams,
 }
 
 impl Params<'_> {
@@ -63,9 +62,8 @@ impl Params<'_> {
         let Some((name, value)) = backend::parameter_status_view(&msg[5..]) else {
             return;
         };
-        crate::params::upsert(self.server, name, value);
-        if let Some(name) = self.tracked.canonical(name) {
-            self.client.set(name, value);
+        if let Some(index) = self.server.record(name, value) {
+            self.client.set(index, value);
         }
     }
 }

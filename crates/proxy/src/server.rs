@@ -11,6 +11,7 @@
 //! itself is the same either way.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -22,6 +23,8 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend as pq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::params::{ClientParams, ServerParams, Tracked};
 
 /// Largest message accepted while logging in or resetting (no rows flow then).
 const CONTROL_MESSAGE_LIMIT: usize = 1 << 20;
@@ -83,10 +86,10 @@ pub struct ServerConn {
     pub secret: [u8; 4],
     /// ParameterStatus values as the server last reported them (plus
     /// tracked parameters pgherd set that it does not report).
-    pub params: Vec<(String, String)>,
+    pub(crate) params: ServerParams,
     /// ParameterStatus values as reported at login: in transaction mode, the
     /// defaults for a client that sets none (see `params`).
-    pub initial_params: Vec<(String, String)>,
+    pub(crate) initial_params: ServerParams,
     /// The startup parameters this connection was opened with, sorted.
     pub startup: Vec<(String, String)>,
     /// When it was opened (`server_lifetime`).
@@ -102,20 +105,20 @@ pub struct ServerConn {
 
 impl ServerConn {
     /// Connects to `host:port` (with TLS as `tls` says) and logs in with
-    /// `startup` parameters.
-    pub async fn connect(
+    /// `startup` parameters. `tracked` names the parameters clients keep.
+    pub(crate) async fn connect(
         (node, host, port): (usize, &str, u16),
-        startup: Vec<(String, String)>,
+        (startup, tracked): (Vec<(String, String)>, &Arc<Tracked>),
         credential: &ServerCredential,
         tls: &ServerTls,
         timeout: Duration,
     ) -> Result<ServerConn, ServerError> {
         let attempts = async {
             let at = (node, host, port);
-            match Self::connect_once(at, startup.clone(), credential, tls, false).await {
+            match Self::connect_once(at, (startup.clone(), tracked), credential, tls, false).await {
                 // `allow`: the server refused a plain login; try TLS.
                 Err(ServerError::Rejected(f)) if f.code == "28000" && tls.retries_with_tls() => {
-                    Self::connect_once(at, startup, credential, tls, true).await
+                    Self::connect_once(at, (startup, tracked), credential, tls, true).await
                 }
                 done => done,
             }
@@ -127,7 +130,7 @@ impl ServerConn {
 
     async fn connect_once(
         (node, host, port): (usize, &str, u16),
-        mut startup: Vec<(String, String)>,
+        (mut startup, tracked): (Vec<(String, String)>, &Arc<Tracked>),
         credential: &ServerCredential,
         tls: &ServerTls,
         insist_on_tls: bool,
@@ -151,8 +154,8 @@ impl ServerConn {
             addr,
             pid: 0,
             secret: [0; 4],
-            params: Vec::new(),
-            initial_params: Vec::new(),
+            params: ServerParams::new(Arc::clone(tracked)),
+            initial_params: ServerParams::new(Arc::clone(tracked)),
             startup,
             created: std::time::Instant::now(),
             idle_since: std::time::Instant::now(),
@@ -164,15 +167,10 @@ impl ServerConn {
         Ok(conn)
     }
 
-    /// The server's value of a reported parameter.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        crate::params::find(&self.params, name)
-    }
-
     /// True when the server reports itself as a hot standby (PostgreSQL 14+
     /// reports `in_hot_standby`; older servers are taken as primaries here).
     pub fn is_standby(&self) -> bool {
-        self.param("in_hot_standby") == Some("on")
+        self.params.is_standby()
     }
 
     fn user(&self) -> &str {
@@ -327,8 +325,8 @@ impl ServerConn {
     }
 
     /// Records the server's value of a parameter.
-    pub(crate) fn set_param(&mut self, name: &str, value: &str) {
-        crate::params::upsert(&mut self.params, name, value);
+    fn set_param(&mut self, name: &str, value: &str) {
+        self.params.record(name, value);
     }
 
     async fn read_frame(&mut self, buf: &mut BytesMut) -> Result<Frame, ServerError> {
@@ -399,12 +397,10 @@ impl ServerConn {
     pub(crate) async fn apply(
         &mut self,
         query: &str,
-        values: &[(String, String)],
+        values: &ClientParams,
         timeout: Duration,
     ) -> Result<(), ServerError> {
-        for (name, value) in values {
-            self.set_param(name, value);
-        }
+        self.params.assume(values);
         let mut out = BytesMut::new();
         frontend::query(&mut out, query);
         self.exchange(&out, 1, timeout).await

@@ -201,14 +201,14 @@ async fn run(
     };
     // Untracked startup parameters go to the server (and decide which
     // servers this client may share); tracked ones are the client's own.
-    let mut client_params = ClientParams::default();
+    let mut client_params = ClientParams::new(&shared.tracked);
     let mut params: Vec<(String, String)> = Vec::new();
     for (name, value) in &auth.startup.params {
         if name == "user" || name == "database" || ignored(name) {
             continue;
         }
-        match shared.tracked.canonical(name) {
-            Some(name) if tracking => client_params.set(name, value),
+        match shared.tracked.index(name) {
+            Some(index) if tracking => client_params.set(index, value),
             _ => params.push((name.clone(), value.clone())),
         }
     }
@@ -278,15 +278,14 @@ async fn run(
     };
     if tracking {
         // What the client did not set, it gets the server's defaults of.
-        for name in shared.tracked.names() {
-            if client_params.get(name).is_none() {
-                if let Some(v) = params::find(&server.initial_params, name) {
-                    client_params.set(name, v);
+        for index in 0..shared.tracked.len() {
+            if client_params.get(index).is_none() {
+                if let Some(v) = server.initial_params.tracked.get(index) {
+                    client_params.set(index, v);
                 }
             }
         }
-        // Kept for the whole session: no spare capacity.
-        client_params.shrink_to_fit();
+        // Usually equal to the server's: then this shares their values.
         sync_params(shared, &mut client_params, server).await?;
     }
     let cancel = shared.cancels.register(match mode {
@@ -564,7 +563,6 @@ async fn serve_client(
                 max: config.general.max_prepared_statements,
             }),
             params: params.as_deref_mut().map(|client| relay::Params {
-                tracked: &shared.tracked,
                 client,
                 server: &mut server.params,
             }),
@@ -703,7 +701,7 @@ async fn sync_params(
     params: &mut ClientParams,
     server: &mut ServerConn,
 ) -> Result<(), ErrorFields> {
-    let Some(query) = params.differences(&server.params) else {
+    let Some(query) = params.differences(&mut server.params.tracked, &shared.tracked) else {
         return Ok(());
     };
     // Only now (a parameter differs) is the exchange's state allocated.
@@ -717,9 +715,9 @@ async fn apply_params(
     query: String,
 ) -> Result<(), ErrorFields> {
     let timeout = shared.config().general.server_connect_timeout;
-    match server.apply(&query, params.values(), timeout).await {
+    match server.apply(&query, params, timeout).await {
         Ok(()) => {
-            params.adopt(&server.params);
+            params.adopt(&mut server.params.tracked);
             Ok(())
         }
         // A value the server refuses (a bad TimeZone in the startup packet):
@@ -882,7 +880,7 @@ async fn welcome(
     secret: [u8; 4],
 ) -> Result<(), ErrorFields> {
     let mut out = BytesMut::with_capacity(512);
-    for (k, v) in &server.params {
+    for (k, v) in server.params.reported() {
         backend::parameter_status(&mut out, k, v);
     }
     backend::backend_key_data(&mut out, pid, secret);
@@ -906,7 +904,7 @@ async fn open(
     let n = &config.nodes[node];
     let connected = ServerConn::connect(
         (node, &n.host, n.port),
-        params,
+        (params, &shared.tracked),
         credential,
         &shared.tls().server,
         config.general.server_connect_timeout,
