@@ -39,6 +39,7 @@ mod route;
 mod server;
 mod session;
 mod stats;
+mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -77,7 +78,7 @@ pub(crate) struct PoolEntry {
     /// same way.
     pub(crate) template: Arc<Mutex<Option<Template>>>,
     /// `server_login_retry`: when a server last refused this pool's login.
-    pub(crate) login_failure: Arc<session::LoginFailure>,
+    pub(crate) login_failure: Arc<upstream::LoginFailure>,
 }
 
 /// What a pool's database and user entries (or the global settings) allow
@@ -128,6 +129,8 @@ pub(crate) struct Shared {
     going: AtomicBool,
     /// Parameters transaction-mode clients keep as their own.
     tracked: Arc<params::Tracked>,
+    /// Where sessions get servers, shared by clients with the same.
+    upstreams: upstream::Upstreams,
     /// Clients, server connections and database switches (admin console).
     registry: Arc<registry::Registry>,
     /// The console's SHUTDOWN: [`Proxy::run`] stops as if signalled.
@@ -401,7 +404,7 @@ async fn sweep_idle_servers(shared: std::sync::Weak<Shared>) {
                 conn.close_in_background();
             }
         }
-        session::fill_pools(&shared).await;
+        upstream::fill_pools(&shared).await;
     }
 }
 
@@ -484,6 +487,7 @@ impl Proxy {
         let cluster = Cluster::start(&config, &tls.server)?;
         let shared = Arc::new(Shared {
             tracked: Arc::new(params::Tracked::new(&config.general)),
+            upstreams: upstream::Upstreams::default(),
             node_load: config.nodes.iter().map(|_| AtomicUsize::new(0)).collect(),
             node_drained: config
                 .nodes

@@ -119,6 +119,12 @@ impl ClientInfo {
         self.waker.wake();
     }
 
+    /// Wakes `waker` at the next [`ClientInfo::nudge`] or kill. Only the
+    /// session's own task registers (one waker is kept).
+    pub(crate) fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
     /// Completes when `done` says so, checked now and at each
     /// [`ClientInfo::nudge`] or kill. Only the session's own task waits.
     pub(crate) fn until<'a, T>(

@@ -30,7 +30,7 @@ use crate::params::{ClientParams, ServerParams, Tracked};
 const CONTROL_MESSAGE_LIMIT: usize = 1 << 20;
 
 /// What pgherd proves to the server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerCredential {
     /// No password: the server must `trust` this user.
     None,

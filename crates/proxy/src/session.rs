@@ -1,13 +1,16 @@
 //! One client connection from accept to close.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use pgherd_config::{Balance, Config, Database, PoolMode, Target};
-use pgherd_pool::{Guard, PoolError};
+use pgherd_pool::Guard;
 use pgherd_wire::backend::{self, ErrorFields, TxStatus};
 use pgherd_wire::frontend;
 use tokio::io::AsyncReadExt;
@@ -17,18 +20,19 @@ use crate::buffers;
 use crate::cancel::{CancelKey, CancelTarget};
 use crate::classify::{classify, Request};
 use crate::client::{Authenticated, Client, Refused};
-use crate::params::{self, ClientParams};
+use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
-use crate::registry::{ClientInfo, DatabaseControl, InUse, NewClient, NewServer, ServerInfo};
+use crate::registry::{ClientInfo, NewClient, Registered};
 use crate::relay::{self, RelayEnd, ServerState, Until};
-use crate::route::{self, Attempt, Want};
-use crate::server::{send_cancel, ServerConn, ServerCredential, ServerError};
-use crate::{PoolEntry, PoolKey, PoolLimits, Shared};
+use crate::route::{self, Want};
+use crate::server::{send_cancel, ServerConn, ServerError};
+use crate::upstream::{open, server_login, Lease, Upstream, Wanted};
+use crate::Shared;
 
 /// Counts a client for `max_client_conn` while it is connected.
-struct ClientSlot<'a>(&'a Shared);
+struct ClientSlot(Arc<Shared>);
 
-impl Drop for ClientSlot<'_> {
+impl Drop for ClientSlot {
     fn drop(&mut self) {
         self.0.clients.fetch_sub(1, Ordering::Relaxed);
     }
@@ -51,43 +55,102 @@ static REPLICATION_FALLBACK: std::sync::LazyLock<Database> =
 
 /// Serves one accepted connection.
 /// `listener_target` is where this listener sends databases that set no target.
-pub(crate) async fn serve(
+///
+/// This future is the client's task, and a task is as large as its largest
+/// state for its whole life: so everything an idle client does not wait in
+/// (encryption, login, the session's setup, each transaction) is boxed,
+/// and what is left while idle is [`Session`] and the wait for a request.
+pub(crate) fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
     listener_target: Target,
-) {
+) -> impl Future<Output = ()> + Send {
     let connected = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
-    let _slot = ClientSlot(&shared);
+    let begin = begin(
+        Arc::clone(&shared),
+        stream,
+        peer,
+        listener_target,
+        connected,
+    );
+    // Not arguments of an async fn: those stay in the task all its life.
+    run(ClientSlot(shared), Box::pin(begin))
+}
+
+async fn run(slot: ClientSlot, begin: Pin<Box<impl Future<Output = Option<Box<Session>>>>>) {
+    let Some(mut session) = begin.await else {
+        return;
+    };
+    let shared = &*slot.0;
+    // The error boxed: a 120-byte result kept across the await below
+    // would be in every client's task.
+    let failed = session.serve(shared).await.err().map(Box::new);
+    shared.cancels.unregister(&session.cancel);
+    if let Some(fields) = failed {
+        Box::pin(session.client.send_error(&fields)).await;
+    }
+}
+
+/// Encryption, login and the session's setup. `None`: the client is
+/// served already (refused, a cancel request, the console, replication).
+/// `connected`: clients now, this one included.
+async fn begin(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener_target: Target,
+    connected: usize,
+) -> Option<Box<Session>> {
+    let shared = &*shared;
     let _ = stream.set_nodelay(true);
     let config = shared.config();
     let over_limit = connected > config.general.max_client_conn;
     // One deadline for encryption and login together.
     let deadline = tokio::time::Instant::now() + config.general.client_login_timeout;
+    drop(config);
     let tls = shared.tls();
-    let mut client = match Box::pin(Client::accept(stream, peer, &tls.client, deadline)).await {
+    let mut client = match Client::accept(stream, peer, &tls.client, deadline).await {
         Ok(client) => client,
-        Err(refused) => return shared.login_failures.refused(&refused, peer),
+        Err(refused) => {
+            shared.login_failures.refused(&refused, peer);
+            return None;
+        }
     };
     drop(tls);
-    // Matched where it is made: a named result would keep its bytes in the
-    // task for the whole session.
-    let auth = match Box::pin(client.login(&shared, over_limit, deadline)).await {
+    let auth = match client.login(shared, over_limit, deadline).await {
         Ok(auth) => auth,
         Err(Refused::Cancel { pid, secret }) => {
-            return forward_cancel(&shared, pid, &secret).await;
+            forward_cancel(shared, pid, &secret).await;
+            return None;
         }
         Err(refused) => {
             shared.login_failures.refused(&refused, peer);
             if let Refused::Fatal(fields) | Refused::TlsRequired(fields) = &refused {
                 client.send_error(fields).await;
             }
-            return;
+            return None;
         }
     };
     tracing::debug!(%peer, user = %auth.user, database = %auth.database, "client logged in");
-    if let Err(fields) = run(&shared, &mut client, auth, listener_target).await {
-        client.send_error(&fields).await;
+    match start(shared, &mut client, auth, listener_target).await {
+        Ok(Some(setup)) => Some(Box::new(Session {
+            client,
+            upstream: setup.upstream,
+            me: setup.me,
+            cancel: setup.cancel,
+            params: setup.params,
+            statements: ClientStatements::default(),
+            wrote_at: None,
+            refused_read: false,
+            held: setup.held,
+        })),
+        // The console, or a replication connection: served already.
+        Ok(None) => None,
+        Err(fields) => {
+            client.send_error(&fields).await;
+            None
+        }
     }
 }
 
@@ -112,51 +175,19 @@ fn wants_replication(auth: &Authenticated) -> bool {
     }
 }
 
-/// The server-side identity for a client: which user to log in as, with what.
-fn server_login(
-    config: &Config,
-    db: &Database,
-    auth: &Authenticated,
-) -> (String, ServerCredential) {
-    if let Some(user) = &db.user {
-        let cred = db
-            .password
-            .clone()
-            .map_or(ServerCredential::None, ServerCredential::Password);
-        return (user.clone(), cred);
-    }
-    let user_cfg = config.users.get(&auth.user).or(auth.looked_up.as_ref());
-    // Best first: a configured password; the keys the client proved with
-    // SCRAM; the password it sent in clear; the md5 secret.
-    let scram = user_cfg.and_then(|u| Some((auth.client_key?, u.verifier.clone()?)));
-    let cred = if let Some(p) = user_cfg.and_then(|u| u.server_password.clone()) {
-        ServerCredential::Password(p)
-    } else if let Some((client_key, verifier)) = scram {
-        ServerCredential::ScramKeys {
-            client_key,
-            verifier,
-        }
-    } else if let Some(p) = &auth.password {
-        ServerCredential::Password(p.clone())
-    } else if let Some(m) = user_cfg.and_then(|u| u.md5.clone()) {
-        ServerCredential::Md5Secret(m)
-    } else {
-        ServerCredential::None
-    };
-    (auth.user.clone(), cred)
-}
-
-/// Runs an authenticated client's session. An `Err` is sent to the client.
-async fn run(
+/// Sets up an authenticated client's session: its upstream, its welcome
+/// (from a first server) and, in session mode, the server it keeps.
+/// `None`: the client was the console's or a replication connection, and
+/// is served already. An `Err` is sent to the client.
+async fn start(
     shared: &Shared,
     client: &mut Client,
     auth: Box<Authenticated>,
     listener_target: Target,
-) -> Result<(), ErrorFields> {
+) -> Result<Option<Setup>, ErrorFields> {
     if crate::console::is_console(&auth.database) {
-        // Boxed, as every await that an idle client is never parked in: a
-        // task is as large as its largest state, for its whole life.
-        return Box::pin(crate::console::serve(shared, client, &auth)).await;
+        Box::pin(crate::console::serve(shared, client, &auth)).await?;
+        return Ok(None);
     }
     let config = shared.config();
     let replication = wants_replication(&auth);
@@ -187,8 +218,6 @@ async fn run(
         application_name: auth.startup.param("application_name").unwrap_or(""),
     });
     let (server_user, credential) = server_login(&config, db, &auth);
-    // Boxed: it lives as long as the session (an idle client's memory).
-    let credential = Box::new(credential);
     let server_db = db.dbname.clone().unwrap_or_else(|| auth.database.clone());
     let mode = config.pool_mode(db, &auth.user);
     let tracking = mode == PoolMode::Transaction && !replication;
@@ -212,16 +241,12 @@ async fn run(
             _ => params.push((name.clone(), value.clone())),
         }
     }
-    params.push(("user".into(), server_user.clone()));
-    params.push(("database".into(), server_db.clone()));
+    params.push(("user".into(), server_user));
+    params.push(("database".into(), server_db));
     params.sort();
-    params.shrink_to_fit();
-    // Everything needed from the login is copied out: the startup packet
-    // and the rest go now, not at the end of the session (an idle client
-    // kept ~0.5 KiB of them, measured with valgrind's dhat).
-    drop(auth);
 
     if replication {
+        drop(auth);
         let (params, credential) = (&params, &credential);
         let server =
             Box::pin(route::connect(
@@ -233,7 +258,8 @@ async fn run(
                 },
             ))
             .await?;
-        return Box::pin(replicate(shared, client, server)).await;
+        Box::pin(replicate(shared, client, server)).await?;
+        return Ok(None);
     }
 
     let target = match db.target.unwrap_or(listener_target) {
@@ -241,25 +267,19 @@ async fn run(
         Target::Auto if mode == PoolMode::Session => Target::Primary,
         t => t,
     };
-    let upstream = Upstream {
-        shared,
+    let upstream = shared.upstreams.get(Wanted {
         config: &config,
+        client: (&auth.database, &auth.user),
         db,
         target,
-        params: &params,
-        credential: &credential,
-        database: &server_db,
-        user: &server_user,
+        params,
+        credential,
         mode,
-        limits: PoolLimits {
-            min_size: db.min_pool_size,
-            max_db: db.max_db_connections,
-            max_user: config.max_user_connections(&server_user),
-        },
-        pools: config.nodes.iter().map(|_| OnceLock::new()).collect(),
         control,
-        me: Arc::clone(&me.info),
-    };
+    });
+    // Everything needed from the login is copied out: the startup packet
+    // and the rest go now, not at the end of the session.
+    drop(auth);
     // The welcome needs a server's ParameterStatus values, in both modes.
     let welcome_want = match (upstream.want(), mode) {
         (Want::Standby { fallback, .. }, PoolMode::Transaction) => Want::Standby {
@@ -269,12 +289,9 @@ async fn run(
         },
         (want, _) => want,
     };
-    let (mut first, _, first_lease) = Box::pin(upstream.checkout(welcome_want)).await?;
+    let (mut first, _, first_lease) = upstream.checkout(shared, &me.info, welcome_want).await?;
     let Some(server) = first.conn() else {
-        return Err(ErrorFields::fatal(
-            "XX000",
-            "pgherd: pool handed out an empty slot",
-        ));
+        return Err(empty_slot());
     };
     if tracking {
         // What the client did not set, it gets the server's defaults of.
@@ -292,8 +309,6 @@ async fn run(
         PoolMode::Session => Some(server.pid),
         PoolMode::Transaction => None,
     });
-    // Not a `match` on the result: its 120 bytes would stay in the task,
-    // an idle client's memory, for the whole session.
     if let Err(e) = welcome(client, server, cancel.pid, cancel.secret).await {
         shared.cancels.unregister(&cancel);
         return Err(e);
@@ -306,196 +321,120 @@ async fn run(
             None
         }
     };
-    let params = tracking.then_some(&mut client_params);
-    // KILL / KILL_CLIENT end the session wherever it is; a server it held
-    // is closed, never pooled, as when a client vanishes.
-    let result = tokio::select! {
-        biased;
-        result = serve_client(&upstream, client, held, params, &cancel) => result,
-        () = me.info.killed() => Err(killed_by_admin()),
-    };
-    shared.cancels.unregister(&cancel);
-    result
-}
-
-/// Where a client's servers come from: its database entry, target and login.
-struct Upstream<'a> {
-    shared: &'a Shared,
-    /// The configuration this session started with.
-    config: &'a Config,
-    db: &'a Database,
-    target: Target,
-    params: &'a [(String, String)],
-    credential: &'a ServerCredential,
-    database: &'a str,
-    user: &'a str,
-    mode: PoolMode,
-    limits: PoolLimits,
-    /// This client's pool on each node, looked up once.
-    pools: Vec<OnceLock<PoolEntry>>,
-    /// PAUSE / DISABLE of the database the client asked for.
-    control: Arc<DatabaseControl>,
-    /// This client's entry in the console's list.
-    me: Arc<ClientInfo>,
-}
-
-/// What a client holds with its server: a claim on its paused-or-not
-/// database, and the link the console shows. Dropped with the server.
-pub(crate) struct Lease {
-    _in_use: InUse,
-    link: Option<(Arc<ClientInfo>, Arc<ServerInfo>)>,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some((client, server)) = &self.link {
-            client.set_server(None);
-            server.set_client(None);
-        }
-    }
-}
-
-impl Upstream<'_> {
-    /// What the database's target wants (for `auto`: the primary, unless a
-    /// request says otherwise).
-    fn want(&self) -> Want {
-        Want::of(self.target, self.config.general.replica_fallback)
-    }
-
-    /// This client's pool on `node`.
-    fn entry(&self, node: usize) -> &PoolEntry {
-        self.pools[node].get_or_init(|| {
-            let key = PoolKey {
-                database: self.database.to_owned(),
-                user: self.user.to_owned(),
-                node,
-            };
-            let size = (self.db.pool_size, self.db.reserve_pool);
-            self.shared.pool(key, size, self.mode)
-        })
-    }
-
-    /// A server on a node fit for `want`, from that node's pool, and when it
-    /// was handed over. The time the client waited for it (failed attempts
-    /// on other nodes included) is added to that pool's counters.
-    async fn checkout(
-        &self,
-        want: Want,
-    ) -> Result<(Guard<ServerConn>, Instant, Lease), ErrorFields> {
-        let asked = Instant::now();
-        self.me.wants_server(asked);
-        let in_use = self.control.enter().await;
-        let result = self.connect(want, asked).await;
-        self.me.served();
-        let (mut guard, assigned) = result?;
-        let server = guard
-            .conn()
-            .and_then(|c| c.registered.as_ref())
-            .map(|r| Arc::clone(&r.info));
-        let link = server.map(|server| {
-            self.me.set_server(Some(server.id));
-            server.set_client(Some(self.me.id));
-            (Arc::clone(&self.me), server)
-        });
-        Ok((
-            guard,
-            assigned,
-            Lease {
-                _in_use: in_use,
-                link,
-            },
-        ))
-    }
-
-    async fn connect(
-        &self,
-        want: Want,
-        asked: Instant,
-    ) -> Result<(Guard<ServerConn>, Instant), ErrorFields> {
-        route::connect(self.shared, self.config, want, |node, target| async move {
-            let entry = self.entry(node);
-            let attempt = checkout(
-                self.shared,
-                (self.config, asked),
-                (entry, self.limits),
-                node,
-                target,
-                self.params,
-                self.credential,
-            )
-            .await;
-            match attempt {
-                Attempt::Usable(guard) => {
-                    let assigned = Instant::now();
-                    entry.stats.waited(assigned - asked);
-                    Attempt::Usable((guard, assigned))
-                }
-                Attempt::Unusable(why) => Attempt::Unusable(why),
-                Attempt::Refused(fields) => Attempt::Refused(fields),
-            }
-        })
-        .await
-    }
-}
-
-/// Relays a logged-in client until it leaves. In session mode it keeps
-/// `held` throughout; in transaction mode it takes a server when it sends
-/// something and gives it back when the transaction is over.
-async fn serve_client(
-    upstream: &Upstream<'_>,
-    client: &mut Client,
-    mut held: Option<(Guard<ServerConn>, Lease)>,
-    mut params: Option<&mut ClientParams>,
-    cancel: &CancelKey,
-) -> Result<(), ErrorFields> {
-    // Transaction mode is when the client's parameters are tracked.
-    let mode = match params {
-        Some(_) => PoolMode::Transaction,
-        None => PoolMode::Session,
-    };
-    let shared = upstream.shared;
-    let config = upstream.config;
-    let mut statements = ClientStatements::default();
-    let track_statements =
-        mode == PoolMode::Transaction && config.general.max_prepared_statements > 0;
     if held.is_none() && client.buf.is_empty() {
         // Transaction mode: the login buffer is not needed while idle.
         client.buf = BytesMut::new();
     }
-    let auto = upstream.target == Target::Auto;
-    let read_your_writes = auto && config.general.read_your_writes;
-    let leastconn = config.general.replica_balance == Balance::LeastConn;
-    // `auto` with read-your-writes: when this client's last transaction on
-    // the primary ended.
-    let mut wrote_at: Option<Instant> = None;
-    // `auto`: a read unit a standby refused (25006) goes to the primary next.
-    let mut refused_read = false;
-    loop {
-        let (mut guard, assigned, want, read_unit, _lease) = match held.take() {
-            // Session mode's server, held since the welcome.
-            Some((g, lease)) => (g, Instant::now(), upstream.want(), false, lease),
-            None => {
-                let limits = (
-                    config.general.max_packet_size,
-                    config.general.client_idle_timeout,
-                );
-                if !wait_for_request(client, limits, (&upstream.me, &shared.going)).await? {
+    Ok(Some(Setup {
+        upstream,
+        me,
+        cancel,
+        params: tracking.then_some(client_params),
+        held,
+    }))
+}
+
+/// What [`start`] sets up for a session.
+struct Setup {
+    upstream: Arc<Upstream>,
+    me: Registered<ClientInfo>,
+    cancel: CancelKey,
+    params: Option<ClientParams>,
+    held: Option<(Guard<ServerConn>, Lease)>,
+}
+
+fn empty_slot() -> ErrorFields {
+    ErrorFields::fatal("XX000", "pgherd: pool handed out an empty slot")
+}
+
+/// A logged-in client's session: what it keeps between transactions.
+struct Session {
+    client: Client,
+    upstream: Arc<Upstream>,
+    /// This client's entry in the console's list.
+    me: Registered<ClientInfo>,
+    cancel: CancelKey,
+    /// Transaction mode: the client's own session parameters.
+    params: Option<ClientParams>,
+    /// Transaction mode: the statements the client prepared.
+    statements: ClientStatements,
+    /// `auto` with read-your-writes: when this client's last transaction on
+    /// the primary ended.
+    wrote_at: Option<Instant>,
+    /// `auto`: a read unit a standby refused (25006) goes to the primary next.
+    refused_read: bool,
+    /// Session mode: the server kept since the welcome.
+    held: Option<(Guard<ServerConn>, Lease)>,
+}
+
+/// After a transaction: wait for the next one, or the session is over.
+enum Next {
+    Request,
+    Leave,
+}
+
+impl Session {
+    /// Relays the client until it leaves. In session mode it keeps its
+    /// server throughout; in transaction mode it takes a server when it
+    /// sends something and gives it back when the transaction is over.
+    async fn serve(&mut self, shared: &Shared) -> Result<(), ErrorFields> {
+        let me = Arc::clone(&self.me.info);
+        loop {
+            if self.held.is_none() {
+                let general = &self.upstream.config.general;
+                let limits = (general.max_packet_size, general.client_idle_timeout);
+                if !wait_for_request(&mut self.client, limits, (&me, &shared.going)).await? {
                     return Ok(());
                 }
                 // Killed while idle: not one more transaction.
-                if upstream.me.is_killed() {
+                if me.is_killed() {
                     return Err(killed_by_admin());
                 }
-                let (want, read_unit) = if !auto || std::mem::take(&mut refused_read) {
+            }
+            // Boxed: one allocation per transaction, and an idle client's
+            // task holds none of its state. KILL / KILL_CLIENT end it
+            // wherever it is; a server it held is closed, never pooled, as
+            // when a client vanishes.
+            let next = tokio::select! {
+                biased;
+                next = Box::pin(self.transaction(shared)) => next?,
+                () = me.killed() => return Err(killed_by_admin()),
+            };
+            match next {
+                Next::Request => {}
+                Next::Leave => return Ok(()),
+            }
+        }
+    }
+
+    /// Runs one transaction (in session mode: the rest of the session) on
+    /// a server fit for it.
+    async fn transaction(&mut self, shared: &Shared) -> Result<Next, ErrorFields> {
+        let client = &mut self.client;
+        let upstream = &*self.upstream;
+        let config = &*upstream.config;
+        let me = &self.me.info;
+        let mode = match self.params {
+            Some(_) => PoolMode::Transaction,
+            None => PoolMode::Session,
+        };
+        let track_statements =
+            mode == PoolMode::Transaction && config.general.max_prepared_statements > 0;
+        let auto = upstream.target == Target::Auto;
+        let (mut guard, assigned, want, read_unit, _lease) = match self.held.take() {
+            // Session mode's server, held since the welcome.
+            Some((g, lease)) => (g, Instant::now(), upstream.want(), false, lease),
+            None => {
+                let (want, read_unit) = if !auto || std::mem::take(&mut self.refused_read) {
                     (upstream.want(), false)
                 } else {
-                    let stmts = track_statements.then_some(&statements);
+                    let stmts = track_statements.then_some(&self.statements);
                     let Some(request) = read_request(client, stmts).await else {
-                        return Ok(());
+                        return Ok(Next::Leave);
                     };
                     let standby = Want::Standby {
                         fallback: true,
-                        wrote_at,
+                        wrote_at: self.wrote_at,
                         peek: false,
                     };
                     match request {
@@ -504,25 +443,24 @@ async fn serve_client(
                         Request::Write | Request::Incomplete => (Want::Primary, false),
                     }
                 };
-                let (guard, assigned, lease) = Box::pin(upstream.checkout(want)).await?;
+                let (guard, assigned, lease) = upstream.checkout(shared, me, want).await?;
                 (guard, assigned, want, read_unit, lease)
             }
         };
         let Some(server) = guard.conn() else {
-            return Err(ErrorFields::fatal(
-                "XX000",
-                "pgherd: pool handed out an empty slot",
-            ));
+            return Err(empty_slot());
         };
         // Counted only where something reads the count.
+        let leastconn = config.general.replica_balance == Balance::LeastConn;
         let _lease = leastconn.then(|| shared.lease(server.node));
-        let stats = &upstream.entry(server.node).stats;
+        let stats = &upstream.entry(shared, server.node).stats;
         // A server for the primary was checked not to be a standby.
         let on_standby = want != Want::Primary && server.is_standby();
         shared.routing.count(want, on_standby);
-        if let Some(params) = params.as_deref_mut() {
+        if let Some(params) = self.params.as_mut() {
             sync_params(shared, params, server).await?;
         }
+        let cancel = &self.cancel;
         cancel.slot.set(Some(CancelTarget {
             addr: server.addr,
             pid: server.pid,
@@ -536,12 +474,9 @@ async fn serve_client(
         // The unit as the client sent it, should the primary have to run it.
         let unit = (until == Until::ReadUnit).then(|| client.buf.clone());
         let mut state = ServerState::new();
-        // Fenced node or KILL: checked before anything more is relayed. In
-        // transaction mode a kill is seen between transactions (above) and
-        // by the session's own select, so the relay of each transaction
-        // does not register a waiter for it.
-        let me = &upstream.me;
-        let session_long = until == Until::ClientLeaves;
+        // Fenced node or KILL: checked before anything more is relayed, so
+        // the server is cancelled and closed by `finish`. (`serve`'s select
+        // sees a kill wherever else the transaction waits.)
         let node = server.node;
         let retire = me.until(move || {
             if shared.cluster.is_fenced(node) {
@@ -549,7 +484,7 @@ async fn serve_client(
                     "was fenced: it claims to be primary but is not the cluster's one primary"
                         .to_owned(),
                 )
-            } else if session_long && me.is_killed() {
+            } else if me.is_killed() {
                 Some("was left by a killed client".to_owned())
             } else {
                 None
@@ -557,12 +492,12 @@ async fn serve_client(
         });
         let tracking = relay::Tracking {
             statements: track_statements.then_some(relay::Statements {
-                client: &mut statements,
+                client: &mut self.statements,
                 server: &mut server.statements,
                 expected: &mut server.expected,
                 max: config.general.max_prepared_statements,
             }),
-            params: params.as_deref_mut().map(|client| relay::Params {
+            params: self.params.as_mut().map(|client| relay::Params {
                 client,
                 server: &mut server.params,
             }),
@@ -575,9 +510,7 @@ async fn serve_client(
             server: &mut server.stream,
             server_buf: &mut server.read_buf,
         };
-        // Boxed: an idle client's task then holds only the small state of
-        // waiting for its next request, not the relay's.
-        let relayed = Box::pin(relay::relay(
+        let relayed = relay::relay(
             ends,
             (
                 config.general.max_packet_size,
@@ -590,7 +523,7 @@ async fn serve_client(
             &mut state,
             tracking,
             retire,
-        ))
+        )
         .await;
         cancel.slot.set(None);
         stats.traffic(relayed.traffic);
@@ -598,8 +531,8 @@ async fn serve_client(
             RelayEnd::ServerIdle => {
                 let ended = Instant::now();
                 stats.transaction(ended - assigned);
-                if read_your_writes && want == Want::Primary {
-                    wrote_at = Some(ended);
+                if auto && config.general.read_your_writes && want == Want::Primary {
+                    self.wrote_at = Some(ended);
                 }
                 if config.general.server_reset_query_always {
                     Box::pin(reset_after_transaction(&mut guard, config)).await;
@@ -609,7 +542,7 @@ async fn serve_client(
                     // An idle client holds no read buffer between transactions.
                     buffers::give(std::mem::take(&mut client.buf));
                 }
-                continue;
+                return Ok(Next::Request);
             }
             RelayEnd::ReadOnly => {
                 // The standby is idle and the client saw nothing: run the
@@ -619,18 +552,18 @@ async fn serve_client(
                     buffers::give(std::mem::replace(&mut client.buf, unit));
                 }
                 shared.routing.read_only_retried();
-                refused_read = true;
-                continue;
+                self.refused_read = true;
+                return Ok(Next::Request);
             }
             _ => {}
         }
         let node = &config.nodes[server.node];
         let end = relayed.end;
         let outcome = match &end {
-            RelayEnd::ClientLeft | RelayEnd::ServerIdle | RelayEnd::ReadOnly => Ok(()),
+            RelayEnd::ClientLeft | RelayEnd::ServerIdle | RelayEnd::ReadOnly => Ok(Next::Leave),
             RelayEnd::ClientIo(e) => {
                 tracing::debug!(peer = %client.peer, "client connection failed: {e}");
-                Ok(())
+                Ok(Next::Leave)
             }
             RelayEnd::ClientProtocol(e) => Err(ErrorFields::fatal("08P01", e.to_string())),
             RelayEnd::ServerClosed => Err(ErrorFields::fatal(
@@ -655,7 +588,7 @@ async fn serve_client(
                 "57P05",
                 "terminating connection due to idle-session timeout (client_idle_timeout)",
             )),
-            RelayEnd::Retired(_) if upstream.me.is_killed() => Err(killed_by_admin()),
+            RelayEnd::Retired(_) if me.is_killed() => Err(killed_by_admin()),
             RelayEnd::Retired(reason) => Err(ErrorFields::fatal(
                 "57P01",
                 format!("terminating connection: node \"{}\" {reason}", node.name),
@@ -666,12 +599,12 @@ async fn serve_client(
             shared.cluster.request_probe();
         }
         Box::pin(finish(shared, guard, &state, &end)).await;
-        return if relayed.can_tell_client {
+        if relayed.can_tell_client {
             outcome
         } else {
             // The client is mid-message or already has the server's FATAL error.
-            Ok(())
-        };
+            Ok(Next::Leave)
+        }
     }
 }
 
@@ -736,54 +669,67 @@ async fn apply_params(
 
 /// Transaction mode, between transactions: waits until the client sends
 /// the start of a message. False when it left (closed, or sent Terminate).
-/// `going` is pgherd shutting down (the session is nudged when it is set).
+/// Ends the session when pgherd shuts down (`going`), when the client is
+/// killed, or at `client_idle_timeout`; the session is nudged for the
+/// first two.
+///
+/// Written as one poll function: this is the state an idle client waits
+/// in, and its size is every idle client's (a `select!` of the same was
+/// 344 bytes).
 async fn wait_for_request(
     client: &mut Client,
     (max_packet_size, idle_limit): (usize, Option<std::time::Duration>),
     (me, going): (&ClientInfo, &std::sync::atomic::AtomicBool),
 ) -> Result<bool, ErrorFields> {
-    let is_going = || going.load(Ordering::SeqCst);
-    let going = || ErrorFields::fatal("57P01", "terminating connection: pgherd is shutting down");
-    // Allocated only with client_idle_timeout set: this is the state an
-    // idle client waits in, and a timer inline would grow every one.
+    // Allocated only with client_idle_timeout set: a timer inline would
+    // grow every idle client.
     let mut idle_for = idle_limit.map(|d| Box::pin(tokio::time::sleep(d)));
     if client.buf.is_empty() && client.buf.capacity() > 0 {
         // The buffer the login was read into: an idle client keeps none.
         buffers::give(std::mem::take(&mut client.buf));
     }
-    loop {
-        if client.buf.is_empty() && is_going() {
-            return Err(going());
-        }
+    std::future::poll_fn(|cx| loop {
         match pgherd_wire::frame::parse_header(&client.buf, max_packet_size) {
-            Ok(Some((frontend::TERMINATE, _))) => return Ok(false),
-            Ok(Some(_)) => return Ok(true),
+            Ok(Some((frontend::TERMINATE, _))) => return Poll::Ready(Ok(false)),
+            Ok(Some(_)) => return Poll::Ready(Ok(true)),
             Ok(None) => {}
-            Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string())),
+            Err(e) => return Poll::Ready(Err(ErrorFields::fatal("08P01", e.to_string()))),
         }
-        let read = tokio::select! {
-            read = async {
-                if client.buf.capacity() == 0 {
-                    // Wait without a buffer; take one only when there is data.
-                    client.stream.wait_readable().await?;
-                    client.buf = buffers::take();
-                }
-                client.stream.read_buf(&mut client.buf).await
-            } => read,
-            () = me.until(|| is_going().then_some(())) => return Err(going()),
-            () = async { match idle_for.as_mut() {
-                Some(t) => t.as_mut().await,
-                None => std::future::pending().await,
-            } } => return Err(ErrorFields::fatal(
-                "57P05",
-                "terminating connection due to idle-session timeout (client_idle_timeout)",
-            )),
-        };
-        match read {
-            Ok(0) | Err(_) => return Ok(false),
-            Ok(_) => {}
+        // Registered before the flags are read, so a nudge in between is
+        // not lost.
+        me.register(cx.waker());
+        if me.is_killed() {
+            return Poll::Ready(Err(killed_by_admin()));
         }
-    }
+        if client.buf.is_empty() && going.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(ErrorFields::fatal(
+                "57P01",
+                "terminating connection: pgherd is shutting down",
+            )));
+        }
+        if let Some(timer) = idle_for.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(ErrorFields::fatal(
+                    "57P05",
+                    "terminating connection due to idle-session timeout (client_idle_timeout)",
+                )));
+            }
+        }
+        if client.buf.capacity() == 0 {
+            // Wait without a buffer; take one only when there is data.
+            match client.stream.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(())) => client.buf = buffers::take(),
+            }
+        }
+        match std::pin::pin!(client.stream.read_buf(&mut client.buf)).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Ok(false)),
+            Poll::Ready(Ok(_)) => {}
+        }
+    })
+    .await
 }
 
 /// Gives a clean server back to its pool, or closes it when `RECONNECT`
@@ -892,329 +838,11 @@ async fn welcome(
     })
 }
 
-/// Opens an unpooled server connection on `node`.
-async fn open(
-    shared: &Shared,
-    node: usize,
-    target: Target,
-    params: Vec<(String, String)>,
-    credential: &ServerCredential,
-) -> Attempt<ServerConn> {
-    let config = shared.config();
-    let n = &config.nodes[node];
-    let connected = ServerConn::connect(
-        (node, &n.host, n.port),
-        (params, &shared.tracked),
-        credential,
-        &shared.tls().server,
-        config.general.server_connect_timeout,
-    )
-    .await;
-    match connected {
-        Ok(conn) if target == Target::Primary && conn.is_standby() => {
-            conn.close_in_background();
-            Attempt::Unusable("is a standby".into())
-        }
-        Ok(mut conn) => {
-            let param = |name: &str| params::find(&conn.startup, name).unwrap_or("").to_owned();
-            let (user, database) = (param("user"), param("database"));
-            conn.registered = Some(shared.registry.add_server(NewServer {
-                node,
-                user: &user,
-                database: &database,
-                addr: conn.addr,
-                local_addr: conn.stream.local_addr().ok(),
-                pid: conn.pid,
-            }));
-            Attempt::Usable(conn)
-        }
-        Err(ServerError::Rejected(fields)) if fields.code.starts_with("57P") => {
-            // Starting up, shutting down, in recovery: try another node.
-            Attempt::Unusable(fields.message)
-        }
-        Err(ServerError::Rejected(mut fields)) => {
-            fields.detail = Some(format!(
-                "reported by node \"{}\" ({}:{}){}",
-                n.name,
-                n.host,
-                n.port,
-                fields.detail.map(|d| format!(": {d}")).unwrap_or_default()
-            ));
-            Attempt::Refused(fields)
-        }
-        Err(ServerError::Auth(why)) => Attempt::Refused(ErrorFields::fatal(
-            "28000",
-            format!("pgherd cannot log in to node \"{}\": {why}", n.name),
-        )),
-        // A TLS setting that does not fit the server: every node will say
-        // the same, so the client hears why instead of waiting.
-        Err(ServerError::Tls(why)) => Attempt::Refused(
-            ErrorFields::fatal(
-                "08001",
-                format!(
-                    "pgherd cannot connect to node \"{}\" with TLS: {why}",
-                    n.name
-                ),
-            )
-            .with_hint("check server_tls_sslmode and server_tls_ca_file"),
-        ),
-        Err(e) => Attempt::Unusable(e.to_string()),
-    }
-}
-
-/// Takes a server for this client from `node`'s pool: an idle one opened
-/// with the same startup parameters, or a new one.
-/// `asked` is when the client asked (the clock for `server_lifetime` and
-/// `server_check_delay`, so checkout reads none of its own).
-async fn checkout(
-    shared: &Shared,
-    (config, asked): (&Config, Instant),
-    (entry, limits): (&PoolEntry, PoolLimits),
-    node: usize,
-    target: Target,
-    params: &[(String, String)],
-    credential: &ServerCredential,
-) -> Attempt<Guard<ServerConn>> {
-    let general = &config.general;
-    let wait = general.query_wait_timeout;
-    let checkout = entry
-        .pool
-        .checkout_with_reserve(wait, general.reserve_pool_timeout, |c| c.startup == params);
-    let mut guard = match checkout.await {
-        Ok(g) => g,
-        Err(PoolError::Timeout(t)) => {
-            return Attempt::Refused(
-                ErrorFields::fatal(
-                    "53300",
-                    format!(
-                        "query_wait_timeout: no server connection became free within {}s",
-                        t.as_secs_f64()
-                    ),
-                )
-                .with_hint("raise pool_size for this database, or look for long sessions"),
-            )
-        }
-        Err(PoolError::Closed) => return Attempt::Unusable("pool closed".into()),
-    };
-    if let Some(evicted) = guard.take_evicted() {
-        evicted.close_in_background();
-    }
-    if let Some(conn) = guard.conn() {
-        let fit = conn.is_alive()
-            && !conn.expired(general.server_lifetime, asked)
-            && !(target == Target::Primary && conn.is_standby());
-        if fit && !needs_check(conn, general, asked) {
-            return Attempt::Usable(guard);
-        }
-        if fit {
-            // Idle a while: prove it still answers before a client uses it.
-            let checked =
-                Box::pin(conn.check(&general.server_check_query, general.server_connect_timeout))
-                    .await;
-            match checked {
-                Ok(()) => return Attempt::Usable(guard),
-                Err(e) => tracing::info!("server_check_query failed, reconnecting: {e}"),
-            }
-        }
-        // Closed by the server while idle (restart, failover, idle timeout),
-        // too old, or failed its check.
-        if let Some(conn) = guard.take() {
-            conn.close_in_background();
-        }
-    }
-    let caps = (limits.max_db, limits.max_user);
-    let permits = if caps == (0, 0) {
-        Vec::new()
-    } else {
-        let database = params::find(params, "database").unwrap_or("");
-        let user = params::find(params, "user").unwrap_or("");
-        // Boxed, like `open` below: only with a limit configured.
-        match Box::pin(shared.connection_permits(caps, database, user, wait)).await {
-            Some(p) => p,
-            None => {
-                return Attempt::Refused(ErrorFields::fatal(
-                    "53300",
-                    format!(
-                        "query_wait_timeout: no server connection could be opened within {}s \
-                         (max_db_connections {}, max_user_connections {})",
-                        wait.as_secs_f64(),
-                        caps.0,
-                        caps.1
-                    ),
-                ))
-            }
-        }
-    };
-    match open_for_pool(shared, entry, (node, target), params, credential).await {
-        Attempt::Usable(mut conn) => {
-            conn.permits = permits;
-            guard.set(conn);
-            if limits.min_size > 0 {
-                *entry.template.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::Template {
-                    params: params.to_vec(),
-                    credential: credential.clone(),
-                    target,
-                    limits,
-                });
-            }
-            Attempt::Usable(guard)
-        }
-        Attempt::Unusable(why) => Attempt::Unusable(why),
-        Attempt::Refused(f) => Attempt::Refused(f),
-    }
-}
-
-/// Opens a connection for `entry`'s pool, unless a server refused this
-/// pool's login less than `server_login_retry` ago: then that error again,
-/// saying it was not retried. Clients (checkout) and `min_pool_size`
-/// (the sweeper) both open through here, so neither hammers a server that
-/// refuses the login.
-async fn open_for_pool(
-    shared: &Shared,
-    entry: &PoolEntry,
-    (node, target): (usize, Target),
-    params: &[(String, String)],
-    credential: &ServerCredential,
-) -> Attempt<ServerConn> {
-    let retry = shared.config().general.server_login_retry;
-    if let Some(refused) = entry.login_failure.recent(retry, Instant::now()) {
-        return Attempt::Refused(refused);
-    }
-    // Boxed: opening a connection (TCP, TLS, login) is a large future, and
-    // checkout runs for every transaction while opening is rare.
-    let attempt = Box::pin(open(shared, node, target, params.to_vec(), credential)).await;
-    entry.login_failure.record(&attempt);
-    attempt
-}
-
-/// `server_login_retry` for one pool: when a server last refused its
-/// login, and what it said.
-#[derive(Debug, Default)]
-pub(crate) struct LoginFailure(std::sync::Mutex<Option<(Instant, ErrorFields)>>);
-
-impl LoginFailure {
-    fn last(&self) -> std::sync::MutexGuard<'_, Option<(Instant, ErrorFields)>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The refusal again when it was less than `retry` before `now`.
-    fn recent(&self, retry: std::time::Duration, now: Instant) -> Option<ErrorFields> {
-        let last = self.last();
-        let (at, fields) = last.as_ref()?;
-        let ago = now.saturating_duration_since(*at);
-        if ago >= retry {
-            return None;
-        }
-        let mut fields = fields.clone();
-        fields.hint = Some(format!(
-            "the server refused this login {:.1}s ago; pgherd tries again after \
-             server_login_retry ({}s)",
-            ago.as_secs_f64(),
-            retry.as_secs_f64()
-        ));
-        Some(fields)
-    }
-
-    /// Remembers a refusal that holds for every client of the pool (who
-    /// logs in, to which database, over what — a bad startup parameter is
-    /// one client's own problem); a login that worked forgets it.
-    fn record(&self, attempt: &Attempt<ServerConn>) {
-        match attempt {
-            Attempt::Usable(_) => *self.last() = None,
-            Attempt::Refused(f)
-                if f.code.starts_with("28") || f.code == "3D000" || f.code == "08001" =>
-            {
-                *self.last() = Some((Instant::now(), f.clone()));
-            }
-            _ => {}
-        }
-    }
-}
-
 fn killed_by_admin() -> ErrorFields {
     ErrorFields::fatal(
         "57P01",
         "terminating connection due to administrator command",
     )
-}
-
-/// `min_pool_size`: opens connections in pools below it, as their last
-/// one was opened, on nodes that still fit the pool's target. Stops at a
-/// pool's size and at `max_db_connections`/`max_user_connections`.
-pub(crate) async fn fill_pools(shared: &Shared) {
-    let entries: Vec<(PoolKey, PoolEntry)> = {
-        let pools = shared.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools.iter().map(|(k, e)| (k.clone(), e.clone())).collect()
-    };
-    let topology = shared.cluster.topology();
-    for (key, entry) in entries {
-        let template = entry
-            .template
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(t) = template else { continue };
-        let fits = match t.target {
-            Target::Primary | Target::Auto => topology.primary == Some(key.node),
-            Target::Replica => topology
-                .nodes
-                .get(key.node)
-                .is_some_and(|n| n.serves_reads()),
-        };
-        if !fits {
-            continue;
-        }
-        while entry.pool.status().total < t.limits.min_size {
-            let Ok(mut guard) = entry
-                .pool
-                .checkout(std::time::Duration::ZERO, |_| false)
-                .await
-            else {
-                break;
-            };
-            if let Some(evicted) = guard.take_evicted() {
-                // Full of other connections: nothing to add.
-                guard.set(evicted);
-                guard.release();
-                break;
-            }
-            let caps = (t.limits.max_db, t.limits.max_user);
-            let permits = if caps == (0, 0) {
-                Vec::new()
-            } else {
-                match shared
-                    .connection_permits(caps, &key.database, &key.user, std::time::Duration::ZERO)
-                    .await
-                {
-                    Some(p) => p,
-                    None => break,
-                }
-            };
-            match open_for_pool(
-                shared,
-                &entry,
-                (key.node, t.target),
-                &t.params,
-                &t.credential,
-            )
-            .await
-            {
-                Attempt::Usable(mut conn) => {
-                    conn.permits = permits;
-                    guard.set(conn);
-                    guard.release();
-                }
-                _ => break,
-            }
-        }
-    }
-}
-
-/// `server_check_query` is due: the connection sat idle at least
-/// `server_check_delay`.
-fn needs_check(conn: &ServerConn, general: &pgherd_config::General, now: Instant) -> bool {
-    !general.server_check_query.is_empty()
-        && now.saturating_duration_since(conn.idle_since) >= general.server_check_delay
 }
 
 /// A replication connection: no pooling, bytes relayed as they are until

@@ -57,9 +57,14 @@ impl Stream {
     /// TLS may hold decrypted bytes the socket does not show, so it
     /// returns at once and the caller's read does the waiting.
     pub async fn wait_readable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_read_ready(cx)).await
+    }
+
+    /// [`Stream::wait_readable`] as a poll, for hand-written futures.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Stream::Plain(s) => s.readable().await,
-            Stream::Accepted(_) | Stream::Connected(_) => Ok(()),
+            Stream::Plain(s) => s.poll_read_ready(cx),
+            Stream::Accepted(_) | Stream::Connected(_) => Poll::Ready(Ok(())),
         }
     }
 

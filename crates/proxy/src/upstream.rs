@@ -1,0 +1,675 @@
+//! Where a client's servers come from, and how one is taken or opened.
+//!
+//! An [`Upstream`] is everything a session needs to get a server: the
+//! database entry and target it resolved to, the startup parameters and
+//! credential servers are opened with, the pool limits, and the pool on
+//! each node. It is the same for every client of one application (same
+//! database, user, parameters and login), so those clients share one:
+//! [`Upstreams`] hands out the live one for a client instead of making a
+//! copy per session — an idle client then holds one pointer where it held
+//! ~0.6 KiB of strings, lists and pool handles (measured with valgrind's
+//! dhat, see benches/RESULTS.md).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
+
+use pgherd_config::{Config, Database, PoolMode, Target};
+use pgherd_pool::{Guard, PoolError};
+use pgherd_wire::backend::ErrorFields;
+
+use crate::client::Authenticated;
+use crate::params;
+use crate::registry::{ClientInfo, DatabaseControl, InUse, NewServer, ServerInfo};
+use crate::route::{self, Attempt, Want};
+use crate::server::{ServerConn, ServerCredential, ServerError};
+use crate::{PoolEntry, PoolKey, PoolLimits, Shared};
+
+/// Where a client's servers come from: its database entry, target and
+/// login. Shared by the clients it is the same for (see [`Upstreams`]).
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    /// The configuration the sessions started with.
+    pub(crate) config: Arc<Config>,
+    db: Database,
+    pub(crate) target: Target,
+    /// Startup parameters of the servers, sorted (`user` and `database`
+    /// included).
+    pub(crate) params: Vec<(String, String)>,
+    pub(crate) credential: ServerCredential,
+    /// The server-side database and user.
+    database: String,
+    user: String,
+    pub(crate) mode: PoolMode,
+    limits: PoolLimits,
+    /// The pool on each node, looked up once.
+    pools: Vec<OnceLock<PoolEntry>>,
+    /// PAUSE / DISABLE of the database the client asked for.
+    control: Arc<DatabaseControl>,
+}
+
+/// What makes two clients' upstreams the same, besides the configuration
+/// snapshot: the database and user they asked for.
+type UpstreamKey = (usize, String, String);
+
+/// The live upstreams, so clients that would build equal ones share one.
+#[derive(Debug, Default)]
+pub(crate) struct Upstreams {
+    live: Mutex<UpstreamMap>,
+}
+
+#[derive(Debug, Default)]
+struct UpstreamMap {
+    by_key: HashMap<UpstreamKey, Vec<Weak<Upstream>>>,
+    /// Entries after the last sweep of dead ones: the next sweep is due at
+    /// twice as many, so sweeping costs O(1) per insert.
+    swept_at: usize,
+}
+
+/// What a session asks [`Upstreams::get`] for.
+pub(crate) struct Wanted<'a> {
+    pub(crate) config: &'a Arc<Config>,
+    /// The database and user the client logged in with.
+    pub(crate) client: (&'a str, &'a str),
+    pub(crate) db: &'a Database,
+    pub(crate) target: Target,
+    pub(crate) params: Vec<(String, String)>,
+    pub(crate) credential: ServerCredential,
+    pub(crate) mode: PoolMode,
+    /// PAUSE / DISABLE of the client's database.
+    pub(crate) control: Arc<DatabaseControl>,
+}
+
+impl Upstreams {
+    /// The live upstream equal to `wanted`, or a new one.
+    pub(crate) fn get(&self, wanted: Wanted<'_>) -> Arc<Upstream> {
+        let key = (
+            Arc::as_ptr(wanted.config) as usize,
+            wanted.client.0.to_owned(),
+            wanted.client.1.to_owned(),
+        );
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = live.by_key.entry(key).or_default();
+        let found = bucket.iter().filter_map(Weak::upgrade).find(|u| {
+            u.target == wanted.target
+                && u.mode == wanted.mode
+                && u.params == wanted.params
+                && u.credential == wanted.credential
+                && u.db == *wanted.db
+        });
+        if let Some(upstream) = found {
+            return upstream;
+        }
+        let upstream = Arc::new(Upstream::new(wanted));
+        bucket.retain(|w| w.strong_count() > 0);
+        bucket.push(Arc::downgrade(&upstream));
+        let live = &mut *live;
+        if live.by_key.len() >= live.swept_at.max(64) * 2 {
+            live.by_key.retain(|_, bucket| {
+                bucket.retain(|w| w.strong_count() > 0);
+                !bucket.is_empty()
+            });
+            live.swept_at = live.by_key.len();
+        }
+        upstream
+    }
+
+    /// Upstreams alive (held by a session).
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.by_key
+            .values()
+            .flatten()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+}
+
+/// The server-side identity for a client: which user to log in as, with what.
+pub(crate) fn server_login(
+    config: &Config,
+    db: &Database,
+    auth: &Authenticated,
+) -> (String, ServerCredential) {
+    if let Some(user) = &db.user {
+        let cred = db
+            .password
+            .clone()
+            .map_or(ServerCredential::None, ServerCredential::Password);
+        return (user.clone(), cred);
+    }
+    let user_cfg = config.users.get(&auth.user).or(auth.looked_up.as_ref());
+    // Best first: a configured password; the keys the client proved with
+    // SCRAM; the password it sent in clear; the md5 secret.
+    let scram = user_cfg.and_then(|u| Some((auth.client_key?, u.verifier.clone()?)));
+    let cred = if let Some(p) = user_cfg.and_then(|u| u.server_password.clone()) {
+        ServerCredential::Password(p)
+    } else if let Some((client_key, verifier)) = scram {
+        ServerCredential::ScramKeys {
+            client_key,
+            verifier,
+        }
+    } else if let Some(p) = &auth.password {
+        ServerCredential::Password(p.clone())
+    } else if let Some(m) = user_cfg.and_then(|u| u.md5.clone()) {
+        ServerCredential::Md5Secret(m)
+    } else {
+        ServerCredential::None
+    };
+    (auth.user.clone(), cred)
+}
+
+/// What a client holds with its server: a claim on its paused-or-not
+/// database, and the link the console shows. Dropped with the server.
+pub(crate) struct Lease {
+    _in_use: InUse,
+    link: Option<(Arc<ClientInfo>, Arc<ServerInfo>)>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some((client, server)) = &self.link {
+            client.set_server(None);
+            server.set_client(None);
+        }
+    }
+}
+
+impl Upstream {
+    fn new(wanted: Wanted<'_>) -> Upstream {
+        let config = wanted.config;
+        let param = |name: &str| params::find(&wanted.params, name).unwrap_or("").to_owned();
+        let (database, user) = (param("database"), param("user"));
+        Upstream {
+            limits: PoolLimits {
+                min_size: wanted.db.min_pool_size,
+                max_db: wanted.db.max_db_connections,
+                max_user: config.max_user_connections(&user),
+            },
+            pools: config.nodes.iter().map(|_| OnceLock::new()).collect(),
+            control: wanted.control,
+            config: Arc::clone(config),
+            db: wanted.db.clone(),
+            target: wanted.target,
+            params: wanted.params,
+            credential: wanted.credential,
+            database,
+            user,
+            mode: wanted.mode,
+        }
+    }
+
+    /// What the database's target wants (for `auto`: the primary, unless a
+    /// request says otherwise).
+    pub(crate) fn want(&self) -> Want {
+        Want::of(self.target, self.config.general.replica_fallback)
+    }
+
+    /// The pool on `node`.
+    pub(crate) fn entry(&self, shared: &Shared, node: usize) -> &PoolEntry {
+        self.pools[node].get_or_init(|| {
+            let key = PoolKey {
+                database: self.database.clone(),
+                user: self.user.clone(),
+                node,
+            };
+            let size = (self.db.pool_size, self.db.reserve_pool);
+            shared.pool(key, size, self.mode)
+        })
+    }
+
+    /// A server on a node fit for `want`, from that node's pool, for the
+    /// client `me`, and when it was handed over. The time the client waited
+    /// for it (failed attempts on other nodes included) is added to that
+    /// pool's counters.
+    pub(crate) async fn checkout(
+        &self,
+        shared: &Shared,
+        me: &Arc<ClientInfo>,
+        want: Want,
+    ) -> Result<(Guard<ServerConn>, Instant, Lease), ErrorFields> {
+        let asked = Instant::now();
+        me.wants_server(asked);
+        let in_use = self.control.enter().await;
+        let result = self.connect(shared, want, asked).await;
+        me.served();
+        let (mut guard, assigned) = result?;
+        let server = guard
+            .conn()
+            .and_then(|c| c.registered.as_ref())
+            .map(|r| Arc::clone(&r.info));
+        let link = server.map(|server| {
+            me.set_server(Some(server.id));
+            server.set_client(Some(me.id));
+            (Arc::clone(me), server)
+        });
+        Ok((
+            guard,
+            assigned,
+            Lease {
+                _in_use: in_use,
+                link,
+            },
+        ))
+    }
+
+    async fn connect(
+        &self,
+        shared: &Shared,
+        want: Want,
+        asked: Instant,
+    ) -> Result<(Guard<ServerConn>, Instant), ErrorFields> {
+        route::connect(shared, &self.config, want, |node, target| async move {
+            let entry = self.entry(shared, node);
+            let attempt = checkout(
+                shared,
+                (&self.config, asked),
+                (entry, self.limits),
+                node,
+                target,
+                &self.params,
+                &self.credential,
+            )
+            .await;
+            match attempt {
+                Attempt::Usable(guard) => {
+                    let assigned = Instant::now();
+                    entry.stats.waited(assigned - asked);
+                    Attempt::Usable((guard, assigned))
+                }
+                Attempt::Unusable(why) => Attempt::Unusable(why),
+                Attempt::Refused(fields) => Attempt::Refused(fields),
+            }
+        })
+        .await
+    }
+}
+
+/// Opens an unpooled server connection on `node`.
+pub(crate) async fn open(
+    shared: &Shared,
+    node: usize,
+    target: Target,
+    params: Vec<(String, String)>,
+    credential: &ServerCredential,
+) -> Attempt<ServerConn> {
+    let config = shared.config();
+    let n = &config.nodes[node];
+    let connected = ServerConn::connect(
+        (node, &n.host, n.port),
+        (params, &shared.tracked),
+        credential,
+        &shared.tls().server,
+        config.general.server_connect_timeout,
+    )
+    .await;
+    match connected {
+        Ok(conn) if target == Target::Primary && conn.is_standby() => {
+            conn.close_in_background();
+            Attempt::Unusable("is a standby".into())
+        }
+        Ok(mut conn) => {
+            let param = |name: &str| params::find(&conn.startup, name).unwrap_or("").to_owned();
+            let (user, database) = (param("user"), param("database"));
+            conn.registered = Some(shared.registry.add_server(NewServer {
+                node,
+                user: &user,
+                database: &database,
+                addr: conn.addr,
+                local_addr: conn.stream.local_addr().ok(),
+                pid: conn.pid,
+            }));
+            Attempt::Usable(conn)
+        }
+        Err(ServerError::Rejected(fields)) if fields.code.starts_with("57P") => {
+            // Starting up, shutting down, in recovery: try another node.
+            Attempt::Unusable(fields.message)
+        }
+        Err(ServerError::Rejected(mut fields)) => {
+            fields.detail = Some(format!(
+                "reported by node \"{}\" ({}:{}){}",
+                n.name,
+                n.host,
+                n.port,
+                fields.detail.map(|d| format!(": {d}")).unwrap_or_default()
+            ));
+            Attempt::Refused(fields)
+        }
+        Err(ServerError::Auth(why)) => Attempt::Refused(ErrorFields::fatal(
+            "28000",
+            format!("pgherd cannot log in to node \"{}\": {why}", n.name),
+        )),
+        // A TLS setting that does not fit the server: every node will say
+        // the same, so the client hears why instead of waiting.
+        Err(ServerError::Tls(why)) => Attempt::Refused(
+            ErrorFields::fatal(
+                "08001",
+                format!(
+                    "pgherd cannot connect to node \"{}\" with TLS: {why}",
+                    n.name
+                ),
+            )
+            .with_hint("check server_tls_sslmode and server_tls_ca_file"),
+        ),
+        Err(e) => Attempt::Unusable(e.to_string()),
+    }
+}
+
+/// Takes a server for this client from `node`'s pool: an idle one opened
+/// with the same startup parameters, or a new one.
+/// `asked` is when the client asked (the clock for `server_lifetime` and
+/// `server_check_delay`, so checkout reads none of its own).
+async fn checkout(
+    shared: &Shared,
+    (config, asked): (&Config, Instant),
+    (entry, limits): (&PoolEntry, PoolLimits),
+    node: usize,
+    target: Target,
+    params: &[(String, String)],
+    credential: &ServerCredential,
+) -> Attempt<Guard<ServerConn>> {
+    let general = &config.general;
+    let wait = general.query_wait_timeout;
+    let checkout = entry
+        .pool
+        .checkout_with_reserve(wait, general.reserve_pool_timeout, |c| c.startup == params);
+    let mut guard = match checkout.await {
+        Ok(g) => g,
+        Err(PoolError::Timeout(t)) => {
+            return Attempt::Refused(
+                ErrorFields::fatal(
+                    "53300",
+                    format!(
+                        "query_wait_timeout: no server connection became free within {}s",
+                        t.as_secs_f64()
+                    ),
+                )
+                .with_hint("raise pool_size for this database, or look for long sessions"),
+            )
+        }
+        Err(PoolError::Closed) => return Attempt::Unusable("pool closed".into()),
+    };
+    if let Some(evicted) = guard.take_evicted() {
+        evicted.close_in_background();
+    }
+    if let Some(conn) = guard.conn() {
+        let fit = conn.is_alive()
+            && !conn.expired(general.server_lifetime, asked)
+            && !(target == Target::Primary && conn.is_standby());
+        if fit && !needs_check(conn, general, asked) {
+            return Attempt::Usable(guard);
+        }
+        if fit {
+            // Idle a while: prove it still answers before a client uses it.
+            let checked =
+                Box::pin(conn.check(&general.server_check_query, general.server_connect_timeout))
+                    .await;
+            match checked {
+                Ok(()) => return Attempt::Usable(guard),
+                Err(e) => tracing::info!("server_check_query failed, reconnecting: {e}"),
+            }
+        }
+        // Closed by the server while idle (restart, failover, idle timeout),
+        // too old, or failed its check.
+        if let Some(conn) = guard.take() {
+            conn.close_in_background();
+        }
+    }
+    let caps = (limits.max_db, limits.max_user);
+    let permits = if caps == (0, 0) {
+        Vec::new()
+    } else {
+        let database = params::find(params, "database").unwrap_or("");
+        let user = params::find(params, "user").unwrap_or("");
+        // Boxed, like `open` below: only with a limit configured.
+        match Box::pin(shared.connection_permits(caps, database, user, wait)).await {
+            Some(p) => p,
+            None => {
+                return Attempt::Refused(ErrorFields::fatal(
+                    "53300",
+                    format!(
+                        "query_wait_timeout: no server connection could be opened within {}s \
+                         (max_db_connections {}, max_user_connections {})",
+                        wait.as_secs_f64(),
+                        caps.0,
+                        caps.1
+                    ),
+                ))
+            }
+        }
+    };
+    match open_for_pool(shared, entry, (node, target), params, credential).await {
+        Attempt::Usable(mut conn) => {
+            conn.permits = permits;
+            guard.set(conn);
+            if limits.min_size > 0 {
+                *entry.template.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::Template {
+                    params: params.to_vec(),
+                    credential: credential.clone(),
+                    target,
+                    limits,
+                });
+            }
+            Attempt::Usable(guard)
+        }
+        Attempt::Unusable(why) => Attempt::Unusable(why),
+        Attempt::Refused(f) => Attempt::Refused(f),
+    }
+}
+
+/// Opens a connection for `entry`'s pool, unless a server refused this
+/// pool's login less than `server_login_retry` ago: then that error again,
+/// saying it was not retried. Clients (checkout) and `min_pool_size`
+/// (the sweeper) both open through here, so neither hammers a server that
+/// refuses the login.
+async fn open_for_pool(
+    shared: &Shared,
+    entry: &PoolEntry,
+    (node, target): (usize, Target),
+    params: &[(String, String)],
+    credential: &ServerCredential,
+) -> Attempt<ServerConn> {
+    let retry = shared.config().general.server_login_retry;
+    if let Some(refused) = entry.login_failure.recent(retry, Instant::now()) {
+        return Attempt::Refused(refused);
+    }
+    // Boxed: opening a connection (TCP, TLS, login) is a large future, and
+    // checkout runs for every transaction while opening is rare.
+    let attempt = Box::pin(open(shared, node, target, params.to_vec(), credential)).await;
+    entry.login_failure.record(&attempt);
+    attempt
+}
+
+/// `server_login_retry` for one pool: when a server last refused its
+/// login, and what it said.
+#[derive(Debug, Default)]
+pub(crate) struct LoginFailure(std::sync::Mutex<Option<(Instant, ErrorFields)>>);
+
+impl LoginFailure {
+    fn last(&self) -> std::sync::MutexGuard<'_, Option<(Instant, ErrorFields)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The refusal again when it was less than `retry` before `now`.
+    fn recent(&self, retry: std::time::Duration, now: Instant) -> Option<ErrorFields> {
+        let last = self.last();
+        let (at, fields) = last.as_ref()?;
+        let ago = now.saturating_duration_since(*at);
+        if ago >= retry {
+            return None;
+        }
+        let mut fields = fields.clone();
+        fields.hint = Some(format!(
+            "the server refused this login {:.1}s ago; pgherd tries again after \
+             server_login_retry ({}s)",
+            ago.as_secs_f64(),
+            retry.as_secs_f64()
+        ));
+        Some(fields)
+    }
+
+    /// Remembers a refusal that holds for every client of the pool (who
+    /// logs in, to which database, over what — a bad startup parameter is
+    /// one client's own problem); a login that worked forgets it.
+    fn record(&self, attempt: &Attempt<ServerConn>) {
+        match attempt {
+            Attempt::Usable(_) => *self.last() = None,
+            Attempt::Refused(f)
+                if f.code.starts_with("28") || f.code == "3D000" || f.code == "08001" =>
+            {
+                *self.last() = Some((Instant::now(), f.clone()));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `min_pool_size`: opens connections in pools below it, as their last
+/// one was opened, on nodes that still fit the pool's target. Stops at a
+/// pool's size and at `max_db_connections`/`max_user_connections`.
+pub(crate) async fn fill_pools(shared: &Shared) {
+    let entries: Vec<(PoolKey, PoolEntry)> = {
+        let pools = shared.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.iter().map(|(k, e)| (k.clone(), e.clone())).collect()
+    };
+    let topology = shared.cluster.topology();
+    for (key, entry) in entries {
+        let template = entry
+            .template
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(t) = template else { continue };
+        let fits = match t.target {
+            Target::Primary | Target::Auto => topology.primary == Some(key.node),
+            Target::Replica => topology
+                .nodes
+                .get(key.node)
+                .is_some_and(|n| n.serves_reads()),
+        };
+        if !fits {
+            continue;
+        }
+        while entry.pool.status().total < t.limits.min_size {
+            let Ok(mut guard) = entry
+                .pool
+                .checkout(std::time::Duration::ZERO, |_| false)
+                .await
+            else {
+                break;
+            };
+            if let Some(evicted) = guard.take_evicted() {
+                // Full of other connections: nothing to add.
+                guard.set(evicted);
+                guard.release();
+                break;
+            }
+            let caps = (t.limits.max_db, t.limits.max_user);
+            let permits = if caps == (0, 0) {
+                Vec::new()
+            } else {
+                match shared
+                    .connection_permits(caps, &key.database, &key.user, std::time::Duration::ZERO)
+                    .await
+                {
+                    Some(p) => p,
+                    None => break,
+                }
+            };
+            match open_for_pool(
+                shared,
+                &entry,
+                (key.node, t.target),
+                &t.params,
+                &t.credential,
+            )
+            .await
+            {
+                Attempt::Usable(mut conn) => {
+                    conn.permits = permits;
+                    guard.set(conn);
+                    guard.release();
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// `server_check_query` is due: the connection sat idle at least
+/// `server_check_delay`.
+fn needs_check(conn: &ServerConn, general: &pgherd_config::General, now: Instant) -> bool {
+    !general.server_check_query.is_empty()
+        && now.saturating_duration_since(conn.idle_since) >= general.server_check_delay
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Arc<Config> {
+        Arc::new(
+            Config::parse(
+                "[pgherd]\nprobe_user = \"p\"\n[[nodes]]\nname = \"a\"\nhost = \"h\"\n\
+                 [databases]\n\"*\" = {}\n",
+            )
+            .unwrap(),
+        )
+    }
+
+    fn wanted<'a>(config: &'a Arc<Config>, user: &'a str, app: &str) -> Wanted<'a> {
+        let db = config.database("app").unwrap();
+        Wanted {
+            config,
+            client: ("app", user),
+            db,
+            target: Target::Primary,
+            params: vec![
+                ("application_name".into(), app.into()),
+                ("database".into(), "app".into()),
+                ("user".into(), user.into()),
+            ],
+            credential: ServerCredential::None,
+            mode: PoolMode::Transaction,
+            control: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn equal_clients_share_one_upstream_while_it_lives() {
+        let upstreams = Upstreams::default();
+        let config = config();
+        let a = upstreams.get(wanted(&config, "app", "web"));
+        let b = upstreams.get(wanted(&config, "app", "web"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.user, "app");
+        assert_eq!(a.database, "app");
+        // Other parameters, user, or configuration: another upstream.
+        let other_app = upstreams.get(wanted(&config, "app", "batch"));
+        let other_user = upstreams.get(wanted(&config, "bob", "web"));
+        let reloaded = config.as_ref().clone();
+        let reloaded = Arc::new(reloaded);
+        let after_reload = upstreams.get(wanted(&reloaded, "app", "web"));
+        for other in [&other_app, &other_user, &after_reload] {
+            assert!(!Arc::ptr_eq(&a, other));
+        }
+        let mut other_credential = wanted(&config, "app", "web");
+        other_credential.credential = ServerCredential::Password(pgherd_auth::Secret::new("x"));
+        assert!(!Arc::ptr_eq(&a, &upstreams.get(other_credential)));
+        assert_eq!(upstreams.live(), 4);
+        drop((a, b));
+        assert_eq!(upstreams.live(), 3);
+    }
+
+    #[test]
+    fn dead_upstreams_are_swept() {
+        let upstreams = Upstreams::default();
+        let config = config();
+        for i in 0..1000 {
+            let user = format!("user{i}");
+            drop(upstreams.get(wanted(&config, &user, "web")));
+        }
+        let live = upstreams.live.lock().unwrap();
+        assert!(live.by_key.len() <= 128, "{} keys kept", live.by_key.len());
+    }
+}
