@@ -47,7 +47,13 @@ pub(crate) fn take() -> BytesMut {
 /// (a large message went through) are freed instead.
 pub(crate) fn give(mut buf: BytesMut) {
     buf.clear();
-    if buf.capacity() < BUF_SIZE || buf.capacity() > 2 * BUF_SIZE {
+    // The relay consumes a buffer from the front, which leaves its
+    // capacity short by what was consumed; the space is still there (a
+    // profile showed a 16 KiB malloc per transaction for want of this).
+    if buf.capacity() < BUF_SIZE && !buf.try_reclaim(BUF_SIZE) {
+        return;
+    }
+    if buf.capacity() > 2 * BUF_SIZE {
         return;
     }
     let overflow = FREE.with(|f| {
@@ -70,6 +76,22 @@ pub(crate) fn give(mut buf: BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_buffer_consumed_from_the_front_is_reused() {
+        let mut buf = take();
+        let start = buf.as_ptr() as usize;
+        buf.extend_from_slice(&[7; 300]);
+        let _ = buf.split_to(300);
+        assert!(buf.capacity() < BUF_SIZE);
+        let kept = || FREE.with(|f| f.borrow().len());
+        let before = kept();
+        give(buf);
+        assert_eq!(kept(), before + 1, "kept for reuse, not freed");
+        let again = take();
+        assert_eq!(again.as_ptr() as usize, start);
+        assert!(again.capacity() >= BUF_SIZE);
+    }
 
     #[test]
     fn a_thread_that_only_takes_uses_what_another_gave_back() {

@@ -445,8 +445,8 @@ pub(crate) async fn relay(
     ends: Ends<'_>,
     (max_packet_size, until, idle): (usize, Until, IdleLimits),
     state: &mut ServerState,
-    mut tracking: Tracking<'_>,
-    retire: impl std::future::Future<Output = String>,
+    tracking: &mut Tracking<'_>,
+    retire: Pin<&mut impl std::future::Future<Output = String>>,
 ) -> Relayed {
     let Ends {
         client,
@@ -467,7 +467,7 @@ pub(crate) async fn relay(
         &mut down,
         (until, idle),
         state,
-        &mut tracking,
+        tracking,
         &mut down_at_boundary,
         retire,
     )
@@ -502,9 +502,8 @@ async fn relay_inner(
     state: &mut ServerState,
     tracking: &mut Tracking<'_>,
     down_at_boundary: &mut bool,
-    retire: impl std::future::Future<Output = String>,
+    mut retire: Pin<&mut impl std::future::Future<Output = String>>,
 ) -> RelayEnd {
-    tokio::pin!(retire);
     // Only with an idle limit configured: a timer and a clock read per
     // read step; without, nothing.
     let mut idle_timer = idle.shortest().map(|d| Box::pin(tokio::time::sleep(d)));
@@ -545,7 +544,7 @@ async fn relay_inner(
         let step = tokio::select! {
             // Checked first: once the node is fenced, nothing more goes through.
             biased;
-            reason = &mut retire => return RelayEnd::Retired(reason),
+            reason = retire.as_mut() => return RelayEnd::Retired(reason),
             () = idle_tick(&mut idle_timer) => {
                 let now = tokio::time::Instant::now();
                 let since = last_activity.unwrap_or(now);
@@ -610,7 +609,8 @@ async fn relay_inner(
                 Ok(Step::Wrote) => {}
                 Ok(Step::Eof) => {
                     // Deliver what was scanned, then the session tells the client.
-                    let delivered = client.send(&down.buf[..down.ready]).await.is_ok();
+                    // Boxed: rare, and it would grow every relay's state.
+                    let delivered = Box::pin(client.send(&down.buf[..down.ready])).await.is_ok();
                     *down_at_boundary = delivered && down.scanner.at_boundary();
                     return RelayEnd::ServerClosed;
                 }
