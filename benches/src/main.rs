@@ -123,6 +123,9 @@ struct Measure {
     failed: f64,
     /// Proxy CPU seconds per transaction, in microseconds (0 for direct).
     cpu_us_per_tx: f64,
+    /// The user-space part of it (the rest is the kernel's, for the
+    /// proxy's system calls).
+    user_us_per_tx: f64,
     load: f64,
 }
 
@@ -184,8 +187,8 @@ fn main() -> anyhow::Result<()> {
         "pool_mode = transaction, pool size {POOL_SIZE}, pgbench -S (select only), scale {}, {} s per run, median of {} interleaved run(s)\n",
         plan.scale, plan.seconds, plan.reps
     );
-    println!("| workload | target | TPS | latency ms | failed | proxy CPU µs/tx | load | TPS vs pgbouncer | CPU vs pgbouncer | TPS vs direct |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| workload | target | TPS | latency ms | failed | proxy CPU µs/tx | of it user | load | TPS vs pgbouncer | CPU vs pgbouncer | TPS vs direct |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
 
     let mut targets = vec![(Target::Direct, primary, None)];
     if let Some(b) = &bouncer {
@@ -292,13 +295,16 @@ fn report(workload: &str, targets: &[(Target, u16, Option<u32>)], results: &[Vec
             Some(b) if b > 0.0 && *target != Target::Direct => format!("{:.2}", a / b),
             _ => "—".into(),
         };
-        let cpu = if *target == Target::Direct {
-            "—".into()
+        let (cpu, user) = if *target == Target::Direct {
+            ("—".into(), "—".into())
         } else {
-            format!("{:.1}", m.cpu_us_per_tx)
+            (
+                format!("{:.1}", m.cpu_us_per_tx),
+                format!("{:.1}", m.user_us_per_tx),
+            )
         };
         println!(
-            "| {workload} | {} | {:.0} | {:.3} | {:.0} | {cpu} | {:.2} | {} | {} | {} |",
+            "| {workload} | {} | {:.0} | {:.3} | {:.0} | {cpu} | {user} | {:.2} | {} | {} | {} |",
             target.name(),
             m.tps,
             m.latency_ms,
@@ -367,21 +373,28 @@ fn run_pgbench_db(
             .unwrap_or(f64::NAN)
     };
     let transactions = figure("number of transactions actually processed: ");
-    let cpu = match (cpu_before, cpu_after) {
-        (Some(b), Some(a)) if transactions > 0.0 => (a - b) / transactions * 1e6,
+    let per_tx = |f: fn(&CpuTimes) -> f64| match (&cpu_before, &cpu_after) {
+        (Some(b), Some(a)) if transactions > 0.0 => (f(a) - f(b)) / transactions * 1e6,
         _ => 0.0,
     };
     Ok(Measure {
         tps: figure("tps = "),
         latency_ms: figure("latency average = "),
         failed: figure("number of failed transactions: "),
-        cpu_us_per_tx: cpu,
+        cpu_us_per_tx: per_tx(|t| t.user + t.system),
+        user_us_per_tx: per_tx(|t| t.user),
         load,
     })
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+/// CPU time a process used, in seconds.
+struct CpuTimes {
+    user: f64,
+    system: f64,
+}
+
+/// utime and stime of a process.
+fn cpu_seconds(pid: u32) -> anyhow::Result<CpuTimes> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = &stat[stat.rfind(')').context("malformed stat")? + 1..];
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -389,7 +402,10 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let utime: f64 = fields.get(11).context("no utime")?.parse()?;
     let stime: f64 = fields.get(12).context("no stime")?.parse()?;
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-    Ok((utime + stime) / ticks)
+    Ok(CpuTimes {
+        user: utime / ticks,
+        system: stime / ticks,
+    })
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {

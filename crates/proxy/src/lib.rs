@@ -27,6 +27,7 @@ mod buffers;
 mod cancel;
 mod classify;
 mod client;
+mod clock;
 mod console;
 mod control;
 mod limits;
@@ -394,11 +395,10 @@ async fn sweep_idle_servers(shared: std::sync::Weak<Shared>) {
             config.general.server_idle_timeout,
             config.general.server_lifetime,
         );
-        let now = std::time::Instant::now();
+        let now = clock::Micros::now();
         for pool in shared.pools_where(|_| true) {
             let stale = |c: &ServerConn| {
-                idle.is_some_and(|t| now.saturating_duration_since(c.idle_since) >= t)
-                    || c.expired(lifetime, now)
+                idle.is_some_and(|t| now.since(c.idle_since) >= t) || c.expired(lifetime, now)
             };
             for conn in pool.drain_idle_where(stale) {
                 conn.close_in_background();

@@ -12,17 +12,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use crate::clock::Micros;
 
 use atomic_waker::AtomicWaker;
 use tokio::sync::Notify;
-
-/// One moment on both clocks: request times are kept as monotonic offsets
-/// from it (no wall-clock read per transaction) and shown as wall time.
-fn epoch() -> &'static (Instant, SystemTime) {
-    static EPOCH: std::sync::OnceLock<(Instant, SystemTime)> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(|| (Instant::now(), SystemTime::now()))
-}
 
 /// What a client is doing, pgbouncer's `SHOW CLIENTS` states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,11 +64,9 @@ impl ClientInfo {
 
     /// It asked for a server at `asked` (a clock the caller read anyway):
     /// waiting until [`ClientInfo::served`].
-    pub(crate) fn wants_server(&self, asked: Instant) {
-        // +1: 0 means "never asked".
-        let us = asked.saturating_duration_since(epoch().0).as_micros() + 1;
-        self.request_us
-            .store(u64::try_from(us).unwrap_or(u64::MAX), Ordering::Relaxed);
+    pub(crate) fn wants_server(&self, asked: Micros) {
+        // Kept as the clock's own reading: +1, as 0 means "never asked".
+        self.request_us.store(asked.as_u64() + 1, Ordering::Relaxed);
         self.state
             .store(ClientState::Waiting as u8, Ordering::Relaxed);
     }
@@ -91,11 +84,11 @@ impl ClientInfo {
         if us == 0 {
             return (None, None);
         }
-        let since_epoch = Duration::from_micros(us - 1);
-        let (instant, wall) = epoch();
-        let waited =
-            (self.state() == ClientState::Waiting).then(|| (*instant + since_epoch).elapsed());
-        (waited, Some(*wall + since_epoch))
+        // Kept on the monotonic clock (no wall-clock read per
+        // transaction), shown as wall time.
+        let ago = Duration::from_micros(Micros::now().as_u64().saturating_sub(us - 1));
+        let waited = (self.state() == ClientState::Waiting).then_some(ago);
+        (waited, SystemTime::now().checked_sub(ago))
     }
 
     /// The server connection this client holds now, if any.

@@ -24,6 +24,7 @@ use postgres_protocol::message::frontend as pq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::clock::Micros;
 use crate::params::{ClientParams, ServerParams, Tracked};
 
 /// Largest message accepted while logging in or resetting (no rows flow then).
@@ -93,10 +94,10 @@ pub struct ServerConn {
     /// The startup parameters this connection was opened with, sorted.
     pub startup: Vec<(String, String)>,
     /// When it was opened (`server_lifetime`).
-    pub(crate) created: std::time::Instant,
+    pub(crate) created: Micros,
     /// When it last went back to the pool (`server_idle_timeout`,
     /// `server_check_delay`).
-    pub(crate) idle_since: std::time::Instant,
+    pub(crate) idle_since: Micros,
     /// `max_db_connections` / `max_user_connections` permits, held while open.
     pub(crate) permits: crate::limits::Permits,
     /// Its entry in the admin console's list, while it is open.
@@ -157,8 +158,8 @@ impl ServerConn {
             params: ServerParams::new(Arc::clone(tracked)),
             initial_params: ServerParams::new(Arc::clone(tracked)),
             startup,
-            created: std::time::Instant::now(),
-            idle_since: std::time::Instant::now(),
+            created: Micros::now(),
+            idle_since: Micros::now(),
             permits: Vec::new(),
             registered: None,
         };
@@ -385,8 +386,8 @@ impl ServerConn {
 
     /// Whether it has outlived `server_lifetime` at `now` (a clock the
     /// caller read anyway: this runs for every transaction).
-    pub(crate) fn expired(&self, lifetime: Option<Duration>, now: std::time::Instant) -> bool {
-        lifetime.is_some_and(|l| now.saturating_duration_since(self.created) >= l)
+    pub(crate) fn expired(&self, lifetime: Option<Duration>, now: Micros) -> bool {
+        lifetime.is_some_and(|l| now.since(self.created) >= l)
     }
 
     /// Sets session parameters on the idle server (transaction mode: a

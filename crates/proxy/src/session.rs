@@ -20,6 +20,7 @@ use crate::buffers;
 use crate::cancel::{CancelKey, CancelTarget};
 use crate::classify::{classify, Request};
 use crate::client::{Authenticated, Client, Refused};
+use crate::clock::Micros;
 use crate::params::ClientParams;
 use crate::prepared::ClientStatements;
 use crate::registry::{ClientInfo, NewClient, Registered};
@@ -316,7 +317,7 @@ async fn start(
     let held = match mode {
         PoolMode::Session => Some((first, first_lease)),
         PoolMode::Transaction => {
-            release(first, config.general.server_lifetime, Instant::now());
+            release(first, config.general.server_lifetime, Micros::now());
             drop(first_lease);
             None
         }
@@ -373,7 +374,7 @@ struct Taken {
     /// Held until the server is given back.
     _lease: Lease,
     /// When it was handed over.
-    assigned: Instant,
+    assigned: Micros,
     want: Want,
     /// The request is one read-only unit (`auto`: may go to a standby).
     read_unit: bool,
@@ -432,7 +433,7 @@ impl Session {
             return Ok(Some(Taken {
                 guard,
                 _lease: lease,
-                assigned: Instant::now(),
+                assigned: Micros::now(),
                 want: upstream.want(),
                 read_unit: false,
             }));
@@ -571,10 +572,11 @@ impl Session {
         stats.traffic(relayed.traffic);
         match relayed.end {
             RelayEnd::ServerIdle => {
-                let ended = Instant::now();
-                stats.transaction(ended - taken.assigned);
+                let ended = Micros::now();
+                stats.transaction(ended.since(taken.assigned));
                 if auto && config.general.read_your_writes && want == Want::Primary {
-                    self.wrote_at = Some(ended);
+                    // Compared with the probes' times: their clock.
+                    self.wrote_at = Some(Instant::now());
                 }
                 if config.general.server_reset_query_always {
                     Box::pin(reset_after_transaction(&mut taken.guard, config)).await;
@@ -589,7 +591,7 @@ impl Session {
             RelayEnd::ReadOnly => {
                 // The standby is idle and the client saw nothing: run the
                 // unit again on the primary.
-                release(taken.guard, config.general.server_lifetime, Instant::now());
+                release(taken.guard, config.general.server_lifetime, Micros::now());
                 if let Some(unit) = unit {
                     buffers::give(std::mem::replace(&mut client.buf, unit));
                 }
@@ -778,7 +780,7 @@ async fn wait_for_request(
 /// asked for that.
 /// Also closes one older than `server_lifetime`. `now` is when the
 /// transaction ended (read once for stats and for this).
-fn release(mut guard: Guard<ServerConn>, lifetime: Option<std::time::Duration>, now: Instant) {
+fn release(mut guard: Guard<ServerConn>, lifetime: Option<std::time::Duration>, now: Micros) {
     let Some(server) = guard.conn() else {
         return;
     };
@@ -835,7 +837,7 @@ async fn finish(
             .await
         {
             Ok(()) => {
-                release(guard, config.general.server_lifetime, Instant::now());
+                release(guard, config.general.server_lifetime, Micros::now());
                 return;
             }
             Err(e) => tracing::info!("server reset failed, closing the connection: {e}"),

@@ -19,6 +19,7 @@ use pgherd_pool::{Guard, PoolError};
 use pgherd_wire::backend::ErrorFields;
 
 use crate::client::Authenticated;
+use crate::clock::Micros;
 use crate::params;
 use crate::registry::{ClientInfo, DatabaseControl, InUse, NewServer, ServerInfo};
 use crate::route::{self, Attempt, Want};
@@ -228,8 +229,8 @@ impl Upstream {
         shared: &Shared,
         me: &Arc<ClientInfo>,
         want: Want,
-    ) -> Result<(Guard<ServerConn>, Instant, Lease), ErrorFields> {
-        let asked = Instant::now();
+    ) -> Result<(Guard<ServerConn>, Micros, Lease), ErrorFields> {
+        let asked = Micros::now();
         me.wants_server(asked);
         let in_use = self.control.enter().await;
         let result = self.connect(shared, want, asked).await;
@@ -258,8 +259,8 @@ impl Upstream {
         &self,
         shared: &Shared,
         want: Want,
-        asked: Instant,
-    ) -> Result<(Guard<ServerConn>, Instant), ErrorFields> {
+        asked: Micros,
+    ) -> Result<(Guard<ServerConn>, Micros), ErrorFields> {
         route::connect(shared, &self.config, want, |node, target| async move {
             let entry = self.entry(shared, node);
             let attempt = checkout(
@@ -274,8 +275,8 @@ impl Upstream {
             .await;
             match attempt {
                 Attempt::Usable(guard) => {
-                    let assigned = Instant::now();
-                    entry.stats.waited(assigned - asked);
+                    let assigned = Micros::now();
+                    entry.stats.waited(assigned.since(asked));
                     Attempt::Usable((guard, assigned))
                 }
                 Attempt::Unusable(why) => Attempt::Unusable(why),
@@ -362,7 +363,7 @@ pub(crate) async fn open(
 /// `server_check_delay`, so checkout reads none of its own).
 async fn checkout(
     shared: &Shared,
-    (config, asked): (&Config, Instant),
+    (config, asked): (&Config, Micros),
     (entry, limits): (&PoolEntry, PoolLimits),
     node: usize,
     target: Target,
@@ -599,9 +600,9 @@ pub(crate) async fn fill_pools(shared: &Shared) {
 
 /// `server_check_query` is due: the connection sat idle at least
 /// `server_check_delay`.
-fn needs_check(conn: &ServerConn, general: &pgherd_config::General, now: Instant) -> bool {
+fn needs_check(conn: &ServerConn, general: &pgherd_config::General, now: Micros) -> bool {
     !general.server_check_query.is_empty()
-        && now.saturating_duration_since(conn.idle_since) >= general.server_check_delay
+        && now.since(conn.idle_since) >= general.server_check_delay
 }
 #[cfg(test)]
 mod tests {
