@@ -295,6 +295,80 @@ async fn clients_servers_kill_client_and_disable() {
     pgherd.connect("app", APP_PASSWORD, "app").await.unwrap();
 }
 
+/// The console's id of the client with `application_name`.
+async fn client_id(admin: &tokio_postgres::Client, application_name: &str) -> String {
+    let clients = simple_rows(admin, "SHOW CLIENTS").await.unwrap();
+    let row = clients
+        .iter()
+        .find(|r| r[17].as_deref() == Some(application_name))
+        .expect("the client is listed");
+    row[18].clone().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_client_ends_idle_and_waiting_clients_at_once() {
+    let cluster = shared_cluster();
+    let pgherd = with_console(cluster)
+        .general("query_wait_timeout = 60")
+        .database("app = { pool_size = 1 }")
+        .start()
+        .await;
+    let admin = console(&pgherd, "app", APP_PASSWORD).await;
+    let connect = |name: &'static str| {
+        let config = pgherd.config("app", APP_PASSWORD, "app");
+        async move {
+            let mut config = config;
+            let (client, conn) = config
+                .application_name(name)
+                .connect(tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            (client, tokio::spawn(conn))
+        }
+    };
+    // Idle between transactions: no server, nothing sent.
+    let (idle, idle_conn) = connect("idle-victim").await;
+    simple_value(&idle, "SELECT 1").await;
+    // Waiting for the pool's one server, which another client holds.
+    // (Logged in first: the login needs a server too.)
+    let (holder, _holder_conn) = connect("holder").await;
+    let (waiter, _waiter_conn) = connect("waiting-victim").await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiting = tokio::spawn(async move { waiter.simple_query("SELECT 2").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the pool's server is taken");
+
+    let kill = |name: &'static str| {
+        let admin = &admin;
+        async move {
+            let id = client_id(admin, name).await;
+            admin
+                .simple_query(&format!("KILL_CLIENT {id}"))
+                .await
+                .unwrap();
+        }
+    };
+    // Hang guards, not timings: without the kill each would wait for
+    // the client's next request or the holder's COMMIT.
+    kill("idle-victim").await;
+    tokio::time::timeout(Duration::from_secs(10), idle_conn)
+        .await
+        .expect("the idle client's connection is closed")
+        .unwrap()
+        .expect_err("it ends with an error");
+    assert!(idle.is_closed());
+    kill("waiting-victim").await;
+    let err = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting client is ended")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("57P01"), "{err}");
+    // The holder and the pool carry on.
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(simple_value(&holder, "SELECT 3").await, "3");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_new_settings_and_names_restart_only_ones() {
     let cluster = shared_cluster();

@@ -11,10 +11,14 @@
 //! (the release binary next to this one) with the same pool mode and size.
 //! Every workload runs for each target in turn — direct, pgbouncer, pgherd,
 //! then again — so a noisy neighbour hits all three alike; the median of the
-//! repetitions is reported. For the proxies the CPU time they used
-//! (utime + stime from `/proc/PID/stat`) is divided by the transactions
-//! pgbench completed. The host's load average is printed with each run so a
-//! disturbed run can be spotted and rejected.
+//! repetitions is reported. Workloads: pgbench `-S` in each protocol mode
+//! at each client count, tpcb-like (read-write) at 16 clients, reads over
+//! the standbys (pgherd only), and idle logged-in clients. For the proxies
+//! the CPU time they used (utime + stime from `/proc/PID/stat`, and the
+//! user-space part alone) is divided by the transactions pgbench completed;
+//! p99 latency comes from pgbench's log of a 5% sample of transactions, and
+//! peak RSS from `VmHWM`. The host's load average is printed with each run
+//! so a disturbed run can be spotted and rejected.
 //!
 //! Machines are shared and noisy: nothing here asserts a threshold. The
 //! output is a table to read and to paste into `benches/RESULTS.md`.
@@ -37,6 +41,8 @@ struct Plan {
     reps: usize,
     clients: Vec<u32>,
     modes: Vec<&'static str>,
+    /// Clients of the tpcb-like (read-write) workload; 0: not run.
+    tpcb_clients: u32,
     idle_clients: usize,
 }
 
@@ -48,12 +54,14 @@ impl Plan {
             reps: 3,
             clients: vec![1, 16, 64, 256],
             modes: vec!["simple", "extended", "prepared"],
+            tpcb_clients: 16,
             idle_clients: 2000,
         }
     }
 
-    /// `--clients 1,16 --modes simple,extended --seconds 5 --reps 3 --idle 1000`
-    /// override the plan, to rerun one part.
+    /// `--clients 1,16 --modes simple,extended --seconds 5 --reps 3 --idle 1000
+    /// --tpcb 16` override the plan, to rerun one part (`--tpcb 0`: no
+    /// read-write workload).
     fn override_from(&mut self, args: &[String]) -> anyhow::Result<()> {
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -80,6 +88,7 @@ impl Plan {
                 "--seconds" => self.seconds = value()?.parse()?,
                 "--reps" => self.reps = value()?.parse()?,
                 "--idle" => self.idle_clients = value()?.parse()?,
+                "--tpcb" => self.tpcb_clients = value()?.parse()?,
                 other => bail!("unknown argument {other}"),
             }
         }
@@ -93,6 +102,7 @@ impl Plan {
             reps: 1,
             clients: vec![16],
             modes: vec!["simple"],
+            tpcb_clients: 0,
             idle_clients: 100,
         }
     }
@@ -120,6 +130,8 @@ impl Target {
 struct Measure {
     tps: f64,
     latency_ms: f64,
+    /// 99th percentile of a 5% sample of transaction latencies.
+    p99_ms: f64,
     failed: f64,
     /// Proxy CPU seconds per transaction, in microseconds (0 for direct).
     cpu_us_per_tx: f64,
@@ -184,53 +196,62 @@ fn main() -> anyhow::Result<()> {
     );
     println!("{}", environment(&bins, pgbouncer.as_deref()));
     println!(
-        "pool_mode = transaction, pool size {POOL_SIZE}, pgbench -S (select only), scale {}, {} s per run, median of {} interleaved run(s)\n",
+        "pool_mode = transaction, pool size {POOL_SIZE}, pgbench -S (select only) unless it says tpcb-like, scale {}, {} s per run, median of {} interleaved run(s); p99 from a 5% sample of transactions\n",
         plan.scale, plan.seconds, plan.reps
     );
-    println!("| workload | target | TPS | latency ms | failed | proxy CPU µs/tx | of it user | load | TPS vs pgbouncer | CPU vs pgbouncer | TPS vs direct |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| workload | target | TPS | latency ms | p99 ms | failed | proxy CPU µs/tx | of it user | load | TPS vs pgbouncer | CPU vs pgbouncer | TPS vs direct |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
 
+    let seconds = plan.seconds.to_string();
     let mut targets = vec![(Target::Direct, primary, None)];
     if let Some(b) = &bouncer {
         targets.push((Target::Pgbouncer, b.port, Some(b.pid())));
     }
     targets.push((Target::Pgherd, pgherd_port, Some(pgherd.id())));
 
-    for mode in &plan.modes {
+    // (label, pgbench arguments before -c, whether pgbouncer can run it)
+    let mut workloads: Vec<(String, Vec<&str>, bool)> = Vec::new();
+    for &mode in &plan.modes {
         for &clients in &plan.clients {
-            let workload = format!("-S -M {mode} -c {clients}");
             // pgbouncer 1.18 has no prepared statement support in
             // transaction mode: -M prepared compares pgherd with direct.
-            let targets: Vec<(Target, u16, Option<u32>)> = targets
-                .iter()
-                .copied()
-                .filter(|(t, _, _)| !(*mode == "prepared" && *t == Target::Pgbouncer))
-                .collect();
-            let mut results: Vec<Vec<Measure>> = vec![Vec::new(); targets.len()];
-            for _ in 0..plan.reps {
-                for (i, (_, port, pid)) in targets.iter().enumerate() {
-                    let args = [
-                        "-S",
-                        "-M",
-                        mode,
-                        "-c",
-                        &clients.to_string(),
-                        "-j",
-                        "2",
-                        "-T",
-                        &plan.seconds.to_string(),
-                    ];
-                    results[i].push(run_pgbench(&bins, *port, *pid, &args)?);
-                }
-            }
-            report(&workload, &targets, &results);
+            let label = format!("-S -M {mode} -c {clients}");
+            workloads.push((label, vec!["-S", "-M", mode, "-c"], mode != "prepared"));
         }
     }
+    let tpcb_clients = plan.tpcb_clients.to_string();
+    if plan.tpcb_clients > 0 {
+        let label = format!("tpcb-like -M simple -c {tpcb_clients}");
+        workloads.push((label, vec!["-M", "simple", "-c"], true));
+    }
+    for (label, args, with_pgbouncer) in &workloads {
+        let clients = label.rsplit(' ').next().unwrap_or("1");
+        let targets: Vec<(Target, u16, Option<u32>)> = targets
+            .iter()
+            .copied()
+            .filter(|(t, _, _)| *with_pgbouncer || *t != Target::Pgbouncer)
+            .collect();
+        let mut results: Vec<Vec<Measure>> = vec![Vec::new(); targets.len()];
+        for _ in 0..plan.reps {
+            for (i, (_, port, pid)) in targets.iter().enumerate() {
+                let mut run = args.clone();
+                run.extend([clients, "-j", "2", "-T", &seconds]);
+                results[i].push(run_pgbench(&bins, *port, *pid, &run)?);
+            }
+        }
+        report(label, &targets, &results);
+    }
+    let peak = |pid: Option<u32>| pid.map_or(Ok(0), |p| status_kib(p, "VmHWM:"));
+    println!(
+        "\nPeak RSS (VmHWM) after these workloads: pgbouncer {} KiB, pgherd {} KiB.",
+        peak(bouncer.as_ref().map(|b| b.pid()))?,
+        peak(Some(pgherd.id()))?
+    );
 
     // Reads spread over the standbys: pgherd only (pgbouncer cannot route).
     println!("\nReads over standbys (pgherd `target = \"replica\"` database `bench_ro`):\n");
-    println!("| workload | TPS | latency ms | failed | proxy CPU µs/tx |");
-    println!("|---|---|---|---|---|");
+    println!("| workload | TPS | latency ms | p99 ms | failed | proxy CPU µs/tx |");
+    println!("|---|---|---|---|---|---|");
     for &clients in plan.clients.iter().filter(|&&c| c >= 16) {
         let args = [
             "-S",
@@ -243,8 +264,8 @@ fn main() -> anyhow::Result<()> {
         ];
         let m = run_pgbench_db(&bins, pgherd_port, Some(pgherd.id()), &args, "bench_ro")?;
         println!(
-            "| -S -c {clients} | {:.0} | {:.3} | {:.0} | {:.1} |",
-            m.tps, m.latency_ms, m.failed, m.cpu_us_per_tx
+            "| -S -c {clients} | {:.0} | {:.3} | {:.3} | {:.0} | {:.1} |",
+            m.tps, m.latency_ms, m.p99_ms, m.failed, m.cpu_us_per_tx
         );
     }
 
@@ -304,10 +325,11 @@ fn report(workload: &str, targets: &[(Target, u16, Option<u32>)], results: &[Vec
             )
         };
         println!(
-            "| {workload} | {} | {:.0} | {:.3} | {:.0} | {cpu} | {user} | {:.2} | {} | {} | {} |",
+            "| {workload} | {} | {:.0} | {:.3} | {:.3} | {:.0} | {cpu} | {user} | {:.2} | {} | {} | {} |",
             target.name(),
             m.tps,
             m.latency_ms,
+            m.p99_ms,
             m.failed,
             m.load,
             if *target == Target::Pgherd {
@@ -349,10 +371,13 @@ fn run_pgbench_db(
     db: &str,
 ) -> anyhow::Result<Measure> {
     let load = load_average();
+    let logs = tempdir()?;
     let cpu_before = proxy.map(cpu_seconds).transpose()?;
     let out = Command::new(bins.path("pgbench"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
         .args(args)
+        .args(["-l", "--sampling-rate", "0.05", "--log-prefix"])
+        .arg(logs.path().join("tx"))
         .arg(db)
         .env("PGPASSWORD", PASSWORD)
         .output()?;
@@ -380,11 +405,31 @@ fn run_pgbench_db(
     Ok(Measure {
         tps: figure("tps = "),
         latency_ms: figure("latency average = "),
+        p99_ms: p99_ms(logs.path())?,
         failed: figure("number of failed transactions: "),
         cpu_us_per_tx: per_tx(|t| t.user + t.system),
         user_us_per_tx: per_tx(|t| t.user),
         load,
     })
+}
+
+/// The 99th percentile latency in pgbench's transaction logs in `dir`
+/// (`client transaction latency_us script epoch us` per line), in ms.
+fn p99_ms(dir: &Path) -> anyhow::Result<f64> {
+    let mut latencies: Vec<u64> = Vec::new();
+    for file in std::fs::read_dir(dir)? {
+        let text = std::fs::read_to_string(file?.path())?;
+        latencies.extend(
+            text.lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()),
+        );
+    }
+    if latencies.is_empty() {
+        return Ok(f64::NAN);
+    }
+    latencies.sort_unstable();
+    let at = (latencies.len() * 99).div_ceil(100).saturating_sub(1);
+    Ok(latencies[at] as f64 / 1000.0)
 }
 
 /// CPU time a process used, in seconds.
@@ -409,12 +454,17 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<CpuTimes> {
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` line of `/proc/PID/status` (`VmRSS:`, `VmHWM:`).
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 fn load_average() -> f64 {
@@ -565,7 +615,9 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn tempdir() -> anyhow::Result<TempDir> {
-    let path = std::env::temp_dir().join(format!("pgherd-bench-{}", std::process::id()));
+    static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("pgherd-bench-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&path)?;
     Ok(TempDir(path))
 }
