@@ -173,6 +173,32 @@ impl<C> Pool<C> {
         }
     }
 
+    /// Without waiting: a free slot with the most recently released idle
+    /// connection that `matches`, if `ready` says it can be used as it is.
+    /// `None` leaves the pool as it was (the caller then takes the
+    /// waiting path, [`Pool::checkout_with_reserve`]). This is the common
+    /// case of every transaction, and costs no future.
+    pub fn try_checkout_idle(
+        &self,
+        matches: impl Fn(&C) -> bool,
+        ready: impl FnOnce(&mut C) -> bool,
+    ) -> Option<Guard<C>> {
+        let permit = Arc::clone(&self.inner.permits).try_acquire_owned().ok()?;
+        let mut state = self.inner.state();
+        let i = state.idle.iter().rposition(|c| matches(c))?;
+        if !ready(&mut state.idle[i]) {
+            return None;
+        }
+        let conn = state.idle.remove(i);
+        drop(state);
+        Some(Guard {
+            pool: Arc::clone(&self.inner),
+            conn: Some(conn),
+            evicted: None,
+            _permit: permit,
+        })
+    }
+
     pub async fn checkout_with_reserve(
         &self,
         timeout: Duration,
@@ -317,6 +343,33 @@ mod tests {
     use super::*;
 
     const T: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn try_checkout_idle_takes_a_ready_idle_connection_or_changes_nothing() {
+        let pool = Pool::new(2);
+        // Empty pool: nothing idle, nothing taken.
+        assert!(pool.try_checkout_idle(|_| true, |_| true).is_none());
+        let mut a = pool.checkout(T, |_| true).await.unwrap();
+        a.set("a");
+        a.release();
+        // Not ready (say, due for a check): left idle, slot not taken.
+        assert!(pool.try_checkout_idle(|_| true, |c| *c != "a").is_none());
+        assert!(pool.try_checkout_idle(|&c| c == "b", |_| true).is_none());
+        assert_eq!(pool.status().idle, 1);
+        assert_eq!(pool.status().checked_out, 0);
+        let mut g = pool
+            .try_checkout_idle(|_| true, |_| true)
+            .expect("idle and ready");
+        assert_eq!(g.conn().copied(), Some("a"));
+        assert_eq!(pool.status().checked_out, 1);
+        assert_eq!(pool.status().idle, 0);
+        g.release();
+        assert_eq!(pool.status().total, 1);
+        // Every slot checked out: none.
+        let _x = pool.checkout(T, |_| true).await.unwrap();
+        let _y = pool.checkout(T, |_| true).await.unwrap();
+        assert!(pool.try_checkout_idle(|_| true, |_| true).is_none());
+    }
 
     #[tokio::test]
     async fn reuses_released_connections_lifo() {

@@ -242,11 +242,9 @@ impl DatabaseControl {
     /// registered on the database's shared `Notify`.
     pub(crate) async fn enter(self: &Arc<Self>) -> InUse {
         loop {
-            self.in_use.fetch_add(1, Ordering::SeqCst);
-            if !self.paused.load(Ordering::SeqCst) {
-                return InUse(Arc::clone(self));
+            if let Some(in_use) = self.try_enter() {
+                return in_use;
             }
-            self.leave();
             // Registered before the flag is read again, so a RESUME in
             // between is not missed.
             let notified = self.resumed.notified();
@@ -256,6 +254,17 @@ impl DatabaseControl {
                 notified.await;
             }
         }
+    }
+
+    /// [`DatabaseControl::enter`] when the database is not paused; `None`
+    /// (and no claim) when it is.
+    pub(crate) fn try_enter(self: &Arc<Self>) -> Option<InUse> {
+        self.in_use.fetch_add(1, Ordering::SeqCst);
+        if !self.paused.load(Ordering::SeqCst) {
+            return Some(InUse(Arc::clone(self)));
+        }
+        self.leave();
+        None
     }
 
     fn leave(&self) {

@@ -184,6 +184,31 @@ where
     }
 }
 
+/// The node [`connect`] tries first for `want`, with its target, when one
+/// is known without waiting: the primary, or a standby to read from.
+/// `None` when `connect` would wait or fall back. A standby's round-robin
+/// turn is only looked at: [`turn_taken`] takes it once the node is used,
+/// so a pick that is not used leaves `connect` the same choice.
+pub(crate) fn pick_now(shared: &Shared, config: &Config, want: Want) -> Option<(usize, Target)> {
+    match want {
+        Want::Standby { wrote_at, .. } => {
+            pick_standby(shared, config, &[], wrote_at, true).map(|n| (n, Target::Replica))
+        }
+        Want::Primary => shared
+            .cluster
+            .pick_now(|t| t.primary)
+            .map(|p| (p, Target::Primary)),
+    }
+}
+
+/// After [`pick_now`]'s node was used: the round-robin turn moves on, as
+/// after [`connect`]'s own pick.
+pub(crate) fn turn_taken(shared: &Shared, want: Want) {
+    if let Want::Standby { peek: false, .. } = want {
+        shared.round_robin.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The next standby that may serve reads, has not failed for this client
 /// and (when it wrote at `wrote_at`) has replayed the client's write.
 fn pick_standby(

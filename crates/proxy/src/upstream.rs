@@ -220,6 +220,32 @@ impl Upstream {
         })
     }
 
+    /// [`Upstream::checkout`] when it needs no waiting, no new connection
+    /// and no check: the database is not paused, the node for `want` is
+    /// known, and its pool has a free slot with an idle connection ready as
+    /// it is. This is nearly every transaction, done without a future;
+    /// `None` changes nothing.
+    pub(crate) fn checkout_now(
+        &self,
+        shared: &Shared,
+        me: &Arc<ClientInfo>,
+        want: Want,
+    ) -> Option<(Guard<ServerConn>, Micros, Lease)> {
+        let in_use = self.control.try_enter()?;
+        let (node, target) = route::pick_now(shared, &self.config, want)?;
+        let entry = self.entry(shared, node);
+        let general = &self.config.general;
+        let asked = Micros::now();
+        let guard = entry.pool.try_checkout_idle(
+            |c| c.startup == self.params,
+            |c| fit(c, general, target, asked) && !needs_check(c, general, asked),
+        )?;
+        route::turn_taken(shared, want);
+        me.wants_server(asked);
+        me.served();
+        Some(self.lease(guard, asked, in_use, me))
+    }
+
     /// A server on a node fit for `want`, from that node's pool, for the
     /// client `me`, and when it was handed over. The time the client waited
     /// for it (failed attempts on other nodes included) is added to that
@@ -235,7 +261,19 @@ impl Upstream {
         let in_use = self.control.enter().await;
         let result = self.connect(shared, want, asked).await;
         me.served();
-        let (mut guard, assigned) = result?;
+        let (guard, assigned) = result?;
+        Ok(self.lease(guard, assigned, in_use, me))
+    }
+
+    /// Links `me` and its server for the console, and wraps what the
+    /// client holds while it uses the server.
+    fn lease(
+        &self,
+        mut guard: Guard<ServerConn>,
+        assigned: Micros,
+        in_use: InUse,
+        me: &Arc<ClientInfo>,
+    ) -> (Guard<ServerConn>, Micros, Lease) {
         let server = guard
             .conn()
             .and_then(|c| c.registered.as_ref())
@@ -245,14 +283,11 @@ impl Upstream {
             server.set_client(Some(me.id));
             (Arc::clone(me), server)
         });
-        Ok((
-            guard,
-            assigned,
-            Lease {
-                _in_use: in_use,
-                link,
-            },
-        ))
+        let lease = Lease {
+            _in_use: in_use,
+            link,
+        };
+        (guard, assigned, lease)
     }
 
     async fn connect(
@@ -395,9 +430,7 @@ async fn checkout(
         evicted.close_in_background();
     }
     if let Some(conn) = guard.conn() {
-        let fit = conn.is_alive()
-            && !conn.expired(general.server_lifetime, asked)
-            && !(target == Target::Primary && conn.is_standby());
+        let fit = fit(conn, general, target, asked);
         if fit && !needs_check(conn, general, asked) {
             return Attempt::Usable(guard);
         }
@@ -596,6 +629,20 @@ pub(crate) async fn fill_pools(shared: &Shared) {
             }
         }
     }
+}
+
+/// An idle connection can serve `target` at `now`: the server has not
+/// closed it, it is younger than `server_lifetime`, and a primary's is not
+/// a standby's.
+fn fit(
+    conn: &mut ServerConn,
+    general: &pgherd_config::General,
+    target: Target,
+    now: Micros,
+) -> bool {
+    conn.is_alive()
+        && !conn.expired(general.server_lifetime, now)
+        && !(target == Target::Primary && conn.is_standby())
 }
 
 /// `server_check_query` is due: the connection sat idle at least
