@@ -195,6 +195,7 @@ impl<C> Pool<C> {
             pool: Arc::clone(&self.inner),
             conn: Some(conn),
             evicted: None,
+            released: false,
             _permit: permit,
         })
     }
@@ -221,6 +222,7 @@ impl<C> Pool<C> {
             pool: Arc::clone(&self.inner),
             conn: None,
             evicted: None,
+            released: false,
             _permit: permit,
         };
         if let Some(i) = state.idle.iter().rposition(|c| matches(c)) {
@@ -292,6 +294,8 @@ pub struct Guard<C> {
     pool: Arc<Inner<C>>,
     conn: Option<Box<C>>,
     evicted: Option<Box<C>>,
+    /// Its connection went back to the idle list, which keeps the slot.
+    released: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -321,20 +325,21 @@ impl<C> Guard<C> {
     /// frees its slot.
     pub fn release(mut self) {
         if let Some(conn) = self.conn.take() {
-            let mut state = self.pool.state();
-            state.idle.push(conn);
-            // The slot now belongs to the idle connection: don't count it down.
-            state.total += 1;
+            self.pool.state().idle.push(conn);
+            // The slot now belongs to the idle connection (one lock per
+            // release: this runs for every transaction).
+            self.released = true;
         }
     }
 }
 
 impl<C> Drop for Guard<C> {
     fn drop(&mut self) {
-        // The slot this guard claimed is gone (its connection, if any, is
-        // dropped with it). `release` re-counted a returned connection.
-        let mut state = self.pool.state();
-        state.total -= 1;
+        // The slot this guard claimed is gone, unless its connection went
+        // back idle (otherwise the connection is dropped with the guard).
+        if !self.released {
+            self.pool.state().total -= 1;
+        }
     }
 }
 

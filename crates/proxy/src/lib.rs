@@ -97,7 +97,7 @@ pub(crate) struct PoolLimits {
 /// Startup parameters, credential and target of a pool's connections.
 #[derive(Debug, Clone)]
 pub(crate) struct Template {
-    pub(crate) params: Vec<(String, String)>,
+    pub(crate) params: server::Startup,
     pub(crate) credential: ServerCredential,
     pub(crate) target: Target,
     pub(crate) limits: PoolLimits,

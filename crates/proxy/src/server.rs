@@ -30,6 +30,17 @@ use crate::params::{ClientParams, ServerParams, Tracked};
 /// Largest message accepted while logging in or resetting (no rows flow then).
 const CONTROL_MESSAGE_LIMIT: usize = 1 << 20;
 
+/// Startup parameters a server connection is opened with, sorted by name:
+/// one allocation shared by the connections of one upstream, so the pool
+/// tells a fitting connection by comparing pointers (see [`same_startup`]).
+pub(crate) type Startup = Arc<[(String, String)]>;
+
+/// Whether a connection opened with `theirs` fits a client that needs
+/// `ours`: the same allocation, or equal.
+pub(crate) fn same_startup(theirs: &Startup, ours: &Startup) -> bool {
+    Arc::ptr_eq(theirs, ours) || theirs == ours
+}
+
 /// What pgherd proves to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerCredential {
@@ -91,8 +102,8 @@ pub struct ServerConn {
     /// ParameterStatus values as reported at login: in transaction mode, the
     /// defaults for a client that sets none (see `params`).
     pub(crate) initial_params: ServerParams,
-    /// The startup parameters this connection was opened with, sorted.
-    pub startup: Vec<(String, String)>,
+    /// The startup parameters this connection was opened with.
+    pub(crate) startup: Startup,
     /// When it was opened (`server_lifetime`).
     pub(crate) created: Micros,
     /// When it last went back to the pool (`server_idle_timeout`,
@@ -109,7 +120,7 @@ impl ServerConn {
     /// `startup` parameters. `tracked` names the parameters clients keep.
     pub(crate) async fn connect(
         (node, host, port): (usize, &str, u16),
-        (startup, tracked): (Vec<(String, String)>, &Arc<Tracked>),
+        (startup, tracked): (Startup, &Arc<Tracked>),
         credential: &ServerCredential,
         tls: &ServerTls,
         timeout: Duration,
@@ -131,7 +142,7 @@ impl ServerConn {
 
     async fn connect_once(
         (node, host, port): (usize, &str, u16),
-        (mut startup, tracked): (Vec<(String, String)>, &Arc<Tracked>),
+        (startup, tracked): (Startup, &Arc<Tracked>),
         credential: &ServerCredential,
         tls: &ServerTls,
         insist_on_tls: bool,
@@ -145,7 +156,6 @@ impl ServerConn {
             .start(tcp, host, insist_on_tls)
             .await
             .map_err(ServerError::Tls)?;
-        startup.sort();
         let mut conn = ServerConn {
             stream,
             read_buf: BytesMut::new(),

@@ -26,7 +26,7 @@ use crate::prepared::ClientStatements;
 use crate::registry::{ClientInfo, NewClient, Registered};
 use crate::relay::{self, RelayEnd, ServerState, Until};
 use crate::route::{self, Want};
-use crate::server::{send_cancel, ServerConn, ServerError};
+use crate::server::{send_cancel, ServerConn, ServerError, Startup};
 use crate::upstream::{open, server_login, Lease, Upstream, Wanted};
 use crate::Shared;
 
@@ -248,17 +248,17 @@ async fn start(
 
     if replication {
         drop(auth);
+        let params: Startup = params.into();
         let (params, credential) = (&params, &credential);
-        let server =
-            Box::pin(route::connect(
-                shared,
-                &config,
-                Want::Primary,
-                |node, target| async move {
-                    open(shared, node, target, params.clone(), credential).await
-                },
-            ))
-            .await?;
+        let server = Box::pin(route::connect(
+            shared,
+            &config,
+            Want::Primary,
+            |node, target| async move {
+                open(shared, node, target, Arc::clone(params), credential).await
+            },
+        ))
+        .await?;
         Box::pin(replicate(shared, client, server)).await?;
         return Ok(None);
     }

@@ -23,7 +23,7 @@ use crate::clock::Micros;
 use crate::params;
 use crate::registry::{ClientInfo, DatabaseControl, InUse, NewServer, ServerInfo};
 use crate::route::{self, Attempt, Want};
-use crate::server::{ServerConn, ServerCredential, ServerError};
+use crate::server::{same_startup, ServerConn, ServerCredential, ServerError, Startup};
 use crate::{PoolEntry, PoolKey, PoolLimits, Shared};
 
 /// Where a client's servers come from: its database entry, target and
@@ -36,7 +36,7 @@ pub(crate) struct Upstream {
     pub(crate) target: Target,
     /// Startup parameters of the servers, sorted (`user` and `database`
     /// included).
-    pub(crate) params: Vec<(String, String)>,
+    pub(crate) params: Startup,
     pub(crate) credential: ServerCredential,
     /// The server-side database and user.
     database: String,
@@ -62,10 +62,18 @@ pub(crate) struct Upstreams {
 #[derive(Debug, Default)]
 struct UpstreamMap {
     by_key: HashMap<UpstreamKey, Vec<Weak<Upstream>>>,
+    /// Startup parameter sets still held (by an upstream or by the server
+    /// connections it opened, which outlive it in the pool): a new upstream
+    /// with equal parameters takes the same allocation, so the pool matches
+    /// its connections by pointer.
+    startups: HashMap<Vec<(String, String)>, WeakStartup>,
     /// Entries after the last sweep of dead ones: the next sweep is due at
     /// twice as many, so sweeping costs O(1) per insert.
     swept_at: usize,
 }
+
+/// A [`Startup`] set, while something holds it.
+type WeakStartup = Weak<[(String, String)]>;
 
 /// What a session asks [`Upstreams::get`] for.
 pub(crate) struct Wanted<'a> {
@@ -90,27 +98,35 @@ impl Upstreams {
             wanted.client.1.to_owned(),
         );
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let live = &mut *live;
         let bucket = live.by_key.entry(key).or_default();
         let found = bucket.iter().filter_map(Weak::upgrade).find(|u| {
             u.target == wanted.target
                 && u.mode == wanted.mode
-                && u.params == wanted.params
+                && *u.params == *wanted.params
                 && u.credential == wanted.credential
                 && u.db == *wanted.db
         });
         if let Some(upstream) = found {
             return upstream;
         }
-        let upstream = Arc::new(Upstream::new(wanted));
+        let held = live.startups.get(&wanted.params).and_then(Weak::upgrade);
+        let startup = held.unwrap_or_else(|| {
+            let startup: Startup = wanted.params.as_slice().into();
+            let weak = Arc::downgrade(&startup);
+            live.startups.insert(wanted.params.clone(), weak);
+            startup
+        });
+        let upstream = Arc::new(Upstream::new(wanted, startup));
         bucket.retain(|w| w.strong_count() > 0);
         bucket.push(Arc::downgrade(&upstream));
-        let live = &mut *live;
-        if live.by_key.len() >= live.swept_at.max(64) * 2 {
+        if live.by_key.len() + live.startups.len() >= live.swept_at.max(64) * 2 {
             live.by_key.retain(|_, bucket| {
                 bucket.retain(|w| w.strong_count() > 0);
                 !bucket.is_empty()
             });
-            live.swept_at = live.by_key.len();
+            live.startups.retain(|_, w| w.strong_count() > 0);
+            live.swept_at = live.by_key.len() + live.startups.len();
         }
         upstream
     }
@@ -178,7 +194,7 @@ impl Drop for Lease {
 }
 
 impl Upstream {
-    fn new(wanted: Wanted<'_>) -> Upstream {
+    fn new(wanted: Wanted<'_>, params: Startup) -> Upstream {
         let config = wanted.config;
         let param = |name: &str| params::find(&wanted.params, name).unwrap_or("").to_owned();
         let (database, user) = (param("database"), param("user"));
@@ -193,7 +209,7 @@ impl Upstream {
             config: Arc::clone(config),
             db: wanted.db.clone(),
             target: wanted.target,
-            params: wanted.params,
+            params,
             credential: wanted.credential,
             database,
             user,
@@ -237,7 +253,7 @@ impl Upstream {
         let general = &self.config.general;
         let asked = Micros::now();
         let guard = entry.pool.try_checkout_idle(
-            |c| c.startup == self.params,
+            |c| same_startup(&c.startup, &self.params),
             |c| fit(c, general, target, asked) && !needs_check(c, general, asked),
         )?;
         route::turn_taken(shared, want);
@@ -327,7 +343,7 @@ pub(crate) async fn open(
     shared: &Shared,
     node: usize,
     target: Target,
-    params: Vec<(String, String)>,
+    params: Startup,
     credential: &ServerCredential,
 ) -> Attempt<ServerConn> {
     let config = shared.config();
@@ -402,14 +418,16 @@ async fn checkout(
     (entry, limits): (&PoolEntry, PoolLimits),
     node: usize,
     target: Target,
-    params: &[(String, String)],
+    params: &Startup,
     credential: &ServerCredential,
 ) -> Attempt<Guard<ServerConn>> {
     let general = &config.general;
     let wait = general.query_wait_timeout;
     let checkout = entry
         .pool
-        .checkout_with_reserve(wait, general.reserve_pool_timeout, |c| c.startup == params);
+        .checkout_with_reserve(wait, general.reserve_pool_timeout, |c| {
+            same_startup(&c.startup, params)
+        });
     let mut guard = match checkout.await {
         Ok(g) => g,
         Err(PoolError::Timeout(t)) => {
@@ -479,7 +497,7 @@ async fn checkout(
             guard.set(conn);
             if limits.min_size > 0 {
                 *entry.template.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::Template {
-                    params: params.to_vec(),
+                    params: Arc::clone(params),
                     credential: credential.clone(),
                     target,
                     limits,
@@ -501,7 +519,7 @@ async fn open_for_pool(
     shared: &Shared,
     entry: &PoolEntry,
     (node, target): (usize, Target),
-    params: &[(String, String)],
+    params: &Startup,
     credential: &ServerCredential,
 ) -> Attempt<ServerConn> {
     let retry = shared.config().general.server_login_retry;
@@ -510,7 +528,7 @@ async fn open_for_pool(
     }
     // Boxed: opening a connection (TCP, TLS, login) is a large future, and
     // checkout runs for every transaction while opening is rare.
-    let attempt = Box::pin(open(shared, node, target, params.to_vec(), credential)).await;
+    let attempt = Box::pin(open(shared, node, target, Arc::clone(params), credential)).await;
     entry.login_failure.record(&attempt);
     attempt
 }
@@ -710,6 +728,21 @@ mod tests {
     }
 
     #[test]
+    fn a_new_upstream_takes_the_startup_parameters_its_servers_still_hold() {
+        let upstreams = Upstreams::default();
+        let config = config();
+        let first = upstreams.get(wanted(&config, "app", "web"));
+        // A pooled server connection keeps the parameters it was opened with.
+        let server_startup = Arc::clone(&first.params);
+        drop(first);
+        let second = upstreams.get(wanted(&config, "app", "web"));
+        assert!(Arc::ptr_eq(&second.params, &server_startup));
+        drop((second, server_startup));
+        let third = upstreams.get(wanted(&config, "app", "web"));
+        assert_eq!(third.params.len(), 3);
+    }
+
+    #[test]
     fn dead_upstreams_are_swept() {
         let upstreams = Upstreams::default();
         let config = config();
@@ -718,6 +751,7 @@ mod tests {
             drop(upstreams.get(wanted(&config, &user, "web")));
         }
         let live = upstreams.live.lock().unwrap();
-        assert!(live.by_key.len() <= 128, "{} keys kept", live.by_key.len());
+        let kept = live.by_key.len() + live.startups.len();
+        assert!(kept <= 128, "{kept} entries kept");
     }
 }
