@@ -1,10 +1,11 @@
 //! pgherd's proxy: the listener, client sessions and server connections.
 //!
 //! ```text
-//! accept ─► client::login (startup, SSL 'N', SCRAM/trust, max_client_conn)
-//!        ─► session: database entry, server credential, a server on the primary
-//!             (from the pool of (database, user, node), or freshly opened with
-//!             the client's own startup parameters)
+//! accept ─► client::login (startup, TLS, SCRAM/md5/trust, max_client_conn)
+//!        ─► session: database entry, server credential → an `upstream`
+//!             (shared by the clients it is the same for) → a server on the
+//!             primary (from the pool of (database, user, node), or freshly
+//!             opened with the client's own startup parameters)
 //!        ─► relay (bytes both ways, no re-encoding) until the client leaves
 //!        ─► reset (ROLLBACK if needed, server_reset_query) and back to the
 //!             pool — or closed, if the session left it in an unknown state
