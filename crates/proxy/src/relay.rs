@@ -265,6 +265,12 @@ impl Pipe {
         self.buf.is_empty() && self.scanner.at_boundary()
     }
 
+    /// True when a step would write (or flush) rather than read; `hold`:
+    /// replies are held back.
+    fn has_output(&self, hold: bool) -> bool {
+        (self.ready > 0 && !hold) || self.unflushed
+    }
+
     /// True when everything scanned has reached the sink's socket.
     fn delivered(&self) -> bool {
         self.ready == 0 && !self.unflushed
@@ -521,7 +527,9 @@ async fn relay_inner(
         up.no_read = true;
         state.hold = Hold::Holding;
     }
-    // Which direction is polled first, alternating so neither starves.
+    // Which direction reads first, alternating after each read so neither
+    // starves. (A direction with bytes to write goes first regardless:
+    // see `poll_directions`.)
     let mut up_first = false;
     if let Err(e) = scan_client(up, client_watch, state, &mut tracking.statements) {
         return RelayEnd::ClientProtocol(e);
@@ -568,7 +576,12 @@ async fn relay_inner(
                 poll_directions(cx, (&mut *up, &mut *down), (&mut *client, &mut *server), holding, up_first)
             }) => step,
         };
-        up_first = !up_first;
+        if matches!(
+            step,
+            Direction::Up(Ok(Step::Read)) | Direction::Down(Ok(Step::Read))
+        ) {
+            up_first = !up_first;
+        }
         if let (Some(at), Direction::Up(Ok(Step::Read)) | Direction::Down(Ok(Step::Read))) =
             (last_activity.as_mut(), &step)
         {
@@ -624,6 +637,12 @@ async fn relay_inner(
 /// Polls both directions once, `up_first` or the other way round: the
 /// first that completes a step wins. Sequential polls on the same two
 /// streams need no split halves, so a TLS stream relays like a plain one.
+///
+/// A direction with bytes to write is polled first whatever `up_first`
+/// says: a request is sent before the server is asked for its reply, and
+/// a reply delivered before the client is asked for more. Each poll that
+/// finds nothing to read costs a readiness check and a waker registration
+/// (~160 instructions in tokio); this order saves two per transaction.
 fn poll_directions(
     cx: &mut Context<'_>,
     (up, down): (&mut Pipe, &mut Pipe),
@@ -631,6 +650,12 @@ fn poll_directions(
     holding: bool,
     up_first: bool,
 ) -> Poll<Direction> {
+    let (up_writes, down_writes) = (up.has_output(false), down.has_output(holding));
+    let up_first = if up_writes != down_writes {
+        up_writes
+    } else {
+        up_first
+    };
     if up_first {
         if let Poll::Ready(r) = up.poll_step(cx, client, server, false) {
             return Poll::Ready(Direction::Up(r));
