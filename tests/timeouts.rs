@@ -76,6 +76,32 @@ async fn servers_older_than_server_lifetime_are_replaced() {
     .await;
 }
 
+/// In transaction mode the check runs when a transaction takes an idle
+/// server (the common path that takes one without waiting included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_check_query_runs_before_transactions_on_idle_servers() {
+    let cluster = shared_cluster();
+    let checked = "SELECT coalesce(current_setting('pgherd.checked', true), '')";
+    for (delay, expected) in [("0", "yes"), ("30", "")] {
+        let pgherd = cluster
+            .pgherd()
+            .general("pool_mode = \"transaction\"")
+            .general(&format!("server_check_delay = {delay}"))
+            .general("server_check_query = \"SELECT set_config('pgherd.checked', 'yes', false)\"")
+            .database("app = { pool_size = 1 }")
+            .start()
+            .await;
+        // The login opened the server (unchecked) and gave it back; this
+        // transaction takes it from the pool.
+        let client = pgherd.app().await;
+        assert_eq!(
+            simple_value(&client, checked).await,
+            expected,
+            "server_check_delay = {delay}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_check_query_runs_on_servers_that_sat_idle() {
     let cluster = shared_cluster();
