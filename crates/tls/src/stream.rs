@@ -52,15 +52,10 @@ impl Stream {
         self.flush().await
     }
 
-    /// Waits until a read would not wait, without reading — so an idle
+    /// Ready when a read would not wait, without reading — so an idle
     /// connection needs no read buffer. Plain TCP waits for the socket;
-    /// TLS may hold decrypted bytes the socket does not show, so it
-    /// returns at once and the caller's read does the waiting.
-    pub async fn wait_readable(&self) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.poll_read_ready(cx)).await
-    }
-
-    /// [`Stream::wait_readable`] as a poll, for hand-written futures.
+    /// TLS may hold decrypted bytes the socket does not show, so it is
+    /// ready at once and the caller's read does the waiting.
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Stream::Plain(s) => s.poll_read_ready(cx),
@@ -150,7 +145,9 @@ mod tests {
         let mut ours = Stream::Plain(listener.accept().await.unwrap().0);
         assert!(ours.is_idle_and_open());
         peer.write_all(b"x").await.unwrap();
-        ours.wait_readable().await.unwrap();
+        std::future::poll_fn(|cx| ours.poll_read_ready(cx))
+            .await
+            .unwrap();
         assert!(!ours.is_idle_and_open(), "unexpected data is not idle");
         drop(peer);
         let mut rest = Vec::new();
