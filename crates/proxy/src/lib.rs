@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod auth_query;
+pub mod balance;
 mod buffers;
 mod cancel;
 mod classify;
