@@ -337,7 +337,7 @@ impl Pipe {
                 Chunk::NeedMore => break,
                 Chunk::Opaque { len, starts } => {
                     if let Some(tag) = starts {
-                        if on(Seen::Starts(tag)) == Action::Stop {
+                        if matches!(on(Seen::Starts(tag)), Action::Stop) {
                             self.closing = true;
                             break;
                         }
