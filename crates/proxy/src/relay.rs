@@ -447,54 +447,60 @@ pub(crate) struct Ends<'a> {
     pub(crate) server_buf: &'a mut BytesMut,
 }
 
-pub(crate) async fn relay(
-    ends: Ends<'_>,
+#[allow(clippy::manual_async_fn)] // see the comment on the block
+pub(crate) fn relay<'a, 't, R: std::future::Future<Output = String>>(
+    ends: Ends<'a>,
     (max_packet_size, until, idle): (usize, Until, IdleLimits),
-    state: &mut ServerState,
-    tracking: &mut Tracking<'_>,
-    retire: Pin<&mut impl std::future::Future<Output = String>>,
-) -> Relayed {
-    let Ends {
-        client,
-        client_buf,
-        server,
-        server_buf,
-    } = ends;
-    let mut down_at_boundary = true;
-    let mut up = Pipe::new(std::mem::take(client_buf), max_packet_size);
-    // Bytes the client sent before (read while waiting for its request)
-    // count here; those left over for its next transaction count there.
-    up.bytes = up.buf.len() as u64;
-    let mut down = Pipe::new(std::mem::take(server_buf), max_packet_size);
-    let end = relay_inner(
-        client,
-        &mut up,
-        server,
-        &mut down,
-        (until, idle),
-        state,
-        tracking,
-        &mut down_at_boundary,
-        retire,
-    )
-    .await;
-    // Bytes the client sent that were not forwarded (the start of its next
-    // transaction) stay with the client.
-    let keeps_buffers = matches!(end, RelayEnd::ServerIdle | RelayEnd::ReadOnly);
-    if keeps_buffers {
-        up.bytes = up.bytes.saturating_sub(up.buf.len() as u64);
-    }
-    let traffic = traffic(&up, &down, state).minus(tracking.flushed);
-    if keeps_buffers {
-        *client_buf = up.buf;
-        // Nothing is left in it: the server is idle and all was delivered.
-        down.buf.clear();
-        *server_buf = down.buf;
-    }
-    Relayed {
-        can_tell_client: down_at_boundary && !state.last_fatal,
-        end,
-        traffic,
+    state: &'a mut ServerState,
+    tracking: &'a mut Tracking<'t>,
+    retire: Pin<&'a mut R>,
+) -> impl std::future::Future<Output = Relayed> + use<'a, 't, R> {
+    // An async block, not an async fn: it holds what it uses once (an
+    // async fn keeps its arguments and their moved copies), which keeps a
+    // transaction's relay step and this in one allocation of ≤ 1 KiB.
+    async move {
+        let Ends {
+            client,
+            client_buf,
+            server,
+            server_buf,
+        } = ends;
+        let mut down_at_boundary = true;
+        let mut up = Pipe::new(std::mem::take(client_buf), max_packet_size);
+        // Bytes the client sent before (read while waiting for its request)
+        // count here; those left over for its next transaction count there.
+        up.bytes = up.buf.len() as u64;
+        let mut down = Pipe::new(std::mem::take(server_buf), max_packet_size);
+        let end = relay_inner(
+            client,
+            &mut up,
+            server,
+            &mut down,
+            (until, idle),
+            state,
+            tracking,
+            &mut down_at_boundary,
+            retire,
+        )
+        .await;
+        // Bytes the client sent that were not forwarded (the start of its next
+        // transaction) stay with the client.
+        let keeps_buffers = matches!(end, RelayEnd::ServerIdle | RelayEnd::ReadOnly);
+        if keeps_buffers {
+            up.bytes = up.bytes.saturating_sub(up.buf.len() as u64);
+        }
+        let traffic = traffic(&up, &down, state).minus(tracking.flushed);
+        if keeps_buffers {
+            *client_buf = up.buf;
+            // Nothing is left in it: the server is idle and all was delivered.
+            down.buf.clear();
+            *server_buf = down.buf;
+        }
+        Relayed {
+            can_tell_client: down_at_boundary && !state.last_fatal,
+            end,
+            traffic,
+        }
     }
 }
 

@@ -375,9 +375,36 @@ struct Taken {
     _lease: Lease,
     /// When it was handed over.
     assigned: Micros,
-    want: Want,
-    /// The request is one read-only unit (`auto`: may go to a standby).
-    read_unit: bool,
+    /// It was asked for as the primary (read-your-writes notes when the
+    /// transaction ended).
+    to_primary: bool,
+    /// `auto`: a read-only unit landed on a standby, to run again on the
+    /// primary if the standby refuses it.
+    read_unit_on_standby: bool,
+}
+
+impl Taken {
+    /// A server taken for `want` (and whether the request is one read-only
+    /// unit), counted for the routing metrics. What the relay needs of
+    /// `want` is kept as two flags: the relay's state is allocated per
+    /// transaction and kept small.
+    fn new(
+        shared: &Shared,
+        (mut guard, lease, assigned): (Guard<ServerConn>, Lease, Micros),
+        want: Want,
+        read_unit: bool,
+    ) -> Taken {
+        // A server for the primary was checked not to be a standby.
+        let on_standby = want != Want::Primary && guard.conn().is_some_and(|s| s.is_standby());
+        shared.routing.count(want, on_standby);
+        Taken {
+            guard,
+            _lease: lease,
+            assigned,
+            to_primary: want == Want::Primary,
+            read_unit_on_standby: read_unit && on_standby,
+        }
+    }
 }
 
 /// After a transaction: wait for the next one, or the session is over.
@@ -406,12 +433,12 @@ impl Session {
             }
             // A server is taken without waiting when it can be, else in a
             // boxed future; the relay step is boxed too: an idle client's
-            // task holds none of their state. (One box for both was
-            // 1.3-1.6 KB: glibc's malloc serves up to 1 KiB from a
-            // per-thread cache, larger blocks through its bins at ~1,000
-            // more instructions per transaction, measured with callgrind.)
-            // KILL / KILL_CLIENT end the wait for a server; the relay itself
-            // watches for them (`retire`).
+            // task holds none of their state. The relay step is kept under
+            // 1,032 bytes (1,008 now, `-Zprint-type-sizes`): glibc's malloc
+            // serves up to that from a per-thread cache, larger blocks
+            // through its bins at ~1,000 more instructions per transaction
+            // (callgrind). KILL / KILL_CLIENT end the wait for a server; the
+            // relay itself watches for them (`retire`).
             let taken = match self.take_server_now(shared) {
                 Some(taken) => taken,
                 None => {
@@ -444,13 +471,12 @@ impl Session {
         let (want, read_unit) = self.wants_now()?;
         let (guard, assigned, lease) = self.upstream.checkout_now(shared, &self.me.info, want)?;
         self.refused_read = false;
-        Some(Taken {
-            guard,
-            _lease: lease,
-            assigned,
+        Some(Taken::new(
+            shared,
+            (guard, lease, assigned),
             want,
             read_unit,
-        })
+        ))
     }
 
     /// A server for the client's next request. `None`: the client left.
@@ -458,13 +484,8 @@ impl Session {
         let upstream = &*self.upstream;
         if let Some((guard, lease)) = self.held.take() {
             // Session mode's server, held since the welcome.
-            return Ok(Some(Taken {
-                guard,
-                _lease: lease,
-                assigned: Micros::now(),
-                want: upstream.want(),
-                read_unit: false,
-            }));
+            let server = (guard, lease, Micros::now());
+            return Ok(Some(Taken::new(shared, server, upstream.want(), false)));
         }
         let (want, read_unit) = match self.wants_now() {
             Some(wants) => wants,
@@ -479,13 +500,8 @@ impl Session {
         };
         self.refused_read = false;
         let (guard, assigned, lease) = upstream.checkout(shared, &self.me.info, want).await?;
-        Ok(Some(Taken {
-            guard,
-            _lease: lease,
-            assigned,
-            want,
-            read_unit,
-        }))
+        let server = (guard, lease, assigned);
+        Ok(Some(Taken::new(shared, server, want, read_unit)))
     }
 
     /// Where the next request goes, and whether it is one read-only unit,
@@ -526,179 +542,188 @@ impl Session {
 
     /// Relays the client's transaction (session mode: the rest of the
     /// session) on the server it was given.
-    async fn relay_on(&mut self, shared: &Shared, mut taken: Taken) -> Result<Next, ErrorFields> {
-        let track_statements = self.tracks_statements();
-        let client = &mut self.client;
-        let upstream = &*self.upstream;
-        let config = &*upstream.config;
-        let me = &self.me.info;
-        let mode = match self.params {
-            Some(_) => PoolMode::Transaction,
-            None => PoolMode::Session,
-        };
-        let auto = upstream.target == Target::Auto;
-        // `taken` is used in place: a copy of its parts would be a second
-        // 112 bytes in this state, allocated per transaction.
-        let want = taken.want;
-        let Some(server) = taken.guard.conn() else {
-            return Err(empty_slot());
-        };
-        // Counted only where something reads the count.
-        let leastconn = config.general.replica_balance == Balance::LeastConn;
-        let _node_lease = leastconn.then(|| shared.lease(server.node));
-        let stats = &upstream.entry(shared, server.node).stats;
-        // A server for the primary was checked not to be a standby.
-        let on_standby = want != Want::Primary && server.is_standby();
-        shared.routing.count(want, on_standby);
-        if let Some(params) = self.params.as_mut() {
-            sync_params(shared, params, server).await?;
-        }
-        let cancel = &self.cancel;
-        cancel.slot.set(Some(CancelTarget {
-            addr: server.addr,
-            pid: server.pid,
-            secret: server.secret,
-        }));
-        let until = match mode {
-            PoolMode::Session => Until::ClientLeaves,
-            PoolMode::Transaction if taken.read_unit && on_standby => Until::ReadUnit,
-            PoolMode::Transaction => Until::Idle,
-        };
-        // The unit as the client sent it, should the primary have to run it.
-        let unit = (until == Until::ReadUnit).then(|| client.buf.clone());
-        let mut state = ServerState::new();
-        // Fenced node or KILL: checked before anything more is relayed, so
-        // the server is cancelled and closed by `finish`. (`serve`'s select
-        // sees a kill wherever else the transaction waits.)
-        let node = server.node;
-        let retire = std::pin::pin!(me.until(move || {
-            if shared.cluster.is_fenced(node) {
-                Some(
-                    "was fenced: it claims to be primary but is not the cluster's one primary"
-                        .to_owned(),
+    #[allow(clippy::manual_async_fn)] // see the comment on the block
+    fn relay_on<'a>(
+        &'a mut self,
+        shared: &'a Shared,
+        mut taken: Taken,
+    ) -> impl std::future::Future<Output = Result<Next, ErrorFields>> + 'a {
+        // An async block, not an async fn: it keeps `taken` once, where an
+        // async fn keeps its arguments and their moved copies.
+        async move {
+            // The block captures only the places it uses: naming the lease
+            // keeps the database claim (PAUSE) and the console's link for
+            // as long as the relay runs.
+            let _lease = &taken._lease;
+            let track_statements = self.tracks_statements();
+            let client = &mut self.client;
+            let upstream = &*self.upstream;
+            let config = &*upstream.config;
+            let me = &self.me.info;
+            let mode = match self.params {
+                Some(_) => PoolMode::Transaction,
+                None => PoolMode::Session,
+            };
+            let auto = upstream.target == Target::Auto;
+            // `taken` is used in place: a copy of its parts would grow this
+            // state, allocated per transaction.
+            let Some(server) = taken.guard.conn() else {
+                return Err(empty_slot());
+            };
+            // Counted only where something reads the count.
+            let leastconn = config.general.replica_balance == Balance::LeastConn;
+            let _node_lease = leastconn.then(|| shared.lease(server.node));
+            let stats = &upstream.entry(shared, server.node).stats;
+            if let Some(params) = self.params.as_mut() {
+                sync_params(shared, params, server).await?;
+            }
+            let cancel = &self.cancel;
+            cancel.slot.set(Some(CancelTarget {
+                addr: server.addr,
+                pid: server.pid,
+                secret: server.secret,
+            }));
+            let until = match mode {
+                PoolMode::Session => Until::ClientLeaves,
+                PoolMode::Transaction if taken.read_unit_on_standby => Until::ReadUnit,
+                PoolMode::Transaction => Until::Idle,
+            };
+            // The unit as the client sent it, should the primary have to run it
+            // (boxed: rare, and this state is allocated per transaction).
+            let unit = (until == Until::ReadUnit).then(|| Box::new(client.buf.clone()));
+            let mut state = ServerState::new();
+            // Fenced node or KILL: checked before anything more is relayed, so
+            // the server is cancelled and closed by `finish`. (`serve`'s select
+            // sees a kill wherever else the transaction waits.)
+            let node = server.node;
+            let retire = std::pin::pin!(me.until(move || {
+                if shared.cluster.is_fenced(node) {
+                    Some(
+                        "was fenced: it claims to be primary but is not the cluster's one primary"
+                            .to_owned(),
+                    )
+                } else if me.is_killed() {
+                    Some("was left by a killed client".to_owned())
+                } else {
+                    None
+                }
+            }));
+            let mut tracking = relay::Tracking {
+                statements: track_statements.then_some(relay::Statements {
+                    client: &mut self.statements,
+                    server: &mut server.statements,
+                    expected: &mut server.expected,
+                    max: config.general.max_prepared_statements,
+                }),
+                params: self.params.as_mut().map(|client| relay::Params {
+                    client,
+                    server: &mut server.params,
+                }),
+                session_stats: (mode == PoolMode::Session).then_some(&**stats),
+                ..Default::default()
+            };
+            let ends = relay::Ends {
+                client: &mut client.stream,
+                client_buf: &mut client.buf,
+                server: &mut server.stream,
+                server_buf: &mut server.read_buf,
+            };
+            let relayed = relay::relay(
+                ends,
+                (
+                    config.general.max_packet_size,
+                    until,
+                    relay::IdleLimits {
+                        session: config.general.client_idle_timeout,
+                        transaction: config.general.idle_transaction_timeout,
+                    },
+                ),
+                &mut state,
+                &mut tracking,
+                retire,
+            )
+            .await;
+            cancel.slot.set(None);
+            stats.traffic(relayed.traffic);
+            match relayed.end {
+                RelayEnd::ServerIdle => {
+                    let ended = Micros::now();
+                    stats.transaction(ended.since(taken.assigned));
+                    if auto && config.general.read_your_writes && taken.to_primary {
+                        // Compared with the probes' times: their clock.
+                        self.wrote_at = Some(Instant::now());
+                    }
+                    if config.general.server_reset_query_always {
+                        Box::pin(reset_after_transaction(&mut taken.guard, config)).await;
+                    }
+                    release(taken.guard, config.general.server_lifetime, ended);
+                    if client.buf.is_empty() {
+                        // An idle client holds no read buffer between transactions.
+                        buffers::give(std::mem::take(&mut client.buf));
+                    }
+                    return Ok(Next::Request);
+                }
+                RelayEnd::ReadOnly => {
+                    // The standby is idle and the client saw nothing: run the
+                    // unit again on the primary.
+                    release(taken.guard, config.general.server_lifetime, Micros::now());
+                    if let Some(unit) = unit {
+                        buffers::give(std::mem::replace(&mut client.buf, *unit));
+                    }
+                    shared.routing.read_only_retried();
+                    self.refused_read = true;
+                    return Ok(Next::Request);
+                }
+                _ => {}
+            }
+            let node = &config.nodes[server.node];
+            let end = relayed.end;
+            let outcome = match &end {
+                RelayEnd::ClientLeft | RelayEnd::ServerIdle | RelayEnd::ReadOnly => Ok(Next::Leave),
+                RelayEnd::ClientIo(e) => {
+                    tracing::debug!(peer = %client.peer, "client connection failed: {e}");
+                    Ok(Next::Leave)
+                }
+                RelayEnd::ClientProtocol(e) => Err(ErrorFields::fatal("08P01", e.to_string())),
+                RelayEnd::ServerClosed => Err(ErrorFields::fatal(
+                    "08006",
+                    format!("server connection to node \"{}\" was lost", node.name),
                 )
-            } else if me.is_killed() {
-                Some("was left by a killed client".to_owned())
+                .with_detail("the server closed the connection unexpectedly")),
+                RelayEnd::ServerIo(e) => Err(ErrorFields::fatal(
+                    "08006",
+                    format!("server connection to node \"{}\" was lost", node.name),
+                )
+                .with_detail(e.to_string())),
+                RelayEnd::ServerProtocol(e) => Err(ErrorFields::fatal(
+                    "08P01",
+                    format!("node \"{}\" broke the protocol: {e}", node.name),
+                )),
+                RelayEnd::IdleTimeout(relay::IdleKind::InTransaction) => Err(ErrorFields::fatal(
+                    "25P03",
+                    "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
+                )),
+                RelayEnd::IdleTimeout(relay::IdleKind::Session) => Err(ErrorFields::fatal(
+                    "57P05",
+                    "terminating connection due to idle-session timeout (client_idle_timeout)",
+                )),
+                RelayEnd::Retired(_) if me.is_killed() => Err(killed_by_admin()),
+                RelayEnd::Retired(reason) => Err(ErrorFields::fatal(
+                    "57P01",
+                    format!("terminating connection: node \"{}\" {reason}", node.name),
+                )),
+            };
+            if matches!(end, RelayEnd::ServerClosed | RelayEnd::ServerIo(_)) {
+                // The node may be going away: look now rather than at the next interval.
+                shared.cluster.request_probe();
+            }
+            Box::pin(finish(shared, taken.guard, &state, &end)).await;
+            if relayed.can_tell_client {
+                outcome
             } else {
-                None
-            }
-        }));
-        let mut tracking = relay::Tracking {
-            statements: track_statements.then_some(relay::Statements {
-                client: &mut self.statements,
-                server: &mut server.statements,
-                expected: &mut server.expected,
-                max: config.general.max_prepared_statements,
-            }),
-            params: self.params.as_mut().map(|client| relay::Params {
-                client,
-                server: &mut server.params,
-            }),
-            session_stats: (mode == PoolMode::Session).then_some(&**stats),
-            ..Default::default()
-        };
-        let ends = relay::Ends {
-            client: &mut client.stream,
-            client_buf: &mut client.buf,
-            server: &mut server.stream,
-            server_buf: &mut server.read_buf,
-        };
-        // Boxed on its own, for the same reason as this step.
-        let relayed = Box::pin(relay::relay(
-            ends,
-            (
-                config.general.max_packet_size,
-                until,
-                relay::IdleLimits {
-                    session: config.general.client_idle_timeout,
-                    transaction: config.general.idle_transaction_timeout,
-                },
-            ),
-            &mut state,
-            &mut tracking,
-            retire,
-        ))
-        .await;
-        cancel.slot.set(None);
-        stats.traffic(relayed.traffic);
-        match relayed.end {
-            RelayEnd::ServerIdle => {
-                let ended = Micros::now();
-                stats.transaction(ended.since(taken.assigned));
-                if auto && config.general.read_your_writes && want == Want::Primary {
-                    // Compared with the probes' times: their clock.
-                    self.wrote_at = Some(Instant::now());
-                }
-                if config.general.server_reset_query_always {
-                    Box::pin(reset_after_transaction(&mut taken.guard, config)).await;
-                }
-                release(taken.guard, config.general.server_lifetime, ended);
-                if client.buf.is_empty() {
-                    // An idle client holds no read buffer between transactions.
-                    buffers::give(std::mem::take(&mut client.buf));
-                }
-                return Ok(Next::Request);
-            }
-            RelayEnd::ReadOnly => {
-                // The standby is idle and the client saw nothing: run the
-                // unit again on the primary.
-                release(taken.guard, config.general.server_lifetime, Micros::now());
-                if let Some(unit) = unit {
-                    buffers::give(std::mem::replace(&mut client.buf, unit));
-                }
-                shared.routing.read_only_retried();
-                self.refused_read = true;
-                return Ok(Next::Request);
-            }
-            _ => {}
-        }
-        let node = &config.nodes[server.node];
-        let end = relayed.end;
-        let outcome = match &end {
-            RelayEnd::ClientLeft | RelayEnd::ServerIdle | RelayEnd::ReadOnly => Ok(Next::Leave),
-            RelayEnd::ClientIo(e) => {
-                tracing::debug!(peer = %client.peer, "client connection failed: {e}");
+                // The client is mid-message or already has the server's FATAL error.
                 Ok(Next::Leave)
             }
-            RelayEnd::ClientProtocol(e) => Err(ErrorFields::fatal("08P01", e.to_string())),
-            RelayEnd::ServerClosed => Err(ErrorFields::fatal(
-                "08006",
-                format!("server connection to node \"{}\" was lost", node.name),
-            )
-            .with_detail("the server closed the connection unexpectedly")),
-            RelayEnd::ServerIo(e) => Err(ErrorFields::fatal(
-                "08006",
-                format!("server connection to node \"{}\" was lost", node.name),
-            )
-            .with_detail(e.to_string())),
-            RelayEnd::ServerProtocol(e) => Err(ErrorFields::fatal(
-                "08P01",
-                format!("node \"{}\" broke the protocol: {e}", node.name),
-            )),
-            RelayEnd::IdleTimeout(relay::IdleKind::InTransaction) => Err(ErrorFields::fatal(
-                "25P03",
-                "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
-            )),
-            RelayEnd::IdleTimeout(relay::IdleKind::Session) => Err(ErrorFields::fatal(
-                "57P05",
-                "terminating connection due to idle-session timeout (client_idle_timeout)",
-            )),
-            RelayEnd::Retired(_) if me.is_killed() => Err(killed_by_admin()),
-            RelayEnd::Retired(reason) => Err(ErrorFields::fatal(
-                "57P01",
-                format!("terminating connection: node \"{}\" {reason}", node.name),
-            )),
-        };
-        if matches!(end, RelayEnd::ServerClosed | RelayEnd::ServerIo(_)) {
-            // The node may be going away: look now rather than at the next interval.
-            shared.cluster.request_probe();
-        }
-        Box::pin(finish(shared, taken.guard, &state, &end)).await;
-        if relayed.can_tell_client {
-            outcome
-        } else {
-            // The client is mid-message or already has the server's FATAL error.
-            Ok(Next::Leave)
         }
     }
 }
