@@ -5,9 +5,11 @@
 //! back) and compares with several of them (`server_lifetime`,
 //! `server_check_delay`, wait and transaction times). `Instant` keeps
 //! seconds and nanoseconds apart, and each subtraction normalizes them with
-//! overflow checks: callgrind counted ~65 instructions per subtraction and
-//! ~130 per reading, ~700 per transaction in all. Here a reading is one
-//! `clock_gettime` and a subtraction is one instruction.
+//! overflow checks: callgrind counted ~37 instructions per subtraction and
+//! ~26 per reading (plus the vDSO's), ~460 per transaction in `Instant`'s
+//! functions in all (tokio's own readings included). Here a reading is one
+//! `clock_gettime` and a subtraction is one instruction; the change saved
+//! 452 instructions per transaction.
 
 use std::time::Duration;
 

@@ -7,8 +7,8 @@
 //! database, user, parameters and login), so those clients share one:
 //! [`Upstreams`] hands out the live one for a client instead of making a
 //! copy per session — an idle client then holds one pointer where it held
-//! ~0.6 KiB of strings, lists and pool handles (measured with valgrind's
-//! dhat, see benches/RESULTS.md).
+//! its own startup parameters (~190 bytes), pool handles (143) and
+//! credential (128), as valgrind's dhat measured them (benches/RESULTS.md).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
