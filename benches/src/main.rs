@@ -108,6 +108,16 @@ impl Plan {
     }
 }
 
+/// One pgbench workload of the comparison.
+struct Workload {
+    label: String,
+    /// pgbench's arguments besides the clients, threads and duration.
+    args: Vec<&'static str>,
+    clients: u32,
+    /// Whether pgbouncer can run it.
+    with_pgbouncer: bool,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Target {
     Direct,
@@ -209,37 +219,43 @@ fn main() -> anyhow::Result<()> {
     }
     targets.push((Target::Pgherd, pgherd_port, Some(pgherd.id())));
 
-    // (label, pgbench arguments before -c, whether pgbouncer can run it)
-    let mut workloads: Vec<(String, Vec<&str>, bool)> = Vec::new();
+    let mut workloads: Vec<Workload> = Vec::new();
     for &mode in &plan.modes {
         for &clients in &plan.clients {
-            // pgbouncer 1.18 has no prepared statement support in
-            // transaction mode: -M prepared compares pgherd with direct.
-            let label = format!("-S -M {mode} -c {clients}");
-            workloads.push((label, vec!["-S", "-M", mode, "-c"], mode != "prepared"));
+            workloads.push(Workload {
+                label: format!("-S -M {mode} -c {clients}"),
+                args: vec!["-S", "-M", mode],
+                clients,
+                // pgbouncer 1.18 has no prepared statement support in
+                // transaction mode: -M prepared compares pgherd with direct.
+                with_pgbouncer: mode != "prepared",
+            });
         }
     }
-    let tpcb_clients = plan.tpcb_clients.to_string();
     if plan.tpcb_clients > 0 {
-        let label = format!("tpcb-like -M simple -c {tpcb_clients}");
-        workloads.push((label, vec!["-M", "simple", "-c"], true));
+        workloads.push(Workload {
+            label: format!("tpcb-like -M simple -c {}", plan.tpcb_clients),
+            args: vec!["-M", "simple"],
+            clients: plan.tpcb_clients,
+            with_pgbouncer: true,
+        });
     }
-    for (label, args, with_pgbouncer) in &workloads {
-        let clients = label.rsplit(' ').next().unwrap_or("1");
+    for workload in &workloads {
         let targets: Vec<(Target, u16, Option<u32>)> = targets
             .iter()
             .copied()
-            .filter(|(t, _, _)| *with_pgbouncer || *t != Target::Pgbouncer)
+            .filter(|(t, _, _)| workload.with_pgbouncer || *t != Target::Pgbouncer)
             .collect();
+        let clients = workload.clients.to_string();
         let mut results: Vec<Vec<Measure>> = vec![Vec::new(); targets.len()];
         for _ in 0..plan.reps {
             for (i, (_, port, pid)) in targets.iter().enumerate() {
-                let mut run = args.clone();
-                run.extend([clients, "-j", "2", "-T", &seconds]);
+                let mut run = workload.args.clone();
+                run.extend(["-c", &clients, "-j", "2", "-T", &seconds]);
                 results[i].push(run_pgbench(&bins, *port, *pid, &run)?);
             }
         }
-        report(label, &targets, &results);
+        report(&workload.label, &targets, &results);
     }
     let peak = |pid: Option<u32>| pid.map_or(Ok(0), |p| status_kib(p, "VmHWM:"));
     println!(
