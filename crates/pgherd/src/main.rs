@@ -161,3 +161,19 @@ pub(crate) async fn shutdown_signal() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn worker_threads_choose_the_runtime() {
+        let flavor = |n| super::runtime(n).unwrap().handle().runtime_flavor();
+        assert_eq!(flavor(1), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(0), RuntimeFlavor::MultiThread);
+        let three = super::runtime(3).unwrap();
+        assert_eq!(three.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(three.metrics().num_workers(), 3);
+    }
+}
