@@ -232,6 +232,33 @@ async fn client_leaving_mid_query_does_not_poison_the_pool() {
     assert_eq!(simple_value(&next, "SELECT 1").await, "1");
 }
 
+/// Transaction mode: a pooled server the server ended while it sat idle
+/// (a restart, `idle_session_timeout`, an administrator) is noticed when a
+/// transaction would take it; the client gets a new one, and no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_server_the_server_ended_is_replaced_before_the_next_transaction() {
+    let pgherd = shared_cluster()
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .database("app = { pool_size = 1 }")
+        .start()
+        .await;
+    let client = pgherd.app().await;
+    let pid = simple_value(&client, "SELECT pg_backend_pid()").await;
+    shared_cluster()
+        .pg
+        .sql(0, &format!("SELECT pg_terminate_backend({pid})"))
+        .unwrap();
+    wait_for(
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"),
+        "0",
+    )
+    .await;
+    let next = simple_value(&client, "SELECT pg_backend_pid()").await;
+    assert_ne!(next, pid);
+    assert_eq!(simple_value(&client, "SELECT 1").await, "1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_dying_mid_query_gives_an_error_and_the_pool_recovers() {
     let pgherd = shared_cluster()
