@@ -86,6 +86,8 @@ fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
             b
         }
     };
+    // Per-transaction time stamps use the loop's time (pgherd_proxy::clock).
+    builder.on_thread_unpark(pgherd_proxy::clock::loop_woke);
     Ok(builder.enable_all().build()?)
 }
 

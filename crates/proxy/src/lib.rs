@@ -29,7 +29,7 @@ mod buffers;
 mod cancel;
 mod classify;
 mod client;
-mod clock;
+pub mod clock;
 mod console;
 mod control;
 mod limits;

@@ -647,7 +647,7 @@ impl Session {
             stats.traffic(relayed.traffic);
             match relayed.end {
                 RelayEnd::ServerIdle => {
-                    let ended = Micros::now();
+                    let ended = Micros::recent();
                     stats.transaction(ended.since(taken.assigned));
                     if auto && config.general.read_your_writes && taken.to_primary {
                         // Compared with the probes' times: their clock.

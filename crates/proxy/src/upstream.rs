@@ -251,7 +251,8 @@ impl Upstream {
         let (node, target) = route::pick_now(shared, &self.config, want)?;
         let entry = self.entry(shared, node);
         let general = &self.config.general;
-        let asked = Micros::now();
+        // The loop's time: this runs for every transaction.
+        let asked = Micros::recent();
         let guard = entry.pool.try_checkout_idle(
             |c| same_startup(&c.startup, &self.params),
             |c| fit(c, general, target, asked) && !needs_check(c, general, asked),
