@@ -386,6 +386,17 @@ async fn hung_primary_is_marked_down_then_fenced_when_it_wakes() {
     pgherd
         .wait_topology("pg0 fenced", |t| t.nodes[0].up && t.nodes[0].fenced)
         .await;
+    // Ended by pgherd, not when its client next speaks.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while !pinned.is_closed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the idle session on the fenced node is ended"
+    );
     let err = pinned.simple_query("SELECT 1").await.unwrap_err();
     assert!(
         sqlstate(&err) == Some("57P01") || err.is_closed(),
