@@ -176,6 +176,8 @@ pub struct ServerInfo {
     pub local_addr: Option<SocketAddr>,
     pub connected: SystemTime,
     pub pid: i32,
+    /// The backend's cancel secret.
+    secret: [u8; 4],
     /// Id of the client holding it; 0 when idle.
     client: AtomicU64,
     /// `RECONNECT`: close it when its client releases it.
@@ -204,6 +206,15 @@ impl ServerInfo {
 
     pub(crate) fn mark_close_needed(&self) {
         self.close_needed.store(true, Ordering::Relaxed);
+    }
+
+    /// Where a CancelRequest for its backend goes.
+    pub(crate) fn cancel_target(&self) -> crate::cancel::CancelTarget {
+        crate::cancel::CancelTarget {
+            addr: self.addr,
+            pid: self.pid,
+            secret: self.secret,
+        }
     }
 }
 
@@ -354,6 +365,7 @@ pub(crate) struct NewServer<'a> {
     pub(crate) addr: SocketAddr,
     pub(crate) local_addr: Option<SocketAddr>,
     pub(crate) pid: i32,
+    pub(crate) secret: [u8; 4],
 }
 
 impl Registry {
@@ -399,6 +411,7 @@ impl Registry {
             local_addr: s.local_addr,
             connected: SystemTime::now(),
             pid: s.pid,
+            secret: s.secret,
             client: AtomicU64::new(0),
             close_needed: AtomicBool::new(false),
         });
@@ -436,6 +449,10 @@ impl Registry {
 
     pub(crate) fn client(&self, id: u64) -> Option<Arc<ClientInfo>> {
         lock(&self.clients).get(&id).cloned()
+    }
+
+    pub(crate) fn server(&self, id: u64) -> Option<Arc<ServerInfo>> {
+        lock(&self.servers).get(&id).cloned()
     }
 
     /// The switches of database `name`, created on first use.

@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::buffers;
-use crate::cancel::{CancelKey, CancelTarget};
+use crate::cancel::{CancelKey, CancelRoute, CancelTarget};
 use crate::classify::{classify, Request};
 use crate::client::{Authenticated, Client, Refused};
 use crate::clock::Micros;
@@ -156,7 +156,7 @@ async fn begin(
 }
 
 async fn forward_cancel(shared: &Shared, pid: i32, secret: &Bytes) {
-    match shared.cancels.lookup(pid, secret) {
+    match shared.cancels.lookup(&shared.registry, pid, secret) {
         Some(t) => {
             if let Err(e) = send_cancel(t.addr, t.pid, t.secret).await {
                 tracing::warn!("cancel request to {} failed: {e}", t.addr);
@@ -306,10 +306,13 @@ async fn start(
         // Usually equal to the server's: then this shares their values.
         sync_params(shared, &mut client_params, server).await?;
     }
-    let cancel = shared.cancels.register(match mode {
-        PoolMode::Session => Some(server.pid),
-        PoolMode::Transaction => None,
-    });
+    let cancel = shared.cancels.register(
+        match mode {
+            PoolMode::Session => Some(server.pid),
+            PoolMode::Transaction => None,
+        },
+        CancelRoute::Client(Arc::clone(&me.info)),
+    );
     if let Err(e) = welcome(client, server, cancel.pid, cancel.secret).await {
         shared.cancels.unregister(&cancel);
         return Err(e);
@@ -577,12 +580,6 @@ impl Session {
             if let Some(params) = self.params.as_mut() {
                 sync_params(shared, params, server).await?;
             }
-            let cancel = &self.cancel;
-            cancel.slot.set(Some(CancelTarget {
-                addr: server.addr,
-                pid: server.pid,
-                secret: server.secret,
-            }));
             let until = match mode {
                 PoolMode::Session => Until::ClientLeaves,
                 PoolMode::Transaction if taken.read_unit_on_standby => Until::ReadUnit,
@@ -643,7 +640,6 @@ impl Session {
                 retire,
             )
             .await;
-            cancel.slot.set(None);
             stats.traffic(relayed.traffic);
             match relayed.end {
                 RelayEnd::ServerIdle => {
@@ -972,12 +968,14 @@ async fn replicate(
     client: &mut Client,
     mut server: ServerConn,
 ) -> Result<(), ErrorFields> {
-    let cancel = shared.cancels.register(Some(server.pid));
-    cancel.slot.set(Some(CancelTarget {
-        addr: server.addr,
-        pid: server.pid,
-        secret: server.secret,
-    }));
+    let cancel = shared.cancels.register(
+        Some(server.pid),
+        CancelRoute::Fixed(CancelTarget {
+            addr: server.addr,
+            pid: server.pid,
+            secret: server.secret,
+        }),
+    );
     if let Err(e) = welcome(client, &server, cancel.pid, cancel.secret).await {
         shared.cancels.unregister(&cancel);
         return Err(e);

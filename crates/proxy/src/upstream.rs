@@ -372,6 +372,7 @@ pub(crate) async fn open(
                 addr: conn.addr,
                 local_addr: conn.stream.local_addr().ok(),
                 pid: conn.pid,
+                secret: conn.secret,
             }));
             Attempt::Usable(conn)
         }
