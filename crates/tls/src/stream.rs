@@ -63,6 +63,17 @@ impl Stream {
         }
     }
 
+    /// Writes what the socket takes now, without waiting and without a
+    /// task context: `None` when this stream cannot (TLS, which writes
+    /// through its session), `Some(Err(WouldBlock))` when the socket is
+    /// full. Lets a relay send what it just read in the same step.
+    pub fn try_write_now(&self, bytes: &[u8]) -> Option<io::Result<usize>> {
+        match self {
+            Stream::Plain(s) => Some(s.try_write(bytes)),
+            Stream::Accepted(_) | Stream::Connected(_) => None,
+        }
+    }
+
     /// True when the connection is idle and still open: nothing to read
     /// and no end of stream. (A PostgreSQL server idle in a pool only
     /// speaks to say it is closing the connection.) Never waits.
