@@ -38,7 +38,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Errors of [`Pool::checkout`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,8 +74,8 @@ struct Inner<C> {
     max_size: usize,
     reserve: usize,
     waiting: std::sync::atomic::AtomicUsize,
-    permits: Arc<Semaphore>,
-    reserve_permits: Arc<Semaphore>,
+    permits: Semaphore,
+    reserve_permits: Semaphore,
     state: Mutex<State<C>>,
 }
 
@@ -114,8 +114,8 @@ impl<C> Pool<C> {
                 max_size,
                 reserve,
                 waiting: std::sync::atomic::AtomicUsize::new(0),
-                permits: Arc::new(Semaphore::new(max_size)),
-                reserve_permits: Arc::new(Semaphore::new(reserve)),
+                permits: Semaphore::new(max_size),
+                reserve_permits: Semaphore::new(reserve),
                 state: Mutex::new(State {
                     idle: Vec::new(),
                     total: 0,
@@ -146,21 +146,21 @@ impl<C> Pool<C> {
         &self,
         timeout: Duration,
         reserve_after: Duration,
-    ) -> Result<OwnedSemaphorePermit, PoolError> {
-        let main = Arc::clone(&self.inner.permits).acquire_owned();
-        let reserve = Arc::clone(&self.inner.reserve_permits);
+    ) -> Result<(SemaphorePermit<'_>, Slot), PoolError> {
+        let main = self.inner.permits.acquire();
+        let reserve = &self.inner.reserve_permits;
         let has_reserve = self.inner.reserve > 0;
         let acquire = async move {
             if !has_reserve {
-                return main.await;
+                return main.await.map(|p| (p, Slot::Main));
             }
             tokio::pin!(main);
             tokio::select! {
-                p = &mut main => p,
+                p = &mut main => p.map(|p| (p, Slot::Main)),
                 p = async {
                     tokio::time::sleep(reserve_after).await;
-                    reserve.acquire_owned().await
-                } => p,
+                    reserve.acquire().await
+                } => p.map(|p| (p, Slot::Reserve)),
             }
         };
         let waiting = WaitingCount::new(&self.inner.waiting);
@@ -183,7 +183,7 @@ impl<C> Pool<C> {
         matches: impl Fn(&C) -> bool,
         ready: impl FnOnce(&mut C) -> bool,
     ) -> Option<Guard<C>> {
-        let permit = Arc::clone(&self.inner.permits).try_acquire_owned().ok()?;
+        let permit = self.inner.permits.try_acquire().ok()?;
         let mut state = self.inner.state();
         let i = state.idle.iter().rposition(|c| matches(c))?;
         if !ready(&mut state.idle[i]) {
@@ -191,13 +191,7 @@ impl<C> Pool<C> {
         }
         let conn = state.idle.remove(i);
         drop(state);
-        Some(Guard {
-            pool: Arc::clone(&self.inner),
-            conn: Some(conn),
-            evicted: None,
-            released: false,
-            _permit: permit,
-        })
+        Some(Guard::new(&self.inner, permit, Slot::Main, Some(conn)))
     }
 
     pub async fn checkout_with_reserve(
@@ -208,8 +202,8 @@ impl<C> Pool<C> {
     ) -> Result<Guard<C>, PoolError> {
         // A free slot is the common case: taken without a timer (no clock
         // read, no timer entry).
-        let permit = match Arc::clone(&self.inner.permits).try_acquire_owned() {
-            Ok(p) => p,
+        let (permit, slot) = match self.inner.permits.try_acquire() {
+            Ok(p) => (p, Slot::Main),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(PoolError::Closed),
             // Boxed: the waiting machinery (timers, a select) is most of
             // this future's size, and it is rarely needed.
@@ -218,13 +212,7 @@ impl<C> Pool<C> {
             }
         };
         let mut state = self.inner.state();
-        let mut guard = Guard {
-            pool: Arc::clone(&self.inner),
-            conn: None,
-            evicted: None,
-            released: false,
-            _permit: permit,
-        };
+        let mut guard = Guard::new(&self.inner, permit, slot, None);
         if let Some(i) = state.idle.iter().rposition(|c| matches(c)) {
             guard.conn = Some(state.idle.remove(i));
         } else if state.total < self.inner.max_size + self.inner.reserve {
@@ -296,10 +284,37 @@ pub struct Guard<C> {
     evicted: Option<Box<C>>,
     /// Its connection went back to the idle list, which keeps the slot.
     released: bool,
-    _permit: OwnedSemaphorePermit,
+    /// The semaphore whose permit this guard holds (forgotten when taken,
+    /// given back when the guard drops: no `Arc` to the semaphore per
+    /// checkout, as an owned permit would clone).
+    slot: Slot,
+}
+
+/// Which of a pool's semaphores a guard's permit came from.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Main,
+    Reserve,
 }
 
 impl<C> Guard<C> {
+    /// Takes `permit` over: it is given back when the guard drops.
+    fn new(
+        pool: &Arc<Inner<C>>,
+        permit: SemaphorePermit<'_>,
+        slot: Slot,
+        conn: Option<Box<C>>,
+    ) -> Guard<C> {
+        permit.forget();
+        Guard {
+            pool: Arc::clone(pool),
+            conn,
+            evicted: None,
+            released: false,
+            slot,
+        }
+    }
+
     /// The connection, if the guard holds one.
     pub fn conn(&mut self) -> Option<&mut C> {
         self.conn.as_deref_mut()
@@ -339,6 +354,10 @@ impl<C> Drop for Guard<C> {
         // back idle (otherwise the connection is dropped with the guard).
         if !self.released {
             self.pool.state().total -= 1;
+        }
+        match self.slot {
+            Slot::Main => self.pool.permits.add_permits(1),
+            Slot::Reserve => self.pool.reserve_permits.add_permits(1),
         }
     }
 }
@@ -475,6 +494,16 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err, PoolError::Timeout(Duration::from_secs(5)));
+        // A reserve slot goes back to the reserve, not to the main pool.
+        drop(extra);
+        assert!(pool
+            .checkout(Duration::from_secs(1), |_| true)
+            .await
+            .is_err());
+        assert!(pool
+            .checkout_with_reserve(T, Duration::from_secs(1), |_| true)
+            .await
+            .is_ok());
         // A pool without a reserve never gives more than its size.
         let small = Pool::<u32>::new(1);
         let _one = small.checkout(T, |_| true).await.unwrap();
