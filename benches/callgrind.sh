@@ -7,8 +7,14 @@
 # `callgrind_annotate --inclusive=yes FILE`.
 #
 # CPU time on a shared 2-core machine moves by ±20% from run to run; an
-# instruction count does not (±0.5% here), so this is the number to compare
-# two builds of pgherd with. It is not a comparison with pgbouncer: under
+# instruction count does not (±0.5% here on a quiet machine), so this is
+# the number to compare two builds of pgherd with. One part still moves
+# with the machine: how often the runtime sleeps and wakes (how many
+# transactions share a wake-up) depends on timing, so a busy machine
+# changes the total (seen: 6,339 against 6,671 for one build while a
+# compile ran). The second figure, instructions spent polling the
+# sessions' tasks (the runtime's sleeps left out), moves much less.
+# It is not a comparison with pgbouncer: under
 # valgrind everything runs ~50x slower, so work done per second (probes,
 # timers) weighs more than in real time, and pgbouncer's per-second work
 # weighs so much there that its count says nothing about its real cost.
@@ -83,3 +89,6 @@ callgrind_control -i off "$measured_pid" >/dev/null
 [ -n "${CALLGRIND_OUT:-}" ] && cp "$work/cg.out.1" "$CALLGRIND_OUT"
 total=$(awk '/^summary:/ {print $2; exit}' "$work/cg.out.1")
 echo "pgherd user-space instructions: $total for 4000 transactions, $((total / 4000)) per transaction"
+tasks=$(callgrind_annotate --inclusive=yes "$work/cg.out.1" 2>/dev/null \
+    | awk '/current_thread::Context::run_task \[/ && !n++ { gsub(",", "", $1); print $1 }')
+echo "of which polling tasks (the runtime's sleeps left out): $((tasks / 4000)) per transaction"
