@@ -14,8 +14,9 @@
 //! repetitions is reported. Workloads: pgbench `-S` in each protocol mode
 //! at each client count, tpcb-like (read-write) at 16 clients, reads over
 //! the standbys (pgherd only), and idle logged-in clients. For the proxies
-//! the CPU time they used (utime + stime from `/proc/PID/stat`, and the
-//! user-space part alone) is divided by the transactions pgbench completed;
+//! the CPU time they used (the scheduler's exact count, and the sampled
+//! user-space part: see [`cpu_seconds`]) is divided by the transactions
+//! pgbench completed;
 //! p99 latency comes from pgbench's log of a 5% sample of transactions, and
 //! peak RSS from `VmHWM`. The host's load average is printed with each run
 //! so a disturbed run can be spotted and rejected.
@@ -206,7 +207,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!("{}", environment(&bins, pgbouncer.as_deref()));
     println!(
-        "pool_mode = transaction, pool size {POOL_SIZE}, pgbench -S (select only) unless it says tpcb-like, scale {}, {} s per run, median of {} interleaved run(s); p99 from a 5% sample of transactions\n",
+        "pool_mode = transaction, pool size {POOL_SIZE}, pgbench -S (select only) unless it says tpcb-like, scale {}, {} s per run, {} interleaved run(s): TPS and latencies from the run with the median TPS, CPU the median over the runs, CPU vs pgbouncer the median of the runs' ratios (each pair back to back) with their range; p99 from a 5% sample of transactions\n",
         plan.scale, plan.seconds, plan.reps
     );
     println!("| workload | target | TPS | latency ms | p99 ms | failed | proxy CPU µs/tx | of it user | load | TPS vs pgbouncer | CPU vs pgbouncer | TPS vs direct |");
@@ -318,7 +319,32 @@ fn idle_report(targets: &[(Target, u16, Option<u32>)], n: usize) -> anyhow::Resu
 }
 
 fn report(workload: &str, targets: &[(Target, u16, Option<u32>)], results: &[Vec<Measure>]) {
-    let medians: Vec<Measure> = results.iter().map(|r| median(r)).collect();
+    let medians: Vec<Measure> = results
+        .iter()
+        .map(|runs| Measure {
+            // CPU: the median over the runs, not the median-TPS run's.
+            cpu_us_per_tx: median_of(runs.iter().map(|m| m.cpu_us_per_tx)),
+            user_us_per_tx: median_of(runs.iter().map(|m| m.user_us_per_tx)),
+            ..median(runs)
+        })
+        .collect();
+    let runs_of = |t: Target| {
+        targets
+            .iter()
+            .position(|(x, _, _)| *x == t)
+            .map(|i| &results[i])
+    };
+    // pgherd's CPU over pgbouncer's, run by run: each pair ran back to
+    // back, so what the machine was doing weighs on both alike.
+    let cpu_ratios: Vec<f64> = match (runs_of(Target::Pgherd), runs_of(Target::Pgbouncer)) {
+        (Some(h), Some(b)) => h
+            .iter()
+            .zip(b)
+            .filter(|(_, b)| b.cpu_us_per_tx > 0.0)
+            .map(|(h, b)| h.cpu_us_per_tx / b.cpu_us_per_tx)
+            .collect(),
+        _ => Vec::new(),
+    };
     let find = |t: Target| {
         targets
             .iter()
@@ -353,13 +379,33 @@ fn report(workload: &str, targets: &[(Target, u16, Option<u32>)], results: &[Vec
             } else {
                 "—".into()
             },
-            if *target == Target::Pgherd {
-                ratio(m.cpu_us_per_tx, bouncer.map(|b| b.cpu_us_per_tx))
+            if *target == Target::Pgherd && !cpu_ratios.is_empty() {
+                ratio_range(&cpu_ratios)
             } else {
                 "—".into()
             },
             ratio(m.tps, direct.map(|d| d.tps)),
         );
+    }
+}
+
+/// The median of some figures (NaN when there are none).
+fn median_of(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// "median (lowest-highest)" of per-run ratios.
+fn ratio_range(ratios: &[f64]) -> String {
+    let median = median_of(ratios.iter().copied());
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    if ratios.len() == 1 {
+        format!("{median:.2}")
+    } else {
+        format!("{median:.2} ({lo:.2}-{hi:.2})")
     }
 }
 
@@ -423,7 +469,7 @@ fn run_pgbench_db(
         latency_ms: figure("latency average = "),
         p99_ms: p99_ms(logs.path())?,
         failed: figure("number of failed transactions: "),
-        cpu_us_per_tx: per_tx(|t| t.user + t.system),
+        cpu_us_per_tx: per_tx(|t| t.on_cpu),
         user_us_per_tx: per_tx(|t| t.user),
         load,
     })
@@ -450,22 +496,42 @@ fn p99_ms(dir: &Path) -> anyhow::Result<f64> {
 
 /// CPU time a process used, in seconds.
 struct CpuTimes {
+    /// Time on a CPU, as the scheduler counts it (exact).
+    on_cpu: f64,
+    /// utime: sampled, see [`cpu_seconds`].
     user: f64,
-    system: f64,
 }
 
-/// utime and stime of a process.
+/// CPU time of a process, its threads together. The total is the
+/// scheduler's own count (`/proc/PID/task/*/schedstat`, nanoseconds on a
+/// CPU): utime + stime from `/proc/PID/stat` are sampled at each timer
+/// tick (4 ms here, `CONFIG_TICK_CPU_ACCOUNTING`); for a proxy that runs
+/// in bursts of microseconds that is a count of random samples, a few
+/// hundred per 5 s run at 16 clients (±4-5%). The user part has only the
+/// sampled figure (utime), a few dozen samples (±15%).
 fn cpu_seconds(pid: u32) -> anyhow::Result<CpuTimes> {
+    let mut on_cpu_ns: u64 = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread that ended since the listing has nothing to add.
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        on_cpu_ns += text
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .context("malformed schedstat")?;
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = &stat[stat.rfind(')').context("malformed stat")? + 1..];
     let fields: Vec<&str> = after.split_whitespace().collect();
-    // After the comm field: state is field 3, utime 14, stime 15 (1-based).
+    // After the comm field: state is field 3, utime 14 (1-based).
     let utime: f64 = fields.get(11).context("no utime")?.parse()?;
-    let stime: f64 = fields.get(12).context("no stime")?.parse()?;
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
     Ok(CpuTimes {
+        on_cpu: on_cpu_ns as f64 / 1e9,
         user: utime / ticks,
-        system: stime / ticks,
     })
 }
 
