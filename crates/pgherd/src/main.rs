@@ -77,12 +77,19 @@ fn main() -> anyhow::Result<()> {
 /// less per transaction than a work-stealing pool of threads.
 fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = match worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
+        1 => {
+            pgherd_proxy::counters::set_writer_threads(1);
+            tokio::runtime::Builder::new_current_thread()
+        }
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 1 {
-                b.worker_threads(n);
-            }
+            let workers = match n {
+                0 => std::thread::available_parallelism().map_or(1, |p| p.get()),
+                n => n,
+            };
+            b.worker_threads(workers);
+            // The workers, and the thread that runs `block_on`.
+            pgherd_proxy::counters::set_writer_threads(workers + 1);
             b
         }
     };

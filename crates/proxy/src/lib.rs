@@ -32,6 +32,7 @@ mod client;
 pub mod clock;
 mod console;
 mod control;
+pub mod counters;
 mod limits;
 mod params;
 mod prepared;

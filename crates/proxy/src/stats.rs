@@ -1,12 +1,15 @@
 //! Traffic counters per pool, pgbouncer's `SHOW STATS` figures.
 //!
 //! Sessions add to them once per transaction (transaction mode) or once per
-//! relay (session mode) with relaxed atomic adds on counters they hold an
-//! `Arc` to — no lock, no map lookup and no allocation on the data path.
-//! The admin port reads them at scrape time.
+//! relay (session mode) on counters they hold an `Arc` to — no lock, no map
+//! lookup, no allocation and no locked instruction on the data path: each
+//! runtime thread adds to a copy of its own ([`crate::counters`]). The
+//! admin port sums the copies at scrape time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::counters::Sharded;
 
 /// Upper bounds (seconds) of the transaction duration histogram's buckets.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -16,6 +19,12 @@ pub const DURATION_BUCKETS: [f64; 14] = [
 /// One pool's counters since pgherd started.
 #[derive(Debug, Default)]
 pub struct PoolStats {
+    counters: Sharded<Counters>,
+}
+
+/// One thread's copy of a pool's counters.
+#[derive(Debug, Default)]
+struct Counters {
     /// Requests answered (ReadyForQuery): pgbouncer's `total_query_count`.
     queries: AtomicU64,
     /// ReadyForQuery replies saying idle, each ending a transaction
@@ -125,44 +134,53 @@ pub(crate) fn micros(d: Duration) -> u64 {
 
 impl PoolStats {
     pub(crate) fn traffic(&self, t: Traffic) {
-        let add = |c: &AtomicU64, v: u64| {
+        let local = self.counters.local();
+        let c = local.counters;
+        for (counter, v) in [
+            (&c.queries, t.queries),
+            (&c.transactions, t.transactions),
+            (&c.received, t.received),
+            (&c.sent, t.sent),
+        ] {
             if v > 0 {
-                c.fetch_add(v, Ordering::Relaxed);
+                local.add(counter, v);
             }
-        };
-        add(&self.queries, t.queries);
-        add(&self.transactions, t.transactions);
-        add(&self.received, t.received);
-        add(&self.sent, t.sent);
+        }
     }
 
     /// A client waited `d` for a server.
     pub(crate) fn waited(&self, d: Duration) {
-        self.wait_us.fetch_add(micros(d), Ordering::Relaxed);
+        let local = self.counters.local();
+        local.add(&local.counters.wait_us, micros(d));
     }
 
     /// Transaction mode: a transaction held its server for `d`.
     pub(crate) fn transaction(&self, d: Duration) {
-        self.xact_us.fetch_add(micros(d), Ordering::Relaxed);
+        let local = self.counters.local();
+        local.add(&local.counters.xact_us, micros(d));
         let secs = d.as_secs_f64();
         let i = DURATION_BUCKETS
             .iter()
             .position(|&bound| secs <= bound)
             .unwrap_or(DURATION_BUCKETS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        local.add(&local.counters.buckets[i], 1);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        StatsSnapshot {
-            queries: get(&self.queries),
-            transactions: get(&self.transactions),
-            received_bytes: get(&self.received),
-            sent_bytes: get(&self.sent),
-            wait_time: Duration::from_micros(get(&self.wait_us)),
-            xact_time: Duration::from_micros(get(&self.xact_us)),
-            duration_buckets: self.buckets.each_ref().map(get),
+        let mut total = StatsSnapshot::default();
+        for c in self.counters.copies() {
+            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            total.add(&StatsSnapshot {
+                queries: get(&c.queries),
+                transactions: get(&c.transactions),
+                received_bytes: get(&c.received),
+                sent_bytes: get(&c.sent),
+                wait_time: Duration::from_micros(get(&c.wait_us)),
+                xact_time: Duration::from_micros(get(&c.xact_us)),
+                duration_buckets: c.buckets.each_ref().map(get),
+            });
         }
+        total
     }
 }
 
