@@ -30,10 +30,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgherd_config::Config;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::{broadcast, mpsc, watch};
 
 pub use topology::{ClusterEvent, NodeStatus, ProbeSample, Role, Thresholds, Topology};
+
+/// [`Cluster::primary_now`]'s stored value for "no primary".
+const NO_PRIMARY: usize = usize::MAX;
 
 /// Handle to the running probes. Cloning is cheap; dropping the last handle
 /// does not stop the probes (they stop with the runtime).
@@ -44,6 +47,11 @@ pub struct Cluster {
     /// published: a relay checks this flag on every wake-up instead of
     /// subscribing to the topology for each transaction.
     fenced: Arc<[AtomicBool]>,
+    /// The latest topology's primary ([`NO_PRIMARY`] when none), stored
+    /// with `fenced`: the node every write-transaction starts by asking
+    /// for, one atomic load where borrowing the topology takes and
+    /// releases its lock.
+    primary: Arc<AtomicUsize>,
     events: broadcast::Sender<ClusterEvent>,
     schedule: Arc<probe::Schedule>,
 }
@@ -95,10 +103,13 @@ impl Cluster {
             .iter()
             .map(|n| AtomicBool::new(n.fenced))
             .collect();
+        let primary = Arc::new(AtomicUsize::new(
+            evaluator.topology().primary.unwrap_or(NO_PRIMARY),
+        ));
         tokio::spawn(evaluate(
             evaluator,
             results_rx,
-            (topo_tx, Arc::clone(&fenced)),
+            (topo_tx, Arc::clone(&fenced), Arc::clone(&primary)),
             events.clone(),
             state_file,
             Arc::clone(&schedule),
@@ -106,6 +117,7 @@ impl Cluster {
         Ok(Cluster {
             topology: topo_rx,
             fenced,
+            primary,
             events,
             schedule,
         })
@@ -121,6 +133,11 @@ impl Cluster {
         self.fenced
             .get(i)
             .is_some_and(|f| f.load(Ordering::Acquire))
+    }
+
+    /// The latest topology's primary (one atomic load).
+    pub fn primary_now(&self) -> Option<usize> {
+        Some(self.primary.load(Ordering::Acquire)).filter(|&p| p != NO_PRIMARY)
     }
 
     /// A receiver that sees every new topology.
@@ -177,7 +194,11 @@ impl Cluster {
 async fn evaluate(
     mut evaluator: topology::Evaluator,
     mut results: mpsc::Receiver<(usize, Result<ProbeSample, String>)>,
-    (topology, fenced): (watch::Sender<Arc<Topology>>, Arc<[AtomicBool]>),
+    (topology, fenced, primary): (
+        watch::Sender<Arc<Topology>>,
+        Arc<[AtomicBool]>,
+        Arc<AtomicUsize>,
+    ),
     events: broadcast::Sender<ClusterEvent>,
     state_file: Option<PathBuf>,
     schedule: Arc<probe::Schedule>,
@@ -190,6 +211,10 @@ async fn evaluate(
             for (flag, node) in fenced.iter().zip(&evaluator.topology().nodes) {
                 flag.store(node.fenced, Ordering::Release);
             }
+            primary.store(
+                evaluator.topology().primary.unwrap_or(NO_PRIMARY),
+                Ordering::Release,
+            );
             topology.send_replace(Arc::new(evaluator.topology().clone()));
         }
         let unsettled = evaluator.topology().unsettled();

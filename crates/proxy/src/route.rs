@@ -195,10 +195,7 @@ pub(crate) fn pick_now(shared: &Shared, config: &Config, want: Want) -> Option<(
         Want::Standby { wrote_at, .. } => {
             pick_standby(shared, config, &[], wrote_at, true).map(|n| (n, Target::Replica))
         }
-        Want::Primary => shared
-            .cluster
-            .pick_now(|t| t.primary)
-            .map(|p| (p, Target::Primary)),
+        Want::Primary => shared.cluster.primary_now().map(|p| (p, Target::Primary)),
     }
 }
 

@@ -342,6 +342,19 @@ impl RunningPgherd {
         if let Err(t) = found {
             panic!("topology never showed {what}: {}", t.describe());
         }
+        // The primary the data path reads without the topology's lock
+        // agrees with the topology (once the evaluator is done storing).
+        let cluster = self.handle.cluster();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while cluster.primary_now() != cluster.topology().primary {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "primary_now {:?} never matched the topology's {:?}",
+                cluster.primary_now(),
+                cluster.topology().primary
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Waits until both standbys of the shared cluster serve reads.
