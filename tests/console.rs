@@ -295,6 +295,39 @@ async fn clients_servers_kill_client_and_disable() {
     pgherd.connect("app", APP_PASSWORD, "app").await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_back_in_the_pool_is_idle_and_linked_to_no_client() {
+    let cluster = shared_cluster();
+    let pgherd = with_console(cluster).start().await;
+    let admin = console(&pgherd, "app", APP_PASSWORD).await;
+    let (client, conn) = pgherd
+        .config("app", APP_PASSWORD, "app")
+        .application_name("done")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // One transaction, over: its server went back to the pool.
+    let pid = simple_value(&client, "SELECT pg_backend_pid()").await;
+    let servers = simple_rows(&admin, "SHOW SERVERS").await.unwrap();
+    let server = servers
+        .iter()
+        .find(|r| r[15].as_deref() == Some(pid.as_str()))
+        .expect("its server is listed");
+    assert_eq!(server[3].as_deref(), Some("idle"), "{server:?}");
+    assert_eq!(
+        server[14].as_deref(),
+        Some(""),
+        "linked to no client: {server:?}"
+    );
+    let clients = simple_rows(&admin, "SHOW CLIENTS").await.unwrap();
+    let row = clients
+        .iter()
+        .find(|r| r[17].as_deref() == Some("done"))
+        .expect("the client is listed");
+    assert_eq!(row[14].as_deref(), Some(""), "linked to no server: {row:?}");
+}
+
 /// The console's id of the client with `application_name`.
 async fn client_id(admin: &tokio_postgres::Client, application_name: &str) -> String {
     let clients = simple_rows(admin, "SHOW CLIENTS").await.unwrap();

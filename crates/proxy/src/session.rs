@@ -863,6 +863,11 @@ fn release(mut guard: Guard<ServerConn>, lifetime: Option<std::time::Duration>, 
             .is_some_and(|r| r.info.close_needed());
     if !close {
         server.idle_since = now;
+        // Unlinked before it is in the pool, where another client can
+        // take (and link) it at once on another thread.
+        if let Some(r) = &server.registered {
+            r.info.set_client(None);
+        }
         guard.release();
         return;
     }

@@ -21,7 +21,7 @@ use pgherd_wire::backend::ErrorFields;
 use crate::client::Authenticated;
 use crate::clock::Micros;
 use crate::params;
-use crate::registry::{ClientInfo, DatabaseControl, InUse, NewServer, ServerInfo};
+use crate::registry::{ClientInfo, DatabaseControl, InUse, NewServer};
 use crate::route::{self, Attempt, Want};
 use crate::server::{same_startup, ServerConn, ServerCredential, ServerError, Startup};
 use crate::{PoolEntry, PoolKey, PoolLimits, Shared};
@@ -178,17 +178,19 @@ pub(crate) fn server_login(
 }
 
 /// What a client holds with its server: a claim on its paused-or-not
-/// database, and the link the console shows. Dropped with the server.
+/// database, and the client's end of the link the console shows. Dropped
+/// with the server. The server's end is cleared when the server goes back
+/// to its pool (`session::release`), before another client can take it: a
+/// lease dropped after that would clear the next holder's link.
 pub(crate) struct Lease {
     _in_use: InUse,
-    link: Option<(Arc<ClientInfo>, Arc<ServerInfo>)>,
+    client: Option<Arc<ClientInfo>>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some((client, server)) = &self.link {
+        if let Some(client) = &self.client {
             client.set_server(None);
-            server.set_client(None);
         }
     }
 }
@@ -291,18 +293,15 @@ impl Upstream {
         in_use: InUse,
         me: &Arc<ClientInfo>,
     ) -> (Guard<ServerConn>, Micros, Lease) {
-        let server = guard
-            .conn()
-            .and_then(|c| c.registered.as_ref())
-            .map(|r| Arc::clone(&r.info));
-        let link = server.map(|server| {
-            me.set_server(Some(server.id));
-            server.set_client(Some(me.id));
-            (Arc::clone(me), server)
+        let server = guard.conn().and_then(|c| c.registered.as_ref());
+        let client = server.map(|server| {
+            me.set_server(Some(server.info.id));
+            server.info.set_client(Some(me.id));
+            Arc::clone(me)
         });
         let lease = Lease {
             _in_use: in_use,
-            link,
+            client,
         };
         (guard, assigned, lease)
     }
