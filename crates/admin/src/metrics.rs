@@ -144,19 +144,17 @@ fn traffic(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
         &["decision"],
     )?;
     for (d, c) in [
-        ("primary", &routing.primary),
-        ("standby", &routing.standby),
-        ("fallback", &routing.fallback),
+        ("primary", routing.primary),
+        ("standby", routing.standby),
+        ("fallback", routing.fallback),
     ] {
-        decisions
-            .with_label_values(&[d])
-            .inc_by(c.load(Ordering::Relaxed) as f64);
+        decisions.with_label_values(&[d]).inc_by(c as f64);
     }
     let retries = Counter::with_opts(Opts::new(
         "pgherd_read_only_retries_total",
         "Reads a standby refused as writes (25006), run again on the primary.",
     ))?;
-    retries.inc_by(routing.read_only_retries.load(Ordering::Relaxed) as f64);
+    retries.inc_by(routing.read_only_retries as f64);
     registry.register(Box::new(retries))
 }
 

@@ -279,30 +279,58 @@ impl Shared {
 }
 
 /// Where sessions (session mode) and transactions (transaction mode) went.
+/// Counted per runtime thread ([`counters`]): one is added per transaction.
 #[derive(Debug, Default)]
-pub struct RoutingCounters {
+struct RoutingCounters(counters::Sharded<RoutingCounts>);
+
+#[derive(Debug, Default)]
+struct RoutingCounts {
+    primary: AtomicU64,
+    standby: AtomicU64,
+    fallback: AtomicU64,
+    read_only_retries: AtomicU64,
+}
+
+/// Routing decisions so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoutingTotals {
     /// Sent to the primary because they wanted it.
-    pub primary: AtomicU64,
+    pub primary: u64,
     /// Sent to a standby.
-    pub standby: AtomicU64,
+    pub standby: u64,
     /// Wanted a standby, got the primary (none usable, or read-your-writes).
-    pub fallback: AtomicU64,
+    pub fallback: u64,
     /// Reads a standby refused as writes (25006), run again on the primary.
-    pub read_only_retries: AtomicU64,
+    pub read_only_retries: u64,
 }
 
 impl RoutingCounters {
     fn count(&self, want: route::Want, on_standby: bool) {
+        let local = self.0.local();
+        let c = local.counters;
         let counter = match (want, on_standby) {
-            (_, true) => &self.standby,
-            (route::Want::Primary, false) => &self.primary,
-            (route::Want::Standby { .. }, false) => &self.fallback,
+            (_, true) => &c.standby,
+            (route::Want::Primary, false) => &c.primary,
+            (route::Want::Standby { .. }, false) => &c.fallback,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        local.add(counter, 1);
     }
 
     fn read_only_retried(&self) {
-        self.read_only_retries.fetch_add(1, Ordering::Relaxed);
+        let local = self.0.local();
+        local.add(&local.counters.read_only_retries, 1);
+    }
+
+    fn totals(&self) -> RoutingTotals {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        self.0
+            .copies()
+            .fold(RoutingTotals::default(), |t, c| RoutingTotals {
+                primary: t.primary + get(&c.primary),
+                standby: t.standby + get(&c.standby),
+                fallback: t.fallback + get(&c.fallback),
+                read_only_retries: t.read_only_retries + get(&c.read_only_retries),
+            })
     }
 }
 
@@ -641,8 +669,8 @@ impl ProxyHandle {
     }
 
     /// Routing decisions so far.
-    pub fn routing(&self) -> &RoutingCounters {
-        &self.shared.routing
+    pub fn routing(&self) -> RoutingTotals {
+        self.shared.routing.totals()
     }
 
     /// Refused logins so far.
