@@ -350,11 +350,14 @@ impl Pipe {
     /// every other message's tag once, and says what to do with it.
     fn scan(
         &mut self,
-        watch: fn(u8) -> bool,
+        watch: Tags,
         mut on: impl FnMut(Seen<'_>) -> Action,
     ) -> Result<(), FrameError> {
         while !self.closing {
-            match self.scanner.next(&self.buf[self.ready..], watch)? {
+            match self
+                .scanner
+                .next(&self.buf[self.ready..], |t| watch.has(t))?
+            {
                 Chunk::NeedMore => break,
                 Chunk::Opaque { len, starts } => {
                     if let Some(tag) = starts {
@@ -418,34 +421,57 @@ enum Seen<'a> {
     Starts(u8),
 }
 
-fn client_watch(tag: u8) -> bool {
-    tag == frontend::TERMINATE
+/// Message tags, as a set of bits: which messages a direction reads whole.
+/// A bit test per message, where a function pointer cost a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tags([u64; 4]);
+
+impl Tags {
+    const fn of(tags: &[u8]) -> Tags {
+        let mut bits = [0u64; 4];
+        let mut i = 0;
+        while i < tags.len() {
+            let t = tags[i];
+            bits[(t >> 6) as usize] |= 1 << (t & 63);
+            i += 1;
+        }
+        Tags(bits)
+    }
+
+    fn has(self, tag: u8) -> bool {
+        self.0[usize::from(tag >> 6)] & (1 << (tag & 63)) != 0
+    }
 }
+
+const CLIENT_WATCH: Tags = Tags::of(&[frontend::TERMINATE]);
 
 /// Transaction mode without statement support reads Parse whole, for the
 /// statement name.
-fn client_watch_transaction(tag: u8) -> bool {
-    tag == frontend::TERMINATE || tag == b'P'
-}
+const CLIENT_WATCH_TRANSACTION: Tags = Tags::of(&[frontend::TERMINATE, b'P']);
 
 /// Transaction mode with statement support reads whole what names
 /// statements, and simple queries (for `DISCARD ALL`/`DEALLOCATE ALL`).
-fn client_watch_statements(tag: u8) -> bool {
-    matches!(tag, frontend::TERMINATE | b'P' | b'B' | b'D' | b'C' | b'Q')
-}
+const CLIENT_WATCH_STATEMENTS: Tags =
+    Tags::of(&[frontend::TERMINATE, b'P', b'B', b'D', b'C', b'Q']);
 
-fn server_watch_statements(tag: u8) -> bool {
-    server_watch_transaction(tag) || tag == b'1' || tag == b'3'
-}
+const SERVER_WATCH: Tags = Tags::of(&[backend::READY_FOR_QUERY, backend::ERROR_RESPONSE]);
 
 /// Transaction mode also reads ParameterStatus, for the client's parameters.
-fn server_watch_transaction(tag: u8) -> bool {
-    server_watch(tag) || tag == backend::PARAMETER_STATUS
-}
+const SERVER_WATCH_TRANSACTION: Tags = Tags::of(&[
+    backend::READY_FOR_QUERY,
+    backend::ERROR_RESPONSE,
+    backend::PARAMETER_STATUS,
+]);
 
-fn server_watch(tag: u8) -> bool {
-    tag == backend::READY_FOR_QUERY || tag == backend::ERROR_RESPONSE
-}
+/// ... and with statement support ParseComplete and CloseComplete, which
+/// it swallows when it asked for them itself.
+const SERVER_WATCH_STATEMENTS: Tags = Tags::of(&[
+    backend::READY_FOR_QUERY,
+    backend::ERROR_RESPONSE,
+    backend::PARAMETER_STATUS,
+    b'1',
+    b'3',
+]);
 
 /// How a relay ended, and whether pgherd may still write an ErrorResponse to
 /// the client: only when what the client received ends on a message boundary,
@@ -541,14 +567,12 @@ async fn relay_inner(
     // read step; without, nothing.
     let mut idle_timer = idle.shortest().map(|d| Box::pin(tokio::time::sleep(d)));
     let mut last_activity = idle_timer.as_ref().map(|_| tokio::time::Instant::now());
-    type Watch = fn(u8) -> bool;
-    let (client_watch, server_watch): (Watch, Watch) = match (until, tracking.statements.is_some())
-    {
-        (Until::ClientLeaves, _) => (client_watch, server_watch),
+    let (client_watch, server_watch) = match (until, tracking.statements.is_some()) {
+        (Until::ClientLeaves, _) => (CLIENT_WATCH, SERVER_WATCH),
         (Until::Idle | Until::ReadUnit, false) => {
-            (client_watch_transaction, server_watch_transaction)
+            (CLIENT_WATCH_TRANSACTION, SERVER_WATCH_TRANSACTION)
         }
-        (Until::Idle | Until::ReadUnit, true) => (client_watch_statements, server_watch_statements),
+        (Until::Idle | Until::ReadUnit, true) => (CLIENT_WATCH_STATEMENTS, SERVER_WATCH_STATEMENTS),
     };
     if until == Until::ReadUnit {
         up.no_read = true;
@@ -740,7 +764,7 @@ fn server_idle(state: &ServerState, up: &Pipe) -> bool {
 
 fn scan_client(
     up: &mut Pipe,
-    watch: fn(u8) -> bool,
+    watch: Tags,
     state: &mut ServerState,
     statements: &mut Option<Statements<'_>>,
 ) -> Result<(), FrameError> {
@@ -797,7 +821,7 @@ fn scan_client(
 
 fn scan_server(
     down: &mut Pipe,
-    watch: fn(u8) -> bool,
+    watch: Tags,
     state: &mut ServerState,
     tracking: &mut Tracking<'_>,
 ) -> Result<(), FrameError> {
@@ -932,6 +956,15 @@ mod tests {
     }
 
     #[test]
+    fn tag_sets_hold_exactly_their_tags() {
+        let members = |set: Tags| (0..=255u8).filter(|&t| set.has(t)).collect::<Vec<_>>();
+        assert_eq!(members(CLIENT_WATCH), b"X");
+        assert_eq!(members(CLIENT_WATCH_STATEMENTS), b"BCDPQX");
+        assert_eq!(members(SERVER_WATCH_STATEMENTS), b"13ESZ");
+        assert_eq!(members(Tags::of(&[0, 63, 64, 255])), [0, 63, 64, 255]);
+    }
+
+    #[test]
     fn client_scan_counts_requests_and_stops_at_terminate() {
         let mut bytes = msg(b'Q', b"select 1\0");
         bytes.extend(msg(b'P', b"\0select 2\0\0\0"));
@@ -939,7 +972,7 @@ mod tests {
         bytes.extend(msg(b'X', b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
-        scan_client(&mut pipe, client_watch, &mut state, &mut None).unwrap();
+        scan_client(&mut pipe, CLIENT_WATCH, &mut state, &mut None).unwrap();
         assert_eq!(state.pending, 2);
         assert!(!state.unsynced);
         assert!(pipe.closing);
@@ -955,7 +988,7 @@ mod tests {
         state.pending = 1;
         scan_server(
             &mut pipe,
-            server_watch,
+            SERVER_WATCH,
             &mut state,
             &mut Tracking::default(),
         )
@@ -971,7 +1004,7 @@ mod tests {
         let bytes = msg(b'P', b"\0select 1\0\0\0");
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
-        scan_client(&mut pipe, client_watch, &mut state, &mut None).unwrap();
+        scan_client(&mut pipe, CLIENT_WATCH, &mut state, &mut None).unwrap();
         assert!(!reusable(&state, &RelayEnd::ClientLeft));
     }
 
@@ -981,7 +1014,7 @@ mod tests {
         bytes.extend(msg(b'S', b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
-        scan_client(&mut pipe, client_watch_transaction, &mut state, &mut None).unwrap();
+        scan_client(&mut pipe, CLIENT_WATCH_TRANSACTION, &mut state, &mut None).unwrap();
         assert!(
             !state.pinned,
             "the unnamed statement dies with the transaction"
@@ -989,7 +1022,7 @@ mod tests {
         let mut bytes = msg(b'P', b"s1\0select 1\0\0\0");
         bytes.extend(msg(b'S', b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        scan_client(&mut pipe, client_watch_transaction, &mut state, &mut None).unwrap();
+        scan_client(&mut pipe, CLIENT_WATCH_TRANSACTION, &mut state, &mut None).unwrap();
         assert!(state.pinned);
         assert_eq!(state.pending, 2);
         assert!(!state.unsynced);
@@ -1015,7 +1048,7 @@ mod tests {
             state.hold = Hold::Holding;
             scan_server(
                 &mut pipe,
-                server_watch_transaction,
+                SERVER_WATCH_TRANSACTION,
                 &mut state,
                 &mut Tracking::default(),
             )
@@ -1048,7 +1081,7 @@ mod tests {
         let mut state = ServerState::new();
         scan_server(
             &mut pipe,
-            server_watch,
+            SERVER_WATCH,
             &mut state,
             &mut Tracking::default(),
         )
