@@ -207,7 +207,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!("{}", environment(&bins, pgbouncer.as_deref()));
     println!(
-        "pool_mode = transaction, pool size {POOL_SIZE}, pgbench -S (select only) unless it says tpcb-like, scale {}, {} s per run, {} interleaved run(s): TPS and latencies from the run with the median TPS, CPU the median over the runs, CPU vs pgbouncer the median of the runs' ratios (each pair back to back) with their range; p99 from a 5% sample of transactions\n",
+        "pool_mode = transaction, pool size {POOL_SIZE}, pgbench -S (select only) unless it says tpcb-like, scale {}, {} s per run, {} interleaved run(s): TPS and latencies from the run with the median TPS, CPU the median over the runs, TPS and CPU vs pgbouncer the medians of the runs' ratios (each pair back to back) with their range; p99 from a 5% sample of transactions\n",
         plan.scale, plan.seconds, plan.reps
     );
     println!("| workload | target | TPS | latency ms | p99 ms | failed | proxy CPU µs/tx | of it user | load | TPS vs pgbouncer | CPU vs pgbouncer | TPS vs direct |");
@@ -334,17 +334,21 @@ fn report(workload: &str, targets: &[(Target, u16, Option<u32>)], results: &[Vec
             .position(|(x, _, _)| *x == t)
             .map(|i| &results[i])
     };
-    // pgherd's CPU over pgbouncer's, run by run: each pair ran back to
-    // back, so what the machine was doing weighs on both alike.
-    let cpu_ratios: Vec<f64> = match (runs_of(Target::Pgherd), runs_of(Target::Pgbouncer)) {
-        (Some(h), Some(b)) => h
-            .iter()
-            .zip(b)
-            .filter(|(_, b)| b.cpu_us_per_tx > 0.0)
-            .map(|(h, b)| h.cpu_us_per_tx / b.cpu_us_per_tx)
-            .collect(),
-        _ => Vec::new(),
+    // pgherd over pgbouncer, run by run: each pair ran back to back, so
+    // what the machine was doing weighs on both alike.
+    let paired = |figure: fn(&Measure) -> f64| -> Vec<f64> {
+        match (runs_of(Target::Pgherd), runs_of(Target::Pgbouncer)) {
+            (Some(h), Some(b)) => h
+                .iter()
+                .zip(b)
+                .filter(|(_, b)| figure(b) > 0.0)
+                .map(|(h, b)| figure(h) / figure(b))
+                .collect(),
+            _ => Vec::new(),
+        }
     };
+    let cpu_ratios = paired(|m| m.cpu_us_per_tx);
+    let tps_ratios = paired(|m| m.tps);
     let find = |t: Target| {
         targets
             .iter()
@@ -352,7 +356,6 @@ fn report(workload: &str, targets: &[(Target, u16, Option<u32>)], results: &[Vec
             .map(|i| medians[i])
     };
     let direct = find(Target::Direct);
-    let bouncer = find(Target::Pgbouncer);
     for ((target, _, _), m) in targets.iter().zip(&medians) {
         let ratio = |a: f64, b: Option<f64>| match b {
             Some(b) if b > 0.0 && *target != Target::Direct => format!("{:.2}", a / b),
@@ -374,8 +377,8 @@ fn report(workload: &str, targets: &[(Target, u16, Option<u32>)], results: &[Vec
             m.p99_ms,
             m.failed,
             m.load,
-            if *target == Target::Pgherd {
-                ratio(m.tps, bouncer.map(|b| b.tps))
+            if *target == Target::Pgherd && !tps_ratios.is_empty() {
+                ratio_range(&tps_ratios)
             } else {
                 "—".into()
             },
