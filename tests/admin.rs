@@ -395,13 +395,7 @@ async fn control_endpoints_need_an_admin_and_act() {
     }
 
     // Clients are listed and can be ended.
-    let (victim, conn) = pgherd
-        .config("app", APP_PASSWORD, "app")
-        .application_name("api-victim")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let victim = pgherd.app_named("api-victim").await;
     let (_, clients) = http_get(&pgherd, "/api/v1/clients").await;
     let clients: serde_json::Value = serde_json::from_str(&clients).unwrap();
     let id = clients["clients"]

@@ -230,13 +230,7 @@ async fn clients_servers_kill_client_and_disable() {
     let cluster = shared_cluster();
     let pgherd = with_console(cluster).start().await;
     let admin = console(&pgherd, "app", APP_PASSWORD).await;
-    let (victim, conn) = pgherd
-        .config("app", APP_PASSWORD, "app")
-        .application_name("victim")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let victim = pgherd.app_named("victim").await;
     victim.batch_execute("BEGIN").await.unwrap();
     let pid = simple_value(&victim, "SELECT pg_backend_pid()").await;
 
@@ -300,13 +294,7 @@ async fn a_server_back_in_the_pool_is_idle_and_linked_to_no_client() {
     let cluster = shared_cluster();
     let pgherd = with_console(cluster).start().await;
     let admin = console(&pgherd, "app", APP_PASSWORD).await;
-    let (client, conn) = pgherd
-        .config("app", APP_PASSWORD, "app")
-        .application_name("done")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = pgherd.app_named("done").await;
     // One transaction, over: its server went back to the pool.
     let pid = simple_value(&client, "SELECT pg_backend_pid()").await;
     let servers = simple_rows(&admin, "SHOW SERVERS").await.unwrap();

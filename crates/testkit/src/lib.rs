@@ -371,4 +371,17 @@ impl RunningPgherd {
             .await
             .expect("connect as app through pgherd")
     }
+
+    /// Connects as `app` to database `app` with this `application_name`
+    /// (to find the client in the console).
+    pub async fn app_named(&self, application_name: &str) -> tokio_postgres::Client {
+        let (client, conn) = self
+            .config("app", APP_PASSWORD, "app")
+            .application_name(application_name)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect as app through pgherd");
+        tokio::spawn(conn);
+        client
+    }
 }
