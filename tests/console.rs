@@ -237,16 +237,10 @@ async fn clients_servers_kill_client_and_disable() {
     // The victim is listed with its application_name, linked to a server
     // whose remote_pid is its backend.
     let clients = simple_rows(&admin, "SHOW CLIENTS").await.unwrap();
-    let row = clients
-        .iter()
-        .find(|r| r[17].as_deref() == Some("victim"))
-        .expect("the client is listed");
+    let row = row_with(&clients, 17, "victim").expect("the client is listed");
     let (id, link) = (row[18].clone().unwrap(), row[14].clone().unwrap());
     let servers = simple_rows(&admin, "SHOW SERVERS").await.unwrap();
-    let server = servers
-        .iter()
-        .find(|r| r[13].as_deref() == Some(link.as_str()))
-        .expect("its server is listed");
+    let server = row_with(&servers, 13, &link).expect("its server is listed");
     assert_eq!(server[15].as_deref(), Some(pid.as_str()));
     assert_eq!(server[3].as_deref(), Some("active"));
 
@@ -298,10 +292,7 @@ async fn a_server_back_in_the_pool_is_idle_and_linked_to_no_client() {
     // One transaction, over: its server went back to the pool.
     let pid = simple_value(&client, "SELECT pg_backend_pid()").await;
     let servers = simple_rows(&admin, "SHOW SERVERS").await.unwrap();
-    let server = servers
-        .iter()
-        .find(|r| r[15].as_deref() == Some(pid.as_str()))
-        .expect("its server is listed");
+    let server = row_with(&servers, 15, &pid).expect("its server is listed");
     assert_eq!(server[3].as_deref(), Some("idle"), "{server:?}");
     assert_eq!(
         server[14].as_deref(),
@@ -309,20 +300,23 @@ async fn a_server_back_in_the_pool_is_idle_and_linked_to_no_client() {
         "linked to no client: {server:?}"
     );
     let clients = simple_rows(&admin, "SHOW CLIENTS").await.unwrap();
-    let row = clients
-        .iter()
-        .find(|r| r[17].as_deref() == Some("done"))
-        .expect("the client is listed");
+    let row = row_with(&clients, 17, "done").expect("the client is listed");
     assert_eq!(row[14].as_deref(), Some(""), "linked to no server: {row:?}");
+}
+
+/// The first row whose `column` holds `value`.
+fn row_with<'a>(
+    rows: &'a [Vec<Option<String>>],
+    column: usize,
+    value: &str,
+) -> Option<&'a Vec<Option<String>>> {
+    rows.iter().find(|r| r[column].as_deref() == Some(value))
 }
 
 /// The console's id of the client with `application_name`.
 async fn client_id(admin: &tokio_postgres::Client, application_name: &str) -> String {
     let clients = simple_rows(admin, "SHOW CLIENTS").await.unwrap();
-    let row = clients
-        .iter()
-        .find(|r| r[17].as_deref() == Some(application_name))
-        .expect("the client is listed");
+    let row = row_with(&clients, 17, application_name).expect("the client is listed");
     row[18].clone().unwrap()
 }
 
@@ -467,10 +461,7 @@ async fn reconnect_closes_servers_once_released_and_wait_close_waits() {
 
     admin.simple_query("RECONNECT app").await.unwrap();
     let servers = simple_rows(&admin, "SHOW SERVERS").await.unwrap();
-    let busy_row = servers
-        .iter()
-        .find(|r| r[15].as_deref() == Some(busy_pid.as_str()))
-        .expect("the busy server is listed");
+    let busy_row = row_with(&servers, 15, &busy_pid).expect("the busy server is listed");
     assert_eq!(busy_row[12].as_deref(), Some("1"), "close_needed");
     assert!(
         !servers
