@@ -68,10 +68,16 @@ impl ClientInfo {
     /// It asked for a server at `asked` (a clock the caller read anyway):
     /// waiting until [`ClientInfo::served`].
     pub(crate) fn wants_server(&self, asked: Micros) {
-        // Kept as the clock's own reading: +1, as 0 means "never asked".
-        self.request_us.store(asked.as_u64() + 1, Ordering::Relaxed);
+        self.asked_for_server(asked);
         self.state
             .store(ClientState::Waiting as u8, Ordering::Relaxed);
+    }
+
+    /// It asked for a server at `asked` and got one at once (it stays
+    /// `Active`: the console's `request_time`, nothing else).
+    pub(crate) fn asked_for_server(&self, asked: Micros) {
+        // Kept as the clock's own reading: +1, as 0 means "never asked".
+        self.request_us.store(asked.as_u64() + 1, Ordering::Relaxed);
     }
 
     /// It got its server (or gave up waiting).

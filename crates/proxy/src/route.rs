@@ -38,6 +38,17 @@ pub(crate) enum Attempt<T> {
     Refused(ErrorFields),
 }
 
+impl<T> Attempt<T> {
+    /// The same outcome, with `f` applied to a usable connection.
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Attempt<U> {
+        match self {
+            Attempt::Usable(t) => Attempt::Usable(f(t)),
+            Attempt::Unusable(why) => Attempt::Unusable(why),
+            Attempt::Refused(fields) => Attempt::Refused(fields),
+        }
+    }
+}
+
 /// A node that failed during this client's attempt, and the topology
 /// version it failed under.
 struct Failure {

@@ -260,8 +260,8 @@ impl Upstream {
             |c| fit(c, general, target, asked) && !needs_check(c, general, asked),
         )?;
         route::turn_taken(shared, want);
-        me.wants_server(asked);
-        me.served();
+        // Asked and served at once: it never waited.
+        me.asked_for_server(asked);
         Some(self.lease(guard, asked, in_use, me))
     }
 
@@ -324,15 +324,11 @@ impl Upstream {
                 &self.credential,
             )
             .await;
-            match attempt {
-                Attempt::Usable(guard) => {
-                    let assigned = Micros::now();
-                    entry.stats.waited(assigned.since(asked));
-                    Attempt::Usable((guard, assigned))
-                }
-                Attempt::Unusable(why) => Attempt::Unusable(why),
-                Attempt::Refused(fields) => Attempt::Refused(fields),
-            }
+            attempt.map(|guard| {
+                let assigned = Micros::now();
+                entry.stats.waited(assigned.since(asked));
+                (guard, assigned)
+            })
         })
         .await
     }
@@ -492,23 +488,20 @@ async fn checkout(
             }
         }
     };
-    match open_for_pool(shared, entry, (node, target), params, credential).await {
-        Attempt::Usable(mut conn) => {
-            conn.permits = permits;
-            guard.set(conn);
-            if limits.min_size > 0 {
-                *entry.template.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::Template {
-                    params: Arc::clone(params),
-                    credential: credential.clone(),
-                    target,
-                    limits,
-                });
-            }
-            Attempt::Usable(guard)
+    let opened = open_for_pool(shared, entry, (node, target), params, credential).await;
+    opened.map(|mut conn| {
+        conn.permits = permits;
+        guard.set(conn);
+        if limits.min_size > 0 {
+            *entry.template.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::Template {
+                params: Arc::clone(params),
+                credential: credential.clone(),
+                target,
+                limits,
+            });
         }
-        Attempt::Unusable(why) => Attempt::Unusable(why),
-        Attempt::Refused(f) => Attempt::Refused(f),
-    }
+        guard
+    })
 }
 
 /// Opens a connection for `entry`'s pool, unless a server refused this
