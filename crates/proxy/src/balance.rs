@@ -3,7 +3,7 @@
 //!
 //! A pure function of the candidates and a turn counter, so it is tested
 //! alone here and measured alone by `cargo bench -p pgherd-bench --bench
-//! wire` (it runs for every read routed to a standby); `route` feeds it
+//! decisions` (it runs for every read routed to a standby); `route` feeds it
 //! the standbys that may serve a read.
 
 use pgherd_config::Balance;

@@ -15,9 +15,9 @@
 //! pgbouncer's cached loop time, the time the event loop woke up, read
 //! once per wake-up (the runtime calls [`loop_woke`]) instead of twice per
 //! transaction. A loop that stays busy without sleeping re-reads the clock
-//! every [`REREAD`] stamps, so a stamp is late by at most the work of a
-//! few transactions (microseconds), not by how long the loop has been
-//! busy.
+//! every [`REREAD`] stamps, so a stamp is late by at most the time the loop
+//! took to hand out that many (a few transactions' work), not by how long
+//! the loop has been busy.
 
 use std::cell::Cell;
 use std::time::Duration;

@@ -483,9 +483,6 @@ pub(crate) struct Relayed {
     pub(crate) traffic: Traffic,
 }
 
-/// Relays between `client` and `server` until one side ends, or `retire`
-/// completes (the node was fenced). `client_buf` holds bytes the client
-/// already sent (pipelined after login).
 /// The two connections of a relay with their read buffers.
 pub(crate) struct Ends<'a> {
     pub(crate) client: &'a mut Stream,
@@ -494,6 +491,10 @@ pub(crate) struct Ends<'a> {
     pub(crate) server_buf: &'a mut BytesMut,
 }
 
+/// Relays between `client` and `server` until one side ends, or `retire`
+/// completes (the node was fenced or the client killed). `client_buf`
+/// holds bytes the client already sent (its request, or what it pipelined
+/// after login).
 #[allow(clippy::manual_async_fn)] // see the comment on the block
 pub(crate) fn relay<'a, 't, R: std::future::Future<Output = String>>(
     ends: Ends<'a>,

@@ -2,8 +2,8 @@
 //!
 //! Sessions add to them once per transaction (transaction mode) or once per
 //! relay (session mode) on counters they hold an `Arc` to — no lock, no map
-//! lookup, no allocation and no locked instruction on the data path: each
-//! runtime thread adds to a copy of its own ([`crate::counters`]). The
+//! lookup, no allocation and, on the runtime's own threads, no locked
+//! instruction: each adds to a copy of its own ([`crate::counters`]). The
 //! admin port sums the copies at scrape time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
