@@ -956,6 +956,36 @@ mod tests {
         assert!(pipe.ready > 0, "still full: kept, no error");
     }
 
+    #[tokio::test]
+    async fn write_now_reports_a_peer_that_is_gone_and_keeps_the_bytes() {
+        let (to, peer) = tcp_pair().await;
+        // Reset, not a clean close: writes fail once the reset arrives.
+        peer.set_zero_linger().unwrap();
+        drop(peer);
+        let bytes = msg(b'Z', b"I");
+        let mut attempts = 0;
+        let (err, pipe) = loop {
+            let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
+            pipe.ready = bytes.len();
+            match pipe.write_now(&to, false) {
+                Err(e) => break (e, pipe),
+                Ok(()) => {
+                    attempts += 1;
+                    assert!(attempts < 500, "writes to a reset peer never failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        };
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "{err}"
+        );
+        assert_eq!(pipe.ready, bytes.len(), "nothing counted as written");
+    }
+
     #[test]
     fn tag_sets_hold_exactly_their_tags() {
         let members = |set: Tags| (0..=255u8).filter(|&t| set.has(t)).collect::<Vec<_>>();
