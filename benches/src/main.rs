@@ -213,6 +213,13 @@ fn main() -> anyhow::Result<()> {
     println!("| workload | target | TPS | latency ms | p99 ms | failed | proxy CPU µs/tx | of it user | load | TPS vs pgbouncer | CPU vs pgbouncer | TPS vs direct |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
 
+    // CPU and memory are read from these PIDs: they must be the proxies'
+    // own (`setsid` execs them in place), and each its own session.
+    if let Some(b) = &bouncer {
+        check_daemon(b.pid(), "pgbouncer")?;
+    }
+    check_daemon(pgherd.id(), "pgherd")?;
+
     let seconds = plan.seconds.to_string();
     let mut targets = vec![(Target::Direct, primary, None)];
     if let Some(b) = &bouncer {
@@ -626,6 +633,24 @@ fn wait_ready(bins: &PgBinaries, port: u16) -> anyhow::Result<()> {
     bail!("nothing answers on port {port}")
 }
 
+/// Checks that `pid` runs `name` and leads a session of its own.
+fn check_daemon(pid: u32, name: &str) -> anyhow::Result<()> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After "pid (comm) ": state, ppid, pgrp, session.
+    let session = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(3))
+        .and_then(|s| s.parse::<u32>().ok());
+    if comm.trim() != name || session != Some(pid) {
+        bail!(
+            "PID {pid} is {:?} in session {session:?}, not {name} leading its own",
+            comm.trim()
+        );
+    }
+    Ok(())
+}
+
 fn spawn_pgherd(
     bin: &Path,
     cluster: &LocalCluster,
@@ -650,7 +675,9 @@ fn spawn_pgherd(
     ));
     let path = dir.join("pgherd.toml");
     std::fs::write(&path, config)?;
-    Ok(Command::new(bin)
+    // In a session of its own, like pgbouncer (see `LocalPgbouncer::start`).
+    Ok(Command::new("setsid")
+        .arg(bin)
         .args(["run", "-c"])
         .arg(&path)
         .env("PGHERD_LOG", "warn")

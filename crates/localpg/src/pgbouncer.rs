@@ -2,7 +2,8 @@
 //! console tests' reference for column names.
 //!
 //! Like PostgreSQL, pgbouncer refuses to run as root: it then runs as the
-//! `postgres` user. Dropping a [`LocalPgbouncer`] stops it by PID.
+//! `postgres` user. Dropping a [`LocalPgbouncer`] stops it by PID. It runs
+//! in a session of its own, as a daemon does (see [`LocalPgbouncer::start`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -59,9 +60,15 @@ impl LocalPgbouncer {
             RunAs::chown(run_as, &path)?;
         }
         RunAs::chown(run_as, dir.path())?;
-        let mut cmd = Command::new(bin);
+        // In a session of its own (`setsid` execs it, same PID), as
+        // `pgbouncer -d` or a service manager would run it: with the
+        // kernel's autogroup scheduling a session is one scheduling group,
+        // and sharing its starter's (a benchmark's pgbench) changes how
+        // often the two preempt each other.
+        let mut cmd = Command::new("setsid");
         // -q: its log goes to the log file only.
-        cmd.arg("-q")
+        cmd.arg(bin)
+            .arg("-q")
             .arg(dir.path().join("pgbouncer.ini"))
             .stdin(Stdio::null());
         RunAs::apply(run_as, &mut cmd);
