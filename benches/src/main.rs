@@ -35,6 +35,9 @@ const USER: &str = "bench";
 const PASSWORD: &str = "bench";
 const POOL_SIZE: usize = 20;
 
+const USAGE: &str = "usage: pgherd-bench [--smoke] [--clients 1,16,64,256] \
+[--modes simple,extended,prepared] [--seconds 10] [--reps 3] [--idle 1000,10000] [--tpcb 16]";
+
 /// One run's settings.
 struct Plan {
     scale: u32,
@@ -44,7 +47,9 @@ struct Plan {
     modes: Vec<&'static str>,
     /// Clients of the tpcb-like (read-write) workload; 0: not run.
     tpcb_clients: u32,
-    idle_clients: usize,
+    /// Idle clients held open at once, checked at each of these counts
+    /// (ascending); empty: no idle-clients table.
+    idle_clients: Vec<usize>,
 }
 
 impl Plan {
@@ -56,13 +61,13 @@ impl Plan {
             clients: vec![1, 16, 64, 256],
             modes: vec!["simple", "extended", "prepared"],
             tpcb_clients: 16,
-            idle_clients: 2000,
+            idle_clients: vec![1000, 10_000],
         }
     }
 
-    /// `--clients 1,16 --modes simple,extended --seconds 5 --reps 3 --idle 1000
-    /// --tpcb 16` override the plan, to rerun one part (`--tpcb 0`: no
-    /// read-write workload).
+    /// `--clients 1,16 --modes simple,extended --seconds 5 --reps 3 --idle
+    /// 1000,10000 --tpcb 16` override the plan, to rerun one part (`--tpcb
+    /// 0`: no read-write workload; `--idle 0`: no idle clients).
     fn override_from(&mut self, args: &[String]) -> anyhow::Result<()> {
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -88,9 +93,17 @@ impl Plan {
                 }
                 "--seconds" => self.seconds = value()?.parse()?,
                 "--reps" => self.reps = value()?.parse()?,
-                "--idle" => self.idle_clients = value()?.parse()?,
+                "--idle" => {
+                    let mut counts = value()?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<Vec<usize>, _>>()?;
+                    counts.retain(|&n| n > 0);
+                    counts.sort_unstable();
+                    self.idle_clients = counts;
+                }
                 "--tpcb" => self.tpcb_clients = value()?.parse()?,
-                other => bail!("unknown argument {other}"),
+                other => bail!("unknown argument {other}\n\n{USAGE}"),
             }
         }
         Ok(())
@@ -104,7 +117,7 @@ impl Plan {
             clients: vec![16],
             modes: vec!["simple"],
             tpcb_clients: 0,
-            idle_clients: 100,
+            idle_clients: vec![100],
         }
     }
 }
@@ -154,6 +167,10 @@ struct Measure {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let smoke = args.iter().any(|a| a == "--smoke");
     let mut plan = if smoke { Plan::smoke() } else { Plan::full() };
     plan.override_from(&args)?;
@@ -293,8 +310,8 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    if plan.idle_clients > 0 {
-        idle_report(&targets, plan.idle_clients)?;
+    if !plan.idle_clients.is_empty() {
+        idle_report(&targets, &plan.idle_clients)?;
     }
 
     stop(&mut pgherd);
@@ -302,8 +319,10 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The idle-clients table: RSS per logged-in client doing nothing.
-fn idle_report(targets: &[(Target, u16, Option<u32>)], n: usize) -> anyhow::Result<()> {
+/// The idle-clients table: RSS per logged-in client doing nothing, with
+/// `counts` clients open at once (each count adds to the clients already
+/// open, and is measured against the RSS before the first).
+fn idle_report(targets: &[(Target, u16, Option<u32>)], counts: &[usize]) -> anyhow::Result<()> {
     println!("\nIdle clients (logged in, doing nothing):\n");
     println!("| target | clients | RSS before | RSS after | per client |");
     println!("|---|---|---|---|---|");
@@ -312,15 +331,17 @@ fn idle_report(targets: &[(Target, u16, Option<u32>)], n: usize) -> anyhow::Resu
         .build()?;
     for (target, port, pid) in targets.iter().skip(1) {
         let Some(pid) = pid else { continue };
-        let (before, after) = rt.block_on(idle_clients(*port, *pid, n))?;
-        println!(
-            "| {} | {} | {} KiB | {} KiB | {:.2} KiB |",
-            target.name(),
-            n,
-            before,
-            after,
-            (after.saturating_sub(before)) as f64 / n as f64
-        );
+        let (before, afters) = rt.block_on(idle_clients(*port, *pid, counts))?;
+        for (n, after) in counts.iter().zip(afters) {
+            println!(
+                "| {} | {} | {} KiB | {} KiB | {:.2} KiB |",
+                target.name(),
+                n,
+                before,
+                after,
+                (after.saturating_sub(before)) as f64 / *n as f64
+            );
+        }
     }
     Ok(())
 }
@@ -566,12 +587,32 @@ fn load_average() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Opens `n` idle, logged-in clients to the proxy on `port` and returns its
-/// RSS before and after.
-async fn idle_clients(port: u16, pid: u32, n: usize) -> anyhow::Result<(u64, u64)> {
+/// Opens idle, logged-in clients to the proxy on `port`, as many as each
+/// of `counts` in turn, and returns its RSS before and at each count.
+async fn idle_clients(port: u16, pid: u32, counts: &[usize]) -> anyhow::Result<(u64, Vec<u64>)> {
     let before = rss_kib(pid)?;
-    let mut clients = Vec::with_capacity(n);
-    for _ in 0..n {
+    let mut afters = Vec::with_capacity(counts.len());
+    let mut clients = Vec::with_capacity(counts.last().copied().unwrap_or(0));
+    for &n in counts {
+        open_idle(port, &mut clients, n).await?;
+        // One query on one client: the proxy is live and has settled.
+        if let Some(first) = clients.first() {
+            first.simple_query("SELECT 1").await?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        afters.push(rss_kib(pid)?);
+    }
+    drop(clients);
+    Ok((before, afters))
+}
+
+/// Opens logged-in clients to `port` until `clients` holds `n`.
+async fn open_idle(
+    port: u16,
+    clients: &mut Vec<tokio_postgres::Client>,
+    n: usize,
+) -> anyhow::Result<()> {
+    while clients.len() < n {
         let (client, conn) = tokio_postgres::Config::new()
             .host("127.0.0.1")
             .port(port)
@@ -583,14 +624,7 @@ async fn idle_clients(port: u16, pid: u32, n: usize) -> anyhow::Result<(u64, u64
         tokio::spawn(conn);
         clients.push(client);
     }
-    // One query on one client: the proxy is live and has settled.
-    if let Some(first) = clients.first() {
-        first.simple_query("SELECT 1").await?;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = rss_kib(pid)?;
-    drop(clients);
-    Ok((before, after))
+    Ok(())
 }
 
 fn pgbench(bins: &PgBinaries, port: u16, args: &[&str]) -> anyhow::Result<()> {
