@@ -213,6 +213,25 @@ pub enum ClusterEvent {
     },
 }
 
+impl ClusterEvent {
+    /// Its name in `[notify] events` and in notifications
+    /// (`pgherd_config::NOTIFY_EVENTS`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClusterEvent::NodeUp { .. } => "node_up",
+            ClusterEvent::NodeDown { .. } => "node_down",
+            ClusterEvent::RoleChanged { .. } => "role_changed",
+            ClusterEvent::PrimaryChanged { .. } => "primary_changed",
+            ClusterEvent::Fenced { .. } => "fenced",
+            ClusterEvent::Unfenced { .. } => "unfenced",
+            ClusterEvent::SplitBrainDetected { .. } => "split_brain",
+            ClusterEvent::SplitBrainResolved => "split_brain_resolved",
+            ClusterEvent::LagOverThreshold { .. } => "lag_over_threshold",
+            ClusterEvent::LagUnderThreshold { .. } => "lag_under_threshold",
+        }
+    }
+}
+
 impl std::fmt::Display for ClusterEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -66,12 +66,64 @@ pub enum AuthType {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub general: General,
+    /// Where cluster changes are announced (`[notify]`).
+    pub notify: Notify,
     /// Listeners besides `general.listen_addr` (whose default target is `primary`).
     pub listeners: Vec<Listener>,
     pub nodes: Vec<Node>,
     pub databases: BTreeMap<String, Database>,
     pub users: BTreeMap<String, User>,
 }
+
+/// The `[notify]` section: who is told when the cluster changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notify {
+    /// URLs (`http://` or `https://`) that get a JSON `POST` per event.
+    pub webhook_urls: Vec<String>,
+    /// A Telegram chat that gets a message per event.
+    pub telegram: Option<Telegram>,
+    /// The events announced ([`NOTIFY_EVENTS`]); empty: all of them.
+    pub events: Vec<String>,
+    /// Names this pgherd in messages (several may watch one cluster).
+    pub instance: String,
+    /// PEM roots trusted for `https://` URLs.
+    pub ca_file: std::path::PathBuf,
+    /// For one delivery attempt, connecting included.
+    pub timeout: Duration,
+}
+
+/// A Telegram bot and the chat it writes to.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Telegram {
+    pub bot_token: String,
+    pub chat_id: String,
+    /// The Bot API's address (a local Bot API server, or a test's).
+    pub api_url: String,
+}
+
+impl std::fmt::Debug for Telegram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a credential: never in logs.
+        f.debug_struct("Telegram")
+            .field("chat_id", &self.chat_id)
+            .field("api_url", &self.api_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cluster events `[notify] events` can name.
+pub const NOTIFY_EVENTS: &[&str] = &[
+    "node_up",
+    "node_down",
+    "role_changed",
+    "primary_changed",
+    "fenced",
+    "unfenced",
+    "split_brain",
+    "split_brain_resolved",
+    "lag_over_threshold",
+    "lag_under_threshold",
+];
 
 /// Parameters every transaction-mode client keeps as its own, whichever
 /// server it lands on: the ones PostgreSQL reports in ParameterStatus that a
@@ -654,6 +706,88 @@ mod raw {
         pub databases: BTreeMap<String, Database>,
         #[serde(default)]
         pub users: BTreeMap<String, User>,
+        #[serde(default)]
+        pub notify: Notify,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Notify {
+        pub webhook_urls: Vec<String>,
+        pub telegram_bot_token: String,
+        pub telegram_chat_id: String,
+        pub telegram_api_url: String,
+        pub events: Vec<String>,
+        pub instance: String,
+        pub ca_file: String,
+        pub timeout: f64,
+    }
+
+    impl Default for Notify {
+        fn default() -> Self {
+            Notify {
+                webhook_urls: Vec::new(),
+                telegram_bot_token: String::new(),
+                telegram_chat_id: String::new(),
+                telegram_api_url: "https://api.telegram.org".into(),
+                events: Vec::new(),
+                instance: String::new(),
+                ca_file: "/etc/ssl/certs/ca-certificates.crt".into(),
+                timeout: 10.0,
+            }
+        }
+    }
+
+    impl Notify {
+        fn validate(self) -> Result<super::Notify, ConfigError> {
+            for url in self.webhook_urls.iter().chain([&self.telegram_api_url]) {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid(
+                        "notify",
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+            if let Some(e) = self
+                .events
+                .iter()
+                .find(|e| !NOTIFY_EVENTS.contains(&e.as_str()))
+            {
+                return Err(invalid(
+                    "notify.events",
+                    format!("unknown event {e:?} (known: {})", NOTIFY_EVENTS.join(", ")),
+                ));
+            }
+            let telegram = match (
+                self.telegram_bot_token.is_empty(),
+                self.telegram_chat_id.is_empty(),
+            ) {
+                (true, true) => None,
+                (false, false) => Some(super::Telegram {
+                    bot_token: self.telegram_bot_token,
+                    chat_id: self.telegram_chat_id,
+                    api_url: self.telegram_api_url.trim_end_matches('/').to_owned(),
+                }),
+                _ => {
+                    return Err(invalid(
+                        "notify",
+                        "telegram_bot_token and telegram_chat_id go together",
+                    ))
+                }
+            };
+            let timeout = seconds("notify.timeout", self.timeout)?;
+            if timeout.is_zero() {
+                return Err(invalid("notify.timeout", "must be more than 0"));
+            }
+            Ok(super::Notify {
+                webhook_urls: self.webhook_urls,
+                telegram,
+                events: self.events,
+                instance: self.instance,
+                ca_file: self.ca_file.into(),
+                timeout,
+            })
+        }
     }
 
     #[derive(Deserialize)]
@@ -993,6 +1127,7 @@ mod raw {
                 }],
                 databases: BTreeMap::new(),
                 users: BTreeMap::new(),
+                notify: Notify::default(),
             };
             file.validate().map(|c| c.general)
         }
@@ -1225,6 +1360,7 @@ mod raw {
 
             Ok(super::Config {
                 general,
+                notify: self.notify.validate()?,
                 listeners,
                 nodes,
                 databases,
@@ -1265,6 +1401,51 @@ mod tests {
         name = "pg1"
         host = "127.0.0.1"
     "#;
+
+    #[test]
+    fn notify_defaults_to_nobody_and_reads_its_section() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert!(c.notify.webhook_urls.is_empty() && c.notify.telegram.is_none());
+        assert_eq!(c.notify.timeout, Duration::from_secs(10));
+        let c = Config::parse(&format!(
+            "{MINIMAL}\n[notify]\nwebhook_urls = [\"https://h.example/x\"]\n\
+             telegram_bot_token = \"1:T\"\ntelegram_chat_id = \"-5\"\n\
+             telegram_api_url = \"http://127.0.0.1:8081/\"\nevents = [\"primary_changed\"]\n\
+             instance = \"edge\"\ntimeout = 2.5\nca_file = \"/etc/ca.pem\"\n"
+        ))
+        .unwrap();
+        let n = c.notify;
+        assert_eq!(n.webhook_urls, ["https://h.example/x"]);
+        let t = n.telegram.unwrap();
+        assert_eq!((t.bot_token.as_str(), t.chat_id.as_str()), ("1:T", "-5"));
+        assert_eq!(t.api_url, "http://127.0.0.1:8081");
+        assert_eq!(n.events, ["primary_changed"]);
+        assert_eq!(n.instance, "edge");
+        assert_eq!(n.timeout, Duration::from_millis(2500));
+        assert_eq!(n.ca_file, std::path::Path::new("/etc/ca.pem"));
+    }
+
+    #[test]
+    fn notify_mistakes_are_refused_with_the_reason() {
+        let err = |section: &str| {
+            Config::parse(&format!("{MINIMAL}\n[notify]\n{section}\n"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("events = [\"primary_change\"]");
+        assert!(
+            e.contains("\"primary_change\"") && e.contains("primary_changed"),
+            "{e}"
+        );
+        let e = err("webhook_urls = [\"hooks.example/x\"]");
+        assert!(e.contains("not an http:// or https:// URL"), "{e}");
+        let e = err("telegram_bot_token = \"1:T\"");
+        assert!(e.contains("go together"), "{e}");
+        let e = err("timeout = 0");
+        assert!(e.contains("notify.timeout"), "{e}");
+        let e = err("webhook = \"http://x/\"");
+        assert!(e.contains("webhook"), "{e}");
+    }
 
     #[test]
     fn database_and_user_limits_default_to_the_global_ones() {

@@ -115,9 +115,14 @@ pub(crate) async fn start(
 ) -> anyhow::Result<(pgherd_proxy::Proxy, Option<std::net::SocketAddr>)> {
     let addr = config.general.listen_addr;
     let admin_addr = config.general.admin_listen_addr;
+    let notify = config.notify.clone();
     let proxy = pgherd_proxy::Proxy::bind(config)
         .await
         .with_context(|| format!("binding {addr}"))?;
+    match pgherd_notify::start(&notify, proxy.handle().cluster().subscribe())? {
+        0 => {}
+        n => tracing::info!("cluster changes are notified to {n} destination(s)"),
+    }
     for (a, target) in proxy.listen_addrs()? {
         tracing::info!("pgherd listening on {a} (default target {target:?})");
     }

@@ -98,6 +98,8 @@ pub struct PgherdBuilder {
     nodes: Vec<(String, u16, Vec<String>)>,
     databases: Vec<String>,
     users: Vec<String>,
+    /// `key = value` lines of the `[notify]` section.
+    notify: Vec<String>,
 }
 
 impl PgherdBuilder {
@@ -122,6 +124,7 @@ impl PgherdBuilder {
                 format!("app = {{ password = \"{}\" }}", cluster.app_verifier),
                 format!("md5user = {{ password = \"{MD5_PASSWORD}\" }}"),
             ],
+            notify: Vec::new(),
         }
     }
 
@@ -156,6 +159,12 @@ impl PgherdBuilder {
     /// Removes the `*` database entry.
     pub fn without_fallback(mut self) -> Self {
         self.databases.retain(|d| !d.starts_with("\"*\""));
+        self
+    }
+
+    /// Adds a `[notify]` line.
+    pub fn notify(mut self, line: &str) -> Self {
+        self.notify.push(line.into());
         self
     }
 
@@ -228,13 +237,23 @@ impl PgherdBuilder {
             t.push_str(l);
             t.push('\n');
         }
+        if !self.notify.is_empty() {
+            t.push_str("\n[notify]\n");
+            for l in &self.notify {
+                t.push_str(l);
+                t.push('\n');
+            }
+        }
         t
     }
 
     /// Starts pgherd in the current tokio runtime.
     pub async fn start(&self) -> RunningPgherd {
         let config = pgherd_config::Config::parse(&self.toml()).expect("valid test config");
+        let notify = config.notify.clone();
         let proxy = Proxy::bind(config).await.expect("bind pgherd");
+        pgherd_notify::start(&notify, proxy.handle().cluster().subscribe())
+            .expect("start notifications");
         let addr = proxy.local_addr().expect("local addr");
         let listeners = proxy
             .listen_addrs()

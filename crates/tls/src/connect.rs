@@ -338,6 +338,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PostgresTlsStream<S> {
     }
 }
 
+/// A connector for `https://` URLs (notifications): the certificates in
+/// `ca_file` (PEM, the system's bundle by default) as trust anchors, full
+/// verification of the URL's host name, TLS 1.2 and 1.3.
+pub fn https_connector(ca_file: &std::path::Path) -> Result<TlsConnector, TlsError> {
+    let roots = files::roots(ca_file)?;
+    let config = ClientConfig::builder_with_provider(crate::provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

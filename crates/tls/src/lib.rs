@@ -23,7 +23,7 @@ mod files;
 mod stream;
 
 pub use accept::ClientTls;
-pub use connect::{PostgresTls, ServerTls};
+pub use connect::{https_connector, PostgresTls, ServerTls};
 pub use stream::Stream;
 
 use pgherd_config::General;

@@ -1,0 +1,455 @@
+//! Tells people when the cluster changes: a JSON `POST` to each webhook and
+//! a message to a Telegram chat, for every cluster event (`[notify]`).
+//!
+//! The setups pgherd replaces send these alerts from shell scripts hooked
+//! into repmgr or keepalived, which only see what their own host saw.
+//! pgherd sees what it routes by: its probes decide which node is the
+//! primary, which standbys serve reads and which node is fenced, so its
+//! events say what clients actually get.
+//!
+//! Delivery never holds up the proxy or the probes. The probes publish
+//! events on a broadcast channel; one task here reads them and hands each
+//! destination its own copy through a bounded queue, and each destination
+//! has a task that sends them in order, trying again after 1 s and 5 s when
+//! the other end fails (a connection error, a timeout, HTTP 429 or 5xx; any
+//! other answer is final). A dead or slow destination delays only its own
+//! queue; past [`QUEUE`] waiting notifications, new ones for it are
+//! dropped and logged.
+
+#![forbid(unsafe_code)]
+
+mod http;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use pgherd_cluster::ClusterEvent;
+use pgherd_config::Notify;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
+use tokio_rustls::TlsConnector;
+
+use crate::http::Endpoint;
+
+/// Notifications that may wait for one destination.
+pub const QUEUE: usize = 64;
+
+/// The waits before the second and third attempt at a delivery.
+const RETRY_WAITS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
+
+/// Why notifications could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("notify: {url}: {why}")]
+    Url { url: String, why: String },
+    #[error("notify.ca_file: {0}")]
+    Tls(#[from] pgherd_tls::TlsError),
+}
+
+/// One place notifications go. (No `Debug`: the endpoint's path may hold
+/// a secret, Telegram's token always does.)
+struct Destination {
+    /// For logs: a webhook's URL without its path (paths often hold
+    /// secrets), or "telegram".
+    label: String,
+    endpoint: Endpoint,
+    /// Telegram: the chat to write to; webhooks: `None`.
+    telegram_chat: Option<String>,
+}
+
+impl Destination {
+    /// The request body announcing `event`.
+    fn body(&self, event: &ClusterEvent, instance: &str, at: u64) -> Bytes {
+        let text = text(event, instance);
+        let json = match &self.telegram_chat {
+            Some(chat) => serde_json::json!({
+                "chat_id": chat,
+                "text": text,
+                "disable_web_page_preview": true,
+            }),
+            // `text` first: Slack, Mattermost and Rocket.Chat incoming
+            // webhooks show it as it is.
+            None => serde_json::json!({
+                "text": text,
+                "source": "pgherd",
+                "instance": instance,
+                "event": event.kind(),
+                "message": event.to_string(),
+                "time": at,
+            }),
+        };
+        Bytes::from(json.to_string())
+    }
+}
+
+/// The one-line announcement of `event`.
+fn text(event: &ClusterEvent, instance: &str) -> String {
+    if instance.is_empty() {
+        format!("pgherd: {event}")
+    } else {
+        format!("pgherd {instance}: {event}")
+    }
+}
+
+/// The destinations `settings` names.
+fn destinations(settings: &Notify) -> Result<Vec<Destination>, NotifyError> {
+    let parse = |url: &str| {
+        Endpoint::parse(url).map_err(|why| NotifyError::Url {
+            url: url.to_owned(),
+            why,
+        })
+    };
+    let mut all = Vec::new();
+    for url in &settings.webhook_urls {
+        let endpoint = parse(url)?;
+        all.push(Destination {
+            label: format!(
+                "webhook {}://{}:{}",
+                if endpoint.https { "https" } else { "http" },
+                endpoint.host,
+                endpoint.port
+            ),
+            endpoint,
+            telegram_chat: None,
+        });
+    }
+    if let Some(t) = &settings.telegram {
+        // The token is part of the path: `parse` errors would show it.
+        let endpoint = Endpoint::parse(&format!("{}/bot{}/sendMessage", t.api_url, t.bot_token))
+            .map_err(|why| NotifyError::Url {
+                url: t.api_url.clone(),
+                why,
+            })?;
+        all.push(Destination {
+            label: "telegram".into(),
+            endpoint,
+            telegram_chat: Some(t.chat_id.clone()),
+        });
+    }
+    Ok(all)
+}
+
+/// Starts announcing `events` as `settings` says, on the current runtime.
+/// Returns how many destinations there are (0: nothing was started). The
+/// tasks end when the events' sender is dropped.
+pub fn start(
+    settings: &Notify,
+    events: broadcast::Receiver<ClusterEvent>,
+) -> Result<usize, NotifyError> {
+    let destinations = destinations(settings)?;
+    if destinations.is_empty() {
+        return Ok(0);
+    }
+    let tls = match destinations.iter().any(|d| d.endpoint.https) {
+        true => Some(pgherd_tls::https_connector(&settings.ca_file)?),
+        false => None,
+    };
+    let count = destinations.len();
+    let mut queues = Vec::with_capacity(count);
+    for destination in destinations {
+        let destination = Arc::new(destination);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(deliver(
+            Arc::clone(&destination),
+            rx,
+            tls.clone(),
+            settings.timeout,
+        ));
+        queues.push((destination, tx));
+    }
+    tokio::spawn(dispatch(
+        events,
+        settings.events.clone(),
+        settings.instance.clone(),
+        queues,
+    ));
+    Ok(count)
+}
+
+/// Reads the cluster's events and queues the wanted ones (`wanted` empty:
+/// all) for every destination.
+async fn dispatch(
+    mut events: broadcast::Receiver<ClusterEvent>,
+    wanted: Vec<String>,
+    instance: String,
+    queues: Vec<(Arc<Destination>, mpsc::Sender<Bytes>)>,
+) {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!("{n} cluster events were not notified (too many at once)");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if !wanted.is_empty() && !wanted.iter().any(|w| w == event.kind()) {
+            continue;
+        }
+        let at = unix_now();
+        for (destination, queue) in &queues {
+            if queue
+                .try_send(destination.body(&event, &instance, at))
+                .is_err()
+            {
+                tracing::warn!(
+                    "{}: notification dropped, {QUEUE} are waiting: {event}",
+                    destination.label
+                );
+            }
+        }
+    }
+}
+
+/// Sends one destination's notifications in order, each up to three times.
+async fn deliver(
+    destination: Arc<Destination>,
+    mut queue: mpsc::Receiver<Bytes>,
+    tls: Option<TlsConnector>,
+    timeout: Duration,
+) {
+    let label = &destination.label;
+    while let Some(body) = queue.recv().await {
+        let mut waits = RETRY_WAITS.iter();
+        loop {
+            let sent = tokio::time::timeout(
+                timeout,
+                http::post(&destination.endpoint, body.clone(), tls.as_ref()),
+            )
+            .await;
+            let failure = match outcome(sent, timeout) {
+                Outcome::Delivered => {
+                    tracing::debug!("{label}: notification delivered");
+                    break;
+                }
+                Outcome::Refused(why) => {
+                    tracing::warn!("{label}: notification refused ({why}), not sent again");
+                    break;
+                }
+                Outcome::Failed(why) => why,
+            };
+            match waits.next() {
+                Some(wait) => {
+                    tracing::info!(
+                        "{label}: notification failed ({failure}), trying again in {wait:?}"
+                    );
+                    tokio::time::sleep(*wait).await;
+                }
+                None => {
+                    tracing::warn!(
+                        "{label}: notification lost after {} attempts: {failure}",
+                        RETRY_WAITS.len() + 1
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// What became of one attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    /// An answer that another attempt would not change (a bad token, a
+    /// chat that does not exist, a URL that is not found).
+    Refused(String),
+    /// Worth another attempt: no answer, HTTP 429 or a server error.
+    Failed(String),
+}
+
+fn outcome(
+    sent: Result<Result<StatusCode, http::PostError>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+) -> Outcome {
+    match sent {
+        Ok(Ok(status)) if status.is_success() => Outcome::Delivered,
+        Ok(Ok(status)) if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => {
+            Outcome::Failed(format!("HTTP {status}"))
+        }
+        Ok(Ok(status)) => Outcome::Refused(format!("HTTP {status}")),
+        Ok(Err(e)) => Outcome::Failed(e.to_string()),
+        Err(_) => Outcome::Failed(format!("no answer within {timeout:?}")),
+    }
+}
+
+/// When an event was seen: seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgherd_config::Telegram;
+
+    fn settings() -> Notify {
+        Notify {
+            webhook_urls: vec!["https://hooks.example.com/services/SECRET".into()],
+            telegram: Some(Telegram {
+                bot_token: "123:TOKEN".into(),
+                chat_id: "-100200".into(),
+                api_url: "http://127.0.0.1:8081".into(),
+            }),
+            events: Vec::new(),
+            instance: String::new(),
+            ca_file: "/nonexistent".into(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn failover() -> ClusterEvent {
+        ClusterEvent::PrimaryChanged {
+            from: Some("pg0".into()),
+            to: Some("pg1".into()),
+        }
+    }
+
+    fn json(b: &Bytes) -> serde_json::Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn labels_keep_secrets_out_of_logs() {
+        let d = destinations(&settings()).unwrap();
+        assert_eq!(d[0].label, "webhook https://hooks.example.com:443");
+        assert_eq!(d[1].label, "telegram");
+        assert_eq!(
+            format!("{:?}", settings().telegram),
+            "Some(Telegram { chat_id: \"-100200\", api_url: \"http://127.0.0.1:8081\", .. })"
+        );
+    }
+
+    #[test]
+    fn a_webhook_gets_the_event_as_json_with_a_chat_friendly_text() {
+        let d = destinations(&settings()).unwrap();
+        let body = json(&d[0].body(&failover(), "", 1_700_000_000));
+        assert_eq!(body["text"], "pgherd: primary changed: pg0 -> pg1");
+        assert_eq!(body["event"], "primary_changed");
+        assert_eq!(body["message"], "primary changed: pg0 -> pg1");
+        assert_eq!(body["source"], "pgherd");
+        assert_eq!(body["instance"], "");
+        assert_eq!(body["time"], 1_700_000_000);
+        let named = json(&d[0].body(&failover(), "edge-1", 0));
+        assert_eq!(named["text"], "pgherd edge-1: primary changed: pg0 -> pg1");
+    }
+
+    #[test]
+    fn telegram_gets_send_message_for_its_chat() {
+        let d = destinations(&settings()).unwrap();
+        assert_eq!(
+            d[1].endpoint,
+            Endpoint::parse("http://127.0.0.1:8081/bot123:TOKEN/sendMessage").unwrap()
+        );
+        let body = json(&d[1].body(&failover(), "", 0));
+        assert_eq!(body["chat_id"], "-100200");
+        assert_eq!(body["text"], "pgherd: primary changed: pg0 -> pg1");
+    }
+
+    #[test]
+    fn a_bad_url_or_missing_roots_stop_the_start() {
+        let mut s = settings();
+        s.webhook_urls = vec!["http://".into()];
+        let (_tx, rx) = broadcast::channel(4);
+        let err = start(&s, rx).unwrap_err().to_string();
+        assert!(err.contains("http://"), "{err}");
+
+        // An https:// URL needs the CA bundle.
+        let (_tx, rx) = broadcast::channel(4);
+        let err = start(&settings(), rx).unwrap_err().to_string();
+        assert!(
+            err.contains("notify.ca_file") && err.contains("/nonexistent"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn only_429_and_server_errors_are_tried_again() {
+        let t = Duration::from_secs(1);
+        assert_eq!(outcome(Ok(Ok(StatusCode::OK)), t), Outcome::Delivered);
+        assert_eq!(
+            outcome(Ok(Ok(StatusCode::NO_CONTENT)), t),
+            Outcome::Delivered
+        );
+        assert!(matches!(
+            outcome(Ok(Ok(StatusCode::TOO_MANY_REQUESTS)), t),
+            Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            outcome(Ok(Ok(StatusCode::BAD_GATEWAY)), t),
+            Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            outcome(Ok(Ok(StatusCode::NOT_FOUND)), t),
+            Outcome::Refused(_)
+        ));
+        assert!(matches!(
+            outcome(Ok(Ok(StatusCode::UNAUTHORIZED)), t),
+            Outcome::Refused(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn dispatch_queues_the_wanted_events_for_every_destination() {
+        let mut s = settings();
+        s.webhook_urls = vec!["http://127.0.0.1:1/a".into(), "http://127.0.0.1:1/b".into()];
+        s.telegram = None;
+        let ds = destinations(&s).unwrap();
+        let (events_tx, events_rx) = broadcast::channel(16);
+        let mut rxs = Vec::new();
+        let mut queues = Vec::new();
+        for d in ds {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            queues.push((Arc::new(d), tx));
+            rxs.push(rx);
+        }
+        let wanted = vec!["primary_changed".to_owned()];
+        let task = tokio::spawn(dispatch(events_rx, wanted, "x".into(), queues));
+        events_tx
+            .send(ClusterEvent::NodeUp { node: "pg2".into() })
+            .unwrap();
+        events_tx.send(failover()).unwrap();
+        drop(events_tx);
+        task.await.unwrap();
+        for rx in &mut rxs {
+            let body = json(&rx.recv().await.unwrap());
+            assert_eq!(body["event"], "primary_changed");
+            // node_up was not wanted, and nothing else came.
+            assert!(rx.recv().await.is_none());
+        }
+    }
+
+    #[test]
+    fn every_event_kind_can_be_named_in_the_config() {
+        let events = [
+            ClusterEvent::NodeUp { node: "a".into() },
+            ClusterEvent::NodeDown {
+                node: "a".into(),
+                reason: "r".into(),
+            },
+            ClusterEvent::RoleChanged {
+                node: "a".into(),
+                from: pgherd_cluster::Role::Primary,
+                to: pgherd_cluster::Role::Standby,
+            },
+            failover(),
+            ClusterEvent::Fenced {
+                node: "a".into(),
+                reason: "r".into(),
+            },
+            ClusterEvent::Unfenced { node: "a".into() },
+            ClusterEvent::SplitBrainDetected {
+                primaries: vec!["a".into(), "b".into()],
+            },
+            ClusterEvent::SplitBrainResolved,
+            ClusterEvent::LagOverThreshold { node: "a".into() },
+            ClusterEvent::LagUnderThreshold { node: "a".into() },
+        ];
+        let kinds: Vec<&str> = events.iter().map(ClusterEvent::kind).collect();
+        assert_eq!(kinds, pgherd_config::NOTIFY_EVENTS);
+    }
+}

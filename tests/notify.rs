@@ -1,0 +1,190 @@
+//! Notifications from a real cluster: a standby going down and coming back
+//! reaches a webhook and a Telegram chat (both served on loopback here),
+//! a failing webhook is tried again, and a dead one delays nobody.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pgherd_integration_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// One request a [`Receiver`] got.
+#[derive(Debug)]
+struct Received {
+    path: String,
+    body: serde_json::Value,
+}
+
+/// A loopback HTTP endpoint that records what is posted to it and answers
+/// with the given statuses in turn, then 200.
+struct Receiver {
+    addr: SocketAddr,
+    got: mpsc::UnboundedReceiver<Received>,
+}
+
+impl Receiver {
+    async fn start(mut statuses: Vec<u16>) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, got) = mpsc::unbounded_channel();
+        statuses.reverse();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let Some((path, body)) = read_request(&mut conn).await else {
+                    continue;
+                };
+                let status = statuses.pop().unwrap_or(200);
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+                let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                let _ = tx.send(Received { path, body });
+            }
+        });
+        Receiver { addr, got }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The next request announcing `event`, skipping others (at start
+    /// pgherd announces what it finds: nodes up, the primary).
+    async fn next_event(&mut self, event: &str) -> Received {
+        loop {
+            let got = self.next().await;
+            let kind = match got.body.get("event") {
+                Some(kind) => kind.as_str().map(str::to_owned),
+                // Telegram's body has only the text.
+                None => got.body["text"].as_str().map(|t| {
+                    if t.ends_with(" is down") || t.contains(" is down: ") {
+                        "node_down".to_owned()
+                    } else if t.ends_with(" is up") {
+                        "node_up".to_owned()
+                    } else {
+                        String::new()
+                    }
+                }),
+            };
+            if kind.as_deref() == Some(event) {
+                return got;
+            }
+        }
+    }
+
+    /// The next request, waiting up to 30 s.
+    async fn next(&mut self) -> Received {
+        tokio::time::timeout(Duration::from_secs(30), self.got.recv())
+            .await
+            .expect("a notification within 30 s")
+            .expect("the receiver runs")
+    }
+}
+
+/// Reads one request: its path and body (by `content-length`).
+async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let path = head.split_whitespace().nth(1)?.to_owned();
+    let head = head.to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some((path, buf[head_end..head_end + length].to_vec()))
+}
+
+/// A loopback port nothing listens on.
+async fn dead_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_going_down_and_up_reaches_webhooks_and_telegram() {
+    let mut cluster = TestCluster::start(1);
+    let standby = cluster.pg.node(1).name.clone();
+    // The webhook fails once (503): it must be sent again.
+    let mut hook = Receiver::start(vec![503]).await;
+    let mut telegram = Receiver::start(Vec::new()).await;
+    let dead = format!("http://127.0.0.1:{}/hook", dead_port().await);
+    let pgherd = cluster
+        .pgherd()
+        .notify(&format!(
+            "webhook_urls = [\"{dead}\", \"{}\"]",
+            hook.url("/pgherd?team=db")
+        ))
+        .notify("telegram_bot_token = \"123:ABC\"")
+        .notify("telegram_chat_id = \"-42\"")
+        .notify(&format!("telegram_api_url = \"{}\"", telegram.url("")))
+        .notify("events = [\"node_down\", \"node_up\"]")
+        .notify("instance = \"edge-1\"")
+        .notify("timeout = 2")
+        .start()
+        .await;
+    pgherd
+        .wait_topology("both nodes up", |t| t.nodes.iter().all(|n| n.up))
+        .await;
+
+    // The first notification (whatever it announces) was answered 503:
+    // it is sent again before anything else.
+    let first = hook.next().await;
+    let again = hook.next().await;
+    assert_eq!(again.body, first.body);
+
+    cluster.pg.stop(1, StopMode::Fast).unwrap();
+
+    let down = hook.next_event("node_down").await;
+    assert_eq!(down.path, "/pgherd?team=db");
+    assert_eq!(down.body["instance"], "edge-1");
+    let text = down.body["text"].as_str().unwrap().to_owned();
+    assert!(
+        text.starts_with(&format!("pgherd edge-1: node {standby} is down")),
+        "{text}"
+    );
+
+    let message = telegram.next_event("node_down").await;
+    assert_eq!(message.path, "/bot123:ABC/sendMessage");
+    assert_eq!(message.body["chat_id"], "-42");
+    assert_eq!(message.body["text"], text.as_str());
+
+    // The dead webhook holds up nobody: clients are served meanwhile.
+    let client = pgherd
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    assert_eq!(simple_value(&client, "SELECT 1").await, "1");
+
+    cluster.pg.restart(1).unwrap();
+    let up = telegram.next_event("node_up").await;
+    assert_eq!(
+        up.body["text"],
+        format!("pgherd edge-1: node {standby} is up").as_str()
+    );
+    let up = hook.next_event("node_up").await;
+    assert_eq!(up.body["message"], format!("node {standby} is up").as_str());
+}
