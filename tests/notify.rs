@@ -187,4 +187,39 @@ async fn a_standby_going_down_and_up_reaches_webhooks_and_telegram() {
     );
     let up = hook.next_event("node_up").await;
     assert_eq!(up.body["message"], format!("node {standby} is up").as_str());
+
+    // /metrics counts what became of them, per destination; the dead
+    // webhook's first notification is lost after its third attempt (~6 s).
+    let hook_label = format!("webhook http://{}", hook.addr);
+    let dead_label = format!(
+        "webhook http://127.0.0.1:{}",
+        dead.trim_start_matches("http://127.0.0.1:")
+            .trim_end_matches("/hook")
+    );
+    let count = |text: &str, destination: &str, outcome: &str| -> u64 {
+        let line = format!(
+            "pgherd_notifications_total{{destination=\"{destination}\",outcome=\"{outcome}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, text) = http_get(&pgherd, "/metrics").await;
+        assert_eq!(status, 200);
+        let delivered = count(&text, "telegram", "delivered");
+        let hook_delivered = count(&text, &hook_label, "delivered");
+        let lost = count(&text, &dead_label, "lost");
+        if delivered >= 2 && hook_delivered >= 2 && lost >= 1 {
+            assert_eq!(count(&text, &hook_label, "lost"), 0, "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "counters did not move: {delivered} {hook_delivered} {lost}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -43,7 +43,14 @@ use tokio::net::TcpListener;
 pub struct Admin {
     listener: TcpListener,
     proxy: ProxyHandle,
+    sources: Sources,
+}
+
+/// What the admin port shows besides the proxy's own state.
+#[derive(Debug, Clone, Default)]
+struct Sources {
     events: events::EventLog,
+    notifications: pgherd_notify::Notifications,
 }
 
 impl Admin {
@@ -52,8 +59,17 @@ impl Admin {
         Ok(Admin {
             listener: TcpListener::bind(addr).await?,
             proxy,
-            events,
+            sources: Sources {
+                events,
+                notifications: pgherd_notify::Notifications::default(),
+            },
         })
+    }
+
+    /// Shows these notification counters on `/metrics`.
+    pub fn with_notifications(mut self, notifications: pgherd_notify::Notifications) -> Admin {
+        self.sources.notifications = notifications;
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -76,12 +92,12 @@ impl Admin {
                 () = &mut shutdown => return,
             };
             let proxy = self.proxy.clone();
-            let events = self.events.clone();
+            let sources = self.sources.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let proxy = proxy.clone();
-                    let events = events.clone();
-                    async move { Ok::<_, Infallible>(route(&proxy, &events, &req).await) }
+                    let sources = sources.clone();
+                    async move { Ok::<_, Infallible>(route(&proxy, &sources, &req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -103,7 +119,7 @@ pub(crate) fn reply(status: StatusCode, content_type: &str, body: String) -> Res
 
 async fn route<B>(
     proxy: &ProxyHandle,
-    events: &events::EventLog,
+    sources: &Sources,
     req: &Request<B>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
@@ -154,12 +170,12 @@ async fn route<B>(
         "/" => reply(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            page::render(proxy, events),
+            page::render(proxy, &sources.events),
         ),
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            metrics::render(proxy),
+            metrics::render(proxy, &sources.notifications),
         ),
         "/health" | "/ready" | "/primary" | "/replica" => {
             let (status, body) = health::check(path, query, &proxy.topology());
@@ -171,7 +187,7 @@ async fn route<B>(
         "/api/v1/clients" => json(api::clients(proxy)),
         "/api/v1/servers" => json(api::servers(proxy)),
         "/api/v1/config" => json(api::config(proxy)),
-        "/api/v1/events" => json(api::events(events)),
+        "/api/v1/events" => json(api::events(&sources.events)),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",

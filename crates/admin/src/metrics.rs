@@ -8,13 +8,16 @@ use pgherd_cluster::Role;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
+use pgherd_notify::Notifications;
 use pgherd_proxy::{ProxyHandle, StatsSnapshot, DURATION_BUCKETS};
 use prometheus::{Counter, CounterVec, Encoder, Gauge, GaugeVec, Opts, Registry, TextEncoder};
 
-/// Renders every metric of `proxy` in the text exposition format.
-pub(crate) fn render(proxy: &ProxyHandle) -> String {
+/// Renders every metric of `proxy` and `notifications` in the text
+/// exposition format.
+pub(crate) fn render(proxy: &ProxyHandle, notifications: &Notifications) -> String {
     let registry = Registry::new();
     let result = fill(&registry, proxy).and_then(|()| {
+        notified(&registry, notifications)?;
         let mut out = Vec::new();
         TextEncoder::new().encode(&registry.gather(), &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())
@@ -173,6 +176,36 @@ fn gauge_vec(
     let g = GaugeVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(g.clone()))?;
     Ok(g)
+}
+
+/// `pgherd_notifications_total`: what became of each destination's
+/// notifications.
+fn notified(registry: &Registry, notifications: &Notifications) -> prometheus::Result<()> {
+    let mut destinations = notifications.destinations().peekable();
+    if destinations.peek().is_none() {
+        return Ok(());
+    }
+    let total = counter_vec(
+        registry,
+        "pgherd_notifications_total",
+        "Cluster-change notifications by destination and outcome: delivered, \
+         refused (an error answer), lost (still failing after the last attempt), \
+         dropped (the destination's queue was full).",
+        &["destination", "outcome"],
+    )?;
+    for (destination, counts) in destinations {
+        for (outcome, n) in [
+            ("delivered", &counts.delivered),
+            ("refused", &counts.refused),
+            ("lost", &counts.lost),
+            ("dropped", &counts.dropped),
+        ] {
+            total
+                .with_label_values(&[destination, outcome])
+                .inc_by(n.load(Ordering::Relaxed) as f64);
+        }
+    }
+    Ok(())
 }
 
 fn fill(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {

@@ -20,6 +20,7 @@
 
 mod http;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -51,12 +52,39 @@ pub enum NotifyError {
 /// One place notifications go. (No `Debug`: the endpoint's path may hold
 /// a secret, Telegram's token always does.)
 struct Destination {
-    /// For logs: a webhook's URL without its path (paths often hold
-    /// secrets), or "telegram".
+    /// For logs and metrics: a webhook's URL without its path (paths often
+    /// hold secrets), or "telegram".
     label: String,
     endpoint: Endpoint,
     /// Telegram: the chat to write to; webhooks: `None`.
     telegram_chat: Option<String>,
+    counts: Arc<Counts>,
+}
+
+/// What became of one destination's notifications so far.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Accepted (HTTP 2xx).
+    pub delivered: AtomicU64,
+    /// Answered with an error another attempt would not change.
+    pub refused: AtomicU64,
+    /// Still failing after the last attempt.
+    pub lost: AtomicU64,
+    /// Not queued: [`QUEUE`] were waiting already.
+    pub dropped: AtomicU64,
+}
+
+/// The destinations' counters, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Notifications(Arc<Vec<(String, Arc<Counts>)>>);
+
+impl Notifications {
+    /// Each destination's label (as in the logs) and counters.
+    pub fn destinations(&self) -> impl Iterator<Item = (&str, &Counts)> {
+        self.0
+            .iter()
+            .map(|(label, counts)| (label.as_str(), &**counts))
+    }
 }
 
 impl Destination {
@@ -113,6 +141,7 @@ fn destinations(settings: &Notify) -> Result<Vec<Destination>, NotifyError> {
             ),
             endpoint,
             telegram_chat: None,
+            counts: Arc::default(),
         });
     }
     if let Some(t) = &settings.telegram {
@@ -126,28 +155,34 @@ fn destinations(settings: &Notify) -> Result<Vec<Destination>, NotifyError> {
             label: "telegram".into(),
             endpoint,
             telegram_chat: Some(t.chat_id.clone()),
+            counts: Arc::default(),
         });
     }
     Ok(all)
 }
 
-/// Starts announcing `events` as `settings` says, on the current runtime.
-/// Returns how many destinations there are (0: nothing was started). The
+/// Starts announcing `events` as `settings` says, on the current runtime,
+/// and returns the destinations' counters (none: nothing was started). The
 /// tasks end when the events' sender is dropped.
 pub fn start(
     settings: &Notify,
     events: broadcast::Receiver<ClusterEvent>,
-) -> Result<usize, NotifyError> {
+) -> Result<Notifications, NotifyError> {
     let destinations = destinations(settings)?;
+    let counters = Notifications(Arc::new(
+        destinations
+            .iter()
+            .map(|d| (d.label.clone(), Arc::clone(&d.counts)))
+            .collect(),
+    ));
     if destinations.is_empty() {
-        return Ok(0);
+        return Ok(counters);
     }
     let tls = match destinations.iter().any(|d| d.endpoint.https) {
         true => Some(pgherd_tls::https_connector(&settings.ca_file)?),
         false => None,
     };
-    let count = destinations.len();
-    let mut queues = Vec::with_capacity(count);
+    let mut queues = Vec::with_capacity(destinations.len());
     for destination in destinations {
         let destination = Arc::new(destination);
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -165,7 +200,7 @@ pub fn start(
         settings.instance.clone(),
         queues,
     ));
-    Ok(count)
+    Ok(counters)
 }
 
 /// Reads the cluster's events and queues the wanted ones (`wanted` empty:
@@ -194,6 +229,7 @@ async fn dispatch(
                 .try_send(destination.body(&event, &instance, at))
                 .is_err()
             {
+                destination.counts.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     "{}: notification dropped, {QUEUE} are waiting: {event}",
                     destination.label
@@ -211,6 +247,7 @@ async fn deliver(
     timeout: Duration,
 ) {
     let label = &destination.label;
+    let counts = &destination.counts;
     while let Some(body) = queue.recv().await {
         let mut waits = RETRY_WAITS.iter();
         loop {
@@ -221,10 +258,12 @@ async fn deliver(
             .await;
             let failure = match outcome(sent, timeout) {
                 Outcome::Delivered => {
+                    counts.delivered.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("{label}: notification delivered");
                     break;
                 }
                 Outcome::Refused(why) => {
+                    counts.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("{label}: notification refused ({why}), not sent again");
                     break;
                 }
@@ -238,6 +277,7 @@ async fn deliver(
                     tokio::time::sleep(*wait).await;
                 }
                 None => {
+                    counts.lost.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         "{label}: notification lost after {} attempts: {failure}",
                         RETRY_WAITS.len() + 1
@@ -421,6 +461,30 @@ mod tests {
             // node_up was not wanted, and nothing else came.
             assert!(rx.recv().await.is_none());
         }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts() {
+        let mut s = settings();
+        s.webhook_urls = vec!["http://127.0.0.1:1/a".into()];
+        s.telegram = None;
+        let d = Arc::new(destinations(&s).unwrap().remove(0));
+        let counts = Arc::clone(&d.counts);
+        let (events_tx, events_rx) = broadcast::channel(16);
+        // Room for one, and nobody delivering.
+        let (tx, mut rx) = mpsc::channel(1);
+        let task = tokio::spawn(dispatch(
+            events_rx,
+            Vec::new(),
+            String::new(),
+            vec![(d, tx)],
+        ));
+        events_tx.send(failover()).unwrap();
+        events_tx.send(ClusterEvent::SplitBrainResolved).unwrap();
+        drop(events_tx);
+        task.await.unwrap();
+        assert_eq!(json(&rx.recv().await.unwrap())["event"], "primary_changed");
+        assert_eq!(counts.dropped.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -119,7 +119,8 @@ pub(crate) async fn start(
     let proxy = pgherd_proxy::Proxy::bind(config)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    match pgherd_notify::start(&notify, proxy.handle().cluster().subscribe())? {
+    let notifications = pgherd_notify::start(&notify, proxy.handle().cluster().subscribe())?;
+    match notifications.destinations().count() {
         0 => {}
         n => tracing::info!("cluster changes are notified to {n} destination(s)"),
     }
@@ -130,7 +131,8 @@ pub(crate) async fn start(
         Some(a) => {
             let admin = pgherd_admin::Admin::bind(a, proxy.handle())
                 .await
-                .with_context(|| format!("binding the admin port {a}"))?;
+                .with_context(|| format!("binding the admin port {a}"))?
+                .with_notifications(notifications);
             let bound = admin.local_addr()?;
             tracing::info!("admin HTTP (metrics, health, API) on http://{bound}/");
             tokio::spawn(admin.run(std::future::pending()));

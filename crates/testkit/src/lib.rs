@@ -252,7 +252,7 @@ impl PgherdBuilder {
         let config = pgherd_config::Config::parse(&self.toml()).expect("valid test config");
         let notify = config.notify.clone();
         let proxy = Proxy::bind(config).await.expect("bind pgherd");
-        pgherd_notify::start(&notify, proxy.handle().cluster().subscribe())
+        let notifications = pgherd_notify::start(&notify, proxy.handle().cluster().subscribe())
             .expect("start notifications");
         let addr = proxy.local_addr().expect("local addr");
         let listeners = proxy
@@ -268,7 +268,8 @@ impl PgherdBuilder {
             Some(a) => {
                 let admin = pgherd_admin::Admin::bind(a, handle.clone())
                     .await
-                    .expect("bind the admin port");
+                    .expect("bind the admin port")
+                    .with_notifications(notifications);
                 let bound = admin.local_addr().expect("admin addr");
                 tokio::spawn(admin.run(async move {
                     let _ = admin_stopped.await;
