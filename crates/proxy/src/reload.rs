@@ -9,8 +9,8 @@
 //! changes under an open transaction (as pgbouncer, existing server
 //! connections stay). What needs a restart — the sockets pgherd listens on,
 //! the node list and the probes' settings, the state file, the tracked
-//! parameters — keeps its running value, and the reload says which of those
-//! differ.
+//! parameters, `[notify]` — keeps its running value, and the reload says
+//! which of those differ.
 
 use std::sync::Arc;
 
@@ -57,6 +57,10 @@ pub(crate) fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'sta
         new.nodes = running.nodes.clone();
         kept.push("nodes");
     }
+    if running.notify != new.notify {
+        new.notify = running.notify.clone();
+        kept.push("notify");
+    }
     kept
 }
 
@@ -94,9 +98,13 @@ mod tests {
     use super::*;
 
     fn config(extra: &str, port: u16) -> Config {
+        config_with(extra, port, "")
+    }
+
+    fn config_with(extra: &str, port: u16, sections: &str) -> Config {
         Config::parse(&format!(
             "[pgherd]\nprobe_user = \"p\"\nlisten_addr = \"127.0.0.1:{port}\"\n{extra}\n\
-             [[nodes]]\nname = \"a\"\nhost = \"h\"\n"
+             [[nodes]]\nname = \"a\"\nhost = \"h\"\n{sections}"
         ))
         .unwrap()
     }
@@ -112,5 +120,14 @@ mod tests {
         assert_eq!(new.general.default_pool_size, 9, "reloadable: applied");
         let mut same = config("default_pool_size = 9", 6432);
         assert!(keep_restart_only(&running, &mut same).is_empty());
+
+        // The notifier started with the running [notify].
+        let mut notified = config_with(
+            "",
+            6432,
+            "[notify]\nwebhook_urls = [\"http://127.0.0.1:9/\"]\n",
+        );
+        assert_eq!(keep_restart_only(&running, &mut notified), ["notify"]);
+        assert_eq!(notified.notify, running.notify);
     }
 }
