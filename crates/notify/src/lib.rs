@@ -43,8 +43,10 @@ const RETRY_WAITS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(
 /// Why notifications could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    #[error("notify: {url}: {why}")]
-    Url { url: String, why: String },
+    /// `setting` names the URL (`webhook_urls[1]`): a webhook's URL is
+    /// often a secret, and is not repeated.
+    #[error("notify.{setting}: {why}")]
+    Url { setting: String, why: String },
     #[error("notify.ca_file: {0}")]
     Tls(#[from] pgherd_tls::TlsError),
 }
@@ -97,8 +99,8 @@ impl Destination {
                 "text": text,
                 "disable_web_page_preview": true,
             }),
-            // `text` first: Slack, Mattermost and Rocket.Chat incoming
-            // webhooks show it as it is.
+            // `text`: what Slack, Mattermost and Rocket.Chat incoming
+            // webhooks show as it is.
             None => serde_json::json!({
                 "text": text,
                 "source": "pgherd",
@@ -123,20 +125,20 @@ fn text(event: &ClusterEvent, instance: &str) -> String {
 
 /// The destinations `settings` names.
 fn destinations(settings: &Notify) -> Result<Vec<Destination>, NotifyError> {
-    let parse = |url: &str| {
-        Endpoint::parse(url).map_err(|why| NotifyError::Url {
-            url: url.to_owned(),
-            why,
-        })
+    let parse = |url: &str, setting: String| {
+        Endpoint::parse(url).map_err(|why| NotifyError::Url { setting, why })
     };
     let mut all = Vec::new();
-    for url in &settings.webhook_urls {
-        let endpoint = parse(url)?;
+    for (i, url) in settings.webhook_urls.iter().enumerate() {
+        let endpoint = parse(url, format!("webhook_urls[{i}]"))?;
+        let host = match endpoint.host.contains(':') {
+            true => format!("[{}]", endpoint.host),
+            false => endpoint.host.clone(),
+        };
         all.push(Destination {
             label: format!(
-                "webhook {}://{}:{}",
+                "webhook {}://{host}:{}",
                 if endpoint.https { "https" } else { "http" },
-                endpoint.host,
                 endpoint.port
             ),
             endpoint,
@@ -145,12 +147,8 @@ fn destinations(settings: &Notify) -> Result<Vec<Destination>, NotifyError> {
         });
     }
     if let Some(t) = &settings.telegram {
-        // The token is part of the path: `parse` errors would show it.
-        let endpoint = Endpoint::parse(&format!("{}/bot{}/sendMessage", t.api_url, t.bot_token))
-            .map_err(|why| NotifyError::Url {
-                url: t.api_url.clone(),
-                why,
-            })?;
+        let url = format!("{}/bot{}/sendMessage", t.api_url, t.bot_token);
+        let endpoint = parse(&url, "telegram_api_url".into())?;
         all.push(Destination {
             label: "telegram".into(),
             endpoint,
@@ -358,6 +356,12 @@ mod tests {
         let d = destinations(&settings()).unwrap();
         assert_eq!(d[0].label, "webhook https://hooks.example.com:443");
         assert_eq!(d[1].label, "telegram");
+        let mut v6 = settings();
+        v6.webhook_urls = vec!["http://[::1]:9000/SECRET".into()];
+        assert_eq!(
+            destinations(&v6).unwrap()[0].label,
+            "webhook http://[::1]:9000"
+        );
         assert_eq!(
             format!("{:?}", settings().telegram),
             "Some(Telegram { chat_id: \"-100200\", api_url: \"http://127.0.0.1:8081\", .. })"
@@ -393,10 +397,11 @@ mod tests {
     #[test]
     fn a_bad_url_or_missing_roots_stop_the_start() {
         let mut s = settings();
-        s.webhook_urls = vec!["http://".into()];
+        s.webhook_urls = vec!["https://h.example/ok".into(), "http://".into()];
         let (_tx, rx) = broadcast::channel(4);
         let err = start(&s, rx).unwrap_err().to_string();
-        assert!(err.contains("http://"), "{err}");
+        assert!(err.starts_with("notify.webhook_urls[1]: "), "{err}");
+        assert!(!err.contains("h.example"), "{err}");
 
         // An https:// URL needs the CA bundle.
         let (_tx, rx) = broadcast::channel(4);
