@@ -4,7 +4,8 @@
 #   cargo build --release && bash benches/callgrind.sh [path/to/pgherd]
 #
 # With CALLGRIND_OUT=FILE the profile is kept there, for
-# `callgrind_annotate --inclusive=yes FILE`.
+# `callgrind_annotate --inclusive=yes FILE`. PROTOCOL=extended (or
+# prepared) runs pgbench with that -M instead of simple.
 #
 # CPU time on a shared 2-core machine moves by ±20% from run to run; an
 # instruction count does not (±0.5% here on a quiet machine), so this is
@@ -80,7 +81,7 @@ for _ in $(seq 1 120); do
     sleep 0.5
 done
 sleep 2
-pgbench() { "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U demo -S -c 4 -n "$@" demo; }
+pgbench() { "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U demo -S -M "${PROTOCOL:-simple}" -c 4 -n "$@" demo; }
 pgbench -t 300 >/dev/null 2>&1
 callgrind_control -i on "$measured_pid" >/dev/null
 pgbench -t 1000 2>&1 | grep -E "processed|failed"
