@@ -222,4 +222,25 @@ async fn a_standby_going_down_and_up_reaches_webhooks_and_telegram() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The stats page lists the destinations with the same counts.
+    let (status, page) = http_get(&pgherd, "/").await;
+    assert_eq!(status, 200);
+    let section = &page[page
+        .find("<h2>Notifications</h2>")
+        .expect("a Notifications section")..];
+    // delivered, refused, lost, dropped
+    let cells = |label: &str| -> Vec<u64> {
+        let start = section
+            .find(&format!("<tr><td>{label}</td>"))
+            .unwrap_or_else(|| panic!("a row for {label}: {section}"));
+        let row = section[start..].split("</tr>").next().unwrap();
+        row.split("<td class=n>")
+            .skip(1)
+            .map(|c| c.trim_end_matches("</td>").parse().unwrap())
+            .collect()
+    };
+    let dead_row = cells(&dead_label);
+    assert_eq!(dead_row[..2], [0, 0], "{dead_row:?}");
+    assert!(dead_row[2] >= 1, "{dead_row:?}");
+    assert!(cells("telegram")[0] >= 2);
 }

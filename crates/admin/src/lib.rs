@@ -170,7 +170,7 @@ async fn route<B>(
         "/" => reply(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            page::render(proxy, &sources.events),
+            page::render(proxy, &sources.events, &sources.notifications),
         ),
         "/metrics" => reply(
             StatusCode::OK,

@@ -3,6 +3,8 @@
 //! scripts, no external assets, so it works offline and behind any proxy),
 //! refreshed by the browser every few seconds, readable on a phone.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use pgherd_cluster::Role;
 use pgherd_proxy::ProxyHandle;
 
@@ -54,7 +56,11 @@ th.n,td.n{text-align:right;font-variant-numeric:tabular-nums}
 ";
 
 /// Renders the page.
-pub(crate) fn render(proxy: &ProxyHandle, events: &EventLog) -> String {
+pub(crate) fn render(
+    proxy: &ProxyHandle,
+    events: &EventLog,
+    notifications: &pgherd_notify::Notifications,
+) -> String {
     let topology = proxy.topology();
     let config = proxy.config();
     let mut h = String::with_capacity(8 * 1024);
@@ -206,6 +212,27 @@ pub(crate) fn render(proxy: &ProxyHandle, events: &EventLog) -> String {
         ));
     }
     h.push_str("</table></section>");
+    let mut destinations = notifications.destinations().peekable();
+    if destinations.peek().is_some() {
+        h.push_str(
+            "<section><h2>Notifications</h2><table><tr><th>destination</th>\
+             <th class=n>delivered</th><th class=n>refused</th><th class=n>lost</th>\
+             <th class=n>dropped</th></tr>",
+        );
+        for (label, counts) in destinations {
+            let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            h.push_str(&format!(
+                "<tr><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td>\
+                 <td class=n>{}</td></tr>",
+                esc(label),
+                n(&counts.delivered),
+                n(&counts.refused),
+                n(&counts.lost),
+                n(&counts.dropped),
+            ));
+        }
+        h.push_str("</table></section>");
+    }
     h.push_str("<p class=muted>Also: <a href=/metrics>/metrics</a> · <a href=/api/v1/nodes>/api/v1/nodes</a> · \
                 <a href=/api/v1/pools>/api/v1/pools</a> · <a href=/api/v1/clients>/api/v1/clients</a> · \
                 <a href=/api/v1/events>/api/v1/events</a> · \
