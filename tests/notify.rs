@@ -244,3 +244,44 @@ async fn a_standby_going_down_and_up_reaches_webhooks_and_telegram() {
     assert!(dead_row[2] >= 1, "{dead_row:?}");
     assert!(cells("telegram")[0] >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_notification_reports_each_destination() {
+    let mut works = Receiver::start(Vec::new()).await;
+    // Telegram's answer to a wrong token.
+    let mut bad_token = Receiver::start(vec![401]).await;
+    let dead = format!("http://127.0.0.1:{}/x", dead_port().await);
+    let config = pgherd_config::Config::parse(&format!(
+        "[pgherd]\nprobe_user = \"p\"\n\n[[nodes]]\nname = \"a\"\nhost = \"127.0.0.1\"\n\n\
+         [notify]\nwebhook_urls = [\"{}\", \"{dead}\"]\ntelegram_bot_token = \"1:WRONG\"\n\
+         telegram_chat_id = \"7\"\ntelegram_api_url = \"{}\"\ntimeout = 2\n",
+        works.url("/hook"),
+        bad_token.url("")
+    ))
+    .unwrap();
+    let results = pgherd_notify::send_test(&config.notify, "hello")
+        .await
+        .unwrap();
+    let labels: Vec<&str> = results.iter().map(|(l, _)| l.as_str()).collect();
+    let dead_label = format!("webhook {}", dead.trim_end_matches("/x"));
+    assert_eq!(
+        labels,
+        [
+            format!("webhook http://{}", works.addr).as_str(),
+            dead_label.as_str(),
+            "telegram"
+        ]
+    );
+    assert_eq!(results[0].1, Ok(()));
+    let dead_err = results[1].1.as_ref().unwrap_err();
+    assert!(dead_err.starts_with("failed: connecting"), "{dead_err}");
+    let telegram_err = results[2].1.as_ref().unwrap_err();
+    assert_eq!(telegram_err, "refused: HTTP 401 Unauthorized");
+
+    let got = works.next().await;
+    assert_eq!(got.body["event"], "test");
+    assert_eq!(got.body["text"], "pgherd: hello");
+    let got = bad_token.next().await;
+    assert_eq!(got.path, "/bot1:WRONG/sendMessage");
+    assert_eq!(got.body["text"], "pgherd: hello");
+}

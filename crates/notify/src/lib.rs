@@ -92,7 +92,16 @@ impl Notifications {
 impl Destination {
     /// The request body announcing `event`.
     fn body(&self, event: &ClusterEvent, instance: &str, at: u64) -> Bytes {
-        let text = text(event, instance);
+        self.body_of(event.kind(), &event.to_string(), instance, at)
+    }
+
+    /// The request body announcing `message`, an event of type `kind`.
+    fn body_of(&self, kind: &str, message: &str, instance: &str, at: u64) -> Bytes {
+        let text = if instance.is_empty() {
+            format!("pgherd: {message}")
+        } else {
+            format!("pgherd {instance}: {message}")
+        };
         let json = match &self.telegram_chat {
             Some(chat) => serde_json::json!({
                 "chat_id": chat,
@@ -105,21 +114,12 @@ impl Destination {
                 "text": text,
                 "source": "pgherd",
                 "instance": instance,
-                "event": event.kind(),
-                "message": event.to_string(),
+                "event": kind,
+                "message": message,
                 "time": at,
             }),
         };
         Bytes::from(json.to_string())
-    }
-}
-
-/// The one-line announcement of `event`.
-fn text(event: &ClusterEvent, instance: &str) -> String {
-    if instance.is_empty() {
-        format!("pgherd: {event}")
-    } else {
-        format!("pgherd {instance}: {event}")
     }
 }
 
@@ -199,6 +199,36 @@ pub fn start(
         queues,
     ));
     Ok(counters)
+}
+
+/// Sends `message` once to every destination of `settings`, as a `test`
+/// event (`pgherd notify-test`), and says for each, by its label, whether
+/// it was delivered. No retries: the point is to see what fails.
+pub async fn send_test(
+    settings: &Notify,
+    message: &str,
+) -> Result<Vec<(String, Result<(), String>)>, NotifyError> {
+    let destinations = destinations(settings)?;
+    let tls = match destinations.iter().any(|d| d.endpoint.https) {
+        true => Some(pgherd_tls::https_connector(&settings.ca_file)?),
+        false => None,
+    };
+    let mut results = Vec::with_capacity(destinations.len());
+    for d in destinations {
+        let body = d.body_of("test", message, &settings.instance, unix_now());
+        let sent = tokio::time::timeout(
+            settings.timeout,
+            http::post(&d.endpoint, body, tls.as_ref()),
+        )
+        .await;
+        let result = match outcome(sent, settings.timeout) {
+            Outcome::Delivered => Ok(()),
+            Outcome::Refused(why) => Err(format!("refused: {why}")),
+            Outcome::Failed(why) => Err(format!("failed: {why}")),
+        };
+        results.push((d.label, result));
+    }
+    Ok(results)
 }
 
 /// Reads the cluster's events and queues the wanted ones (`wanted` empty:

@@ -39,6 +39,16 @@ enum Command {
     /// Prints a SCRAM-SHA-256 verifier for a password (read from stdin when
     /// not given), for the `[users]` section.
     ScramVerifier { password: Option<String> },
+    /// Sends a test message to every `[notify]` destination of a
+    /// configuration and says which received it (exit status 1 if any did
+    /// not).
+    NotifyTest {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The text to send.
+        #[arg(long, default_value = "test notification: this destination works")]
+        message: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,7 +79,40 @@ fn main() -> anyhow::Result<()> {
             println!("{}", pgherd_auth::make_scram_verifier(&password));
             Ok(())
         }
+        Command::NotifyTest {
+            config: path,
+            message,
+        } => {
+            let config = pgherd_config::Config::load(&path)
+                .with_context(|| format!("loading {}", path.display()))?;
+            runtime(1)?.block_on(notify_test(&config.notify, &message))
+        }
     }
+}
+
+/// `pgherd notify-test`: one line per destination, an error if any failed.
+async fn notify_test(settings: &pgherd_config::Notify, message: &str) -> anyhow::Result<()> {
+    let results = pgherd_notify::send_test(settings, message).await?;
+    if results.is_empty() {
+        anyhow::bail!("[notify] sets no webhook_urls and no telegram_bot_token/telegram_chat_id");
+    }
+    let mut failed = 0;
+    for (destination, result) in &results {
+        match result {
+            Ok(()) => println!("{destination}: delivered"),
+            Err(why) => {
+                failed += 1;
+                println!("{destination}: {why}");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} destination(s) did not get it",
+            results.len()
+        );
+    }
+    Ok(())
 }
 
 /// The runtime for `worker_threads` (see config/pgherd.toml): one thread
