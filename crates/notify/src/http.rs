@@ -4,8 +4,11 @@
 //! (and no second TLS stack) is pulled in.
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{CONTENT_TYPE, HOST, USER_AGENT};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HOST, RETRY_AFTER, USER_AGENT};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
@@ -70,13 +73,13 @@ pub(crate) enum PostError {
     Request(#[from] hyper::http::Error),
 }
 
-/// Sends `body` (JSON) to `to` and returns the response's status. `tls` is
-/// required for `https://` endpoints.
+/// Sends `body` (JSON) to `to` and returns the answer. `tls` is required
+/// for `https://` endpoints.
 pub(crate) async fn post(
     to: &Endpoint,
     body: Bytes,
     tls: Option<&TlsConnector>,
-) -> Result<StatusCode, PostError> {
+) -> Result<Answer, PostError> {
     let tcp = TcpStream::connect((to.host.as_str(), to.port))
         .await
         .map_err(PostError::Connect)?;
@@ -100,7 +103,7 @@ pub(crate) async fn post(
     }
 }
 
-async fn exchange<S>(stream: S, request: Request<Full<Bytes>>) -> Result<StatusCode, PostError>
+async fn exchange<S>(stream: S, request: Request<Full<Bytes>>) -> Result<Answer, PostError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -110,10 +113,53 @@ where
     // sender is dropped, so it never outlives this call by more than its
     // own shutdown.
     let driver = tokio::spawn(connection);
-    let status = sender.send_request(request).await.map(|r| r.status());
+    let answer = match sender.send_request(request).await {
+        Ok(response) => Ok(Answer::read(response).await),
+        Err(e) => Err(e),
+    };
     drop(sender);
     driver.abort();
-    Ok(status?)
+    Ok(answer?)
+}
+
+/// What an endpoint answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    /// With 429: how long the endpoint asks to wait, from a `Retry-After`
+    /// header (seconds) or, as Telegram's Bot API says it, the body's
+    /// `parameters.retry_after`.
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl Answer {
+    async fn read(response: hyper::Response<Incoming>) -> Answer {
+        let status = response.status();
+        if status != StatusCode::TOO_MANY_REQUESTS {
+            return Answer {
+                status,
+                retry_after: None,
+            };
+        }
+        let header = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let seconds = match header {
+            Some(seconds) => Some(seconds),
+            None => Limited::new(response.into_body(), 4096)
+                .collect()
+                .await
+                .ok()
+                .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body.to_bytes()).ok())
+                .and_then(|json| json["parameters"]["retry_after"].as_u64()),
+        };
+        Answer {
+            status,
+            retry_after: seconds.map(Duration::from_secs),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -169,10 +215,11 @@ mod tests {
             String::from_utf8(got).unwrap()
         });
         let to = Endpoint::parse(&format!("http://127.0.0.1:{port}/hook?k=v")).unwrap();
-        let status = post(&to, Bytes::from_static(b"{\"text\":\"hi\"}"), None)
+        let answer = post(&to, Bytes::from_static(b"{\"text\":\"hi\"}"), None)
             .await
             .unwrap();
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.retry_after, None);
         let request = server.await.unwrap().to_ascii_lowercase();
         assert!(
             request.starts_with("post /hook?k=v http/1.1\r\n"),
@@ -235,11 +282,45 @@ mod tests {
             let to = Endpoint::parse(&format!("https://127.0.0.1:{port}/hook")).unwrap();
             let sent = post(&to, Bytes::from_static(b"{}"), Some(&connector)).await;
             if valid {
-                assert_eq!(sent.unwrap(), StatusCode::NO_CONTENT);
+                assert_eq!(sent.unwrap().status, StatusCode::NO_CONTENT);
             } else {
                 let err = sent.unwrap_err();
                 assert!(matches!(err, PostError::Tls(_)), "{err}");
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_429_says_how_long_to_wait_in_a_header_or_telegrams_body() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let telegram = br#"{"ok":false,"error_code":429,"description":"retry after 3","parameters":{"retry_after":3}}"#;
+        let answers = [
+            b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\ncontent-length: 0\r\n\r\n".to_vec(),
+            [
+                format!(
+                    "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    telegram.len()
+                )
+                .as_bytes(),
+                telegram,
+            ]
+            .concat(),
+            b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        ];
+        let expected = [Some(7), Some(3), None];
+        for (answer, wait) in answers.into_iter().zip(expected) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                s.write_all(&answer).await.unwrap();
+            });
+            let to = Endpoint::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
+            let got = post(&to, Bytes::from_static(b"{}"), None).await.unwrap();
+            assert_eq!(got.status, StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(got.retry_after, wait.map(Duration::from_secs));
         }
     }
 }

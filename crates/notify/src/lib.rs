@@ -12,7 +12,8 @@
 //! destination its own copy through a bounded queue, and each destination
 //! has a task that sends them in order, trying again after 1 s and 5 s when
 //! the other end fails (a connection error, a timeout, HTTP 429 or 5xx; any
-//! other answer is final). A dead or slow destination delays only its own
+//! other answer is final), or later when a 429 says how long to wait
+//! (`Retry-After`, or Telegram's `retry_after`; at most a minute). A dead or slow destination delays only its own
 //! queue; past [`QUEUE`] waiting notifications, new ones for it are
 //! dropped and logged.
 
@@ -39,6 +40,10 @@ pub const QUEUE: usize = 64;
 
 /// The waits before the second and third attempt at a delivery.
 const RETRY_WAITS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
+
+/// The longest wait an endpoint's `Retry-After` can ask for: a rate limit
+/// that long is not worth holding later notifications for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Why notifications could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +229,7 @@ pub async fn send_test(
         let result = match outcome(sent, settings.timeout) {
             Outcome::Delivered => Ok(()),
             Outcome::Refused(why) => Err(format!("refused: {why}")),
-            Outcome::Failed(why) => Err(format!("failed: {why}")),
+            Outcome::Failed(why, _) => Err(format!("failed: {why}")),
         };
         results.push((d.label, result));
     }
@@ -284,7 +289,7 @@ async fn deliver(
                 http::post(&destination.endpoint, body.clone(), tls.as_ref()),
             )
             .await;
-            let failure = match outcome(sent, timeout) {
+            let (failure, asked) = match outcome(sent, timeout) {
                 Outcome::Delivered => {
                     counts.delivered.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("{label}: notification delivered");
@@ -295,14 +300,15 @@ async fn deliver(
                     tracing::warn!("{label}: notification refused ({why}), not sent again");
                     break;
                 }
-                Outcome::Failed(why) => why,
+                Outcome::Failed(why, asked) => (why, asked),
             };
             match waits.next() {
-                Some(wait) => {
+                Some(&planned) => {
+                    let wait = next_wait(planned, asked);
                     tracing::info!(
                         "{label}: notification failed ({failure}), trying again in {wait:?}"
                     );
-                    tokio::time::sleep(*wait).await;
+                    tokio::time::sleep(wait).await;
                 }
                 None => {
                     counts.lost.fetch_add(1, Ordering::Relaxed);
@@ -324,23 +330,30 @@ enum Outcome {
     /// An answer that another attempt would not change (a bad token, a
     /// chat that does not exist, a URL that is not found).
     Refused(String),
-    /// Worth another attempt: no answer, HTTP 429 or a server error.
-    Failed(String),
+    /// Worth another attempt: no answer, HTTP 429 or a server error; with
+    /// how long the endpoint asked to wait, if it did.
+    Failed(String, Option<Duration>),
 }
 
 fn outcome(
-    sent: Result<Result<StatusCode, http::PostError>, tokio::time::error::Elapsed>,
+    sent: Result<Result<http::Answer, http::PostError>, tokio::time::error::Elapsed>,
     timeout: Duration,
 ) -> Outcome {
     match sent {
-        Ok(Ok(status)) if status.is_success() => Outcome::Delivered,
-        Ok(Ok(status)) if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => {
-            Outcome::Failed(format!("HTTP {status}"))
+        Ok(Ok(a)) if a.status.is_success() => Outcome::Delivered,
+        Ok(Ok(a)) if a.status == StatusCode::TOO_MANY_REQUESTS || a.status.is_server_error() => {
+            Outcome::Failed(format!("HTTP {}", a.status), a.retry_after)
         }
-        Ok(Ok(status)) => Outcome::Refused(format!("HTTP {status}")),
-        Ok(Err(e)) => Outcome::Failed(e.to_string()),
-        Err(_) => Outcome::Failed(format!("no answer within {timeout:?}")),
+        Ok(Ok(a)) => Outcome::Refused(format!("HTTP {}", a.status)),
+        Ok(Err(e)) => Outcome::Failed(e.to_string(), None),
+        Err(_) => Outcome::Failed(format!("no answer within {timeout:?}"), None),
     }
+}
+
+/// The wait before the next attempt: the planned one, or longer when the
+/// endpoint asked (up to [`MAX_RETRY_AFTER`]).
+fn next_wait(planned: Duration, asked: Option<Duration>) -> Duration {
+    asked.map_or(planned, |a| planned.max(a.min(MAX_RETRY_AFTER)))
 }
 
 /// When an event was seen: seconds since the Unix epoch.
@@ -445,27 +458,43 @@ mod tests {
     #[test]
     fn only_429_and_server_errors_are_tried_again() {
         let t = Duration::from_secs(1);
-        assert_eq!(outcome(Ok(Ok(StatusCode::OK)), t), Outcome::Delivered);
+        let answer = |status, retry_after| {
+            Ok(Ok(http::Answer {
+                status,
+                retry_after,
+            }))
+        };
+        assert_eq!(outcome(answer(StatusCode::OK, None), t), Outcome::Delivered);
         assert_eq!(
-            outcome(Ok(Ok(StatusCode::NO_CONTENT)), t),
+            outcome(answer(StatusCode::NO_CONTENT, None), t),
             Outcome::Delivered
         );
+        let asked = Some(Duration::from_secs(3));
+        assert_eq!(
+            outcome(answer(StatusCode::TOO_MANY_REQUESTS, asked), t),
+            Outcome::Failed("HTTP 429 Too Many Requests".into(), asked)
+        );
         assert!(matches!(
-            outcome(Ok(Ok(StatusCode::TOO_MANY_REQUESTS)), t),
-            Outcome::Failed(_)
+            outcome(answer(StatusCode::BAD_GATEWAY, None), t),
+            Outcome::Failed(_, None)
         ));
         assert!(matches!(
-            outcome(Ok(Ok(StatusCode::BAD_GATEWAY)), t),
-            Outcome::Failed(_)
-        ));
-        assert!(matches!(
-            outcome(Ok(Ok(StatusCode::NOT_FOUND)), t),
+            outcome(answer(StatusCode::NOT_FOUND, None), t),
             Outcome::Refused(_)
         ));
         assert!(matches!(
-            outcome(Ok(Ok(StatusCode::UNAUTHORIZED)), t),
+            outcome(answer(StatusCode::UNAUTHORIZED, None), t),
             Outcome::Refused(_)
         ));
+    }
+
+    #[test]
+    fn a_retry_waits_as_long_as_asked_within_reason() {
+        let s = Duration::from_secs;
+        assert_eq!(next_wait(s(1), None), s(1));
+        assert_eq!(next_wait(s(1), Some(s(4))), s(4));
+        assert_eq!(next_wait(s(5), Some(s(2))), s(5));
+        assert_eq!(next_wait(s(1), Some(s(3600))), MAX_RETRY_AFTER);
     }
 
     #[tokio::test]
