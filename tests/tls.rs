@@ -348,6 +348,74 @@ async fn tls_on_both_sides_relays_transactions() {
     busy_transactions(&clients).await;
 }
 
+/// SCRAM-SHA-256-PLUS: clients that demand channel binding (libpq's
+/// `channel_binding=require`, tokio-postgres's `ChannelBinding::Require`)
+/// log in over TLS, bound to pgherd's certificate; without TLS there is
+/// nothing to bind to, and such a client gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_require_channel_binding_get_it_over_tls() {
+    let cluster = shared_cluster();
+    let pki = TestPki::new();
+    let pgherd = cluster
+        .pgherd()
+        .general("client_tls_sslmode = \"prefer\"")
+        .general(&pgherd_certificate(&pki.server_cert, &pki.server_key))
+        .start()
+        .await;
+    let ca = pki.ca_cert.display().to_string();
+    let bound = [
+        ("PGSSLMODE", "verify-full"),
+        ("PGSSLROOTCERT", ca.as_str()),
+        ("PGCHANNELBINDING", "require"),
+    ];
+    let out = psql_with_env(
+        &pgherd,
+        "app",
+        APP_PASSWORD,
+        "app",
+        &["-c", "SELECT 1"],
+        &bound,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    let out = psql_with_env(&pgherd, "app", "wrong", "app", &["-c", "SELECT 1"], &bound).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+
+    let (client, connection) = pgherd
+        .config("app", APP_PASSWORD, "app")
+        .ssl_mode(SslMode::Require)
+        .channel_binding(tokio_postgres::config::ChannelBinding::Require)
+        .connect(verifying_client(&pki.ca_cert, None))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    assert_eq!(simple_value(&client, "SELECT 1").await, "1");
+
+    let plain = [("PGSSLMODE", "disable"), ("PGCHANNELBINDING", "require")];
+    let out = psql_with_env(
+        &pgherd,
+        "app",
+        APP_PASSWORD,
+        "app",
+        &["-c", "SELECT 1"],
+        &plain,
+    )
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("channel binding"), "{stderr}");
+}
+
 /// A client that reads a large result slowly keeps pgherd's socket full:
 /// the relay's TLS writes block midway again and again, and every byte and
 /// the final ReadyForQuery must still arrive. (Records left in rustls after

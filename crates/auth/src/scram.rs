@@ -15,9 +15,17 @@
 //! A side effect worth keeping: a successful exchange *recovers* `ClientKey`,
 //! which is enough to log in to a PostgreSQL server holding the same verifier.
 //!
+//! Over TLS the exchange can be bound to the connection
+//! (`SCRAM-SHA-256-PLUS`, `tls-server-end-point`): the client's final
+//! message then carries a hash of the certificate it saw, which must be
+//! pgherd's, so a man in the middle with another certificate cannot relay
+//! the exchange.
+//!
 //! An unknown user gets a full exchange against a made-up verifier derived
 //! from a per-process secret, so the failure looks the same as a wrong
 //! password and the answer does not reveal whether the user exists.
+
+use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -28,8 +36,16 @@ use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The only mechanism pgherd offers (no channel binding while client TLS is off).
+/// SCRAM without channel binding, offered to every client.
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+
+/// SCRAM with `tls-server-end-point` channel binding, offered over TLS
+/// when pgherd's certificate defines binding data
+/// ([`ScramServer::with_channel_binding`]).
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// The one channel binding type PostgreSQL (and pgherd) supports.
+const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
 
 /// Why an exchange failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +130,11 @@ enum State {
         client_first_bare: String,
         server_first: String,
         nonce: String,
+        /// The client's GS2 header (`n,,`, `y,,` or
+        /// `p=tls-server-end-point,,`), which its final message repeats
+        /// with the binding data.
+        gs2_header: String,
+        binding: Option<Arc<[u8]>>,
     },
     Done,
 }
@@ -125,6 +146,10 @@ pub struct ScramServer {
     /// False for a mock verifier: the exchange runs but can never succeed.
     real: bool,
     state: State,
+    /// `tls-server-end-point` data of the TLS connection this runs over.
+    binding: Option<Arc<[u8]>>,
+    /// The client chose [`MECHANISM_PLUS`].
+    plus: bool,
 }
 
 impl std::fmt::Debug for ScramServer {
@@ -143,7 +168,41 @@ impl ScramServer {
             verifier,
             real,
             state: State::AwaitingClientFirst,
+            binding: None,
+            plus: false,
         }
+    }
+
+    /// The exchange runs over TLS with this channel binding data for the
+    /// server's certificate: [`MECHANISM_PLUS`] is offered, and a client
+    /// that could bind but thinks the server cannot is refused (a
+    /// downgrade).
+    pub fn with_channel_binding(mut self, data: Option<Arc<[u8]>>) -> Self {
+        self.binding = data;
+        self
+    }
+
+    /// The mechanisms to offer, preferred first.
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        match self.binding {
+            Some(_) => &[MECHANISM_PLUS, MECHANISM],
+            None => &[MECHANISM],
+        }
+    }
+
+    /// Takes the mechanism the client chose (SASLInitialResponse), before
+    /// its client-first message.
+    pub fn select(&mut self, mechanism: &str) -> Result<(), ScramError> {
+        self.plus = match mechanism {
+            MECHANISM => false,
+            MECHANISM_PLUS if self.binding.is_some() => true,
+            _ => {
+                return Err(ScramError::Protocol(
+                    "client selected an invalid SASL authentication mechanism",
+                ))
+            }
+        };
+        Ok(())
     }
 
     /// Takes the client-first message, returns the server-first message.
@@ -156,18 +215,37 @@ impl ScramServer {
         let (cbind, rest) = msg
             .split_once(',')
             .ok_or(ScramError::Protocol("missing GS2 header"))?;
-        match cbind {
-            "n" | "y" => {}
-            _ if cbind.starts_with("p=") => {
+        let binding = match (cbind, cbind.strip_prefix("p=")) {
+            ("n" | "y", _) if self.plus => {
                 return Err(ScramError::Protocol(
-                    "channel binding was not offered by the server",
+                    "the client selected SCRAM-SHA-256-PLUS but sent no channel binding data",
+                ))
+            }
+            ("n", _) => None,
+            ("y", _) if self.binding.is_some() => {
+                return Err(ScramError::Protocol(
+                    "SCRAM channel binding negotiation error: the client supports \
+                     channel binding and thinks the server does not, but it does",
+                ))
+            }
+            ("y", _) => None,
+            (_, Some(_)) if !self.plus => {
+                return Err(ScramError::Protocol(
+                    "the client selected SCRAM-SHA-256 but sent channel binding data",
+                ))
+            }
+            (_, Some(TLS_SERVER_END_POINT)) => self.binding.clone(),
+            (_, Some(_)) => {
+                return Err(ScramError::Protocol(
+                    "unsupported SCRAM channel-binding type",
                 ))
             }
             _ => return Err(ScramError::Protocol("invalid channel binding flag")),
-        }
+        };
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or(ScramError::Protocol("missing GS2 header"))?;
+        let gs2_header = msg[..msg.len() - bare.len()].to_owned();
         if !authzid.is_empty() {
             return Err(ScramError::Protocol(
                 "authorization identity is not supported",
@@ -198,6 +276,8 @@ impl ScramServer {
             client_first_bare: bare.to_owned(),
             server_first: server_first.clone(),
             nonce,
+            gs2_header,
+            binding,
         };
         Ok(server_first.into_bytes())
     }
@@ -209,6 +289,8 @@ impl ScramServer {
             client_first_bare,
             server_first,
             nonce,
+            gs2_header,
+            binding,
         } = std::mem::replace(&mut self.state, State::Done)
         else {
             return Err(ScramError::Protocol("unexpected client-final message"));
@@ -226,10 +308,12 @@ impl ScramServer {
                 got_cbind = Some(c);
             }
         }
-        // Without channel binding the client echoes its GS2 header: "n,," or "y,,".
-        match got_cbind {
-            Some("biws") | Some("eSws") => {}
-            _ => return Err(ScramError::Protocol("unexpected channel binding data")),
+        // The client repeats its GS2 header, followed by the binding data
+        // when it binds: "biws" is "n,,".
+        let mut expected = gs2_header.into_bytes();
+        expected.extend_from_slice(binding.as_deref().unwrap_or_default());
+        if got_cbind != Some(B64.encode(expected).as_str()) {
+            return Err(ScramError::Protocol("SCRAM channel binding check failed"));
         }
         if got_nonce != Some(nonce.as_str()) {
             return Err(ScramError::Protocol("nonce mismatch"));
@@ -480,6 +564,66 @@ mod tests {
             s.client_final(b"c=biws,r=other,p=AAAA"),
             Err(ScramError::Protocol("nonce mismatch"))
         ));
+    }
+
+    /// An exchange over TLS whose server certificate binds to `server_cert`,
+    /// the client choosing `mechanism` and seeing `client_binding`.
+    fn run_bound(
+        server_cert: &[u8],
+        mechanism: &str,
+        client_binding: ChannelBinding,
+    ) -> Result<[u8; 32], ScramError> {
+        let v = ScramVerifier::parse(&crate::make_scram_verifier("pw")).unwrap();
+        let mut client = ScramSha256::new(b"pw", client_binding);
+        let mut server = ScramServer::new(Some(v), "alice", &SECRET)
+            .with_channel_binding(Some(Arc::from(server_cert)));
+        assert_eq!(server.mechanisms(), [MECHANISM_PLUS, MECHANISM]);
+        server.select(mechanism)?;
+        let server_first = server.client_first(client.message())?;
+        client.update(&server_first).unwrap();
+        let (server_final, key) = server.client_final(client.message())?;
+        client.finish(&server_final).unwrap();
+        Ok(key)
+    }
+
+    #[test]
+    fn channel_binding_ties_the_exchange_to_the_certificate() {
+        let cert = [42u8; 32];
+        let bound = || ChannelBinding::tls_server_end_point(cert.to_vec());
+        assert!(run_bound(&cert, MECHANISM_PLUS, bound()).is_ok());
+        // A client that saw another certificate (a man in the middle).
+        let other = ChannelBinding::tls_server_end_point(vec![7u8; 32]);
+        assert_eq!(
+            run_bound(&cert, MECHANISM_PLUS, other),
+            Err(ScramError::Protocol("SCRAM channel binding check failed"))
+        );
+        // A client that cannot bind uses the plain mechanism ("n").
+        assert!(run_bound(&cert, MECHANISM, ChannelBinding::unsupported()).is_ok());
+        // "y": it could bind but thinks the server cannot: a downgrade.
+        let downgraded = run_bound(&cert, MECHANISM, ChannelBinding::unrequested());
+        assert!(
+            matches!(downgraded, Err(ScramError::Protocol(m)) if m.contains("negotiation")),
+            "{downgraded:?}"
+        );
+        // Mechanism and message must agree.
+        assert!(run_bound(&cert, MECHANISM, bound()).is_err());
+        assert!(run_bound(&cert, MECHANISM_PLUS, ChannelBinding::unsupported()).is_err());
+    }
+
+    #[test]
+    fn plus_is_neither_offered_nor_accepted_without_binding_data() {
+        let mut s = ScramServer::new(None, "u", &SECRET);
+        assert_eq!(s.mechanisms(), [MECHANISM]);
+        assert!(s.select(MECHANISM_PLUS).is_err());
+        assert!(s.select("SCRAM-SHA-1").is_err());
+        assert!(s.select(MECHANISM).is_ok());
+        // Without binding on offer, "y" is fine.
+        let v = ScramVerifier::parse(&crate::make_scram_verifier("pw")).unwrap();
+        let mut client = ScramSha256::new(b"pw", ChannelBinding::unrequested());
+        let mut server = ScramServer::new(Some(v), "alice", &SECRET);
+        let first = server.client_first(client.message()).unwrap();
+        client.update(&first).unwrap();
+        assert!(server.client_final(client.message()).is_ok());
     }
 
     #[test]

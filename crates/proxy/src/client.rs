@@ -6,6 +6,7 @@
 //! PostgreSQL does).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use pgherd_auth::{ScramError, ScramServer};
@@ -219,8 +220,9 @@ impl Client {
         shared: &Shared,
         over_limit: bool,
         deadline: tokio::time::Instant,
+        channel_binding: Option<Arc<[u8]>>,
     ) -> Result<Box<Authenticated>, Refused> {
-        let login = Box::pin(self.login_steps(shared, over_limit));
+        let login = Box::pin(self.login_steps(shared, over_limit, channel_binding));
         match tokio::time::timeout_at(deadline, login).await {
             Ok(done) => done,
             Err(_) => {
@@ -230,10 +232,13 @@ impl Client {
         }
     }
 
+    /// `channel_binding`: SCRAM's binding data for the certificate this
+    /// client's TLS connection was accepted with (`None` without TLS).
     async fn login_steps(
         &mut self,
         shared: &Shared,
         over_limit: bool,
+        channel_binding: Option<Arc<[u8]>>,
     ) -> Result<Box<Authenticated>, Refused> {
         let startup = self.read_startup().await?;
         let tls = shared.tls();
@@ -287,12 +292,20 @@ impl Client {
         match auth_type {
             AuthType::Trust => {}
             AuthType::ScramSha256 => {
-                client_key = Some(self.scram(shared, &user, verifier, &mut out).await?);
+                let binding = channel_binding.clone();
+                client_key = Some(
+                    self.scram(shared, &user, verifier, binding, &mut out)
+                        .await?,
+                );
             }
             // pgbouncer's rule: a user with only a SCRAM secret logs in with
             // SCRAM even when auth_type is md5.
             AuthType::Md5 if md5.is_none() && verifier.is_some() => {
-                client_key = Some(self.scram(shared, &user, verifier, &mut out).await?);
+                let binding = channel_binding.clone();
+                client_key = Some(
+                    self.scram(shared, &user, verifier, binding, &mut out)
+                        .await?,
+                );
             }
             AuthType::Md5 => self.md5(&user, md5, &mut out).await?,
             AuthType::Plain => {
@@ -375,6 +388,7 @@ impl Client {
         shared: &Shared,
         user: &str,
         verifier: Option<pgherd_auth::ScramVerifier>,
+        channel_binding: Option<Arc<[u8]>>,
         out: &mut BytesMut,
     ) -> Result<[u8; 32], Refused> {
         let failed = || {
@@ -387,15 +401,16 @@ impl Client {
             ScramError::AuthFailed => failed(),
             ScramError::Protocol(m) => protocol_violation(m),
         };
-        let mut server = ScramServer::new(verifier, user, &shared.process_secret);
-        backend::authentication_sasl(out, &[pgherd_auth::scram::MECHANISM]);
+        let mut server = ScramServer::new(verifier, user, &shared.process_secret)
+            .with_channel_binding(channel_binding);
+        backend::authentication_sasl(out, server.mechanisms());
         self.stream.send(out).await?;
         out.clear();
 
         let body = self.read_password_message().await?;
         let initial = frontend::SaslInitialResponse::parse(&body)
             .ok_or_else(|| protocol_violation("malformed SASLInitialResponse"))?;
-        if initial.mechanism != pgherd_auth::scram::MECHANISM {
+        if server.select(initial.mechanism).is_err() {
             return Err(protocol_violation(format!(
                 "client selected an invalid SASL authentication mechanism {:?}",
                 initial.mechanism

@@ -118,8 +118,16 @@ async fn begin(
             return None;
         }
     };
+    // Channel binding data for the certificate this handshake used.
+    let channel_binding = match client.stream.is_tls() {
+        true => tls.client.channel_binding(),
+        false => None,
+    };
     drop(tls);
-    let auth = match client.login(shared, over_limit, deadline).await {
+    let auth = match client
+        .login(shared, over_limit, deadline, channel_binding)
+        .await
+    {
         Ok(auth) => auth,
         Err(Refused::Cancel { pid, secret }) => {
             forward_cancel(shared, pid, &secret).await;

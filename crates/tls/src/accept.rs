@@ -15,13 +15,16 @@ use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::{files, Stream, TlsError};
+use crate::{binding, files, Stream, TlsError};
 
 /// The client side's TLS, ready to accept handshakes.
 #[derive(Clone)]
 pub struct ClientTls {
     mode: SslMode,
     acceptor: Option<TlsAcceptor>,
+    /// SCRAM channel binding data for pgherd's certificate, when its
+    /// signature algorithm defines some (see `binding`).
+    channel_binding: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -43,6 +46,7 @@ impl ClientTls {
             return Ok(ClientTls {
                 mode: SslMode::Disable,
                 acceptor: None,
+                channel_binding: None,
             });
         };
         let builder = ServerConfig::builder_with_provider(crate::provider())
@@ -57,14 +61,23 @@ impl ClientTls {
             }
             _ => builder.with_no_client_auth(),
         };
-        let config = builder.with_single_cert(
-            files::certificates(cert_file)?,
-            files::private_key(key_file)?,
-        )?;
+        let chain = files::certificates(cert_file)?;
+        let channel_binding = chain
+            .first()
+            .and_then(|leaf| binding::tls_server_end_point(leaf))
+            .map(Arc::from);
+        let config = builder.with_single_cert(chain, files::private_key(key_file)?)?;
         Ok(ClientTls {
             mode: settings.sslmode,
             acceptor: Some(TlsAcceptor::from(Arc::new(config))),
+            channel_binding,
         })
+    }
+
+    /// SCRAM's `tls-server-end-point` data for connections this accepts:
+    /// with it, `SCRAM-SHA-256-PLUS` is offered to TLS clients.
+    pub fn channel_binding(&self) -> Option<Arc<[u8]>> {
+        self.channel_binding.clone()
     }
 
     pub fn mode(&self) -> SslMode {

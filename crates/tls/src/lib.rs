@@ -18,6 +18,7 @@
 //! strong choices), and TLS 1.0/1.1 cannot be enabled.
 
 mod accept;
+mod binding;
 mod connect;
 mod files;
 mod stream;
