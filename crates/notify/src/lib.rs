@@ -172,6 +172,7 @@ pub fn start(
     events: broadcast::Receiver<ClusterEvent>,
 ) -> Result<Notifications, NotifyError> {
     let destinations = destinations(settings)?;
+    let tls = connector(settings, &destinations)?;
     let counters = Notifications(Arc::new(
         destinations
             .iter()
@@ -181,10 +182,6 @@ pub fn start(
     if destinations.is_empty() {
         return Ok(counters);
     }
-    let tls = match destinations.iter().any(|d| d.endpoint.https) {
-        true => Some(pgherd_tls::https_connector(&settings.ca_file)?),
-        false => None,
-    };
     let mut queues = Vec::with_capacity(destinations.len());
     for destination in destinations {
         let destination = Arc::new(destination);
@@ -214,19 +211,11 @@ pub async fn send_test(
     message: &str,
 ) -> Result<Vec<(String, Result<(), String>)>, NotifyError> {
     let destinations = destinations(settings)?;
-    let tls = match destinations.iter().any(|d| d.endpoint.https) {
-        true => Some(pgherd_tls::https_connector(&settings.ca_file)?),
-        false => None,
-    };
+    let tls = connector(settings, &destinations)?;
     let mut results = Vec::with_capacity(destinations.len());
     for d in destinations {
         let body = d.body_of("test", message, &settings.instance, unix_now());
-        let sent = tokio::time::timeout(
-            settings.timeout,
-            http::post(&d.endpoint, body, tls.as_ref()),
-        )
-        .await;
-        let result = match outcome(sent, settings.timeout) {
+        let result = match attempt(&d, body, tls.as_ref(), settings.timeout).await {
             Outcome::Delivered => Ok(()),
             Outcome::Refused(why) => Err(format!("refused: {why}")),
             Outcome::Failed(why, _) => Err(format!("failed: {why}")),
@@ -234,6 +223,28 @@ pub async fn send_test(
         results.push((d.label, result));
     }
     Ok(results)
+}
+
+/// The TLS connector, when a destination is `https://`.
+fn connector(
+    settings: &Notify,
+    destinations: &[Destination],
+) -> Result<Option<TlsConnector>, NotifyError> {
+    Ok(match destinations.iter().any(|d| d.endpoint.https) {
+        true => Some(pgherd_tls::https_connector(&settings.ca_file)?),
+        false => None,
+    })
+}
+
+/// One delivery attempt, within `timeout` (connecting included).
+async fn attempt(
+    destination: &Destination,
+    body: Bytes,
+    tls: Option<&TlsConnector>,
+    timeout: Duration,
+) -> Outcome {
+    let sent = tokio::time::timeout(timeout, http::post(&destination.endpoint, body, tls)).await;
+    outcome(sent, timeout)
 }
 
 /// Reads the cluster's events and queues the wanted ones (`wanted` empty:
@@ -284,12 +295,8 @@ async fn deliver(
     while let Some(body) = queue.recv().await {
         let mut waits = RETRY_WAITS.iter();
         loop {
-            let sent = tokio::time::timeout(
-                timeout,
-                http::post(&destination.endpoint, body.clone(), tls.as_ref()),
-            )
-            .await;
-            let (failure, asked) = match outcome(sent, timeout) {
+            let sent = attempt(&destination, body.clone(), tls.as_ref(), timeout).await;
+            let (failure, asked) = match sent {
                 Outcome::Delivered => {
                     counts.delivered.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("{label}: notification delivered");
