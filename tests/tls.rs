@@ -416,6 +416,52 @@ async fn clients_that_require_channel_binding_get_it_over_tls() {
     assert!(stderr.contains("channel binding"), "{stderr}");
 }
 
+/// A certificate signed with Ed25519 defines no channel binding data: pgherd
+/// offers plain SCRAM only, so a client that requires binding gives up and
+/// one that merely prefers it logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_binding_data_plus_is_not_offered() {
+    let cluster = shared_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.path().join("ed.crt"), dir.path().join("ed.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let pgherd = cluster
+        .pgherd()
+        .general("client_tls_sslmode = \"require\"")
+        .general(&pgherd_certificate(&cert_file, &key_file))
+        .start()
+        .await;
+    let run = |binding: &'static str| {
+        let env = [("PGSSLMODE", "require"), ("PGCHANNELBINDING", binding)];
+        let pgherd = &pgherd;
+        async move {
+            psql_with_env(
+                pgherd,
+                "app",
+                APP_PASSWORD,
+                "app",
+                &["-c", "SELECT 1"],
+                &env,
+            )
+            .await
+        }
+    };
+    let out = run("require").await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("channel binding"), "{stderr}");
+    let out = run("prefer").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A client that reads a large result slowly keeps pgherd's socket full:
 /// the relay's TLS writes block midway again and again, and every byte and
 /// the final ReadyForQuery must still arrive. (Records left in rustls after
