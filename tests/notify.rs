@@ -239,6 +239,21 @@ async fn a_standby_going_down_and_up_reaches_webhooks_and_telegram() {
             .map(|c| c.trim_end_matches("</td>").parse().unwrap())
             .collect()
     };
+    // And /api/v1/notifications, for scripts.
+    let (status, api) = http_get(&pgherd, "/api/v1/notifications").await;
+    assert_eq!(status, 200);
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    let listed: Vec<&str> = api["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["destination"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [dead_label.as_str(), hook_label.as_str(), "telegram"]
+    );
+    assert!(api["destinations"][2]["delivered"].as_u64().unwrap() >= 2);
     let dead_row = cells(&dead_label);
     assert_eq!(dead_row[..2], [0, 0], "{dead_row:?}");
     assert!(dead_row[2] >= 1, "{dead_row:?}");

@@ -79,6 +79,25 @@ pub(crate) fn events(log: &crate::events::EventLog) -> String {
     json!({ "events": events }).to_string()
 }
 
+/// `/api/v1/notifications`: what became of each `[notify]` destination's
+/// notifications (labels as in the logs: no webhook path, no bot token).
+pub(crate) fn notifications(n: &pgherd_notify::Notifications) -> String {
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let destinations: Vec<Value> = n
+        .destinations()
+        .map(|(label, c)| {
+            json!({
+                "destination": label,
+                "delivered": count(&c.delivered),
+                "refused": count(&c.refused),
+                "lost": count(&c.lost),
+                "dropped": count(&c.dropped),
+            })
+        })
+        .collect();
+    json!({ "destinations": destinations }).to_string()
+}
+
 /// Seconds since the Unix epoch.
 fn unix(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)

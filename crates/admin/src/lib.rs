@@ -1,6 +1,6 @@
 //! pgherd's admin HTTP port: what operators and their tools look at.
 //!
-//! * `/` — the HTML stats page: nodes, pools, recent events;
+//! * `/` — the HTML stats page: nodes, pools, recent events, notifications;
 //! * `/metrics` — Prometheus text format, rendered at scrape time from
 //!   snapshots (the data path only updates counters in place and never waits
 //!   for a scrape);
@@ -8,7 +8,8 @@
 //!   pgsqlchk / Patroni convention (200 or 503 with a one-line text body), for
 //!   keepalived scripts, Kubernetes probes and external load balancers;
 //! * `/api/v1/nodes`, `/pools`, `/databases`, `/clients`, `/servers`,
-//!   `/events`, `/config` — JSON for scripts and dashboards (no secrets);
+//!   `/events`, `/notifications`, `/config` — JSON for scripts and
+//!   dashboards (no secrets);
 //! * control, `POST` only, an `admin_users` member with HTTP basic auth:
 //!   `/api/v1/pause`, `/api/v1/resume` (every database), `/api/v1/reload`,
 //!   `/api/v1/reconnect`,
@@ -188,12 +189,13 @@ async fn route<B>(
         "/api/v1/servers" => json(api::servers(proxy)),
         "/api/v1/config" => json(api::config(proxy)),
         "/api/v1/events" => json(api::events(&sources.events)),
+        "/api/v1/notifications" => json(api::notifications(&sources.notifications)),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
             "not found; try /, /metrics, /health, /ready, /primary, /replica, \
              /api/v1/nodes, /api/v1/pools, /api/v1/databases, /api/v1/clients, \
-             /api/v1/servers, /api/v1/events, /api/v1/config\n"
+             /api/v1/servers, /api/v1/events, /api/v1/notifications, /api/v1/config\n"
                 .into(),
         ),
     }
