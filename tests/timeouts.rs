@@ -401,3 +401,63 @@ async fn database_and_user_entries_override_the_limits() {
     let postgres = pools.iter().find(|p| p.database == "postgres").unwrap();
     assert_eq!(postgres.status.total, 1, "no minimum there: {pools:?}");
 }
+
+/// The keepalive timer `ss` shows on the established socket whose local
+/// port is `port`, in seconds: what remains before the first probe. (While
+/// sent data awaits its ACK the socket shows the retransmission timer
+/// instead: looked at again for up to 5 s.)
+async fn keepalive_timer(port: u16) -> f64 {
+    let mut text = String::new();
+    for _ in 0..50 {
+        let out = tokio::process::Command::new("ss")
+            .args(["-tnoH", "state", "established"])
+            .arg(format!("( sport = :{port} )"))
+            .output()
+            .await
+            .expect("ss (iproute2) runs");
+        text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("timer:(keepalive,") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let timer = text
+        .split("timer:(keepalive,")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no keepalive timer on port {port}: {text:?}"));
+    let value = timer.split(',').next().unwrap_or("");
+    let number = |unit: &str| value.strip_suffix(unit).and_then(|v| v.parse::<f64>().ok());
+    number("sec")
+        .or_else(|| number("ms").map(|ms| ms / 1000.0))
+        .or_else(|| number("min").map(|m| m * 60.0))
+        .unwrap_or_else(|| panic!("unreadable timer {value:?}"))
+}
+
+/// `tcp_keepidle` and friends reach the socket pgherd accepted from its
+/// client and the one it opened to the server (the system's default would
+/// wait two hours before the first probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_keepalive_settings_reach_client_and_server_sockets() {
+    let cluster = shared_cluster();
+    let pgherd = cluster
+        .pgherd()
+        .general("tcp_keepidle = 7")
+        .general("tcp_keepintvl = 3")
+        .general("tcp_keepcnt = 2")
+        .general("tcp_user_timeout = 11")
+        .start()
+        .await;
+    let client = pgherd.app().await;
+    assert_eq!(simple_value(&client, "SELECT 1").await, "1");
+    let server_port = pgherd
+        .handle
+        .servers()
+        .iter()
+        .find_map(|s| s.local_addr)
+        .expect("a server connection with its local address")
+        .port();
+    for (side, port) in [("client", pgherd.addr.port()), ("server", server_port)] {
+        let left = keepalive_timer(port).await;
+        assert!(left <= 7.0, "{side} side: first probe in {left} s");
+    }
+}

@@ -75,6 +75,24 @@ pub struct Config {
     pub users: BTreeMap<String, User>,
 }
 
+/// pgbouncer's `tcp_keepalive`, `tcp_keepidle`, `tcp_keepintvl`,
+/// `tcp_keepcnt` and `tcp_user_timeout`, for client and server connections:
+/// how soon a peer whose host died (no FIN, no RST) is noticed. `None`: the
+/// operating system's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpOptions {
+    pub keepalive: bool,
+    /// Idle time before the first keepalive probe (Linux: 2 hours).
+    pub keepidle: Option<Duration>,
+    /// Between probes (Linux: 75 s).
+    pub keepintvl: Option<Duration>,
+    /// Unanswered probes before the connection is dropped (Linux: 9).
+    pub keepcnt: Option<u32>,
+    /// How long sent data may stay unacknowledged before the connection is
+    /// dropped (Linux: ~15 minutes of retransmissions).
+    pub user_timeout: Option<Duration>,
+}
+
 /// The `[notify]` section: who is told when the cluster changes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notify {
@@ -188,6 +206,8 @@ pub struct General {
     /// disconnected (their server rolled back or closed); `None`: never.
     pub idle_transaction_timeout: Option<Duration>,
     pub server_connect_timeout: Duration,
+    /// TCP keepalive and user timeout of client and server connections.
+    pub tcp: TcpOptions,
     /// After a server refused a pool's login, clients of that pool get the
     /// same error for this long instead of another attempt each.
     pub server_login_retry: Duration,
@@ -619,6 +639,11 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
             opt_secs(g.idle_transaction_timeout),
         ),
         ("server_connect_timeout", secs(g.server_connect_timeout)),
+        ("tcp_keepalive", u8::from(g.tcp.keepalive).to_string()),
+        ("tcp_keepidle", opt_secs(g.tcp.keepidle)),
+        ("tcp_keepintvl", opt_secs(g.tcp.keepintvl)),
+        ("tcp_keepcnt", g.tcp.keepcnt.unwrap_or(0).to_string()),
+        ("tcp_user_timeout", opt_secs(g.tcp.user_timeout)),
         ("server_login_retry", secs(g.server_login_retry)),
         ("query_wait_timeout", secs(g.query_wait_timeout)),
         ("client_login_timeout", secs(g.client_login_timeout)),
@@ -817,6 +842,11 @@ mod raw {
         pub client_idle_timeout: f64,
         pub idle_transaction_timeout: f64,
         pub server_connect_timeout: f64,
+        pub tcp_keepalive: bool,
+        pub tcp_keepidle: f64,
+        pub tcp_keepintvl: f64,
+        pub tcp_keepcnt: u32,
+        pub tcp_user_timeout: f64,
         pub server_login_retry: f64,
         pub query_wait_timeout: f64,
         pub client_login_timeout: f64,
@@ -891,6 +921,11 @@ mod raw {
                 client_idle_timeout: 0.0,
                 idle_transaction_timeout: 0.0,
                 server_connect_timeout: 15.0,
+                tcp_keepalive: true,
+                tcp_keepidle: 0.0,
+                tcp_keepintvl: 0.0,
+                tcp_keepcnt: 0,
+                tcp_user_timeout: 0.0,
                 server_login_retry: 15.0,
                 query_wait_timeout: 120.0,
                 client_login_timeout: 60.0,
@@ -1189,6 +1224,13 @@ mod raw {
                     "pgherd.server_connect_timeout",
                     g.server_connect_timeout,
                 )?,
+                tcp: TcpOptions {
+                    keepalive: g.tcp_keepalive,
+                    keepidle: optional("pgherd.tcp_keepidle", g.tcp_keepidle)?,
+                    keepintvl: optional("pgherd.tcp_keepintvl", g.tcp_keepintvl)?,
+                    keepcnt: (g.tcp_keepcnt > 0).then_some(g.tcp_keepcnt),
+                    user_timeout: optional("pgherd.tcp_user_timeout", g.tcp_user_timeout)?,
+                },
                 server_login_retry: seconds("pgherd.server_login_retry", g.server_login_retry)?,
                 query_wait_timeout: seconds("pgherd.query_wait_timeout", g.query_wait_timeout)?,
                 client_login_timeout: seconds(

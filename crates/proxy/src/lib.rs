@@ -42,6 +42,7 @@ pub mod reload;
 mod route;
 mod server;
 mod session;
+mod sockets;
 mod stats;
 mod upstream;
 

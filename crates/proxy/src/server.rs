@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use pgherd_auth::{ScramKeysClient, ScramVerifier, Secret};
+use pgherd_config::TcpOptions;
 use pgherd_tls::{ServerTls, Stream};
 use pgherd_wire::backend::{self, AuthRequest, ErrorFields, TxStatus};
 use pgherd_wire::{frontend, next_frame, Frame};
@@ -122,15 +123,17 @@ impl ServerConn {
         (node, host, port): (usize, &str, u16),
         (startup, tracked): (Startup, &Arc<Tracked>),
         credential: &ServerCredential,
-        tls: &ServerTls,
+        (tls, tcp): (&ServerTls, &TcpOptions),
         timeout: Duration,
     ) -> Result<ServerConn, ServerError> {
         let attempts = async {
             let at = (node, host, port);
-            match Self::connect_once(at, (startup.clone(), tracked), credential, tls, false).await {
+            let first = (tls, tcp, false);
+            match Self::connect_once(at, (startup.clone(), tracked), credential, first).await {
                 // `allow`: the server refused a plain login; try TLS.
                 Err(ServerError::Rejected(f)) if f.code == "28000" && tls.retries_with_tls() => {
-                    Self::connect_once(at, (startup, tracked), credential, tls, true).await
+                    let insisting = (tls, tcp, true);
+                    Self::connect_once(at, (startup, tracked), credential, insisting).await
                 }
                 done => done,
             }
@@ -144,13 +147,12 @@ impl ServerConn {
         (node, host, port): (usize, &str, u16),
         (startup, tracked): (Startup, &Arc<Tracked>),
         credential: &ServerCredential,
-        tls: &ServerTls,
-        insist_on_tls: bool,
+        (tls, options, insist_on_tls): (&ServerTls, &TcpOptions, bool),
     ) -> Result<ServerConn, ServerError> {
         let tcp = TcpStream::connect((host, port))
             .await
             .map_err(ServerError::Connect)?;
-        tcp.set_nodelay(true)?;
+        crate::sockets::tune(&tcp, options)?;
         let addr = tcp.peer_addr()?;
         let stream = tls
             .start(tcp, host, insist_on_tls)

@@ -104,8 +104,10 @@ async fn begin(
     connected: usize,
 ) -> Option<Box<Session>> {
     let shared = &*shared;
-    let _ = stream.set_nodelay(true);
     let config = shared.config();
+    if let Err(e) = crate::sockets::tune(&stream, &config.general.tcp) {
+        tracing::debug!(%peer, "setting TCP options failed: {e}");
+    }
     let over_limit = connected > config.general.max_client_conn;
     // One deadline for encryption and login together.
     let deadline = tokio::time::Instant::now() + config.general.client_login_timeout;

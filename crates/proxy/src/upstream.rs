@@ -348,7 +348,7 @@ pub(crate) async fn open(
         (node, &n.host, n.port),
         (params, &shared.tracked),
         credential,
-        &shared.tls().server,
+        (&shared.tls().server, &config.general.tcp),
         config.general.server_connect_timeout,
     )
     .await;
