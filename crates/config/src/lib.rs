@@ -199,6 +199,10 @@ pub struct General {
     pub server_check_delay: Duration,
     /// Empty: no check.
     pub server_check_query: String,
+    /// Log each client login and logout at `info` (pgbouncer's
+    /// `log_connections` / `log_disconnections`); otherwise at `debug`.
+    pub log_connections: bool,
+    pub log_disconnections: bool,
     /// Clients sending nothing for this long (outside a transaction) are
     /// disconnected; `None`: never.
     pub client_idle_timeout: Option<Duration>,
@@ -633,6 +637,11 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
         ("server_lifetime", opt_secs(g.server_lifetime)),
         ("server_check_delay", secs(g.server_check_delay)),
         ("server_check_query", g.server_check_query.clone()),
+        ("log_connections", u8::from(g.log_connections).to_string()),
+        (
+            "log_disconnections",
+            u8::from(g.log_disconnections).to_string(),
+        ),
         ("client_idle_timeout", opt_secs(g.client_idle_timeout)),
         (
             "idle_transaction_timeout",
@@ -839,6 +848,8 @@ mod raw {
         pub server_lifetime: f64,
         pub server_check_delay: f64,
         pub server_check_query: String,
+        pub log_connections: bool,
+        pub log_disconnections: bool,
         pub client_idle_timeout: f64,
         pub idle_transaction_timeout: f64,
         pub server_connect_timeout: f64,
@@ -918,6 +929,8 @@ mod raw {
                 server_lifetime: 3600.0,
                 server_check_delay: 30.0,
                 server_check_query: "select 1".into(),
+                log_connections: true,
+                log_disconnections: true,
                 client_idle_timeout: 0.0,
                 idle_transaction_timeout: 0.0,
                 server_connect_timeout: 15.0,
@@ -1215,6 +1228,8 @@ mod raw {
                 server_lifetime: optional("pgherd.server_lifetime", g.server_lifetime)?,
                 server_check_delay: seconds("pgherd.server_check_delay", g.server_check_delay)?,
                 server_check_query: g.server_check_query,
+                log_connections: g.log_connections,
+                log_disconnections: g.log_disconnections,
                 client_idle_timeout: optional("pgherd.client_idle_timeout", g.client_idle_timeout)?,
                 idle_transaction_timeout: optional(
                     "pgherd.idle_transaction_timeout",

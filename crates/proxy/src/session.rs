@@ -88,8 +88,21 @@ async fn run(slot: ClientSlot, begin: Pin<Box<impl Future<Output = Option<Box<Se
     // would be in every client's task.
     let failed = session.serve(shared).await.err().map(Box::new);
     shared.cancels.unregister(&session.cancel);
+    log_logout(shared, &session.me.info, failed.as_deref());
     if let Some(fields) = failed {
         Box::pin(session.client.send_error(&fields)).await;
+    }
+}
+
+/// pgbouncer's `log_disconnections`: who left, why, and after how long.
+fn log_logout(shared: &Shared, me: &ClientInfo, failed: Option<&ErrorFields>) {
+    let why = failed.map_or("client close request", |f| f.message.as_str());
+    let age = me.connected.elapsed().map_or(0.0, |d| d.as_secs_f64());
+    let (db, user, peer) = (&me.database, &me.user, me.addr);
+    if shared.config().general.log_disconnections {
+        tracing::info!("closing: db={db} user={user} from {peer}: {why} (age={age:.0}s)");
+    } else {
+        tracing::debug!("closing: db={db} user={user} from {peer}: {why} (age={age:.0}s)");
     }
 }
 
@@ -143,7 +156,14 @@ async fn begin(
             return None;
         }
     };
-    tracing::debug!(%peer, user = %auth.user, database = %auth.database, "client logged in");
+    // pgbouncer's `log_connections`.
+    let (db, user) = (&auth.database, &auth.user);
+    let tls = if client.stream.is_tls() { "yes" } else { "no" };
+    if shared.config().general.log_connections {
+        tracing::info!("login: db={db} user={user} tls={tls} from {peer}");
+    } else {
+        tracing::debug!("login: db={db} user={user} tls={tls} from {peer}");
+    }
     match start(shared, &mut client, auth, listener_target).await {
         Ok(Some(setup)) => Some(Box::new(Session {
             client,
