@@ -11,11 +11,11 @@
 //! `clock_gettime` and a subtraction is one instruction; the change saved
 //! 452 instructions per transaction.
 //!
-//! Stamps taken on every transaction use [`Micros::recent`]: like
+//! Stamps taken on every transaction use `Micros::recent`: like
 //! pgbouncer's cached loop time, the time the event loop woke up, read
 //! once per wake-up (the runtime calls [`loop_woke`]) instead of twice per
 //! transaction. A loop that stays busy without sleeping re-reads the clock
-//! every [`REREAD`] stamps, so a stamp is late by at most the time the loop
+//! every `REREAD` stamps, so a stamp is late by at most the time the loop
 //! took to hand out that many (a few transactions' work), not by how long
 //! the loop has been busy.
 
@@ -79,7 +79,7 @@ thread_local! {
 }
 
 /// The runtime's event loop on this thread woke up (tokio's
-/// `on_thread_unpark`): reads the clock for [`Micros::recent`].
+/// `on_thread_unpark`): reads the clock for `Micros::recent`.
 pub fn loop_woke() {
     LOOP_TIME.with(|cached| cached.set((Micros::now().0, 0)));
 }
