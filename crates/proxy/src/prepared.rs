@@ -22,7 +22,7 @@
 //! current batch are dropped.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -40,10 +40,12 @@ pub(crate) struct Statement {
     parse: Bytes,
 }
 
-/// A client's named statements.
+/// A client's named statements. A `BTreeMap`: 24 bytes and no allocation
+/// while empty (a `HashMap` is 48, in every idle client's session), and
+/// drivers name few statements per connection.
 #[derive(Debug, Default)]
 pub(crate) struct ClientStatements {
-    by_name: HashMap<Vec<u8>, Arc<Statement>>,
+    by_name: BTreeMap<Vec<u8>, Arc<Statement>>,
 }
 
 /// The statements prepared on one server connection.
