@@ -79,18 +79,27 @@ pub(crate) fn serve(
     run(ClientSlot(shared), Box::pin(begin))
 }
 
-async fn run(slot: ClientSlot, begin: Pin<Box<impl Future<Output = Option<Box<Session>>>>>) {
-    let Some(mut session) = begin.await else {
-        return;
-    };
-    let shared = &*slot.0;
-    // The error boxed: a 120-byte result kept across the await below
-    // would be in every client's task.
-    let failed = session.serve(shared).await.err().map(Box::new);
-    shared.cancels.unregister(&session.cancel);
-    log_logout(shared, &session.me.info, failed.as_deref());
-    if let Some(fields) = failed {
-        Box::pin(session.client.send_error(&fields)).await;
+/// An async block, not an async fn: an async fn keeps its arguments
+/// beside what the body moves them into, and this future is every
+/// client's task for its whole life.
+#[allow(clippy::manual_async_fn)]
+fn run(
+    slot: ClientSlot,
+    begin: Pin<Box<impl Future<Output = Option<Box<Session>>>>>,
+) -> impl Future<Output = ()> {
+    async move {
+        let Some(mut session) = begin.await else {
+            return;
+        };
+        let shared = &*slot.0;
+        // The error boxed: a 120-byte result kept across the await below
+        // would be in every client's task.
+        let failed = session.serve(shared).await.err().map(Box::new);
+        shared.cancels.unregister(&session.cancel);
+        log_logout(shared, &session.me.info, failed.as_deref());
+        if let Some(fields) = failed {
+            Box::pin(session.client.send_error(&fields)).await;
+        }
     }
 }
 
@@ -475,25 +484,46 @@ impl Session {
             // instructions per transaction than boxes under the limit).
             // KILL / KILL_CLIENT end the wait for a server; the relay
             // itself watches for them (`retire`).
-            let taken = match self.take_server_now(shared) {
-                Some(taken) => taken,
+            //
+            // The relay is boxed before anything is awaited: a server taken
+            // now (64 bytes) never sits in this future's state, which every
+            // idle client's task holds.
+            let now = self.relay_now(shared);
+            let next = match now {
+                Some(relay) => relay.await?,
                 None => {
-                    let taken = tokio::select! {
-                        biased;
-                        taken = Box::pin(self.take_server(shared)) => taken?,
-                        () = me.killed() => return Err(killed_by_admin()),
+                    drop(now);
+                    // Boxed in a block of its own: the server taken ends
+                    // there, not across the relay's await.
+                    let relay = {
+                        let taken = tokio::select! {
+                            biased;
+                            taken = Box::pin(self.take_server(shared)) => taken?,
+                            () = me.killed() => return Err(killed_by_admin()),
+                        };
+                        match taken {
+                            Some(taken) => Box::pin(self.relay_on(shared, taken)),
+                            None => return Ok(()),
+                        }
                     };
-                    let Some(taken) = taken else {
-                        return Ok(());
-                    };
-                    taken
+                    relay.await?
                 }
             };
-            match Box::pin(self.relay_on(shared, taken)).await? {
-                Next::Request => {}
-                Next::Leave => return Ok(()),
+            if let Next::Leave = next {
+                return Ok(());
             }
         }
+    }
+
+    /// The relay of the client's request on a server taken without waiting
+    /// ([`Session::take_server_now`]), boxed.
+    #[allow(clippy::type_complexity)]
+    fn relay_now<'a>(
+        &'a mut self,
+        shared: &'a Shared,
+    ) -> Option<Pin<Box<impl Future<Output = Result<Next, ErrorFields>> + 'a>>> {
+        let taken = self.take_server_now(shared)?;
+        Some(Box::pin(self.relay_on(shared, taken)))
     }
 
     /// [`Session::take_server`] when nothing has to wait: a transaction-mode
@@ -822,14 +852,15 @@ async fn apply_params(
 /// killed, or at `client_idle_timeout`; the session is nudged for the
 /// first two.
 ///
-/// Written as one poll function: this is the state an idle client waits
-/// in, and its size is every idle client's (a `select!` of the same was
-/// 344 bytes).
-async fn wait_for_request(
-    client: &mut Client,
+/// Written as one poll function, and not an async fn (which would keep its
+/// arguments beside the poll function's captures): this is the state an
+/// idle client waits in, and its size is every idle client's (a `select!`
+/// of the same was 344 bytes, the async fn 120, this 48).
+fn wait_for_request<'a>(
+    client: &'a mut Client,
     (max_packet_size, idle_limit): (usize, Option<std::time::Duration>),
-    (me, going): (&ClientInfo, &std::sync::atomic::AtomicBool),
-) -> Result<bool, ErrorFields> {
+    (me, going): (&'a ClientInfo, &'a std::sync::atomic::AtomicBool),
+) -> impl Future<Output = Result<bool, ErrorFields>> + 'a {
     // Allocated only with client_idle_timeout set: a timer inline would
     // grow every idle client.
     let mut idle_for = idle_limit.map(|d| Box::pin(tokio::time::sleep(d)));
@@ -837,7 +868,7 @@ async fn wait_for_request(
         // The buffer the login was read into: an idle client keeps none.
         buffers::give(std::mem::take(&mut client.buf));
     }
-    std::future::poll_fn(|cx| loop {
+    std::future::poll_fn(move |cx| loop {
         match pgherd_wire::frame::parse_header(&client.buf, max_packet_size) {
             Ok(Some((frontend::TERMINATE, _))) => return Poll::Ready(Ok(false)),
             Ok(Some(_)) => return Poll::Ready(Ok(true)),
@@ -878,7 +909,6 @@ async fn wait_for_request(
             Poll::Ready(Ok(_)) => {}
         }
     })
-    .await
 }
 
 /// Gives a clean server back to its pool, or closes it when `RECONNECT`
