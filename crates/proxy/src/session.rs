@@ -108,10 +108,18 @@ fn log_logout(shared: &Shared, me: &ClientInfo, failed: Option<&ErrorFields>) {
     let why = failed.map_or("client close request", |f| f.message.as_str());
     let age = me.connected.elapsed().map_or(0.0, |d| d.as_secs_f64());
     let (db, user, peer) = (&me.database, &me.user, me.addr);
-    if shared.config().general.log_disconnections {
-        tracing::info!("closing: db={db} user={user} from {peer}: {why} (age={age:.0}s)");
+    log_at_info(
+        shared.config().general.log_disconnections,
+        format_args!("closing: db={db} user={user} from {peer}: {why} (age={age:.0}s)"),
+    );
+}
+
+/// `log_connections` / `log_disconnections`: at info when on, else debug.
+fn log_at_info(on: bool, line: std::fmt::Arguments<'_>) {
+    if on {
+        tracing::info!("{line}");
     } else {
-        tracing::debug!("closing: db={db} user={user} from {peer}: {why} (age={age:.0}s)");
+        tracing::debug!("{line}");
     }
 }
 
@@ -168,11 +176,10 @@ async fn begin(
     // pgbouncer's `log_connections`.
     let (db, user) = (&auth.database, &auth.user);
     let tls = if client.stream.is_tls() { "yes" } else { "no" };
-    if shared.config().general.log_connections {
-        tracing::info!("login: db={db} user={user} tls={tls} from {peer}");
-    } else {
-        tracing::debug!("login: db={db} user={user} tls={tls} from {peer}");
-    }
+    log_at_info(
+        shared.config().general.log_connections,
+        format_args!("login: db={db} user={user} tls={tls} from {peer}"),
+    );
     match start(shared, &mut client, auth, listener_target).await {
         Ok(Some(setup)) => Some(Box::new(Session {
             client,
@@ -492,6 +499,7 @@ impl Session {
             let next = match now {
                 Some(relay) => relay.await?,
                 None => {
+                    // `None`, but its type borrows `self` until dropped.
                     drop(now);
                     // Boxed in a block of its own: the server taken ends
                     // there, not across the relay's await.
