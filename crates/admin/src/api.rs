@@ -82,17 +82,15 @@ pub(crate) fn events(log: &crate::events::EventLog) -> String {
 /// `/api/v1/notifications`: what became of each `[notify]` destination's
 /// notifications (labels as in the logs: no webhook path, no bot token).
 pub(crate) fn notifications(n: &pgherd_notify::Notifications) -> String {
-    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     let destinations: Vec<Value> = n
         .destinations()
-        .map(|(label, c)| {
-            json!({
-                "destination": label,
-                "delivered": count(&c.delivered),
-                "refused": count(&c.refused),
-                "lost": count(&c.lost),
-                "dropped": count(&c.dropped),
-            })
+        .map(|(label, counts)| {
+            let mut row = serde_json::Map::new();
+            row.insert("destination".into(), label.into());
+            for (outcome, count) in counts.outcomes() {
+                row.insert(outcome.into(), count.into());
+            }
+            Value::Object(row)
         })
         .collect();
     json!({ "destinations": destinations }).to_string()

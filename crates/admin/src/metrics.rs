@@ -194,15 +194,10 @@ fn notified(registry: &Registry, notifications: &Notifications) -> prometheus::R
         &["destination", "outcome"],
     )?;
     for (destination, counts) in destinations {
-        for (outcome, n) in [
-            ("delivered", &counts.delivered),
-            ("refused", &counts.refused),
-            ("lost", &counts.lost),
-            ("dropped", &counts.dropped),
-        ] {
+        for (outcome, n) in counts.outcomes() {
             total
                 .with_label_values(&[destination, outcome])
-                .inc_by(n.load(Ordering::Relaxed) as f64);
+                .inc_by(n as f64);
         }
     }
     Ok(())

@@ -3,8 +3,6 @@
 //! scripts, no external assets, so it works offline and behind any proxy),
 //! refreshed by the browser every few seconds, readable on a phone.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use pgherd_cluster::Role;
 use pgherd_proxy::ProxyHandle;
 
@@ -214,22 +212,17 @@ pub(crate) fn render(
     h.push_str("</table></section>");
     let mut destinations = notifications.destinations().peekable();
     if destinations.peek().is_some() {
-        h.push_str(
-            "<section><h2>Notifications</h2><table><tr><th>destination</th>\
-             <th class=n>delivered</th><th class=n>refused</th><th class=n>lost</th>\
-             <th class=n>dropped</th></tr>",
-        );
+        h.push_str("<section><h2>Notifications</h2><table><tr><th>destination</th>");
+        for outcome in pgherd_notify::OUTCOMES {
+            h.push_str(&format!("<th class=n>{outcome}</th>"));
+        }
+        h.push_str("</tr>");
         for (label, counts) in destinations {
-            let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-            h.push_str(&format!(
-                "<tr><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td>\
-                 <td class=n>{}</td></tr>",
-                esc(label),
-                n(&counts.delivered),
-                n(&counts.refused),
-                n(&counts.lost),
-                n(&counts.dropped),
-            ));
+            h.push_str(&format!("<tr><td>{}</td>", esc(label)));
+            for (_, n) in counts.outcomes() {
+                h.push_str(&format!("<td class=n>{n}</td>"));
+            }
+            h.push_str("</tr>");
         }
         h.push_str("</table></section>");
     }

@@ -58,6 +58,18 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// `scheme://host:port`: the URL without its path (paths often hold
+    /// secrets), for logs and metrics.
+    pub(crate) fn origin(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        match self.host.contains(':') {
+            true => format!("{scheme}://[{}]:{}", self.host, self.port),
+            false => format!("{scheme}://{}:{}", self.host, self.port),
+        }
+    }
+}
+
 /// Why a `POST` got no answer.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PostError {

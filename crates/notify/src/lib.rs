@@ -72,13 +72,30 @@ struct Destination {
 #[derive(Debug, Default)]
 pub struct Counts {
     /// Accepted (HTTP 2xx).
-    pub delivered: AtomicU64,
+    delivered: AtomicU64,
     /// Answered with an error another attempt would not change.
-    pub refused: AtomicU64,
+    refused: AtomicU64,
     /// Still failing after the last attempt.
-    pub lost: AtomicU64,
+    lost: AtomicU64,
     /// Not queued: [`QUEUE`] were waiting already.
-    pub dropped: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// The outcomes [`Counts::outcomes`] reports, in its order.
+pub const OUTCOMES: [&str; 4] = ["delivered", "refused", "lost", "dropped"];
+
+impl Counts {
+    /// Each outcome's count, in [`OUTCOMES`]' order, with its name.
+    pub fn outcomes(&self) -> [(&'static str, u64); 4] {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let counts = [
+            n(&self.delivered),
+            n(&self.refused),
+            n(&self.lost),
+            n(&self.dropped),
+        ];
+        std::array::from_fn(|i| (OUTCOMES[i], counts[i]))
+    }
 }
 
 /// The destinations' counters, for `/metrics`.
@@ -95,13 +112,8 @@ impl Notifications {
 }
 
 impl Destination {
-    /// The request body announcing `event`.
-    fn body(&self, event: &ClusterEvent, instance: &str, at: u64) -> Bytes {
-        self.body_of(event.kind(), &event.to_string(), instance, at)
-    }
-
     /// The request body announcing `message`, an event of type `kind`.
-    fn body_of(&self, kind: &str, message: &str, instance: &str, at: u64) -> Bytes {
+    fn body(&self, kind: &str, message: &str, instance: &str, at: u64) -> Bytes {
         let text = if instance.is_empty() {
             format!("pgherd: {message}")
         } else {
@@ -136,16 +148,8 @@ fn destinations(settings: &Notify) -> Result<Vec<Destination>, NotifyError> {
     let mut all = Vec::new();
     for (i, url) in settings.webhook_urls.iter().enumerate() {
         let endpoint = parse(url, format!("webhook_urls[{i}]"))?;
-        let host = match endpoint.host.contains(':') {
-            true => format!("[{}]", endpoint.host),
-            false => endpoint.host.clone(),
-        };
         all.push(Destination {
-            label: format!(
-                "webhook {}://{host}:{}",
-                if endpoint.https { "https" } else { "http" },
-                endpoint.port
-            ),
+            label: format!("webhook {}", endpoint.origin()),
             endpoint,
             telegram_chat: None,
             counts: Arc::default(),
@@ -214,7 +218,7 @@ pub async fn send_test(
     let tls = connector(settings, &destinations)?;
     let mut results = Vec::with_capacity(destinations.len());
     for d in destinations {
-        let body = d.body_of("test", message, &settings.instance, unix_now());
+        let body = d.body("test", message, &settings.instance, unix_now());
         let result = match attempt(&d, body, tls.as_ref(), settings.timeout).await {
             Outcome::Delivered => Ok(()),
             Outcome::Refused(why) => Err(format!("refused: {why}")),
@@ -267,12 +271,10 @@ async fn dispatch(
         if !wanted.is_empty() && !wanted.iter().any(|w| w == event.kind()) {
             continue;
         }
-        let at = unix_now();
+        let (at, message) = (unix_now(), event.to_string());
         for (destination, queue) in &queues {
-            if queue
-                .try_send(destination.body(&event, &instance, at))
-                .is_err()
-            {
+            let body = destination.body(event.kind(), &message, &instance, at);
+            if queue.try_send(body).is_err() {
                 destination.counts.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     "{}: notification dropped, {QUEUE} are waiting: {event}",
@@ -421,14 +423,19 @@ mod tests {
     #[test]
     fn a_webhook_gets_the_event_as_json_with_a_chat_friendly_text() {
         let d = destinations(&settings()).unwrap();
-        let body = json(&d[0].body(&failover(), "", 1_700_000_000));
+        let body = json(&d[0].body(
+            "primary_changed",
+            &failover().to_string(),
+            "",
+            1_700_000_000,
+        ));
         assert_eq!(body["text"], "pgherd: primary changed: pg0 -> pg1");
         assert_eq!(body["event"], "primary_changed");
         assert_eq!(body["message"], "primary changed: pg0 -> pg1");
         assert_eq!(body["source"], "pgherd");
         assert_eq!(body["instance"], "");
         assert_eq!(body["time"], 1_700_000_000);
-        let named = json(&d[0].body(&failover(), "edge-1", 0));
+        let named = json(&d[0].body("primary_changed", &failover().to_string(), "edge-1", 0));
         assert_eq!(named["text"], "pgherd edge-1: primary changed: pg0 -> pg1");
     }
 
@@ -439,7 +446,7 @@ mod tests {
             d[1].endpoint,
             Endpoint::parse("http://127.0.0.1:8081/bot123:TOKEN/sendMessage").unwrap()
         );
-        let body = json(&d[1].body(&failover(), "", 0));
+        let body = json(&d[1].body("primary_changed", &failover().to_string(), "", 0));
         assert_eq!(body["chat_id"], "-100200");
         assert_eq!(body["text"], "pgherd: primary changed: pg0 -> pg1");
     }
@@ -493,6 +500,22 @@ mod tests {
             outcome(answer(StatusCode::UNAUTHORIZED, None), t),
             Outcome::Refused(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_never_answers_is_a_failure_worth_retrying() {
+        // Accepts the connection, reads nothing, answers nothing.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) });
+        let mut s = settings();
+        s.webhook_urls = vec![format!("http://127.0.0.1:{port}/hook")];
+        s.telegram = None;
+        let d = destinations(&s).unwrap().remove(0);
+        let timeout = Duration::from_millis(200);
+        let sent = attempt(&d, Bytes::from_static(b"{}"), None, timeout).await;
+        assert_eq!(sent, Outcome::Failed("no answer within 200ms".into(), None));
+        held.abort();
     }
 
     #[test]
