@@ -53,25 +53,13 @@ impl Receiver {
         format!("http://{}{path}", self.addr)
     }
 
-    /// The next request announcing `event`, skipping others (at start
-    /// pgherd announces what it finds: nodes up, the primary).
-    async fn next_event(&mut self, event: &str) -> Received {
+    /// The next request whose text contains `text`, skipping others (at
+    /// start pgherd announces what it finds: nodes up, the primary). Both
+    /// a webhook's body and Telegram's carry the text.
+    async fn next_with_text(&mut self, text: &str) -> Received {
         loop {
             let got = self.next().await;
-            let kind = match got.body.get("event") {
-                Some(kind) => kind.as_str().map(str::to_owned),
-                // Telegram's body has only the text.
-                None => got.body["text"].as_str().map(|t| {
-                    if t.ends_with(" is down") || t.contains(" is down: ") {
-                        "node_down".to_owned()
-                    } else if t.ends_with(" is up") {
-                        "node_up".to_owned()
-                    } else {
-                        String::new()
-                    }
-                }),
-            };
-            if kind.as_deref() == Some(event) {
+            if got.body["text"].as_str().is_some_and(|t| t.contains(text)) {
                 return got;
             }
         }
@@ -158,7 +146,12 @@ async fn a_standby_going_down_and_up_reaches_webhooks_and_telegram() {
 
     cluster.pg.stop(1, StopMode::Fast).unwrap();
 
-    let down = hook.next_event("node_down").await;
+    let (down_text, up_text) = (
+        format!("node {standby} is down"),
+        format!("node {standby} is up"),
+    );
+    let down = hook.next_with_text(&down_text).await;
+    assert_eq!(down.body["event"], "node_down");
     assert_eq!(down.path, "/pgherd?team=db");
     assert_eq!(down.body["instance"], "edge-1");
     let text = down.body["text"].as_str().unwrap().to_owned();
@@ -167,7 +160,7 @@ async fn a_standby_going_down_and_up_reaches_webhooks_and_telegram() {
         "{text}"
     );
 
-    let message = telegram.next_event("node_down").await;
+    let message = telegram.next_with_text(&down_text).await;
     assert_eq!(message.path, "/bot123:ABC/sendMessage");
     assert_eq!(message.body["chat_id"], "-42");
     assert_eq!(message.body["text"], text.as_str());
@@ -180,12 +173,13 @@ async fn a_standby_going_down_and_up_reaches_webhooks_and_telegram() {
     assert_eq!(simple_value(&client, "SELECT 1").await, "1");
 
     cluster.pg.restart(1).unwrap();
-    let up = telegram.next_event("node_up").await;
+    let up = telegram.next_with_text(&up_text).await;
     assert_eq!(
         up.body["text"],
         format!("pgherd edge-1: node {standby} is up").as_str()
     );
-    let up = hook.next_event("node_up").await;
+    let up = hook.next_with_text(&up_text).await;
+    assert_eq!(up.body["event"], "node_up");
     assert_eq!(up.body["message"], format!("node {standby} is up").as_str());
 
     // /metrics counts what became of them, per destination; the dead
