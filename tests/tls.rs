@@ -77,6 +77,33 @@ fn tls_failures(pgherd: &RunningPgherd) -> u64 {
     pgherd.handle.login_failures().tls.load(Ordering::Relaxed)
 }
 
+/// psql (libpq) as `app` on database `app` running `sql`, with `env`
+/// choosing its TLS and channel binding.
+async fn psql_app(
+    pgherd: &RunningPgherd,
+    password: &str,
+    sql: &str,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    psql_with_env(pgherd, "app", password, "app", &["-c", sql], env).await
+}
+
+/// What a psql run that must have succeeded printed.
+fn succeeded(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The error of a psql run that must have failed.
+fn failed(out: &std::process::Output) -> String {
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Transactions with results larger than a TLS record and a socket buffer,
 /// from several clients sharing two server connections: what the relay
 /// writes must be flushed through TLS, under backpressure, every time.
@@ -144,21 +171,8 @@ async fn clients_get_tls_as_client_tls_sslmode_says() {
     // libpq demanding verify-full: the chain and the name (127.0.0.1).
     let ca = pki.ca_cert.display().to_string();
     let verify_full = [("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", ca.as_str())];
-    let out = psql_with_env(
-        &pgherd,
-        "app",
-        APP_PASSWORD,
-        "app",
-        &["-c", "SELECT 42"],
-        &verify_full,
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    let out = psql_app(&pgherd, APP_PASSWORD, "SELECT 42", &verify_full).await;
+    assert_eq!(succeeded(&out), "42");
 
     // Auth types work the same inside TLS; a wrong password is still 28P01.
     let e = connect_tls(&pgherd, "wrong", verifying_client(&pki.ca_cert, None))
@@ -173,17 +187,8 @@ async fn clients_get_tls_as_client_tls_sslmode_says() {
         ("PGSSLMODE", "verify-full"),
         ("PGSSLROOTCERT", rogue.as_str()),
     ];
-    let out = psql_with_env(
-        &pgherd,
-        "app",
-        APP_PASSWORD,
-        "app",
-        &["-c", "SELECT 1"],
-        &untrusting,
-    )
-    .await;
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = psql_app(&pgherd, APP_PASSWORD, "SELECT 1", &untrusting).await;
+    let stderr = failed(&out);
     assert!(stderr.contains("certificate verify failed"), "{stderr}");
 
     // A plain client is told TLS is required (28000), and counted.
@@ -368,24 +373,10 @@ async fn clients_that_require_channel_binding_get_it_over_tls() {
         ("PGSSLROOTCERT", ca.as_str()),
         ("PGCHANNELBINDING", "require"),
     ];
-    let out = psql_with_env(
-        &pgherd,
-        "app",
-        APP_PASSWORD,
-        "app",
-        &["-c", "SELECT 1"],
-        &bound,
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
-    let out = psql_with_env(&pgherd, "app", "wrong", "app", &["-c", "SELECT 1"], &bound).await;
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = psql_app(&pgherd, APP_PASSWORD, "SELECT 1", &bound).await;
+    assert_eq!(succeeded(&out), "1");
+    let out = psql_app(&pgherd, "wrong", "SELECT 1", &bound).await;
+    let stderr = failed(&out);
     assert!(
         stderr.contains("password authentication failed"),
         "{stderr}"
@@ -402,17 +393,8 @@ async fn clients_that_require_channel_binding_get_it_over_tls() {
     assert_eq!(simple_value(&client, "SELECT 1").await, "1");
 
     let plain = [("PGSSLMODE", "disable"), ("PGCHANNELBINDING", "require")];
-    let out = psql_with_env(
-        &pgherd,
-        "app",
-        APP_PASSWORD,
-        "app",
-        &["-c", "SELECT 1"],
-        &plain,
-    )
-    .await;
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = psql_app(&pgherd, APP_PASSWORD, "SELECT 1", &plain).await;
+    let stderr = failed(&out);
     assert!(stderr.contains("channel binding"), "{stderr}");
 }
 
@@ -435,31 +417,12 @@ async fn without_binding_data_plus_is_not_offered() {
         .general(&pgherd_certificate(&cert_file, &key_file))
         .start()
         .await;
-    let run = |binding: &'static str| {
-        let env = [("PGSSLMODE", "require"), ("PGCHANNELBINDING", binding)];
-        let pgherd = &pgherd;
-        async move {
-            psql_with_env(
-                pgherd,
-                "app",
-                APP_PASSWORD,
-                "app",
-                &["-c", "SELECT 1"],
-                &env,
-            )
-            .await
-        }
-    };
-    let out = run("require").await;
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let binding = |b| [("PGSSLMODE", "require"), ("PGCHANNELBINDING", b)];
+    let out = psql_app(&pgherd, APP_PASSWORD, "SELECT 1", &binding("require")).await;
+    let stderr = failed(&out);
     assert!(stderr.contains("channel binding"), "{stderr}");
-    let out = run("prefer").await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = psql_app(&pgherd, APP_PASSWORD, "SELECT 1", &binding("prefer")).await;
+    succeeded(&out);
 }
 
 /// A client that reads a large result slowly keeps pgherd's socket full:
