@@ -611,6 +611,24 @@ mod tests {
     }
 
     #[test]
+    fn a_binding_type_other_than_tls_server_end_point_is_refused() {
+        let mut s = ScramServer::new(None, "u", &SECRET)
+            .with_channel_binding(Some(Arc::from(&[1u8; 32][..])));
+        s.select(MECHANISM_PLUS).unwrap();
+        assert_eq!(
+            s.client_first(b"p=tls-unique,,n=,r=abc"),
+            Err(ScramError::Protocol(
+                "unsupported SCRAM channel-binding type"
+            ))
+        );
+        let mut s = ScramServer::new(None, "u", &SECRET);
+        assert_eq!(
+            s.client_first(b"x,,n=,r=abc"),
+            Err(ScramError::Protocol("invalid channel binding flag"))
+        );
+    }
+
+    #[test]
     fn plus_is_neither_offered_nor_accepted_without_binding_data() {
         let mut s = ScramServer::new(None, "u", &SECRET);
         assert_eq!(s.mechanisms(), [MECHANISM]);
