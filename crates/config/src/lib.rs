@@ -89,7 +89,9 @@ pub struct TcpOptions {
     /// Unanswered probes before the connection is dropped (Linux: 9).
     pub keepcnt: Option<u32>,
     /// How long sent data may stay unacknowledged before the connection is
-    /// dropped (Linux: ~15 minutes of retransmissions).
+    /// dropped (Linux: retransmissions up to `tcp_retries2`, ~15 minutes by
+    /// the kernel's documentation); it also ends keepalive probing once
+    /// that long has passed without an answer.
     pub user_timeout: Option<Duration>,
 }
 

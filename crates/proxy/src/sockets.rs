@@ -6,10 +6,11 @@
 //! They matter when a host dies without closing its connections (power
 //! loss, a network partition): no FIN or RST ever arrives, and a session
 //! waiting for its server would wait for as long as the kernel keeps the
-//! connection: forever when it is idle, ~15 minutes of retransmissions when
-//! data is in flight. Keepalive probes bound the first, `TCP_USER_TIMEOUT`
-//! the second; the session then ends with the usual 08006 error and its
-//! client can reconnect to the new primary.
+//! connection: forever when it is idle, as long as it retransmits (up to
+//! `tcp_retries2`) when data is in flight. Keepalive probes bound the
+//! first, `TCP_USER_TIMEOUT` the second (`benches/dead-peer.sh` measures
+//! both); the read that then fails ends the session as any lost server
+//! connection does (08006), and the client can reconnect.
 
 use pgherd_config::TcpOptions;
 use socket2::{SockRef, TcpKeepalive};
