@@ -599,3 +599,50 @@ async fn broken_tls_handshakes_are_closed_and_counted() {
     assert_eq!(timeouts(), timeouts_before + 1, "the silent client");
     assert_eq!(simple_value(&served, "SELECT 2").await, "2");
 }
+
+/// As pgbouncer: `client_tls_sslmode = "require"` is for TCP. On the Unix
+/// socket an SSLRequest is answered `N` (as PostgreSQL answers there) and
+/// the plain client logs in; over TCP the plain client is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_tls_does_not_apply_on_the_unix_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = shared_cluster();
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let pgherd = cluster
+        .pgherd()
+        .general("client_tls_sslmode = \"require\"")
+        .general(&pgherd_certificate(&pki.server_cert, &pki.server_key))
+        .general(&format!("unix_socket_dir = \"{}\"", dir.path().display()))
+        .start()
+        .await;
+    let port = pgherd.addr.port();
+
+    let mut raw = tokio::net::UnixStream::connect(dir.path().join(format!(".s.PGSQL.{port}")))
+        .await
+        .unwrap();
+    raw.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1];
+    raw.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"N", "no TLS on a Unix socket");
+
+    let (client, conn) = tokio_postgres::Config::new()
+        .host_path(dir.path())
+        .port(port)
+        .user("app")
+        .password(APP_PASSWORD)
+        .dbname("app")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(simple_value(&client, "SELECT 1").await, "1");
+
+    let e = pgherd
+        .connect("app", APP_PASSWORD, "app")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("28000"), "{e}");
+}

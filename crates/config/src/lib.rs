@@ -60,6 +60,12 @@ pub enum AuthType {
     /// against whatever secret the user has.
     #[serde(rename = "plain")]
     Plain,
+    /// Clients on a Unix-domain socket whose process runs as the operating
+    /// system user of the same name (PostgreSQL's and pgbouncer's `peer`);
+    /// refused over TCP. No password is asked, so pgherd logs in to
+    /// PostgreSQL with the user's `server_password` (or the server trusts it).
+    #[serde(rename = "peer")]
+    Peer,
 }
 
 /// The whole, validated configuration.
@@ -160,6 +166,14 @@ pub const TRACKED_PARAMETERS: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct General {
     pub listen_addr: SocketAddr,
+    /// Where each listener also gets a Unix-domain socket, named as
+    /// PostgreSQL names its own (`.s.PGSQL.PORT`); `None` (`""`, the
+    /// default): TCP only.
+    pub unix_socket_dir: Option<std::path::PathBuf>,
+    /// The sockets' file mode (pgbouncer's `unix_socket_mode`).
+    pub unix_socket_mode: u32,
+    /// The group the sockets belong to; `None`: pgherd's own.
+    pub unix_socket_group: Option<String>,
     pub pool_mode: PoolMode,
     /// The admin HTTP listener (`/metrics`, health, JSON API); `None`: off.
     pub admin_listen_addr: Option<SocketAddr>,
@@ -603,6 +617,12 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
     let p = &g.probe;
     vec![
         ("listen_addr", g.listen_addr.to_string()),
+        ("unix_socket_dir", file(&g.unix_socket_dir)),
+        ("unix_socket_mode", format!("{:04o}", g.unix_socket_mode)),
+        (
+            "unix_socket_group",
+            g.unix_socket_group.clone().unwrap_or_default(),
+        ),
         ("pool_mode", format!("{:?}", g.pool_mode).to_lowercase()),
         (
             "admin_listen_addr",
@@ -617,6 +637,7 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
                 AuthType::ScramSha256 => "scram-sha-256".into(),
                 AuthType::Md5 => "md5".into(),
                 AuthType::Plain => "plain".into(),
+                AuthType::Peer => "peer".into(),
             },
         ),
         ("auth_user", g.auth_user.clone().unwrap_or_default()),
@@ -830,6 +851,9 @@ mod raw {
     #[serde(deny_unknown_fields, default)]
     pub struct General {
         pub listen_addr: String,
+        pub unix_socket_dir: String,
+        pub unix_socket_mode: String,
+        pub unix_socket_group: String,
         pub pool_mode: PoolMode,
         pub admin_listen_addr: String,
         pub auth_type: AuthType,
@@ -904,6 +928,11 @@ mod raw {
         fn default() -> Self {
             General {
                 listen_addr: "0.0.0.0:5432".into(),
+                // pgbouncer's is /tmp: pgherd's usual port is PostgreSQL's,
+                // and so would its socket's name be.
+                unix_socket_dir: String::new(),
+                unix_socket_mode: "0777".into(),
+                unix_socket_group: String::new(),
                 pool_mode: PoolMode::Session,
                 // Clear of PostgreSQL, pgbouncer, haproxy stats, Patroni and
                 // the usual Prometheus exporters.
@@ -1205,8 +1234,25 @@ mod raw {
                     )
                 })?),
             };
+            let unix_socket_mode = u32::from_str_radix(&g.unix_socket_mode, 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    invalid(
+                        "pgherd.unix_socket_mode",
+                        format!(
+                            "{:?} is not an octal file mode such as \"0777\"",
+                            g.unix_socket_mode
+                        ),
+                    )
+                })?;
             let general = super::General {
                 listen_addr,
+                unix_socket_dir: (!g.unix_socket_dir.is_empty())
+                    .then(|| std::path::PathBuf::from(&g.unix_socket_dir)),
+                unix_socket_mode,
+                unix_socket_group: (!g.unix_socket_group.is_empty())
+                    .then(|| g.unix_socket_group.clone()),
                 pool_mode: g.pool_mode,
                 admin_listen_addr,
                 auth_type: g.auth_type,
@@ -1697,5 +1743,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_clent_conn"), "{err}");
+    }
+
+    #[test]
+    fn unix_sockets_and_peer_users() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.general.unix_socket_dir, None, "TCP only by default");
+        assert_eq!(c.general.unix_socket_mode, 0o777);
+        let text = MINIMAL.replace(
+            "[pgherd]",
+            "[pgherd]\nunix_socket_dir = \"/run/pgherd\"\nunix_socket_mode = \"0660\"\n\
+             unix_socket_group = \"postgres\"",
+        );
+        let c = Config::parse(&format!(
+            "{text}\n[users]\nbackup = {{ auth_type = \"peer\" }}"
+        ))
+        .unwrap();
+        let g = &c.general;
+        assert_eq!(
+            g.unix_socket_dir,
+            Some(std::path::PathBuf::from("/run/pgherd"))
+        );
+        assert_eq!(g.unix_socket_mode, 0o660);
+        assert_eq!(g.unix_socket_group.as_deref(), Some("postgres"));
+        // A peer user needs no password.
+        assert_eq!(c.auth_type("backup"), AuthType::Peer);
+        for bad in ["\"rw\"", "\"0999\"", "\"1777\""] {
+            let text = MINIMAL.replace("[pgherd]", &format!("[pgherd]\nunix_socket_mode = {bad}"));
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains("pgherd.unix_socket_mode"), "{err}");
+        }
     }
 }

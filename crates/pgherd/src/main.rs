@@ -170,6 +170,10 @@ pub(crate) async fn start(
     for (a, target) in proxy.listen_addrs()? {
         tracing::info!("pgherd listening on {a} (default target {target:?})");
     }
+    for (path, target) in proxy.unix_sockets() {
+        let path = path.display();
+        tracing::info!("pgherd listening on unix socket {path} (default target {target:?})");
+    }
     let admin = match admin_addr {
         Some(a) => {
             let admin = pgherd_admin::Admin::bind(a, proxy.handle())

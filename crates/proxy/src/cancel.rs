@@ -111,7 +111,7 @@ mod tests {
         let client = registry.add_client(NewClient {
             user: "u",
             database: "d",
-            addr: "127.0.0.1:1".parse().unwrap(),
+            addr: crate::ClientAddr::Tcp("127.0.0.1:1".parse().unwrap()),
             local_addr: None,
             application_name: "",
         });

@@ -5,7 +5,6 @@
 //! a clear FATAL ErrorResponse (or, for a CancelRequest, a silent close, as
 //! PostgreSQL does).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -15,10 +14,9 @@ use pgherd_tls::{ClientTls, Stream};
 use pgherd_wire::backend::{self, ErrorFields};
 use pgherd_wire::startup::{StartupMessage, StartupPacket};
 use pgherd_wire::{decode_startup, frontend, next_frame, Frame};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::Shared;
+use crate::{ClientAddr, Shared};
 
 /// Largest message accepted from a client before it has logged in.
 const LOGIN_MESSAGE_LIMIT: usize = 8 * 1024;
@@ -29,7 +27,7 @@ const LOGIN_MESSAGE_LIMIT: usize = 8 * 1024;
 pub(crate) struct Client {
     pub(crate) stream: Stream,
     pub(crate) buf: BytesMut,
-    pub(crate) peer: SocketAddr,
+    pub(crate) peer: ClientAddr,
 }
 
 /// What a client said it is and proved.
@@ -86,6 +84,22 @@ fn protocol_violation(message: impl Into<String>) -> Refused {
     Refused::Fatal(ErrorFields::fatal("08P01", message))
 }
 
+/// `auth_type = "peer"`: the client's process runs as the operating system
+/// user of the name it logs in with. PostgreSQL's error and code (28000)
+/// when it does not, or when the client is not on a Unix-domain socket.
+fn check_peer(peer: ClientAddr, user: &str) -> Result<(), Refused> {
+    let os_user = peer
+        .unix_uid()
+        .and_then(|uid| nix::unistd::User::from_uid(uid.into()).ok().flatten());
+    match os_user {
+        Some(os_user) if os_user.name == user => Ok(()),
+        _ => Err(Refused::Fatal(ErrorFields::fatal(
+            "28000",
+            format!("peer authentication failed for user \"{user}\""),
+        ))),
+    }
+}
+
 /// PostgreSQL's SSLRequest and GSSENCRequest codes.
 const SSL_REQUEST_CODE: u32 = 80_877_103;
 const GSSENC_REQUEST_CODE: u32 = 80_877_104;
@@ -93,13 +107,14 @@ const GSSENC_REQUEST_CODE: u32 = 80_877_104;
 impl Client {
     /// A new connection, before anything is read: negotiates encryption
     /// (`client_tls_sslmode`). An SSLRequest is answered `S` and followed
-    /// by a TLS handshake when TLS is on, `N` otherwise; a GSSENCRequest
+    /// by a TLS handshake when TLS is on, `N` otherwise (and always on a
+    /// Unix-domain socket, as PostgreSQL answers there); a GSSENCRequest
     /// always gets `N`. What else the client sent first stays in the
     /// buffer for [`Client::login`].
     /// Gives up at `deadline` (`client_login_timeout`).
     pub(crate) async fn accept(
-        mut tcp: TcpStream,
-        peer: SocketAddr,
+        mut stream: Stream,
+        peer: ClientAddr,
         tls: &ClientTls,
         deadline: tokio::time::Instant,
     ) -> Result<Client, Refused> {
@@ -108,36 +123,33 @@ impl Client {
             // Every startup packet begins with its length and a code: eight
             // bytes, read exactly, so nothing meant for TLS is read here.
             let mut head = [0u8; 8];
-            match tokio::time::timeout_at(deadline, tcp.read_exact(&mut head)).await {
+            match tokio::time::timeout_at(deadline, stream.read_exact(&mut head)).await {
                 Ok(read) => read?,
                 Err(_) => {
                     let mut out = BytesMut::new();
                     login_timeout().encode(&mut out);
-                    let _ = tokio::io::AsyncWriteExt::write_all(&mut tcp, &out).await;
+                    let _ = stream.write_all(&out).await;
                     return Err(Refused::TimedOut);
                 }
             };
             let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
             let is_request = head[..4] == 8u32.to_be_bytes();
-            match code {
-                SSL_REQUEST_CODE if is_request && tls.offered() => {
-                    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"S").await?;
+            match (code, stream) {
+                (SSL_REQUEST_CODE, Stream::Plain(mut tcp)) if is_request && tls.offered() => {
+                    tcp.write_all(b"S").await?;
                     let stream = tokio::time::timeout_at(deadline, tls.accept(tcp))
                         .await
                         .map_err(|_| Refused::TimedOut)?
                         .map_err(Refused::Handshake)?;
                     return Ok(Client { stream, buf, peer });
                 }
-                SSL_REQUEST_CODE | GSSENC_REQUEST_CODE if is_request => {
-                    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"N").await?;
+                (SSL_REQUEST_CODE | GSSENC_REQUEST_CODE, mut plain) if is_request => {
+                    plain.write_all(b"N").await?;
+                    stream = plain;
                 }
-                _ => {
+                (_, stream) => {
                     buf.extend_from_slice(&head);
-                    return Ok(Client {
-                        stream: Stream::Plain(tcp),
-                        buf,
-                        peer,
-                    });
+                    return Ok(Client { stream, buf, peer });
                 }
             }
         }
@@ -242,7 +254,8 @@ impl Client {
     ) -> Result<Box<Authenticated>, Refused> {
         let startup = self.read_startup().await?;
         let tls = shared.tls();
-        if !self.stream.is_tls() && tls.client.required() {
+        // As pgbouncer: a Unix-domain socket needs no encryption.
+        if !self.stream.is_tls() && !self.peer.is_unix() && tls.client.required() {
             return Err(Refused::TlsRequired(ErrorFields::fatal(
                 "28000",
                 format!(
@@ -280,7 +293,9 @@ impl Client {
         let config = shared.config();
         let auth_type = config.auth_type(&user);
         let looked_up = match config.users.get(&user) {
-            None if config.general.auth_user.is_some() && auth_type != AuthType::Trust => {
+            None if config.general.auth_user.is_some()
+                && !matches!(auth_type, AuthType::Trust | AuthType::Peer) =>
+            {
                 shared.auth_query.lookup(shared, &config, &user).await
             }
             _ => None,
@@ -311,6 +326,7 @@ impl Client {
             AuthType::Plain => {
                 password = Some(self.plain(&user, verifier, md5, &mut out).await?);
             }
+            AuthType::Peer => check_peer(self.peer, &user)?,
         }
         // `out` may still hold a NegotiateProtocolVersion (trust: nothing was sent yet).
         backend::authentication_ok(&mut out);

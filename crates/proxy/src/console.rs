@@ -139,7 +139,7 @@ pub(crate) async fn serve(
         user: &auth.user,
         database: &auth.database,
         addr: client.peer,
-        local_addr: client.stream.local_addr().ok(),
+        local_addr: client.stream.local_addr(),
         application_name: auth.startup.param("application_name").unwrap_or(""),
     });
     let mut out = BytesMut::with_capacity(1024);
@@ -584,16 +584,22 @@ fn show_clients(shared: &Shared, out: &mut BytesMut) {
         };
         let (waited, request) = c.waiting_since();
         let wait = waited.unwrap_or(Duration::ZERO);
-        let local = c.local_addr;
+        // A Unix-socket client: `unix` and the socket's port on both ends,
+        // as pgbouncer shows it.
+        let (local_host, local_port) = match c.local_addr {
+            Some(a) => (Some(a.ip().to_string()), Some(a.port().to_string())),
+            None if c.addr.is_unix() => (Some(c.addr.host()), Some(c.addr.port().to_string())),
+            None => (None, None),
+        };
         t.row(&[
             Some("C"),
             Some(&c.user),
             Some(&c.database),
             Some(state),
-            Some(&c.addr.ip().to_string()),
+            Some(&c.addr.host()),
             Some(&c.addr.port().to_string()),
-            local.map(|a| a.ip().to_string()).as_deref(),
-            local.map(|a| a.port().to_string()).as_deref(),
+            local_host.as_deref(),
+            local_port.as_deref(),
             Some(&timestamp(c.connected)),
             Some(&timestamp(request.unwrap_or(c.connected))),
             Some(&wait.as_secs().to_string()),

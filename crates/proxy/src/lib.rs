@@ -23,6 +23,7 @@
 //! is checked as well, so a stale topology cannot send writes to a standby.
 #![forbid(unsafe_code)]
 
+mod addr;
 mod auth_query;
 pub mod balance;
 mod buffers;
@@ -34,6 +35,7 @@ mod console;
 mod control;
 pub mod counters;
 mod limits;
+mod listen;
 mod params;
 mod prepared;
 mod registry;
@@ -59,6 +61,9 @@ use pgherd_pool::Pool;
 use rand::RngCore;
 use tokio::net::TcpListener;
 
+use listen::Listener;
+
+pub use addr::ClientAddr;
 pub use control::{ControlError, DatabaseState};
 pub use registry::{ClientInfo, ClientState, ServerInfo, ServerState};
 pub use server::{ServerConn, ServerCredential, ServerError};
@@ -353,7 +358,7 @@ pub struct LoginFailures {
 
 impl LoginFailures {
     /// Counts (and logs) a login that ended without a session.
-    pub(crate) fn refused(&self, refused: &client::Refused, peer: SocketAddr) {
+    pub(crate) fn refused(&self, refused: &client::Refused, peer: ClientAddr) {
         use client::Refused;
         let counter = match refused {
             Refused::Fatal(fields) => {
@@ -494,15 +499,17 @@ async fn drain_on_changes(shared: Arc<Shared>) {
 #[derive(Debug)]
 pub struct Proxy {
     shared: Arc<Shared>,
-    /// The main listener first, then `[[listeners]]`, each with its default target.
-    listeners: Vec<(TcpListener, Target)>,
+    /// The main listener first, then `[[listeners]]`, each with its default
+    /// target; then their Unix-domain sockets, if any.
+    listeners: Vec<(Listener, Target)>,
 }
 
 impl Proxy {
-    /// Binds `listen_addr` and every `[[listeners]]` address, and starts
-    /// probing the nodes.
+    /// Binds `listen_addr` and every `[[listeners]]` address (and their
+    /// Unix-domain sockets with `unix_socket_dir`), and starts probing the
+    /// nodes.
     pub async fn bind(config: Config) -> std::io::Result<Proxy> {
-        let mut listeners = vec![(
+        let mut tcp = vec![(
             TcpListener::bind(config.general.listen_addr).await?,
             Target::Primary,
         )];
@@ -510,8 +517,20 @@ impl Proxy {
             let bound = TcpListener::bind(l.addr)
                 .await
                 .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}: {e}", l.addr)))?;
-            listeners.push((bound, l.target));
+            tcp.push((bound, l.target));
         }
+        let mut unix = Vec::new();
+        if let Some(dir) = &config.general.unix_socket_dir {
+            for (l, target) in &tcp {
+                let g = &config.general;
+                let port = l.local_addr()?.port();
+                let group = g.unix_socket_group.as_deref();
+                let socket = listen::bind_unix(dir, port, g.unix_socket_mode, group)?;
+                unix.push((Listener::Unix(socket), *target));
+            }
+        }
+        let tcp = tcp.into_iter().map(|(l, t)| (Listener::Tcp(l), t));
+        let listeners = tcp.chain(unix).collect();
         let mut process_secret = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut process_secret);
         let tls = pgherd_tls::Contexts::new(&config.general)
@@ -556,15 +575,28 @@ impl Proxy {
 
     /// The address the main listener actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listeners[0].0.local_addr()
+        self.listen_addrs()?
+            .first()
+            .map(|(a, _)| *a)
+            .ok_or_else(|| std::io::Error::other("no TCP listener"))
     }
 
-    /// Every bound address with its default target, main listener first.
+    /// Every bound TCP address with its default target, main listener first.
     pub fn listen_addrs(&self) -> std::io::Result<Vec<(SocketAddr, Target)>> {
-        self.listeners
-            .iter()
-            .map(|(l, t)| Ok((l.local_addr()?, *t)))
-            .collect()
+        let tcp = self.listeners.iter().filter_map(|(l, t)| match l {
+            Listener::Tcp(l) => Some((l, *t)),
+            Listener::Unix(_) => None,
+        });
+        tcp.map(|(l, t)| Ok((l.local_addr()?, t))).collect()
+    }
+
+    /// Every Unix-domain socket's file with its default target.
+    pub fn unix_sockets(&self) -> Vec<(std::path::PathBuf, Target)> {
+        let unix = self.listeners.iter().filter_map(|(l, t)| match l {
+            Listener::Unix(s) => Some((s.path.clone(), *t)),
+            Listener::Tcp(_) => None,
+        });
+        unix.collect()
     }
 
     /// A handle to read the proxy's counters while it runs.
@@ -610,7 +642,9 @@ impl Proxy {
     }
 }
 
-async fn accept(listener: TcpListener, target: Target, shared: Arc<Shared>) {
+/// Serves a listener's clients (until aborted at shutdown, which drops
+/// the listener: a Unix socket's file goes with it).
+async fn accept(listener: Listener, target: Target, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {

@@ -34,7 +34,8 @@ pub struct ClientInfo {
     pub user: String,
     /// The database name the client asked for.
     pub database: String,
-    pub addr: SocketAddr,
+    pub addr: crate::ClientAddr,
+    /// pgherd's end of a TCP connection; `None` on a Unix-domain socket.
     pub local_addr: Option<SocketAddr>,
     pub connected: SystemTime,
     pub application_name: String,
@@ -358,7 +359,7 @@ impl<T> Drop for Registered<T> {
 pub(crate) struct NewClient<'a> {
     pub(crate) user: &'a str,
     pub(crate) database: &'a str,
-    pub(crate) addr: SocketAddr,
+    pub(crate) addr: crate::ClientAddr,
     pub(crate) local_addr: Option<SocketAddr>,
     pub(crate) application_name: &'a str,
 }
@@ -506,7 +507,7 @@ mod tests {
         r.add_client(NewClient {
             user: "u",
             database: "d",
-            addr: "127.0.0.1:1".parse().unwrap(),
+            addr: crate::ClientAddr::Tcp("127.0.0.1:1".parse().unwrap()),
             local_addr: None,
             application_name: "",
         })

@@ -43,6 +43,9 @@ pub(crate) fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'sta
         };
     }
     keep!("listen_addr", listen_addr);
+    keep!("unix_socket_dir", unix_socket_dir);
+    keep!("unix_socket_mode", unix_socket_mode);
+    keep!("unix_socket_group", unix_socket_group);
     keep!("admin_listen_addr", admin_listen_addr);
     keep!("state_file", state_file);
     keep!("stats_period", stats_period);

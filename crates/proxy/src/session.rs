@@ -1,7 +1,6 @@
 //! One client connection from accept to close.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,10 +10,10 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use pgherd_config::{Balance, Config, Database, PoolMode, Target};
 use pgherd_pool::Guard;
+use pgherd_tls::Stream;
 use pgherd_wire::backend::{self, ErrorFields, TxStatus};
 use pgherd_wire::frontend;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use crate::buffers;
 use crate::cancel::{CancelKey, CancelRoute, CancelTarget};
@@ -28,7 +27,7 @@ use crate::relay::{self, RelayEnd, ServerState, Until};
 use crate::route::{self, Want};
 use crate::server::{send_cancel, ServerConn, ServerError, Startup};
 use crate::upstream::{open, server_login, Lease, Upstream, Wanted};
-use crate::Shared;
+use crate::{ClientAddr, Shared};
 
 /// Counts a client for `max_client_conn` while it is connected.
 struct ClientSlot(Arc<Shared>);
@@ -63,8 +62,8 @@ static REPLICATION_FALLBACK: std::sync::LazyLock<Database> =
 /// and what is left while idle is [`Session`] and the wait for a request.
 pub(crate) fn serve(
     shared: Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: Stream,
+    peer: ClientAddr,
     listener_target: Target,
 ) -> impl Future<Output = ()> + Send {
     let connected = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
@@ -128,15 +127,17 @@ fn log_at_info(on: bool, line: std::fmt::Arguments<'_>) {
 /// `connected`: clients now, this one included.
 async fn begin(
     shared: Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: Stream,
+    peer: ClientAddr,
     listener_target: Target,
     connected: usize,
 ) -> Option<Box<Session>> {
     let shared = &*shared;
     let config = shared.config();
-    if let Err(e) = crate::sockets::tune(&stream, &config.general.tcp) {
-        tracing::debug!(%peer, "setting TCP options failed: {e}");
+    if let Stream::Plain(tcp) = &stream {
+        if let Err(e) = crate::sockets::tune(tcp, &config.general.tcp) {
+            tracing::debug!(%peer, "setting TCP options failed: {e}");
+        }
     }
     let over_limit = connected > config.general.max_client_conn;
     // One deadline for encryption and login together.
@@ -261,7 +262,7 @@ async fn start(
         user: &auth.user,
         database: &auth.database,
         addr: client.peer,
-        local_addr: client.stream.local_addr().ok(),
+        local_addr: client.stream.local_addr(),
         application_name: auth.startup.param("application_name").unwrap_or(""),
     });
     let (server_user, credential) = server_login(&config, db, &auth);
@@ -535,7 +536,10 @@ impl Session {
         // builds the 1 KiB future on the stack and copies it over (callgrind:
         // 6,681 → 6,504 instructions per transaction without that copy).
         let slot = Box::new_uninit();
-        Some(Box::into_pin(Box::write(slot, self.relay_on(shared, taken))))
+        Some(Box::into_pin(Box::write(
+            slot,
+            self.relay_on(shared, taken),
+        )))
     }
 
     /// [`Session::take_server`] when nothing has to wait: a transaction-mode

@@ -365,7 +365,7 @@ pub(crate) async fn open(
                 user: &user,
                 database: &database,
                 addr: conn.addr,
-                local_addr: conn.stream.local_addr().ok(),
+                local_addr: conn.stream.local_addr(),
                 pid: conn.pid,
                 secret: conn.secret,
             }));

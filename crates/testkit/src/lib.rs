@@ -129,14 +129,16 @@ impl PgherdBuilder {
     }
 
     /// Probes every `seconds` instead of the tests' 0.2 s.
-    pub fn probe_interval(mut self, seconds: f64) -> Self {
-        self.general.retain(|l| !l.starts_with("probe_interval"));
-        self.general.push(format!("probe_interval = {seconds}"));
-        self
+    pub fn probe_interval(self, seconds: f64) -> Self {
+        self.general(&format!("probe_interval = {seconds}"))
     }
 
-    /// Adds a `key = value` line to `[pgherd]`.
+    /// Sets a `key = value` line of `[pgherd]` (replacing the default's
+    /// line for that key, such as `listen_addr`). A line may hold several
+    /// settings; only its first key is compared.
     pub fn general(mut self, line: &str) -> Self {
+        let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_owned();
+        self.general.retain(|l| key(l) != key(line));
         self.general.push(line.into());
         self
     }

@@ -1,4 +1,4 @@
-//! A connection that is plain TCP or TLS over TCP.
+//! A connection that is plain TCP, TLS over TCP, or a Unix-domain socket.
 //!
 //! One type for both, so everything above (login, relay, console) is
 //! written once. The enum dispatch is a predictable branch per read or
@@ -16,12 +16,16 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// A client's or a server's connection.
 #[derive(Debug)]
 pub enum Stream {
     Plain(TcpStream),
+    /// A client on one of pgherd's Unix-domain sockets (never encrypted,
+    /// as PostgreSQL's own). Boxed, as the TLS variants: unboxed it would
+    /// make every `Stream` 8 bytes larger than a `TcpStream`.
+    Unix(Box<UnixStream>),
     /// A client's connection after a TLS handshake (pgherd is the server).
     Accepted(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// A connection to PostgreSQL after a TLS handshake.
@@ -29,21 +33,23 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// The TCP connection underneath.
-    fn tcp(&self) -> &TcpStream {
+    /// The TCP connection underneath (`None`: a Unix-domain socket).
+    fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Accepted(s) => s.get_ref().0,
-            Stream::Connected(s) => s.get_ref().0,
+            Stream::Plain(s) => Some(s),
+            Stream::Unix(_) => None,
+            Stream::Accepted(s) => Some(s.get_ref().0),
+            Stream::Connected(s) => Some(s.get_ref().0),
         }
     }
 
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Plain(_))
+        matches!(self, Stream::Accepted(_) | Stream::Connected(_))
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().local_addr()
+    /// The local TCP address; `None` on a Unix-domain socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.tcp()?.local_addr().ok()
     }
 
     /// Writes all of `bytes` and flushes them to the socket.
@@ -59,6 +65,7 @@ impl Stream {
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Stream::Plain(s) => s.poll_read_ready(cx),
+            Stream::Unix(s) => s.poll_read_ready(cx),
             Stream::Accepted(_) | Stream::Connected(_) => Poll::Ready(Ok(())),
         }
     }
@@ -70,6 +77,7 @@ impl Stream {
     pub fn try_write_now(&self, bytes: &[u8]) -> Option<io::Result<usize>> {
         match self {
             Stream::Plain(s) => Some(s.try_write(bytes)),
+            Stream::Unix(s) => Some(s.try_write(bytes)),
             Stream::Accepted(_) | Stream::Connected(_) => None,
         }
     }
@@ -78,9 +86,14 @@ impl Stream {
     /// and no end of stream. (A PostgreSQL server idle in a pool only
     /// speaks to say it is closing the connection.) Never waits.
     pub fn is_idle_and_open(&mut self) -> bool {
-        if let Stream::Plain(s) = self {
-            let mut probe = [0u8; 1];
-            return matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        let mut probe = [0u8; 1];
+        let plain = match self {
+            Stream::Plain(s) => Some(s.try_read(&mut probe)),
+            Stream::Unix(s) => Some(s.try_read(&mut probe)),
+            Stream::Accepted(_) | Stream::Connected(_) => None,
+        };
+        if let Some(read) = plain {
+            return matches!(read, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
         }
         // TLS: one read attempt that must not wait. Records without data
         // (a TLS 1.3 session ticket) are consumed and still count as idle.
@@ -99,6 +112,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Accepted(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Connected(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
@@ -113,6 +127,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Accepted(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Connected(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
@@ -120,7 +135,7 @@ impl AsyncWrite for Stream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(_) => Poll::Ready(Ok(())),
+            Stream::Plain(_) | Stream::Unix(_) => Poll::Ready(Ok(())),
             Stream::Accepted(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Connected(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
@@ -129,6 +144,7 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Accepted(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Connected(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }

@@ -1,0 +1,158 @@
+//! pgherd's listening sockets: TCP, and with `unix_socket_dir` a
+//! Unix-domain socket beside each TCP listener.
+//!
+//! The Unix socket is named as PostgreSQL and pgbouncer name theirs,
+//! `.s.PGSQL.PORT` after the TCP listener's port, so `psql -h DIR -p PORT`
+//! and libpq's `host=/DIR` reach pgherd, with the same default target.
+//! A socket file outlives a process that was killed; binding over one that
+//! nobody answers on any more removes it first (pgbouncer's check: try to
+//! connect), and one that another process still serves is left alone and
+//! reported. The file is removed when its listener goes.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use pgherd_tls::Stream;
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::ClientAddr;
+
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixSocket),
+}
+
+impl Listener {
+    /// The next client, with where it came from.
+    pub(crate) async fn accept(&self) -> io::Result<(Stream, ClientAddr)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, peer) = l.accept().await?;
+                Ok((Stream::Plain(stream), ClientAddr::Tcp(peer)))
+            }
+            Listener::Unix(s) => {
+                let (stream, _) = s.listener.accept().await?;
+                let cred = stream.peer_cred().ok();
+                let peer = ClientAddr::Unix {
+                    port: s.port,
+                    pid: cred.and_then(|c| c.pid()),
+                    uid: cred.map(|c| c.uid()),
+                };
+                Ok((Stream::Unix(Box::new(stream)), peer))
+            }
+        }
+    }
+}
+
+/// A bound Unix-domain socket; its file is removed when it is dropped.
+#[derive(Debug)]
+pub(crate) struct UnixSocket {
+    listener: UnixListener,
+    pub(crate) path: PathBuf,
+    /// The TCP listener's port, in the file's name.
+    port: u16,
+}
+
+impl Drop for UnixSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds `DIR/.s.PGSQL.PORT` with file mode `mode` and group `group`.
+/// Errors name the file.
+pub(crate) fn bind_unix(
+    dir: &Path,
+    port: u16,
+    mode: u32,
+    group: Option<&str>,
+) -> io::Result<UnixSocket> {
+    let path = dir.join(format!(".s.PGSQL.{port}"));
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                return Err(named(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process listens on this socket",
+                )));
+            }
+            // Left behind by a process that is gone.
+            std::fs::remove_file(&path).map_err(named)?;
+            UnixListener::bind(&path).map_err(named)?
+        }
+        Err(e) => return Err(named(e)),
+    };
+    // From here on a failure drops the socket, and so removes the file.
+    let socket = UnixSocket {
+        listener,
+        path: path.clone(),
+        port,
+    };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(named)?;
+    if let Some(group) = group {
+        let gid = nix::unistd::Group::from_name(group)
+            .map_err(io::Error::from)
+            .map_err(named)?
+            .ok_or_else(|| {
+                named(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("unix_socket_group: no group {group:?}"),
+                ))
+            })?
+            .gid;
+        nix::unistd::chown(&path, None, Some(gid))
+            .map_err(io::Error::from)
+            .map_err(named)?;
+    }
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[tokio::test]
+    async fn binds_with_mode_replaces_a_stale_file_and_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // A socket file nobody listens on (its process died).
+        let stale = std::os::unix::net::UnixListener::bind(dir.path().join(".s.PGSQL.7001"));
+        drop(stale.unwrap());
+        let socket = bind_unix(dir.path(), 7001, 0o770, None).unwrap();
+        let meta = std::fs::metadata(&socket.path).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o770);
+
+        // Taken by a live listener: refused, and its file left alone.
+        let err = bind_unix(dir.path(), 7001, 0o777, None).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains(".s.PGSQL.7001"), "{err}");
+        assert!(socket.path.exists());
+
+        let listener = Listener::Unix(socket);
+        let path = dir.path().join(".s.PGSQL.7001");
+        let client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        assert!(matches!(stream, Stream::Unix(_)));
+        assert_eq!(peer.port(), 7001);
+        assert_eq!(peer.unix_uid(), Some(nix::unistd::getuid().as_raw()));
+        drop((client, stream));
+
+        drop(listener);
+        assert!(
+            !path.exists(),
+            "the socket file is removed with its listener"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_group_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = bind_unix(dir.path(), 7002, 0o777, Some("no-such-group-pgherd")).unwrap_err();
+        assert!(err.to_string().contains("no-such-group-pgherd"), "{err}");
+        assert!(!dir.path().join(".s.PGSQL.7002").exists());
+    }
+}
