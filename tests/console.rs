@@ -289,10 +289,21 @@ async fn a_server_back_in_the_pool_is_idle_and_linked_to_no_client() {
     let pgherd = with_console(cluster).start().await;
     let admin = console(&pgherd, "app", APP_PASSWORD).await;
     let client = pgherd.app_named("done").await;
-    // One transaction, over: its server went back to the pool.
+    // One transaction, over: its server goes back to the pool. The client
+    // may read the reply a moment before its session has put the server
+    // back (it is sent first), so the console is asked until it shows it.
     let pid = simple_value(&client, "SELECT pg_backend_pid()").await;
-    let servers = simple_rows(&admin, "SHOW SERVERS").await.unwrap();
-    let server = row_with(&servers, 15, &pid).expect("its server is listed");
+    let mut server = Vec::new();
+    for _ in 0..200 {
+        let servers = simple_rows(&admin, "SHOW SERVERS").await.unwrap();
+        server = row_with(&servers, 15, &pid)
+            .expect("its server is listed")
+            .clone();
+        if server[3].as_deref() == Some("idle") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(server[3].as_deref(), Some("idle"), "{server:?}");
     assert_eq!(
         server[14].as_deref(),

@@ -58,7 +58,9 @@ impl Admin {
     pub async fn bind(addr: SocketAddr, proxy: ProxyHandle) -> std::io::Result<Admin> {
         let events = events::EventLog::record(proxy.cluster());
         Ok(Admin {
-            listener: TcpListener::bind(addr).await?,
+            // With so_reuseport, a new pgherd's admin port starts beside
+            // the old one's, as its client ports do.
+            listener: pgherd_proxy::bind_tcp(addr, proxy.config().general.so_reuseport)?,
             proxy,
             sources: Sources {
                 events,

@@ -174,6 +174,10 @@ pub struct General {
     pub unix_socket_mode: u32,
     /// The group the sockets belong to; `None`: pgherd's own.
     pub unix_socket_group: Option<String>,
+    /// pgbouncer's `so_reuseport`: other processes may listen on the same
+    /// addresses (a new pgherd started before the old one is stopped), and
+    /// a Unix socket in use is taken over.
+    pub so_reuseport: bool,
     pub pool_mode: PoolMode,
     /// The admin HTTP listener (`/metrics`, health, JSON API); `None`: off.
     pub admin_listen_addr: Option<SocketAddr>,
@@ -623,6 +627,7 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
             "unix_socket_group",
             g.unix_socket_group.clone().unwrap_or_default(),
         ),
+        ("so_reuseport", u8::from(g.so_reuseport).to_string()),
         ("pool_mode", format!("{:?}", g.pool_mode).to_lowercase()),
         (
             "admin_listen_addr",
@@ -854,6 +859,7 @@ mod raw {
         pub unix_socket_dir: String,
         pub unix_socket_mode: String,
         pub unix_socket_group: String,
+        pub so_reuseport: bool,
         pub pool_mode: PoolMode,
         pub admin_listen_addr: String,
         pub auth_type: AuthType,
@@ -933,6 +939,7 @@ mod raw {
                 unix_socket_dir: String::new(),
                 unix_socket_mode: "0777".into(),
                 unix_socket_group: String::new(),
+                so_reuseport: false,
                 pool_mode: PoolMode::Session,
                 // Clear of PostgreSQL, pgbouncer, haproxy stats, Patroni and
                 // the usual Prometheus exporters.
@@ -1253,6 +1260,7 @@ mod raw {
                 unix_socket_mode,
                 unix_socket_group: (!g.unix_socket_group.is_empty())
                     .then(|| g.unix_socket_group.clone()),
+                so_reuseport: g.so_reuseport,
                 pool_mode: g.pool_mode,
                 admin_listen_addr,
                 auth_type: g.auth_type,

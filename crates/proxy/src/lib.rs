@@ -55,13 +55,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+pub use listen::bind_tcp;
+use listen::Listener;
 use pgherd_cluster::{Cluster, ClusterEvent, Topology};
 use pgherd_config::{Config, PoolMode, Target};
 use pgherd_pool::Pool;
 use rand::RngCore;
-use tokio::net::TcpListener;
-
-use listen::Listener;
 
 pub use addr::ClientAddr;
 pub use control::{ControlError, DatabaseState};
@@ -509,23 +508,19 @@ impl Proxy {
     /// Unix-domain sockets with `unix_socket_dir`), and starts probing the
     /// nodes.
     pub async fn bind(config: Config) -> std::io::Result<Proxy> {
-        let mut tcp = vec![(
-            TcpListener::bind(config.general.listen_addr).await?,
-            Target::Primary,
-        )];
+        let g = &config.general;
+        let mut tcp = vec![(bind_tcp(g.listen_addr, g.so_reuseport)?, Target::Primary)];
         for l in &config.listeners {
-            let bound = TcpListener::bind(l.addr)
-                .await
+            let bound = bind_tcp(l.addr, g.so_reuseport)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}: {e}", l.addr)))?;
             tcp.push((bound, l.target));
         }
         let mut unix = Vec::new();
-        if let Some(dir) = &config.general.unix_socket_dir {
+        if let Some(dir) = &g.unix_socket_dir {
+            let file = (g.unix_socket_mode, g.unix_socket_group.as_deref());
             for (l, target) in &tcp {
-                let g = &config.general;
                 let port = l.local_addr()?.port();
-                let group = g.unix_socket_group.as_deref();
-                let socket = listen::bind_unix(dir, port, g.unix_socket_mode, group)?;
+                let socket = listen::bind_unix(dir, port, file, g.so_reuseport)?;
                 unix.push((Listener::Unix(socket), *target));
             }
         }

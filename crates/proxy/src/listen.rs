@@ -7,10 +7,19 @@
 //! A socket file outlives a process that was killed; binding over one that
 //! nobody answers on any more removes it first (pgbouncer's check: try to
 //! connect), and one that another process still serves is left alone and
-//! reported. The file is removed when its listener goes.
+//! reported — unless `so_reuseport` says a new pgherd is taking over from
+//! a running one: then the new file replaces the old one (the old process
+//! keeps serving the clients it has, and gets no new ones). The file is
+//! removed when its listener goes, if it is still this listener's.
+//!
+//! With `so_reuseport`, TCP listeners set `SO_REUSEPORT`, so a new pgherd
+//! can listen on the same addresses while the old one drains (pgbouncer's
+//! rolling restart): the kernel spreads new connections over both until
+//! the old one stops listening.
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::net::SocketAddr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use pgherd_tls::Stream;
@@ -46,51 +55,88 @@ impl Listener {
     }
 }
 
-/// A bound Unix-domain socket; its file is removed when it is dropped.
+/// A TCP listener on `addr`, as tokio's `TcpListener::bind` makes it
+/// (`SO_REUSEADDR`, a backlog of 1,024), plus `SO_REUSEPORT` with
+/// `reuse_port`.
+pub fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A bound Unix-domain socket; its file is removed when it is dropped,
+/// unless another process has replaced it since.
 #[derive(Debug)]
 pub(crate) struct UnixSocket {
     listener: UnixListener,
     pub(crate) path: PathBuf,
     /// The TCP listener's port, in the file's name.
     port: u16,
+    /// The file's device and inode when it was made.
+    file: (u64, u64),
 }
 
 impl Drop for UnixSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.file);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
-/// Binds `DIR/.s.PGSQL.PORT` with file mode `mode` and group `group`.
+/// Binds `DIR/.s.PGSQL.PORT` with file mode `mode` and group `group`;
+/// `take_over`: replace a file another process listens on (`so_reuseport`).
 /// Errors name the file.
 pub(crate) fn bind_unix(
     dir: &Path,
     port: u16,
-    mode: u32,
-    group: Option<&str>,
+    (mode, group): (u32, Option<&str>),
+    take_over: bool,
 ) -> io::Result<UnixSocket> {
     let path = dir.join(format!(".s.PGSQL.{port}"));
     let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     let listener = match UnixListener::bind(&path) {
         Ok(l) => l,
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            let live = std::os::unix::net::UnixStream::connect(&path).is_ok();
+            if live && !take_over {
                 return Err(named(io::Error::new(
                     io::ErrorKind::AddrInUse,
-                    "another process listens on this socket",
+                    "another process listens on this socket (set so_reuseport to take over \
+                     from it)",
                 )));
             }
-            // Left behind by a process that is gone.
+            if live {
+                tracing::info!(
+                    "{}: taking over from the process listening on it",
+                    path.display()
+                );
+            }
+            // Left behind by a process that is gone, or handed over.
             std::fs::remove_file(&path).map_err(named)?;
             UnixListener::bind(&path).map_err(named)?
         }
         Err(e) => return Err(named(e)),
     };
+    let meta = std::fs::symlink_metadata(&path).map_err(named)?;
     // From here on a failure drops the socket, and so removes the file.
     let socket = UnixSocket {
         listener,
         path: path.clone(),
         port,
+        file: (meta.dev(), meta.ino()),
     };
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(named)?;
     if let Some(group) = group {
@@ -122,12 +168,12 @@ mod tests {
         // A socket file nobody listens on (its process died).
         let stale = std::os::unix::net::UnixListener::bind(dir.path().join(".s.PGSQL.7001"));
         drop(stale.unwrap());
-        let socket = bind_unix(dir.path(), 7001, 0o770, None).unwrap();
+        let socket = bind_unix(dir.path(), 7001, (0o770, None), false).unwrap();
         let meta = std::fs::metadata(&socket.path).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o770);
 
         // Taken by a live listener: refused, and its file left alone.
-        let err = bind_unix(dir.path(), 7001, 0o777, None).unwrap_err();
+        let err = bind_unix(dir.path(), 7001, (0o777, None), false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         assert!(err.to_string().contains(".s.PGSQL.7001"), "{err}");
         assert!(socket.path.exists());
@@ -151,8 +197,32 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_group_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        let err = bind_unix(dir.path(), 7002, 0o777, Some("no-such-group-pgherd")).unwrap_err();
+        let group = Some("no-such-group-pgherd");
+        let err = bind_unix(dir.path(), 7002, (0o777, group), false).unwrap_err();
         assert!(err.to_string().contains("no-such-group-pgherd"), "{err}");
         assert!(!dir.path().join(".s.PGSQL.7002").exists());
+    }
+
+    #[tokio::test]
+    async fn a_take_over_leaves_the_new_file_when_the_old_listener_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = bind_unix(dir.path(), 7003, (0o777, None), false).unwrap();
+        let new = bind_unix(dir.path(), 7003, (0o777, None), true).unwrap();
+        drop(old);
+        assert!(new.path.exists(), "the old listener removed the new file");
+        let client = tokio::net::UnixStream::connect(&new.path).await;
+        assert!(client.is_ok(), "the new listener gets new clients");
+        drop(new);
+        assert!(!dir.path().join(".s.PGSQL.7003").exists());
+    }
+
+    #[tokio::test]
+    async fn reuse_port_lets_two_listeners_share_an_address() {
+        let first = bind_tcp("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = bind_tcp(addr, true).unwrap();
+        assert_eq!(second.local_addr().unwrap(), addr);
+        let refused = bind_tcp(addr, false).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::AddrInUse);
     }
 }
