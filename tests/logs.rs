@@ -1,7 +1,7 @@
 //! pgbouncer's `log_connections` / `log_disconnections`: a login and the
 //! end of a session, with its reason and age, at info level (or only at
-//! debug when turned off). This binary captures the logs of the pgherd it
-//! runs in-process.
+//! debug when turned off); `log_stats`: the averages every `stats_period`.
+//! This binary captures the logs of the pgherd it runs in-process.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -101,4 +101,31 @@ async fn logins_and_session_ends_are_logged_with_the_reason() {
     drop(client);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(lines_with(&["user=md5user"]), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stats_period_logs_the_averages() {
+    capture_info_logs();
+    let cluster = shared_cluster();
+    // The other test's pgherds log theirs every 60 s: none in this test.
+    let pgherd = cluster.pgherd().general("stats_period = 0.5").start().await;
+    let client = pgherd.app().await;
+    // Transactions in every period until a line shows some.
+    for _ in 0..100 {
+        for _ in 0..20 {
+            simple_value(&client, "SELECT 1").await;
+        }
+        let busy = lines_with(&["stats: "])
+            .into_iter()
+            .find(|l| !l.contains("stats: 0 xacts/s"));
+        if let Some(line) = busy {
+            assert!(line.contains(" INFO "), "{line}");
+            for part in ["queries/s, in ", " B/s, out ", " B/s, xact ", " us, wait "] {
+                assert!(line.contains(part), "{line}");
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no stats line with transactions");
 }

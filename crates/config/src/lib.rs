@@ -223,6 +223,9 @@ pub struct General {
     /// `log_connections` / `log_disconnections`); otherwise at `debug`.
     pub log_connections: bool,
     pub log_disconnections: bool,
+    /// Log the period's averages over all databases every `stats_period`
+    /// (pgbouncer's `log_stats`).
+    pub log_stats: bool,
     /// Clients sending nothing for this long (outside a transaction) are
     /// disconnected; `None`: never.
     pub client_idle_timeout: Option<Duration>,
@@ -670,6 +673,7 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
             "log_disconnections",
             u8::from(g.log_disconnections).to_string(),
         ),
+        ("log_stats", u8::from(g.log_stats).to_string()),
         ("client_idle_timeout", opt_secs(g.client_idle_timeout)),
         (
             "idle_transaction_timeout",
@@ -882,6 +886,7 @@ mod raw {
         pub server_check_query: String,
         pub log_connections: bool,
         pub log_disconnections: bool,
+        pub log_stats: bool,
         pub client_idle_timeout: f64,
         pub idle_transaction_timeout: f64,
         pub server_connect_timeout: f64,
@@ -969,6 +974,7 @@ mod raw {
                 server_check_query: "select 1".into(),
                 log_connections: true,
                 log_disconnections: true,
+                log_stats: true,
                 client_idle_timeout: 0.0,
                 idle_transaction_timeout: 0.0,
                 server_connect_timeout: 15.0,
@@ -1286,6 +1292,7 @@ mod raw {
                 server_check_query: g.server_check_query,
                 log_connections: g.log_connections,
                 log_disconnections: g.log_disconnections,
+                log_stats: g.log_stats,
                 client_idle_timeout: optional("pgherd.client_idle_timeout", g.client_idle_timeout)?,
                 idle_transaction_timeout: optional(
                     "pgherd.idle_transaction_timeout",

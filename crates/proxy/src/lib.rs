@@ -411,8 +411,33 @@ async fn average_stats(shared: std::sync::Weak<Shared>, period: std::time::Durat
             })
             .collect();
         *shared.averages.lock().unwrap_or_else(|e| e.into_inner()) = averages;
+        if shared.config().general.log_stats {
+            let all = |totals: &BTreeMap<String, StatsSnapshot>| {
+                totals
+                    .values()
+                    .fold(StatsSnapshot::default(), |mut sum, s| {
+                        sum.add(s);
+                        sum
+                    })
+            };
+            log_stats(&Averages::between(&all(&earlier), &all(&now), period));
+        }
         earlier = now;
     }
+}
+
+/// pgbouncer's `log_stats` line (its wording; pgherd does not time single
+/// queries, so there is no query time).
+fn log_stats(a: &Averages) {
+    tracing::info!(
+        "stats: {} xacts/s, {} queries/s, in {} B/s, out {} B/s, xact {} us, wait {} us",
+        a.transactions,
+        a.queries,
+        a.received_bytes,
+        a.sent_bytes,
+        a.xact_time_us,
+        a.wait_time_us
+    );
 }
 
 /// Every second (settings as reloaded): closes idle server connections
