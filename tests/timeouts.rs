@@ -199,6 +199,48 @@ async fn idle_transaction_timeout_ends_idle_transactions_and_frees_the_server() 
     assert_eq!(simple_value(&other, "SELECT 1").await, "1");
 }
 
+/// pgbouncer's query_timeout, in both pool modes: a query still running
+/// `query_timeout` after it was sent is cancelled on the server and its
+/// client is told (57014); quicker ones, and other clients, are not
+/// touched; the pool's server is not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_cancels_long_queries_and_ends_their_clients() {
+    let cluster = shared_cluster();
+    for mode in ["transaction", "session"] {
+        let pgherd = cluster
+            .pgherd()
+            .general(&format!("pool_mode = \"{mode}\""))
+            .general("query_timeout = 1")
+            .database("app = { pool_size = 1 }")
+            .start()
+            .await;
+        let slow = pgherd.app_named("slow").await;
+        // Under the limit, spread over a longer time: not cut.
+        for _ in 0..3 {
+            simple_value(&slow, "SELECT pg_sleep(0.4)::text").await;
+        }
+        let e = slow.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+        assert_eq!(sqlstate(&e), Some("57014"), "{mode}: {e}");
+        assert!(message(&e).contains("query_timeout (1s)"), "{mode}: {e}");
+        assert!(slow.is_closed(), "{mode}");
+        // The backend stopped working on it (cancelled, then closed).
+        eventually("the long query is gone from the server", async || {
+            cluster
+                .pg
+                .sql(
+                    0,
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'",
+                )
+                .unwrap()
+                == "0"
+        })
+        .await;
+        // The pool's only server slot is free for the next client.
+        let other = pgherd.app().await;
+        assert_eq!(simple_value(&other, "SELECT 1").await, "1", "{mode}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserve_pool_serves_clients_that_waited_reserve_pool_timeout() {
     let cluster = shared_cluster();

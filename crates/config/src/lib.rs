@@ -239,6 +239,9 @@ pub struct General {
     /// same error for this long instead of another attempt each.
     pub server_login_retry: Duration,
     pub query_wait_timeout: Duration,
+    /// A request whose answer has not come this long after it was sent is
+    /// cancelled and its client disconnected (pgbouncer's); `None`: never.
+    pub query_timeout: Option<Duration>,
     pub client_login_timeout: Duration,
     pub max_packet_size: usize,
     /// Named prepared statements kept per server connection in transaction
@@ -687,6 +690,7 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
         ("tcp_user_timeout", opt_secs(g.tcp.user_timeout)),
         ("server_login_retry", secs(g.server_login_retry)),
         ("query_wait_timeout", secs(g.query_wait_timeout)),
+        ("query_timeout", opt_secs(g.query_timeout)),
         ("client_login_timeout", secs(g.client_login_timeout)),
         ("max_packet_size", g.max_packet_size.to_string()),
         (
@@ -897,6 +901,7 @@ mod raw {
         pub tcp_user_timeout: f64,
         pub server_login_retry: f64,
         pub query_wait_timeout: f64,
+        pub query_timeout: f64,
         pub client_login_timeout: f64,
         pub max_packet_size: usize,
         pub primary_wait_timeout: f64,
@@ -985,6 +990,7 @@ mod raw {
                 tcp_user_timeout: 0.0,
                 server_login_retry: 15.0,
                 query_wait_timeout: 120.0,
+                query_timeout: 0.0,
                 client_login_timeout: 60.0,
                 // PostgreSQL's own limit for a message (PQ_LARGE_MESSAGE_LIMIT).
                 max_packet_size: 0x3fff_ffff,
@@ -1311,6 +1317,7 @@ mod raw {
                 },
                 server_login_retry: seconds("pgherd.server_login_retry", g.server_login_retry)?,
                 query_wait_timeout: seconds("pgherd.query_wait_timeout", g.query_wait_timeout)?,
+                query_timeout: optional("pgherd.query_timeout", g.query_timeout)?,
                 client_login_timeout: seconds(
                     "pgherd.client_login_timeout",
                     g.client_login_timeout,

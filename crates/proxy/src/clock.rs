@@ -29,6 +29,9 @@ use nix::time::{clock_gettime, ClockId};
 pub(crate) struct Micros(u64);
 
 impl Micros {
+    /// The clock's start: "long ago".
+    pub(crate) const ZERO: Micros = Micros(0);
+
     pub(crate) fn now() -> Micros {
         // CLOCK_MONOTONIC cannot fail on Linux; 0 would only make every
         // time "long ago".

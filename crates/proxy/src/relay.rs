@@ -33,6 +33,8 @@ use pgherd_wire::{frontend, Chunk, FrameError, Scanner};
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::time::Sleep;
 
+use crate::clock::Micros;
+
 use crate::buffers::BUF_SIZE;
 use crate::params::{ClientParams, ServerParams};
 use crate::prepared::{self, ClientStatements, Expected, Rewrite, ServerStatements};
@@ -103,6 +105,9 @@ pub(crate) enum RelayEnd {
     /// Nothing moved for `idle_transaction_timeout` inside a transaction,
     /// or for `client_idle_timeout` outside one (session mode).
     IdleTimeout(IdleKind),
+    /// The server still owed the answer to a request `query_timeout` after
+    /// it was sent.
+    QueryTimeout(Duration),
 }
 
 /// Which idle limit ended a relay.
@@ -112,29 +117,67 @@ pub(crate) enum IdleKind {
     Session,
 }
 
-/// pgbouncer's `client_idle_timeout` and `idle_transaction_timeout`, as a
-/// relay applies them: idle means no bytes either way and no request
-/// waiting for its answer (a long query is not idle).
+/// pgbouncer's `client_idle_timeout`, `idle_transaction_timeout` and
+/// `query_timeout`, as a relay applies them: idle means no bytes either way
+/// and no request waiting for its answer (a long query is not idle); a
+/// request's answer is overdue `query` after the request was sent.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct IdleLimits {
-    pub(crate) session: Option<Duration>,
-    pub(crate) transaction: Option<Duration>,
+pub(crate) struct Limits {
+    session: Option<Millis>,
+    transaction: Option<Millis>,
+    query: Option<Millis>,
 }
 
-impl IdleLimits {
-    fn limit(&self, tx: TxStatus) -> Option<(Duration, IdleKind)> {
-        match tx {
-            TxStatus::Idle => self.session.map(|d| (d, IdleKind::Session)),
-            _ => self.transaction.map(|d| (d, IdleKind::InTransaction)),
+/// A limit in whole milliseconds (rounded up): 4 bytes where a `Duration`
+/// takes 16, in a state allocated per transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Millis(std::num::NonZeroU32);
+
+impl Millis {
+    fn new(d: Option<Duration>) -> Option<Millis> {
+        let ms = d?.as_nanos().div_ceil(1_000_000);
+        let ms = u32::try_from(ms).unwrap_or(u32::MAX);
+        std::num::NonZeroU32::new(ms).map(Millis)
+    }
+
+    fn duration(self) -> Duration {
+        Duration::from_millis(self.0.get().into())
+    }
+}
+
+impl Limits {
+    pub(crate) fn new(
+        session: Option<Duration>,
+        transaction: Option<Duration>,
+        query: Option<Duration>,
+    ) -> Limits {
+        Limits {
+            session: Millis::new(session),
+            transaction: Millis::new(transaction),
+            query: Millis::new(query),
         }
+    }
+
+    fn idle(&self, tx: TxStatus) -> Option<(Duration, IdleKind)> {
+        match tx {
+            TxStatus::Idle => self.session.map(|d| (d.duration(), IdleKind::Session)),
+            _ => self
+                .transaction
+                .map(|d| (d.duration(), IdleKind::InTransaction)),
+        }
+    }
+
+    fn query(&self) -> Option<Duration> {
+        self.query.map(Millis::duration)
     }
 
     /// How often to look when the current state has no limit.
     fn shortest(&self) -> Option<Duration> {
-        match (self.session, self.transaction) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.session, self.transaction, self.query]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(Millis::duration)
     }
 }
 
@@ -200,6 +243,9 @@ pub(crate) struct ServerState {
     /// ReadyForQuery replies, and those saying idle (transactions ended).
     answered: u64,
     idle_answers: u64,
+    /// With `query_timeout`: when the server began to owe an answer.
+    times_requests: bool,
+    request_at: Micros,
 }
 
 impl ServerState {
@@ -213,7 +259,17 @@ impl ServerState {
             hold: Hold::Off,
             answered: 0,
             idle_answers: 0,
+            times_requests: false,
+            request_at: Micros::ZERO,
         }
+    }
+
+    /// A request that ReadyForQuery will answer was sent.
+    fn request_sent(&mut self) {
+        if self.pending == 0 && self.times_requests {
+            self.request_at = Micros::recent();
+        }
+        self.pending += 1;
     }
 }
 
@@ -498,7 +554,7 @@ pub(crate) struct Ends<'a> {
 #[allow(clippy::manual_async_fn)] // see the comment on the block
 pub(crate) fn relay<'a, 't, R: std::future::Future<Output = String>>(
     ends: Ends<'a>,
-    (max_packet_size, until, idle): (usize, Until, IdleLimits),
+    (max_packet_size, until, limits): (usize, Until, Limits),
     state: &'a mut ServerState,
     tracking: &'a mut Tracking<'t>,
     retire: Pin<&'a mut R>,
@@ -524,7 +580,7 @@ pub(crate) fn relay<'a, 't, R: std::future::Future<Output = String>>(
             &mut up,
             server,
             &mut down,
-            (until, idle),
+            (until, limits),
             state,
             tracking,
             &mut down_at_boundary,
@@ -558,16 +614,17 @@ async fn relay_inner(
     up: &mut Pipe,
     server: &mut Stream,
     down: &mut Pipe,
-    (until, idle): (Until, IdleLimits),
+    (until, limits): (Until, Limits),
     state: &mut ServerState,
     tracking: &mut Tracking<'_>,
     down_at_boundary: &mut bool,
     mut retire: Pin<&mut impl std::future::Future<Output = String>>,
 ) -> RelayEnd {
-    // Only with an idle limit configured: a timer and a clock read per
-    // read step; without, nothing.
-    let mut idle_timer = idle.shortest().map(|d| Box::pin(tokio::time::sleep(d)));
+    // Only with a limit configured: a timer and a clock read per read
+    // step; without, nothing.
+    let mut idle_timer = limits.shortest().map(|d| Box::pin(tokio::time::sleep(d)));
     let mut last_activity = idle_timer.as_ref().map(|_| tokio::time::Instant::now());
+    state.times_requests = limits.query.is_some();
     let (client_watch, server_watch) = match (until, tracking.statements.is_some()) {
         (Until::ClientLeaves, _) => (CLIENT_WATCH, SERVER_WATCH),
         (Until::Idle | Until::ReadUnit, false) => {
@@ -611,16 +668,23 @@ async fn relay_inner(
             () = idle_tick(&mut idle_timer) => {
                 let now = tokio::time::Instant::now();
                 let since = last_activity.unwrap_or(now);
-                let next = match idle.limit(state.tx) {
+                let next = match (limits.idle(state.tx), limits.query()) {
+                    (_, Some(limit)) if state.pending > 0 => {
+                        let waited = Micros::recent().since(state.request_at);
+                        if waited >= limit {
+                            return RelayEnd::QueryTimeout(limit);
+                        }
+                        now + (limit - waited)
+                    }
                     // Waiting for an answer is not idle.
-                    Some((limit, kind)) if state.pending == 0 => {
+                    (Some((limit, kind)), _) if state.pending == 0 => {
                         if now.duration_since(since) >= limit {
                             return RelayEnd::IdleTimeout(kind);
                         }
                         since + limit
                     }
-                    Some((limit, _)) => now + limit,
-                    None => now + idle.shortest().unwrap_or(Duration::from_secs(60)),
+                    (Some((limit, _)), None) => now + limit,
+                    _ => now + limits.shortest().unwrap_or(Duration::from_secs(60)),
                 };
                 if let Some(t) = idle_timer.as_mut() {
                     t.as_mut().reset(next);
@@ -801,13 +865,13 @@ fn scan_client(
         };
         match tag {
             b'Q' | b'F' => {
-                state.pending += 1;
+                state.request_sent();
                 if let Some(st) = statements {
                     st.expected.batch_sent();
                 }
             }
             b'S' => {
-                state.pending += 1;
+                state.request_sent();
                 state.unsynced = false;
                 if let Some(st) = statements {
                     st.expected.batch_sent();
@@ -915,6 +979,28 @@ pub(crate) fn reusable(state: &ServerState, end: &RelayEnd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_in_whole_milliseconds() {
+        let ms = |d: f64| Millis::new(Some(Duration::from_secs_f64(d))).map(Millis::duration);
+        assert_eq!(ms(0.0), None, "0 is off");
+        assert_eq!(ms(0.0001), Some(Duration::from_millis(1)), "rounded up");
+        assert_eq!(ms(1.5), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            ms(1e9),
+            Some(Duration::from_millis(u32::MAX.into())),
+            "capped"
+        );
+        let limits = Limits::new(
+            Some(Duration::from_secs(60)),
+            None,
+            Some(Duration::from_secs(5)),
+        );
+        assert_eq!(limits.shortest(), Some(Duration::from_secs(5)));
+        assert_eq!(limits.query(), Some(Duration::from_secs(5)));
+        assert!(limits.idle(TxStatus::InTransaction).is_none());
+        assert_eq!(Limits::default().shortest(), None);
+    }
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut b = BytesMut::new();

@@ -709,10 +709,11 @@ impl Session {
                 (
                     config.general.max_packet_size,
                     until,
-                    relay::IdleLimits {
-                        session: config.general.client_idle_timeout,
-                        transaction: config.general.idle_transaction_timeout,
-                    },
+                    relay::Limits::new(
+                        config.general.client_idle_timeout,
+                        config.general.idle_transaction_timeout,
+                        config.general.query_timeout,
+                    ),
                 ),
                 &mut state,
                 &mut tracking,
@@ -781,6 +782,14 @@ impl Session {
                 RelayEnd::IdleTimeout(relay::IdleKind::Session) => Err(ErrorFields::fatal(
                     "57P05",
                     "terminating connection due to idle-session timeout (client_idle_timeout)",
+                )),
+                RelayEnd::QueryTimeout(limit) => Err(ErrorFields::fatal(
+                    "57014",
+                    format!(
+                        "terminating connection: no answer from node \"{}\" within query_timeout ({}s); the query was cancelled",
+                        node.name,
+                        limit.as_secs_f64()
+                    ),
                 )),
                 RelayEnd::Retired(_) if me.is_killed() => Err(killed_by_admin()),
                 RelayEnd::Retired(reason) => Err(ErrorFields::fatal(
