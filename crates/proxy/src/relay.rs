@@ -173,12 +173,42 @@ impl Limits {
 
     /// How often to look when the current state has no limit.
     fn shortest(&self) -> Option<Duration> {
-        [self.session, self.transaction, self.query]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(Millis::duration)
+        let min = |a: Option<Millis>, b: Option<Millis>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        min(min(self.session, self.transaction), self.query).map(Millis::duration)
     }
+}
+
+/// The limits' timer went off: the relay's end if a limit is reached, or
+/// when to look again. Out of line: it runs once per limit, not per step.
+#[cold]
+fn limit_reached(
+    limits: &Limits,
+    state: &ServerState,
+    last_activity: Option<tokio::time::Instant>,
+) -> Result<tokio::time::Instant, RelayEnd> {
+    let now = tokio::time::Instant::now();
+    let since = last_activity.unwrap_or(now);
+    Ok(match (limits.idle(state.tx), limits.query()) {
+        (_, Some(limit)) if state.pending > 0 => {
+            let waited = Micros::recent().since(state.request_at);
+            if waited >= limit {
+                return Err(RelayEnd::QueryTimeout(limit));
+            }
+            now + (limit - waited)
+        }
+        // Waiting for an answer is not idle.
+        (Some((limit, kind)), _) if state.pending == 0 => {
+            if now.duration_since(since) >= limit {
+                return Err(RelayEnd::IdleTimeout(kind));
+            }
+            since + limit
+        }
+        (Some((limit, _)), None) => now + limit,
+        _ => now + limits.shortest().unwrap_or(Duration::from_secs(60)),
+    })
 }
 
 /// The idle timer's branch: pending forever when no limit is set.
@@ -265,6 +295,7 @@ impl ServerState {
     }
 
     /// A request that ReadyForQuery will answer was sent.
+    #[inline]
     fn request_sent(&mut self) {
         if self.pending == 0 && self.times_requests {
             self.request_at = Micros::recent();
@@ -666,30 +697,15 @@ async fn relay_inner(
             biased;
             reason = retire.as_mut() => return RelayEnd::Retired(reason),
             () = idle_tick(&mut idle_timer) => {
-                let now = tokio::time::Instant::now();
-                let since = last_activity.unwrap_or(now);
-                let next = match (limits.idle(state.tx), limits.query()) {
-                    (_, Some(limit)) if state.pending > 0 => {
-                        let waited = Micros::recent().since(state.request_at);
-                        if waited >= limit {
-                            return RelayEnd::QueryTimeout(limit);
+                match limit_reached(&limits, state, last_activity) {
+                    Ok(next) => {
+                        if let Some(t) = idle_timer.as_mut() {
+                            t.as_mut().reset(next);
                         }
-                        now + (limit - waited)
+                        continue;
                     }
-                    // Waiting for an answer is not idle.
-                    (Some((limit, kind)), _) if state.pending == 0 => {
-                        if now.duration_since(since) >= limit {
-                            return RelayEnd::IdleTimeout(kind);
-                        }
-                        since + limit
-                    }
-                    (Some((limit, _)), None) => now + limit,
-                    _ => now + limits.shortest().unwrap_or(Duration::from_secs(60)),
-                };
-                if let Some(t) = idle_timer.as_mut() {
-                    t.as_mut().reset(next);
+                    Err(end) => return end,
                 }
-                continue;
             }
             step = std::future::poll_fn(|cx| {
                 poll_directions(cx, (&mut *up, &mut *down), (&mut *client, &mut *server), holding, up_first)

@@ -86,14 +86,12 @@ impl Stream {
     /// and no end of stream. (A PostgreSQL server idle in a pool only
     /// speaks to say it is closing the connection.) Never waits.
     pub fn is_idle_and_open(&mut self) -> bool {
+        let would_block = |read: io::Result<usize>| matches!(read, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
         let mut probe = [0u8; 1];
-        let plain = match self {
-            Stream::Plain(s) => Some(s.try_read(&mut probe)),
-            Stream::Unix(s) => Some(s.try_read(&mut probe)),
-            Stream::Accepted(_) | Stream::Connected(_) => None,
-        };
-        if let Some(read) = plain {
-            return matches!(read, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        match self {
+            Stream::Plain(s) => return would_block(s.try_read(&mut probe)),
+            Stream::Unix(s) => return would_block(s.try_read(&mut probe)),
+            Stream::Accepted(_) | Stream::Connected(_) => {}
         }
         // TLS: one read attempt that must not wait. Records without data
         // (a TLS 1.3 session ticket) are consumed and still count as idle.
