@@ -45,6 +45,27 @@ pub async fn psql_with_env(
         .expect("run psql")
 }
 
+/// A tokio-postgres client through pgherd's Unix socket in `dir` for
+/// listener `port` (`unix_socket_dir`).
+pub async fn connect_unix(
+    dir: &std::path::Path,
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host_path(dir)
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname(db)
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
 /// Runs `sql` with the simple protocol; returns the rows as text.
 pub async fn simple_rows(
     client: &tokio_postgres::Client,

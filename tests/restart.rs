@@ -64,16 +64,9 @@ async fn a_new_pgherd_takes_over_the_port_and_socket_while_the_old_one_drains() 
         assert_eq!(simple_value(&client, "SELECT 1").await, "1");
     }
     // The Unix socket is the new one's: the old one left it in place.
-    let (client, conn) = tokio_postgres::Config::new()
-        .host_path(dir.path())
-        .port(port)
-        .user("app")
-        .password(APP_PASSWORD)
-        .dbname("app")
-        .connect(tokio_postgres::NoTls)
+    let client = connect_unix(dir.path(), port, "app", APP_PASSWORD, "app")
         .await
         .unwrap();
-    tokio::spawn(conn);
     assert_eq!(simple_value(&client, "SELECT 2").await, "2");
     let through_socket = new.handle.clients().iter().any(|c| c.addr.is_unix());
     assert!(through_socket, "the socket reaches the new pgherd");

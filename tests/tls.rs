@@ -628,16 +628,9 @@ async fn required_tls_does_not_apply_on_the_unix_socket() {
     raw.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"N", "no TLS on a Unix socket");
 
-    let (client, conn) = tokio_postgres::Config::new()
-        .host_path(dir.path())
-        .port(port)
-        .user("app")
-        .password(APP_PASSWORD)
-        .dbname("app")
-        .connect(tokio_postgres::NoTls)
+    let client = connect_unix(dir.path(), port, "app", APP_PASSWORD, "app")
         .await
         .unwrap();
-    tokio::spawn(conn);
     assert_eq!(simple_value(&client, "SELECT 1").await, "1");
 
     let e = pgherd

@@ -12,26 +12,6 @@ use std::time::Duration;
 
 use pgherd_integration_tests::*;
 
-/// A tokio-postgres client through the Unix socket of listener `port`.
-async fn connect_unix(
-    dir: &Path,
-    port: u16,
-    user: &str,
-    password: &str,
-    db: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host_path(dir)
-        .port(port)
-        .user(user)
-        .password(password)
-        .dbname(db)
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
 /// psql (libpq) through the Unix socket in `dir` of listener `port`.
 async fn psql_unix(dir: &Path, port: u16, user: &str, db: &str, sql: &str) -> std::process::Output {
     let bins = PgBinaries::find().expect("PostgreSQL binaries");
