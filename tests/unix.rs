@@ -178,3 +178,37 @@ async fn a_socket_file_in_use_is_not_taken_over() {
         .unwrap();
     assert_eq!(simple_value(&client, "SELECT 1").await, "1");
 }
+
+/// pgbouncer's rule: user `pgbouncer` on the console database, from a
+/// process of pgherd's own operating system user on the Unix socket, is an
+/// admin without a password (here the test and pgherd are one process).
+/// Over TCP, or for another database, `pgbouncer` is nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgherds_own_os_user_gets_the_console_as_pgbouncer_on_the_unix_socket() {
+    let cluster = shared_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let pgherd = cluster
+        .pgherd()
+        .general(&format!("unix_socket_dir = \"{}\"", dir.path().display()))
+        .start()
+        .await;
+    let port = pgherd.addr.port();
+    let admin = connect_unix(dir.path(), port, "pgbouncer", "", "pgbouncer")
+        .await
+        .unwrap();
+    // An admin command, not only SHOW.
+    admin.simple_query("PAUSE").await.unwrap();
+    admin.simple_query("RESUME").await.unwrap();
+    let rows = simple_rows(&admin, "SHOW VERSION").await.unwrap();
+    assert!(!rows.is_empty());
+
+    let e = pgherd
+        .connect("pgbouncer", "", "pgbouncer")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("28P01"), "over TCP: {e}");
+    let e = connect_unix(dir.path(), port, "pgbouncer", "", "app")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("28P01"), "another database: {e}");
+}

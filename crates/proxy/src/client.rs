@@ -42,6 +42,10 @@ pub(crate) struct Authenticated {
     pub(crate) password: Option<pgherd_auth::Secret>,
     /// The user as `auth_query` found it (not in the config).
     pub(crate) looked_up: Option<pgherd_config::User>,
+    /// User `pgbouncer` on the console, from a process of pgherd's own
+    /// operating system user on the Unix socket: an admin, no password
+    /// (pgbouncer's rule).
+    pub(crate) local_admin: bool,
 }
 
 /// How the startup phase ended without an authenticated client.
@@ -291,7 +295,16 @@ impl Client {
             .unwrap_or(&user)
             .to_owned();
         let config = shared.config();
-        let auth_type = config.auth_type(&user);
+        let local_admin = user == "pgbouncer"
+            && crate::console::is_console(&database)
+            && self.peer.unix_uid() == Some(nix::unistd::getuid().as_raw());
+        let auth_type = match local_admin {
+            true => {
+                tracing::info!(peer = %self.peer, "console access as pgbouncer from pgherd's own OS user");
+                AuthType::Trust
+            }
+            false => config.auth_type(&user),
+        };
         let looked_up = match config.users.get(&user) {
             None if config.general.auth_user.is_some()
                 && !matches!(auth_type, AuthType::Trust | AuthType::Peer) =>
@@ -340,6 +353,7 @@ impl Client {
             client_key,
             password,
             looked_up,
+            local_admin,
         }))
     }
 

@@ -122,7 +122,7 @@ pub(crate) async fn serve(
     auth: &Authenticated,
 ) -> Result<(), ErrorFields> {
     let general = &shared.config().general;
-    let access = if general.admin_users.contains(&auth.user) {
+    let access = if auth.local_admin || general.admin_users.contains(&auth.user) {
         Access::Admin
     } else if general.stats_users.contains(&auth.user) {
         Access::Stats
