@@ -517,6 +517,34 @@ async fn ignored_startup_parameters_do_not_reach_the_server() {
     assert_eq!(pgherd.handle.pools()[0].status.total, 1);
 }
 
+/// pgbouncer's application_name_add_host: the server sees where each
+/// client came from, in both pool modes (transaction mode carries it with
+/// the client's parameters from server to server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_name_add_host_tells_the_server_where_clients_are() {
+    for mode in ["transaction", "session"] {
+        let pgherd = shared_cluster()
+            .pgherd()
+            .general(&format!("pool_mode = \"{mode}\""))
+            .general("application_name_add_host = true")
+            .start()
+            .await;
+        let client = pgherd.app_named("billing").await;
+        let seen = simple_value(
+            &client,
+            "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        )
+        .await;
+        let port = seen
+            .strip_prefix("billing - 127.0.0.1:")
+            .unwrap_or_else(|| panic!("{mode}: {seen}"));
+        assert!(port.parse::<u16>().is_ok(), "{mode}: {seen}");
+        let listed = pgherd.handle.clients();
+        assert_eq!(listed[0].application_name, seen, "{mode}");
+        assert_eq!(listed[0].addr.port().to_string(), port, "{mode}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_larger_than_a_read_buffer() {
     // Query, Parse and Bind are read whole in transaction mode; one larger

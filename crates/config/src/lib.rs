@@ -254,6 +254,9 @@ pub struct General {
     pub track_extra_parameters: Vec<String>,
     /// Startup parameters dropped instead of passed to the server.
     pub ignore_startup_parameters: Vec<String>,
+    /// A client's `application_name` gets its address appended
+    /// (" - 10.0.0.5:51234"), as pgbouncer's option of that name does.
+    pub application_name_add_host: bool,
     /// On SIGTERM/SIGINT: how long to wait for clients to finish before exiting.
     pub shutdown_timeout: Duration,
     /// Threads that run sessions: 1 (the default) is one thread, as
@@ -702,6 +705,10 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
             "ignore_startup_parameters",
             list(&g.ignore_startup_parameters),
         ),
+        (
+            "application_name_add_host",
+            u8::from(g.application_name_add_host).to_string(),
+        ),
         ("shutdown_timeout", secs(g.shutdown_timeout)),
         ("worker_threads", g.worker_threads.to_string()),
         ("stats_period", secs(g.stats_period)),
@@ -908,6 +915,7 @@ mod raw {
         pub max_prepared_statements: usize,
         pub track_extra_parameters: Vec<String>,
         pub ignore_startup_parameters: Vec<String>,
+        pub application_name_add_host: bool,
         pub shutdown_timeout: f64,
         pub worker_threads: usize,
         pub stats_period: f64,
@@ -999,6 +1007,7 @@ mod raw {
                 // pgbouncer's default.
                 track_extra_parameters: vec!["IntervalStyle".into()],
                 ignore_startup_parameters: Vec::new(),
+                application_name_add_host: false,
                 shutdown_timeout: 30.0,
                 worker_threads: 1,
                 stats_period: 60.0,
@@ -1330,6 +1339,7 @@ mod raw {
                 max_prepared_statements: g.max_prepared_statements,
                 track_extra_parameters: g.track_extra_parameters,
                 ignore_startup_parameters: g.ignore_startup_parameters,
+                application_name_add_host: g.application_name_add_host,
                 shutdown_timeout: seconds("pgherd.shutdown_timeout", g.shutdown_timeout)?,
                 worker_threads: g.worker_threads,
                 stats_period: positive("pgherd.stats_period", g.stats_period)?,

@@ -88,6 +88,20 @@ fn protocol_violation(message: impl Into<String>) -> Refused {
     Refused::Fatal(ErrorFields::fatal("08P01", message))
 }
 
+/// pgbouncer's `application_name_add_host`: the client's address after the
+/// `application_name` it logged in with (not one it sets later), so the
+/// server's logs and `pg_stat_activity` tell where a query came from.
+fn add_host(startup: &mut StartupMessage, peer: ClientAddr) {
+    let value = startup
+        .params
+        .iter_mut()
+        .find(|(k, _)| k == "application_name")
+        .map(|(_, v)| v);
+    if let Some(app) = value {
+        *app = format!("{app} - {}:{}", peer.host(), peer.port());
+    }
+}
+
 /// `auth_type = "peer"`: the client's process runs as the operating system
 /// user of the name it logs in with. PostgreSQL's error and code (28000)
 /// when it does not, or when the client is not on a Unix-domain socket.
@@ -256,7 +270,10 @@ impl Client {
         over_limit: bool,
         channel_binding: Option<Arc<[u8]>>,
     ) -> Result<Box<Authenticated>, Refused> {
-        let startup = self.read_startup().await?;
+        let mut startup = self.read_startup().await?;
+        if shared.config().general.application_name_add_host {
+            add_host(&mut startup, self.peer);
+        }
         let tls = shared.tls();
         // As pgbouncer: a Unix-domain socket needs no encryption.
         if !self.stream.is_tls() && !self.peer.is_unix() && tls.client.required() {
