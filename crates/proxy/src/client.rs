@@ -105,6 +105,9 @@ fn add_host(startup: &mut StartupMessage, peer: ClientAddr) {
 /// `auth_type = "peer"`: the client's process runs as the operating system
 /// user of the name it logs in with. PostgreSQL's error and code (28000)
 /// when it does not, or when the client is not on a Unix-domain socket.
+/// The uid's name is looked up in place (`getpwuid_r`), as pgbouncer does:
+/// local files answer at once; a directory service behind NSS would hold
+/// up the event loop for as long as it takes.
 fn check_peer(peer: ClientAddr, user: &str) -> Result<(), Refused> {
     let os_user = peer
         .unix_uid()
