@@ -399,3 +399,78 @@ async fn min_pool_size_refills_respect_server_login_retry() {
     );
     cluster.pg.sql(0, "DROP ROLE retry_min").unwrap();
 }
+
+/// `auth_type = "hba"` with an `auth_hba_file`: the first matching line
+/// chooses the method (SCRAM for one user, md5 for another, trust on the
+/// Unix socket), `reject` and a missing line refuse with 28000 as
+/// PostgreSQL words it, and a wrong password under a line is still 28P01.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_hba_file_rules_choose_the_method_or_refuse() {
+    let cluster = shared_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("pg_hba.conf");
+    std::fs::write(
+        &rules,
+        "# pgherd's rules\n\
+         local      app        app                    trust\n\
+         hostnossl  postgres   all       127.0.0.1/32 reject\n\
+         host       app        app       127.0.0.0/8  scram-sha-256\n\
+         host       all        md5user   all          md5\n",
+    )
+    .unwrap();
+    let sockets = dir.path().join("sockets");
+    std::fs::create_dir(&sockets).unwrap();
+    let pgherd = cluster
+        .pgherd()
+        .general("auth_type = \"hba\"")
+        .general(&format!(
+            "auth_hba_file = {:?}",
+            rules.display().to_string()
+        ))
+        .general(&format!(
+            "unix_socket_dir = {:?}",
+            sockets.display().to_string()
+        ))
+        .start()
+        .await;
+
+    assert_eq!(
+        login(&pgherd, "app", APP_PASSWORD, "app").await,
+        Ok("app".into())
+    );
+    assert_eq!(
+        login(&pgherd, "app", "wrong", "app").await,
+        Err("28P01".into())
+    );
+    assert_eq!(
+        login(&pgherd, "md5user", MD5_PASSWORD, "app").await,
+        Ok("md5user".into())
+    );
+    // Line 3 rejects, naming itself; nothing matches app on database postgres
+    // before it either.
+    let e = pgherd
+        .connect("md5user", MD5_PASSWORD, "postgres")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("28000"), "{e}");
+    assert_eq!(
+        message(&e),
+        "auth_hba_file line 3 rejects connection for host \"127.0.0.1\", user \"md5user\", \
+         database \"postgres\", no encryption"
+    );
+    // No line for app on another database over TCP.
+    let e = pgherd
+        .connect("app", APP_PASSWORD, "template1")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("28000"), "{e}");
+    assert!(
+        message(&e).starts_with("no auth_hba_file entry for host \"127.0.0.1\""),
+        "{e}"
+    );
+    // The Unix socket's line: trust, no password asked.
+    let local = connect_unix(&sockets, pgherd.addr.port(), "app", "", "app")
+        .await
+        .unwrap();
+    assert_eq!(simple_value(&local, "SELECT current_user").await, "app");
+}

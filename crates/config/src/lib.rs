@@ -21,6 +21,9 @@ use std::time::Duration;
 use pgherd_auth::{ScramVerifier, Secret};
 use serde::Deserialize;
 
+mod hba;
+pub use hba::{HbaConnection, HbaMethod, HbaRules};
+
 /// A configuration error, with enough context to fix the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,6 +69,10 @@ pub enum AuthType {
     /// PostgreSQL with the user's `server_password` (or the server trusts it).
     #[serde(rename = "peer")]
     Peer,
+    /// By the first matching rule of `auth_hba_file` (PostgreSQL's
+    /// `pg_hba.conf` format): one of the above, or rejected.
+    #[serde(rename = "hba")]
+    Hba,
 }
 
 /// The whole, validated configuration.
@@ -79,6 +86,8 @@ pub struct Config {
     pub nodes: Vec<Node>,
     pub databases: BTreeMap<String, Database>,
     pub users: BTreeMap<String, User>,
+    /// The rules of `auth_hba_file`, read with the rest.
+    pub hba: Option<HbaRules>,
 }
 
 /// pgbouncer's `tcp_keepalive`, `tcp_keepidle`, `tcp_keepintvl`,
@@ -184,6 +193,8 @@ pub struct General {
     pub auth_type: AuthType,
     /// pgbouncer's userlist.txt: more users, after those in `[users]`.
     pub auth_file: Option<std::path::PathBuf>,
+    /// Rules for `auth_type = "hba"`, in `pg_hba.conf` format.
+    pub auth_hba_file: Option<std::path::PathBuf>,
     /// Users in neither `[users]` nor the auth_file are looked up on the
     /// primary with `auth_query`, logged in as this user (which needs a
     /// plaintext password in `[users]` or the auth_file).
@@ -652,12 +663,14 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
                 AuthType::Md5 => "md5".into(),
                 AuthType::Plain => "plain".into(),
                 AuthType::Peer => "peer".into(),
+                AuthType::Hba => "hba".into(),
             },
         ),
         ("auth_user", g.auth_user.clone().unwrap_or_default()),
         ("auth_query", g.auth_query.clone()),
         ("auth_dbname", g.auth_dbname.clone()),
         ("auth_file", file(&g.auth_file)),
+        ("auth_hba_file", file(&g.auth_hba_file)),
         ("max_client_conn", g.max_client_conn.to_string()),
         ("default_pool_size", g.default_pool_size.to_string()),
         ("reserve_pool_size", g.reserve_pool_size.to_string()),
@@ -879,6 +892,7 @@ mod raw {
         pub admin_listen_addr: String,
         pub auth_type: AuthType,
         pub auth_file: Option<String>,
+        pub auth_hba_file: Option<String>,
         pub auth_user: Option<String>,
         pub auth_query: String,
         pub auth_dbname: String,
@@ -964,6 +978,7 @@ mod raw {
                 admin_listen_addr: "0.0.0.0:9930".into(),
                 auth_type: AuthType::ScramSha256,
                 auth_file: None,
+                auth_hba_file: None,
                 auth_user: None,
                 // pgbouncer's default: expired roles have no password.
                 auth_query: "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL \
@@ -1286,6 +1301,7 @@ mod raw {
                 admin_listen_addr,
                 auth_type: g.auth_type,
                 auth_file: g.auth_file.clone().map(std::path::PathBuf::from),
+                auth_hba_file: g.auth_hba_file.clone().map(std::path::PathBuf::from),
                 auth_user: g.auth_user.clone(),
                 auth_query: g.auth_query.clone(),
                 auth_dbname: g.auth_dbname.clone(),
@@ -1495,6 +1511,28 @@ mod raw {
                 });
             }
 
+            let hba = match &general.auth_hba_file {
+                Some(path) => {
+                    let text =
+                        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                            path: path.display().to_string(),
+                            source,
+                        })?;
+                    let rules = HbaRules::parse(&text).map_err(|e| {
+                        invalid("pgherd.auth_hba_file", format!("{}: {e}", path.display()))
+                    })?;
+                    Some(rules)
+                }
+                None => None,
+            };
+            let wants_hba = general.auth_type == AuthType::Hba
+                || users.values().any(|u| u.auth_type == Some(AuthType::Hba));
+            if wants_hba && hba.is_none() {
+                return Err(invalid(
+                    "pgherd.auth_hba_file",
+                    "auth_type \"hba\" needs an auth_hba_file",
+                ));
+            }
             Ok(super::Config {
                 general,
                 notify: self.notify.validate()?,
@@ -1502,6 +1540,7 @@ mod raw {
                 nodes,
                 databases,
                 users,
+                hba,
             })
         }
     }

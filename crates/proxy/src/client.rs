@@ -323,7 +323,10 @@ impl Client {
                 tracing::info!(peer = %self.peer, "console access as pgbouncer from pgherd's own OS user");
                 AuthType::Trust
             }
-            false => config.auth_type(&user),
+            false => match config.auth_type(&user) {
+                AuthType::Hba => self.hba_method(&config, &user, &database)?,
+                auth_type => auth_type,
+            },
         };
         let looked_up = match config.users.get(&user) {
             None if config.general.auth_user.is_some()
@@ -360,6 +363,8 @@ impl Client {
                 password = Some(self.plain(&user, verifier, md5, &mut out).await?);
             }
             AuthType::Peer => check_peer(self.peer, &user)?,
+            // Resolved to the rule's method above.
+            AuthType::Hba => return Err(auth_failed(&user)),
         }
         // `out` may still hold a NegotiateProtocolVersion (trust: nothing was sent yet).
         backend::authentication_ok(&mut out);
@@ -375,6 +380,52 @@ impl Client {
             looked_up,
             local_admin,
         }))
+    }
+
+    /// `auth_type = "hba"`: the method of the first `auth_hba_file` line for
+    /// this connection, or PostgreSQL's refusal (28000) when that line says
+    /// `reject` or no line matches.
+    fn hba_method(
+        &self,
+        config: &pgherd_config::Config,
+        user: &str,
+        database: &str,
+    ) -> Result<AuthType, Refused> {
+        let ip = match self.peer {
+            ClientAddr::Tcp(a) => Some(a.ip()),
+            ClientAddr::Unix { .. } => None,
+        };
+        let connection = pgherd_config::HbaConnection {
+            ip,
+            tls: self.stream.is_tls(),
+            database,
+            user,
+        };
+        let found = config
+            .hba
+            .as_ref()
+            .and_then(|rules| rules.find(&connection));
+        let host = ip.map_or("[local]".to_owned(), |ip| ip.to_string());
+        let tls = if connection.tls {
+            "TLS"
+        } else {
+            "no encryption"
+        };
+        let refused = |what: String| {
+            Err(Refused::Fatal(ErrorFields::fatal(
+                "28000",
+                format!(
+                    "{what} for host \"{host}\", user \"{user}\", database \"{database}\", {tls}"
+                ),
+            )))
+        };
+        match found {
+            Some((pgherd_config::HbaMethod::Auth(auth_type), _)) => Ok(auth_type),
+            Some((pgherd_config::HbaMethod::Reject, line)) => {
+                refused(format!("auth_hba_file line {line} rejects connection"))
+            }
+            None => refused("no auth_hba_file entry".to_owned()),
+        }
     }
 
     /// md5 against the user's md5 secret. An unknown user is challenged all
