@@ -420,7 +420,7 @@ async fn auth_hba_file_rules_choose_the_method_or_refuse() {
     .unwrap();
     let sockets = dir.path().join("sockets");
     std::fs::create_dir(&sockets).unwrap();
-    let pgherd = cluster
+    let builder = cluster
         .pgherd()
         .general("auth_type = \"hba\"")
         .general(&format!(
@@ -430,9 +430,8 @@ async fn auth_hba_file_rules_choose_the_method_or_refuse() {
         .general(&format!(
             "unix_socket_dir = {:?}",
             sockets.display().to_string()
-        ))
-        .start()
-        .await;
+        ));
+    let pgherd = builder.start().await;
 
     assert_eq!(
         login(&pgherd, "app", APP_PASSWORD, "app").await,
@@ -473,4 +472,23 @@ async fn auth_hba_file_rules_choose_the_method_or_refuse() {
         .await
         .unwrap();
     assert_eq!(simple_value(&local, "SELECT current_user").await, "app");
+
+    // RELOAD reads the rules again: md5user is now rejected everywhere; a
+    // broken file changes nothing.
+    let config = dir.path().join("pgherd.toml");
+    std::fs::write(&config, builder.toml()).unwrap();
+    pgherd.handle.set_config_file(config);
+    std::fs::write(
+        &rules,
+        "host all md5user all reject\nhost all all all md5\n",
+    )
+    .unwrap();
+    pgherd.handle.reload().unwrap();
+    let refused = login(&pgherd, "md5user", MD5_PASSWORD, "app").await;
+    assert_eq!(refused, Err("28000".into()));
+    std::fs::write(&rules, "host all all example.com md5\n").unwrap();
+    let err = pgherd.handle.reload().unwrap_err().to_string();
+    assert!(err.contains("line 1"), "{err}");
+    let still = login(&pgherd, "md5user", MD5_PASSWORD, "app").await;
+    assert_eq!(still, Err("28000".into()));
 }
