@@ -75,6 +75,20 @@ pub enum AuthType {
     Hba,
 }
 
+impl AuthType {
+    /// The name as written in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthType::Trust => "trust",
+            AuthType::ScramSha256 => "scram-sha-256",
+            AuthType::Md5 => "md5",
+            AuthType::Plain => "plain",
+            AuthType::Peer => "peer",
+            AuthType::Hba => "hba",
+        }
+    }
+}
+
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -655,17 +669,7 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
         ),
-        (
-            "auth_type",
-            match g.auth_type {
-                AuthType::Trust => "trust".into(),
-                AuthType::ScramSha256 => "scram-sha-256".into(),
-                AuthType::Md5 => "md5".into(),
-                AuthType::Plain => "plain".into(),
-                AuthType::Peer => "peer".into(),
-                AuthType::Hba => "hba".into(),
-            },
-        ),
+        ("auth_type", g.auth_type.name().into()),
         ("auth_user", g.auth_user.clone().unwrap_or_default()),
         ("auth_query", g.auth_query.clone()),
         ("auth_dbname", g.auth_dbname.clone()),

@@ -29,6 +29,13 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Checks a configuration file as `run` would read it (with its
+    /// auth_file, auth_hba_file and TLS files), like `haproxy -c`: says
+    /// what it describes, or the first error (exit status 1).
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Starts a local primary + 2 standbys from the installed PostgreSQL and
     /// pgherd in front of them, until Ctrl-C.
     Demo {
@@ -66,6 +73,7 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("loading {}", path.display()))?;
             runtime(config.general.worker_threads)?.block_on(run(config, path))
         }
+        Command::Check { config: path } => check(&path),
         Command::Demo { port } => demo::run(port),
         Command::ScramVerifier { password } => {
             let password = match password {
@@ -88,6 +96,37 @@ fn main() -> anyhow::Result<()> {
             runtime(1)?.block_on(notify_test(&config.notify, &message))
         }
     }
+}
+
+/// `pgherd check`: the configuration's outline, or why it would not start.
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config =
+        pgherd_config::Config::load(path).with_context(|| format!("loading {}", path.display()))?;
+    pgherd_tls::Contexts::new(&config.general).context("loading the TLS files")?;
+    let g = &config.general;
+    let mut listeners = vec![format!("{} (primary)", g.listen_addr)];
+    listeners.extend(
+        config
+            .listeners
+            .iter()
+            .map(|l| format!("{} ({:?})", l.addr, l.target).to_lowercase()),
+    );
+    let nodes: Vec<String> = config
+        .nodes
+        .iter()
+        .map(|n| format!("{} {}:{}", n.name, n.host, n.port))
+        .collect();
+    println!("{}: OK", path.display());
+    println!("  listeners: {}", listeners.join(", "));
+    println!("  nodes: {}", nodes.join(", "));
+    println!(
+        "  {} database entries, {} users, pool_mode {}, auth_type {}",
+        config.databases.len(),
+        config.users.len(),
+        format!("{:?}", g.pool_mode).to_lowercase(),
+        g.auth_type.name()
+    );
+    Ok(())
 }
 
 /// `pgherd notify-test`: one line per destination, an error if any failed.
