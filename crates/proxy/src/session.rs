@@ -709,11 +709,7 @@ impl Session {
                 (
                     config.general.max_packet_size,
                     until,
-                    relay::Limits::new(
-                        config.general.client_idle_timeout,
-                        config.general.idle_transaction_timeout,
-                        config.general.query_timeout,
-                    ),
+                    upstream.relay_limits,
                 ),
                 &mut state,
                 &mut tracking,

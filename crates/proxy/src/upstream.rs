@@ -43,6 +43,8 @@ pub(crate) struct Upstream {
     user: String,
     pub(crate) mode: PoolMode,
     limits: PoolLimits,
+    /// The relay's idle and query limits, from this configuration.
+    pub(crate) relay_limits: crate::relay::Limits,
     /// The pool on each node, looked up once.
     pools: Vec<OnceLock<PoolEntry>>,
     /// PAUSE / DISABLE of the database the client asked for.
@@ -206,6 +208,11 @@ impl Upstream {
                 max_db: wanted.db.max_db_connections,
                 max_user: config.max_user_connections(&user),
             },
+            relay_limits: crate::relay::Limits::new(
+                config.general.client_idle_timeout,
+                config.general.idle_transaction_timeout,
+                config.general.query_timeout,
+            ),
             pools: config.nodes.iter().map(|_| OnceLock::new()).collect(),
             control: wanted.control,
             config: Arc::clone(config),
