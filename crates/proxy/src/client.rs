@@ -274,7 +274,8 @@ impl Client {
         channel_binding: Option<Arc<[u8]>>,
     ) -> Result<Box<Authenticated>, Refused> {
         let mut startup = self.read_startup().await?;
-        if shared.config().general.application_name_add_host {
+        let config = shared.config();
+        if config.general.application_name_add_host {
             add_host(&mut startup, self.peer);
         }
         let tls = shared.tls();
@@ -314,7 +315,6 @@ impl Client {
             .filter(|d| !d.is_empty())
             .unwrap_or(&user)
             .to_owned();
-        let config = shared.config();
         let local_admin = user == "pgbouncer"
             && crate::console::is_console(&database)
             && self.peer.unix_uid() == Some(nix::unistd::getuid().as_raw());

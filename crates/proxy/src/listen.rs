@@ -204,6 +204,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_missing_directory_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-dir");
+        let err = bind_unix(&missing, 7004, (0o777, None), false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("no-such-dir/.s.PGSQL.7004"), "{err}");
+    }
+
+    #[tokio::test]
     async fn a_take_over_leaves_the_new_file_when_the_old_listener_goes() {
         let dir = tempfile::tempdir().unwrap();
         let old = bind_unix(dir.path(), 7003, (0o777, None), false).unwrap();
