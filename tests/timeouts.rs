@@ -244,6 +244,43 @@ async fn query_timeout_cancels_long_queries_and_ends_their_clients() {
     }
 }
 
+/// query_timeout against a server that stops answering altogether (its
+/// backend process stopped with SIGSTOP, as a hung host would look): the
+/// client is told (57014) instead of waiting forever, and the pool's only
+/// slot serves the next client on a fresh connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_frees_clients_of_a_server_that_stopped_answering() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let cluster = shared_cluster();
+    let pgherd = cluster
+        .pgherd()
+        .general("pool_mode = \"session\"")
+        .general("query_timeout = 1")
+        .database("app = { pool_size = 1 }")
+        .start()
+        .await;
+    let hung = pgherd.app().await;
+    let pid: i32 = simple_value(&hung, "SELECT pg_backend_pid()")
+        .await
+        .parse()
+        .unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(30), hung.simple_query("SELECT 1")).await;
+    // Let the backend go on (it then sees the cancel and its closed client).
+    kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
+    let e = answer
+        .expect("pgherd answers within query_timeout")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("57014"), "{e}");
+    let next = pgherd.app().await;
+    let other: i32 = simple_value(&next, "SELECT pg_backend_pid()")
+        .await
+        .parse()
+        .unwrap();
+    assert_ne!(other, pid, "a fresh server, not the hung one");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserve_pool_serves_clients_that_waited_reserve_pool_timeout() {
     let cluster = shared_cluster();

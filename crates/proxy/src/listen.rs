@@ -209,7 +209,10 @@ mod tests {
         let missing = dir.path().join("no-such-dir");
         let err = bind_unix(&missing, 7004, (0o777, None), false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
-        assert!(err.to_string().contains("no-such-dir/.s.PGSQL.7004"), "{err}");
+        assert!(
+            err.to_string().contains("no-such-dir/.s.PGSQL.7004"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -706,11 +706,7 @@ impl Session {
             };
             let relayed = relay::relay(
                 ends,
-                (
-                    config.general.max_packet_size,
-                    until,
-                    upstream.relay_limits,
-                ),
+                (config.general.max_packet_size, until, upstream.relay_limits),
                 &mut state,
                 &mut tracking,
                 retire,
