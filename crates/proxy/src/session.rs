@@ -486,7 +486,7 @@ impl Session {
             // A server is taken without waiting when it can be, else in a
             // boxed future; the relay step is boxed too: an idle client's
             // task holds none of their state. The relay step is kept under
-            // 1,032 bytes (1,024 now, `-Zprint-type-sizes`): glibc's malloc
+            // 1,032 bytes (984 now, `-Zprint-type-sizes`): glibc's malloc
             // serves up to that from a per-thread cache, larger blocks
             // through its bins (callgrind: a 1,320-byte box cost ~380 more
             // instructions per transaction than boxes under the limit).
@@ -534,7 +534,7 @@ impl Session {
         let taken = self.take_server_now(shared)?;
         // The box first, then the future written into it: `Box::pin(f)`
         // builds the 1 KiB future on the stack and copies it over (callgrind:
-        // 6,681 → 6,504 instructions per transaction without that copy).
+        // 6,648 → 6,489 instructions per transaction without that copy).
         let slot = Box::new_uninit();
         Some(Box::into_pin(Box::write(
             slot,
