@@ -427,10 +427,7 @@ async fn auth_hba_file_rules_choose_the_method_or_refuse() {
             "auth_hba_file = {:?}",
             rules.display().to_string()
         ))
-        .general(&format!(
-            "unix_socket_dir = {:?}",
-            sockets.display().to_string()
-        ));
+        .unix_socket_dir(&sockets);
     let pgherd = builder.start().await;
 
     assert_eq!(

@@ -13,11 +13,10 @@ use pgherd_integration_tests::*;
 async fn a_new_pgherd_takes_over_the_port_and_socket_while_the_old_one_drains() {
     let cluster = shared_cluster();
     let dir = tempfile::tempdir().unwrap();
-    let unix_dir = format!("unix_socket_dir = \"{}\"", dir.path().display());
     let mut old = cluster
         .pgherd()
         .general("so_reuseport = true")
-        .general(&unix_dir)
+        .unix_socket_dir(dir.path())
         .general("pool_mode = \"transaction\"")
         .start()
         .await;
@@ -33,7 +32,7 @@ async fn a_new_pgherd_takes_over_the_port_and_socket_while_the_old_one_drains() 
     let new = cluster
         .pgherd()
         .general("so_reuseport = true")
-        .general(&unix_dir)
+        .unix_socket_dir(dir.path())
         .general("pool_mode = \"transaction\"")
         .general(&same_port)
         .start()

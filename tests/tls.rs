@@ -613,7 +613,7 @@ async fn required_tls_does_not_apply_on_the_unix_socket() {
         .pgherd()
         .general("client_tls_sslmode = \"require\"")
         .general(&pgherd_certificate(&pki.server_cert, &pki.server_key))
-        .general(&format!("unix_socket_dir = \"{}\"", dir.path().display()))
+        .unix_socket_dir(dir.path())
         .start()
         .await;
     let port = pgherd.addr.port();

@@ -40,7 +40,7 @@ async fn clients_connect_through_the_unix_socket_of_each_listener() {
     let dir = tempfile::tempdir().unwrap();
     let mut pgherd = cluster
         .pgherd()
-        .general(&format!("unix_socket_dir = \"{}\"", dir.path().display()))
+        .unix_socket_dir(dir.path())
         .general("unix_socket_mode = \"0770\"")
         .general("pool_mode = \"transaction\"")
         .listener("replica")
@@ -117,7 +117,7 @@ async fn peer_authentication_admits_only_the_same_os_user_on_the_unix_socket() {
     // Peer users log in to PostgreSQL as `app`, with its password.
     let pgherd = cluster
         .pgherd()
-        .general(&format!("unix_socket_dir = \"{}\"", dir.path().display()))
+        .unix_socket_dir(dir.path())
         .database(&format!(
             "peerdb = {{ dbname = \"app\", user = \"app\", password = \"{APP_PASSWORD}\" }}"
         ))
@@ -157,17 +157,13 @@ async fn peer_authentication_admits_only_the_same_os_user_on_the_unix_socket() {
 async fn a_socket_file_in_use_is_not_taken_over() {
     let cluster = shared_cluster();
     let dir = tempfile::tempdir().unwrap();
-    let first = cluster
-        .pgherd()
-        .general(&format!("unix_socket_dir = \"{}\"", dir.path().display()))
-        .start()
-        .await;
+    let first = cluster.pgherd().unix_socket_dir(dir.path()).start().await;
     // A second pgherd on the same port number (another address) would
     // take the same file name: refused, and the first one keeps serving.
     let port = first.addr.port();
     let toml = cluster
         .pgherd()
-        .general(&format!("unix_socket_dir = \"{}\"", dir.path().display()))
+        .unix_socket_dir(dir.path())
         .general(&format!("listen_addr = \"127.0.0.2:{port}\""))
         .toml();
     let config = pgherd_config::Config::parse(&toml).unwrap();
@@ -187,11 +183,7 @@ async fn a_socket_file_in_use_is_not_taken_over() {
 async fn pgherds_own_os_user_gets_the_console_as_pgbouncer_on_the_unix_socket() {
     let cluster = shared_cluster();
     let dir = tempfile::tempdir().unwrap();
-    let pgherd = cluster
-        .pgherd()
-        .general(&format!("unix_socket_dir = \"{}\"", dir.path().display()))
-        .start()
-        .await;
+    let pgherd = cluster.pgherd().unix_socket_dir(dir.path()).start().await;
     let port = pgherd.addr.port();
     let admin = connect_unix(dir.path(), port, "pgbouncer", "", "pgbouncer")
         .await

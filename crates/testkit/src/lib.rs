@@ -143,6 +143,14 @@ impl PgherdBuilder {
         self
     }
 
+    /// Unix-domain sockets in `dir` (`unix_socket_dir`).
+    pub fn unix_socket_dir(self, dir: &std::path::Path) -> Self {
+        self.general(&format!(
+            "unix_socket_dir = {:?}",
+            dir.display().to_string()
+        ))
+    }
+
     /// Adds a listener on a free port whose databases default to `target`
     /// (`"primary"` or `"replica"`).
     pub fn listener(mut self, target: &str) -> Self {
