@@ -175,8 +175,7 @@ pub fn start(
     settings: &Notify,
     events: broadcast::Receiver<ClusterEvent>,
 ) -> Result<Notifications, NotifyError> {
-    let destinations = destinations(settings)?;
-    let tls = connector(settings, &destinations)?;
+    let (destinations, tls) = prepare(settings)?;
     let counters = Notifications(Arc::new(
         destinations
             .iter()
@@ -214,8 +213,7 @@ pub async fn send_test(
     settings: &Notify,
     message: &str,
 ) -> Result<Vec<(String, Result<(), String>)>, NotifyError> {
-    let destinations = destinations(settings)?;
-    let tls = connector(settings, &destinations)?;
+    let (destinations, tls) = prepare(settings)?;
     let mut results = Vec::with_capacity(destinations.len());
     for d in destinations {
         let body = d.body("test", message, &settings.instance, unix_now());
@@ -227,6 +225,19 @@ pub async fn send_test(
         results.push((d.label, result));
     }
     Ok(results)
+}
+
+/// Checks `settings` as [`start`] reads them (URLs, the CA file) without
+/// starting anything (`pgherd check`); the number of destinations.
+pub fn check(settings: &Notify) -> Result<usize, NotifyError> {
+    Ok(prepare(settings)?.0.len())
+}
+
+/// The destinations and, when one is `https://`, the TLS connector.
+fn prepare(settings: &Notify) -> Result<(Vec<Destination>, Option<TlsConnector>), NotifyError> {
+    let destinations = destinations(settings)?;
+    let tls = connector(settings, &destinations)?;
+    Ok((destinations, tls))
 }
 
 /// The TLS connector, when a destination is `https://`.

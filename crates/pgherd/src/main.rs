@@ -103,6 +103,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config =
         pgherd_config::Config::load(path).with_context(|| format!("loading {}", path.display()))?;
     pgherd_tls::Contexts::new(&config.general).context("loading the TLS files")?;
+    let notified = pgherd_notify::check(&config.notify).context("[notify]")?;
     let g = &config.general;
     let mut listeners = vec![format!("{} (primary)", g.listen_addr)];
     listeners.extend(
@@ -126,6 +127,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         format!("{:?}", g.pool_mode).to_lowercase(),
         g.auth_type.name()
     );
+    println!("  notifications: {notified} destination(s)");
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `pgherd check -c FILE`: the example configuration passes with its
-//! outline printed; a typo, a missing auth_hba_file or an unreadable TLS
-//! file fails with the setting or file named and exit status 1.
+//! outline printed; a typo, a missing auth_hba_file, an unreadable TLS
+//! file or notifications' CA file fails with the setting or file named and
+//! exit status 1.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -33,6 +34,10 @@ fn the_example_passes_and_is_outlined() {
         "{stdout}"
     );
     assert!(stdout.contains("pg1 10.1.1.195:5432"), "{stdout}");
+    assert!(
+        stdout.contains("notifications: 0 destination(s)"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -57,6 +62,13 @@ fn errors_name_what_is_wrong() {
                  client_tls_key_file = \"/nonexistent/k.pem\"",
             ),
             "/nonexistent/",
+        ),
+        (
+            example().replace(
+                "webhook_urls = []\n",
+                "webhook_urls = [\"https://hooks.example.com/x\"]\nca_file = \"/nonexistent/ca.pem\"\n",
+            ),
+            "/nonexistent/ca.pem",
         ),
     ];
     for (i, (text, expect)) in cases.iter().enumerate() {
