@@ -10,8 +10,9 @@
 //! pgbench data, pgbouncer (Debian's, `apt-get install pgbouncer`) and pgherd
 //! (the release binary next to this one) with the same pool mode and size.
 //! Every workload runs for each target in turn — direct, pgbouncer, pgherd,
-//! then again — so a noisy neighbour hits all three alike; the median of the
-//! repetitions is reported. Workloads: pgbench `-S` in each protocol mode
+//! then pgherd, pgbouncer, direct, and so on — so a noisy neighbour hits all
+//! three alike and no target always runs in the same place in the round;
+//! the median of the repetitions is reported. Workloads: pgbench `-S` in each protocol mode
 //! at each client count, tpcb-like (read-write) at 16 clients, reads over
 //! the standbys (pgherd only), and idle logged-in clients. For the proxies
 //! the CPU time they used (the scheduler's exact count, and the sampled
@@ -273,11 +274,12 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let clients = workload.clients.to_string();
         let mut results: Vec<Vec<Measure>> = vec![Vec::new(); targets.len()];
-        for _ in 0..plan.reps {
-            for (i, (_, port, pid)) in targets.iter().enumerate() {
+        for rep in 0..plan.reps {
+            for i in run_order(rep, targets.len()) {
+                let (_, port, pid) = targets[i];
                 let mut run = workload.args.clone();
                 run.extend(["-c", &clients, "-j", "2", "-T", &seconds]);
-                results[i].push(run_pgbench(&bins, *port, *pid, &run)?);
+                results[i].push(run_pgbench(&bins, port, pid, &run)?);
             }
         }
         report(&workload.label, &targets, &results);
@@ -317,6 +319,20 @@ fn main() -> anyhow::Result<()> {
     stop(&mut pgherd);
     drop(bouncer);
     Ok(())
+}
+
+/// The order in which repetition `rep` runs the `n` targets: first to last,
+/// then last to first (A B C, C B A, A B C...). In a fixed order one target
+/// would always run right after the same other one, and in the same part
+/// of each round: whatever that favours (a drift of the machine's load
+/// within the round, caches another target left warm) would favour it on
+/// every repetition instead of cancelling out.
+fn run_order(rep: usize, n: usize) -> Box<dyn Iterator<Item = usize>> {
+    if rep.is_multiple_of(2) {
+        Box::new(0..n)
+    } else {
+        Box::new((0..n).rev())
+    }
 }
 
 /// The idle-clients table: RSS per logged-in client doing nothing, with
@@ -816,4 +832,17 @@ fn environment(bins: &PgBinaries, pgbouncer: Option<&Path>) -> String {
             .unwrap_or_else(|| "pgbouncer: not installed".into()),
         env!("CARGO_PKG_VERSION"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repetitions_alternate_the_order_of_targets() {
+        let order = |rep| run_order(rep, 3).collect::<Vec<_>>();
+        assert_eq!(order(0), [0, 1, 2]);
+        assert_eq!(order(1), [2, 1, 0]);
+        assert_eq!(order(2), [0, 1, 2]);
+    }
 }
