@@ -199,7 +199,7 @@ async fn metrics_move_under_pgbench_load() {
         .await;
     let bins = PgBinaries::find().unwrap();
     let pgbench = |args: &[&str]| {
-        let mut cmd = tokio::process::Command::new(bins.path("pgbench"));
+        let mut cmd = std::process::Command::new(bins.path("pgbench"));
         cmd.args(["-h", "127.0.0.1", "-p", &pgherd.addr.port().to_string()])
             .args(["-U", "app"])
             .args(args)
@@ -207,7 +207,7 @@ async fn metrics_move_under_pgbench_load() {
             .env("PGPASSWORD", APP_PASSWORD);
         cmd
     };
-    let init = pgbench(&["-i", "-s", "1", "-q"]).output().await.unwrap();
+    let init = output(pgbench(&["-i", "-s", "1", "-q"])).await.unwrap();
     assert!(init.status.success(), "{init:?}");
     let before = scrape(&pgherd).await;
     // Pools, and so their labels, are per server database.
@@ -220,7 +220,7 @@ async fn metrics_move_under_pgbench_load() {
 
     // Writes with a standby's replay paused: its lag shows.
     cluster.pg.sql(1, "SELECT pg_wal_replay_pause()").unwrap();
-    let run = pgbench(&["-c", "8", "-j", "2", "-T", "3"]).output();
+    let run = output(pgbench(&["-c", "8", "-j", "2", "-T", "3"]));
     let during = async {
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
         scrape(&pgherd).await

@@ -6,15 +6,13 @@ use pgherd_integration_tests::*;
 
 async fn pgbench(pgherd: &RunningPgherd, args: &[&str]) -> String {
     let bins = PgBinaries::find().unwrap();
-    let out = tokio::process::Command::new(bins.path("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &pgherd.addr.port().to_string()])
+    let mut cmd = std::process::Command::new(bins.path("pgbench"));
+    cmd.args(["-h", "127.0.0.1", "-p", &pgherd.addr.port().to_string()])
         .args(["-U", "app"])
         .args(args)
         .arg("app")
-        .env("PGPASSWORD", APP_PASSWORD)
-        .output()
-        .await
-        .unwrap();
+        .env("PGPASSWORD", APP_PASSWORD);
+    let out = output(cmd).await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

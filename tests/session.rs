@@ -340,12 +340,10 @@ async fn replication_connections_pass_through() {
             "host=127.0.0.1 port={} user=app dbname=app replication={mode}",
             pgherd.addr.port()
         );
-        let out = tokio::process::Command::new(bins.path("psql"))
-            .args(["-X", "-A", "-t", "-d", &conninfo, "-c", "IDENTIFY_SYSTEM"])
-            .env("PGPASSWORD", APP_PASSWORD)
-            .output()
-            .await
-            .unwrap();
+        let mut cmd = std::process::Command::new(bins.path("psql"));
+        cmd.args(["-X", "-A", "-t", "-d", &conninfo, "-c", "IDENTIFY_SYSTEM"])
+            .env("PGPASSWORD", APP_PASSWORD);
+        let out = output(cmd).await.unwrap();
         assert!(
             out.status.success(),
             "{}",

@@ -491,12 +491,10 @@ async fn database_and_user_entries_override_the_limits() {
 async fn keepalive_timer(port: u16) -> f64 {
     let mut text = String::new();
     for _ in 0..50 {
-        let out = tokio::process::Command::new("ss")
-            .args(["-tnoH", "state", "established"])
-            .arg(format!("( sport = :{port} )"))
-            .output()
-            .await
-            .expect("ss (iproute2) runs");
+        let mut ss = std::process::Command::new("ss");
+        ss.args(["-tnoH", "state", "established"])
+            .arg(format!("( sport = :{port} )"));
+        let out = output(ss).await.expect("ss (iproute2) runs");
         text = String::from_utf8_lossy(&out.stdout).into_owned();
         if text.contains("timer:(keepalive,") {
             break;

@@ -166,7 +166,7 @@ async fn pgbench_simple_extended_prepared_with_pool_of_four() {
     let pgherd = transaction_pgherd(4).await;
     let bins = PgBinaries::find().unwrap();
     let run = |args: &[&str]| {
-        let mut cmd = tokio::process::Command::new(bins.path("pgbench"));
+        let mut cmd = std::process::Command::new(bins.path("pgbench"));
         cmd.args([
             "-h",
             "127.0.0.1",
@@ -180,15 +180,14 @@ async fn pgbench_simple_extended_prepared_with_pool_of_four() {
         .env("PGPASSWORD", APP_PASSWORD);
         cmd
     };
-    let init = run(&["-i", "-s", "1", "-q"]).output().await.unwrap();
+    let init = output(run(&["-i", "-s", "1", "-q"])).await.unwrap();
     assert!(
         init.status.success(),
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
     for mode in ["simple", "extended", "prepared"] {
-        let out = run(&["-S", "-c", "32", "-j", "2", "-T", "2", "-M", mode])
-            .output()
+        let out = output(run(&["-S", "-c", "32", "-j", "2", "-T", "2", "-M", mode]))
             .await
             .unwrap();
         let report = String::from_utf8_lossy(&out.stdout);

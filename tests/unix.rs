@@ -15,15 +15,13 @@ use pgherd_integration_tests::*;
 /// psql (libpq) through the Unix socket in `dir` of listener `port`.
 async fn psql_unix(dir: &Path, port: u16, user: &str, db: &str, sql: &str) -> std::process::Output {
     let bins = PgBinaries::find().expect("PostgreSQL binaries");
-    tokio::process::Command::new(bins.path("psql"))
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+    let mut cmd = std::process::Command::new(bins.path("psql"));
+    cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
         .args(["-h", &dir.display().to_string(), "-p", &port.to_string()])
         .args(["-U", user, "-d", db, "-c", sql])
         .env("PGPASSWORD", APP_PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .await
-        .expect("run psql")
+        .env("PGCONNECT_TIMEOUT", "10");
+    output(cmd).await.expect("run psql")
 }
 
 /// The operating system user this test runs as.
