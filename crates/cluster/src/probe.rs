@@ -105,6 +105,9 @@ pub(crate) async fn run(
 ) {
     let timeout = schedule.timeout;
     let mut session: Option<Session> = None;
+    // Between probes the loop sleeps on a timerfd, not on tokio's timer:
+    // see pgherd_timerfd for why.
+    let mut pause = pgherd_timerfd::Sleeper::new();
     loop {
         // Registered before probing, so a request made during the probe
         // is not lost.
@@ -131,7 +134,7 @@ pub(crate) async fn run(
             return;
         }
         tokio::select! {
-            () = tokio::time::sleep(schedule.pause()) => {}
+            () = pause.sleep(schedule.pause()) => {}
             () = notified => {}
         }
     }

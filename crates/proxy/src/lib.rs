@@ -395,10 +395,13 @@ impl Drop for NodeLease<'_> {
 /// Every `stats_period`, turns the totals into pgbouncer's averages.
 async fn average_stats(shared: std::sync::Weak<Shared>, period: std::time::Duration) {
     let mut earlier: BTreeMap<String, StatsSnapshot> = BTreeMap::new();
-    let mut ticks = tokio::time::interval(period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Kernel-timed: see pgherd_timerfd for why. First at once, as
+    // tokio's interval did, then `period` after each.
+    let mut ticks = pgherd_timerfd::Sleeper::new();
+    let mut wait = std::time::Duration::ZERO;
     loop {
-        ticks.tick().await;
+        ticks.sleep(wait).await;
+        wait = period;
         let Some(shared) = shared.upgrade() else {
             return;
         };
@@ -444,10 +447,11 @@ fn log_stats(a: &Averages) {
 /// past `server_idle_timeout` or `server_lifetime`, and tops pools up to
 /// `min_pool_size`.
 async fn sweep_idle_servers(shared: std::sync::Weak<Shared>) {
-    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = pgherd_timerfd::Sleeper::new();
+    let mut wait = std::time::Duration::ZERO;
     loop {
-        ticks.tick().await;
+        ticks.sleep(wait).await;
+        wait = std::time::Duration::from_secs(1);
         let Some(shared) = shared.upgrade() else {
             return;
         };
