@@ -29,58 +29,16 @@
 # transaction. Needs valgrind and the PostgreSQL binaries.
 set -euo pipefail
 
-here=$(cd "$(dirname "$0")/.." && pwd)
+source "$(dirname "$0")/demo-cluster.sh"
 pgherd=${1:-$here/target/release/pgherd}
-bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-work=$(mktemp -d)
-demo_pid=""
-measured_pid=""
-cleanup() {
-    [ -n "$measured_pid" ] && kill "$measured_pid" 2>/dev/null || true
-    [ -n "$demo_pid" ] && kill "$demo_pid" 2>/dev/null || true
-    [ -n "$demo_pid" ] && wait "$demo_pid" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-demo_port=$(free_port)
-"$pgherd" demo --port "$demo_port" >"$work/demo.log" 2>&1 &
-demo_pid=$!
-for _ in $(seq 1 120); do
-    grep -q "pgherd demo is running" "$work/demo.log" && break
-    sleep 0.5
-done
-grep -q "pgherd demo is running" "$work/demo.log" || { cat "$work/demo.log"; exit 1; }
-# "  primary  pg0  127.0.0.1:PORT" and the standbys, in node order.
-mapfile -t nodes < <(grep -E '^  (primary|standby) ' "$work/demo.log" | awk '{print $2, $3}')
-
-export PGPASSWORD=demo
-primary_port=${nodes[0]##*:}
-"$bindir/pgbench" -q -i -s 1 -h 127.0.0.1 -p "$primary_port" -U demo demo >/dev/null 2>&1
-
-port=$(free_port)
-{
-    printf '[pgherd]\nlisten_addr = "127.0.0.1:%s"\nadmin_listen_addr = ""\n' "$port"
-    printf 'probe_user = "postgres"\nprobe_password = "postgres"\nprobe_interval = 30\n'
-    printf 'pool_mode = "transaction"\ndefault_pool_size = 20\n'
-    for n in "${nodes[@]}"; do
-        name=${n%% *}
-        addr=${n##* }
-        printf '\n[[nodes]]\nname = "%s"\nhost = "127.0.0.1"\nport = %s\n' "$name" "${addr##*:}"
-    done
-    printf '\n[databases]\n"*" = {}\n\n[users]\ndemo = { password = "demo" }\n'
-} >"$work/pgherd.toml"
+demo_cluster_start "$pgherd" 'probe_interval = 30\n'
 
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
     --collect-atstart=yes --instr-atstart=no \
     "$pgherd" run -c "$work/pgherd.toml" >"$work/valgrind.log" 2>&1 &
 measured_pid=$!
-for _ in $(seq 1 120); do
-    "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" && break
-    sleep 0.5
-done
+cleanup_pids+=("$measured_pid")
+wait_listening "$port"
 sleep 2
 clients=${CLIENTS:-4}
 case $clients in 1 | 2 | 4 | 8) ;; *) echo "CLIENTS must be 1, 2, 4 or 8" >&2; exit 2 ;; esac
