@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the kernel does for pgherd and for pgbouncer per transaction: system
-# calls, context switches, CPU time and its kernel share, measured by
-# `perf stat` on each proxy's PID.
+# calls (all, and the four a proxy's loop makes), context switches, CPU
+# time and its kernel share, measured by `perf stat` on each proxy's PID.
 #
 #   cargo build --release && bash benches/syscalls.sh [path/to/pgherd]
 #
@@ -73,6 +73,8 @@ pgbench "$bouncer_port" 2 >/dev/null
 measure() {
     local name=$1 pid=$2 p=$3 ticks_before ticks_after out
     perf stat -x, -e raw_syscalls:sys_enter,context-switches,task-clock \
+        -e syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto \
+        -e syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_ctl \
         -p "$pid" -o "$work/stat.txt" -- sleep $((seconds + 1)) &
     local perf_pid=$!
     sleep 0.2
@@ -90,16 +92,19 @@ measure() {
         END {
             split(before, b, " "); split(after, a, " ")
             user = a[1] - b[1]; sys = a[2] - b[2]
-            printf "| %s | %d | %.2f | %.3f | %.1f | %.0f%% |\n", name, tps,
-                v["raw_syscalls:sys_enter"] / tx, v["context-switches"] / tx,
-                v["task-clock"] * 1000 / tx, 100 * sys / (user + sys)
+            printf "| %s | %d | %.2f | %.2f / %.2f / %.2f / %.2f | %.3f | %.1f | %.0f%% |\n",
+                name, tps, v["raw_syscalls:sys_enter"] / tx,
+                v["syscalls:sys_enter_recvfrom"] / tx, v["syscalls:sys_enter_sendto"] / tx,
+                v["syscalls:sys_enter_epoll_wait"] / tx, v["syscalls:sys_enter_epoll_ctl"] / tx,
+                v["context-switches"] / tx, v["task-clock"] * 1000 / tx,
+                100 * sys / (user + sys)
         }' "$work/stat.txt"
 }
 
 echo "pgbench -S -M ${PROTOCOL:-simple} -c $clients, ${seconds} s per run:"
 echo
-echo "| proxy | TPS | system calls/tx | context switches/tx | CPU µs/tx | kernel share |"
-echo "|---|---|---|---|---|---|"
+echo "| proxy | TPS | system calls/tx | of which recv / send / epoll_wait / epoll_ctl | context switches/tx | CPU µs/tx | kernel share |"
+echo "|---|---|---|---|---|---|---|"
 for rep in $(seq 1 "$reps"); do
     if [ $((rep % 2)) -eq 1 ]; then
         measure pgherd "$pgherd_pid" "$port"
