@@ -68,6 +68,7 @@ async fn console_columns_are_pgbouncers() {
         "STATS",
         "STATS_TOTALS",
         "STATS_AVERAGES",
+        "TOTALS",
         "SERVERS",
         "CLIENTS",
         "DATABASES",
@@ -91,6 +92,11 @@ async fn console_columns_are_pgbouncers() {
     assert_eq!(
         list_names(simple_rows(&ours, "SHOW LISTS").await.unwrap()),
         list_names(simple_rows(&reference, "SHOW LISTS").await.unwrap())
+    );
+    // So has SHOW TOTALS.
+    assert_eq!(
+        list_names(simple_rows(&ours, "SHOW TOTALS").await.unwrap()),
+        list_names(simple_rows(&reference, "SHOW TOTALS").await.unwrap())
     );
     // Semicolons and case, as pgbouncer accepts them.
     assert_eq!(
@@ -502,4 +508,50 @@ async fn reconnect_closes_servers_once_released_and_wait_close_waits() {
         simple_value(&idle_one, "SELECT pg_backend_pid()").await,
         idle_pid
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_totals_adds_up_the_databases() {
+    let cluster = shared_cluster();
+    let pgherd = with_console(cluster)
+        .general("stats_period = 0.5")
+        .start()
+        .await;
+    let admin = console(&pgherd, "app", APP_PASSWORD).await;
+    let app = pgherd.app().await;
+    for _ in 0..30 {
+        simple_value(&app, "SELECT 1").await;
+    }
+    let total = |name: &'static str| {
+        let admin = &admin;
+        async move {
+            cell(admin, "SHOW TOTALS", name, "value")
+                .await
+                .parse::<u64>()
+                .unwrap()
+        }
+    };
+    // Totals: the sum of SHOW STATS's rows.
+    let per_database: u64 = simple_rows(&admin, "SHOW STATS")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r[1].as_deref().unwrap().parse::<u64>().unwrap())
+        .sum();
+    let xacts = total("total_xact_count").await;
+    assert!(xacts >= 30, "{xacts}");
+    assert_eq!(xacts, per_database);
+    assert!(total("total_client_bytes").await > 0);
+    // Averages: once a stats_period with transactions has ended.
+    for _ in 0..50 {
+        for _ in 0..10 {
+            simple_value(&app, "SELECT 1").await;
+        }
+        if total("avg_xact_count").await > 0 {
+            assert!(total("avg_client_bytes").await > 0);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("avg_xact_count stayed 0");
 }

@@ -110,7 +110,7 @@ impl Command {
 
 const HELP: &str = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n\
                     \tSHOW LISTS|STATE|NODES\n\
-                    \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n\
+                    \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\
                     \tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\
                     \tRECONNECT [<db>]\n\tWAIT_CLOSE [<db>]\n\
                     \tKILL <db>\n\tKILL_CLIENT <id>\n\tRELOAD\n\tSHUTDOWN";
@@ -339,6 +339,7 @@ fn show(shared: &Shared, what: &str, out: &mut BytesMut) -> Result<(), ErrorFiel
         }
         "POOLS" => show_pools(shared, out),
         "STATS" | "STATS_TOTALS" | "STATS_AVERAGES" => show_stats(shared, what, out),
+        "TOTALS" => show_totals(shared, out),
         "CLIENTS" => show_clients(shared, out),
         "SERVERS" => show_servers(shared, out),
         "DATABASES" => show_databases(shared, out),
@@ -514,6 +515,37 @@ fn show_stats(shared: &Shared, what: &str, out: &mut BytesMut) {
         let mut row: Vec<Option<&str>> = vec![Some(db)];
         row.extend(text.iter().map(|v| Some(v.as_str())));
         t.row(&row);
+    }
+    t.finish();
+}
+
+/// pgbouncer's `SHOW TOTALS`: `SHOW STATS` over all databases, one
+/// `name | value` row per figure, in pgbouncer's order and names (which
+/// here say `client_bytes`/`server_bytes` where SHOW STATS says
+/// received/sent: the bytes received from clients, and sent to them).
+fn show_totals(shared: &Shared, out: &mut BytesMut) {
+    let total = crate::sum(shared.database_totals().values());
+    let avg = shared.all_averages();
+    let micros = crate::stats::micros;
+    let mut t = Table::new(out, &[("name", T), ("value", N)]);
+    // pgherd does not time single queries: query_time is 0 (as in SHOW STATS).
+    for (name, value) in [
+        ("total_xact_count", total.transactions),
+        ("total_query_count", total.queries),
+        ("total_client_bytes", total.received_bytes),
+        ("total_server_bytes", total.sent_bytes),
+        ("total_xact_time", micros(total.xact_time)),
+        ("total_query_time", 0),
+        ("total_wait_time", micros(total.wait_time)),
+        ("avg_xact_count", avg.transactions),
+        ("avg_query_count", avg.queries),
+        ("avg_client_bytes", avg.received_bytes),
+        ("avg_server_bytes", avg.sent_bytes),
+        ("avg_xact_time", avg.xact_time_us),
+        ("avg_query_time", 0),
+        ("avg_wait_time", avg.wait_time_us),
+    ] {
+        t.row(&[Some(name), Some(&value.to_string())]);
     }
     t.finish();
 }

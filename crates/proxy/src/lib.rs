@@ -146,6 +146,8 @@ pub(crate) struct Shared {
     shutdown_requested: tokio::sync::Notify,
     /// `SHOW STATS_AVERAGES` per database, over the last `stats_period`.
     averages: Mutex<BTreeMap<String, Averages>>,
+    /// The same over all databases (`SHOW TOTALS`, `log_stats`).
+    all_averages: Mutex<Averages>,
     /// `auth_user` + `auth_query` lookups.
     auth_query: auth_query::AuthQuery,
     /// `max_db_connections` / `max_user_connections`.
@@ -226,6 +228,11 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The averages of the last complete `stats_period` over all databases.
+    pub(crate) fn all_averages(&self) -> Averages {
+        *self.all_averages.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn request_shutdown(&self) {
@@ -414,19 +421,24 @@ async fn average_stats(shared: std::sync::Weak<Shared>, period: std::time::Durat
             })
             .collect();
         *shared.averages.lock().unwrap_or_else(|e| e.into_inner()) = averages;
+        let all = Averages::between(&sum(earlier.values()), &sum(now.values()), period);
+        *shared
+            .all_averages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = all;
         if shared.config().general.log_stats {
-            let all = |totals: &BTreeMap<String, StatsSnapshot>| {
-                totals
-                    .values()
-                    .fold(StatsSnapshot::default(), |mut sum, s| {
-                        sum.add(s);
-                        sum
-                    })
-            };
-            log_stats(&Averages::between(&all(&earlier), &all(&now), period));
+            log_stats(&all);
         }
         earlier = now;
     }
+}
+
+/// Totals added up (over databases).
+pub(crate) fn sum<'a>(totals: impl Iterator<Item = &'a StatsSnapshot>) -> StatsSnapshot {
+    totals.fold(StatsSnapshot::default(), |mut sum, s| {
+        sum.add(s);
+        sum
+    })
 }
 
 /// pgbouncer's `log_stats` line (its wording; pgherd does not time single
@@ -583,6 +595,7 @@ impl Proxy {
             registry: Arc::default(),
             shutdown_requested: tokio::sync::Notify::new(),
             averages: Mutex::default(),
+            all_averages: Mutex::default(),
             auth_query: auth_query::AuthQuery::default(),
             limits: limits::ConnectionLimits::default(),
             tls: ArcSwap::from_pointee(tls),
