@@ -10,9 +10,10 @@
 //! was always pending, and at one client the proxy sleeps and wakes twice
 //! per transaction. With those loops on timerfds — file descriptors in the
 //! same epoll set, costing nothing until they fire — no tokio timer is
-//! pending in steady state (the data path sets none unless a client or
-//! query limit is configured): the runtime waits with no timeout and its
-//! wheel is empty. Measured in benches/RESULTS.md (session 9).
+//! pending in steady state (the data path sets one only while a client
+//! waits for a server, or when a client or query limit is configured): the
+//! runtime waits with no timeout and its wheel is empty. Measured in
+//! benches/RESULTS.md (session 9).
 //!
 //! Timeouts that guard one request (logins, pool waits, a probe's own
 //! timeout) stay tokio's: they are pending only while that request is.
