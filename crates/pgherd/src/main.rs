@@ -186,7 +186,8 @@ async fn run(config: pgherd_config::Config, path: PathBuf) -> anyhow::Result<()>
     let (proxy, _admin) = start(config).await?;
     let handle = proxy.handle();
     handle.set_config_file(path);
-    tokio::spawn(reload_on_sighup(handle));
+    tokio::spawn(reload_on_sighup(handle.clone()));
+    tokio::spawn(pause_on_sigusr(handle));
     proxy.run(shutdown_signal()).await;
     tracing::info!("pgherd stopped");
     Ok(())
@@ -245,6 +246,44 @@ async fn reload_on_sighup(handle: pgherd_proxy::ProxyHandle) {
     while hup.recv().await.is_some() {
         if let Err(e) = handle.reload() {
             tracing::error!("reload on SIGHUP failed, configuration unchanged: {e}");
+        }
+    }
+}
+
+/// SIGUSR1 pauses every database and SIGUSR2 resumes them, as for
+/// pgbouncer (the console's PAUSE and RESUME). A pause returns once no
+/// client holds a server; SIGUSR2 can end it before that.
+async fn pause_on_sigusr(handle: pgherd_proxy::ProxyHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut usr1, mut usr2) = match (
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
+    ) {
+        (Ok(usr1), Ok(usr2)) => (usr1, usr2),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("cannot listen for SIGUSR1/SIGUSR2: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            Some(()) = usr1.recv() => {
+                tracing::info!("SIGUSR1: pausing all databases");
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    match handle.pause(None).await {
+                        Ok(()) => tracing::info!("all databases paused"),
+                        Err(e) => tracing::warn!("pause on SIGUSR1 failed: {e}"),
+                    }
+                });
+            }
+            Some(()) = usr2.recv() => {
+                match handle.resume(None) {
+                    Ok(()) => tracing::info!("SIGUSR2: all databases resumed"),
+                    Err(e) => tracing::warn!("resume on SIGUSR2 failed: {e}"),
+                }
+            }
+            else => return,
         }
     }
 }

@@ -1,0 +1,153 @@
+//! The signals operators send pgherd, as they do pgbouncer: SIGHUP reloads
+//! the config file, SIGUSR1 pauses every database and SIGUSR2 resumes
+//! them, SIGTERM stops it. The real binary, in front of a real cluster.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pgherd_testkit::{shared_cluster, APP_PASSWORD};
+use tokio_postgres::SimpleQueryMessage;
+
+/// The pgherd process; stopped by PID if the test ends early.
+struct Pgherd(Child);
+
+impl Pgherd {
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.0.id() as i32), signal).unwrap();
+    }
+}
+
+impl Drop for Pgherd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+async fn connect(port: u16, dbname: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("app")
+        .password(APP_PASSWORD)
+        .dbname(dbname)
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// The `value` of row `key` in a console command's result.
+async fn console_value(console: &tokio_postgres::Client, sql: &str, key: &str) -> String {
+    for m in console.simple_query(sql).await.unwrap() {
+        if let SimpleQueryMessage::Row(r) = m {
+            if r.get(0) == Some(key) {
+                return r.get("value").unwrap().to_owned();
+            }
+        }
+    }
+    panic!("{sql}: no row {key}")
+}
+
+/// Polls the console until row `key` of `sql` says `want` (10 s at most).
+async fn wait_for(console: &tokio_postgres::Client, sql: &str, key: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = console_value(console, sql, key).await;
+        if value == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql} {key}: {value}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn write_config(path: &Path, port: u16, pool_size: u32) {
+    let toml = shared_cluster()
+        .pgherd()
+        .general(&format!("listen_addr = \"127.0.0.1:{port}\""))
+        .general("admin_listen_addr = \"\"")
+        .general("admin_users = [\"app\"]")
+        .general("pool_mode = \"transaction\"")
+        .general(&format!("default_pool_size = {pool_size}"))
+        .toml();
+    std::fs::write(path, toml).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_sigusr1_pauses_sigusr2_resumes_sigterm_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgherd.toml");
+    let port = free_port();
+    write_config(&config, port, 20);
+    let pgherd = Pgherd(
+        Command::new(env!("CARGO_BIN_EXE_pgherd"))
+            .args(["run", "-c"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let app = loop {
+        match connect(port, "app").await {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("pgherd does not serve: {e}"),
+        }
+    };
+    let console = connect(port, "pgbouncer").await.unwrap();
+    app.simple_query("SELECT 1").await.unwrap();
+
+    // SIGHUP: the file's new pool size is in force.
+    write_config(&config, port, 7);
+    pgherd.signal(Signal::SIGHUP);
+    wait_for(&console, "SHOW CONFIG", "default_pool_size", "7").await;
+
+    // SIGUSR1: paused; a transaction waits.
+    wait_for(&console, "SHOW STATE", "paused", "no").await;
+    pgherd.signal(Signal::SIGUSR1);
+    wait_for(&console, "SHOW STATE", "paused", "yes").await;
+    let waiting = tokio::spawn(async move { app.simple_query("SELECT 1").await.is_ok() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a query ran while paused");
+
+    // SIGUSR2: resumed; the transaction runs.
+    pgherd.signal(Signal::SIGUSR2);
+    wait_for(&console, "SHOW STATE", "paused", "no").await;
+    assert!(tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap());
+
+    // SIGTERM: pgherd stops, with success (at once: no client is left).
+    drop(console);
+    let mut pgherd = pgherd;
+    pgherd.signal(Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = pgherd.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "pgherd still runs after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
