@@ -3,6 +3,7 @@
 //! All logic lives in the library crates; this file wires them together.
 
 mod demo;
+mod fd_limit;
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -71,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run { config: path } => {
             let config = pgherd_config::Config::load(&path)
                 .with_context(|| format!("loading {}", path.display()))?;
+            fd_limit::raise_and_check(&config);
             runtime(config.general.worker_threads)?.block_on(run(config, path))
         }
         Command::Check { config: path } => check(&path),

@@ -93,13 +93,18 @@ async fn sighup_reloads_sigusr1_pauses_sigusr2_resumes_sigterm_stops() {
     let config = dir.path().join("pgherd.toml");
     let port = free_port();
     write_config(&config, port, 20);
+    // Started from a shell with a low soft open-files limit: pgherd
+    // raises it to the hard limit and says so.
+    let log = dir.path().join("pgherd.log");
     let pgherd = Pgherd(
-        Command::new(env!("CARGO_BIN_EXE_pgherd"))
-            .args(["run", "-c"])
+        Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -Sn 256 && exec \"$0\" run -c \"$1\"")
+            .arg(env!("CARGO_BIN_EXE_pgherd"))
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -115,6 +120,15 @@ async fn sighup_reloads_sigusr1_pauses_sigusr2_resumes_sigterm_stops() {
     };
     let console = connect(port, "pgbouncer").await.unwrap();
     app.simple_query("SELECT 1").await.unwrap();
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains(&format!(
+            "kernel file descriptor limit: {hard} (hard: {hard})"
+        )),
+        "{logged}"
+    );
 
     // SIGHUP: the file's new pool size is in force.
     write_config(&config, port, 7);
