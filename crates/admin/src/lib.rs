@@ -60,7 +60,10 @@ impl Admin {
         Ok(Admin {
             // With so_reuseport, a new pgherd's admin port starts beside
             // the old one's, as its client ports do.
-            listener: pgherd_proxy::bind_tcp(addr, proxy.config().general.so_reuseport)?,
+            listener: {
+                let g = &proxy.config().general;
+                pgherd_proxy::bind_tcp(addr, g.so_reuseport, g.listen_backlog)?
+            },
             proxy,
             sources: Sources {
                 events,

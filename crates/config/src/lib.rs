@@ -201,6 +201,9 @@ pub struct General {
     /// addresses (a new pgherd started before the old one is stopped), and
     /// a Unix socket in use is taken over.
     pub so_reuseport: bool,
+    /// pgbouncer's `listen_backlog`: connections the kernel queues on each
+    /// listening socket before pgherd accepts them.
+    pub listen_backlog: u32,
     pub pool_mode: PoolMode,
     /// The admin HTTP listener (`/metrics`, health, JSON API); `None`: off.
     pub admin_listen_addr: Option<SocketAddr>,
@@ -662,6 +665,7 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
             g.unix_socket_group.clone().unwrap_or_default(),
         ),
         ("so_reuseport", u8::from(g.so_reuseport).to_string()),
+        ("listen_backlog", g.listen_backlog.to_string()),
         ("pool_mode", format!("{:?}", g.pool_mode).to_lowercase()),
         (
             "admin_listen_addr",
@@ -892,6 +896,7 @@ mod raw {
         pub unix_socket_mode: String,
         pub unix_socket_group: String,
         pub so_reuseport: bool,
+        pub listen_backlog: u32,
         pub pool_mode: PoolMode,
         pub admin_listen_addr: String,
         pub auth_type: AuthType,
@@ -976,6 +981,9 @@ mod raw {
                 unix_socket_mode: "0777".into(),
                 unix_socket_group: String::new(),
                 so_reuseport: false,
+                // pgbouncer's is 128; a failover brings every application's
+                // reconnections at once (net.core.somaxconn caps it).
+                listen_backlog: 1024,
                 pool_mode: PoolMode::Session,
                 // Clear of PostgreSQL, pgbouncer, haproxy stats, Patroni and
                 // the usual Prometheus exporters.
@@ -1281,6 +1289,14 @@ mod raw {
                     )
                 })?),
             };
+            let listen_backlog = Some(g.listen_backlog)
+                .filter(|b| (1..=65_535).contains(b))
+                .ok_or_else(|| {
+                    invalid(
+                        "pgherd.listen_backlog",
+                        format!("{} is not between 1 and 65535", g.listen_backlog),
+                    )
+                })?;
             let unix_socket_mode = u32::from_str_radix(&g.unix_socket_mode, 8)
                 .ok()
                 .filter(|m| *m <= 0o777)
@@ -1301,6 +1317,7 @@ mod raw {
                 unix_socket_group: (!g.unix_socket_group.is_empty())
                     .then(|| g.unix_socket_group.clone()),
                 so_reuseport: g.so_reuseport,
+                listen_backlog,
                 pool_mode: g.pool_mode,
                 admin_listen_addr,
                 auth_type: g.auth_type,
@@ -1847,6 +1864,21 @@ mod tests {
             let text = MINIMAL.replace("[pgherd]", &format!("[pgherd]\nunix_socket_mode = {bad}"));
             let err = Config::parse(&text).unwrap_err().to_string();
             assert!(err.contains("pgherd.unix_socket_mode"), "{err}");
+        }
+    }
+
+    #[test]
+    fn listen_backlog_defaults_to_1024_within_1_to_65535() {
+        assert_eq!(Config::parse(MINIMAL).unwrap().general.listen_backlog, 1024);
+        let with =
+            |v: &str| MINIMAL.replace("[pgherd]", &format!("[pgherd]\nlisten_backlog = {v}"));
+        assert_eq!(
+            Config::parse(&with("4096")).unwrap().general.listen_backlog,
+            4096
+        );
+        for bad in ["0", "65536"] {
+            let err = Config::parse(&with(bad)).unwrap_err().to_string();
+            assert!(err.contains("pgherd.listen_backlog"), "{err}");
         }
     }
 }

@@ -550,9 +550,13 @@ impl Proxy {
     /// nodes.
     pub async fn bind(config: Config) -> std::io::Result<Proxy> {
         let g = &config.general;
-        let mut tcp = vec![(bind_tcp(g.listen_addr, g.so_reuseport)?, Target::Primary)];
+        let backlog = g.listen_backlog;
+        let mut tcp = vec![(
+            bind_tcp(g.listen_addr, g.so_reuseport, backlog)?,
+            Target::Primary,
+        )];
         for l in &config.listeners {
-            let bound = bind_tcp(l.addr, g.so_reuseport)
+            let bound = bind_tcp(l.addr, g.so_reuseport, backlog)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}: {e}", l.addr)))?;
             tcp.push((bound, l.target));
         }
@@ -561,7 +565,7 @@ impl Proxy {
             let file = (g.unix_socket_mode, g.unix_socket_group.as_deref());
             for (l, target) in &tcp {
                 let port = l.local_addr()?.port();
-                let socket = listen::bind_unix(dir, port, file, g.so_reuseport)?;
+                let socket = listen::bind_unix(dir, port, file, g.so_reuseport, backlog)?;
                 unix.push((Listener::Unix(socket), *target));
             }
         }

@@ -56,9 +56,10 @@ impl Listener {
 }
 
 /// A TCP listener on `addr`, as tokio's `TcpListener::bind` makes it
-/// (`SO_REUSEADDR`, a backlog of 1,024), plus `SO_REUSEPORT` with
-/// `reuse_port`.
-pub fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+/// (`SO_REUSEADDR`), with an accept queue of `backlog` connections
+/// (`listen_backlog`; the kernel caps it at `net.core.somaxconn`), plus
+/// `SO_REUSEPORT` with `reuse_port`.
+pub fn bind_tcp(addr: SocketAddr, reuse_port: bool, backlog: u32) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -70,8 +71,13 @@ pub fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(backlog_arg(backlog))?;
     TcpListener::from_std(socket.into())
+}
+
+/// `listen(2)`'s argument: the config allows 1 to 65,535.
+fn backlog_arg(backlog: u32) -> i32 {
+    i32::try_from(backlog).unwrap_or(i32::MAX)
 }
 
 /// A bound Unix-domain socket; its file is removed when it is dropped,
@@ -96,14 +102,15 @@ impl Drop for UnixSocket {
     }
 }
 
-/// Binds `DIR/.s.PGSQL.PORT` with file mode `mode` and group `group`;
-/// `take_over`: replace a file another process listens on (`so_reuseport`).
-/// Errors name the file.
+/// Binds `DIR/.s.PGSQL.PORT` with file mode `mode` and group `group` and an
+/// accept queue of `backlog`; `take_over`: replace a file another process
+/// listens on (`so_reuseport`). Errors name the file.
 pub(crate) fn bind_unix(
     dir: &Path,
     port: u16,
     (mode, group): (u32, Option<&str>),
     take_over: bool,
+    backlog: u32,
 ) -> io::Result<UnixSocket> {
     let path = dir.join(format!(".s.PGSQL.{port}"));
     let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
@@ -138,6 +145,11 @@ pub(crate) fn bind_unix(
         port,
         file: (meta.dev(), meta.ino()),
     };
+    // Bound with the standard library's queue length; listening again
+    // sets ours.
+    socket2::SockRef::from(&socket.listener)
+        .listen(backlog_arg(backlog))
+        .map_err(named)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(named)?;
     if let Some(group) = group {
         let gid = nix::unistd::Group::from_name(group)
@@ -168,12 +180,12 @@ mod tests {
         // A socket file nobody listens on (its process died).
         let stale = std::os::unix::net::UnixListener::bind(dir.path().join(".s.PGSQL.7001"));
         drop(stale.unwrap());
-        let socket = bind_unix(dir.path(), 7001, (0o770, None), false).unwrap();
+        let socket = bind_unix(dir.path(), 7001, (0o770, None), false, 64).unwrap();
         let meta = std::fs::metadata(&socket.path).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o770);
 
         // Taken by a live listener: refused, and its file left alone.
-        let err = bind_unix(dir.path(), 7001, (0o777, None), false).unwrap_err();
+        let err = bind_unix(dir.path(), 7001, (0o777, None), false, 64).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         assert!(err.to_string().contains(".s.PGSQL.7001"), "{err}");
         assert!(socket.path.exists());
@@ -198,7 +210,7 @@ mod tests {
     async fn an_unknown_group_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let group = Some("no-such-group-pgherd");
-        let err = bind_unix(dir.path(), 7002, (0o777, group), false).unwrap_err();
+        let err = bind_unix(dir.path(), 7002, (0o777, group), false, 64).unwrap_err();
         assert!(err.to_string().contains("no-such-group-pgherd"), "{err}");
         assert!(!dir.path().join(".s.PGSQL.7002").exists());
     }
@@ -207,7 +219,7 @@ mod tests {
     async fn a_missing_directory_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("no-such-dir");
-        let err = bind_unix(&missing, 7004, (0o777, None), false).unwrap_err();
+        let err = bind_unix(&missing, 7004, (0o777, None), false, 64).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert!(
             err.to_string().contains("no-such-dir/.s.PGSQL.7004"),
@@ -218,8 +230,8 @@ mod tests {
     #[tokio::test]
     async fn a_take_over_leaves_the_new_file_when_the_old_listener_goes() {
         let dir = tempfile::tempdir().unwrap();
-        let old = bind_unix(dir.path(), 7003, (0o777, None), false).unwrap();
-        let new = bind_unix(dir.path(), 7003, (0o777, None), true).unwrap();
+        let old = bind_unix(dir.path(), 7003, (0o777, None), false, 64).unwrap();
+        let new = bind_unix(dir.path(), 7003, (0o777, None), true, 64).unwrap();
         drop(old);
         assert!(new.path.exists(), "the old listener removed the new file");
         let client = tokio::net::UnixStream::connect(&new.path).await;
@@ -230,11 +242,42 @@ mod tests {
 
     #[tokio::test]
     async fn reuse_port_lets_two_listeners_share_an_address() {
-        let first = bind_tcp("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let first = bind_tcp("127.0.0.1:0".parse().unwrap(), true, 64).unwrap();
         let addr = first.local_addr().unwrap();
-        let second = bind_tcp(addr, true).unwrap();
+        let second = bind_tcp(addr, true, 64).unwrap();
         assert_eq!(second.local_addr().unwrap(), addr);
-        let refused = bind_tcp(addr, false).unwrap_err();
+        let refused = bind_tcp(addr, false, 64).unwrap_err();
         assert_eq!(refused.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    /// The accept queue's length as `ss` reports it (Send-Q of a
+    /// listening socket) for the listening socket `filter` selects.
+    fn queue_length(args: &[&str]) -> u32 {
+        let out = std::process::Command::new("ss")
+            .args(args)
+            .output()
+            .expect("ss (iproute2) runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .next()
+            .unwrap_or_else(|| panic!("no socket: {args:?}"));
+        // State Recv-Q Send-Q Local Peer (unix sockets: Netid first).
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let at = fields.iter().position(|f| *f == "LISTEN").unwrap() + 2;
+        fields[at].parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn listeners_queue_listen_backlog_connections() {
+        let tcp = bind_tcp("127.0.0.1:0".parse().unwrap(), false, 37).unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let filter = format!("sport = :{port}");
+        assert_eq!(queue_length(&["-ltnH", &filter]), 37);
+
+        let dir = tempfile::tempdir().unwrap();
+        let unix = bind_unix(dir.path(), 7005, (0o777, None), false, 41).unwrap();
+        let path = unix.path.display().to_string();
+        assert_eq!(queue_length(&["-lxH", "src", &path]), 41);
     }
 }

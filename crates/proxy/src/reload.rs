@@ -47,6 +47,7 @@ pub(crate) fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'sta
     keep!("unix_socket_mode", unix_socket_mode);
     keep!("unix_socket_group", unix_socket_group);
     keep!("so_reuseport", so_reuseport);
+    keep!("listen_backlog", listen_backlog);
     keep!("admin_listen_addr", admin_listen_addr);
     keep!("state_file", state_file);
     keep!("stats_period", stats_period);
