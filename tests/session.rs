@@ -449,3 +449,35 @@ async fn newer_protocol_versions_are_negotiated_down() {
     assert_eq!((ok.tag, &ok.body[..]), (b'R', &[0u8, 0, 0, 0][..]));
     while raw.recv().await.unwrap().tag != b'Z' {}
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_times_are_counted_in_session_mode() {
+    let pgherd = shared_cluster()
+        .pgherd()
+        .general("admin_users = [\"app\"]")
+        .start()
+        .await;
+    let client = pgherd.app().await;
+    // One transaction of several requests, ~0.3 s from BEGIN to COMMIT.
+    client.simple_query("BEGIN").await.unwrap();
+    client.simple_query("SELECT pg_sleep(0.2)").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.simple_query("COMMIT").await.unwrap();
+    let console = pgherd
+        .connect("app", APP_PASSWORD, "pgbouncer")
+        .await
+        .unwrap();
+    let rows = simple_rows(&console, "SHOW STATS").await.unwrap();
+    let app = rows
+        .iter()
+        .find(|r| r[0].as_deref() == Some("app"))
+        .expect("a SHOW STATS row for app");
+    // total_xact_count, total_xact_time (µs) are the 2nd and 6th columns.
+    let number = |i: usize| app[i].as_deref().unwrap().parse::<u64>().unwrap();
+    assert_eq!(number(1), 1, "BEGIN..COMMIT is one transaction");
+    let micros = number(5);
+    assert!(
+        (300_000..30_000_000).contains(&micros),
+        "total_xact_time {micros} µs for a 0.3 s transaction"
+    );
+}

@@ -50,6 +50,9 @@ pub(crate) struct Tracking<'a> {
     pub(crate) session_stats: Option<&'a PoolStats>,
     /// What was added to `session_stats` so far.
     pub(crate) flushed: Traffic,
+    /// Session mode: when the transaction in progress began (its first
+    /// request went to the server), for `xact_time`.
+    pub(crate) xact_started: Option<Micros>,
 }
 
 /// Transaction mode's parameter tracking: ParameterStatus from the server
@@ -731,6 +734,9 @@ async fn relay_inner(
                     if let Err(e) = up.write_now(server, false) {
                         return RelayEnd::ServerIo(e);
                     }
+                    if tracking.session_stats.is_some() && tracking.xact_started.is_none() {
+                        tracking.xact_started = Some(Micros::recent());
+                    }
                 }
                 Ok(Step::Wrote) => {}
                 Ok(Step::Eof) => {
@@ -754,6 +760,9 @@ async fn relay_inner(
                     }
                     if let Some(stats) = tracking.session_stats {
                         if state.idle_answers > tracking.flushed.transactions {
+                            if let Some(started) = tracking.xact_started.take() {
+                                stats.transaction(Micros::recent().since(started));
+                            }
                             let now = traffic(up, down, state);
                             stats.traffic(now.minus(tracking.flushed));
                             tracking.flushed = now;

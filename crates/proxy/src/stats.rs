@@ -154,7 +154,9 @@ impl PoolStats {
         local.add(&local.counters.wait_us, micros(d));
     }
 
-    /// Transaction mode: a transaction held its server for `d`.
+    /// A transaction held its server for `d` (transaction mode: from
+    /// checkout to release; session mode: from its first request to the
+    /// ReadyForQuery that ended it).
     pub(crate) fn transaction(&self, d: Duration) {
         let local = self.counters.local();
         local.add(&local.counters.xact_us, micros(d));
