@@ -291,6 +291,20 @@ async fn metrics_move_under_pgbench_load() {
             &db
         )) > 0.0
     );
+    let in_queries = counter(sample(
+        &after,
+        "pgbouncer_stats_queries_duration_seconds_total",
+        &db,
+    ));
+    let in_transactions = counter(sample(
+        &after,
+        "pgbouncer_stats_server_in_transaction_seconds_total",
+        &db,
+    ));
+    assert!(
+        in_queries > 0.0 && in_queries <= in_transactions * 1.01,
+        "queries {in_queries} s within transactions {in_transactions} s"
+    );
     let histogram = sample(&after, "pgherd_transaction_duration_seconds", &db).unwrap();
     match &histogram.value {
         prometheus_parse::Value::Histogram(buckets) => {

@@ -120,7 +120,13 @@ async fn each_stats_period_logs_the_averages() {
             .find(|l| !l.contains("stats: 0 xacts/s"));
         if let Some(line) = busy {
             assert!(line.contains(" INFO "), "{line}");
-            for part in ["queries/s, in ", " B/s, out ", " B/s, xact ", " us, wait "] {
+            for part in [
+                "queries/s, in ",
+                " B/s, out ",
+                " B/s, xact ",
+                " us, query ",
+                " us, wait ",
+            ] {
                 assert!(line.contains(part), "{line}");
             }
             return;

@@ -451,7 +451,7 @@ async fn newer_protocol_versions_are_negotiated_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transaction_times_are_counted_in_session_mode() {
+async fn transaction_and_query_times_are_counted_in_session_mode() {
     let pgherd = shared_cluster()
         .pgherd()
         .general("admin_users = [\"app\"]")
@@ -472,12 +472,21 @@ async fn transaction_times_are_counted_in_session_mode() {
         .iter()
         .find(|r| r[0].as_deref() == Some("app"))
         .expect("a SHOW STATS row for app");
-    // total_xact_count, total_xact_time (µs) are the 2nd and 6th columns.
+    // total_xact_count, total_query_count, total_xact_time and
+    // total_query_time (µs) are the 2nd, 3rd, 6th and 7th columns.
     let number = |i: usize| app[i].as_deref().unwrap().parse::<u64>().unwrap();
     assert_eq!(number(1), 1, "BEGIN..COMMIT is one transaction");
-    let micros = number(5);
+    assert_eq!(number(2), 3, "of three queries");
+    let xact = number(5);
     assert!(
-        (300_000..30_000_000).contains(&micros),
-        "total_xact_time {micros} µs for a 0.3 s transaction"
+        (300_000..30_000_000).contains(&xact),
+        "total_xact_time {xact} µs for a 0.3 s transaction"
+    );
+    // The queries: pg_sleep's 0.2 s and two quick ones; not the pause
+    // between them, when the server owed nothing.
+    let query = number(6);
+    assert!(
+        (200_000..xact - 50_000).contains(&query),
+        "total_query_time {query} µs, total_xact_time {xact} µs"
     );
 }

@@ -122,7 +122,13 @@ fn traffic(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
     let in_tx = counter_vec(
         registry,
         "pgbouncer_stats_server_in_transaction_seconds_total",
-        "Transaction mode: time server connections were held by transactions.",
+        "Time server connections were held by transactions, pgbouncer's total_xact_time.",
+        &db,
+    )?;
+    let in_query = counter_vec(
+        registry,
+        "pgbouncer_stats_queries_duration_seconds_total",
+        "Time servers owed an answer to a request, pgbouncer's total_query_time.",
         &db,
     )?;
     for (name, s) in totals_by_database(proxy) {
@@ -137,6 +143,9 @@ fn traffic(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
         in_tx
             .with_label_values(&l)
             .inc_by(s.xact_time.as_secs_f64());
+        in_query
+            .with_label_values(&l)
+            .inc_by(s.query_time.as_secs_f64());
     }
     let routing = proxy.routing();
     let decisions = counter_vec(

@@ -486,15 +486,13 @@ fn show_stats(shared: &Shared, what: &str, out: &mut BytesMut) {
     let mut t = Table::new(out, &columns);
     for (db, total) in &totals {
         let avg = averages.get(db).copied().unwrap_or_default();
-        // pgbouncer does not time single queries here: query_time is not
-        // measured by pgherd and shows 0.
         let total_values = [
             total.transactions,
             total.queries,
             total.received_bytes,
             total.sent_bytes,
             crate::stats::micros(total.xact_time),
-            0,
+            crate::stats::micros(total.query_time),
             crate::stats::micros(total.wait_time),
         ];
         let avg_values = [
@@ -503,7 +501,7 @@ fn show_stats(shared: &Shared, what: &str, out: &mut BytesMut) {
             avg.received_bytes,
             avg.sent_bytes,
             avg.xact_time_us,
-            0,
+            avg.query_time_us,
             avg.wait_time_us,
         ];
         let values: Vec<u64> = match what {
@@ -528,21 +526,20 @@ fn show_totals(shared: &Shared, out: &mut BytesMut) {
     let avg = shared.all_averages();
     let micros = crate::stats::micros;
     let mut t = Table::new(out, &[("name", T), ("value", N)]);
-    // pgherd does not time single queries: query_time is 0 (as in SHOW STATS).
     for (name, value) in [
         ("total_xact_count", total.transactions),
         ("total_query_count", total.queries),
         ("total_client_bytes", total.received_bytes),
         ("total_server_bytes", total.sent_bytes),
         ("total_xact_time", micros(total.xact_time)),
-        ("total_query_time", 0),
+        ("total_query_time", micros(total.query_time)),
         ("total_wait_time", micros(total.wait_time)),
         ("avg_xact_count", avg.transactions),
         ("avg_query_count", avg.queries),
         ("avg_client_bytes", avg.received_bytes),
         ("avg_server_bytes", avg.sent_bytes),
         ("avg_xact_time", avg.xact_time_us),
-        ("avg_query_time", 0),
+        ("avg_query_time", avg.query_time_us),
         ("avg_wait_time", avg.wait_time_us),
     ] {
         t.row(&[Some(name), Some(&value.to_string())]);

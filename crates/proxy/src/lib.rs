@@ -441,16 +441,16 @@ pub(crate) fn sum<'a>(totals: impl Iterator<Item = &'a StatsSnapshot>) -> StatsS
     })
 }
 
-/// pgbouncer's `log_stats` line (its wording; pgherd does not time single
-/// queries, so there is no query time).
+/// pgbouncer's `log_stats` line, in its wording.
 fn log_stats(a: &Averages) {
     tracing::info!(
-        "stats: {} xacts/s, {} queries/s, in {} B/s, out {} B/s, xact {} us, wait {} us",
+        "stats: {} xacts/s, {} queries/s, in {} B/s, out {} B/s, xact {} us, query {} us, wait {} us",
         a.transactions,
         a.queries,
         a.received_bytes,
         a.sent_bytes,
         a.xact_time_us,
+        a.query_time_us,
         a.wait_time_us
     );
 }

@@ -276,9 +276,10 @@ pub(crate) struct ServerState {
     /// ReadyForQuery replies, and those saying idle (transactions ended).
     answered: u64,
     idle_answers: u64,
-    /// With `query_timeout`: when the server began to owe an answer.
-    times_requests: bool,
+    /// When the server began to owe an answer (for `query_timeout`), and
+    /// the microseconds it has owed one in all (pgbouncer's `query_time`).
     request_at: Micros,
+    busy_us: u64,
 }
 
 impl ServerState {
@@ -292,15 +293,15 @@ impl ServerState {
             hold: Hold::Off,
             answered: 0,
             idle_answers: 0,
-            times_requests: false,
             request_at: Micros::ZERO,
+            busy_us: 0,
         }
     }
 
     /// A request that ReadyForQuery will answer was sent.
     #[inline]
     fn request_sent(&mut self) {
-        if self.pending == 0 && self.times_requests {
+        if self.pending == 0 {
             self.request_at = Micros::recent();
         }
         self.pending += 1;
@@ -658,7 +659,6 @@ async fn relay_inner(
     // step; without, nothing.
     let mut idle_timer = limits.shortest().map(|d| Box::pin(tokio::time::sleep(d)));
     let mut last_activity = idle_timer.as_ref().map(|_| tokio::time::Instant::now());
-    state.times_requests = limits.query.is_some();
     let (client_watch, server_watch) = match (until, tracking.statements.is_some()) {
         (Until::ClientLeaves, _) => (CLIENT_WATCH, SERVER_WATCH),
         (Until::Idle | Until::ReadUnit, false) => {
@@ -827,6 +827,7 @@ fn traffic(up: &Pipe, down: &Pipe, state: &ServerState) -> Traffic {
     Traffic {
         queries: state.answered,
         transactions: state.idle_answers,
+        query_us: state.busy_us,
         received: up.bytes,
         sent: down.bytes,
     }
@@ -930,6 +931,10 @@ fn scan_server(
                 state.last_fatal = false;
             }
             Seen::Whole(msg) if msg[0] == backend::READY_FOR_QUERY => {
+                if state.pending == 1 {
+                    let owed = Micros::recent().since(state.request_at);
+                    state.busy_us += crate::stats::micros(owed);
+                }
                 state.pending = state.pending.saturating_sub(1);
                 if let Some(tx) = backend::ready_for_query_status(msg) {
                     state.tx = tx;

@@ -486,7 +486,7 @@ impl Session {
             // A server is taken without waiting when it can be, else in a
             // boxed future; the relay step is boxed too: an idle client's
             // task holds none of their state. The relay step is kept under
-            // 1,032 bytes (1,000 now, `-Zprint-type-sizes`): glibc's malloc
+            // 1,032 bytes (1,024 now, `-Zprint-type-sizes`): glibc's malloc
             // serves up to that from a per-thread cache, larger blocks
             // through its bins (callgrind: a 1,320-byte box cost ~380 more
             // instructions per transaction than boxes under the limit).

@@ -35,10 +35,12 @@ struct Counters {
     sent: AtomicU64,
     /// Microseconds clients waited for a server: `total_wait_time`.
     wait_us: AtomicU64,
-    /// Transaction mode: microseconds servers were held by a transaction:
-    /// `total_xact_time`.
+    /// Microseconds servers owed an answer (from a request sent to an idle
+    /// server to the ReadyForQuery that left none owed): `total_query_time`.
+    query_us: AtomicU64,
+    /// Microseconds servers were held by a transaction: `total_xact_time`.
     xact_us: AtomicU64,
-    /// Transaction mode: transactions by duration (cumulative buckets are
+    /// Transactions by duration (cumulative buckets are
     /// computed when read), plus one bucket past the last bound.
     buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
 }
@@ -50,6 +52,7 @@ pub(crate) struct Traffic {
     pub(crate) transactions: u64,
     pub(crate) received: u64,
     pub(crate) sent: u64,
+    pub(crate) query_us: u64,
 }
 
 impl Traffic {
@@ -60,6 +63,7 @@ impl Traffic {
             transactions: self.transactions.saturating_sub(earlier.transactions),
             received: self.received.saturating_sub(earlier.received),
             sent: self.sent.saturating_sub(earlier.sent),
+            query_us: self.query_us.saturating_sub(earlier.query_us),
         }
     }
 }
@@ -73,6 +77,7 @@ pub struct StatsSnapshot {
     pub sent_bytes: u64,
     pub wait_time: Duration,
     pub xact_time: Duration,
+    pub query_time: Duration,
     /// Transactions per duration bucket (not cumulative); the last entry
     /// counts those longer than the last bound.
     pub duration_buckets: [u64; DURATION_BUCKETS.len() + 1],
@@ -87,6 +92,7 @@ impl StatsSnapshot {
         self.sent_bytes += other.sent_bytes;
         self.wait_time += other.wait_time;
         self.xact_time += other.xact_time;
+        self.query_time += other.query_time;
         for (a, b) in self.duration_buckets.iter_mut().zip(other.duration_buckets) {
             *a += b;
         }
@@ -103,6 +109,8 @@ pub struct Averages {
     pub sent_bytes: u64,
     /// Mean transaction time, µs.
     pub xact_time_us: u64,
+    /// Mean query time (a request until its answer), µs.
+    pub query_time_us: u64,
     /// Mean wait for a server per transaction, µs.
     pub wait_time_us: u64,
 }
@@ -123,6 +131,10 @@ impl Averages {
             received_bytes: rate(earlier.received_bytes, later.received_bytes),
             sent_bytes: rate(earlier.sent_bytes, later.sent_bytes),
             xact_time_us: per_xact(earlier.xact_time, later.xact_time),
+            query_time_us: match later.queries.saturating_sub(earlier.queries) {
+                0 => 0,
+                n => micros(later.query_time.saturating_sub(earlier.query_time)) / n,
+            },
             wait_time_us: per_xact(earlier.wait_time, later.wait_time),
         }
     }
@@ -141,6 +153,7 @@ impl PoolStats {
             (&c.transactions, t.transactions),
             (&c.received, t.received),
             (&c.sent, t.sent),
+            (&c.query_us, t.query_us),
         ] {
             if v > 0 {
                 local.add(counter, v);
@@ -179,6 +192,7 @@ impl PoolStats {
                 sent_bytes: get(&c.sent),
                 wait_time: Duration::from_micros(get(&c.wait_us)),
                 xact_time: Duration::from_micros(get(&c.xact_us)),
+                query_time: Duration::from_micros(get(&c.query_us)),
                 duration_buckets: c.buckets.each_ref().map(get),
             });
         }
@@ -198,6 +212,7 @@ mod tests {
             transactions: 2,
             received: 100,
             sent: 1000,
+            query_us: 700,
         });
         s.waited(Duration::from_millis(2));
         s.transaction(Duration::from_micros(50));
@@ -207,6 +222,7 @@ mod tests {
         assert_eq!((snap.queries, snap.transactions), (3, 2));
         assert_eq!((snap.received_bytes, snap.sent_bytes), (100, 1000));
         assert_eq!(snap.wait_time, Duration::from_millis(2));
+        assert_eq!(snap.query_time, Duration::from_micros(700));
         assert_eq!(snap.duration_buckets[0], 1);
         assert_eq!(snap.duration_buckets[5], 1, "3 ms is under 5 ms");
         assert_eq!(snap.duration_buckets[DURATION_BUCKETS.len()], 1);
@@ -232,6 +248,7 @@ mod tests {
             received_bytes: 6000,
             xact_time: Duration::from_millis(400),
             wait_time: Duration::from_millis(3),
+            query_time: Duration::from_millis(120),
             ..Default::default()
         };
         let a = Averages::between(&earlier, &later, Duration::from_secs(3));
@@ -241,6 +258,7 @@ mod tests {
         );
         assert_eq!(a.xact_time_us, 1000, "300 ms over 300 transactions");
         assert_eq!(a.wait_time_us, 10);
+        assert_eq!(a.query_time_us, 200, "120 ms over 600 queries");
         let idle = Averages::between(&later, &later, Duration::from_secs(3));
         assert_eq!(idle, Averages::default());
     }
