@@ -50,9 +50,6 @@ pub(crate) struct Tracking<'a> {
     pub(crate) session_stats: Option<&'a PoolStats>,
     /// What was added to `session_stats` so far.
     pub(crate) flushed: Traffic,
-    /// Session mode: when the transaction in progress began (its first
-    /// request went to the server), for `xact_time`.
-    pub(crate) xact_started: Option<Micros>,
 }
 
 /// Transaction mode's parameter tracking: ParameterStatus from the server
@@ -280,6 +277,10 @@ pub(crate) struct ServerState {
     /// the microseconds it has owed one in all (pgbouncer's `query_time`).
     request_at: Micros,
     busy_us: u64,
+    /// When the transaction in progress began: its first request went to
+    /// an idle server (session mode's `xact_time`; transaction mode times
+    /// the server's checkout instead).
+    xact_at: Micros,
 }
 
 impl ServerState {
@@ -295,6 +296,7 @@ impl ServerState {
             idle_answers: 0,
             request_at: Micros::ZERO,
             busy_us: 0,
+            xact_at: Micros::ZERO,
         }
     }
 
@@ -303,6 +305,9 @@ impl ServerState {
     fn request_sent(&mut self) {
         if self.pending == 0 {
             self.request_at = Micros::recent();
+            if self.tx == TxStatus::Idle {
+                self.xact_at = self.request_at;
+            }
         }
         self.pending += 1;
     }
@@ -734,9 +739,6 @@ async fn relay_inner(
                     if let Err(e) = up.write_now(server, false) {
                         return RelayEnd::ServerIo(e);
                     }
-                    if tracking.session_stats.is_some() && tracking.xact_started.is_none() {
-                        tracking.xact_started = Some(Micros::recent());
-                    }
                 }
                 Ok(Step::Wrote) => {}
                 Ok(Step::Eof) => {
@@ -760,9 +762,7 @@ async fn relay_inner(
                     }
                     if let Some(stats) = tracking.session_stats {
                         if state.idle_answers > tracking.flushed.transactions {
-                            if let Some(started) = tracking.xact_started.take() {
-                                stats.transaction(Micros::recent().since(started));
-                            }
+                            stats.transaction(Micros::recent().since(state.xact_at));
                             let now = traffic(up, down, state);
                             stats.traffic(now.minus(tracking.flushed));
                             tracking.flushed = now;
