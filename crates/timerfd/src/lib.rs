@@ -4,8 +4,10 @@
 //!
 //! Why not `tokio::time::sleep`: while any tokio timer is pending, every
 //! time the runtime waits for I/O it asks the timer wheel for its next
-//! deadline and waits in `epoll_wait` with that timeout, which the kernel
-//! arms as a high-resolution timer and cancels again on each wake-up.
+//! deadline and waits in `epoll_wait` with that timeout (strace showed
+//! every wait timed), and around each wait it reads the clock and scans
+//! the wheel (callgrind). A timed wait also costs the kernel more: a
+//! loopback ping-pong measured ~0.1-0.2 µs per wait against an untimed one.
 //! pgherd's periodic loops run for the process's whole life, so a timer
 //! was always pending, and at one client the proxy sleeps and wakes twice
 //! per transaction. With those loops on timerfds — file descriptors in the
