@@ -546,3 +546,135 @@ async fn failover_drill_in_transaction_mode() {
         .unwrap();
     assert!(on_new > 0);
 }
+
+/// A failover manager takes its time to promote (repmgrd waits
+/// `reconnect_attempts × reconnect_interval`): meanwhile the standbys,
+/// orphaned, keep serving reads, and clients that log in to the read-write
+/// database are welcomed at once and wait in their first transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_logins_go_on_while_no_primary_is_promoted() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    let mut cluster = TestCluster::start(2);
+    cluster
+        .pg
+        .sql(
+            0,
+            "CREATE TABLE outage (id serial, who text); GRANT ALL ON outage, outage_id_seq TO app",
+        )
+        .unwrap();
+    for i in 1..=2 {
+        cluster.pg.wait_caught_up(0, i).unwrap();
+    }
+    let pgherd = cluster
+        .pgherd()
+        .probe_interval(1.0)
+        .general("pool_mode = \"transaction\"")
+        .general("primary_wait_timeout = 60")
+        .database("ro = { dbname = \"postgres\", target = \"replica\" }")
+        .start()
+        .await;
+    pgherd.wait_standbys_readable().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let promoted: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let first_write: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        writers.push(tokio::spawn(hammer(
+            pgherd.config("app", APP_PASSWORD, "postgres"),
+            "INSERT INTO outage (who) VALUES ('hammer')",
+            Arc::clone(&stop),
+            Arc::clone(&promoted),
+            Arc::clone(&first_write),
+        )));
+    }
+    for _ in 0..4 {
+        readers.push(tokio::spawn(hammer(
+            pgherd.config("app", APP_PASSWORD, "ro"),
+            "SELECT 1",
+            Arc::clone(&stop),
+            Arc::new(Mutex::new(None)),
+            Arc::new(Mutex::new(None)),
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.pg.stop(0, StopMode::Immediate).unwrap();
+    pgherd
+        .wait_topology("no primary, orphaned standbys", |t| {
+            t.primary.is_none() && t.nodes.iter().filter(|n| n.orphaned).count() == 2
+        })
+        .await;
+    // A login now completes without a primary (the test promotes only
+    // after it returned), and its first transaction waits for one.
+    let waiting = pgherd
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    let held = tokio::spawn(async move {
+        waiting
+            .simple_query("INSERT INTO outage (who) VALUES ('held')")
+            .await
+    });
+    // libpq's read-write check is satisfied: pgherd does not pass on the
+    // welcoming standby's in_hot_standby = on.
+    let libpq = tokio::spawn({
+        let port = pgherd.addr.port();
+        async move {
+            let bins = pgherd_testkit::PgBinaries::find().unwrap();
+            let mut cmd = std::process::Command::new(bins.path("psql"));
+            cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+                .arg(format!(
+                    "host=127.0.0.1 port={port} user=app dbname=postgres \
+                     target_session_attrs=read-write connect_timeout=10"
+                ))
+                .args(["-c", "INSERT INTO outage (who) VALUES ('libpq')"])
+                .env("PGPASSWORD", APP_PASSWORD);
+            output(cmd).await.unwrap()
+        }
+    });
+    // The manager's promotion delay: reads go on meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!held.is_finished(), "the write waits for a primary");
+    cluster.pg.promote(1).unwrap();
+    *promoted.lock().unwrap() = Some(Instant::now());
+    held.await
+        .unwrap()
+        .expect("the held write lands on the new primary");
+    let out = libpq.await.unwrap();
+    assert!(
+        out.status.success(),
+        "psql with target_session_attrs=read-write: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut wrote, mut write_errors, mut read, mut read_errors) = (0, 0, 0, 0);
+    for w in writers {
+        let (ok, err) = w.await.unwrap();
+        wrote += ok;
+        write_errors += err;
+    }
+    for r in readers {
+        let (ok, err) = r.await.unwrap();
+        read += ok;
+        read_errors += err;
+    }
+    let promoted_at = promoted.lock().unwrap().unwrap();
+    let first = first_write.lock().unwrap().expect("writes resumed");
+    println!(
+        "delayed promotion (3 s without a primary): {read} reads ({read_errors} failed), \
+         {wrote} writes ({write_errors} failed); first write {:?} after the promotion",
+        first.saturating_duration_since(promoted_at)
+    );
+    assert_eq!(read_errors, 0, "reads never fail");
+    assert!(write_errors <= 2, "at most the write in flight per writer");
+    let held_rows = cluster
+        .pg
+        .sql(
+            1,
+            "SELECT count(*) FROM outage WHERE who IN ('held', 'libpq')",
+        )
+        .unwrap();
+    assert_eq!(held_rows, "2");
+}

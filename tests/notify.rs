@@ -4,107 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use pgherd_integration_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-
-/// One request a [`Receiver`] got.
-#[derive(Debug)]
-struct Received {
-    path: String,
-    body: serde_json::Value,
-}
-
-/// A loopback HTTP endpoint that records what is posted to it and answers
-/// with the given statuses in turn, then 200.
-struct Receiver {
-    addr: SocketAddr,
-    got: mpsc::UnboundedReceiver<Received>,
-}
-
-impl Receiver {
-    async fn start(mut statuses: Vec<u16>) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, got) = mpsc::unbounded_channel();
-        statuses.reverse();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let Some((path, body)) = read_request(&mut conn).await else {
-                    continue;
-                };
-                let status = statuses.pop().unwrap_or(200);
-                let reply = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                );
-                let _ = conn.write_all(reply.as_bytes()).await;
-                let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-                let _ = tx.send(Received { path, body });
-            }
-        });
-        Receiver { addr, got }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// The next request whose text contains `text`, skipping others (at
-    /// start pgherd announces what it finds: nodes up, the primary). Both
-    /// a webhook's body and Telegram's carry the text.
-    async fn next_with_text(&mut self, text: &str) -> Received {
-        loop {
-            let got = self.next().await;
-            if got.body["text"].as_str().is_some_and(|t| t.contains(text)) {
-                return got;
-            }
-        }
-    }
-
-    /// The next request, waiting up to 30 s.
-    async fn next(&mut self) -> Received {
-        tokio::time::timeout(Duration::from_secs(30), self.got.recv())
-            .await
-            .expect("a notification within 30 s")
-            .expect("the receiver runs")
-    }
-}
-
-/// Reads one request: its path and body (by `content-length`).
-async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let path = head.split_whitespace().nth(1)?.to_owned();
-    let head = head.to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buf.len() < head_end + length {
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some((path, buf[head_end..head_end + length].to_vec()))
-}
 
 /// A loopback port nothing listens on.
 async fn dead_port() -> u16 {

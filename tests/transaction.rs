@@ -213,7 +213,21 @@ async fn shutdown_lets_transactions_finish_then_ends_sessions() {
     in_tx.batch_execute("BEGIN").await.unwrap();
     simple_value(&in_tx, "SELECT 1").await;
 
+    assert_eq!(http_get(&pgherd, "/health").await.0, 200);
     pgherd.begin_shutdown();
+    // While it drains, the health checks send the VIP elsewhere.
+    let mut health = 0;
+    for _ in 0..100 {
+        health = http_get(&pgherd, "/health").await.0;
+        if health == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(health, 503, "/health while draining");
+    let (status, body) = http_get(&pgherd, "/primary").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
     // The client inside a transaction finishes it...
     assert_eq!(simple_value(&in_tx, "SELECT 2").await, "2");
     in_tx.batch_execute("COMMIT").await.unwrap();

@@ -1,13 +1,29 @@
 //! Health endpoints in the pgsqlchk / Patroni convention: 200 or 503 and a
 //! one-line reason, so any checker (keepalived `vrrp_script` with curl,
 //! haproxy `httpchk`, a Kubernetes probe) can use them.
+//!
+//! From the moment pgherd starts draining (SIGTERM, SIGINT, console
+//! `SHUTDOWN`) every endpoint answers 503: keepalived or a load balancer
+//! moves the VIP away while the listeners close and the clients finish,
+//! not after the process is gone.
 
 use hyper::StatusCode;
 use pgherd_cluster::Topology;
 
 /// The status and body for `path` (`/health`, `/ready`, `/primary`, `/replica`).
 /// `/replica?lag=N` also requires the standby to be at most N bytes behind.
-pub(crate) fn check(path: &str, query: &str, topology: &Topology) -> (StatusCode, String) {
+pub(crate) fn check(
+    path: &str,
+    query: &str,
+    topology: &Topology,
+    draining: bool,
+) -> (StatusCode, String) {
+    if draining {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pgherd is draining: shutting down, send new clients elsewhere".into(),
+        );
+    }
     match path {
         "/health" => (StatusCode::OK, "OK: pgherd is serving".into()),
         "/ready" | "/primary" => match topology.primary {
@@ -79,9 +95,11 @@ mod tests {
                 fall: 1,
                 max_lag_bytes: None,
                 max_lag: None,
+                orphan_timeout: Duration::ZERO,
             },
             None,
         );
+        let now = std::time::Instant::now();
         e.apply(
             0,
             if primary_up {
@@ -89,30 +107,41 @@ mod tests {
             } else {
                 Err("down".into())
             },
+            now,
         );
-        e.apply(1, sample(true, 900));
+        e.apply(1, sample(true, 900), now);
         e.topology().clone()
     }
 
     #[test]
     fn primary_and_ready_follow_the_election() {
         let up = topology(true);
-        assert_eq!(check("/primary", "", &up).0, StatusCode::OK);
-        assert_eq!(check("/ready", "", &up).1, "OK: primary is pg0");
+        assert_eq!(check("/primary", "", &up, false).0, StatusCode::OK);
+        assert_eq!(check("/ready", "", &up, false).1, "OK: primary is pg0");
         let down = topology(false);
-        let (status, body) = check("/primary", "", &down);
+        let (status, body) = check("/primary", "", &down, false);
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("pg0: down"), "{body}");
-        assert_eq!(check("/health", "", &down).0, StatusCode::OK);
+        assert_eq!(check("/health", "", &down, false).0, StatusCode::OK);
+    }
+
+    #[test]
+    fn a_draining_pgherd_is_unhealthy_everywhere() {
+        let up = topology(true);
+        for path in ["/health", "/ready", "/primary", "/replica"] {
+            let (status, body) = check(path, "", &up, true);
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            assert!(body.contains("draining"), "{body}");
+        }
     }
 
     #[test]
     fn replica_with_lag_threshold() {
         let t = topology(true);
-        assert_eq!(check("/replica", "", &t).0, StatusCode::OK);
-        assert_eq!(check("/replica", "lag=100", &t).0, StatusCode::OK);
+        assert_eq!(check("/replica", "", &t, false).0, StatusCode::OK);
+        assert_eq!(check("/replica", "lag=100", &t, false).0, StatusCode::OK);
         assert_eq!(
-            check("/replica", "lag=99", &t).0,
+            check("/replica", "lag=99", &t, false).0,
             StatusCode::SERVICE_UNAVAILABLE
         );
     }

@@ -184,7 +184,7 @@ async fn route<B>(
             metrics::render(proxy, &sources.notifications),
         ),
         "/health" | "/ready" | "/primary" | "/replica" => {
-            let (status, body) = health::check(path, query, &proxy.topology());
+            let (status, body) = health::check(path, query, &proxy.topology(), proxy.is_draining());
             reply(status, "text/plain", body + "\n")
         }
         "/api/v1/nodes" => json(api::nodes(proxy)),

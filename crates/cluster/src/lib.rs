@@ -81,6 +81,7 @@ impl Cluster {
                 fall: probe.fall,
                 max_lag_bytes: probe.max_replica_lag_bytes,
                 max_lag: probe.max_replica_lag,
+                orphan_timeout: probe.replica_orphan_timeout,
             },
             remembered,
         );
@@ -206,7 +207,7 @@ async fn evaluate(
     let mut saved = evaluator.remembered();
     while let Some((node, result)) = results.recv().await {
         let before = evaluator.topology().version;
-        let happened = evaluator.apply(node, result);
+        let happened = evaluator.apply(node, result, std::time::Instant::now());
         if evaluator.topology().version != before {
             for (flag, node) in fenced.iter().zip(&evaluator.topology().nodes) {
                 flag.store(node.fenced, Ordering::Release);
@@ -241,9 +242,11 @@ async fn evaluate(
         }
         for event in happened {
             match &event {
-                ClusterEvent::LagOverThreshold { .. } | ClusterEvent::LagUnderThreshold { .. } => {
-                    tracing::info!("{event}")
-                }
+                ClusterEvent::LagOverThreshold { .. }
+                | ClusterEvent::LagUnderThreshold { .. }
+                | ClusterEvent::OrphanEnded {
+                    serves_reads: true, ..
+                } => tracing::info!("{event}"),
                 _ => tracing::warn!("{event}"),
             }
             // No subscriber is fine: events are also logged.

@@ -17,6 +17,16 @@
 //!   looking: both are fenced and there is no primary until one goes away.
 //!   A fenced node stays fenced while it is down: its last word was that it
 //!   is a primary, and sessions pinned to it must not resume writing there.
+//! * **Reads outlive the primary, for a while.** A standby serves reads
+//!   while it streams from the primary on its timeline. One that stops
+//!   streaming (its primary died; it is being re-pointed at a new one) is
+//!   *orphaned*: it keeps serving reads while no other standby streams, for
+//!   `replica_orphan_timeout` after the last probe that saw it streaming.
+//!   That time also counts as replay delay against `max_replica_lag`. A
+//!   failover manager takes seconds to promote (repmgrd's
+//!   `reconnect_attempts × reconnect_interval`, Patroni's `ttl`): reads go
+//!   on meanwhile, and stop, with the reason in the 57P03, once their data
+//!   is too old to be worth serving.
 //! * **The highest timeline survives restarts** when a state file is
 //!   configured: the evaluator starts from the [`Remembered`] timeline of
 //!   the cluster (its `system_identifier`), so an old primary that comes back
@@ -24,7 +34,7 @@
 //!   A primary with another system identifier is another cluster (rebuilt
 //!   with initdb): the remembered timeline no longer applies.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One successful probe of one node.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +98,11 @@ pub struct NodeStatus {
     /// A standby on an older timeline than the primary's: it follows no
     /// primary, or a fenced one, and its data may have diverged.
     pub old_timeline: bool,
+    /// A standby not streaming now: when a probe last saw it streaming on
+    /// the primary's timeline (`None` while it streams, or if it never did).
+    pub streamed_until: Option<Instant>,
+    /// Not streaming, but serving reads (see the module's rules).
+    pub orphaned: bool,
     pub last_sample: Option<ProbeSample>,
     pub last_error: Option<String>,
 }
@@ -99,9 +114,13 @@ impl NodeStatus {
         self.up
             && self.role == Role::Standby
             && !self.fenced
-            && !self.old_timeline
             && self.lag_ok
-            && self.streaming()
+            && (self.follows_primary() || self.orphaned)
+    }
+
+    /// Streaming, and on the primary's timeline (or the last one known).
+    fn follows_primary(&self) -> bool {
+        self.streaming() && !self.old_timeline
     }
 
     /// Its cluster's identifier, as last probed.
@@ -136,7 +155,18 @@ impl NodeStatus {
             s.push_str(", lagging");
         }
         if self.role == Role::Standby && !self.streaming() {
-            s.push_str(", not streaming");
+            match self.streamed_until {
+                Some(t) => s.push_str(&format!(
+                    ", not streaming for {:.1} s{}",
+                    t.elapsed().as_secs_f64(),
+                    if self.orphaned {
+                        " (serves reads until replica_orphan_timeout)"
+                    } else {
+                        " (past replica_orphan_timeout, or another standby streams)"
+                    }
+                )),
+                None => s.push_str(", not streaming"),
+            }
         }
         if self.old_timeline {
             s.push_str(", on an old timeline");
@@ -160,9 +190,12 @@ pub struct Topology {
 impl Topology {
     /// No primary, or the primary's last probe failed: a failover may be
     /// under way and probes should run at `probe_fast_interval`.
+    /// Orphaned standbys count too: their `replica_orphan_timeout` is
+    /// enforced at the fast interval.
     pub fn unsettled(&self) -> bool {
         self.primary
             .is_none_or(|p| self.nodes[p].last_error.is_some())
+            || self.nodes.iter().any(|n| n.orphaned)
     }
 
     /// One line per node, for error details: `pg0: down (...); pg1: standby`.
@@ -211,6 +244,16 @@ pub enum ClusterEvent {
     LagUnderThreshold {
         node: String,
     },
+    /// A standby stopped streaming and serves reads as an orphan.
+    Orphaned {
+        node: String,
+    },
+    /// An orphaned standby stopped serving reads (timeout, or another
+    /// standby streams) or streams again.
+    OrphanEnded {
+        node: String,
+        serves_reads: bool,
+    },
 }
 
 impl ClusterEvent {
@@ -228,6 +271,8 @@ impl ClusterEvent {
             ClusterEvent::SplitBrainResolved => "split_brain_resolved",
             ClusterEvent::LagOverThreshold { .. } => "lag_over_threshold",
             ClusterEvent::LagUnderThreshold { .. } => "lag_under_threshold",
+            ClusterEvent::Orphaned { .. } => "orphaned",
+            ClusterEvent::OrphanEnded { .. } => "orphan_ended",
         }
     }
 }
@@ -267,6 +312,18 @@ impl std::fmt::Display for ClusterEvent {
             ClusterEvent::LagUnderThreshold { node } => {
                 write!(f, "node {node} caught up: serves reads again")
             }
+            ClusterEvent::Orphaned { node } => write!(
+                f,
+                "node {node} stopped streaming: serves reads for up to replica_orphan_timeout"
+            ),
+            ClusterEvent::OrphanEnded {
+                node,
+                serves_reads: true,
+            } => write!(f, "node {node} streams again"),
+            ClusterEvent::OrphanEnded {
+                node,
+                serves_reads: false,
+            } => write!(f, "node {node} not streaming: no more reads"),
         }
     }
 }
@@ -278,6 +335,8 @@ pub struct Thresholds {
     pub fall: u32,
     pub max_lag_bytes: Option<u64>,
     pub max_lag: Option<Duration>,
+    /// `replica_orphan_timeout`.
+    pub orphan_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +365,8 @@ pub struct Evaluator {
     max_timeline: u32,
     /// The cluster `max_timeline` belongs to, once known.
     system_identifier: Option<u64>,
+    /// Per node: when a probe last saw it stream on the primary's timeline.
+    last_streamed: Vec<Option<Instant>>,
 }
 
 impl Evaluator {
@@ -324,12 +385,15 @@ impl Evaluator {
                 lag_seconds: None,
                 lag_ok: false,
                 old_timeline: false,
+                streamed_until: None,
+                orphaned: false,
                 last_sample: None,
                 last_error: None,
             })
             .collect();
         Evaluator {
             thresholds,
+            last_streamed: vec![None; nodes.len()],
             health: vec![
                 Health {
                     up: None,
@@ -362,9 +426,14 @@ impl Evaluator {
         })
     }
 
-    /// Records one probe of node `i` and returns the events it caused. The
-    /// new topology is [`Evaluator::topology`].
-    pub fn apply(&mut self, i: usize, result: Result<ProbeSample, String>) -> Vec<ClusterEvent> {
+    /// Records one probe of node `i`, received at `now`, and returns the
+    /// events it caused. The new topology is [`Evaluator::topology`].
+    pub fn apply(
+        &mut self,
+        i: usize,
+        result: Result<ProbeSample, String>,
+        now: Instant,
+    ) -> Vec<ClusterEvent> {
         let previous = self.current.clone();
         let h = &mut self.health[i];
         let node = &mut self.current.nodes[i];
@@ -395,7 +464,8 @@ impl Evaluator {
         }
         node.up = h.up == Some(true);
         self.elect();
-        self.measure_lag();
+        self.measure_lag(i, now);
+        self.judge_orphans(now);
         let events = diff(&previous, &self.current);
         if self.current != previous {
             self.current.version += 1;
@@ -451,7 +521,8 @@ impl Evaluator {
         }
     }
 
-    fn measure_lag(&mut self) {
+    /// Lag of every standby, as of `now`, when node `probed` was probed.
+    fn measure_lag(&mut self, probed: usize, now: Instant) {
         let primary_sample = self
             .current
             .primary
@@ -459,18 +530,25 @@ impl Evaluator {
         let primary_lsn = primary_sample.and_then(|s| s.current_lsn);
         let primary_timeline = primary_sample.and_then(|s| s.timeline);
         let t = self.thresholds;
-        for n in &mut self.current.nodes {
+        for (i, n) in self.current.nodes.iter_mut().enumerate() {
             let Some(s) = n.last_sample.as_ref().filter(|s| s.in_recovery) else {
                 n.lag_bytes = None;
                 n.lag_seconds = None;
                 n.lag_ok = n.role == Role::Primary;
                 n.old_timeline = false;
+                n.streamed_until = None;
                 continue;
             };
             n.old_timeline = matches!(
                 (s.timeline, primary_timeline),
                 (Some(mine), Some(primary)) if mine < primary
             );
+            let streaming = s.wal_receiver.as_deref() == Some("streaming");
+            // Only a sample taken now says it streams now.
+            if i == probed && streaming && !n.old_timeline {
+                self.last_streamed[i] = Some(now);
+            }
+            n.streamed_until = self.last_streamed[i].filter(|_| !streaming);
             n.lag_bytes = match (primary_lsn, s.replay_lsn) {
                 (Some(p), Some(r)) => Some(p.saturating_sub(r)),
                 _ => None,
@@ -481,6 +559,11 @@ impl Evaluator {
             } else {
                 s.replay_age
             };
+            // Not streaming: at least as old as the last sight of it streaming.
+            if let Some(until) = n.streamed_until {
+                let unheard = now.saturating_duration_since(until).as_secs_f64();
+                n.lag_seconds = Some(n.lag_seconds.map_or(unheard, |l| l.max(unheard)));
+            }
             let bytes_ok = match (t.max_lag_bytes, n.lag_bytes) {
                 (Some(max), Some(lag)) => lag <= max,
                 _ => true,
@@ -490,6 +573,22 @@ impl Evaluator {
                 _ => true,
             };
             n.lag_ok = bytes_ok && time_ok;
+        }
+    }
+
+    /// Which standbys that stopped streaming still serve reads: those that
+    /// streamed within `orphan_timeout`, while no standby streams.
+    fn judge_orphans(&mut self, now: Instant) {
+        let timeout = self.thresholds.orphan_timeout;
+        let nodes = &mut self.current.nodes;
+        let fed = nodes.iter().any(|n| {
+            n.up && n.role == Role::Standby && !n.fenced && n.lag_ok && n.follows_primary()
+        });
+        for n in nodes.iter_mut() {
+            n.orphaned = !fed
+                && n.role == Role::Standby
+                && n.streamed_until
+                    .is_some_and(|t| now.saturating_duration_since(t) < timeout);
         }
     }
 }
@@ -531,6 +630,15 @@ fn diff(old: &Topology, new: &Topology) -> Vec<ClusterEvent> {
         }
         if o.fenced && !n.fenced {
             events.push(ClusterEvent::Unfenced { node: node.clone() });
+        }
+        if !o.orphaned && n.orphaned {
+            events.push(ClusterEvent::Orphaned { node: node.clone() });
+        }
+        if o.orphaned && !n.orphaned {
+            events.push(ClusterEvent::OrphanEnded {
+                node: node.clone(),
+                serves_reads: n.serves_reads(),
+            });
         }
         if n.role == Role::Standby && o.role == Role::Standby && n.up {
             if o.lag_ok && !n.lag_ok {
@@ -575,7 +683,14 @@ mod tests {
             fall: 3,
             max_lag_bytes: Some(1000),
             max_lag: None,
+            orphan_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// The instant every probe of a test arrives at, unless it says otherwise.
+    fn t0() -> Instant {
+        static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *T0.get_or_init(Instant::now)
     }
 
     fn eval(n: usize) -> Evaluator {
@@ -623,35 +738,35 @@ mod tests {
     #[test]
     fn first_probe_decides_then_hysteresis() {
         let mut e = eval(2);
-        let ev = e.apply(0, primary(1, 100));
+        let ev = e.apply(0, primary(1, 100), t0());
         assert!(ev.contains(&ClusterEvent::NodeUp { node: "pg0".into() }));
         assert_eq!(e.topology().primary, Some(0));
-        e.apply(1, down());
+        e.apply(1, down(), t0());
         assert!(
             !e.topology().nodes[1].up,
             "first probe failed: down at once"
         );
         // Two failures are not enough to take pg0 down (fall = 3).
-        e.apply(0, down());
-        e.apply(0, down());
+        e.apply(0, down(), t0());
+        e.apply(0, down(), t0());
         assert!(e.topology().nodes[0].up);
-        let ev = e.apply(0, down());
+        let ev = e.apply(0, down(), t0());
         assert!(!e.topology().nodes[0].up);
         assert!(matches!(&ev[0], ClusterEvent::NodeDown { node, .. } if node == "pg0"));
         assert_eq!(e.topology().primary, None);
         // Rise = 2 to come back.
-        e.apply(0, primary(1, 100));
+        e.apply(0, primary(1, 100), t0());
         assert!(!e.topology().nodes[0].up);
-        e.apply(0, primary(1, 100));
+        e.apply(0, primary(1, 100), t0());
         assert_eq!(e.topology().primary, Some(0));
     }
 
     #[test]
     fn lag_is_measured_against_the_primary() {
         let mut e = eval(3);
-        e.apply(0, primary(1, 5000));
-        e.apply(1, standby(1, 4500));
-        e.apply(2, standby(1, 3000));
+        e.apply(0, primary(1, 5000), t0());
+        e.apply(1, standby(1, 4500), t0());
+        e.apply(2, standby(1, 3000), t0());
         let t = e.topology();
         assert_eq!(t.nodes[1].lag_bytes, Some(500));
         assert!(t.nodes[1].serves_reads());
@@ -662,22 +777,22 @@ mod tests {
             Some(0.0),
             "fully replayed: no delay"
         );
-        let ev = e.apply(2, standby(1, 4900));
+        let ev = e.apply(2, standby(1, 4900), t0());
         assert!(ev.contains(&ClusterEvent::LagUnderThreshold { node: "pg2".into() }));
-        let ev = e.apply(0, primary(1, 9000));
+        let ev = e.apply(0, primary(1, 9000), t0());
         assert!(ev.contains(&ClusterEvent::LagOverThreshold { node: "pg1".into() }));
     }
 
     #[test]
     fn failover_follows_the_promoted_standby() {
         let mut e = eval(2);
-        e.apply(0, primary(1, 100));
-        e.apply(1, standby(1, 100));
+        e.apply(0, primary(1, 100), t0());
+        e.apply(1, standby(1, 100), t0());
         for _ in 0..3 {
-            e.apply(0, down());
+            e.apply(0, down(), t0());
         }
         assert_eq!(e.topology().primary, None);
-        let ev = e.apply(1, primary(2, 200));
+        let ev = e.apply(1, primary(2, 200), t0());
         assert_eq!(e.topology().primary, Some(1));
         assert!(ev.contains(&ClusterEvent::RoleChanged {
             node: "pg1".into(),
@@ -693,21 +808,21 @@ mod tests {
     #[test]
     fn resurrected_old_primary_is_fenced_even_alone() {
         let mut e = eval(2);
-        e.apply(0, primary(1, 100));
-        e.apply(1, standby(1, 100));
-        e.apply(1, primary(2, 200)); // promoted while pg0 still looks up
+        e.apply(0, primary(1, 100), t0());
+        e.apply(1, standby(1, 100), t0());
+        e.apply(1, primary(2, 200), t0()); // promoted while pg0 still looks up
         assert_eq!(e.topology().primary, Some(1), "higher timeline wins");
         assert!(e.topology().nodes[0].fenced);
         assert!(e.topology().split_brain);
         // The new primary dies: the old one must still not take writes.
         for _ in 0..3 {
-            e.apply(1, down());
+            e.apply(1, down(), t0());
         }
-        e.apply(0, primary(1, 150));
+        e.apply(0, primary(1, 150), t0());
         assert_eq!(e.topology().primary, None);
         assert!(e.topology().nodes[0].fenced);
         // Rejoined as a standby of the new timeline: unfenced, serves reads.
-        let ev = e.apply(0, standby(2, 200));
+        let ev = e.apply(0, standby(2, 200), t0());
         assert!(ev.contains(&ClusterEvent::Unfenced { node: "pg0".into() }));
         assert!(!e.topology().nodes[0].fenced);
     }
@@ -715,25 +830,25 @@ mod tests {
     #[test]
     fn a_fenced_node_that_goes_down_stays_fenced() {
         let mut e = eval(2);
-        e.apply(0, primary(1, 100));
-        e.apply(1, primary(2, 200));
+        e.apply(0, primary(1, 100), t0());
+        e.apply(1, primary(2, 200), t0());
         assert!(e.topology().nodes[0].fenced);
         for _ in 0..3 {
-            e.apply(0, down());
+            e.apply(0, down(), t0());
         }
         assert!(!e.topology().nodes[0].up);
         assert!(e.topology().nodes[0].fenced, "down, but still fenced");
         // Back as a standby of the new timeline: no longer fenced.
-        e.apply(0, standby(2, 200));
-        e.apply(0, standby(2, 200));
+        e.apply(0, standby(2, 200), t0());
+        e.apply(0, standby(2, 200), t0());
         assert!(!e.topology().nodes[0].fenced);
     }
 
     #[test]
     fn equal_timelines_mean_no_primary_at_all() {
         let mut e = eval(2);
-        e.apply(0, primary(3, 100));
-        let ev = e.apply(1, primary(3, 100));
+        e.apply(0, primary(3, 100), t0());
+        let ev = e.apply(1, primary(3, 100), t0());
         let t = e.topology();
         assert_eq!(t.primary, None);
         assert!(t.nodes[0].fenced && t.nodes[1].fenced);
@@ -742,7 +857,7 @@ mod tests {
             .any(|e| matches!(e, ClusterEvent::SplitBrainDetected { .. })));
         assert!(t.describe().contains("fenced"));
         for _ in 0..3 {
-            e.apply(1, down());
+            e.apply(1, down(), t0());
         }
         let t = e.topology();
         assert_eq!(t.primary, Some(0), "the survivor is the one primary again");
@@ -752,30 +867,30 @@ mod tests {
     #[test]
     fn standbys_serve_reads_only_while_streaming() {
         let mut e = eval(2);
-        e.apply(0, primary(1, 100));
+        e.apply(0, primary(1, 100), t0());
         let mut sample = standby(1, 100).unwrap();
         sample.wal_receiver = Some("waiting".into());
-        e.apply(1, Ok(sample));
+        e.apply(1, Ok(sample), t0());
         assert!(!e.topology().nodes[1].serves_reads());
         assert!(e.topology().describe().contains("not streaming"));
-        e.apply(1, standby(1, 100));
+        e.apply(1, standby(1, 100), t0());
         assert!(e.topology().nodes[1].serves_reads());
     }
 
     #[test]
     fn standbys_left_on_an_old_timeline_serve_no_reads() {
         let mut e = eval(3);
-        e.apply(0, primary(1, 100));
-        e.apply(1, standby(1, 100));
-        e.apply(2, standby(1, 100));
-        e.apply(1, primary(2, 120)); // pg1 promoted; pg2 still follows pg0
+        e.apply(0, primary(1, 100), t0());
+        e.apply(1, standby(1, 100), t0());
+        e.apply(2, standby(1, 100), t0());
+        e.apply(1, primary(2, 120), t0()); // pg1 promoted; pg2 still follows pg0
         let t = e.topology();
         assert_eq!(t.primary, Some(1));
         assert!(!t.nodes[2].serves_reads());
         assert!(t
             .describe()
             .contains("pg2: standby, timeline 1, on an old timeline"));
-        e.apply(2, standby(2, 120)); // re-pointed at the new primary
+        e.apply(2, standby(2, 120), t0()); // re-pointed at the new primary
         assert!(e.topology().nodes[2].serves_reads());
     }
 
@@ -783,34 +898,34 @@ mod tests {
     fn unsettled_from_a_failed_primary_probe_until_a_primary_answers() {
         let mut e = eval(2);
         assert!(e.topology().unsettled(), "nothing known yet");
-        e.apply(0, primary(1, 100));
-        e.apply(1, standby(1, 100));
+        e.apply(0, primary(1, 100), t0());
+        e.apply(1, standby(1, 100), t0());
         assert!(!e.topology().unsettled());
-        e.apply(1, down());
+        e.apply(1, down(), t0());
         assert!(!e.topology().unsettled(), "a standby's failure is not");
-        e.apply(0, down());
+        e.apply(0, down(), t0());
         assert!(e.topology().unsettled(), "still up (fall 3) but failing");
-        e.apply(0, primary(1, 100));
+        e.apply(0, primary(1, 100), t0());
         assert!(!e.topology().unsettled());
     }
 
     #[test]
     fn version_counts_changes_only() {
         let mut e = eval(1);
-        e.apply(0, primary(1, 100));
+        e.apply(0, primary(1, 100), t0());
         let v = e.topology().version;
-        e.apply(0, primary(1, 100));
+        e.apply(0, primary(1, 100), t0());
         assert_eq!(e.topology().version, v);
-        e.apply(0, primary(1, 200));
+        e.apply(0, primary(1, 200), t0());
         assert_eq!(e.topology().version, v + 1);
     }
 
     #[test]
     fn a_remembered_timeline_fences_an_old_primary_after_a_restart() {
         let mut e = eval(2);
-        e.apply(0, primary(1, 100));
+        e.apply(0, primary(1, 100), t0());
         assert_eq!(e.remembered().map(|r| r.timeline), Some(1));
-        e.apply(0, primary(3, 100));
+        e.apply(0, primary(3, 100), t0());
         let remembered = e.remembered();
         assert_eq!(
             remembered,
@@ -822,12 +937,12 @@ mod tests {
         // A new pgherd whose first sight is the old primary on timeline 2.
         let mut restarted =
             Evaluator::new(vec!["pg0".into(), "pg1".into()], thresholds(), remembered);
-        restarted.apply(1, primary(2, 100));
+        restarted.apply(1, primary(2, 100), t0());
         assert_eq!(restarted.topology().primary, None);
         assert!(restarted.topology().nodes[1].fenced);
         // Without the memory it would have been taken as the primary.
         let mut forgetful = eval(2);
-        forgetful.apply(1, primary(2, 100));
+        forgetful.apply(1, primary(2, 100), t0());
         assert_eq!(forgetful.topology().primary, Some(1));
     }
 
@@ -838,7 +953,7 @@ mod tests {
             timeline: 9,
         });
         let mut e = Evaluator::new(vec!["pg0".into()], thresholds(), remembered);
-        e.apply(0, primary(1, 100));
+        e.apply(0, primary(1, 100), t0());
         assert_eq!(
             e.topology().primary,
             Some(0),
@@ -851,5 +966,153 @@ mod tests {
                 timeline: 1
             })
         );
+    }
+
+    /// A standby whose WAL receiver is not running (its primary is gone).
+    fn cut_off(tl: u32, replay: u64) -> Result<ProbeSample, String> {
+        let mut s = standby(tl, replay)?;
+        s.wal_receiver = None;
+        Ok(s)
+    }
+
+    fn at(secs: u64) -> Instant {
+        t0() + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn standbys_serve_reads_through_a_primary_outage_until_the_orphan_timeout() {
+        let mut e = eval(3);
+        e.apply(0, primary(1, 100), at(0));
+        e.apply(1, standby(1, 100), at(0));
+        e.apply(2, standby(1, 100), at(0));
+        // The primary dies: its probes fail, the standbys stop streaming.
+        for _ in 0..3 {
+            e.apply(0, down(), at(1));
+        }
+        assert_eq!(e.topology().primary, None);
+        e.apply(1, cut_off(1, 100), at(1));
+        assert!(
+            !e.topology().nodes[1].serves_reads(),
+            "pg2 still streams, as far as pgherd knows"
+        );
+        let ev = e.apply(2, cut_off(1, 100), at(1));
+        assert!(ev.contains(&ClusterEvent::Orphaned { node: "pg1".into() }));
+        assert!(ev.contains(&ClusterEvent::Orphaned { node: "pg2".into() }));
+        let t = e.topology();
+        assert!(t.nodes[1].serves_reads() && t.nodes[2].serves_reads());
+        assert!(t.nodes[1].orphaned);
+        assert!(t.unsettled(), "orphans are watched at the fast interval");
+        assert_eq!(t.nodes[1].lag_seconds, Some(1.0), "unheard for 1 s");
+        assert!(
+            t.describe().contains("not streaming for"),
+            "{}",
+            t.describe()
+        );
+        // 29 s after they last streamed: still serving.
+        e.apply(1, cut_off(1, 100), at(29));
+        assert!(e.topology().nodes[1].serves_reads());
+        // 30 s: the timeout (the probe of any node re-judges every node).
+        let ev = e.apply(0, down(), at(30));
+        let t = e.topology();
+        assert!(!t.nodes[1].serves_reads() && !t.nodes[2].serves_reads());
+        assert!(ev.contains(&ClusterEvent::OrphanEnded {
+            node: "pg2".into(),
+            serves_reads: false
+        }));
+        assert!(
+            t.describe().contains("past replica_orphan_timeout"),
+            "{}",
+            t.describe()
+        );
+    }
+
+    #[test]
+    fn orphans_serve_until_a_standby_streams_from_the_new_primary() {
+        let mut e = eval(3);
+        e.apply(0, primary(1, 100), at(0));
+        e.apply(1, standby(1, 100), at(0));
+        e.apply(2, standby(1, 100), at(0));
+        for _ in 0..3 {
+            e.apply(0, down(), at(1));
+        }
+        e.apply(1, cut_off(1, 100), at(1));
+        e.apply(2, cut_off(1, 100), at(1));
+        // pg1 is promoted; pg2 is still on timeline 1, not yet re-pointed.
+        e.apply(1, primary(2, 120), at(5));
+        let t = e.topology();
+        assert_eq!(t.primary, Some(1));
+        assert!(t.nodes[2].old_timeline);
+        assert!(t.nodes[2].serves_reads(), "nobody follows pg1 yet");
+        // pg2 follows pg1: streaming on its timeline, no longer an orphan.
+        let ev = e.apply(2, standby(2, 120), at(6));
+        assert!(ev.contains(&ClusterEvent::OrphanEnded {
+            node: "pg2".into(),
+            serves_reads: true
+        }));
+        let t = e.topology();
+        assert!(t.nodes[2].serves_reads() && !t.nodes[2].orphaned);
+        assert!(!t.unsettled());
+    }
+
+    #[test]
+    fn an_orphan_stops_once_another_standby_streams() {
+        let mut e = eval(4);
+        e.apply(0, primary(1, 100), at(0));
+        for i in 1..4 {
+            e.apply(i, standby(1, 100), at(0));
+        }
+        for _ in 0..3 {
+            e.apply(0, down(), at(1));
+        }
+        for i in 1..4 {
+            e.apply(i, cut_off(1, 100), at(1));
+        }
+        e.apply(1, primary(2, 120), at(5));
+        e.apply(2, standby(2, 120), at(6));
+        let t = e.topology();
+        assert!(t.nodes[2].serves_reads());
+        assert!(
+            !t.nodes[3].serves_reads(),
+            "pg2 follows the new primary: the left-behind pg3 serves no reads"
+        );
+        assert!(t
+            .describe()
+            .contains("pg3: standby, timeline 1, not streaming"));
+    }
+
+    #[test]
+    fn unheard_time_counts_against_max_replica_lag() {
+        let mut th = thresholds();
+        th.max_lag = Some(Duration::from_secs(10));
+        let mut e = Evaluator::new(vec!["pg0".into(), "pg1".into()], th, None);
+        e.apply(0, primary(1, 100), at(0));
+        e.apply(1, standby(1, 100), at(0));
+        for _ in 0..3 {
+            e.apply(0, down(), at(1));
+        }
+        e.apply(1, cut_off(1, 100), at(5));
+        assert!(e.topology().nodes[1].serves_reads());
+        e.apply(1, cut_off(1, 100), at(11));
+        let n = &e.topology().nodes[1];
+        assert!(!n.lag_ok && !n.serves_reads(), "11 s unheard > 10 s");
+    }
+
+    #[test]
+    fn a_standby_never_seen_streaming_is_no_orphan() {
+        let mut e = eval(2);
+        e.apply(1, cut_off(1, 100), at(0));
+        let n = &e.topology().nodes[1];
+        assert!(!n.orphaned && !n.serves_reads());
+    }
+
+    #[test]
+    fn a_zero_orphan_timeout_stops_reads_with_the_stream() {
+        let mut th = thresholds();
+        th.orphan_timeout = Duration::ZERO;
+        let mut e = Evaluator::new(vec!["pg0".into(), "pg1".into()], th, None);
+        e.apply(0, primary(1, 100), at(0));
+        e.apply(1, standby(1, 100), at(0));
+        e.apply(1, cut_off(1, 100), at(0));
+        assert!(!e.topology().nodes[1].serves_reads());
     }
 }

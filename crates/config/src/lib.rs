@@ -172,6 +172,8 @@ pub const NOTIFY_EVENTS: &[&str] = &[
     "split_brain_resolved",
     "lag_over_threshold",
     "lag_under_threshold",
+    "orphaned",
+    "orphan_ended",
 ];
 
 /// Parameters every transaction-mode client keeps as its own, whichever
@@ -341,6 +343,11 @@ pub struct Probe {
     pub max_replica_lag_bytes: Option<u64>,
     /// A standby further behind than this gets no reads.
     pub max_replica_lag: Option<Duration>,
+    /// How long a standby that stopped streaming (its primary died, or it
+    /// is being re-pointed) keeps serving reads, counted from the last probe
+    /// that saw it streaming, while no other standby streams. Zero: it
+    /// stops at once.
+    pub replica_orphan_timeout: Duration,
 }
 
 /// When a client gives its server connection back (pgbouncer's `pool_mode`).
@@ -784,6 +791,7 @@ fn setting_values(g: &General) -> Vec<(&'static str, String)> {
             "max_replica_lag",
             p.max_replica_lag.map(secs).unwrap_or_default(),
         ),
+        ("replica_orphan_timeout", secs(p.replica_orphan_timeout)),
     ]
 }
 
@@ -969,6 +977,7 @@ mod raw {
         pub probe_fall: u32,
         pub max_replica_lag_bytes: Option<u64>,
         pub max_replica_lag: Option<f64>,
+        pub replica_orphan_timeout: f64,
     }
 
     impl Default for General {
@@ -1066,6 +1075,7 @@ mod raw {
                 probe_fall: 3,
                 max_replica_lag_bytes: Some(16 * 1024 * 1024),
                 max_replica_lag: None,
+                replica_orphan_timeout: 60.0,
             }
         }
     }
@@ -1428,6 +1438,10 @@ mod raw {
                         .max_replica_lag
                         .map(|s| seconds("pgherd.max_replica_lag", s))
                         .transpose()?,
+                    replica_orphan_timeout: seconds(
+                        "pgherd.replica_orphan_timeout",
+                        g.replica_orphan_timeout,
+                    )?,
                 },
             };
 

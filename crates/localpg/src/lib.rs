@@ -21,6 +21,7 @@
 mod binaries;
 mod node;
 pub mod pgbouncer;
+pub mod repmgr;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 pub use binaries::PgBinaries;
 pub use node::{LocalNode, StopMode};
 pub use pgbouncer::{find_pgbouncer, LocalPgbouncer};
+pub use repmgr::{RepmgrCluster, RepmgrSpec};
 
 /// Anything that can go wrong while running local PostgreSQL servers.
 #[derive(Debug, thiserror::Error)]
@@ -452,12 +454,17 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// A `sh` that waits for its stdin to close, then stops every postmaster
-    /// of this cluster by the PID in its `postmaster.pid`, and removes the directory.
+    /// A `sh` that waits for its stdin to close, then stops every helper
+    /// (a `*.pid` file in the cluster's directory: repmgrd, ...) and every
+    /// postmaster of this cluster by the PID in its `postmaster.pid`, and
+    /// removes the directory.
     fn spawn_watchdog(&self) -> Result<(Child, ChildStdin), LocalPgError> {
         use std::os::unix::process::CommandExt;
         let script = r#"
             read _ignored
+            for f in "$1"/*.pid; do
+                [ -f "$f" ] && kill -TERM "$(head -n 1 "$f")" 2>/dev/null
+            done
             for f in "$1"/*/data/postmaster.pid; do
                 [ -f "$f" ] || continue
                 pid=$(head -n 1 "$f")

@@ -739,6 +739,11 @@ impl ProxyHandle {
         self.shared.reload()
     }
 
+    /// Shutting down: listeners closed or closing, clients finishing.
+    pub fn is_draining(&self) -> bool {
+        self.shared.going.load(Ordering::Relaxed)
+    }
+
     /// Clients connected right now (including ones still logging in).
     pub fn client_count(&self) -> usize {
         self.shared.clients.load(Ordering::Relaxed)

@@ -3,8 +3,10 @@
 //! * `primary`: the one primary the topology elected (never a fenced node).
 //!   While there is none — a failover in progress — the client waits up to
 //!   `primary_wait_timeout` for one, then gets 57P03 naming each node's state.
-//! * `replica`: a standby that is up, not fenced and within
-//!   `max_replica_lag` (`replica_balance`: round robin or least
+//! * `replica`: a standby that is up, not fenced, within `max_replica_lag`
+//!   and streaming — or, during a failover, orphaned within
+//!   `replica_orphan_timeout` (see `pgherd_cluster::topology`) —
+//!   (`replica_balance`: round robin or least
 //!   connections); when none is usable, the primary if `replica_fallback` is
 //!   on, else 57P03.
 //! * `auto`: per transaction, one of the two (see `classify`); reads of a
@@ -333,6 +335,8 @@ mod tests {
                 lag_seconds: None,
                 lag_ok: true,
                 old_timeline: false,
+                streamed_until: None,
+                orphaned: false,
                 last_sample: Some(sample),
                 last_error: None,
             }],

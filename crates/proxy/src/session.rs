@@ -335,12 +335,26 @@ async fn start(
             wrote_at: None,
             peek: true,
         },
+        // While no primary is known (a failover), a transaction-mode client
+        // is welcomed with a standby's values and its first transaction
+        // waits for the primary: a driver's connect timeout is usually
+        // shorter than a failover, and its first query's is not.
+        (Want::Primary, PoolMode::Transaction) if shared.cluster.primary_now().is_none() => {
+            Want::Standby {
+                fallback: true,
+                wrote_at: None,
+                peek: true,
+            }
+        }
         (want, _) => want,
     };
     let (mut first, _, first_lease) = upstream.checkout(shared, &me.info, welcome_want).await?;
     let Some(server) = first.conn() else {
         return Err(empty_slot());
     };
+    // Welcomed by a standby for the primary: the client's transactions will
+    // run on the primary, so it must not be told it reached a hot standby.
+    let as_primary = upstream.want() == Want::Primary && server.is_standby();
     if tracking {
         // What the client did not set, it gets the server's defaults of.
         for index in 0..shared.tracked.len() {
@@ -360,7 +374,7 @@ async fn start(
         },
         CancelRoute::Client(Arc::clone(&me.info)),
     );
-    if let Err(e) = welcome(client, server, cancel.pid, cancel.secret).await {
+    if let Err(e) = welcome(client, server, (cancel.pid, cancel.secret), as_primary).await {
         shared.cancels.unregister(&cancel);
         return Err(e);
     }
@@ -1018,16 +1032,22 @@ async fn finish(
 }
 
 /// Sends the client what a server sends after AuthenticationOk: every
-/// ParameterStatus (the server's own values), BackendKeyData with the
+/// ParameterStatus (the server's own values; `in_hot_standby` off when a
+/// standby welcomes a client `as_primary`), BackendKeyData with the
 /// client's cancel key, and ReadyForQuery.
 async fn welcome(
     client: &mut Client,
     server: &ServerConn,
-    pid: i32,
-    secret: [u8; 4],
+    (pid, secret): (i32, [u8; 4]),
+    as_primary: bool,
 ) -> Result<(), ErrorFields> {
     let mut out = BytesMut::with_capacity(512);
     for (k, v) in server.params.reported() {
+        let v = if as_primary && k == "in_hot_standby" {
+            "off"
+        } else {
+            v
+        };
         backend::parameter_status(&mut out, k, v);
     }
     backend::backend_key_data(&mut out, pid, secret);
@@ -1061,7 +1081,7 @@ async fn replicate(
             secret: server.secret,
         }),
     );
-    if let Err(e) = welcome(client, &server, cancel.pid, cancel.secret).await {
+    if let Err(e) = welcome(client, &server, (cancel.pid, cancel.secret), false).await {
         shared.cancels.unregister(&cancel);
         return Err(e);
     }

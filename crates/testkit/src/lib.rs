@@ -5,6 +5,8 @@
 //!   installed binaries) with the roles the tests log in as:
 //!   `app` (SCRAM, owns database `app`), `md5user` (md5-stored password) and
 //!   `trustuser` (no password, `trust` in pg_hba).
+//! * [`RepmgrTestCluster`] is the same on a cluster run by repmgr and
+//!   repmgrd, for failover drills by the real manager.
 //! * [`shared_cluster`] gives every test of one test binary the same cluster,
 //!   started once; tests that stop, promote or break nodes start their own.
 //! * [`PgherdBuilder`] writes a pgherd config for a cluster, starts the proxy
@@ -17,8 +19,8 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 pub use pgherd_localpg::{
-    find_pgbouncer, ClusterSpec, LocalCluster, LocalPgError, LocalPgbouncer, PgBinaries, SslFiles,
-    StopMode,
+    find_pgbouncer, ClusterSpec, LocalCluster, LocalPgError, LocalPgbouncer, PgBinaries,
+    RepmgrCluster, RepmgrSpec, SslFiles, StopMode,
 };
 use pgherd_proxy::{Proxy, ProxyHandle};
 pub use pgherd_tls::test_pki::TestPki;
@@ -51,22 +53,7 @@ impl TestCluster {
     pub fn start_with(mut spec: ClusterSpec) -> TestCluster {
         spec.trust_users.push("trustuser".into());
         let pg = LocalCluster::start(spec).expect("start a local PostgreSQL cluster");
-        for setup in [
-            format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"),
-            "CREATE DATABASE app OWNER app".into(),
-            format!(
-                "SET password_encryption = 'md5'; \
-                 CREATE ROLE md5user LOGIN PASSWORD '{MD5_PASSWORD}'"
-            ),
-            "CREATE ROLE trustuser LOGIN".into(),
-            "GRANT pg_read_all_stats, pg_signal_backend TO app".into(),
-            "ALTER ROLE app REPLICATION".into(),
-        ] {
-            pg.sql(0, &setup).expect("create test roles");
-        }
-        let app_verifier = pg
-            .sql(0, "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
-            .expect("read app's verifier");
+        let app_verifier = create_roles(|sql| pg.sql(0, sql));
         for i in 1..pg.nodes().len() {
             pg.wait_caught_up(0, i).expect("standby catches up");
         }
@@ -75,7 +62,60 @@ impl TestCluster {
 
     /// A pgherd config builder for this cluster.
     pub fn pgherd(&self) -> PgherdBuilder {
-        PgherdBuilder::new(self)
+        PgherdBuilder::for_nodes(
+            self.pg.nodes().iter().map(|n| (n.name.clone(), n.port)),
+            self.pg.superuser_password(),
+            &self.app_verifier,
+        )
+    }
+}
+
+/// Creates the test roles with `sql` (run on the primary); returns `app`'s
+/// verifier as `pg_authid` stores it.
+fn create_roles(sql: impl Fn(&str) -> Result<String, LocalPgError>) -> String {
+    for setup in [
+        format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"),
+        "CREATE DATABASE app OWNER app".into(),
+        format!(
+            "SET password_encryption = 'md5'; \
+             CREATE ROLE md5user LOGIN PASSWORD '{MD5_PASSWORD}'"
+        ),
+        "CREATE ROLE trustuser LOGIN".into(),
+        "GRANT pg_read_all_stats, pg_signal_backend TO app".into(),
+        "ALTER ROLE app REPLICATION".into(),
+    ] {
+        sql(&setup).expect("create test roles");
+    }
+    sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'").expect("read app's verifier")
+}
+
+/// A cluster run by repmgr and repmgrd (see [`RepmgrCluster`]), with the
+/// test roles.
+#[derive(Debug)]
+pub struct RepmgrTestCluster {
+    pub pg: RepmgrCluster,
+    pub app_verifier: String,
+}
+
+impl RepmgrTestCluster {
+    /// Starts a repmgr cluster as `spec` says and creates the test roles.
+    pub fn start(mut spec: RepmgrSpec) -> RepmgrTestCluster {
+        spec.cluster.trust_users.push("trustuser".into());
+        let pg = RepmgrCluster::start(spec).expect("start a repmgr cluster");
+        let app_verifier = create_roles(|sql| pg.sql(0, sql));
+        for i in 1..pg.nodes().len() {
+            pg.wait_caught_up(0, i).expect("standby catches up");
+        }
+        RepmgrTestCluster { pg, app_verifier }
+    }
+
+    /// A pgherd config builder for this cluster.
+    pub fn pgherd(&self) -> PgherdBuilder {
+        PgherdBuilder::for_nodes(
+            self.pg.nodes().iter().map(|n| (n.name.clone(), n.port)),
+            self.pg.superuser_password(),
+            &self.app_verifier,
+        )
     }
 }
 
@@ -103,25 +143,26 @@ pub struct PgherdBuilder {
 }
 
 impl PgherdBuilder {
-    fn new(cluster: &TestCluster) -> Self {
+    /// A builder for the nodes `(name, port)` on 127.0.0.1, probed as
+    /// `postgres` with `superuser_password`, where `app` has `app_verifier`.
+    fn for_nodes(
+        nodes: impl Iterator<Item = (String, u16)>,
+        superuser_password: &str,
+        app_verifier: &str,
+    ) -> Self {
         PgherdBuilder {
             general: vec![
                 "listen_addr = \"127.0.0.1:0\"".into(),
                 "probe_user = \"postgres\"".into(),
-                format!("probe_password = \"{}\"", cluster.pg.superuser_password()),
+                format!("probe_password = \"{superuser_password}\""),
                 "probe_interval = 0.2".into(),
                 "admin_listen_addr = \"127.0.0.1:0\"".into(),
             ],
             listeners: Vec::new(),
-            nodes: cluster
-                .pg
-                .nodes()
-                .iter()
-                .map(|n| (n.name.clone(), n.port, Vec::new()))
-                .collect(),
+            nodes: nodes.map(|(name, port)| (name, port, Vec::new())).collect(),
             databases: vec!["\"*\" = {}".into()],
             users: vec![
-                format!("app = {{ password = \"{}\" }}", cluster.app_verifier),
+                format!("app = {{ password = \"{app_verifier}\" }}"),
                 format!("md5user = {{ password = \"{MD5_PASSWORD}\" }}"),
             ],
             notify: Vec::new(),

@@ -1,0 +1,399 @@
+//! A cluster run by repmgr, as the seed setup runs it: the primary
+//! registered with `repmgr primary register`, each standby made with
+//! `repmgr standby clone` and `repmgr standby register`, and `repmgrd` on
+//! every node with `failover = automatic`, promoting and re-pointing
+//! standbys by itself.
+//!
+//! Failovers here are repmgr's, not a test's: repmgrd waits
+//! `reconnect_attempts × reconnect_interval` before it promotes, and
+//! `repmgr standby follow` restarts the other standbys. So every server is
+//! started and stopped with `pg_ctl` (repmgr's service commands are set to
+//! the same), not as a child of this process: repmgr restarts them itself.
+//! Each node's port is on pg_ctl's command line, not in its
+//! `postgresql.conf`: `repmgr standby clone` and `pg_rewind` copy that file
+//! from another node. They are stopped by the PID in their
+//! `postmaster.pid`, and repmgrd by
+//! its child handle (or, should this process die, by the watchdog through
+//! its pid file).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{io_err, node, poll, ClusterSpec, LocalCluster, LocalNode, LocalPgError};
+
+/// How to build a repmgr cluster.
+#[derive(Debug, Clone)]
+pub struct RepmgrSpec {
+    /// Standbys beside the primary.
+    pub standbys: usize,
+    /// repmgrd's `reconnect_attempts` and `reconnect_interval` (seconds):
+    /// how long it tries the primary before it promotes a standby.
+    pub reconnect_attempts: u32,
+    pub reconnect_interval: u32,
+    /// Passed on to the underlying [`ClusterSpec`] (roles' logins, extra settings).
+    pub cluster: ClusterSpec,
+}
+
+impl Default for RepmgrSpec {
+    fn default() -> Self {
+        RepmgrSpec {
+            standbys: 2,
+            reconnect_attempts: 2,
+            reconnect_interval: 1,
+            cluster: ClusterSpec::default(),
+        }
+    }
+}
+
+/// A running repmgr cluster: node 0 starts as the primary.
+#[derive(Debug)]
+pub struct RepmgrCluster {
+    /// The nodes, directory, sockets and watchdog (its nodes are not
+    /// children of this process: see the module's notes).
+    pg: LocalCluster,
+    /// Each node's repmgr.conf.
+    confs: Vec<PathBuf>,
+    /// repmgrd on each node, while it runs.
+    daemons: Vec<Option<Child>>,
+}
+
+impl RepmgrCluster {
+    /// Builds the cluster and starts repmgrd everywhere; returns once every
+    /// standby streams and every repmgrd runs.
+    pub fn start(spec: RepmgrSpec) -> Result<RepmgrCluster, LocalPgError> {
+        let bins = crate::PgBinaries::find()?;
+        if !bins.path("repmgr").exists() || !bins.path("repmgrd").exists() {
+            return Err(LocalPgError::Command {
+                program: "repmgr".into(),
+                output: format!(
+                    "not found in {}: install it, e.g. `apt-get install -y postgresql-15-repmgr`",
+                    bins.path("").display()
+                ),
+            });
+        }
+        let mut cluster_spec = spec.cluster.clone();
+        cluster_spec.standbys = 0;
+        cluster_spec
+            .extra_conf
+            .push("shared_preload_libraries = 'repmgr'".into());
+        // repmgr connects to every node through its Unix socket, replication included.
+        cluster_spec
+            .hba_first
+            .push("local replication all trust".into());
+        let mut pg = LocalCluster::start(cluster_spec)?;
+        // From now on pg_ctl runs the primary, as it will every other node.
+        pg.nodes[0].stop(node::StopMode::Fast)?;
+        let mut cluster = RepmgrCluster {
+            pg,
+            confs: Vec::new(),
+            daemons: Vec::new(),
+        };
+        cluster.write_conf(0, &spec)?;
+        cluster.start_server(0)?;
+        cluster.repmgr(0, &["primary", "register"])?;
+        for i in 1..=spec.standbys {
+            cluster.clone_standby(i, &spec)?;
+        }
+        for i in 0..cluster.pg.nodes.len() {
+            cluster.start_daemon(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The nodes: names, ports, data directories.
+    pub fn nodes(&self) -> &[LocalNode] {
+        self.pg.nodes()
+    }
+
+    /// The cluster's directory (logs: `pgN.log`, `repmgr-pgN.log`).
+    pub fn dir(&self) -> &Path {
+        self.pg.dir()
+    }
+
+    pub fn superuser_password(&self) -> &str {
+        self.pg.superuser_password()
+    }
+
+    /// Runs SQL on node `i` as the superuser (see [`LocalCluster::sql`]).
+    pub fn sql(&self, i: usize, sql: &str) -> Result<String, LocalPgError> {
+        self.pg.sql(i, sql)
+    }
+
+    /// Waits until standby `i` has replayed everything `primary` wrote so far.
+    pub fn wait_caught_up(&self, primary: usize, i: usize) -> Result<(), LocalPgError> {
+        self.pg.wait_caught_up(primary, i)
+    }
+
+    /// Waits until standby `i` streams from a primary.
+    pub fn wait_streaming(&self, i: usize, timeout: Duration) -> Result<(), LocalPgError> {
+        self.pg.wait_streaming(i, timeout)
+    }
+
+    /// Stops node `i`'s PostgreSQL with `pg_ctl stop -m immediate`: a crash,
+    /// as far as repmgrd can tell.
+    pub fn crash(&self, i: usize) -> Result<(), LocalPgError> {
+        self.pg_ctl(i, &["-m", "immediate", "stop"])
+    }
+
+    /// What `repmgr cluster show` prints, for diagnostics.
+    pub fn show(&self) -> String {
+        let mut cmd = Command::new(self.pg.bins.path("repmgr"));
+        cmd.arg("-f").arg(&self.confs[0]).args(["cluster", "show"]);
+        crate::RunAs::apply(self.pg.run_as, &mut cmd);
+        match cmd.stdin(Stdio::null()).output() {
+            Ok(out) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => format!("repmgr cluster show: {e}"),
+        }
+    }
+
+    /// The node repmgr's metadata names as the active primary, read on node
+    /// `from` (`None` if it cannot be read there or names none).
+    pub fn primary_by_repmgr(&self, from: usize) -> Option<usize> {
+        let name = self
+            .sql(
+                from,
+                "SELECT node_name FROM repmgr.nodes WHERE type = 'primary' AND active",
+            )
+            .ok()?;
+        self.pg.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Waits until node `i` is a primary out of recovery, as repmgrd made it.
+    pub fn wait_promoted(&self, i: usize, timeout: Duration) -> Result<(), LocalPgError> {
+        let name = self.pg.nodes[i].name.clone();
+        poll(timeout, &format!("repmgrd to promote {name}"), || {
+            Ok(self.sql(i, "SELECT pg_is_in_recovery()")? == "f")
+        })
+    }
+
+    /// `repmgr node rejoin` of stopped node `i` (a failed primary) to
+    /// `primary`, rewinding it if its history diverged (`--force-rewind`),
+    /// as repmgr documents it. repmgr starts it.
+    pub fn rejoin(&self, i: usize, primary: usize) -> Result<(), LocalPgError> {
+        // pg_rewind reads the source's timeline from its control file, which
+        // a promoted server updates at its first checkpoint.
+        self.sql(primary, "CHECKPOINT")?;
+        let conninfo = self.conninfo(primary);
+        self.repmgr(
+            i,
+            &[
+                "node",
+                "rejoin",
+                "-d",
+                &conninfo,
+                "--force-rewind",
+                "--verbose",
+            ],
+        )
+    }
+
+    /// Starts repmgrd on node `i` (after a rejoin, say), unless it runs.
+    pub fn start_daemon(&mut self, i: usize) -> Result<(), LocalPgError> {
+        if let Some(Some(child)) = self.daemons.get_mut(i) {
+            if child.try_wait().ok().flatten().is_none() {
+                return Ok(());
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(
+                self.pg
+                    .dir()
+                    .join(format!("repmgrd-{}.out", self.pg.nodes[i].name)),
+            )
+            .map_err(io_err("open repmgrd output"))?;
+        let log2 = log.try_clone().map_err(io_err("clone log handle"))?;
+        let mut cmd = Command::new(self.pg.bins.path("repmgrd"));
+        cmd.arg("-f")
+            .arg(&self.confs[i])
+            .arg("--daemonize=false")
+            .current_dir(self.pg.dir())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        crate::RunAs::apply(self.pg.run_as, &mut cmd);
+        let child = cmd.spawn().map_err(io_err("spawn repmgrd"))?;
+        if self.daemons.len() <= i {
+            self.daemons.resize_with(i + 1, || None);
+        }
+        self.daemons[i] = Some(child);
+        Ok(())
+    }
+
+    /// Stops repmgrd on node `i` (SIGTERM), as an operator would before
+    /// maintenance, or to drill a manager that is itself down.
+    pub fn stop_daemon(&mut self, i: usize) {
+        if let Some(mut child) = self.daemons.get_mut(i).and_then(Option::take) {
+            stop_child(&mut child);
+        }
+    }
+
+    fn clone_standby(&mut self, i: usize, spec: &RepmgrSpec) -> Result<(), LocalPgError> {
+        let name = format!("pg{i}");
+        let node = LocalNode::new(&name, self.pg.dir(), node::free_port()?);
+        let home = node.data_dir.parent().unwrap_or(self.pg.dir()).to_owned();
+        std::fs::create_dir_all(&home).map_err(io_err("create node dir"))?;
+        crate::RunAs::chown(self.pg.run_as, &home)?;
+        self.pg.nodes.push(node);
+        self.write_conf(i, spec)?;
+        let sock = self.pg.socket_dir().display().to_string();
+        let port0 = self.pg.nodes[0].port.to_string();
+        self.repmgr(
+            i,
+            &[
+                "-h",
+                &sock,
+                "-p",
+                &port0,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "standby",
+                "clone",
+                "--fast-checkpoint",
+            ],
+        )?;
+        self.start_server(i)?;
+        self.pg.wait_streaming(i, Duration::from_secs(30))?;
+        self.repmgr(i, &["standby", "register"])
+    }
+
+    /// Starts node `i`'s server as its `service_start_command` does.
+    fn start_server(&self, i: usize) -> Result<(), LocalPgError> {
+        let log = self.server_log(i)?;
+        let port = format!("-p {}", self.pg.nodes[i].port);
+        self.pg_ctl(i, &["-l", &log, "-o", &port, "start"])
+    }
+
+    fn conninfo(&self, i: usize) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres connect_timeout=2",
+            self.pg.socket_dir().display(),
+            self.pg.nodes[i].port
+        )
+    }
+
+    /// Node `i`'s server log, writable by the server's user (pg_ctl
+    /// appends to it as that user).
+    fn server_log(&self, i: usize) -> Result<String, LocalPgError> {
+        let path = self.pg.nodes[i].log_file();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io_err("create server log"))?;
+        crate::RunAs::chown(self.pg.run_as, path)?;
+        Ok(path.display().to_string())
+    }
+
+    /// Writes node `i`'s repmgr.conf, as repmgr's documentation has it for
+    /// automatic failover, with pg_ctl as every service command.
+    fn write_conf(&mut self, i: usize, spec: &RepmgrSpec) -> Result<(), LocalPgError> {
+        let dir = self.pg.dir().to_owned();
+        let node = &self.pg.nodes[i];
+        let name = &node.name;
+        let conf = dir.join(format!("repmgr-{name}.conf"));
+        let data = node.data_dir.display();
+        let log = node.log_file().display();
+        let repmgr = self.pg.bins.path("repmgr");
+        let pg_ctl = self.pg.bins.path("pg_ctl");
+        let (repmgr, pg_ctl) = (repmgr.display(), pg_ctl.display());
+        let text = format!(
+            "node_id={id}\n\
+             node_name='{name}'\n\
+             conninfo='{conninfo}'\n\
+             data_directory='{data}'\n\
+             pg_bindir='{bindir}'\n\
+             use_replication_slots=yes\n\
+             log_level=INFO\n\
+             log_file='{dir}/repmgr-{name}.log'\n\
+             repmgrd_pid_file='{dir}/repmgrd-{name}.pid'\n\
+             failover=automatic\n\
+             promote_command='{repmgr} standby promote -f {conf} --log-to-file'\n\
+             follow_command='{repmgr} standby follow -f {conf} --log-to-file --upstream-node-id=%n'\n\
+             reconnect_attempts={attempts}\n\
+             reconnect_interval={interval}\n\
+             monitor_interval_secs=1\n\
+             standby_reconnect_timeout=60\n\
+             service_start_command='{pg_ctl} -w -D {data} -l {log} -o \"-p {port}\" start'\n\
+             service_stop_command='{pg_ctl} -w -D {data} -m fast stop'\n\
+             service_restart_command='{pg_ctl} -w -D {data} -l {log} -o \"-p {port}\" -m fast restart'\n\
+             service_reload_command='{pg_ctl} -D {data} reload'\n",
+            id = i + 1,
+            port = node.port,
+            conninfo = self.conninfo(i),
+            bindir = self.pg.bins.path("").display(),
+            dir = dir.display(),
+            conf = conf.display(),
+            attempts = spec.reconnect_attempts,
+            interval = spec.reconnect_interval,
+        );
+        std::fs::write(&conf, text).map_err(io_err("write repmgr.conf"))?;
+        crate::RunAs::chown(self.pg.run_as, &conf)?;
+        if self.confs.len() <= i {
+            self.confs.resize(i + 1, PathBuf::new());
+        }
+        self.confs[i] = conf;
+        Ok(())
+    }
+
+    /// `repmgr -f <node i's conf> args...`, as the server's user.
+    fn repmgr(&self, i: usize, args: &[&str]) -> Result<(), LocalPgError> {
+        self.pg.run(
+            Command::new(self.pg.bins.path("repmgr"))
+                .arg("-f")
+                .arg(&self.confs[i])
+                .args(args),
+        )
+    }
+
+    /// `pg_ctl -w -D <node i's data> args...`, as the server's user.
+    fn pg_ctl(&self, i: usize, args: &[&str]) -> Result<(), LocalPgError> {
+        self.pg.run(
+            Command::new(self.pg.bins.path("pg_ctl"))
+                .arg("-w")
+                .arg("-D")
+                .arg(&self.pg.nodes[i].data_dir)
+                .args(args)
+                .stdout(Stdio::null()),
+        )
+    }
+}
+
+impl Drop for RepmgrCluster {
+    fn drop(&mut self) {
+        // repmgrd first, or it would restart or promote what is stopped next.
+        for child in self.daemons.iter_mut().filter_map(Option::take).by_ref() {
+            let mut child = child;
+            stop_child(&mut child);
+        }
+        for i in (0..self.pg.nodes.len()).rev() {
+            let _ = self.pg_ctl(i, &["-m", "fast", "stop"]);
+        }
+        // The LocalCluster removes the directory (its watchdog stops
+        // anything left by its pid file).
+    }
+}
+
+/// SIGTERM, then SIGKILL after 10 s.
+fn stop_child(child: &mut Child) {
+    use nix::sys::signal::{kill, Signal};
+    let _ = kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    );
+    let exited = poll(Duration::from_secs(10), "repmgrd to exit", || {
+        Ok(child.try_wait().map_err(io_err("wait repmgrd"))?.is_some())
+    });
+    if exited.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
