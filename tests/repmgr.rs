@@ -205,12 +205,27 @@ async fn repmgr_failover_with_the_seed_settings_then_rejoin() {
         .general("primary_wait_timeout = 60")
         .database("ro = { dbname = \"postgres\", target = \"replica\" }")
         .notify(&format!("webhook_urls = [\"{}\"]", hook.url("/hook")))
-        .notify("events = [\"primary_changed\"]")
+        .notify("events = [\"failover\", \"switchover\"]")
+        .notify("instance = \"drill\"")
         .start()
         .await;
     pgherd.wait_standbys_readable().await;
 
     // --- Unplanned: the primary crashes; repmgrd promotes after 25 s.
+    let mut events = pgherd.handle.cluster().subscribe();
+    let seen = tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(pgherd_cluster::ClusterEvent::PrimaryChanged { to: Some(to), .. })
+                    if to != "pg0" =>
+                {
+                    return unix_now()
+                }
+                Ok(e) => println!("{:.3} {e}", unix_now()),
+                Err(_) => {}
+            }
+        }
+    });
     let load = Load::start(&pgherd, 4, 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let crashed = unix_now();
@@ -233,6 +248,13 @@ async fn repmgr_failover_with_the_seed_settings_then_rejoin() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (writers, readers) = load.finish().await;
     let promoted = promoted_at(&cluster, new);
+    let followed = seen.await.unwrap();
+    let log = std::fs::read_to_string(cluster.pg.nodes()[new].log_file()).unwrap_or_default();
+    for line in log.lines().filter(|l| {
+        l.contains("promot") || l.contains("new timeline") || l.contains("ready to accept")
+    }) {
+        println!("{line}");
+    }
     let first_write = writers
         .iter()
         .flat_map(|t| t.acked.iter().map(|&(_, at)| at))
@@ -244,10 +266,11 @@ async fn repmgr_failover_with_the_seed_settings_then_rejoin() {
     let acked = check_no_write_lost(&cluster, new, &writers);
     println!(
         "repmgr failover (reconnect 5 x 5 s): promotion {:.1} s after the crash; \
-         first write through pgherd {:.3} s after the promotion; \
+         pgherd elected it {:.3} s and wrote there {:.3} s after the promotion; \
          reads: {} ok, {} failed, longest gap {:.3} s; \
          writes: {acked} acknowledged (0 lost), {} failed: {write_errors:?}",
         promoted - crashed,
+        followed - promoted,
         first_write - promoted,
         readers.iter().map(|t| t.ok).sum::<usize>(),
         read_errors.len(),
@@ -261,8 +284,11 @@ async fn repmgr_failover_with_the_seed_settings_then_rejoin() {
     );
     assert!(first_write.is_finite(), "writes resumed on the new primary");
     let new_name = &cluster.pg.nodes()[new].name;
-    hook.next_with_text(&format!("primary changed: none -> {new_name}"))
+    let told = hook
+        .next_with_text(&format!("failover: pg0 -> {new_name} in "))
         .await;
+    assert_eq!(told.body["instance"], "drill");
+    println!("webhook: {}", told.body["text"]);
 
     // --- The old primary rejoins as a standby (repmgr node rejoin
     // --force-rewind) and serves reads again once it streams.
@@ -272,6 +298,10 @@ async fn repmgr_failover_with_the_seed_settings_then_rejoin() {
     })
     .await;
     assert_eq!(cluster.pg.primary_by_repmgr(new), Some(new));
+    hook.next_with_text(&format!(
+        "switchover: old primary pg0 is now a standby of {new_name}"
+    ))
+    .await;
 }
 
 /// Waits up to 120 s for `pick` to choose something in pgherd's topology.

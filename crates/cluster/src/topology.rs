@@ -254,6 +254,23 @@ pub enum ClusterEvent {
         node: String,
         serves_reads: bool,
     },
+    /// A new primary after another: how long writes had nowhere to go.
+    Failover {
+        from: String,
+        to: String,
+        without_primary: Duration,
+    },
+    /// Still no primary, this long after the last one was lost (said at
+    /// 10 s, 30 s, 1 min, 2 min, 5 min, then every 10 min).
+    NoPrimary {
+        without_primary: Duration,
+    },
+    /// The old primary of a failover streams from the new one: the
+    /// switchover (or rejoin) is complete.
+    Switchover {
+        node: String,
+        primary: String,
+    },
 }
 
 impl ClusterEvent {
@@ -273,6 +290,9 @@ impl ClusterEvent {
             ClusterEvent::LagUnderThreshold { .. } => "lag_under_threshold",
             ClusterEvent::Orphaned { .. } => "orphaned",
             ClusterEvent::OrphanEnded { .. } => "orphan_ended",
+            ClusterEvent::Failover { .. } => "failover",
+            ClusterEvent::NoPrimary { .. } => "no_primary",
+            ClusterEvent::Switchover { .. } => "switchover",
         }
     }
 }
@@ -324,6 +344,25 @@ impl std::fmt::Display for ClusterEvent {
                 node,
                 serves_reads: false,
             } => write!(f, "node {node} not streaming: no more reads"),
+            ClusterEvent::Failover {
+                from,
+                to,
+                without_primary,
+            } => write!(
+                f,
+                "failover: {from} -> {to} in {:.1} s (no primary for {:.1} s)",
+                without_primary.as_secs_f64(),
+                without_primary.as_secs_f64()
+            ),
+            ClusterEvent::NoPrimary { without_primary } => write!(
+                f,
+                "no primary for {:.0} s: writes wait (primary_wait_timeout)",
+                without_primary.as_secs_f64()
+            ),
+            ClusterEvent::Switchover { node, primary } => write!(
+                f,
+                "switchover: old primary {node} is now a standby of {primary}"
+            ),
         }
     }
 }
@@ -367,7 +406,16 @@ pub struct Evaluator {
     system_identifier: Option<u64>,
     /// Per node: when a probe last saw it stream on the primary's timeline.
     last_streamed: Vec<Option<Instant>>,
+    /// Since the last primary was lost: who it was, when, and how many
+    /// [`NO_PRIMARY_REMINDERS`] were said.
+    outage: Option<(usize, Instant, usize)>,
+    /// Old primaries of failovers, until they stream from the new one.
+    demoted: Vec<usize>,
 }
+
+/// When a lasting outage is announced again ([`ClusterEvent::NoPrimary`]);
+/// after the last, every 10 minutes.
+const NO_PRIMARY_REMINDERS: [u64; 5] = [10, 30, 60, 120, 300];
 
 impl Evaluator {
     /// An evaluator for the named nodes, starting from what a previous run
@@ -394,6 +442,8 @@ impl Evaluator {
         Evaluator {
             thresholds,
             last_streamed: vec![None; nodes.len()],
+            outage: None,
+            demoted: Vec::new(),
             health: vec![
                 Health {
                     up: None,
@@ -466,7 +516,8 @@ impl Evaluator {
         self.elect();
         self.measure_lag(i, now);
         self.judge_orphans(now);
-        let events = diff(&previous, &self.current);
+        let mut events = diff(&previous, &self.current);
+        self.follow_failover(previous.primary, now, &mut events);
         if self.current != previous {
             self.current.version += 1;
         }
@@ -573,6 +624,72 @@ impl Evaluator {
                 _ => true,
             };
             n.lag_ok = bytes_ok && time_ok;
+        }
+    }
+
+    /// The failover story: a primary lost (then reminders while there is
+    /// none), a new one elected, its predecessor streaming from it.
+    fn follow_failover(
+        &mut self,
+        before: Option<usize>,
+        now: Instant,
+        events: &mut Vec<ClusterEvent>,
+    ) {
+        let nodes = &self.current.nodes;
+        let name = |i: usize| nodes[i].name.clone();
+        match (before, self.current.primary) {
+            (Some(old), None) => self.outage = Some((old, now, 0)),
+            (Some(old), Some(new)) if old != new => {
+                events.push(ClusterEvent::Failover {
+                    from: name(old),
+                    to: name(new),
+                    without_primary: Duration::ZERO,
+                });
+                self.demoted.push(old);
+            }
+            (None, Some(new)) => {
+                if let Some((old, since, _)) = self.outage.take() {
+                    if old != new {
+                        events.push(ClusterEvent::Failover {
+                            from: name(old),
+                            to: name(new),
+                            without_primary: now.saturating_duration_since(since),
+                        });
+                        self.demoted.push(old);
+                    }
+                }
+            }
+            (None, None) => {
+                if let Some((_, since, said)) = &mut self.outage {
+                    let without = now.saturating_duration_since(*since);
+                    let due = NO_PRIMARY_REMINDERS.get(*said).copied().unwrap_or_else(|| {
+                        NO_PRIMARY_REMINDERS[NO_PRIMARY_REMINDERS.len() - 1]
+                            + 600 * (*said + 1 - NO_PRIMARY_REMINDERS.len()) as u64
+                    });
+                    if without >= Duration::from_secs(due) {
+                        *said += 1;
+                        events.push(ClusterEvent::NoPrimary {
+                            without_primary: without,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(primary) = self.current.primary {
+            let (nodes, demoted) = (&self.current.nodes, &mut self.demoted);
+            demoted.retain(|&old| {
+                let n = &nodes[old];
+                let follows =
+                    old != primary && n.up && n.role == Role::Standby && n.follows_primary();
+                if follows {
+                    events.push(ClusterEvent::Switchover {
+                        node: n.name.clone(),
+                        primary: nodes[primary].name.clone(),
+                    });
+                }
+                !follows && old != primary
+            });
         }
     }
 
@@ -1114,5 +1231,73 @@ mod tests {
         e.apply(1, standby(1, 100), at(0));
         e.apply(1, cut_off(1, 100), at(0));
         assert!(!e.topology().nodes[1].serves_reads());
+    }
+
+    #[test]
+    fn a_failover_is_told_with_its_outage_then_the_old_primary_rejoining() {
+        let mut e = eval(3);
+        e.apply(0, primary(1, 100), at(0));
+        e.apply(1, standby(1, 100), at(0));
+        e.apply(2, standby(1, 100), at(0));
+        for _ in 0..3 {
+            e.apply(0, down(), at(2));
+        }
+        assert_eq!(e.topology().primary, None);
+        let ev = e.apply(1, cut_off(1, 100), at(11));
+        assert!(
+            !ev.iter()
+                .any(|e| matches!(e, ClusterEvent::NoPrimary { .. })),
+            "9 s: not yet"
+        );
+        let ev = e.apply(1, cut_off(1, 100), at(12));
+        assert!(ev.contains(&ClusterEvent::NoPrimary {
+            without_primary: Duration::from_secs(10)
+        }));
+        let ev = e.apply(1, cut_off(1, 100), at(13));
+        assert!(
+            !ev.iter()
+                .any(|e| matches!(e, ClusterEvent::NoPrimary { .. })),
+            "said once per step"
+        );
+        let ev = e.apply(1, primary(2, 120), at(22));
+        let failover = ClusterEvent::Failover {
+            from: "pg0".into(),
+            to: "pg1".into(),
+            without_primary: Duration::from_secs(20),
+        };
+        assert!(ev.contains(&failover), "{ev:?}");
+        assert_eq!(
+            failover.to_string(),
+            "failover: pg0 -> pg1 in 20.0 s (no primary for 20.0 s)"
+        );
+        // pg0 comes back rewound, streaming from pg1.
+        e.apply(0, standby(2, 120), at(40));
+        let ev = e.apply(0, standby(2, 120), at(41));
+        assert!(
+            ev.contains(&ClusterEvent::Switchover {
+                node: "pg0".into(),
+                primary: "pg1".into()
+            }),
+            "{ev:?}"
+        );
+        let ev = e.apply(0, standby(2, 120), at(42));
+        assert!(
+            !ev.iter()
+                .any(|e| matches!(e, ClusterEvent::Switchover { .. })),
+            "said once"
+        );
+    }
+
+    #[test]
+    fn an_immediate_handover_is_a_failover_without_an_outage() {
+        let mut e = eval(2);
+        e.apply(0, primary(1, 100), at(0));
+        e.apply(1, standby(1, 100), at(0));
+        let ev = e.apply(1, primary(2, 120), at(1));
+        assert!(ev.contains(&ClusterEvent::Failover {
+            from: "pg0".into(),
+            to: "pg1".into(),
+            without_primary: Duration::ZERO
+        }));
     }
 }

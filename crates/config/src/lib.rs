@@ -174,6 +174,9 @@ pub const NOTIFY_EVENTS: &[&str] = &[
     "lag_under_threshold",
     "orphaned",
     "orphan_ended",
+    "failover",
+    "no_primary",
+    "switchover",
 ];
 
 /// Parameters every transaction-mode client keeps as its own, whichever

@@ -617,6 +617,23 @@ mod tests {
             ClusterEvent::SplitBrainResolved,
             ClusterEvent::LagOverThreshold { node: "a".into() },
             ClusterEvent::LagUnderThreshold { node: "a".into() },
+            ClusterEvent::Orphaned { node: "a".into() },
+            ClusterEvent::OrphanEnded {
+                node: "a".into(),
+                serves_reads: false,
+            },
+            ClusterEvent::Failover {
+                from: "a".into(),
+                to: "b".into(),
+                without_primary: std::time::Duration::from_secs(3),
+            },
+            ClusterEvent::NoPrimary {
+                without_primary: std::time::Duration::from_secs(10),
+            },
+            ClusterEvent::Switchover {
+                node: "a".into(),
+                primary: "b".into(),
+            },
         ];
         let kinds: Vec<&str> = events.iter().map(ClusterEvent::kind).collect();
         assert_eq!(kinds, pgherd_config::NOTIFY_EVENTS);
