@@ -136,15 +136,21 @@ impl Load {
     }
 }
 
-/// When node `i` left recovery: the time of the newest timeline history
-/// file in its WAL directory, written as the promotion ends.
+/// When node `i` began to accept writes, to the millisecond: the time of
+/// its server log's last "database system is ready to accept connections"
+/// (the log's timestamps are UTC, read back through PostgreSQL).
 fn promoted_at(cluster: &RepmgrTestCluster, i: usize) -> f64 {
+    let log = std::fs::read_to_string(cluster.pg.nodes()[i].log_file()).unwrap();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("database system is ready to accept connections"))
+        .expect("the promoted node logged its promotion");
+    let stamp = line.split(" [").next().unwrap();
     cluster
         .pg
         .sql(
             i,
-            "SELECT extract(epoch FROM max(modification)) FROM pg_ls_waldir() \
-             WHERE name LIKE '%.history'",
+            &format!("SELECT extract(epoch FROM '{stamp}'::timestamptz)"),
         )
         .unwrap()
         .parse()
@@ -249,12 +255,6 @@ async fn repmgr_failover_with_the_seed_settings_then_rejoin() {
     let (writers, readers) = load.finish().await;
     let promoted = promoted_at(&cluster, new);
     let followed = seen.await.unwrap();
-    let log = std::fs::read_to_string(cluster.pg.nodes()[new].log_file()).unwrap_or_default();
-    for line in log.lines().filter(|l| {
-        l.contains("promot") || l.contains("new timeline") || l.contains("ready to accept")
-    }) {
-        println!("{line}");
-    }
     let first_write = writers
         .iter()
         .flat_map(|t| t.acked.iter().map(|&(_, at)| at))
