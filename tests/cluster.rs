@@ -678,3 +678,111 @@ async fn reads_and_logins_go_on_while_no_primary_is_promoted() {
         .unwrap();
     assert_eq!(held_rows, "2");
 }
+
+/// A planned switchover as the managers do it: the primary is shut down
+/// with `pg_ctl stop -m fast` (its backends, the ones running a client's
+/// statement included, say FATAL 57P01 before running anything more), then
+/// a standby is promoted. The statements the shutdown cut short never ran,
+/// so pgherd runs them on the new primary: no client sees an error, and
+/// every acknowledged write is there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_shutdown_switchover_fails_no_transaction() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+    let mut cluster = TestCluster::start(1);
+    cluster
+        .pg
+        .sql(
+            0,
+            "CREATE TABLE switch (id serial); GRANT ALL ON switch, switch_id_seq TO app",
+        )
+        .unwrap();
+    cluster.pg.wait_caught_up(0, 1).unwrap();
+    let pgherd = cluster
+        .pgherd()
+        .probe_interval(1.0)
+        .general("pool_mode = \"transaction\"")
+        .general("primary_wait_timeout = 60")
+        .start()
+        .await;
+    pgherd
+        .wait_topology("a primary and a readable standby", |t| {
+            t.primary == Some(0) && t.nodes[1].serves_reads()
+        })
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Busy in the server most of the time: the shutdown catches statements
+    // in flight. Half the writers use the simple protocol, half prepared
+    // statements (tokio-postgres: Parse/Describe/Sync, Bind/Execute/Sync,
+    // then Close/Sync sent ahead of the next statement).
+    let sql = "INSERT INTO switch SELECT FROM pg_sleep(0.2)";
+    let mut writers: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(hammer(
+                pgherd.config("app", APP_PASSWORD, "postgres"),
+                sql,
+                Arc::clone(&stop),
+                Arc::new(Mutex::new(None)),
+                Arc::new(Mutex::new(None)),
+            ))
+        })
+        .collect();
+    for _ in 0..2 {
+        let (config, stop) = (
+            pgherd.config("app", APP_PASSWORD, "postgres"),
+            Arc::clone(&stop),
+        );
+        writers.push(tokio::spawn(async move {
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let (mut ok, mut errors) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client.execute(sql, &[]).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => {
+                        println!("prepared writer: {e:?}");
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+            (ok, errors)
+        }));
+    }
+    // Statements in flight when the shutdown comes.
+    wait_for_sql(
+        &cluster,
+        0,
+        "SELECT count(*) >= 2 FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'INSERT INTO switch%'",
+        "t",
+    )
+    .await;
+    cluster.pg.stop(0, StopMode::Fast).unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    cluster.pg.promote(1).unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut wrote, mut errors) = (0, 0);
+    for w in writers {
+        let (ok, err) = w.await.unwrap();
+        wrote += ok;
+        errors += err;
+    }
+    let retried = pgherd.handle.routing().gone_retries;
+    let rows: usize = cluster
+        .pg
+        .sql(1, "SELECT count(*) FROM switch")
+        .unwrap()
+        .parse()
+        .unwrap();
+    println!(
+        "fast-shutdown switchover: {wrote} writes acknowledged, {errors} failed, \
+         {retried} run again after their server left; {rows} rows on the new primary"
+    );
+    assert_eq!(errors, 0, "no transaction fails");
+    assert!(
+        retried > 0,
+        "statements in flight at the shutdown ran again"
+    );
+    assert_eq!(rows, wrote, "every acknowledged write, once");
+}

@@ -10,6 +10,8 @@ use tokio::sync::mpsc;
 
 pub use pgherd_testkit::*;
 
+pub mod drill;
+
 /// The SQLSTATE of a tokio-postgres error, if the server (or pgherd) sent one.
 pub fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
     e.as_db_error().map(|d| d.code().code())

@@ -6,135 +6,16 @@
 //! prints what the clients saw.
 //!
 //! One cluster serves the drills in turn (one test): building a repmgr
-//! cluster takes longer than a drill.
+//! cluster takes longer than a drill. After the failover and the rejoin,
+//! a planned switchover back to the first node by repmgr's manual steps
+//! (`repmgr standby switchover` needs ssh between the nodes).
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use pgherd_integration_tests::drill::*;
 use pgherd_integration_tests::*;
-
-/// What one client saw during a drill.
-#[derive(Debug, Default)]
-struct Tally {
-    ok: usize,
-    errors: Vec<String>,
-    /// Writers: the values of acknowledged inserts, with when (Unix seconds).
-    acked: Vec<(i64, f64)>,
-    /// The longest time between two successes.
-    max_gap: Duration,
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Runs `sql` (with `$1` = a counter when `writer` is set) until `stop`,
-/// reconnecting after an error as a pool would, with libpq's
-/// `connect_timeout = 2` of the seed's applications.
-async fn client_loop(
-    mut config: tokio_postgres::Config,
-    sql: &'static str,
-    writer: Option<i64>,
-    stop: Arc<AtomicBool>,
-) -> Tally {
-    config.connect_timeout(Duration::from_secs(2));
-    let mut tally = Tally::default();
-    let mut client = None;
-    let mut last_ok = Instant::now();
-    let mut n: i64 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        if client.is_none() {
-            match config.connect(tokio_postgres::NoTls).await {
-                Ok((c, conn)) => {
-                    tokio::spawn(conn);
-                    client = Some(c);
-                }
-                Err(e) => {
-                    tally.errors.push(format!("connect: {e}"));
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            }
-        }
-        let Some(c) = client.as_ref() else { continue };
-        n += 1;
-        let result = match writer {
-            Some(w) => c.execute(sql, &[&w, &n]).await.map(|_| ()),
-            None => c.simple_query(sql).await.map(|_| ()),
-        };
-        match result {
-            Ok(()) => {
-                tally.ok += 1;
-                tally.max_gap = tally.max_gap.max(last_ok.elapsed());
-                last_ok = Instant::now();
-                if writer.is_some() {
-                    tally.acked.push((n, unix_now()));
-                }
-            }
-            Err(e) => {
-                tally.errors.push(format!("query: {}", message(&e)));
-                client = None;
-            }
-        }
-    }
-    tally
-}
-
-/// Writers and readers through one pgherd.
-struct Load {
-    stop: Arc<AtomicBool>,
-    writers: Vec<tokio::task::JoinHandle<Tally>>,
-    readers: Vec<tokio::task::JoinHandle<Tally>>,
-}
-
-impl Load {
-    fn start(pgherd: &RunningPgherd, writers: usize, readers: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let writers = (0..writers as i64)
-            .map(|w| {
-                tokio::spawn(client_loop(
-                    pgherd.config("app", APP_PASSWORD, "postgres"),
-                    "INSERT INTO drill (writer, n) VALUES ($1, $2)",
-                    Some(w),
-                    Arc::clone(&stop),
-                ))
-            })
-            .collect();
-        let readers = (0..readers)
-            .map(|_| {
-                tokio::spawn(client_loop(
-                    pgherd.config("app", APP_PASSWORD, "ro"),
-                    "SELECT count(*) FROM pg_class",
-                    None,
-                    Arc::clone(&stop),
-                ))
-            })
-            .collect();
-        Load {
-            stop,
-            writers,
-            readers,
-        }
-    }
-
-    async fn finish(self) -> (Vec<Tally>, Vec<Tally>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut writers = Vec::new();
-        for w in self.writers {
-            writers.push(w.await.unwrap());
-        }
-        let mut readers = Vec::new();
-        for r in self.readers {
-            readers.push(r.await.unwrap());
-        }
-        (writers, readers)
-    }
-}
 
 /// When node `i` began to accept writes, to the millisecond: the time of
 /// its server log's last "database system is ready to accept connections"
@@ -157,34 +38,8 @@ fn promoted_at(cluster: &RepmgrTestCluster, i: usize) -> f64 {
         .unwrap()
 }
 
-/// Every acknowledged write is on node `i`; returns how many there are.
-fn check_no_write_lost(cluster: &RepmgrTestCluster, i: usize, writers: &[Tally]) -> usize {
-    let mut acked = 0;
-    for (w, tally) in writers.iter().enumerate() {
-        let present: std::collections::HashSet<i64> = cluster
-            .pg
-            .sql(i, &format!("SELECT n FROM drill WHERE writer = {w}"))
-            .unwrap()
-            .lines()
-            .map(|l| l.parse().unwrap())
-            .collect();
-        let lost: Vec<i64> = tally
-            .acked
-            .iter()
-            .map(|&(n, _)| n)
-            .filter(|n| !present.contains(n))
-            .collect();
-        assert!(
-            lost.is_empty(),
-            "writer {w}: acknowledged but lost: {lost:?}"
-        );
-        acked += tally.acked.len();
-    }
-    acked
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repmgr_failover_with_the_seed_settings_then_rejoin() {
+async fn repmgr_failover_rejoin_and_switchover() {
     // The seed's repmgr.conf: reconnect_attempts=5, reconnect_interval=5.
     let cluster = RepmgrTestCluster::start(RepmgrSpec {
         standbys: 2,
@@ -192,14 +47,7 @@ async fn repmgr_failover_with_the_seed_settings_then_rejoin() {
         reconnect_interval: 5,
         ..RepmgrSpec::default()
     });
-    cluster
-        .pg
-        .sql(
-            0,
-            "CREATE TABLE drill (writer bigint, n bigint, PRIMARY KEY (writer, n)); \
-             GRANT ALL ON drill TO app",
-        )
-        .unwrap();
+    cluster.pg.sql(0, DRILL_TABLE).unwrap();
     for i in 1..=2 {
         cluster.pg.wait_caught_up(0, i).unwrap();
     }
@@ -232,7 +80,7 @@ async fn repmgr_failover_with_the_seed_settings_then_rejoin() {
             }
         }
     });
-    let load = Load::start(&pgherd, 4, 4);
+    let load = Load::start(&pgherd, (0, 4), 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let crashed = unix_now();
     cluster.pg.crash(0).unwrap();
@@ -263,7 +111,7 @@ async fn repmgr_failover_with_the_seed_settings_then_rejoin() {
     let read_errors: Vec<&String> = readers.iter().flat_map(|t| &t.errors).collect();
     let write_errors: Vec<&String> = writers.iter().flat_map(|t| &t.errors).collect();
     let read_gap = readers.iter().map(|t| t.max_gap).max().unwrap_or_default();
-    let acked = check_no_write_lost(&cluster, new, &writers);
+    let acked = check_no_write_lost(|sql| cluster.pg.sql(new, sql), (0, &writers));
     println!(
         "repmgr failover (reconnect 5 x 5 s): promotion {:.1} s after the crash; \
          pgherd elected it {:.3} s and wrote there {:.3} s after the promotion; \
@@ -302,25 +150,53 @@ async fn repmgr_failover_with_the_seed_settings_then_rejoin() {
         "switchover: old primary pg0 is now a standby of {new_name}"
     ))
     .await;
-}
 
-/// Waits up to 120 s for `pick` to choose something in pgherd's topology.
-async fn wait_for<T>(
-    pgherd: &RunningPgherd,
-    what: &str,
-    pick: impl Fn(&pgherd_cluster::Topology) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let t = pgherd.handle.topology();
-        if let Some(found) = pick(&t) {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting for {what}: {}",
-            t.describe()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // --- Planned: back to pg0 by repmgr's manual switchover (repmgrd
+    // paused; the old primary stopped with a checkpoint, pg0 promoted, the
+    // old primary rejoined, the other standby re-pointed).
+    for i in [new, other] {
+        cluster.pg.wait_caught_up(new, i).ok();
     }
+    cluster.pg.wait_caught_up(new, 0).unwrap();
+    cluster.pg.pause_daemons(true).unwrap();
+    let load = Load::start(&pgherd, (10, 4), 4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.pg.stop_for_switchover(new).unwrap();
+    cluster.pg.promote(0).unwrap();
+    cluster.pg.rejoin(new, 0).unwrap();
+    cluster.pg.follow(other).unwrap();
+    cluster.pg.pause_daemons(false).unwrap();
+    wait_for(
+        &pgherd,
+        "pg0 the primary, both standbys following it",
+        |t| {
+            (t.primary == Some(0)
+                && [new, other]
+                    .iter()
+                    .all(|&i| t.nodes[i].serves_reads() && !t.nodes[i].orphaned))
+            .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (writers, readers) = load.finish().await;
+    let read_errors: Vec<&String> = readers.iter().flat_map(|t| &t.errors).collect();
+    let write_errors: Vec<&String> = writers.iter().flat_map(|t| &t.errors).collect();
+    let acked = check_no_write_lost(|sql| cluster.pg.sql(0, sql), (10, &writers));
+    let write_gap = writers.iter().map(|t| t.max_gap).max().unwrap_or_default();
+    println!(
+        "repmgr switchover {new_name} -> pg0: writes: {acked} acknowledged (0 lost), {} failed, \
+         longest wait {:.3} s; reads: {} ok, {} failed; {} requests run again after their \
+         server left",
+        write_errors.len(),
+        write_gap.as_secs_f64(),
+        readers.iter().map(|t| t.ok).sum::<usize>(),
+        read_errors.len(),
+        pgherd.handle.routing().gone_retries,
+    );
+    assert!(
+        write_errors.is_empty(),
+        "no failed transaction: {write_errors:?}"
+    );
+    assert!(read_errors.is_empty(), "no failed read: {read_errors:?}");
 }

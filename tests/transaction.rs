@@ -628,3 +628,41 @@ async fn server_reset_query_always_cleans_up_after_each_transaction() {
     let row = messy.query_one(&statement, &[&41i32]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
 }
+
+/// A server whose backend an administrator terminates in the middle of a
+/// query says goodbye with the same FATAL 57P01 as one that shuts down; the
+/// node still takes logins, so it was a kill: the client gets the error,
+/// the query is not run again elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_an_administrator_terminates_is_not_run_again() {
+    let pgherd = transaction_pgherd(2).await;
+    let client = pgherd.app().await;
+    let retries = || pgherd.handle.routing().gone_retries;
+    let before = retries();
+    let running = tokio::spawn(async move {
+        client
+            .simple_query("SELECT pg_sleep(30) /* terminate me */")
+            .await
+    });
+    let pid = loop {
+        let pid = shared_cluster()
+            .pg
+            .sql(
+                0,
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE '%/* terminate me */' \
+                 AND pid <> pg_backend_pid()",
+            )
+            .unwrap();
+        if !pid.is_empty() {
+            break pid;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    shared_cluster()
+        .pg
+        .sql(0, &format!("SELECT pg_terminate_backend({pid}, 5000)"))
+        .unwrap();
+    let err = running.await.unwrap().unwrap_err();
+    assert_eq!(sqlstate(&err), Some("57P01"), "{}", message(&err));
+    assert_eq!(retries(), before, "not run again");
+}

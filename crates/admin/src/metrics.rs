@@ -167,7 +167,14 @@ fn traffic(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
         "Reads a standby refused as writes (25006), run again on the primary.",
     ))?;
     retries.inc_by(routing.read_only_retries as f64);
-    registry.register(Box::new(retries))
+    registry.register(Box::new(retries))?;
+    let gone = Counter::with_opts(Opts::new(
+        "pgherd_server_gone_retries_total",
+        "Requests whose server left before running them (shut down, terminated), \
+         run again on another server.",
+    ))?;
+    gone.inc_by(routing.gone_retries as f64);
+    registry.register(Box::new(gone))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, value: f64) -> prometheus::Result<()> {

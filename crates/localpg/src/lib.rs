@@ -20,6 +20,7 @@
 
 mod binaries;
 mod node;
+pub mod patroni;
 pub mod pgbouncer;
 pub mod repmgr;
 
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 
 pub use binaries::PgBinaries;
 pub use node::{LocalNode, StopMode};
+pub use patroni::{PatroniCluster, PatroniSpec};
 pub use pgbouncer::{find_pgbouncer, LocalPgbouncer};
 pub use repmgr::{RepmgrCluster, RepmgrSpec};
 
@@ -149,6 +151,20 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Builds and starts a cluster as `spec` says; returns when every standby streams.
     pub fn start(spec: ClusterSpec) -> Result<LocalCluster, LocalPgError> {
+        let mut cluster = LocalCluster::empty(spec)?;
+        cluster.init_primary()?;
+        for i in 1..=cluster.spec.standbys {
+            cluster.add_standby(i)?;
+        }
+        for i in 1..cluster.nodes.len() {
+            cluster.wait_streaming(i, Duration::from_secs(30))?;
+        }
+        Ok(cluster)
+    }
+
+    /// The directory, its socket directory and the watchdog, no node yet:
+    /// for clusters whose nodes a manager creates (see [`crate::patroni`]).
+    pub(crate) fn empty(spec: ClusterSpec) -> Result<LocalCluster, LocalPgError> {
         let bins = PgBinaries::find()?;
         let run_as = RunAs::detect()?;
         let dir = tempfile::Builder::new()
@@ -165,13 +181,9 @@ impl LocalCluster {
             dir,
         };
         cluster.watchdog = Some(cluster.spawn_watchdog()?);
-        cluster.init_primary()?;
-        for i in 1..=cluster.spec.standbys {
-            cluster.add_standby(i)?;
-        }
-        for i in 1..cluster.nodes.len() {
-            cluster.wait_streaming(i, Duration::from_secs(30))?;
-        }
+        let sock = cluster.socket_dir();
+        std::fs::create_dir(&sock).map_err(io_err("create socket dir"))?;
+        RunAs::chown(cluster.run_as, &sock)?;
         Ok(cluster)
     }
 
@@ -322,8 +334,6 @@ impl LocalCluster {
 
     fn init_primary(&mut self) -> Result<(), LocalPgError> {
         let sock = self.socket_dir();
-        std::fs::create_dir(&sock).map_err(io_err("create socket dir"))?;
-        RunAs::chown(self.run_as, &sock)?;
         let mut node = LocalNode::new("pg0", self.dir.path(), node::free_port()?);
         let pwfile = self.dir.path().join("pwfile");
         std::fs::write(&pwfile, &self.spec.superuser_password).map_err(io_err("write pwfile"))?;

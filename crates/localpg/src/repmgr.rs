@@ -171,6 +171,31 @@ impl RepmgrCluster {
         })
     }
 
+    /// `repmgr service pause`: repmgrd on every node stops acting on
+    /// failures (before a switchover done by hand), or `unpause`.
+    pub fn pause_daemons(&self, pause: bool) -> Result<(), LocalPgError> {
+        let action = if pause { "pause" } else { "unpause" };
+        self.repmgr(0, &["service", action])
+    }
+
+    /// `repmgr node service --action=stop --checkpoint` on node `i`: a
+    /// CHECKPOINT, then its `service_stop_command` (`pg_ctl stop -m fast`),
+    /// as `repmgr standby switchover` stops the old primary.
+    pub fn stop_for_switchover(&self, i: usize) -> Result<(), LocalPgError> {
+        self.repmgr(i, &["node", "service", "--action=stop", "--checkpoint"])
+    }
+
+    /// `repmgr standby promote` on node `i`.
+    pub fn promote(&self, i: usize) -> Result<(), LocalPgError> {
+        self.repmgr(i, &["standby", "promote"])
+    }
+
+    /// `repmgr standby follow` on standby `i`: re-pointed at the current
+    /// primary (repmgr restarts it).
+    pub fn follow(&self, i: usize) -> Result<(), LocalPgError> {
+        self.repmgr(i, &["standby", "follow"])
+    }
+
     /// `repmgr node rejoin` of stopped node `i` (a failed primary) to
     /// `primary`, rewinding it if its history diverged (`--force-rewind`),
     /// as repmgr documents it. repmgr starts it.

@@ -301,6 +301,7 @@ struct RoutingCounts {
     standby: AtomicU64,
     fallback: AtomicU64,
     read_only_retries: AtomicU64,
+    gone_retries: AtomicU64,
 }
 
 /// Routing decisions so far.
@@ -314,6 +315,9 @@ pub struct RoutingTotals {
     pub fallback: u64,
     /// Reads a standby refused as writes (25006), run again on the primary.
     pub read_only_retries: u64,
+    /// Requests whose server left before running them (a shutdown, a
+    /// switchover), run again on another server.
+    pub gone_retries: u64,
 }
 
 impl RoutingCounters {
@@ -333,6 +337,11 @@ impl RoutingCounters {
         local.add(&local.counters.read_only_retries, 1);
     }
 
+    fn gone_retried(&self) {
+        let local = self.0.local();
+        local.add(&local.counters.gone_retries, 1);
+    }
+
     fn totals(&self) -> RoutingTotals {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         self.0
@@ -342,6 +351,7 @@ impl RoutingCounters {
                 standby: t.standby + get(&c.standby),
                 fallback: t.fallback + get(&c.fallback),
                 read_only_retries: t.read_only_retries + get(&c.read_only_retries),
+                gone_retries: t.gone_retries + get(&c.gone_retries),
             })
     }
 }

@@ -50,6 +50,10 @@ pub(crate) struct Tracking<'a> {
     pub(crate) session_stats: Option<&'a PoolStats>,
     /// What was added to `session_stats` so far.
     pub(crate) flushed: Traffic,
+    /// The client's request as sent, should it have to run again (a read
+    /// unit on the primary, or a request elsewhere: see [`Hold`]); while
+    /// [`Hold::Request`], what the client sends meanwhile is added.
+    pub(crate) replay: Option<Box<BytesMut>>,
 }
 
 /// Transaction mode's parameter tracking: ParameterStatus from the server
@@ -102,6 +106,10 @@ pub(crate) enum RelayEnd {
     /// A read unit the standby refused as a write (25006): the server is
     /// idle, the client got nothing, and the unit must go to the primary.
     ReadOnly,
+    /// The server's first reply was its FATAL goodbye (shutting down,
+    /// terminated, idle-session timeout): the request never ran, the client
+    /// got nothing, and it can run on another server (see [`Hold`]).
+    ServerGone(Goodbye),
     /// Nothing moved for `idle_transaction_timeout` inside a transaction,
     /// or for `client_idle_timeout` outside one (session mode).
     IdleTimeout(IdleKind),
@@ -236,20 +244,48 @@ pub(crate) enum Until {
     ReadUnit,
 }
 
-/// Past this many bytes of held-back replies, a read unit is committed to
-/// its standby (no more retry).
+/// Past this many bytes of held-back replies, the request is committed to
+/// its server (no more retry).
 const MAX_HELD: usize = 64 * 1024;
 
-/// Where a [`Until::ReadUnit`] relay stands.
+/// Whether replies are held back from the client, and why.
+///
+/// A transaction-mode request can run again elsewhere should its server
+/// turn out to be leaving. A server that PostgreSQL stops (`pg_ctl stop -m
+/// fast`, a switchover), terminates or times out answers with a FATAL 57P01
+/// or 57P05 raised where the backend checks for interrupts: never between a
+/// commit and its CommandComplete. So when that FATAL is the first thing
+/// the server says after a request, the request did not run. Until then
+/// the replies that tell of no execution (ParseComplete, BindComplete,
+/// RowDescription ...) are held back, so the client has seen nothing; and
+/// only while the client sends nothing more (its bytes since are not kept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Hold {
     /// Replies flow to the client.
     Off,
-    /// Replies are held back: nothing has reached the client yet.
-    Holding,
+    /// Held: the request may still run elsewhere (see above).
+    Request,
+    /// Held, for a read unit on a standby ([`Until::ReadUnit`]): also run
+    /// on the primary should the standby refuse it as a write (25006).
+    ReadUnit,
     /// The standby refused with 25006: replies are dropped up to
     /// ReadyForQuery.
     Refused,
+    /// The server said goodbye: the relay ends with [`RelayEnd::ServerGone`].
+    Gone(Goodbye),
+}
+
+/// Why a server said goodbye before running a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Goodbye {
+    /// 57P01: the server is shutting down, or someone terminated this
+    /// backend (`pg_terminate_backend`): PostgreSQL says the same for both.
+    Terminated,
+    /// 57P05: `idle_session_timeout` ended it while it sat in the pool.
+    IdleTimeout,
+    /// The connection was reset before the request's end was read (see
+    /// [`server_failed`]).
+    Reset,
 }
 
 /// What the proxy knows about the server's state from the traffic.
@@ -268,7 +304,7 @@ pub(crate) struct ServerState {
     /// transaction mode it keeps the server from now on, or the statement
     /// would be missing on the next one.
     pub(crate) pinned: bool,
-    /// Replies held back (see [`Until::ReadUnit`]).
+    /// Replies held back (see [`Hold`]).
     pub(crate) hold: Hold,
     /// ReadyForQuery replies, and those saying idle (transactions ended).
     answered: u64,
@@ -284,6 +320,11 @@ pub(crate) struct ServerState {
 }
 
 impl ServerState {
+    /// The server's last message was a FATAL error: it is closing.
+    pub(crate) fn said_goodbye(&self) -> bool {
+        self.last_fatal
+    }
+
     pub(crate) fn new() -> Self {
         ServerState {
             pending: 0,
@@ -673,7 +714,7 @@ async fn relay_inner(
     };
     if until == Until::ReadUnit {
         up.no_read = true;
-        state.hold = Hold::Holding;
+        state.hold = Hold::ReadUnit;
     }
     // Which direction reads first, alternating after each read so neither
     // starves. (A direction with bytes to write goes first regardless:
@@ -683,14 +724,14 @@ async fn relay_inner(
         return RelayEnd::ClientProtocol(e);
     }
     if let Err(e) = up.write_now(server, false) {
-        return RelayEnd::ServerIo(e);
+        return server_failed(e, state);
     }
     loop {
         if up.closing && up.delivered() {
             return RelayEnd::ClientLeft;
         }
         match state.hold {
-            Hold::Holding if down.ready >= MAX_HELD => state.hold = Hold::Off,
+            Hold::Request | Hold::ReadUnit if down.ready >= MAX_HELD => state.hold = Hold::Off,
             Hold::Refused if state.pending == 0 => return RelayEnd::ReadOnly,
             _ => {}
         }
@@ -733,11 +774,14 @@ async fn relay_inner(
         match step {
             Direction::Up(r) => match r {
                 Ok(Step::Read) => {
+                    if state.hold == Hold::Request {
+                        keep_for_replay(up, state, &mut tracking.replay);
+                    }
                     if let Err(e) = scan_client(up, client_watch, state, &mut tracking.statements) {
                         return RelayEnd::ClientProtocol(e);
                     }
                     if let Err(e) = up.write_now(server, false) {
-                        return RelayEnd::ServerIo(e);
+                        return server_failed(e, state);
                     }
                 }
                 Ok(Step::Wrote) => {}
@@ -749,13 +793,16 @@ async fn relay_inner(
                     }
                     return RelayEnd::ClientLeft;
                 }
-                Err(StepError::Write(e)) => return RelayEnd::ServerIo(e),
+                Err(StepError::Write(e)) => return server_failed(e, state),
                 Err(StepError::Read(e)) => return RelayEnd::ClientIo(e),
             },
             Direction::Down(r) => match r {
                 Ok(Step::Read) => {
                     if let Err(e) = scan_server(down, server_watch, state, tracking) {
                         return RelayEnd::ServerProtocol(e);
+                    }
+                    if let Hold::Gone(why) = state.hold {
+                        return RelayEnd::ServerGone(why);
                     }
                     if let Err(e) = down.write_now(client, state.hold != Hold::Off) {
                         return RelayEnd::ClientIo(e);
@@ -778,9 +825,42 @@ async fn relay_inner(
                     return RelayEnd::ServerClosed;
                 }
                 Err(StepError::Write(e)) => return RelayEnd::ClientIo(e),
-                Err(StepError::Read(e)) => return RelayEnd::ServerIo(e),
+                Err(StepError::Read(e)) => return server_failed(e, state),
             },
         }
+    }
+}
+
+/// How a relay ends when the server connection fails. Reset (or a broken
+/// pipe) while the one request outstanding is held back (see [`Hold`]):
+/// the backend closed its socket with some of the request unread, so it
+/// never reached the request's end, where it would commit: the request
+/// runs elsewhere ([`Goodbye::Reset`]). (The FATAL the backend sent before
+/// closing may have been dropped by the kernel with the reset.)
+fn server_failed(e: std::io::Error, state: &ServerState) -> RelayEnd {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+    if state.hold == Hold::Request
+        && state.pending == 1
+        && matches!(e.kind(), ConnectionReset | BrokenPipe)
+    {
+        return RelayEnd::ServerGone(Goodbye::Reset);
+    }
+    RelayEnd::ServerIo(e)
+}
+
+/// The client sent more while its request may still run elsewhere: that
+/// is kept too (the replay is all it sent since the relay began), up to
+/// [`MAX_HELD`] bytes; past that, or with nothing to keep it in, the
+/// request is committed to this server.
+fn keep_for_replay(up: &Pipe, state: &mut ServerState, replay: &mut Option<Box<BytesMut>>) {
+    match replay {
+        // It holds all the client sent before this read, which added the
+        // buffer's last bytes.
+        Some(r) if up.bytes as usize <= MAX_HELD => {
+            let new = up.bytes as usize - r.len();
+            r.extend_from_slice(&up.buf[up.buf.len() - new..]);
+        }
+        _ => state.hold = Hold::Off,
     }
 }
 
@@ -917,11 +997,23 @@ fn scan_server(
     tracking: &mut Tracking<'_>,
 ) -> Result<(), FrameError> {
     let Tracking {
-        statements, params, ..
+        statements,
+        params,
+        session_stats,
+        ..
     } = tracking;
+    let transaction_mode = session_stats.is_none();
+    // A local the scan can keep in a register: nearly every message is
+    // scanned with replies flowing.
+    let mut holding = matches!(state.hold, Hold::Request | Hold::ReadUnit);
     down.scan(watch, |seen| {
-        if state.hold == Hold::Holding {
-            state.hold = hold_after(&seen);
+        if holding {
+            state.hold = held_after(state.hold, &seen, state.pending > 1);
+            holding = matches!(state.hold, Hold::Request | Hold::ReadUnit);
+            if let Hold::Gone(_) = state.hold {
+                // Not for the client: the request runs elsewhere.
+                return Action::Stop;
+            }
         }
         match seen {
             Seen::Whole(msg) if msg[0] == backend::PARAMETER_STATUS => {
@@ -951,6 +1043,12 @@ fn scan_server(
             Seen::Whole(msg) if msg[0] == backend::ERROR_RESPONSE => {
                 state.last_fatal = backend::ErrorFields::parse(&msg[5..])
                     .is_some_and(|e| e.severity == "FATAL" || e.severity == "PANIC");
+                if transaction_mode && state.pending == 0 && state.last_fatal {
+                    // Transaction mode, nothing owed: the server's goodbye
+                    // (a shutdown after the transaction's last answer) is
+                    // not the client's business. The server is not reused.
+                    return Action::Drop;
+                }
                 if let Some(st) = statements {
                     st.expected.error();
                 }
@@ -971,30 +1069,48 @@ fn scan_server(
     })
 }
 
-/// A read unit's held-back replies: still nothing the client must see yet
-/// (statement and row descriptions, notices), a 25006 refusal, or the
-/// first result that commits the unit to this server.
-fn hold_after(seen: &Seen<'_>) -> Hold {
-    match seen {
+/// What a held reply means for `hold`: the server's goodbye before
+/// running anything (see [`Hold`]); a read unit refused as a write (25006);
+/// nothing yet (descriptions, notices, and a ReadyForQuery after only those
+/// while `more_pending` requests are owed an answer: a driver's Close + Sync
+/// sent ahead of its next statement); or the first result, which commits
+/// the request to this server.
+///
+/// Goodbyes are the FATALs raised only where no commit can be between
+/// them and the request: shutdown or termination (57P01), idle session
+/// timeout (57P05). An immediate shutdown's message (57P01 too) is a
+/// WARNING sent from a signal handler, at any point: not one of these.
+fn held_after(hold: Hold, seen: &Seen<'_>, more_pending: bool) -> Hold {
+    let tag = match seen {
         Seen::Whole(msg) if msg[0] == backend::ERROR_RESPONSE => {
-            match backend::ErrorFields::parse(&msg[5..]) {
-                Some(e) if e.code == READ_ONLY_SQL_TRANSACTION => Hold::Refused,
+            return match backend::ErrorFields::parse(&msg[5..]) {
+                Some(e) if e.severity == "FATAL" && e.code == ADMIN_SHUTDOWN => {
+                    Hold::Gone(Goodbye::Terminated)
+                }
+                Some(e) if e.severity == "FATAL" && e.code == IDLE_SESSION_TIMEOUT => {
+                    Hold::Gone(Goodbye::IdleTimeout)
+                }
+                Some(e) if hold == Hold::ReadUnit && e.code == READ_ONLY_SQL_TRANSACTION => {
+                    Hold::Refused
+                }
                 _ => Hold::Off,
-            }
+            };
         }
-        Seen::Whole(msg) => hold_for_tag(msg[0]),
-        Seen::Starts(tag) => hold_for_tag(*tag),
-    }
-}
-
-fn hold_for_tag(tag: u8) -> Hold {
+        Seen::Whole(msg) => msg[0],
+        Seen::Starts(tag) => *tag,
+    };
     match tag {
         // ParseComplete, BindComplete, CloseComplete, ParameterDescription,
         // RowDescription, NoData, NoticeResponse, ParameterStatus.
-        b'1' | b'2' | b'3' | b't' | b'T' | b'n' | b'N' | b'S' => Hold::Holding,
+        b'1' | b'2' | b'3' | b't' | b'T' | b'n' | b'N' | b'S' => hold,
+        backend::READY_FOR_QUERY if hold == Hold::Request && more_pending => hold,
         _ => Hold::Off,
     }
 }
+
+/// SQLSTATEs of a server's goodbyes (see [`held_after`]).
+const ADMIN_SHUTDOWN: &str = "57P01";
+const IDLE_SESSION_TIMEOUT: &str = "57P05";
 
 /// SQLSTATE of "cannot execute ... in a read-only transaction" (and of
 /// "... during recovery").
@@ -1192,7 +1308,7 @@ mod tests {
             let mut pipe = Pipe::new(BytesMut::from(bytes), 1 << 20);
             let mut state = ServerState::new();
             state.pending = 1;
-            state.hold = Hold::Holding;
+            state.hold = Hold::ReadUnit;
             scan_server(
                 &mut pipe,
                 SERVER_WATCH_TRANSACTION,
@@ -1205,7 +1321,7 @@ mod tests {
         // Descriptions say nothing yet: still held.
         let mut bytes = msg(b'1', b"");
         bytes.extend(msg(b'T', b"\0\0"));
-        assert_eq!(held(&bytes).hold, Hold::Holding);
+        assert_eq!(held(&bytes).hold, Hold::ReadUnit);
         // The first row commits the unit to this server.
         bytes.extend(msg(b'D', b"\0\0"));
         bytes.extend(error("ERROR", "25006"));
@@ -1219,6 +1335,59 @@ mod tests {
         assert_eq!((state.hold, state.pending), (Hold::Refused, 0));
         // Any other error is the client's answer.
         assert_eq!(held(&error("ERROR", "22012")).hold, Hold::Off);
+    }
+
+    #[test]
+    fn a_request_runs_elsewhere_only_on_a_goodbye_before_any_result() {
+        let after = |bytes: &[u8], pending: usize| {
+            let mut pipe = Pipe::new(BytesMut::from(bytes), 1 << 20);
+            let mut state = ServerState::new();
+            state.pending = pending;
+            state.hold = Hold::Request;
+            scan_server(
+                &mut pipe,
+                SERVER_WATCH_TRANSACTION,
+                &mut state,
+                &mut Tracking::default(),
+            )
+            .unwrap();
+            (state.hold, pipe.ready)
+        };
+        let gone = Hold::Gone(Goodbye::Terminated);
+        // The goodbye first, or after replies that tell of no execution.
+        assert_eq!(after(&error("FATAL", "57P01"), 1), (gone, 0));
+        let mut described = msg(b'1', b"");
+        described.extend(msg(b'2', b""));
+        described.extend(msg(b'T', b"\0\0"));
+        let mut bytes = described.clone();
+        bytes.extend(error("FATAL", "57P01"));
+        assert_eq!(
+            after(&bytes, 1).0,
+            gone,
+            "the FATAL itself is not forwarded"
+        );
+        assert_eq!(
+            after(&error("FATAL", "57P05"), 1).0,
+            Hold::Gone(Goodbye::IdleTimeout)
+        );
+        // A driver's Close + Sync answered before its statement: still
+        // nothing ran.
+        let mut bytes = msg(b'3', b"");
+        bytes.extend(msg(b'Z', b"I"));
+        bytes.extend(error("FATAL", "57P01"));
+        assert_eq!(after(&bytes, 2).0, gone);
+        // ... but the last ReadyForQuery is the answer, delivered.
+        let mut bytes = described.clone();
+        bytes.extend(msg(b'Z', b"I"));
+        assert_eq!(after(&bytes, 1).0, Hold::Off);
+        // After a result, or a row, it is the client's: forwarded as is.
+        let mut bytes = msg(b'C', b"INSERT 0 1\0");
+        bytes.extend(error("FATAL", "57P01"));
+        assert_eq!(after(&bytes, 1).0, Hold::Off);
+        // An immediate shutdown's WARNING can come after a commit.
+        assert_eq!(after(&error("WARNING", "57P01"), 1).0, Hold::Off);
+        // A request that is not a read unit is not refused on 25006.
+        assert_eq!(after(&error("ERROR", "25006"), 1).0, Hold::Off);
     }
 
     #[test]

@@ -191,6 +191,7 @@ async fn begin(
             statements: ClientStatements::default(),
             wrote_at: None,
             refused_read: false,
+            gone_retries: 0,
             held: setup.held,
         })),
         // The console, or a replication connection: served already.
@@ -408,6 +409,12 @@ struct Setup {
     held: Option<Box<(Guard<ServerConn>, Lease)>>,
 }
 
+/// How often one request runs again after its server left: each try
+/// discards that server, so a pool of dead idle connections (all killed by
+/// one shutdown) is worked through, and then the request waits for a
+/// primary; a server that kills every request is not tried forever.
+const MAX_GONE_RETRIES: u8 = 64;
+
 fn empty_slot() -> ErrorFields {
     ErrorFields::fatal("XX000", "pgherd: pool handed out an empty slot")
 }
@@ -428,6 +435,9 @@ struct Session {
     wrote_at: Option<Instant>,
     /// `auto`: a read unit a standby refused (25006) goes to the primary next.
     refused_read: bool,
+    /// Requests of this transaction run again because their server left
+    /// ([`RelayEnd::ServerGone`]), up to [`MAX_GONE_RETRIES`].
+    gone_retries: u8,
     /// Session mode: the server kept since the welcome (boxed: a
     /// transaction-mode client, idle most of its life, keeps 8 bytes for it
     /// instead of 48).
@@ -678,10 +688,16 @@ impl Session {
                 PoolMode::Transaction if taken.read_unit_on_standby => Until::ReadUnit,
                 PoolMode::Transaction => Until::Idle,
             };
-            // The unit as the client sent it, should the primary have to run it
-            // (boxed: rare, and this state is allocated per transaction).
-            let unit = (until == Until::ReadUnit).then(|| Box::new(client.buf.clone()));
+            // The request as the client sent it, should it have to run
+            // again: on the primary (a read unit a standby refused), or on
+            // another server (this one turned out to be leaving). Boxed: this
+            // state is allocated per transaction.
+            let retry = until == Until::Idle && self.gone_retries < MAX_GONE_RETRIES;
+            let unit = (retry || until == Until::ReadUnit).then(|| buffers::copy(&client.buf));
             let mut state = ServerState::new();
+            if retry {
+                state.hold = relay::Hold::Request;
+            }
             // Fenced node or KILL: checked before anything more is relayed, so
             // the server is cancelled and closed by `finish`. (`serve`'s select
             // sees a kill wherever else the transaction waits.)
@@ -710,6 +726,8 @@ impl Session {
                     server: &mut server.params,
                 }),
                 session_stats: (mode == PoolMode::Session).then_some(&**stats),
+                // Held by the relay, so this state holds it once.
+                replay: unit,
                 ..Default::default()
             };
             let ends = relay::Ends {
@@ -726,19 +744,29 @@ impl Session {
                 retire,
             )
             .await;
+            let unit = tracking.replay.take();
             stats.traffic(relayed.traffic);
             match relayed.end {
                 RelayEnd::ServerIdle => {
+                    self.gone_retries = 0;
                     let ended = Micros::recent();
                     stats.transaction(ended.since(taken.assigned));
                     if auto && config.general.read_your_writes && taken.to_primary {
                         // Compared with the probes' times: their clock.
                         self.wrote_at = Some(Instant::now());
                     }
-                    if config.general.server_reset_query_always {
-                        Box::pin(reset_after_transaction(&mut taken.guard, config)).await;
+                    if state.said_goodbye() {
+                        // Its FATAL came after the last answer: closed, not reused.
+                        drop(taken.guard.take());
+                    } else {
+                        if config.general.server_reset_query_always {
+                            Box::pin(reset_after_transaction(&mut taken.guard, config)).await;
+                        }
+                        release(taken.guard, config.general.server_lifetime, ended);
                     }
-                    release(taken.guard, config.general.server_lifetime, ended);
+                    if let Some(unit) = unit {
+                        buffers::give_copy(unit);
+                    }
                     if client.buf.is_empty() {
                         // An idle client holds no read buffer between transactions.
                         buffers::give(std::mem::take(&mut client.buf));
@@ -756,12 +784,55 @@ impl Session {
                     self.refused_read = true;
                     return Ok(Next::Request);
                 }
+                RelayEnd::ServerGone(why) => {
+                    // The server said goodbye before running the request.
+                    // 57P01 is also what an administrator's
+                    // pg_terminate_backend says: the request runs again
+                    // only if the node is leaving (it refuses new logins),
+                    // never to undo a kill.
+                    let node = server.node;
+                    Box::pin(finish(shared, taken.guard, &state, &relayed.end)).await;
+                    let leaving = why != relay::Goodbye::Terminated
+                        || Box::pin(refuses_logins(shared, upstream, node)).await;
+                    if !leaving || self.gone_retries >= MAX_GONE_RETRIES {
+                        return Err(match why {
+                            relay::Goodbye::Terminated => killed_by_admin(),
+                            _ => ErrorFields::fatal(
+                                "08006",
+                                format!(
+                                    "server connection to node \"{}\" was lost",
+                                    config.nodes[node].name
+                                ),
+                            ),
+                        });
+                    }
+                    tracing::info!(
+                        node = %config.nodes[node].name,
+                        "server left before running a request ({why:?}): running it on another server"
+                    );
+                    if let Some(unit) = unit {
+                        buffers::give(std::mem::replace(&mut client.buf, *unit));
+                    }
+                    shared.cluster.request_probe();
+                    shared.routing.gone_retried();
+                    self.gone_retries += 1;
+                    return Ok(Next::Request);
+                }
                 _ => {}
             }
             let node = &config.nodes[server.node];
             let end = relayed.end;
+            tracing::debug!(
+                node = %node.name,
+                "relay ended: {end:?} (can tell the client: {}, hold {:?})",
+                relayed.can_tell_client,
+                state.hold
+            );
             let outcome = match &end {
-                RelayEnd::ClientLeft | RelayEnd::ServerIdle | RelayEnd::ReadOnly => Ok(Next::Leave),
+                RelayEnd::ClientLeft
+                | RelayEnd::ServerIdle
+                | RelayEnd::ReadOnly
+                | RelayEnd::ServerGone(_) => Ok(Next::Leave),
                 RelayEnd::ClientIo(e) => {
                     tracing::debug!(peer = %client.peer, "client connection failed: {e}");
                     Ok(Next::Leave)
@@ -1019,7 +1090,10 @@ async fn finish(
     let busy = state.pending > 0 || state.tx != TxStatus::Idle;
     let server_alive = !matches!(
         end,
-        RelayEnd::ServerClosed | RelayEnd::ServerIo(_) | RelayEnd::ServerProtocol(_)
+        RelayEnd::ServerClosed
+            | RelayEnd::ServerIo(_)
+            | RelayEnd::ServerProtocol(_)
+            | RelayEnd::ServerGone(_)
     );
     if server_alive {
         tokio::spawn(async move {
@@ -1057,6 +1131,21 @@ async fn welcome(
         // The client is gone; an error to it would go nowhere.
         ErrorFields::fatal("08006", "client connection lost")
     })
+}
+
+/// Whether `node` refuses new logins (shutting down, or gone): what tells
+/// a shutdown's goodbye from an administrator terminating one backend.
+async fn refuses_logins(shared: &Shared, upstream: &Upstream, node: usize) -> bool {
+    let params = Arc::clone(&upstream.params);
+    // Replica: any role will do, only the login is in question.
+    match open(shared, node, Target::Replica, params, &upstream.credential).await {
+        route::Attempt::Usable(conn) => {
+            conn.close_in_background();
+            false
+        }
+        route::Attempt::Unusable(_) => true,
+        route::Attempt::Refused(_) => false,
+    }
 }
 
 fn killed_by_admin() -> ErrorFields {

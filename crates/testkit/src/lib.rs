@@ -7,6 +7,7 @@
 //!   `trustuser` (no password, `trust` in pg_hba).
 //! * [`RepmgrTestCluster`] is the same on a cluster run by repmgr and
 //!   repmgrd, for failover drills by the real manager.
+//! * [`PatroniTestCluster`]: the same on a Patroni cluster with its etcd.
 //! * [`shared_cluster`] gives every test of one test binary the same cluster,
 //!   started once; tests that stop, promote or break nodes start their own.
 //! * [`PgherdBuilder`] writes a pgherd config for a cluster, starts the proxy
@@ -19,8 +20,8 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 pub use pgherd_localpg::{
-    find_pgbouncer, ClusterSpec, LocalCluster, LocalPgError, LocalPgbouncer, PgBinaries,
-    RepmgrCluster, RepmgrSpec, SslFiles, StopMode,
+    find_pgbouncer, ClusterSpec, LocalCluster, LocalPgError, LocalPgbouncer, PatroniCluster,
+    PatroniSpec, PgBinaries, RepmgrCluster, RepmgrSpec, SslFiles, StopMode,
 };
 use pgherd_proxy::{Proxy, ProxyHandle};
 pub use pgherd_tls::test_pki::TestPki;
@@ -107,6 +108,36 @@ impl RepmgrTestCluster {
             pg.wait_caught_up(0, i).expect("standby catches up");
         }
         RepmgrTestCluster { pg, app_verifier }
+    }
+
+    /// A pgherd config builder for this cluster.
+    pub fn pgherd(&self) -> PgherdBuilder {
+        PgherdBuilder::for_nodes(
+            self.pg.nodes().iter().map(|n| (n.name.clone(), n.port)),
+            self.pg.superuser_password(),
+            &self.app_verifier,
+        )
+    }
+}
+
+/// A cluster run by Patroni with a local etcd (see [`PatroniCluster`]),
+/// with the test roles.
+#[derive(Debug)]
+pub struct PatroniTestCluster {
+    pub pg: PatroniCluster,
+    pub app_verifier: String,
+}
+
+impl PatroniTestCluster {
+    /// Starts a Patroni cluster as `spec` says and creates the test roles.
+    pub fn start(mut spec: PatroniSpec) -> PatroniTestCluster {
+        spec.cluster.trust_users.push("trustuser".into());
+        let pg = PatroniCluster::start(spec).expect("start a Patroni cluster");
+        let app_verifier = create_roles(|sql| pg.sql(0, sql));
+        for i in 1..pg.nodes().len() {
+            pg.wait_caught_up(0, i).expect("replica catches up");
+        }
+        PatroniTestCluster { pg, app_verifier }
     }
 
     /// A pgherd config builder for this cluster.

@@ -1,0 +1,190 @@
+//! Failover drills: writer and reader clients through pgherd while a
+//! cluster manager (repmgr, Patroni) fails over or switches over, and what
+//! they saw. Writers insert `(writer, n)` into table `drill`, readers
+//! select; both reconnect after an error as a pool would, with libpq's
+//! `connect_timeout = 2` of the seed's applications.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed drill
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::{message, LocalPgError, RunningPgherd, APP_PASSWORD};
+
+/// The table the writers fill.
+pub const DRILL_TABLE: &str =
+    "CREATE TABLE drill (writer bigint, n bigint, PRIMARY KEY (writer, n)); \
+     GRANT ALL ON drill TO app";
+
+/// What one client saw during a drill.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ok: usize,
+    pub errors: Vec<String>,
+    /// Writers: the values of acknowledged inserts, with when (Unix seconds).
+    pub acked: Vec<(i64, f64)>,
+    /// The longest time between two successes.
+    pub max_gap: Duration,
+}
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Runs `sql` (with `$1` = a counter when `writer` is set) until `stop`,
+/// reconnecting after an error as a pool would, with libpq's
+/// `connect_timeout = 2` of the seed's applications.
+async fn client_loop(
+    mut config: tokio_postgres::Config,
+    sql: &'static str,
+    writer: Option<i64>,
+    stop: Arc<AtomicBool>,
+) -> Tally {
+    config.connect_timeout(Duration::from_secs(2));
+    let mut tally = Tally::default();
+    let mut client = None;
+    let mut last_ok = Instant::now();
+    let mut n: i64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        if client.is_none() {
+            match config.connect(tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(conn);
+                    client = Some(c);
+                }
+                Err(e) => {
+                    tally.errors.push(format!("connect: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else { continue };
+        n += 1;
+        let result = match writer {
+            Some(w) => c.execute(sql, &[&w, &n]).await.map(|_| ()),
+            None => c.simple_query(sql).await.map(|_| ()),
+        };
+        match result {
+            Ok(()) => {
+                tally.ok += 1;
+                tally.max_gap = tally.max_gap.max(last_ok.elapsed());
+                last_ok = Instant::now();
+                if writer.is_some() {
+                    tally.acked.push((n, unix_now()));
+                }
+            }
+            Err(e) => {
+                tally.errors.push(format!("query: {}", message(&e)));
+                client = None;
+            }
+        }
+    }
+    tally
+}
+
+/// Writers and readers through one pgherd.
+#[derive(Debug)]
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    writers: Vec<tokio::task::JoinHandle<Tally>>,
+    readers: Vec<tokio::task::JoinHandle<Tally>>,
+}
+
+impl Load {
+    /// `writers` writers numbered from `first`, and `readers` readers.
+    pub fn start(pgherd: &RunningPgherd, (first, writers): (i64, i64), readers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = (first..first + writers)
+            .map(|w| {
+                tokio::spawn(client_loop(
+                    pgherd.config("app", APP_PASSWORD, "postgres"),
+                    "INSERT INTO drill (writer, n) VALUES ($1, $2)",
+                    Some(w),
+                    Arc::clone(&stop),
+                ))
+            })
+            .collect();
+        let readers = (0..readers)
+            .map(|_| {
+                tokio::spawn(client_loop(
+                    pgherd.config("app", APP_PASSWORD, "ro"),
+                    "SELECT count(*) FROM pg_class",
+                    None,
+                    Arc::clone(&stop),
+                ))
+            })
+            .collect();
+        Load {
+            stop,
+            writers,
+            readers,
+        }
+    }
+
+    pub async fn finish(self) -> (Vec<Tally>, Vec<Tally>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut writers = Vec::new();
+        for w in self.writers {
+            writers.push(w.await.unwrap());
+        }
+        let mut readers = Vec::new();
+        for r in self.readers {
+            readers.push(r.await.unwrap());
+        }
+        (writers, readers)
+    }
+}
+
+/// Every acknowledged write of the writers numbered from `first` is in
+/// table `drill` where `sql` runs; returns how many there are.
+pub fn check_no_write_lost(
+    sql: impl Fn(&str) -> Result<String, LocalPgError>,
+    (first, writers): (i64, &[Tally]),
+) -> usize {
+    let mut acked = 0;
+    for (w, tally) in (first..).zip(writers) {
+        let present: std::collections::HashSet<i64> =
+            sql(&format!("SELECT n FROM drill WHERE writer = {w}"))
+                .unwrap()
+                .lines()
+                .map(|l| l.parse().unwrap())
+                .collect();
+        let lost: Vec<i64> = tally
+            .acked
+            .iter()
+            .map(|&(n, _)| n)
+            .filter(|n| !present.contains(n))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "writer {w}: acknowledged but lost: {lost:?}"
+        );
+        acked += tally.acked.len();
+    }
+    acked
+}
+
+/// Waits up to 120 s for `pick` to choose something in pgherd's topology.
+pub async fn wait_for<T>(
+    pgherd: &RunningPgherd,
+    what: &str,
+    pick: impl Fn(&pgherd_cluster::Topology) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let t = pgherd.handle.topology();
+        if let Some(found) = pick(&t) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what}: {}",
+            t.describe()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
