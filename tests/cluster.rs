@@ -599,6 +599,7 @@ async fn reads_and_logins_go_on_while_no_primary_is_promoted() {
         )));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut events = pgherd.handle.cluster().subscribe();
     cluster.pg.stop(0, StopMode::Immediate).unwrap();
     pgherd
         .wait_topology("no primary, orphaned standbys", |t| {
@@ -677,6 +678,15 @@ async fn reads_and_logins_go_on_while_no_primary_is_promoted() {
         )
         .unwrap();
     assert_eq!(held_rows, "2");
+    // The failover is told once, with what it did to clients.
+    let (told, clients) = loop {
+        let event = events.recv().await.unwrap();
+        if let pgherd_cluster::ClusterEvent::Failover { clients, .. } = &event {
+            break (event.to_string(), *clients);
+        }
+    };
+    println!("{told}");
+    assert!(clients.held >= 2, "the two held writes at least: {told}");
 }
 
 /// A planned switchover as the managers do it: the primary is shut down

@@ -20,14 +20,19 @@ fn report(
     cluster: &PatroniTestCluster,
     primary: usize,
     (first, writers, readers): (i64, &[Tally], &[Tally]),
-    retried: u64,
+    (retried, promoted): (u64, Option<f64>),
 ) -> Vec<String> {
     let read_errors: Vec<&String> = readers.iter().flat_map(|t| &t.errors).collect();
     let write_errors: Vec<String> = writers.iter().flat_map(|t| t.errors.clone()).collect();
-    let acked = check_no_write_lost(|sql| cluster.pg.sql(primary, sql), (first, writers));
+    let (acked, unreplicated) = check_no_write_lost(
+        |sql| cluster.pg.sql(primary, sql),
+        (first, writers),
+        promoted,
+    );
     let gap = |ts: &[Tally]| ts.iter().map(|t| t.max_gap).max().unwrap_or_default();
     println!(
-        "patroni {what}: writes: {acked} acknowledged (0 lost), {} failed, longest wait {:.3} s; \
+        "patroni {what}: writes: {acked} acknowledged ({unreplicated} by the old leader just \
+         before it died never reached a replica), {} failed, longest wait {:.3} s; \
          reads: {} ok, {} failed, longest gap {:.3} s; {retried} requests run again so far",
         write_errors.len(),
         gap(writers).as_secs_f64(),
@@ -85,7 +90,7 @@ async fn patroni_switchover_failover_and_a_lost_leader() {
         &cluster,
         1,
         (0, &writers, &readers),
-        retried(),
+        (retried(), None),
     );
     assert!(failed.is_empty(), "no failed transaction: {failed:?}");
 
@@ -101,7 +106,7 @@ async fn patroni_switchover_failover_and_a_lost_leader() {
         &cluster,
         2,
         (10, &writers, &readers),
-        retried(),
+        (retried(), None),
     );
     assert!(failed.is_empty(), "no failed transaction: {failed:?}");
 
@@ -126,7 +131,7 @@ async fn patroni_switchover_failover_and_a_lost_leader() {
         &cluster,
         new,
         (20, &writers, &readers),
-        retried(),
+        (retried(), Some(elected)),
     );
     assert!(
         failed.len() <= writers.len(),

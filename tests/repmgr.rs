@@ -111,12 +111,17 @@ async fn repmgr_failover_rejoin_and_switchover() {
     let read_errors: Vec<&String> = readers.iter().flat_map(|t| &t.errors).collect();
     let write_errors: Vec<&String> = writers.iter().flat_map(|t| &t.errors).collect();
     let read_gap = readers.iter().map(|t| t.max_gap).max().unwrap_or_default();
-    let acked = check_no_write_lost(|sql| cluster.pg.sql(new, sql), (0, &writers));
+    let (acked, unreplicated) = check_no_write_lost(
+        |sql| cluster.pg.sql(new, sql),
+        (0, &writers),
+        Some(promoted),
+    );
     println!(
         "repmgr failover (reconnect 5 x 5 s): promotion {:.1} s after the crash; \
          pgherd elected it {:.3} s and wrote there {:.3} s after the promotion; \
          reads: {} ok, {} failed, longest gap {:.3} s; \
-         writes: {acked} acknowledged (0 lost), {} failed: {write_errors:?}",
+         writes: {acked} acknowledged ({unreplicated} acknowledged by the old primary \
+         just before it crashed never reached a standby), {} failed: {write_errors:?}",
         promoted - crashed,
         followed - promoted,
         first_write - promoted,
@@ -182,7 +187,7 @@ async fn repmgr_failover_rejoin_and_switchover() {
     let (writers, readers) = load.finish().await;
     let read_errors: Vec<&String> = readers.iter().flat_map(|t| &t.errors).collect();
     let write_errors: Vec<&String> = writers.iter().flat_map(|t| &t.errors).collect();
-    let acked = check_no_write_lost(|sql| cluster.pg.sql(0, sql), (10, &writers));
+    let (acked, _) = check_no_write_lost(|sql| cluster.pg.sql(0, sql), (10, &writers), None);
     let write_gap = writers.iter().map(|t| t.max_gap).max().unwrap_or_default();
     println!(
         "repmgr switchover {new_name} -> pg0: writes: {acked} acknowledged (0 lost), {} failed, \

@@ -30,10 +30,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgherd_config::Config;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::{broadcast, mpsc, watch};
 
-pub use topology::{ClusterEvent, NodeStatus, ProbeSample, Role, Thresholds, Topology};
+pub use topology::{ClusterEvent, NodeStatus, Outage, ProbeSample, Role, Thresholds, Topology};
 
 /// [`Cluster::primary_now`]'s stored value for "no primary".
 const NO_PRIMARY: usize = usize::MAX;
@@ -54,6 +54,26 @@ pub struct Cluster {
     primary: Arc<AtomicUsize>,
     events: broadcast::Sender<ClusterEvent>,
     schedule: Arc<probe::Schedule>,
+    /// What failovers do to clients, counted by the proxy; the evaluator's
+    /// task reports it with each failover.
+    clients: Arc<ClientCounts>,
+}
+
+/// Running totals behind [`Outage`]: a failover reports the difference
+/// since the old primary was elected.
+#[derive(Debug, Default)]
+struct ClientCounts {
+    held: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientCounts {
+    fn now(&self) -> Outage {
+        Outage {
+            held: self.held.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Cluster {
@@ -107,11 +127,12 @@ impl Cluster {
         let primary = Arc::new(AtomicUsize::new(
             evaluator.topology().primary.unwrap_or(NO_PRIMARY),
         ));
+        let clients = Arc::new(ClientCounts::default());
         tokio::spawn(evaluate(
             evaluator,
             results_rx,
             (topo_tx, Arc::clone(&fenced), Arc::clone(&primary)),
-            events.clone(),
+            (events.clone(), Arc::clone(&clients)),
             state_file,
             Arc::clone(&schedule),
         ));
@@ -121,6 +142,7 @@ impl Cluster {
             primary,
             events,
             schedule,
+            clients,
         })
     }
 
@@ -149,6 +171,17 @@ impl Cluster {
     /// Events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<ClusterEvent> {
         self.events.subscribe()
+    }
+
+    /// A transaction waited for a primary (reported with the next failover).
+    pub fn count_held(&self) {
+        self.clients.held.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A transaction failed for want of a primary: its server was lost, or
+    /// none came within `primary_wait_timeout`.
+    pub fn count_failed(&self) {
+        self.clients.failed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Probes every node now instead of at the next interval.
@@ -200,11 +233,15 @@ async fn evaluate(
         Arc<[AtomicBool]>,
         Arc<AtomicUsize>,
     ),
-    events: broadcast::Sender<ClusterEvent>,
+    (events, clients): (broadcast::Sender<ClusterEvent>, Arc<ClientCounts>),
     state_file: Option<PathBuf>,
     schedule: Arc<probe::Schedule>,
 ) {
     let mut saved = evaluator.remembered();
+    // The clients' counts when the current (or last) primary was elected:
+    // a failover reports what happened since, the trouble that led to it
+    // included (clients notice a dead primary before the probes do).
+    let mut counted = clients.now();
     while let Some((node, result)) = results.recv().await {
         let before = evaluator.topology().version;
         let happened = evaluator.apply(node, result, std::time::Instant::now());
@@ -240,7 +277,19 @@ async fn evaluate(
                 }
             }
         }
-        for event in happened {
+        let now = clients.now();
+        let mut primary_changed = false;
+        for mut event in happened {
+            match &mut event {
+                ClusterEvent::Failover { clients, .. } => {
+                    *clients = Outage {
+                        held: now.held - counted.held,
+                        failed: now.failed - counted.failed,
+                    }
+                }
+                ClusterEvent::PrimaryChanged { to: Some(_), .. } => primary_changed = true,
+                _ => {}
+            }
             match &event {
                 ClusterEvent::LagOverThreshold { .. }
                 | ClusterEvent::LagUnderThreshold { .. }
@@ -251,6 +300,9 @@ async fn evaluate(
             }
             // No subscriber is fine: events are also logged.
             let _ = events.send(event);
+        }
+        if primary_changed {
+            counted = now;
         }
     }
 }

@@ -254,11 +254,13 @@ pub enum ClusterEvent {
         node: String,
         serves_reads: bool,
     },
-    /// A new primary after another: how long writes had nowhere to go.
+    /// A new primary after another: how long writes had nowhere to go,
+    /// and what that did to clients (see [`Outage`]).
     Failover {
         from: String,
         to: String,
         without_primary: Duration,
+        clients: Outage,
     },
     /// Still no primary, this long after the last one was lost (said at
     /// 10 s, 30 s, 1 min, 2 min, 5 min, then every 10 min).
@@ -348,11 +350,15 @@ impl std::fmt::Display for ClusterEvent {
                 from,
                 to,
                 without_primary,
+                clients,
             } => write!(
                 f,
-                "failover: {from} -> {to} in {:.1} s (no primary for {:.1} s)",
+                "failover: {from} -> {to} in {:.1} s (no primary for {:.1} s, \
+                 {} transactions held, {} failed)",
                 without_primary.as_secs_f64(),
-                without_primary.as_secs_f64()
+                without_primary.as_secs_f64(),
+                clients.held,
+                clients.failed
             ),
             ClusterEvent::NoPrimary { without_primary } => write!(
                 f,
@@ -365,6 +371,16 @@ impl std::fmt::Display for ClusterEvent {
             ),
         }
     }
+}
+
+/// What a failover did to clients, as the proxy counts it (see
+/// `Cluster::count_held`): transactions that waited for the new primary,
+/// and those that failed for want of one (their server lost, or no primary
+/// within `primary_wait_timeout`), since the old primary was elected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outage {
+    pub held: u64,
+    pub failed: u64,
 }
 
 /// Limits that decide health.
@@ -644,6 +660,7 @@ impl Evaluator {
                     from: name(old),
                     to: name(new),
                     without_primary: Duration::ZERO,
+                    clients: Outage::default(),
                 });
                 self.demoted.push(old);
             }
@@ -654,6 +671,7 @@ impl Evaluator {
                             from: name(old),
                             to: name(new),
                             without_primary: now.saturating_duration_since(since),
+                            clients: Outage::default(),
                         });
                         self.demoted.push(old);
                     }
@@ -1264,11 +1282,13 @@ mod tests {
             from: "pg0".into(),
             to: "pg1".into(),
             without_primary: Duration::from_secs(20),
+            clients: Outage::default(),
         };
         assert!(ev.contains(&failover), "{ev:?}");
         assert_eq!(
             failover.to_string(),
-            "failover: pg0 -> pg1 in 20.0 s (no primary for 20.0 s)"
+            "failover: pg0 -> pg1 in 20.0 s (no primary for 20.0 s, \
+             0 transactions held, 0 failed)"
         );
         // pg0 comes back rewound, streaming from pg1.
         e.apply(0, standby(2, 120), at(40));
@@ -1297,7 +1317,8 @@ mod tests {
         assert!(ev.contains(&ClusterEvent::Failover {
             from: "pg0".into(),
             to: "pg1".into(),
-            without_primary: Duration::ZERO
+            without_primary: Duration::ZERO,
+            clients: Outage::default(),
         }));
     }
 }

@@ -626,6 +626,7 @@ mod tests {
                 from: "a".into(),
                 to: "b".into(),
                 without_primary: std::time::Duration::from_secs(3),
+                clients: pgherd_cluster::topology::Outage::default(),
             },
             ClusterEvent::NoPrimary {
                 without_primary: std::time::Duration::from_secs(10),

@@ -157,6 +157,9 @@ where
                     Some(p) => Ok(p),
                     None => {
                         let now = tokio::time::Instant::now();
+                        if deadline.is_none() {
+                            shared.cluster.count_held();
+                        }
                         let deadline = *deadline.get_or_insert(now + general.primary_wait_timeout);
                         let remaining = deadline.saturating_duration_since(now);
                         if remaining.is_zero() && !failures.is_empty() {
@@ -164,6 +167,7 @@ where
                             // this client: primary_wait_timeout bounds the
                             // retries too.
                             let t = shared.cluster.topology();
+                            shared.cluster.count_failed();
                             return Err(no_primary(
                                 &t,
                                 &failures,
@@ -175,7 +179,10 @@ where
                 };
                 match primary {
                     Ok(p) => p,
-                    Err(t) => return Err(no_primary(&t, &failures, "waited for a primary")),
+                    Err(t) => {
+                        shared.cluster.count_failed();
+                        return Err(no_primary(&t, &failures, "waited for a primary"));
+                    }
                 }
             }
         };

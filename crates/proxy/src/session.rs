@@ -877,6 +877,7 @@ impl Session {
             if matches!(end, RelayEnd::ServerClosed | RelayEnd::ServerIo(_)) {
                 // The node may be going away: look now rather than at the next interval.
                 shared.cluster.request_probe();
+                shared.cluster.count_failed();
             }
             Box::pin(finish(shared, taken.guard, &state, &end)).await;
             if relayed.can_tell_client {
