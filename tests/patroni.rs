@@ -30,9 +30,14 @@ fn report(
         promoted,
     );
     let gap = |ts: &[Tally]| ts.iter().map(|t| t.max_gap).max().unwrap_or_default();
+    let lost = match promoted {
+        Some(_) => {
+            format!("{unreplicated} acknowledged by the dead leader never reached a replica")
+        }
+        None => "0 lost".to_owned(),
+    };
     println!(
-        "patroni {what}: writes: {acked} acknowledged ({unreplicated} by the old leader just \
-         before it died never reached a replica), {} failed, longest wait {:.3} s; \
+        "patroni {what}: writes: {acked} acknowledged ({lost}), {} failed, longest wait {:.3} s; \
          reads: {} ok, {} failed, longest gap {:.3} s; {retried} requests run again so far",
         write_errors.len(),
         gap(writers).as_secs_f64(),
