@@ -26,6 +26,8 @@ pub struct Tally {
     pub acked: Vec<(i64, f64)>,
     /// The longest time between two successes.
     pub max_gap: Duration,
+    /// The longest a statement took, from sending it to its answer.
+    pub max_wait: Duration,
 }
 
 pub fn unix_now() -> f64 {
@@ -46,7 +48,8 @@ async fn client_loop(
     config.connect_timeout(Duration::from_secs(2));
     let mut tally = Tally::default();
     let mut client = None;
-    let mut last_ok = Instant::now();
+    // Gaps are counted from the first success: logging in is not one.
+    let mut last_ok: Option<Instant> = None;
     let mut n: i64 = 0;
     while !stop.load(Ordering::Relaxed) {
         if client.is_none() {
@@ -64,15 +67,19 @@ async fn client_loop(
         }
         let Some(c) = client.as_ref() else { continue };
         n += 1;
+        let asked = Instant::now();
         let result = match writer {
             Some(w) => c.execute(sql, &[&w, &n]).await.map(|_| ()),
             None => c.simple_query(sql).await.map(|_| ()),
         };
+        tally.max_wait = tally.max_wait.max(asked.elapsed());
         match result {
             Ok(()) => {
                 tally.ok += 1;
-                tally.max_gap = tally.max_gap.max(last_ok.elapsed());
-                last_ok = Instant::now();
+                if let Some(last) = last_ok {
+                    tally.max_gap = tally.max_gap.max(last.elapsed());
+                }
+                last_ok = Some(Instant::now());
                 if writer.is_some() {
                     tally.acked.push((n, unix_now()));
                 }

@@ -30,6 +30,7 @@ fn report(
         promoted,
     );
     let gap = |ts: &[Tally]| ts.iter().map(|t| t.max_gap).max().unwrap_or_default();
+    let wait = writers.iter().map(|t| t.max_wait).max().unwrap_or_default();
     let lost = match promoted {
         Some(_) => {
             format!("{unreplicated} acknowledged by the dead leader never reached a replica")
@@ -40,7 +41,7 @@ fn report(
         "patroni {what}: writes: {acked} acknowledged ({lost}), {} failed, longest wait {:.3} s; \
          reads: {} ok, {} failed, longest gap {:.3} s; {retried} requests run again so far",
         write_errors.len(),
-        gap(writers).as_secs_f64(),
+        wait.as_secs_f64(),
         readers.iter().map(|t| t.ok).sum::<usize>(),
         read_errors.len(),
         gap(readers).as_secs_f64(),

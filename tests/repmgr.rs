@@ -188,13 +188,13 @@ async fn repmgr_failover_rejoin_and_switchover() {
     let read_errors: Vec<&String> = readers.iter().flat_map(|t| &t.errors).collect();
     let write_errors: Vec<&String> = writers.iter().flat_map(|t| &t.errors).collect();
     let (acked, _) = check_no_write_lost(|sql| cluster.pg.sql(0, sql), (10, &writers), None);
-    let write_gap = writers.iter().map(|t| t.max_gap).max().unwrap_or_default();
+    let write_wait = writers.iter().map(|t| t.max_wait).max().unwrap_or_default();
     println!(
         "repmgr switchover {new_name} -> pg0: writes: {acked} acknowledged (0 lost), {} failed, \
          longest wait {:.3} s; reads: {} ok, {} failed; {} requests run again after their \
          server left",
         write_errors.len(),
-        write_gap.as_secs_f64(),
+        write_wait.as_secs_f64(),
         readers.iter().map(|t| t.ok).sum::<usize>(),
         read_errors.len(),
         pgherd.handle.routing().gone_retries,
