@@ -198,6 +198,14 @@ impl Topology {
             || self.nodes.iter().any(|n| n.orphaned)
     }
 
+    /// Every node has answered or failed a probe at least once: pgherd is
+    /// past its first look at the cluster.
+    pub fn probed(&self) -> bool {
+        self.nodes
+            .iter()
+            .all(|n| n.last_sample.is_some() || n.last_error.is_some())
+    }
+
     /// One line per node, for error details: `pg0: down (...); pg1: standby`.
     pub fn describe(&self) -> String {
         self.nodes
@@ -1230,6 +1238,16 @@ mod tests {
         e.apply(1, cut_off(1, 100), at(11));
         let n = &e.topology().nodes[1];
         assert!(!n.lag_ok && !n.serves_reads(), "11 s unheard > 10 s");
+    }
+
+    #[test]
+    fn probed_once_every_node_answered_or_failed() {
+        let mut e = eval(2);
+        assert!(!e.topology().probed());
+        e.apply(0, primary(1, 100), at(0));
+        assert!(!e.topology().probed(), "pg1 not probed yet");
+        e.apply(1, down(), at(0));
+        assert!(e.topology().probed());
     }
 
     #[test]

@@ -339,8 +339,15 @@ async fn start(
         // While no primary is known (a failover), a transaction-mode client
         // is welcomed with a standby's values and its first transaction
         // waits for the primary: a driver's connect timeout is usually
-        // shorter than a failover, and its first query's is not.
-        (Want::Primary, PoolMode::Transaction) if shared.cluster.primary_now().is_none() => {
+        // shorter than a failover, and its first query's is not. (Not before
+        // the first probes have answered: then the primary is moments away.)
+        (Want::Primary, PoolMode::Transaction)
+            if shared.cluster.primary_now().is_none()
+                && shared
+                    .cluster
+                    .pick_now(|t| t.probed().then_some(()))
+                    .is_some() =>
+        {
             Want::Standby {
                 fallback: true,
                 wrote_at: None,
