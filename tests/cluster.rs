@@ -574,7 +574,11 @@ async fn reads_and_logins_go_on_while_no_primary_is_promoted() {
         .database("ro = { dbname = \"postgres\", target = \"replica\" }")
         .start()
         .await;
-    pgherd.wait_standbys_readable().await;
+    pgherd
+        .wait_topology("pg0 primary, two readable standbys", |t| {
+            t.primary == Some(0) && t.nodes.iter().filter(|n| n.serves_reads()).count() == 2
+        })
+        .await;
     let stop = Arc::new(AtomicBool::new(false));
     let promoted: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let first_write: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
@@ -679,12 +683,16 @@ async fn reads_and_logins_go_on_while_no_primary_is_promoted() {
         .unwrap();
     assert_eq!(held_rows, "2");
     // The failover is told once, with what it did to clients.
-    let (told, clients) = loop {
-        let event = events.recv().await.unwrap();
-        if let pgherd_cluster::ClusterEvent::Failover { clients, .. } = &event {
-            break (event.to_string(), *clients);
+    let (told, clients) = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if let pgherd_cluster::ClusterEvent::Failover { clients, .. } = &event {
+                break (event.to_string(), *clients);
+            }
         }
-    };
+    })
+    .await
+    .expect("a failover event");
     println!("{told}");
     assert!(clients.held >= 2, "the two held writes at least: {told}");
 }
