@@ -63,7 +63,11 @@ async fn repmgr_failover_rejoin_and_switchover() {
         .notify("instance = \"drill\"")
         .start()
         .await;
-    pgherd.wait_standbys_readable().await;
+    wait_for(&pgherd, "pg0 primary, two readable standbys", |t| {
+        (t.primary == Some(0) && t.nodes.iter().filter(|n| n.serves_reads()).count() == 2)
+            .then_some(())
+    })
+    .await;
 
     // --- Unplanned: the primary crashes; repmgrd promotes after 25 s.
     let mut events = pgherd.handle.cluster().subscribe();
