@@ -566,19 +566,8 @@ async fn reads_and_logins_go_on_while_no_primary_is_promoted() {
     for i in 1..=2 {
         cluster.pg.wait_caught_up(0, i).unwrap();
     }
-    let pgherd = cluster
-        .pgherd()
-        .probe_interval(1.0)
-        .general("pool_mode = \"transaction\"")
-        .general("primary_wait_timeout = 60")
-        .database("ro = { dbname = \"postgres\", target = \"replica\" }")
-        .start()
-        .await;
-    pgherd
-        .wait_topology("pg0 primary, two readable standbys", |t| {
-            t.primary == Some(0) && t.nodes.iter().filter(|n| n.serves_reads()).count() == 2
-        })
-        .await;
+    let pgherd = drill::drill_pgherd(cluster.pgherd()).start().await;
+    pgherd.wait_settled(0).await;
     let stop = Arc::new(AtomicBool::new(false));
     let promoted: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let first_write: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
@@ -716,18 +705,8 @@ async fn a_fast_shutdown_switchover_fails_no_transaction() {
         )
         .unwrap();
     cluster.pg.wait_caught_up(0, 1).unwrap();
-    let pgherd = cluster
-        .pgherd()
-        .probe_interval(1.0)
-        .general("pool_mode = \"transaction\"")
-        .general("primary_wait_timeout = 60")
-        .start()
-        .await;
-    pgherd
-        .wait_topology("a primary and a readable standby", |t| {
-            t.primary == Some(0) && t.nodes[1].serves_reads()
-        })
-        .await;
+    let pgherd = drill::drill_pgherd(cluster.pgherd()).start().await;
+    pgherd.wait_settled(0).await;
     let stop = Arc::new(AtomicBool::new(false));
     // Busy in the server most of the time: the shutdown catches statements
     // in flight. Half the writers use the simple protocol, half prepared

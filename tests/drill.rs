@@ -10,7 +10,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{message, LocalPgError, RunningPgherd, APP_PASSWORD};
+use crate::{message, LocalPgError, PgherdBuilder, RunningPgherd, APP_PASSWORD};
+
+/// pgherd as the drills run it: transaction mode, the default
+/// `probe_interval` (1 s, so the figures are what operators get), writes
+/// waiting up to 60 s for a primary, and database `ro` for the readers.
+pub fn drill_pgherd(builder: PgherdBuilder) -> PgherdBuilder {
+    builder
+        .probe_interval(1.0)
+        .general("pool_mode = \"transaction\"")
+        .general("primary_wait_timeout = 60")
+        .database("ro = { dbname = \"postgres\", target = \"replica\" }")
+}
 
 /// The table the writers fill.
 pub const DRILL_TABLE: &str =
@@ -156,7 +167,7 @@ type Ack<'a> = &'a (i64, f64);
 /// acknowledged before are missing: commits a primary acknowledged and
 /// died before streaming, which asynchronous replication loses whatever
 /// the proxy does.
-pub fn check_no_write_lost(
+fn check_no_write_lost(
     sql: impl Fn(&str) -> Result<String, LocalPgError>,
     (first, writers): (i64, &[Tally]),
     promoted: Option<f64>,
@@ -182,23 +193,40 @@ pub fn check_no_write_lost(
     (acked, lost_to_replication)
 }
 
-/// Waits up to 120 s for `pick` to choose something in pgherd's topology.
-pub async fn wait_for<T>(
-    pgherd: &RunningPgherd,
+/// Prints what the clients of one drill saw, and checks that no read
+/// failed and that every write acknowledged (after `promoted`, when a
+/// primary died: see [`check_no_write_lost`]) is where `sql` runs.
+/// Returns the failed writes, for the drill to judge.
+pub fn report(
     what: &str,
-    pick: impl Fn(&pgherd_cluster::Topology) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let t = pgherd.handle.topology();
-        if let Some(found) = pick(&t) {
-            return found;
+    sql: impl Fn(&str) -> Result<String, LocalPgError>,
+    (first, writers, readers): (i64, &[Tally], &[Tally]),
+    promoted: Option<f64>,
+    retried: u64,
+) -> Vec<String> {
+    let read_errors: Vec<&String> = readers.iter().flat_map(|t| &t.errors).collect();
+    let write_errors: Vec<String> = writers.iter().flat_map(|t| t.errors.clone()).collect();
+    let (acked, unreplicated) = check_no_write_lost(sql, (first, writers), promoted);
+    let wait = writers.iter().map(|t| t.max_wait).max().unwrap_or_default();
+    let gap = readers.iter().map(|t| t.max_gap).max().unwrap_or_default();
+    let lost = match promoted {
+        Some(_) => {
+            format!("{unreplicated} acknowledged by the dead primary never reached a standby")
         }
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting for {what}: {}",
-            t.describe()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        None => "0 lost".to_owned(),
+    };
+    println!(
+        "{what}: writes: {acked} acknowledged ({lost}), {} failed, slowest {:.3} s; \
+         reads: {} ok, {} failed, longest gap {:.3} s; {retried} requests run again so far",
+        write_errors.len(),
+        wait.as_secs_f64(),
+        readers.iter().map(|t| t.ok).sum::<usize>(),
+        read_errors.len(),
+        gap.as_secs_f64(),
+    );
+    assert!(
+        read_errors.is_empty(),
+        "{what}: reads never fail: {read_errors:?}"
+    );
+    write_errors
 }

@@ -1111,6 +1111,23 @@ mod tests {
         );
     }
 
+    /// pg0 primary on timeline 1, the others its streaming standbys.
+    fn streaming(n: usize) -> Evaluator {
+        let mut e = eval(n);
+        e.apply(0, primary(1, 100), at(0));
+        for i in 1..n {
+            e.apply(i, standby(1, 100), at(0));
+        }
+        e
+    }
+
+    /// pg0 fails its probes until it is down (`fall` 3).
+    fn lose_primary(e: &mut Evaluator, when: Instant) {
+        for _ in 0..3 {
+            e.apply(0, down(), when);
+        }
+    }
+
     /// A standby whose WAL receiver is not running (its primary is gone).
     fn cut_off(tl: u32, replay: u64) -> Result<ProbeSample, String> {
         let mut s = standby(tl, replay)?;
@@ -1124,14 +1141,9 @@ mod tests {
 
     #[test]
     fn standbys_serve_reads_through_a_primary_outage_until_the_orphan_timeout() {
-        let mut e = eval(3);
-        e.apply(0, primary(1, 100), at(0));
-        e.apply(1, standby(1, 100), at(0));
-        e.apply(2, standby(1, 100), at(0));
+        let mut e = streaming(3);
         // The primary dies: its probes fail, the standbys stop streaming.
-        for _ in 0..3 {
-            e.apply(0, down(), at(1));
-        }
+        lose_primary(&mut e, at(1));
         assert_eq!(e.topology().primary, None);
         e.apply(1, cut_off(1, 100), at(1));
         assert!(
@@ -1171,13 +1183,8 @@ mod tests {
 
     #[test]
     fn orphans_serve_until_a_standby_streams_from_the_new_primary() {
-        let mut e = eval(3);
-        e.apply(0, primary(1, 100), at(0));
-        e.apply(1, standby(1, 100), at(0));
-        e.apply(2, standby(1, 100), at(0));
-        for _ in 0..3 {
-            e.apply(0, down(), at(1));
-        }
+        let mut e = streaming(3);
+        lose_primary(&mut e, at(1));
         e.apply(1, cut_off(1, 100), at(1));
         e.apply(2, cut_off(1, 100), at(1));
         // pg1 is promoted; pg2 is still on timeline 1, not yet re-pointed.
@@ -1199,14 +1206,8 @@ mod tests {
 
     #[test]
     fn an_orphan_stops_once_another_standby_streams() {
-        let mut e = eval(4);
-        e.apply(0, primary(1, 100), at(0));
-        for i in 1..4 {
-            e.apply(i, standby(1, 100), at(0));
-        }
-        for _ in 0..3 {
-            e.apply(0, down(), at(1));
-        }
+        let mut e = streaming(4);
+        lose_primary(&mut e, at(1));
         for i in 1..4 {
             e.apply(i, cut_off(1, 100), at(1));
         }
@@ -1230,9 +1231,7 @@ mod tests {
         let mut e = Evaluator::new(vec!["pg0".into(), "pg1".into()], th, None);
         e.apply(0, primary(1, 100), at(0));
         e.apply(1, standby(1, 100), at(0));
-        for _ in 0..3 {
-            e.apply(0, down(), at(1));
-        }
+        lose_primary(&mut e, at(1));
         e.apply(1, cut_off(1, 100), at(5));
         assert!(e.topology().nodes[1].serves_reads());
         e.apply(1, cut_off(1, 100), at(11));
@@ -1271,13 +1270,8 @@ mod tests {
 
     #[test]
     fn a_failover_is_told_with_its_outage_then_the_old_primary_rejoining() {
-        let mut e = eval(3);
-        e.apply(0, primary(1, 100), at(0));
-        e.apply(1, standby(1, 100), at(0));
-        e.apply(2, standby(1, 100), at(0));
-        for _ in 0..3 {
-            e.apply(0, down(), at(2));
-        }
+        let mut e = streaming(3);
+        lose_primary(&mut e, at(2));
         assert_eq!(e.topology().primary, None);
         let ev = e.apply(1, cut_off(1, 100), at(11));
         assert!(
@@ -1328,9 +1322,7 @@ mod tests {
 
     #[test]
     fn an_immediate_handover_is_a_failover_without_an_outage() {
-        let mut e = eval(2);
-        e.apply(0, primary(1, 100), at(0));
-        e.apply(1, standby(1, 100), at(0));
+        let mut e = streaming(2);
         let ev = e.apply(1, primary(2, 120), at(1));
         assert!(ev.contains(&ClusterEvent::Failover {
             from: "pg0".into(),

@@ -450,6 +450,35 @@ impl LocalCluster {
         hba
     }
 
+    /// Starts a helper process (a cluster manager, its DCS) as the
+    /// server's user in the cluster's directory, its output appended to
+    /// `<name>.log` and its PID written to `<name>.pid` there, where the
+    /// watchdog finds it should this process die.
+    pub(crate) fn spawn_helper(
+        &self,
+        name: &str,
+        cmd: &mut Command,
+    ) -> Result<Child, LocalPgError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .map_err(io_err(format!("open {name}.log")))?;
+        let log2 = log.try_clone().map_err(io_err("clone log handle"))?;
+        RunAs::apply(self.run_as, cmd);
+        cmd.current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = cmd.spawn().map_err(io_err(format!("spawn {name}")))?;
+        std::fs::write(
+            self.dir.path().join(format!("{name}.pid")),
+            format!("{}\n", child.id()),
+        )
+        .map_err(io_err(format!("write {name}.pid")))?;
+        Ok(child)
+    }
+
     fn run(&self, cmd: &mut Command) -> Result<(), LocalPgError> {
         RunAs::apply(self.run_as, cmd);
         cmd.current_dir(self.dir.path()).stdin(Stdio::null());
@@ -522,6 +551,26 @@ fn append(path: &Path, text: &str) -> Result<(), LocalPgError> {
         .map_err(io_err(format!("open {}", path.display())))?;
     f.write_all(text.as_bytes())
         .map_err(io_err(format!("write {}", path.display())))
+}
+
+/// Stops helpers: SIGTERM to all of them at once, then SIGKILL to those
+/// still running after `grace`.
+pub(crate) fn terminate(children: &mut [Child], grace: Duration) {
+    for child in children.iter() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    for child in children.iter_mut() {
+        let exited = poll(grace, "a helper to exit", || {
+            Ok(child.try_wait().map_err(io_err("wait a helper"))?.is_some())
+        });
+        if exited.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Polls `check` every 50 ms until it returns true or `timeout` passes.

@@ -12,10 +12,12 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use crate::{io_err, node, poll, ClusterSpec, LocalCluster, LocalNode, LocalPgError, RunAs};
+use crate::{
+    io_err, node, poll, terminate, ClusterSpec, LocalCluster, LocalNode, LocalPgError, RunAs,
+};
 
 /// How to build a Patroni cluster.
 #[derive(Debug, Clone)]
@@ -55,7 +57,6 @@ pub struct PatroniCluster {
 
 #[derive(Debug)]
 struct Member {
-    rest_port: u16,
     conf: PathBuf,
     patroni: Option<Child>,
 }
@@ -94,7 +95,6 @@ impl PatroniCluster {
             let rest_port = node::free_port()?;
             let conf = cluster.write_conf(i, rest_port, etcd_port, &spec)?;
             cluster.members.push(Member {
-                rest_port,
                 conf,
                 patroni: None,
             });
@@ -131,18 +131,6 @@ impl PatroniCluster {
     /// Waits until member `i` has replayed everything `primary` wrote so far.
     pub fn wait_caught_up(&self, primary: usize, i: usize) -> Result<(), LocalPgError> {
         self.pg.wait_caught_up(primary, i)
-    }
-
-    /// The member whose REST API says it is the leader (`GET /primary`).
-    pub fn leader(&self) -> Option<usize> {
-        self.members
-            .iter()
-            .position(|m| rest_get(m.rest_port, "/primary").map(|(s, _)| s) == Some(200))
-    }
-
-    /// Member `i`'s Patroni REST API address.
-    pub fn rest_addr(&self, i: usize) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.members[i].rest_port))
     }
 
     /// `patronictl switchover --leader <from> --candidate <to> --force`.
@@ -182,23 +170,13 @@ impl PatroniCluster {
 
     /// Starts member `i`'s Patroni (again, after [`PatroniCluster::kill_host`]).
     pub fn start_member(&mut self, i: usize) -> Result<(), LocalPgError> {
-        let name = self.pg.nodes[i].name.clone();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.pg.dir().join(format!("patroni-{name}.log")))
-            .map_err(io_err("open patroni log"))?;
-        let log2 = log.try_clone().map_err(io_err("clone log handle"))?;
-        let mut cmd = Command::new("patroni");
-        cmd.arg(&self.members[i].conf)
-            .current_dir(self.pg.dir())
-            .env("HOME", self.pg.dir())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        RunAs::apply(self.pg.run_as, &mut cmd);
-        let child = cmd.spawn().map_err(io_err("spawn patroni"))?;
-        self.write_pid(&format!("patroni-{name}.pid"), child.id())?;
+        let name = format!("patroni-{}", self.pg.nodes[i].name);
+        let child = self.pg.spawn_helper(
+            &name,
+            Command::new("patroni")
+                .arg(&self.members[i].conf)
+                .env("HOME", self.pg.dir()),
+        )?;
         self.members[i].patroni = Some(child);
         Ok(())
     }
@@ -208,26 +186,19 @@ impl PatroniCluster {
         let data = self.pg.dir().join("etcd");
         std::fs::create_dir(&data).map_err(io_err("create etcd dir"))?;
         RunAs::chown(self.pg.run_as, &data)?;
-        let log = std::fs::File::create(self.pg.dir().join("etcd.log"))
-            .map_err(io_err("create etcd log"))?;
-        let log2 = log.try_clone().map_err(io_err("clone log handle"))?;
         let url = |port: u16| format!("http://127.0.0.1:{port}");
-        let mut cmd = Command::new("etcd");
-        cmd.args(["--name", "pgherd"])
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--listen-client-urls", &url(client)])
-            .args(["--advertise-client-urls", &url(client)])
-            .args(["--listen-peer-urls", &url(peer)])
-            .args(["--initial-advertise-peer-urls", &url(peer)])
-            .args(["--initial-cluster", &format!("pgherd={}", url(peer))])
-            .current_dir(self.pg.dir())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        RunAs::apply(self.pg.run_as, &mut cmd);
-        let child = cmd.spawn().map_err(io_err("spawn etcd"))?;
-        self.write_pid("etcd.pid", child.id())?;
+        let child = self.pg.spawn_helper(
+            "etcd",
+            Command::new("etcd")
+                .args(["--name", "pgherd"])
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--listen-client-urls", &url(client)])
+                .args(["--advertise-client-urls", &url(client)])
+                .args(["--listen-peer-urls", &url(peer)])
+                .args(["--initial-advertise-peer-urls", &url(peer)])
+                .args(["--initial-cluster", &format!("pgherd={}", url(peer))]),
+        )?;
         self.etcd = Some(child);
         poll(Duration::from_secs(30), "etcd to answer", || {
             Ok(rest_get(client, "/health")
@@ -321,40 +292,19 @@ impl PatroniCluster {
                 .env("HOME", self.pg.dir()),
         )
     }
-
-    fn write_pid(&self, file: &str, pid: u32) -> Result<(), LocalPgError> {
-        std::fs::write(self.pg.dir().join(file), format!("{pid}\n"))
-            .map_err(io_err("write pid file"))
-    }
 }
 
 impl Drop for PatroniCluster {
     fn drop(&mut self) {
         // Patroni stops its PostgreSQL on SIGTERM; etcd goes last.
-        let mut children: Vec<Child> = self
+        let mut patronis: Vec<Child> = self
             .members
             .iter_mut()
             .filter_map(|m| m.patroni.take())
             .collect();
-        for child in &children {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        for child in &mut children {
-            let exited = poll(Duration::from_secs(30), "patroni to exit", || {
-                Ok(child.try_wait().map_err(io_err("wait patroni"))?.is_some())
-            });
-            if exited.is_err() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if let Some(mut etcd) = self.etcd.take() {
-            let _ = etcd.kill();
-            let _ = etcd.wait();
-        }
+        terminate(&mut patronis, Duration::from_secs(30));
+        let mut etcd: Vec<Child> = self.etcd.take().into_iter().collect();
+        terminate(&mut etcd, Duration::from_secs(10));
     }
 }
 

@@ -12,15 +12,14 @@
 //! Each node's port is on pg_ctl's command line, not in its
 //! `postgresql.conf`: `repmgr standby clone` and `pg_rewind` copy that file
 //! from another node. They are stopped by the PID in their
-//! `postmaster.pid`, and repmgrd by
-//! its child handle (or, should this process die, by the watchdog through
-//! its pid file).
+//! `postmaster.pid`, and repmgrd by its child handle (or, should this
+//! process die, by the watchdog through its pid file).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{io_err, node, poll, ClusterSpec, LocalCluster, LocalNode, LocalPgError};
+use crate::{io_err, node, terminate, ClusterSpec, LocalCluster, LocalNode, LocalPgError};
 
 /// How to build a repmgr cluster.
 #[derive(Debug, Clone)]
@@ -54,8 +53,8 @@ pub struct RepmgrCluster {
     pg: LocalCluster,
     /// Each node's repmgr.conf.
     confs: Vec<PathBuf>,
-    /// repmgrd on each node, while it runs.
-    daemons: Vec<Option<Child>>,
+    /// repmgrd on each node.
+    daemons: Vec<Child>,
 }
 
 impl RepmgrCluster {
@@ -106,11 +105,6 @@ impl RepmgrCluster {
         self.pg.nodes()
     }
 
-    /// The cluster's directory (logs: `pgN.log`, `repmgr-pgN.log`).
-    pub fn dir(&self) -> &Path {
-        self.pg.dir()
-    }
-
     pub fn superuser_password(&self) -> &str {
         self.pg.superuser_password()
     }
@@ -136,21 +130,6 @@ impl RepmgrCluster {
         self.pg_ctl(i, &["-m", "immediate", "stop"])
     }
 
-    /// What `repmgr cluster show` prints, for diagnostics.
-    pub fn show(&self) -> String {
-        let mut cmd = Command::new(self.pg.bins.path("repmgr"));
-        cmd.arg("-f").arg(&self.confs[0]).args(["cluster", "show"]);
-        crate::RunAs::apply(self.pg.run_as, &mut cmd);
-        match cmd.stdin(Stdio::null()).output() {
-            Ok(out) => format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => format!("repmgr cluster show: {e}"),
-        }
-    }
-
     /// The node repmgr's metadata names as the active primary, read on node
     /// `from` (`None` if it cannot be read there or names none).
     pub fn primary_by_repmgr(&self, from: usize) -> Option<usize> {
@@ -161,14 +140,6 @@ impl RepmgrCluster {
             )
             .ok()?;
         self.pg.nodes.iter().position(|n| n.name == name)
-    }
-
-    /// Waits until node `i` is a primary out of recovery, as repmgrd made it.
-    pub fn wait_promoted(&self, i: usize, timeout: Duration) -> Result<(), LocalPgError> {
-        let name = self.pg.nodes[i].name.clone();
-        poll(timeout, &format!("repmgrd to promote {name}"), || {
-            Ok(self.sql(i, "SELECT pg_is_in_recovery()")? == "f")
-        })
     }
 
     /// `repmgr service pause`: repmgrd on every node stops acting on
@@ -217,46 +188,19 @@ impl RepmgrCluster {
         )
     }
 
-    /// Starts repmgrd on node `i` (after a rejoin, say), unless it runs.
-    pub fn start_daemon(&mut self, i: usize) -> Result<(), LocalPgError> {
-        if let Some(Some(child)) = self.daemons.get_mut(i) {
-            if child.try_wait().ok().flatten().is_none() {
-                return Ok(());
-            }
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(
-                self.pg
-                    .dir()
-                    .join(format!("repmgrd-{}.out", self.pg.nodes[i].name)),
-            )
-            .map_err(io_err("open repmgrd output"))?;
-        let log2 = log.try_clone().map_err(io_err("clone log handle"))?;
-        let mut cmd = Command::new(self.pg.bins.path("repmgrd"));
-        cmd.arg("-f")
-            .arg(&self.confs[i])
-            .arg("--daemonize=false")
-            .current_dir(self.pg.dir())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        crate::RunAs::apply(self.pg.run_as, &mut cmd);
-        let child = cmd.spawn().map_err(io_err("spawn repmgrd"))?;
-        if self.daemons.len() <= i {
-            self.daemons.resize_with(i + 1, || None);
-        }
-        self.daemons[i] = Some(child);
+    /// Starts repmgrd on node `i`.
+    fn start_daemon(&mut self, i: usize) -> Result<(), LocalPgError> {
+        let name = format!("repmgrd-{}", self.pg.nodes[i].name);
+        // The helper's pid file is the one the watchdog reads.
+        let child = self.pg.spawn_helper(
+            &name,
+            Command::new(self.pg.bins.path("repmgrd"))
+                .arg("-f")
+                .arg(&self.confs[i])
+                .args(["--daemonize=false", "--no-pid-file"]),
+        )?;
+        self.daemons.push(child);
         Ok(())
-    }
-
-    /// Stops repmgrd on node `i` (SIGTERM), as an operator would before
-    /// maintenance, or to drill a manager that is itself down.
-    pub fn stop_daemon(&mut self, i: usize) {
-        if let Some(mut child) = self.daemons.get_mut(i).and_then(Option::take) {
-            stop_child(&mut child);
-        }
     }
 
     fn clone_standby(&mut self, i: usize, spec: &RepmgrSpec) -> Result<(), LocalPgError> {
@@ -339,7 +283,6 @@ impl RepmgrCluster {
              use_replication_slots=yes\n\
              log_level=INFO\n\
              log_file='{dir}/repmgr-{name}.log'\n\
-             repmgrd_pid_file='{dir}/repmgrd-{name}.pid'\n\
              failover=automatic\n\
              promote_command='{repmgr} standby promote -f {conf} --log-to-file'\n\
              follow_command='{repmgr} standby follow -f {conf} --log-to-file --upstream-node-id=%n'\n\
@@ -395,30 +338,11 @@ impl RepmgrCluster {
 impl Drop for RepmgrCluster {
     fn drop(&mut self) {
         // repmgrd first, or it would restart or promote what is stopped next.
-        for child in self.daemons.iter_mut().filter_map(Option::take).by_ref() {
-            let mut child = child;
-            stop_child(&mut child);
-        }
+        terminate(&mut self.daemons, Duration::from_secs(10));
         for i in (0..self.pg.nodes.len()).rev() {
             let _ = self.pg_ctl(i, &["-m", "fast", "stop"]);
         }
         // The LocalCluster removes the directory (its watchdog stops
         // anything left by its pid file).
-    }
-}
-
-/// SIGTERM, then SIGKILL after 10 s.
-fn stop_child(child: &mut Child) {
-    use nix::sys::signal::{kill, Signal};
-    let _ = kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        Signal::SIGTERM,
-    );
-    let exited = poll(Duration::from_secs(10), "repmgrd to exit", || {
-        Ok(child.try_wait().map_err(io_err("wait repmgrd"))?.is_some())
-    });
-    if exited.is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }

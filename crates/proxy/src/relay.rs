@@ -1302,22 +1302,27 @@ mod tests {
         msg(b'E', &body)
     }
 
+    /// The server's `bytes` scanned in transaction mode with `pending`
+    /// requests owed and replies held as `hold`: the state after, and how
+    /// many bytes are ready for the client.
+    fn scanned(bytes: &[u8], pending: usize, hold: Hold) -> (ServerState, usize) {
+        let mut pipe = Pipe::new(BytesMut::from(bytes), 1 << 20);
+        let mut state = ServerState::new();
+        state.pending = pending;
+        state.hold = hold;
+        scan_server(
+            &mut pipe,
+            SERVER_WATCH_TRANSACTION,
+            &mut state,
+            &mut Tracking::default(),
+        )
+        .unwrap();
+        (state, pipe.ready)
+    }
+
     #[test]
     fn a_read_unit_is_held_until_a_result_and_refused_on_25006() {
-        let held = |bytes: &[u8]| {
-            let mut pipe = Pipe::new(BytesMut::from(bytes), 1 << 20);
-            let mut state = ServerState::new();
-            state.pending = 1;
-            state.hold = Hold::ReadUnit;
-            scan_server(
-                &mut pipe,
-                SERVER_WATCH_TRANSACTION,
-                &mut state,
-                &mut Tracking::default(),
-            )
-            .unwrap();
-            state
-        };
+        let held = |bytes: &[u8]| scanned(bytes, 1, Hold::ReadUnit).0;
         // Descriptions say nothing yet: still held.
         let mut bytes = msg(b'1', b"");
         bytes.extend(msg(b'T', b"\0\0"));
@@ -1340,18 +1345,8 @@ mod tests {
     #[test]
     fn a_request_runs_elsewhere_only_on_a_goodbye_before_any_result() {
         let after = |bytes: &[u8], pending: usize| {
-            let mut pipe = Pipe::new(BytesMut::from(bytes), 1 << 20);
-            let mut state = ServerState::new();
-            state.pending = pending;
-            state.hold = Hold::Request;
-            scan_server(
-                &mut pipe,
-                SERVER_WATCH_TRANSACTION,
-                &mut state,
-                &mut Tracking::default(),
-            )
-            .unwrap();
-            (state.hold, pipe.ready)
+            let (state, ready) = scanned(bytes, pending, Hold::Request);
+            (state.hold, ready)
         };
         let gone = Hold::Gone(Goodbye::Terminated);
         // The goodbye first, or after replies that tell of no execution.
@@ -1388,6 +1383,55 @@ mod tests {
         assert_eq!(after(&error("WARNING", "57P01"), 1).0, Hold::Off);
         // A request that is not a read unit is not refused on 25006.
         assert_eq!(after(&error("ERROR", "25006"), 1).0, Hold::Off);
+    }
+
+    #[test]
+    fn a_reset_before_the_request_ended_runs_it_elsewhere() {
+        use std::io::{Error, ErrorKind};
+        let mut state = ServerState::new();
+        state.pending = 1;
+        state.hold = Hold::Request;
+        let reset = || Error::from(ErrorKind::ConnectionReset);
+        assert!(matches!(
+            server_failed(reset(), &state),
+            RelayEnd::ServerGone(Goodbye::Reset)
+        ));
+        assert!(matches!(
+            server_failed(Error::from(ErrorKind::BrokenPipe), &state),
+            RelayEnd::ServerGone(Goodbye::Reset)
+        ));
+        // Another error, two requests owed (the first may have committed),
+        // or a result already seen: the client is told.
+        assert!(matches!(
+            server_failed(Error::from(ErrorKind::TimedOut), &state),
+            RelayEnd::ServerIo(_)
+        ));
+        state.pending = 2;
+        assert!(matches!(
+            server_failed(reset(), &state),
+            RelayEnd::ServerIo(_)
+        ));
+        state.pending = 1;
+        state.hold = Hold::Off;
+        assert!(matches!(
+            server_failed(reset(), &state),
+            RelayEnd::ServerIo(_)
+        ));
+    }
+
+    #[test]
+    fn a_goodbye_after_the_last_answer_is_not_the_clients() {
+        let mut bytes = msg(b'C', b"SELECT 1\0");
+        bytes.extend(msg(b'Z', b"I"));
+        bytes.extend(error("FATAL", "57P01"));
+        let (state, ready) = scanned(&bytes, 1, Hold::Off);
+        assert_eq!(state.pending, 0);
+        assert!(state.said_goodbye(), "the server is not reused");
+        assert_eq!(
+            ready,
+            bytes.len() - error("FATAL", "57P01").len(),
+            "not forwarded"
+        );
     }
 
     #[test]

@@ -436,14 +436,27 @@ impl RunningPgherd {
 
     /// Waits (up to 30 s) until the topology satisfies `ok`; panics otherwise.
     pub async fn wait_topology(&self, what: &str, ok: impl Fn(&pgherd_cluster::Topology) -> bool) {
-        let found = self
-            .handle
-            .cluster()
-            .wait_for(std::time::Duration::from_secs(30), |t| ok(t).then_some(()))
-            .await;
-        if let Err(t) = found {
-            panic!("topology never showed {what}: {}", t.describe());
-        }
+        self.wait_topology_for(std::time::Duration::from_secs(30), what, |t| {
+            ok(t).then_some(())
+        })
+        .await
+    }
+
+    /// Waits up to `timeout` until `pick` chooses something in the
+    /// topology (a failover manager's delay can exceed [`wait_topology`]'s
+    /// 30 s); panics otherwise.
+    ///
+    /// [`wait_topology`]: RunningPgherd::wait_topology
+    pub async fn wait_topology_for<T>(
+        &self,
+        timeout: std::time::Duration,
+        what: &str,
+        pick: impl Fn(&pgherd_cluster::Topology) -> Option<T>,
+    ) -> T {
+        let found = match self.handle.cluster().wait_for(timeout, pick).await {
+            Ok(found) => found,
+            Err(t) => panic!("topology never showed {what}: {}", t.describe()),
+        };
         // The primary the data path reads without the topology's lock
         // agrees with the topology (once the evaluator is done storing).
         let cluster = self.handle.cluster();
@@ -457,6 +470,22 @@ impl RunningPgherd {
             );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        found
+    }
+
+    /// Waits (up to 120 s: a manager may first wait out its own timeouts)
+    /// until node `primary` is the primary and every other node serves
+    /// reads streaming from it.
+    pub async fn wait_settled(&self, primary: usize) {
+        let what = format!("node {primary} primary, every other node reading from it");
+        self.wait_topology_for(std::time::Duration::from_secs(120), &what, |t| {
+            (t.primary == Some(primary)
+                && (0..t.nodes.len())
+                    .filter(|&i| i != primary)
+                    .all(|i| t.nodes[i].serves_reads() && !t.nodes[i].orphaned))
+            .then_some(())
+        })
+        .await
     }
 
     /// Waits until both standbys of the shared cluster serve reads.
