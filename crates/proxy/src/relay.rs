@@ -253,12 +253,15 @@ const MAX_HELD: usize = 64 * 1024;
 /// A transaction-mode request can run again elsewhere should its server
 /// turn out to be leaving. A server that PostgreSQL stops (`pg_ctl stop -m
 /// fast`, a switchover), terminates or times out answers with a FATAL 57P01
-/// or 57P05 raised where the backend checks for interrupts: never between a
-/// commit and its CommandComplete. So when that FATAL is the first thing
-/// the server says after a request, the request did not run. Until then
-/// the replies that tell of no execution (ParseComplete, BindComplete,
-/// RowDescription ...) are held back, so the client has seen nothing; and
-/// only while the client sends nothing more (its bytes since are not kept).
+/// or 57P05 raised where the backend checks for interrupts. The backend
+/// queues a statement's CommandComplete right after its commit and checks
+/// next when it reads again (PostgreSQL's `postgres.c`, as read, not
+/// traced; the drills agree: no acknowledged write twice, none missing).
+/// So when that FATAL is the first thing the server says after a request,
+/// the request did not run. Until then the replies that tell of no
+/// execution (ParseComplete, BindComplete, RowDescription ...) are held
+/// back, so the client has seen nothing, and what the client sends
+/// meanwhile is kept with the request (up to [`MAX_HELD`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Hold {
     /// Replies flow to the client.
