@@ -329,7 +329,7 @@ async fn a_users_auth_type_overrides_the_global_one() {
         raw.startup(&[("user", user), ("database", "postgres")])
             .await;
         let request = raw.recv().await.unwrap();
-        assert_eq!(request.tag, b'R', "{user}");
+        assert_eq!(request.tag, pgherd_wire::backend::AUTHENTICATION, "{user}");
         let code = i32::from_be_bytes(request.body[..4].try_into().unwrap());
         assert_eq!(code, expected, "{user}");
     }

@@ -153,7 +153,7 @@ impl RawClient {
     pub async fn expect_error(&mut self) -> pgherd_wire::backend::ErrorFields {
         loop {
             let f = self.recv().await.expect("an ErrorResponse before close");
-            if f.tag == b'E' {
+            if f.tag == pgherd_wire::backend::ERROR_RESPONSE {
                 return pgherd_wire::backend::ErrorFields::parse(&f.body).expect("valid error");
             }
         }
@@ -184,14 +184,18 @@ impl RawClient {
         let mut authenticated = false;
         while let Some(f) = self.recv().await {
             if authenticated {
-                let done = f.tag == b'Z';
+                let done = f.tag == pgherd_wire::backend::READY_FOR_QUERY;
                 after_ok.push(f);
                 if done {
                     return after_ok;
                 }
                 continue;
             }
-            assert_eq!(f.tag, b'R', "authentication request expected");
+            assert_eq!(
+                f.tag,
+                pgherd_wire::backend::AUTHENTICATION,
+                "authentication request expected"
+            );
             let code = i32::from_be_bytes(f.body[..4].try_into().expect("code"));
             let mut out = bytes::BytesMut::new();
             match code {

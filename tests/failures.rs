@@ -134,7 +134,7 @@ async fn garbage_after_login_and_oversized_messages() {
     // A message whose length field is impossible.
     let mut raw = RawClient::connect(&pgherd).await;
     raw.login_app().await;
-    raw.send(&[b'Q', 0, 0, 0, 2]).await;
+    raw.send(&[pgherd_wire::frontend::QUERY, 0, 0, 0, 2]).await;
     expect_protocol_violation(&mut raw).await;
 
     // A message over max_packet_size is refused before it is read.
@@ -150,7 +150,7 @@ async fn garbage_after_login_and_oversized_messages() {
     let mut raw = RawClient::connect(&pgherd).await;
     raw.startup(&[("user", "app"), ("database", "app")]).await;
     let f = raw.recv().await.unwrap();
-    assert_eq!(f.tag, b'R');
+    assert_eq!(f.tag, pgherd_wire::backend::AUTHENTICATION);
     let mut q = bytes::BytesMut::new();
     pgherd_wire::frontend::query(&mut q, "SELECT 1");
     raw.send(&q).await;
@@ -339,7 +339,17 @@ async fn one_bad_client_does_not_disturb_a_streaming_one() {
         if seen % 10_000 == 0 {
             let mut bad = RawClient::connect(&pgherd).await;
             bad.login_app().await;
-            bad.send(&[b'Q', 0xff, 0xff, 0xff, 0xf0, 1, 2, 3]).await;
+            bad.send(&[
+                pgherd_wire::frontend::QUERY,
+                0xff,
+                0xff,
+                0xff,
+                0xf0,
+                1,
+                2,
+                3,
+            ])
+            .await;
             expect_protocol_violation(&mut bad).await;
         }
     }

@@ -140,7 +140,7 @@ async fn backend_key_data_pid_is_the_servers() {
     let welcome = raw.login_app().await;
     let key = welcome
         .iter()
-        .find(|f| f.tag == b'K')
+        .find(|f| f.tag == pgherd_wire::backend::BACKEND_KEY_DATA)
         .expect("BackendKeyData");
     let pid = i32::from_be_bytes(key.body[..4].try_into().unwrap());
     let mut q = bytes::BytesMut::new();
@@ -148,7 +148,7 @@ async fn backend_key_data_pid_is_the_servers() {
     raw.send(&q).await;
     let row = loop {
         let f = raw.recv().await.unwrap();
-        if f.tag == b'D' {
+        if f.tag == pgherd_wire::backend::DATA_ROW {
             break f;
         }
     };
@@ -157,7 +157,7 @@ async fn backend_key_data_pid_is_the_servers() {
     // ParameterStatus values are the server's own.
     let version = welcome
         .iter()
-        .filter(|f| f.tag == b'S')
+        .filter(|f| f.tag == pgherd_wire::backend::PARAMETER_STATUS)
         .filter_map(|f| pgherd_wire::backend::parameter_status_view(&f.body))
         .find(|(k, _)| *k == "server_version")
         .map(|(_, v)| v.to_owned())
@@ -442,12 +442,19 @@ async fn newer_protocol_versions_are_negotiated_down() {
     packet.extend(body);
     raw.send(&packet).await;
     let v = raw.recv().await.unwrap();
-    assert_eq!(v.tag, b'v', "NegotiateProtocolVersion first");
+    assert_eq!(
+        v.tag,
+        pgherd_wire::backend::NEGOTIATE_PROTOCOL_VERSION,
+        "NegotiateProtocolVersion first"
+    );
     assert_eq!(&v.body[..8], &[0, 3, 0, 0, 0, 0, 0, 1]);
     assert_eq!(&v.body[8..], b"_pq_.future\0");
     let ok = raw.recv().await.unwrap();
-    assert_eq!((ok.tag, &ok.body[..]), (b'R', &[0u8, 0, 0, 0][..]));
-    while raw.recv().await.unwrap().tag != b'Z' {}
+    assert_eq!(
+        (ok.tag, &ok.body[..]),
+        (pgherd_wire::backend::AUTHENTICATION, &[0u8, 0, 0, 0][..])
+    );
+    while raw.recv().await.unwrap().tag != pgherd_wire::backend::READY_FOR_QUERY {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

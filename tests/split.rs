@@ -253,13 +253,14 @@ async fn bad_or_unfinished_requests_in_auto_mode_take_no_server() {
     // A length below the minimum: 08P01, as in the other modes.
     let mut raw = RawClient::connect(&pgherd).await;
     raw.login_app().await;
-    raw.send(&[b'Q', 0, 0, 0, 3]).await;
+    raw.send(&[pgherd_wire::frontend::QUERY, 0, 0, 0, 3]).await;
     assert_eq!(raw.expect_error().await.code, "08P01");
     assert!(raw.closed().await);
     // Half a query, then gone: classified never, no server taken.
     let mut raw = RawClient::connect(&pgherd).await;
     raw.login_app().await;
-    raw.send(&[b'Q', 0, 0, 0, 100, b'S', b'E']).await;
+    raw.send(&[pgherd_wire::frontend::QUERY, 0, 0, 0, 100, b'S', b'E'])
+        .await;
     drop(raw);
     for _ in 0..100 {
         if pgherd.handle.client_count() == 0 {

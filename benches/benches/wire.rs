@@ -9,6 +9,7 @@
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use pgherd_wire::backend;
 use pgherd_wire::frame::put_message;
 use pgherd_wire::{next_frame, Chunk, Scanner};
 
@@ -18,12 +19,16 @@ fn select_reply() -> BytesMut {
     let mut out = BytesMut::new();
     put_message(
         &mut out,
-        b'T',
+        backend::ROW_DESCRIPTION,
         &[b"\x00\x01abalance\x00\x00\x00\x40\x00\x00\x03\x00\x00\x17\x00\x04\xff\xff\xff\xff\x00\x00"],
     );
-    put_message(&mut out, b'D', &[b"\x00\x01\x00\x00\x00\x04-123"]);
-    put_message(&mut out, b'C', &[b"SELECT 1\x00"]);
-    put_message(&mut out, b'Z', &[b"I"]);
+    put_message(
+        &mut out,
+        backend::DATA_ROW,
+        &[b"\x00\x01\x00\x00\x00\x04-123"],
+    );
+    put_message(&mut out, backend::COMMAND_COMPLETE, &[b"SELECT 1\x00"]);
+    put_message(&mut out, backend::READY_FOR_QUERY, &[b"I"]);
     out
 }
 
@@ -32,7 +37,11 @@ fn result_rows() -> BytesMut {
     let mut out = BytesMut::new();
     let row = [b'x'; 94];
     while out.len() < 16 * 1024 {
-        put_message(&mut out, b'D', &[b"\x00\x01\x00\x00\x00\x5e", &row]);
+        put_message(
+            &mut out,
+            backend::DATA_ROW,
+            &[b"\x00\x01\x00\x00\x00\x5e", &row],
+        );
     }
     out
 }
@@ -44,7 +53,7 @@ fn scan_all(buf: &[u8]) -> usize {
     let mut at = 0;
     let mut messages = 0;
     loop {
-        match scanner.next(&buf[at..], |tag| tag == b'Z') {
+        match scanner.next(&buf[at..], |tag| tag == backend::READY_FOR_QUERY) {
             Ok(Chunk::Opaque { len, starts }) => {
                 messages += usize::from(starts.is_some());
                 at += len;

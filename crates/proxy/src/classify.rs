@@ -22,7 +22,8 @@
 //! primary.
 
 use pgherd_wire::cstr::split_cstr_bytes;
-use pgherd_wire::frame::parse_header;
+use pgherd_wire::frame::{self, parse_header};
+use pgherd_wire::frontend::{self, Bind, Parse};
 
 use crate::prepared::ClientStatements;
 
@@ -58,11 +59,11 @@ pub(crate) fn classify(buf: &[u8], statements: Option<&ClientStatements>) -> Req
         if end > buf.len() {
             return incomplete(buf);
         }
-        let body = &buf[at + 5..end];
+        let body = frame::body(&buf[at..end]);
         let first = at == 0;
         at = end;
         let reads = match tag {
-            b'Q' => {
+            frontend::QUERY => {
                 let text = split_cstr_bytes(body).map(|(t, _)| t).unwrap_or_default();
                 if !first || at != buf.len() {
                     // Not alone: part of a batch, or with more after it.
@@ -74,26 +75,26 @@ pub(crate) fn classify(buf: &[u8], statements: Option<&ClientStatements>) -> Req
                     Sql::Write => Request::Write,
                 };
             }
-            b'P' => match split_cstr_bytes(body)
-                .and_then(|(name, rest)| Some((name, split_cstr_bytes(rest)?.0)))
-            {
-                Some((name, text)) => {
-                    unnamed_parsed |= name.is_empty();
-                    classify_sql(text) == Sql::Read
+            frontend::PARSE => match Parse::from_body(body) {
+                Some(parse) => {
+                    unnamed_parsed |= parse.name.is_empty();
+                    parse
+                        .query()
+                        .is_some_and(|text| classify_sql(text) == Sql::Read)
                 }
                 None => false,
             },
-            b'B' => match split_cstr_bytes(body).and_then(|(_, rest)| split_cstr_bytes(rest)) {
-                Some((b"", _)) => unnamed_parsed,
-                Some((name, _)) => statements
-                    .and_then(|s| s.query(name))
+            frontend::BIND => match Bind::from_body(body) {
+                Some(Bind { statement: b"", .. }) => unnamed_parsed,
+                Some(bind) => statements
+                    .and_then(|s| s.query(bind.statement))
                     .is_some_and(|text| classify_sql(text) == Sql::Read),
                 None => false,
             },
-            b'D' | b'E' | b'H' => true,
+            frontend::DESCRIBE | frontend::EXECUTE | frontend::FLUSH => true,
             // Sync ends the unit; anything after it is pipelined.
-            b'S' if at == buf.len() => return Request::Read,
-            b'S' => return Request::Write,
+            frontend::SYNC if at == buf.len() => return Request::Read,
+            frontend::SYNC => return Request::Write,
             // Close, FunctionCall, COPY data...: not a plain read.
             _ => false,
         };
@@ -204,7 +205,6 @@ fn words(text: &[u8]) -> impl Iterator<Item = &[u8]> {
 mod tests {
     use super::*;
     use bytes::BytesMut;
-    use pgherd_wire::frame::put_message;
 
     fn sql(text: &str) -> Sql {
         classify_sql(text.as_bytes())
@@ -264,20 +264,19 @@ mod tests {
 
     fn query(text: &str) -> Vec<u8> {
         let mut b = BytesMut::new();
-        put_message(&mut b, b'Q', &[text.as_bytes(), b"\0"]);
+        frontend::query(&mut b, text);
         b.to_vec()
     }
 
     fn batch(parse_name: &str, bind_name: &str, text: &str) -> Vec<u8> {
         let mut b = BytesMut::new();
         if !text.is_empty() {
-            let name = format!("{parse_name}\0");
-            put_message(&mut b, b'P', &[name.as_bytes(), text.as_bytes(), b"\0\0\0"]);
+            let definition = format!("{text}\0\0\0");
+            frontend::parse(&mut b, parse_name.as_bytes(), definition.as_bytes());
         }
-        let bind = format!("\0{bind_name}\0");
-        put_message(&mut b, b'B', &[bind.as_bytes(), b"\0\0\0\0\0\0"]);
-        put_message(&mut b, b'E', &[b"\0\0\0\0\0"]);
-        put_message(&mut b, b'S', &[]);
+        frontend::bind(&mut b, b"", bind_name.as_bytes(), b"\0\0\0\0\0\0");
+        frontend::execute(&mut b, b"");
+        frontend::sync(&mut b);
         b.to_vec()
     }
 
@@ -313,7 +312,7 @@ mod tests {
         let mut server = Default::default();
         let mut expected = Default::default();
         let mut parse = BytesMut::new();
-        put_message(&mut parse, b'P', &[b"s1\0SELECT 1\0\0\0"]);
+        frontend::parse(&mut parse, b"s1", b"SELECT 1\0\0\0");
         crate::prepared::rewrite(&parse, &mut statements, &mut server, &mut expected, 10);
         let b = batch("", "s1", "");
         assert_eq!(classify(&b, Some(&statements)), Request::Read);

@@ -12,7 +12,10 @@ use pgherd_auth::{ScramError, ScramServer};
 use pgherd_config::AuthType;
 use pgherd_tls::{ClientTls, Stream};
 use pgherd_wire::backend::{self, ErrorFields};
-use pgherd_wire::startup::{StartupMessage, StartupPacket};
+use pgherd_wire::sqlstate;
+use pgherd_wire::startup::{
+    EncryptionRequest, StartupMessage, StartupPacket, ENCRYPTION_ACCEPTED, ENCRYPTION_REFUSED,
+};
 use pgherd_wire::{decode_startup, frontend, next_frame, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -68,7 +71,10 @@ pub(crate) enum Refused {
 
 /// What a client hears when its login takes longer than `client_login_timeout`.
 fn login_timeout() -> ErrorFields {
-    ErrorFields::fatal("08P01", "client_login_timeout: login took too long")
+    ErrorFields::fatal(
+        sqlstate::PROTOCOL_VIOLATION,
+        "client_login_timeout: login took too long",
+    )
 }
 
 impl From<std::io::Error> for Refused {
@@ -79,13 +85,13 @@ impl From<std::io::Error> for Refused {
 
 fn auth_failed(user: &str) -> Refused {
     Refused::Fatal(ErrorFields::fatal(
-        "28P01",
+        sqlstate::INVALID_PASSWORD,
         format!("password authentication failed for user \"{user}\""),
     ))
 }
 
 fn protocol_violation(message: impl Into<String>) -> Refused {
-    Refused::Fatal(ErrorFields::fatal("08P01", message))
+    Refused::Fatal(ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, message))
 }
 
 /// pgbouncer's `application_name_add_host`: the client's address after the
@@ -115,15 +121,11 @@ fn check_peer(peer: ClientAddr, user: &str) -> Result<(), Refused> {
     match os_user {
         Some(os_user) if os_user.name == user => Ok(()),
         _ => Err(Refused::Fatal(ErrorFields::fatal(
-            "28000",
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             format!("peer authentication failed for user \"{user}\""),
         ))),
     }
 }
-
-/// PostgreSQL's SSLRequest and GSSENCRequest codes.
-const SSL_REQUEST_CODE: u32 = 80_877_103;
-const GSSENC_REQUEST_CODE: u32 = 80_877_104;
 
 impl Client {
     /// A new connection, before anything is read: negotiates encryption
@@ -153,19 +155,17 @@ impl Client {
                     return Err(Refused::TimedOut);
                 }
             };
-            let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-            let is_request = head[..4] == 8u32.to_be_bytes();
-            match (code, stream) {
-                (SSL_REQUEST_CODE, Stream::Plain(mut tcp)) if is_request && tls.offered() => {
-                    tcp.write_all(b"S").await?;
+            match (EncryptionRequest::from_head(&head), stream) {
+                (Some(EncryptionRequest::Ssl), Stream::Plain(mut tcp)) if tls.offered() => {
+                    tcp.write_all(&[ENCRYPTION_ACCEPTED]).await?;
                     let stream = tokio::time::timeout_at(deadline, tls.accept(tcp))
                         .await
                         .map_err(|_| Refused::TimedOut)?
                         .map_err(Refused::Handshake)?;
                     return Ok(Client { stream, buf, peer });
                 }
-                (SSL_REQUEST_CODE | GSSENC_REQUEST_CODE, mut plain) if is_request => {
-                    plain.write_all(b"N").await?;
+                (Some(_), mut plain) => {
+                    plain.write_all(&[ENCRYPTION_REFUSED]).await?;
                     stream = plain;
                 }
                 (_, stream) => {
@@ -210,7 +210,7 @@ impl Client {
                         // be read as TLS by a real server (CVE-2021-23214).
                         return Err(protocol_violation("unexpected data after SSL request"));
                     }
-                    self.stream.send(b"N").await?;
+                    self.stream.send(&[ENCRYPTION_REFUSED]).await?;
                 }
                 StartupPacket::Cancel { pid, secret } => {
                     return Err(Refused::Cancel { pid, secret })
@@ -282,7 +282,7 @@ impl Client {
         // As pgbouncer: a Unix-domain socket needs no encryption.
         if !self.stream.is_tls() && !self.peer.is_unix() && tls.client.required() {
             return Err(Refused::TlsRequired(ErrorFields::fatal(
-                "28000",
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
                 format!(
                     "pgherd requires TLS: connect with sslmode=require or stronger \
                      (client_tls_sslmode = {})",
@@ -293,7 +293,7 @@ impl Client {
         drop(tls);
         if over_limit {
             return Err(Refused::Fatal(ErrorFields::fatal(
-                "53300",
+                sqlstate::TOO_MANY_CONNECTIONS,
                 "no more connections allowed (max_client_conn)",
             )));
         }
@@ -305,7 +305,7 @@ impl Client {
             Some(u) if !u.is_empty() => u.to_owned(),
             _ => {
                 return Err(Refused::Fatal(ErrorFields::fatal(
-                    "28000",
+                    sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
                     "no PostgreSQL user name specified in startup packet",
                 )))
             }
@@ -413,7 +413,7 @@ impl Client {
         };
         let refused = |what: String| {
             Err(Refused::Fatal(ErrorFields::fatal(
-                "28000",
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
                 format!(
                     "{what} for host \"{host}\", user \"{user}\", database \"{database}\", {tls}"
                 ),
@@ -494,7 +494,7 @@ impl Client {
     ) -> Result<[u8; 32], Refused> {
         let failed = || {
             Refused::Fatal(ErrorFields::fatal(
-                "28P01",
+                sqlstate::INVALID_PASSWORD,
                 format!("password authentication failed for user \"{user}\""),
             ))
         };

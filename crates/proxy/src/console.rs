@@ -25,6 +25,7 @@ use pgherd_config::PoolMode;
 use pgherd_wire::backend::{self, oid, ErrorFields, TxStatus};
 use pgherd_wire::frame::next_frame;
 use pgherd_wire::frontend;
+use pgherd_wire::sqlstate;
 use tokio::io::AsyncReadExt;
 
 use crate::client::{Authenticated, Client};
@@ -64,8 +65,12 @@ enum Command {
 impl Command {
     fn parse(sql: &str) -> Result<Command, ErrorFields> {
         let text = sql.trim().trim_end_matches(';').trim();
-        let invalid =
-            || ErrorFields::error("42601", format!("invalid command '{text}', use SHOW HELP;"));
+        let invalid = || {
+            ErrorFields::error(
+                sqlstate::SYNTAX_ERROR,
+                format!("invalid command '{text}', use SHOW HELP;"),
+            )
+        };
         let mut words = text.split_whitespace();
         let Some(verb) = words.next() else {
             return Ok(Command::Empty);
@@ -75,7 +80,7 @@ impl Command {
             return Err(invalid());
         }
         let required = |arg: Option<String>| {
-            arg.ok_or_else(|| ErrorFields::error("42601", "a database is required"))
+            arg.ok_or_else(|| ErrorFields::error(sqlstate::SYNTAX_ERROR, "a database is required"))
         };
         Ok(match verb.to_ascii_uppercase().as_str() {
             "SHOW" => Command::Show(required(arg).map_err(|_| invalid())?.to_ascii_uppercase()),
@@ -94,7 +99,10 @@ impl Command {
                     None => arg.parse().ok(),
                 };
                 Command::KillClient(id.ok_or_else(|| {
-                    ErrorFields::error("22023", "KILL_CLIENT takes a client id (see SHOW CLIENTS)")
+                    ErrorFields::error(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        "KILL_CLIENT takes a client id (see SHOW CLIENTS)",
+                    )
                 })?)
             }
             "SHUTDOWN" if arg.is_none() => Command::Shutdown,
@@ -128,7 +136,7 @@ pub(crate) async fn serve(
         Access::Stats
     } else {
         return Err(ErrorFields::fatal(
-            "42501",
+            sqlstate::INSUFFICIENT_PRIVILEGE,
             format!(
                 "user \"{}\" may not use the admin console (not in admin_users or stats_users)",
                 auth.user
@@ -159,7 +167,7 @@ pub(crate) async fn serve(
     }
     backend::backend_key_data(&mut out, 0, [0; 4]);
     backend::ready_for_query(&mut out, TxStatus::Idle);
-    let io = |_| ErrorFields::fatal("08006", "client connection lost");
+    let io = |_| ErrorFields::fatal(sqlstate::CONNECTION_FAILURE, "client connection lost");
     client.stream.send(&out).await.map_err(io)?;
     let max = general.max_packet_size;
     loop {
@@ -167,7 +175,12 @@ pub(crate) async fn serve(
             match next_frame(&mut client.buf, max) {
                 Ok(Some(f)) => break f,
                 Ok(None) => {}
-                Err(e) => return Err(ErrorFields::fatal("08P01", e.to_string())),
+                Err(e) => {
+                    return Err(ErrorFields::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        e.to_string(),
+                    ))
+                }
             }
             tokio::select! {
                 read = client.stream.read_buf(&mut client.buf) => match read {
@@ -183,7 +196,9 @@ pub(crate) async fn serve(
             frontend::QUERY => {
                 let sql = pgherd_wire::cstr::split_cstr(&frame.body)
                     .map(|(s, _)| s)
-                    .ok_or_else(|| ErrorFields::fatal("08P01", "malformed Query message"))?;
+                    .ok_or_else(|| {
+                        ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, "malformed Query message")
+                    })?;
                 let shutdown = run(shared, access, sql, &mut out).await;
                 backend::ready_for_query(&mut out, TxStatus::Idle);
                 client.stream.send(&out).await.map_err(io)?;
@@ -193,7 +208,7 @@ pub(crate) async fn serve(
             }
             other => {
                 return Err(ErrorFields::fatal(
-                    "08P01",
+                    sqlstate::PROTOCOL_VIOLATION,
                     format!(
                     "the admin console supports the simple query protocol only (got message {:?})",
                     char::from(other)
@@ -206,7 +221,7 @@ pub(crate) async fn serve(
 
 fn killed() -> ErrorFields {
     ErrorFields::fatal(
-        "57P01",
+        sqlstate::ADMIN_SHUTDOWN,
         "terminating connection due to administrator command",
     )
 }
@@ -222,7 +237,7 @@ async fn run(shared: &Shared, access: Access, sql: &str, out: &mut BytesMut) -> 
     };
     if command.is_control() && access != Access::Admin {
         ErrorFields::error(
-            "42501",
+            sqlstate::INSUFFICIENT_PRIVILEGE,
             "admin console: stats users may only run SHOW commands",
         )
         .encode(out);
@@ -290,8 +305,10 @@ async fn run(shared: &Shared, access: Access, sql: &str, out: &mut BytesMut) -> 
     };
     if let Err(e) = result {
         let code = match e {
-            ControlError::UnknownDatabase(_) => "3D000",
-            ControlError::UnknownClient(_) | ControlError::UnknownNode(_) => "42704",
+            ControlError::UnknownDatabase(_) => sqlstate::INVALID_CATALOG_NAME,
+            ControlError::UnknownClient(_) | ControlError::UnknownNode(_) => {
+                sqlstate::UNDEFINED_OBJECT
+            }
         };
         ErrorFields::error(code, e.to_string()).encode(out);
     }
@@ -373,7 +390,7 @@ fn show(shared: &Shared, what: &str, out: &mut BytesMut) -> Result<(), ErrorFiel
         "NODES" => show_nodes(shared, out),
         _ => {
             return Err(ErrorFields::error(
-                "42601",
+                sqlstate::SYNTAX_ERROR,
                 format!("invalid command 'SHOW {what}', use SHOW HELP;"),
             ))
         }

@@ -60,6 +60,7 @@ use listen::Listener;
 use pgherd_cluster::{Cluster, ClusterEvent, Topology};
 use pgherd_config::{Config, PoolMode, Target};
 use pgherd_pool::Pool;
+use pgherd_wire::sqlstate;
 use rand::RngCore;
 
 pub use addr::ClientAddr;
@@ -380,8 +381,10 @@ impl LoginFailures {
             Refused::Fatal(fields) => {
                 tracing::info!(%peer, "login refused: {fields}");
                 match fields.code.as_str() {
-                    "28P01" | "28000" => &self.auth,
-                    "53300" => &self.limit,
+                    sqlstate::INVALID_PASSWORD | sqlstate::INVALID_AUTHORIZATION_SPECIFICATION => {
+                        &self.auth
+                    }
+                    sqlstate::TOO_MANY_CONNECTIONS => &self.limit,
                     _ => &self.protocol,
                 }
             }

@@ -27,14 +27,14 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use pgherd_wire::cstr::split_cstr_bytes;
-use pgherd_wire::frame::put_message;
+use pgherd_wire::frontend::{self, Bind, Parse, Target};
+use pgherd_wire::{backend, frame};
 
 /// A statement as pgherd prepares it on servers.
 #[derive(Debug)]
 pub(crate) struct Statement {
     hash: u64,
-    /// pgherd's name for it, NUL-terminated.
+    /// pgherd's name for it.
     name: Vec<u8>,
     /// The whole `Parse` message under pgherd's name.
     parse: Bytes,
@@ -110,11 +110,11 @@ impl Expected {
         self.close.retain(|(_, b)| *b != current);
     }
 
-    /// Whether to swallow a ParseComplete (`tag` `1`) or CloseComplete (`3`).
+    /// Whether to swallow a ParseComplete or CloseComplete (`tag`).
     pub(crate) fn swallow(&mut self, tag: u8) -> bool {
         let queue = match tag {
-            b'1' => &mut self.parse,
-            b'3' => &mut self.close,
+            backend::PARSE_COMPLETE => &mut self.parse,
+            backend::CLOSE_COMPLETE => &mut self.close,
             _ => return false,
         };
         queue.pop_front().is_some_and(|(swallow, _)| swallow)
@@ -134,16 +134,15 @@ impl ClientStatements {
     /// The query text of the client's statement `name`.
     pub(crate) fn query(&self, name: &[u8]) -> Option<&[u8]> {
         let statement = self.by_name.get(name)?;
-        let (_, rest) = split_cstr_bytes(statement.parse.get(5..)?)?;
-        Some(split_cstr_bytes(rest)?.0)
+        Parse::from_body(frame::body(&statement.parse))?.query()
     }
 }
 
-/// Rewrites a whole client message (`P`, `B`, `D` or `C`, tag and length
-/// included) so it refers to pgherd's statement names, preparing on the
-/// server what it lacks, and records which replies to swallow. `max` bounds
-/// the statements kept per server. Malformed messages are kept as they are:
-/// the server will reject them with the right error.
+/// Rewrites a whole client message (`Parse`, `Bind`, `Describe` or `Close`,
+/// tag and length included) so it refers to pgherd's statement names,
+/// preparing on the server what it lacks, and records which replies to
+/// swallow. `max` bounds the statements kept per server. Malformed messages
+/// are kept as they are: the server will reject them with the right error.
 pub(crate) fn rewrite(
     msg: &[u8],
     client: &mut ClientStatements,
@@ -151,35 +150,36 @@ pub(crate) fn rewrite(
     expected: &mut Expected,
     max: usize,
 ) -> Rewrite {
-    let body = &msg[5..];
+    let body = frame::body(msg);
     let batch = expected.sent;
-    match msg[0] {
-        b'P' => {
-            let Some((name, rest)) = split_cstr_bytes(body) else {
+    match msg.first().copied() {
+        Some(frontend::PARSE) => {
+            let Some(parse) = Parse::from_body(body) else {
                 return Rewrite::Keep;
             };
-            if name.is_empty() {
+            if parse.name.is_empty() {
                 expected.parse.push_back((false, batch));
                 return Rewrite::Keep;
             }
             let mut h = DefaultHasher::new();
-            rest.hash(&mut h);
+            parse.definition.hash(&mut h);
             let hash = h.finish();
-            let mut server_name = format!("pgherd_{hash:016x}").into_bytes();
-            server_name.push(0);
-            let mut parse = BytesMut::new();
-            put_message(&mut parse, b'P', &[&server_name, rest]);
+            let name = server_name(hash).into_bytes();
+            let mut whole = BytesMut::new();
+            frontend::parse(&mut whole, &name, parse.definition);
             let statement = Arc::new(Statement {
                 hash,
-                name: server_name,
-                parse: parse.freeze(),
+                name,
+                parse: whole.freeze(),
             });
-            client.by_name.insert(name.to_vec(), Arc::clone(&statement));
+            client
+                .by_name
+                .insert(parse.name.to_vec(), Arc::clone(&statement));
             let mut out = BytesMut::new();
             if server.present.contains(&hash) {
                 // Re-parse under the same name so the client gets its
                 // ParseComplete; the CloseComplete is pgherd's.
-                put_message(&mut out, b'C', &[b"S", &statement.name]);
+                frontend::close(&mut out, Target::Statement(&statement.name));
                 expected.close.push_back((true, batch));
             } else {
                 make_room(&mut out, server, expected, max, batch);
@@ -189,15 +189,12 @@ pub(crate) fn rewrite(
             expected.parse.push_back((false, batch));
             Rewrite::Replace(out)
         }
-        b'B' => {
-            let Some((portal, rest)) = split_cstr_bytes(body) else {
+        Some(frontend::BIND) => {
+            let Some(bind) = Bind::from_body(body) else {
                 return Rewrite::Keep;
             };
-            let Some((name, params)) = split_cstr_bytes(rest) else {
-                return Rewrite::Keep;
-            };
-            let Some(statement) = (!name.is_empty())
-                .then(|| client.by_name.get(name))
+            let Some(statement) = (!bind.statement.is_empty())
+                .then(|| client.by_name.get(bind.statement))
                 .flatten()
                 .cloned()
             else {
@@ -205,53 +202,46 @@ pub(crate) fn rewrite(
             };
             let mut out = BytesMut::new();
             ensure(&mut out, &statement, server, expected, max, batch);
-            let mut portal_z = portal.to_vec();
-            portal_z.push(0);
-            put_message(&mut out, b'B', &[&portal_z, &statement.name, params]);
+            frontend::bind(&mut out, bind.portal, &statement.name, bind.rest);
             Rewrite::Replace(out)
         }
-        b'D' | b'C' => {
-            let (kind, name) = match body.split_first() {
-                Some((&b'S', rest)) => (b'S', rest),
-                _ => {
-                    if msg[0] == b'C' {
-                        expected.close.push_back((false, batch));
-                    }
-                    return Rewrite::Keep;
+        Some(tag @ (frontend::DESCRIBE | frontend::CLOSE)) => {
+            let closing = tag == frontend::CLOSE;
+            let statement = match Target::from_body(body) {
+                Some(Target::Statement(name)) if !name.is_empty() && closing => {
+                    client.by_name.remove(name)
                 }
-            };
-            let Some((name, [])) = split_cstr_bytes(name) else {
-                return Rewrite::Keep;
-            };
-            if name.is_empty() {
-                if msg[0] == b'C' {
-                    expected.close.push_back((false, batch));
+                Some(Target::Statement(name)) if !name.is_empty() => {
+                    client.by_name.get(name).cloned()
                 }
-                return Rewrite::Keep;
-            }
-            let statement = if msg[0] == b'C' {
-                client.by_name.remove(name)
-            } else {
-                client.by_name.get(name).cloned()
+                // Portals, the unnamed statement, malformed messages.
+                _ => None,
             };
             let Some(statement) = statement else {
-                if msg[0] == b'C' {
+                if closing {
                     expected.close.push_back((false, batch));
                 }
                 return Rewrite::Keep;
             };
             let mut out = BytesMut::new();
-            if msg[0] == b'C' {
+            let target = Target::Statement(&statement.name);
+            if closing {
                 server.remove(statement.hash);
                 expected.close.push_back((false, batch));
+                frontend::close(&mut out, target);
             } else {
                 ensure(&mut out, &statement, server, expected, max, batch);
+                frontend::describe(&mut out, target);
             }
-            put_message(&mut out, msg[0], &[&[kind], &statement.name]);
             Rewrite::Replace(out)
         }
         _ => Rewrite::Keep,
     }
+}
+
+/// pgherd's name for the statement whose definition hashes to `hash`.
+fn server_name(hash: u64) -> String {
+    format!("pgherd_{hash:016x}")
 }
 
 /// Prepares `statement` on the server first if it lacks it.
@@ -285,9 +275,7 @@ fn make_room(
             return;
         };
         server.present.remove(&oldest);
-        let mut name = format!("pgherd_{oldest:016x}").into_bytes();
-        name.push(0);
-        put_message(out, b'C', &[b"S", &name]);
+        frontend::close(out, Target::Statement(server_name(oldest).as_bytes()));
         expected.close.push_back((true, batch));
     }
 }
@@ -302,7 +290,7 @@ impl ClientStatements {
 /// True for a simple query that drops every prepared statement of the
 /// session it runs in (`DISCARD ALL`, `DEALLOCATE [PREPARE] ALL`).
 pub(crate) fn drops_all_statements(query_msg: &[u8]) -> bool {
-    drops_all(query_msg.get(5..).unwrap_or_default())
+    drops_all(frame::body(query_msg))
 }
 
 /// The same test on SQL text.
@@ -327,6 +315,7 @@ pub(crate) fn drops_all(text: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgherd_wire::frame::put_message;
 
     fn msg(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
         let mut b = BytesMut::new();
@@ -356,24 +345,30 @@ mod tests {
     fn parse_then_bind_on_another_server() {
         let (mut client, mut s1, mut s2) = Default::default();
         let mut exp = Expected::default();
-        let parse = msg(b'P', &[b"s1\0", b"SELECT $1\0", &[0, 0]]);
+        let parse = msg(frontend::PARSE, &[b"s1\0", b"SELECT $1\0", &[0, 0]]);
         let out = replaced(rewrite(&parse, &mut client, &mut s1, &mut exp, 10));
         let m = messages(&out);
         assert_eq!(m.len(), 1);
         assert!(m[0].1.starts_with(b"pgherd_"));
-        assert!(!exp.swallow(b'1'), "the client's own ParseComplete");
+        assert!(
+            !exp.swallow(backend::PARSE_COMPLETE),
+            "the client's own ParseComplete"
+        );
 
         // Next transaction, another server: Parse is injected before Bind.
         let mut exp = Expected::default();
-        let bind = msg(b'B', &[b"\0", b"s1\0", &[0, 0, 0, 0, 0, 0]]);
+        let bind = msg(frontend::BIND, &[b"\0", b"s1\0", &[0, 0, 0, 0, 0, 0]]);
         let out = replaced(rewrite(&bind, &mut client, &mut s2, &mut exp, 10));
         let m = messages(&out);
         assert_eq!(
             m.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-            vec![b'P', b'B']
+            vec![frontend::PARSE, frontend::BIND]
         );
         assert!(m[1].1.starts_with(b"\0pgherd_"));
-        assert!(exp.swallow(b'1'), "the injected ParseComplete is pgherd's");
+        assert!(
+            exp.swallow(backend::PARSE_COMPLETE),
+            "the injected ParseComplete is pgherd's"
+        );
         // Bound again on the same server: no injection.
         let out = replaced(rewrite(&bind, &mut client, &mut s2, &mut exp, 10));
         assert_eq!(messages(&out).len(), 1);
@@ -383,27 +378,27 @@ mod tests {
     fn reparse_on_a_server_that_has_it_closes_first() {
         let (mut a, mut b, mut server) = Default::default();
         let mut exp = Expected::default();
-        let parse = msg(b'P', &[b"x\0", b"SELECT 1\0", &[0, 0]]);
+        let parse = msg(frontend::PARSE, &[b"x\0", b"SELECT 1\0", &[0, 0]]);
         rewrite(&parse, &mut a, &mut server, &mut exp, 10);
         let out = replaced(rewrite(&parse, &mut b, &mut server, &mut exp, 10));
         let tags: Vec<u8> = messages(&out).iter().map(|(t, _)| *t).collect();
-        assert_eq!(tags, vec![b'C', b'P']);
-        assert!(exp.swallow(b'3'));
-        assert!(!exp.swallow(b'1') && !exp.swallow(b'1'));
+        assert_eq!(tags, vec![frontend::CLOSE, frontend::PARSE]);
+        assert!(exp.swallow(backend::CLOSE_COMPLETE));
+        assert!(!exp.swallow(backend::PARSE_COMPLETE) && !exp.swallow(backend::PARSE_COMPLETE));
     }
 
     #[test]
     fn unnamed_and_unknown_statements_pass_through() {
         let (mut c, mut s) = Default::default();
         let mut exp = Expected::default();
-        let unnamed = msg(b'P', &[b"\0", b"SELECT 1\0", &[0, 0]]);
+        let unnamed = msg(frontend::PARSE, &[b"\0", b"SELECT 1\0", &[0, 0]]);
         assert_eq!(
             rewrite(&unnamed, &mut c, &mut s, &mut exp, 10),
             Rewrite::Keep
         );
-        let bind = msg(b'B', &[b"\0", b"nope\0", &[0, 0, 0, 0, 0, 0]]);
+        let bind = msg(frontend::BIND, &[b"\0", b"nope\0", &[0, 0, 0, 0, 0, 0]]);
         assert_eq!(rewrite(&bind, &mut c, &mut s, &mut exp, 10), Rewrite::Keep);
-        let garbage = msg(b'B', &[b"no terminator"]);
+        let garbage = msg(frontend::BIND, &[b"no terminator"]);
         assert_eq!(
             rewrite(&garbage, &mut c, &mut s, &mut exp, 10),
             Rewrite::Keep
@@ -415,23 +410,26 @@ mod tests {
         let (mut c, mut s) = Default::default();
         let mut exp = Expected::default();
         rewrite(
-            &msg(b'P', &[b"q\0", b"SELECT 2\0", &[0, 0]]),
+            &msg(frontend::PARSE, &[b"q\0", b"SELECT 2\0", &[0, 0]]),
             &mut c,
             &mut s,
             &mut exp,
             10,
         );
         let out = replaced(rewrite(
-            &msg(b'C', &[b"S", b"q\0"]),
+            &msg(frontend::CLOSE, &[b"S", b"q\0"]),
             &mut c,
             &mut s,
             &mut exp,
             10,
         ));
-        assert_eq!(messages(&out)[0].0, b'C');
+        assert_eq!(messages(&out)[0].0, frontend::CLOSE);
         assert!(s.present.is_empty());
-        assert!(!exp.swallow(b'1'));
-        assert!(!exp.swallow(b'3'), "the client's own CloseComplete");
+        assert!(!exp.swallow(backend::PARSE_COMPLETE));
+        assert!(
+            !exp.swallow(backend::CLOSE_COMPLETE),
+            "the client's own CloseComplete"
+        );
     }
 
     #[test]
@@ -441,7 +439,10 @@ mod tests {
         for i in 0..5 {
             let q = format!("SELECT {i}\0");
             rewrite(
-                &msg(b'P', &[format!("s{i}\0").as_bytes(), q.as_bytes(), &[0, 0]]),
+                &msg(
+                    frontend::PARSE,
+                    &[format!("s{i}\0").as_bytes(), q.as_bytes(), &[0, 0]],
+                ),
                 &mut c,
                 &mut s,
                 &mut exp,
@@ -450,7 +451,7 @@ mod tests {
         }
         assert_eq!(s.present.len(), 3);
         // Two evictions, each a swallowed CloseComplete.
-        assert!(exp.swallow(b'3') && exp.swallow(b'3'));
+        assert!(exp.swallow(backend::CLOSE_COMPLETE) && exp.swallow(backend::CLOSE_COMPLETE));
     }
 
     #[test]
@@ -462,13 +463,16 @@ mod tests {
         exp.parse.push_back((true, 1));
         exp.error();
         exp.batch_answered();
-        assert!(exp.swallow(b'1'), "the next batch's entry is intact");
+        assert!(
+            exp.swallow(backend::PARSE_COMPLETE),
+            "the next batch's entry is intact"
+        );
         assert!(exp.parse.is_empty());
     }
 
     #[test]
     fn statement_dropping_queries() {
-        let q = |s: &str| msg(b'Q', &[s.as_bytes(), b"\0"]);
+        let q = |s: &str| msg(frontend::QUERY, &[s.as_bytes(), b"\0"]);
         assert!(drops_all_statements(&q("DISCARD ALL")));
         assert!(drops_all_statements(&q("  deallocate all;")));
         assert!(drops_all_statements(&q("DEALLOCATE PREPARE ALL")));

@@ -29,7 +29,9 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use pgherd_tls::Stream;
 use pgherd_wire::backend::{self, TxStatus};
-use pgherd_wire::{frontend, Chunk, FrameError, Scanner};
+use pgherd_wire::frontend::{self, Parse};
+use pgherd_wire::sqlstate;
+use pgherd_wire::{frame, Chunk, FrameError, Scanner};
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::time::Sleep;
 
@@ -65,7 +67,7 @@ pub(crate) struct Params<'a> {
 
 impl Params<'_> {
     fn reported(&mut self, msg: &[u8]) {
-        let Some((name, value)) = backend::parameter_status_view(&msg[5..]) else {
+        let Some((name, value)) = backend::parameter_status_view(frame::body(msg)) else {
             return;
         };
         if let Some(index) = self.server.record(name, value) {
@@ -587,12 +589,18 @@ const CLIENT_WATCH: Tags = Tags::of(&[frontend::TERMINATE]);
 
 /// Transaction mode without statement support reads Parse whole, for the
 /// statement name.
-const CLIENT_WATCH_TRANSACTION: Tags = Tags::of(&[frontend::TERMINATE, b'P']);
+const CLIENT_WATCH_TRANSACTION: Tags = Tags::of(&[frontend::TERMINATE, frontend::PARSE]);
 
 /// Transaction mode with statement support reads whole what names
 /// statements, and simple queries (for `DISCARD ALL`/`DEALLOCATE ALL`).
-const CLIENT_WATCH_STATEMENTS: Tags =
-    Tags::of(&[frontend::TERMINATE, b'P', b'B', b'D', b'C', b'Q']);
+const CLIENT_WATCH_STATEMENTS: Tags = Tags::of(&[
+    frontend::TERMINATE,
+    frontend::PARSE,
+    frontend::BIND,
+    frontend::DESCRIBE,
+    frontend::CLOSE,
+    frontend::QUERY,
+]);
 
 const SERVER_WATCH: Tags = Tags::of(&[backend::READY_FOR_QUERY, backend::ERROR_RESPONSE]);
 
@@ -609,8 +617,8 @@ const SERVER_WATCH_STATEMENTS: Tags = Tags::of(&[
     backend::READY_FOR_QUERY,
     backend::ERROR_RESPONSE,
     backend::PARAMETER_STATUS,
-    b'1',
-    b'3',
+    backend::PARSE_COMPLETE,
+    backend::CLOSE_COMPLETE,
 ]);
 
 /// How a relay ended, and whether pgherd may still write an ErrorResponse to
@@ -947,12 +955,12 @@ fn scan_client(
             // Terminate: keep the server, end the relay.
             Seen::Whole([frontend::TERMINATE, ..]) => return Action::Stop,
             Seen::Whole(msg) => match statements {
-                Some(st) if msg[0] == b'Q' => {
+                Some(st) if msg[0] == frontend::QUERY => {
                     if prepared::drops_all_statements(msg) {
                         st.client.clear();
                         st.server.clear();
                     }
-                    (b'Q', Action::Forward)
+                    (frontend::QUERY, Action::Forward)
                 }
                 Some(st) => {
                     let action =
@@ -964,7 +972,9 @@ fn scan_client(
                 }
                 None => {
                     // Parse: a named statement outlives the transaction.
-                    if msg[0] == b'P' && msg.get(5).is_some_and(|&first| first != 0) {
+                    if msg[0] == frontend::PARSE
+                        && Parse::from_body(frame::body(msg)).is_some_and(|p| !p.name.is_empty())
+                    {
                         state.pinned = true;
                     }
                     (msg[0], Action::Forward)
@@ -973,20 +983,25 @@ fn scan_client(
             Seen::Starts(tag) => (tag, Action::Forward),
         };
         match tag {
-            b'Q' | b'F' => {
+            frontend::QUERY | frontend::FUNCTION_CALL => {
                 state.request_sent();
                 if let Some(st) = statements {
                     st.expected.batch_sent();
                 }
             }
-            b'S' => {
+            frontend::SYNC => {
                 state.request_sent();
                 state.unsynced = false;
                 if let Some(st) = statements {
                     st.expected.batch_sent();
                 }
             }
-            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => state.unsynced = true,
+            frontend::PARSE
+            | frontend::BIND
+            | frontend::EXECUTE
+            | frontend::DESCRIBE
+            | frontend::CLOSE
+            | frontend::FLUSH => state.unsynced = true,
             _ => {}
         }
         action
@@ -1044,7 +1059,7 @@ fn scan_server(
                 }
             }
             Seen::Whole(msg) if msg[0] == backend::ERROR_RESPONSE => {
-                state.last_fatal = backend::ErrorFields::parse(&msg[5..])
+                state.last_fatal = backend::ErrorFields::parse(frame::body(msg))
                     .is_some_and(|e| e.severity == "FATAL" || e.severity == "PANIC");
                 if transaction_mode && state.pending == 0 && state.last_fatal {
                     // Transaction mode, nothing owed: the server's goodbye
@@ -1086,14 +1101,16 @@ fn scan_server(
 fn held_after(hold: Hold, seen: &Seen<'_>, more_pending: bool) -> Hold {
     let tag = match seen {
         Seen::Whole(msg) if msg[0] == backend::ERROR_RESPONSE => {
-            return match backend::ErrorFields::parse(&msg[5..]) {
-                Some(e) if e.severity == "FATAL" && e.code == ADMIN_SHUTDOWN => {
+            return match backend::ErrorFields::parse(frame::body(msg)) {
+                Some(e) if e.severity == "FATAL" && e.code == sqlstate::ADMIN_SHUTDOWN => {
                     Hold::Gone(Goodbye::Terminated)
                 }
-                Some(e) if e.severity == "FATAL" && e.code == IDLE_SESSION_TIMEOUT => {
+                Some(e) if e.severity == "FATAL" && e.code == sqlstate::IDLE_SESSION_TIMEOUT => {
                     Hold::Gone(Goodbye::IdleTimeout)
                 }
-                Some(e) if hold == Hold::ReadUnit && e.code == READ_ONLY_SQL_TRANSACTION => {
+                Some(e)
+                    if hold == Hold::ReadUnit && e.code == sqlstate::READ_ONLY_SQL_TRANSACTION =>
+                {
                     Hold::Refused
                 }
                 _ => Hold::Off,
@@ -1103,21 +1120,18 @@ fn held_after(hold: Hold, seen: &Seen<'_>, more_pending: bool) -> Hold {
         Seen::Starts(tag) => *tag,
     };
     match tag {
-        // ParseComplete, BindComplete, CloseComplete, ParameterDescription,
-        // RowDescription, NoData, NoticeResponse, ParameterStatus.
-        b'1' | b'2' | b'3' | b't' | b'T' | b'n' | b'N' | b'S' => hold,
+        backend::PARSE_COMPLETE
+        | backend::BIND_COMPLETE
+        | backend::CLOSE_COMPLETE
+        | backend::PARAMETER_DESCRIPTION
+        | backend::ROW_DESCRIPTION
+        | backend::NO_DATA
+        | backend::NOTICE_RESPONSE
+        | backend::PARAMETER_STATUS => hold,
         backend::READY_FOR_QUERY if hold == Hold::Request && more_pending => hold,
         _ => Hold::Off,
     }
 }
-
-/// SQLSTATEs of a server's goodbyes (see [`held_after`]).
-const ADMIN_SHUTDOWN: &str = "57P01";
-const IDLE_SESSION_TIMEOUT: &str = "57P05";
-
-/// SQLSTATE of "cannot execute ... in a read-only transaction" (and of
-/// "... during recovery").
-const READ_ONLY_SQL_TRANSACTION: &str = "25006";
 
 /// The server can be handed to another client: it owes no replies, is
 /// between messages in both directions, and nothing is left unsynced.
@@ -1169,7 +1183,11 @@ mod tests {
     async fn write_now_sends_what_the_socket_takes_and_keeps_the_rest() {
         use tokio::io::AsyncReadExt as _;
         let (to, mut peer) = tcp_pair().await;
-        let bytes = [msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")].concat();
+        let bytes = [
+            msg(backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+            msg(backend::READY_FOR_QUERY, b"I"),
+        ]
+        .concat();
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         pipe.ready = bytes.len();
         pipe.write_now(&to, true).unwrap();
@@ -1197,7 +1215,7 @@ mod tests {
         // Reset, not a clean close: writes fail once the reset arrives.
         peer.set_zero_linger().unwrap();
         drop(peer);
-        let bytes = msg(b'Z', b"I");
+        let bytes = msg(backend::READY_FOR_QUERY, b"I");
         let mut attempts = 0;
         let (err, pipe) = loop {
             let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
@@ -1232,10 +1250,10 @@ mod tests {
 
     #[test]
     fn client_scan_counts_requests_and_stops_at_terminate() {
-        let mut bytes = msg(b'Q', b"select 1\0");
-        bytes.extend(msg(b'P', b"\0select 2\0\0\0"));
-        bytes.extend(msg(b'S', b""));
-        bytes.extend(msg(b'X', b""));
+        let mut bytes = msg(frontend::QUERY, b"select 1\0");
+        bytes.extend(msg(frontend::PARSE, b"\0select 2\0\0\0"));
+        bytes.extend(msg(frontend::SYNC, b""));
+        bytes.extend(msg(frontend::TERMINATE, b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
         scan_client(&mut pipe, CLIENT_WATCH, &mut state, &mut None).unwrap();
@@ -1247,8 +1265,8 @@ mod tests {
 
     #[test]
     fn server_scan_tracks_ready_for_query() {
-        let mut bytes = msg(b'C', b"BEGIN\0");
-        bytes.extend(msg(b'Z', b"T"));
+        let mut bytes = msg(backend::COMMAND_COMPLETE, b"BEGIN\0");
+        bytes.extend(msg(backend::READY_FOR_QUERY, b"T"));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
         state.pending = 1;
@@ -1267,7 +1285,7 @@ mod tests {
 
     #[test]
     fn unsynced_extended_messages_make_a_server_unusable() {
-        let bytes = msg(b'P', b"\0select 1\0\0\0");
+        let bytes = msg(frontend::PARSE, b"\0select 1\0\0\0");
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
         scan_client(&mut pipe, CLIENT_WATCH, &mut state, &mut None).unwrap();
@@ -1276,8 +1294,8 @@ mod tests {
 
     #[test]
     fn named_statements_pin_the_server_in_transaction_mode() {
-        let mut bytes = msg(b'P', b"\0select 1\0\0\0");
-        bytes.extend(msg(b'S', b""));
+        let mut bytes = msg(frontend::PARSE, b"\0select 1\0\0\0");
+        bytes.extend(msg(frontend::SYNC, b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
         scan_client(&mut pipe, CLIENT_WATCH_TRANSACTION, &mut state, &mut None).unwrap();
@@ -1285,8 +1303,8 @@ mod tests {
             !state.pinned,
             "the unnamed statement dies with the transaction"
         );
-        let mut bytes = msg(b'P', b"s1\0select 1\0\0\0");
-        bytes.extend(msg(b'S', b""));
+        let mut bytes = msg(frontend::PARSE, b"s1\0select 1\0\0\0");
+        bytes.extend(msg(frontend::SYNC, b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         scan_client(&mut pipe, CLIENT_WATCH_TRANSACTION, &mut state, &mut None).unwrap();
         assert!(state.pinned);
@@ -1295,14 +1313,13 @@ mod tests {
     }
 
     fn error(severity: &str, code: &str) -> Vec<u8> {
-        let mut body = Vec::new();
-        for (k, v) in [(b'S', severity), (b'C', code), (b'M', "no")] {
-            body.push(k);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
+        let mut out = BytesMut::new();
+        backend::ErrorFields {
+            severity: severity.into(),
+            ..backend::ErrorFields::error(code, "no")
         }
-        body.push(0);
-        msg(b'E', &body)
+        .encode(&mut out);
+        out.to_vec()
     }
 
     /// The server's `bytes` scanned in transaction mode with `pending`
@@ -1327,18 +1344,18 @@ mod tests {
     fn a_read_unit_is_held_until_a_result_and_refused_on_25006() {
         let held = |bytes: &[u8]| scanned(bytes, 1, Hold::ReadUnit).0;
         // Descriptions say nothing yet: still held.
-        let mut bytes = msg(b'1', b"");
-        bytes.extend(msg(b'T', b"\0\0"));
+        let mut bytes = msg(backend::PARSE_COMPLETE, b"");
+        bytes.extend(msg(backend::ROW_DESCRIPTION, b"\0\0"));
         assert_eq!(held(&bytes).hold, Hold::ReadUnit);
         // The first row commits the unit to this server.
-        bytes.extend(msg(b'D', b"\0\0"));
-        bytes.extend(error("ERROR", "25006"));
+        bytes.extend(msg(backend::DATA_ROW, b"\0\0"));
+        bytes.extend(error("ERROR", sqlstate::READ_ONLY_SQL_TRANSACTION));
         assert_eq!(held(&bytes).hold, Hold::Off);
         // Refused as a write before any row: retry, once the server is idle.
-        let mut bytes = msg(b'T', b"\0\0");
-        bytes.extend(error("ERROR", "25006"));
+        let mut bytes = msg(backend::ROW_DESCRIPTION, b"\0\0");
+        bytes.extend(error("ERROR", sqlstate::READ_ONLY_SQL_TRANSACTION));
         assert_eq!(held(&bytes).hold, Hold::Refused);
-        bytes.extend(msg(b'Z', b"I"));
+        bytes.extend(msg(backend::READY_FOR_QUERY, b"I"));
         let state = held(&bytes);
         assert_eq!((state.hold, state.pending), (Hold::Refused, 0));
         // Any other error is the client's answer.
@@ -1353,39 +1370,48 @@ mod tests {
         };
         let gone = Hold::Gone(Goodbye::Terminated);
         // The goodbye first, or after replies that tell of no execution.
-        assert_eq!(after(&error("FATAL", "57P01"), 1), (gone, 0));
-        let mut described = msg(b'1', b"");
-        described.extend(msg(b'2', b""));
-        described.extend(msg(b'T', b"\0\0"));
+        assert_eq!(
+            after(&error("FATAL", sqlstate::ADMIN_SHUTDOWN), 1),
+            (gone, 0)
+        );
+        let mut described = msg(backend::PARSE_COMPLETE, b"");
+        described.extend(msg(backend::BIND_COMPLETE, b""));
+        described.extend(msg(backend::ROW_DESCRIPTION, b"\0\0"));
         let mut bytes = described.clone();
-        bytes.extend(error("FATAL", "57P01"));
+        bytes.extend(error("FATAL", sqlstate::ADMIN_SHUTDOWN));
         assert_eq!(
             after(&bytes, 1).0,
             gone,
             "the FATAL itself is not forwarded"
         );
         assert_eq!(
-            after(&error("FATAL", "57P05"), 1).0,
+            after(&error("FATAL", sqlstate::IDLE_SESSION_TIMEOUT), 1).0,
             Hold::Gone(Goodbye::IdleTimeout)
         );
         // A driver's Close + Sync answered before its statement: still
         // nothing ran.
-        let mut bytes = msg(b'3', b"");
-        bytes.extend(msg(b'Z', b"I"));
-        bytes.extend(error("FATAL", "57P01"));
+        let mut bytes = msg(backend::CLOSE_COMPLETE, b"");
+        bytes.extend(msg(backend::READY_FOR_QUERY, b"I"));
+        bytes.extend(error("FATAL", sqlstate::ADMIN_SHUTDOWN));
         assert_eq!(after(&bytes, 2).0, gone);
         // ... but the last ReadyForQuery is the answer, delivered.
         let mut bytes = described.clone();
-        bytes.extend(msg(b'Z', b"I"));
+        bytes.extend(msg(backend::READY_FOR_QUERY, b"I"));
         assert_eq!(after(&bytes, 1).0, Hold::Off);
         // After a result, or a row, it is the client's: forwarded as is.
-        let mut bytes = msg(b'C', b"INSERT 0 1\0");
-        bytes.extend(error("FATAL", "57P01"));
+        let mut bytes = msg(backend::COMMAND_COMPLETE, b"INSERT 0 1\0");
+        bytes.extend(error("FATAL", sqlstate::ADMIN_SHUTDOWN));
         assert_eq!(after(&bytes, 1).0, Hold::Off);
         // An immediate shutdown's WARNING can come after a commit.
-        assert_eq!(after(&error("WARNING", "57P01"), 1).0, Hold::Off);
+        assert_eq!(
+            after(&error("WARNING", sqlstate::ADMIN_SHUTDOWN), 1).0,
+            Hold::Off
+        );
         // A request that is not a read unit is not refused on 25006.
-        assert_eq!(after(&error("ERROR", "25006"), 1).0, Hold::Off);
+        assert_eq!(
+            after(&error("ERROR", sqlstate::READ_ONLY_SQL_TRANSACTION), 1).0,
+            Hold::Off
+        );
     }
 
     #[test]
@@ -1424,22 +1450,22 @@ mod tests {
 
     #[test]
     fn a_goodbye_after_the_last_answer_is_not_the_clients() {
-        let mut bytes = msg(b'C', b"SELECT 1\0");
-        bytes.extend(msg(b'Z', b"I"));
-        bytes.extend(error("FATAL", "57P01"));
+        let mut bytes = msg(backend::COMMAND_COMPLETE, b"SELECT 1\0");
+        bytes.extend(msg(backend::READY_FOR_QUERY, b"I"));
+        bytes.extend(error("FATAL", sqlstate::ADMIN_SHUTDOWN));
         let (state, ready) = scanned(&bytes, 1, Hold::Off);
         assert_eq!(state.pending, 0);
         assert!(state.said_goodbye(), "the server is not reused");
         assert_eq!(
             ready,
-            bytes.len() - error("FATAL", "57P01").len(),
+            bytes.len() - error("FATAL", sqlstate::ADMIN_SHUTDOWN).len(),
             "not forwarded"
         );
     }
 
     #[test]
     fn fatal_errors_are_noticed() {
-        let bytes = error("FATAL", "57P01");
+        let bytes = error("FATAL", sqlstate::ADMIN_SHUTDOWN);
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerState::new();
         scan_server(

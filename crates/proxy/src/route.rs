@@ -26,6 +26,7 @@ use std::time::Instant;
 use pgherd_cluster::Topology;
 use pgherd_config::{Config, Target};
 use pgherd_wire::backend::ErrorFields;
+use pgherd_wire::sqlstate;
 
 use crate::balance::{choose, Candidate};
 use crate::Shared;
@@ -309,7 +310,7 @@ fn no_node_error(message: &str, topology: &Topology, failures: &[Failure]) -> Er
             topology.nodes[f.node].name, f.why
         ));
     }
-    ErrorFields::fatal("57P03", message).with_detail(detail)
+    ErrorFields::fatal(sqlstate::CANNOT_CONNECT_NOW, message).with_detail(detail)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use pgherd_auth::{ScramKeysClient, ScramVerifier, Secret};
 use pgherd_config::TcpOptions;
 use pgherd_tls::{ServerTls, Stream};
 use pgherd_wire::backend::{self, AuthRequest, ErrorFields, TxStatus};
+use pgherd_wire::sqlstate;
 use pgherd_wire::{frontend, next_frame, Frame};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend as pq;
@@ -131,7 +132,10 @@ impl ServerConn {
             let first = (tls, tcp, false);
             match Self::connect_once(at, (startup.clone(), tracked), credential, first).await {
                 // `allow`: the server refused a plain login; try TLS.
-                Err(ServerError::Rejected(f)) if f.code == "28000" && tls.retries_with_tls() => {
+                Err(ServerError::Rejected(f))
+                    if f.code == sqlstate::INVALID_AUTHORIZATION_SPECIFICATION
+                        && tls.retries_with_tls() =>
+                {
                     let insisting = (tls, tcp, true);
                     Self::connect_once(at, (startup, tracked), credential, insisting).await
                 }
@@ -206,7 +210,7 @@ impl ServerConn {
         loop {
             let frame = self.read_frame(&mut buf).await?;
             match frame.tag {
-                b'R' => {
+                backend::AUTHENTICATION => {
                     let req = AuthRequest::parse(&frame.body).ok_or_else(|| {
                         ServerError::Protocol("malformed authentication request".into())
                     })?;
@@ -228,7 +232,7 @@ impl ServerConn {
                 backend::ERROR_RESPONSE => return Err(rejected(&frame)),
                 backend::READY_FOR_QUERY => return Ok(()),
                 // NoticeResponse, NegotiateProtocolVersion: nothing to do.
-                b'N' | b'v' => {}
+                backend::NOTICE_RESPONSE | backend::NEGOTIATE_PROTOCOL_VERSION => {}
                 other => {
                     return Err(ServerError::Protocol(format!(
                         "unexpected message {:?} during login",
@@ -440,7 +444,7 @@ impl ServerConn {
                 match frame.tag {
                     backend::READY_FOR_QUERY => {
                         expected -= 1;
-                        if expected == 0 && frame.body.first() != Some(&b'I') {
+                        if expected == 0 && frame.body.first() != Some(&TxStatus::Idle.as_byte()) {
                             failed.get_or_insert(ServerError::Protocol(
                                 "still in a transaction after pgherd's own queries".into(),
                             ));

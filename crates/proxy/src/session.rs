@@ -13,6 +13,7 @@ use pgherd_pool::Guard;
 use pgherd_tls::Stream;
 use pgherd_wire::backend::{self, ErrorFields, TxStatus};
 use pgherd_wire::frontend;
+use pgherd_wire::sqlstate;
 use tokio::io::AsyncReadExt;
 
 use crate::buffers;
@@ -245,7 +246,7 @@ async fn start(
         None if replication => &REPLICATION_FALLBACK,
         None => {
             return Err(ErrorFields::fatal(
-                "3D000",
+                sqlstate::INVALID_CATALOG_NAME,
                 format!("database \"{}\" does not exist", auth.database),
             )
             .with_hint("pgherd has no [databases] entry for it and no \"*\" entry"))
@@ -254,7 +255,7 @@ async fn start(
     let control = shared.registry.database(&auth.database);
     if control.disabled() {
         return Err(ErrorFields::fatal(
-            "57P03",
+            sqlstate::CANNOT_CONNECT_NOW,
             format!("database \"{}\" is disabled", auth.database),
         )
         .with_hint("an administrator ran DISABLE on the admin console; ENABLE lifts it"));
@@ -805,7 +806,7 @@ impl Session {
                         return Err(match why {
                             relay::Goodbye::Terminated => killed_by_admin(),
                             _ => ErrorFields::fatal(
-                                "08006",
+                                sqlstate::CONNECTION_FAILURE,
                                 format!(
                                     "server connection to node \"{}\" was lost",
                                     config.nodes[node].name
@@ -844,31 +845,31 @@ impl Session {
                     tracing::debug!(peer = %client.peer, "client connection failed: {e}");
                     Ok(Next::Leave)
                 }
-                RelayEnd::ClientProtocol(e) => Err(ErrorFields::fatal("08P01", e.to_string())),
+                RelayEnd::ClientProtocol(e) => Err(ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
                 RelayEnd::ServerClosed => Err(ErrorFields::fatal(
-                    "08006",
+                    sqlstate::CONNECTION_FAILURE,
                     format!("server connection to node \"{}\" was lost", node.name),
                 )
                 .with_detail("the server closed the connection unexpectedly")),
                 RelayEnd::ServerIo(e) => Err(ErrorFields::fatal(
-                    "08006",
+                    sqlstate::CONNECTION_FAILURE,
                     format!("server connection to node \"{}\" was lost", node.name),
                 )
                 .with_detail(e.to_string())),
                 RelayEnd::ServerProtocol(e) => Err(ErrorFields::fatal(
-                    "08P01",
+                    sqlstate::PROTOCOL_VIOLATION,
                     format!("node \"{}\" broke the protocol: {e}", node.name),
                 )),
                 RelayEnd::IdleTimeout(relay::IdleKind::InTransaction) => Err(ErrorFields::fatal(
-                    "25P03",
+                    sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
                     "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
                 )),
                 RelayEnd::IdleTimeout(relay::IdleKind::Session) => Err(ErrorFields::fatal(
-                    "57P05",
+                    sqlstate::IDLE_SESSION_TIMEOUT,
                     "terminating connection due to idle-session timeout (client_idle_timeout)",
                 )),
                 RelayEnd::QueryTimeout(limit) => Err(ErrorFields::fatal(
-                    "57014",
+                    sqlstate::QUERY_CANCELED,
                     format!(
                         "terminating connection: no answer from node \"{}\" within query_timeout ({}s); the query was cancelled",
                         node.name,
@@ -877,7 +878,7 @@ impl Session {
                 )),
                 RelayEnd::Retired(_) if me.is_killed() => Err(killed_by_admin()),
                 RelayEnd::Retired(reason) => Err(ErrorFields::fatal(
-                    "57P01",
+                    sqlstate::ADMIN_SHUTDOWN,
                     format!("terminating connection: node \"{}\" {reason}", node.name),
                 )),
             };
@@ -950,7 +951,7 @@ async fn apply_params(
             Err(fatal)
         }
         Err(e) => Err(ErrorFields::fatal(
-            "08006",
+            sqlstate::CONNECTION_FAILURE,
             format!("setting session parameters on the server failed: {e}"),
         )),
     }
@@ -983,7 +984,12 @@ fn wait_for_request<'a>(
             Ok(Some((frontend::TERMINATE, _))) => return Poll::Ready(Ok(false)),
             Ok(Some(_)) => return Poll::Ready(Ok(true)),
             Ok(None) => {}
-            Err(e) => return Poll::Ready(Err(ErrorFields::fatal("08P01", e.to_string()))),
+            Err(e) => {
+                return Poll::Ready(Err(ErrorFields::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    e.to_string(),
+                )))
+            }
         }
         // Registered before the flags are read, so a nudge in between is
         // not lost.
@@ -993,14 +999,14 @@ fn wait_for_request<'a>(
         }
         if client.buf.is_empty() && going.load(Ordering::SeqCst) {
             return Poll::Ready(Err(ErrorFields::fatal(
-                "57P01",
+                sqlstate::ADMIN_SHUTDOWN,
                 "terminating connection: pgherd is shutting down",
             )));
         }
         if let Some(timer) = idle_for.as_mut() {
             if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(ErrorFields::fatal(
-                    "57P05",
+                    sqlstate::IDLE_SESSION_TIMEOUT,
                     "terminating connection due to idle-session timeout (client_idle_timeout)",
                 )));
             }
@@ -1137,7 +1143,7 @@ async fn welcome(
     client.stream.send(&out).await.map_err(|e| {
         tracing::debug!("client left during welcome: {e}");
         // The client is gone; an error to it would go nowhere.
-        ErrorFields::fatal("08006", "client connection lost")
+        ErrorFields::fatal(sqlstate::CONNECTION_FAILURE, "client connection lost")
     })
 }
 
@@ -1158,7 +1164,7 @@ async fn refuses_logins(shared: &Shared, upstream: &Upstream, node: usize) -> bo
 
 fn killed_by_admin() -> ErrorFields {
     ErrorFields::fatal(
-        "57P01",
+        sqlstate::ADMIN_SHUTDOWN,
         "terminating connection due to administrator command",
     )
 }

@@ -17,6 +17,7 @@ use std::time::Instant;
 use pgherd_config::{Config, Database, PoolMode, Target};
 use pgherd_pool::{Guard, PoolError};
 use pgherd_wire::backend::ErrorFields;
+use pgherd_wire::sqlstate;
 
 use crate::client::Authenticated;
 use crate::clock::Micros;
@@ -393,14 +394,14 @@ pub(crate) async fn open(
             Attempt::Refused(fields)
         }
         Err(ServerError::Auth(why)) => Attempt::Refused(ErrorFields::fatal(
-            "28000",
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             format!("pgherd cannot log in to node \"{}\": {why}", n.name),
         )),
         // A TLS setting that does not fit the server: every node will say
         // the same, so the client hears why instead of waiting.
         Err(ServerError::Tls(why)) => Attempt::Refused(
             ErrorFields::fatal(
-                "08001",
+                sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
                 format!(
                     "pgherd cannot connect to node \"{}\" with TLS: {why}",
                     n.name
@@ -437,7 +438,7 @@ async fn checkout(
         Err(PoolError::Timeout(t)) => {
             return Attempt::Refused(
                 ErrorFields::fatal(
-                    "53300",
+                    sqlstate::TOO_MANY_CONNECTIONS,
                     format!(
                         "query_wait_timeout: no server connection became free within {}s",
                         t.as_secs_f64()
@@ -483,7 +484,7 @@ async fn checkout(
             Some(p) => p,
             None => {
                 return Attempt::Refused(ErrorFields::fatal(
-                    "53300",
+                    sqlstate::TOO_MANY_CONNECTIONS,
                     format!(
                         "query_wait_timeout: no server connection could be opened within {}s \
                          (max_db_connections {}, max_user_connections {})",
@@ -569,7 +570,9 @@ impl LoginFailure {
         match attempt {
             Attempt::Usable(_) => *self.last() = None,
             Attempt::Refused(f)
-                if f.code.starts_with("28") || f.code == "3D000" || f.code == "08001" =>
+                if f.code.starts_with("28")
+                    || f.code == sqlstate::INVALID_CATALOG_NAME
+                    || f.code == sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION =>
             {
                 *self.last() = Some((Instant::now(), f.clone()));
             }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pgherd_config::{SslMode, Tls};
+use pgherd_wire::startup::{ENCRYPTION_ACCEPTED, ENCRYPTION_REFUSED, SSL_REQUEST};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -28,9 +29,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::{files, Stream, TlsError};
-
-/// PostgreSQL's SSLRequest: length 8, code 1234.5679.
-const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
 /// The server side's TLS, ready to connect.
 #[derive(Clone)]
@@ -114,9 +112,9 @@ impl ServerTls {
         let mut answer = [0u8; 1];
         tcp.read_exact(&mut answer).await?;
         match answer[0] {
-            b'S' => {}
-            b'N' if self.mode == SslMode::Prefer => return Ok(Stream::Plain(tcp)),
-            b'N' => {
+            ENCRYPTION_ACCEPTED => {}
+            ENCRYPTION_REFUSED if self.mode == SslMode::Prefer => return Ok(Stream::Plain(tcp)),
+            ENCRYPTION_REFUSED => {
                 return Err(io::Error::other(format!(
                     "the server does not accept TLS (server_tls_sslmode = {})",
                     self.mode.name()
@@ -392,7 +390,7 @@ mod tests {
                     let mut req = [0u8; 8];
                     tcp.read_exact(&mut req).await.unwrap();
                     assert_eq!(req, SSL_REQUEST);
-                    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"S")
+                    tokio::io::AsyncWriteExt::write_all(&mut tcp, &[ENCRYPTION_ACCEPTED])
                         .await
                         .unwrap();
                     if let Ok(mut s) = tls.accept(tcp).await {
@@ -453,7 +451,8 @@ mod tests {
             while let Ok((mut tcp, _)) = listener.accept().await {
                 let mut req = [0u8; 8];
                 if tcp.read_exact(&mut req).await.is_ok() {
-                    let _ = tokio::io::AsyncWriteExt::write_all(&mut tcp, b"N").await;
+                    let _ =
+                        tokio::io::AsyncWriteExt::write_all(&mut tcp, &[ENCRYPTION_REFUSED]).await;
                 }
                 tokio::spawn(async move {
                     let mut rest = Vec::new();

@@ -17,6 +17,44 @@ pub const PARAMETER_STATUS: u8 = b'S';
 pub const BACKEND_KEY_DATA: u8 = b'K';
 /// `NoticeResponse`.
 pub const NOTICE_RESPONSE: u8 = b'N';
+/// `Authentication*` requests and `AuthenticationOk`.
+pub const AUTHENTICATION: u8 = b'R';
+/// `NegotiateProtocolVersion`.
+pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+/// `ParseComplete`.
+pub const PARSE_COMPLETE: u8 = b'1';
+/// `BindComplete`.
+pub const BIND_COMPLETE: u8 = b'2';
+/// `CloseComplete`.
+pub const CLOSE_COMPLETE: u8 = b'3';
+/// `ParameterDescription`.
+pub const PARAMETER_DESCRIPTION: u8 = b't';
+/// `RowDescription`.
+pub const ROW_DESCRIPTION: u8 = b'T';
+/// `NoData`.
+pub const NO_DATA: u8 = b'n';
+/// `DataRow`.
+pub const DATA_ROW: u8 = b'D';
+/// `CommandComplete`.
+pub const COMMAND_COMPLETE: u8 = b'C';
+/// `EmptyQueryResponse`.
+pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
+/// `PortalSuspended`.
+pub const PORTAL_SUSPENDED: u8 = b's';
+/// `NotificationResponse` (LISTEN/NOTIFY).
+pub const NOTIFICATION_RESPONSE: u8 = b'A';
+/// `FunctionCallResponse`.
+pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
+/// `CopyInResponse`.
+pub const COPY_IN_RESPONSE: u8 = b'G';
+/// `CopyOutResponse`.
+pub const COPY_OUT_RESPONSE: u8 = b'H';
+/// `CopyBothResponse` (replication).
+pub const COPY_BOTH_RESPONSE: u8 = b'W';
+/// `CopyData` from the server.
+pub const COPY_DATA: u8 = b'd';
+/// `CopyDone` from the server.
+pub const COPY_DONE: u8 = b'c';
 
 /// Transaction status reported by `ReadyForQuery`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +165,7 @@ impl ErrorFields {
     pub fn notice(message: impl Into<String>) -> Self {
         ErrorFields {
             severity: "NOTICE".into(),
-            ..ErrorFields::fatal("00000", message)
+            ..ErrorFields::fatal(crate::sqlstate::SUCCESSFUL_COMPLETION, message)
         }
     }
 
@@ -190,7 +228,7 @@ fn patch_len(buf: &mut BytesMut, start: usize) {
 }
 
 fn auth_header(buf: &mut BytesMut, code: i32, extra: usize) {
-    buf.put_u8(b'R');
+    buf.put_u8(AUTHENTICATION);
     buf.put_i32((8 + extra) as i32);
     buf.put_i32(code);
 }
@@ -263,7 +301,7 @@ pub mod oid {
 /// `RowDescription` for text-format columns of the given names and types.
 pub fn row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
     let start = buf.len();
-    buf.put_u8(b'T');
+    buf.put_u8(ROW_DESCRIPTION);
     buf.put_i32(0);
     buf.put_i16(columns.len() as i16);
     for (name, type_oid) in columns {
@@ -286,7 +324,7 @@ pub fn row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
 /// `DataRow` of text values (`None` is NULL).
 pub fn data_row<'a>(buf: &mut BytesMut, values: impl ExactSizeIterator<Item = Option<&'a str>>) {
     let start = buf.len();
-    buf.put_u8(b'D');
+    buf.put_u8(DATA_ROW);
     buf.put_i32(0);
     buf.put_i16(values.len() as i16);
     for v in values {
@@ -303,19 +341,19 @@ pub fn data_row<'a>(buf: &mut BytesMut, values: impl ExactSizeIterator<Item = Op
 
 /// `CommandComplete` with its tag (`SHOW`, `PAUSE`, `SELECT 3`...).
 pub fn command_complete(buf: &mut BytesMut, tag: &str) {
-    put_message(buf, b'C', &[tag.as_bytes(), b"\0"]);
+    put_message(buf, COMMAND_COMPLETE, &[tag.as_bytes(), b"\0"]);
 }
 
 /// `EmptyQueryResponse`.
 pub fn empty_query_response(buf: &mut BytesMut) {
-    put_message(buf, b'I', &[]);
+    put_message(buf, EMPTY_QUERY_RESPONSE, &[]);
 }
 
 /// `NegotiateProtocolVersion`: the newest minor version pgherd speaks and the
 /// protocol options it did not recognise.
 pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unsupported: &[String]) {
     let start = buf.len();
-    buf.put_u8(b'v');
+    buf.put_u8(NEGOTIATE_PROTOCOL_VERSION);
     buf.put_i32(0);
     buf.put_i32(3 << 16 | minor);
     buf.put_i32(unsupported.len() as i32);
@@ -332,8 +370,11 @@ mod tests {
 
     #[test]
     fn error_response_round_trip() {
-        let e = ErrorFields::fatal("28P01", "password authentication failed for user \"x\"")
-            .with_hint("check the password");
+        let e = ErrorFields::fatal(
+            crate::sqlstate::INVALID_PASSWORD,
+            "password authentication failed for user \"x\"",
+        )
+        .with_hint("check the password");
         let mut buf = BytesMut::new();
         e.encode(&mut buf);
         let f = next_frame(&mut buf, 1 << 20).unwrap().unwrap();
@@ -344,7 +385,7 @@ mod tests {
     #[test]
     fn error_response_bytes() {
         let mut buf = BytesMut::new();
-        ErrorFields::fatal("08P01", "bad").encode(&mut buf);
+        ErrorFields::fatal(crate::sqlstate::PROTOCOL_VIOLATION, "bad").encode(&mut buf);
         assert_eq!(
             &buf[..],
             b"E\0\0\0\x1fSFATAL\0VFATAL\0C08P01\0Mbad\0\0".as_slice()

@@ -31,6 +31,12 @@ pub struct Frame {
     pub body: Bytes,
 }
 
+/// The body of a whole message (tag and length included), empty when
+/// `msg` is shorter than a header.
+pub fn body(msg: &[u8]) -> &[u8] {
+    msg.get(HEADER_LEN..).unwrap_or_default()
+}
+
 /// Appends a message: `tag`, its length, then `parts` one after the other.
 pub fn put_message(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|p| p.len()).sum();

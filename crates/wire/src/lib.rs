@@ -9,8 +9,12 @@
 //!   waiting for whole messages, so a 1 GB `DataRow` is forwarded in pieces as it
 //!   arrives while small control messages (`ReadyForQuery`, `Terminate`) are
 //!   still seen whole.
-//! * typed views of the few messages the proxy acts on ([`startup`],
-//!   [`frontend`], [`backend`]) plus encoders for the messages it writes itself.
+//! * tag constants and zero-copy typed views of every message the proxy
+//!   inspects ([`startup`], [`frontend`], [`backend`]) plus encoders for the
+//!   messages it writes itself. No other crate spells a message tag as a
+//!   byte literal: a reader greps `frontend::PARSE`, not `b'P'` (which is
+//!   also `backend::PARAMETER_STATUS` coming the other way).
+//! * [`sqlstate`]: the error codes pgherd sends, under PostgreSQL's names.
 //!
 //! Nothing here knows about sockets or tokio: every function takes bytes and
 //! returns values, so the decoders are unit-tested with byte vectors and fuzzed
@@ -21,6 +25,7 @@
 pub mod backend;
 pub mod frame;
 pub mod frontend;
+pub mod sqlstate;
 pub mod startup;
 
 pub mod cstr;

@@ -15,6 +15,37 @@ pub const MAX_STARTUP_PACKET_LEN: usize = 10_000;
 const SSL_REQUEST_CODE: i32 = 80_877_103;
 const GSSENC_REQUEST_CODE: i32 = 80_877_104;
 const CANCEL_REQUEST_CODE: i32 = 80_877_102;
+
+/// A whole SSLRequest, as a client sends it to a server.
+pub const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+/// The one-byte answer to an encryption request: go ahead with the handshake.
+pub const ENCRYPTION_ACCEPTED: u8 = b'S';
+/// The one-byte answer to an encryption request: go on in plain text.
+pub const ENCRYPTION_REFUSED: u8 = b'N';
+
+/// Which encryption a packet's first eight bytes (length and code) ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncryptionRequest {
+    Ssl,
+    Gss,
+}
+
+impl EncryptionRequest {
+    /// Reads a packet's head; `None` for any other packet. A server reads
+    /// exactly these eight bytes first, so that nothing meant for the TLS
+    /// handshake is taken as plain text.
+    pub fn from_head(head: &[u8; 8]) -> Option<Self> {
+        let [l0, l1, l2, l3, c0, c1, c2, c3] = *head;
+        if i32::from_be_bytes([l0, l1, l2, l3]) != 8 {
+            return None;
+        }
+        match i32::from_be_bytes([c0, c1, c2, c3]) {
+            SSL_REQUEST_CODE => Some(EncryptionRequest::Ssl),
+            GSSENC_REQUEST_CODE => Some(EncryptionRequest::Gss),
+            _ => None,
+        }
+    }
+}
 /// Protocol 3.0, the only major version in use since PostgreSQL 7.4.
 pub const PROTOCOL_3_0: i32 = 3 << 16;
 
@@ -136,6 +167,26 @@ fn decode_startup_message(code: i32, body: &[u8]) -> Result<StartupMessage, Star
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encryption_requests_from_their_head() {
+        assert_eq!(
+            EncryptionRequest::from_head(&SSL_REQUEST),
+            Some(EncryptionRequest::Ssl)
+        );
+        let mut gss = SSL_REQUEST;
+        gss[4..].copy_from_slice(&GSSENC_REQUEST_CODE.to_be_bytes());
+        assert_eq!(
+            EncryptionRequest::from_head(&gss),
+            Some(EncryptionRequest::Gss)
+        );
+        let mut long = SSL_REQUEST;
+        long[3] = 9;
+        assert_eq!(EncryptionRequest::from_head(&long), None);
+        let mut startup = SSL_REQUEST;
+        startup[4..].copy_from_slice(&PROTOCOL_3_0.to_be_bytes());
+        assert_eq!(EncryptionRequest::from_head(&startup), None);
+    }
 
     fn packet(code: i32, body: &[u8]) -> BytesMut {
         let mut b = BytesMut::new();

@@ -6,11 +6,16 @@
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use pgherd_wire::backend::{self, AuthRequest, ErrorFields};
+use pgherd_wire::startup::EncryptionRequest;
 use pgherd_wire::{decode_startup, frontend, next_frame, Chunk, Scanner};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);
     let _ = decode_startup(&mut buf);
+    if let Some(head) = data.get(..8) {
+        let head: [u8; 8] = head.try_into().expect("eight bytes");
+        let _ = EncryptionRequest::from_head(&head);
+    }
 
     let mut buf = BytesMut::from(data);
     while let Ok(Some(frame)) = next_frame(&mut buf, 1 << 16) {
@@ -21,6 +26,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = backend::backend_key_data_view(body);
         let _ = frontend::password(body);
         let _ = frontend::SaslInitialResponse::parse(body);
+        if let Some(parse) = frontend::Parse::from_body(body) {
+            let _ = parse.query();
+        }
+        let _ = frontend::Bind::from_body(body);
+        let _ = frontend::Target::from_body(body);
     }
 
     // Feed the scanner in two uneven pieces; every byte must be reported once.
