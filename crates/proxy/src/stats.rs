@@ -200,6 +200,14 @@ impl PoolStats {
     }
 }
 
+/// Totals added up (over databases).
+pub(crate) fn sum<'a>(totals: impl Iterator<Item = &'a StatsSnapshot>) -> StatsSnapshot {
+    totals.fold(StatsSnapshot::default(), |mut sum, s| {
+        sum.add(s);
+        sum
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

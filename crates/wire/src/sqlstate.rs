@@ -38,3 +38,7 @@ pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 /// `57P05`: the server's `idle_session_timeout` ended the session.
 pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+/// `F0000`: RELOAD found the configuration file unusable.
+pub const CONFIG_FILE_ERROR: &str = "F0000";
+/// `XX000`: pgherd broke one of its own rules (a bug, never the client's).
+pub const INTERNAL_ERROR: &str = "XX000";

@@ -29,17 +29,17 @@ use pgherd_config::{General, TRACKED_PARAMETERS};
 /// The tracked parameter names of a configuration; a name's place here is
 /// its index in every [`Values`].
 #[derive(Debug, Clone)]
-pub(crate) struct Tracked(Vec<String>);
+pub(crate) struct TrackedParams(Vec<String>);
 
-impl Tracked {
-    pub(crate) fn new(general: &General) -> Tracked {
+impl TrackedParams {
+    pub(crate) fn new(general: &General) -> TrackedParams {
         let mut names: Vec<String> = TRACKED_PARAMETERS.iter().map(|&n| n.to_owned()).collect();
         for extra in &general.track_extra_parameters {
             if !names.iter().any(|n| n.eq_ignore_ascii_case(extra)) {
                 names.push(extra.clone());
             }
         }
-        Tracked(names)
+        TrackedParams(names)
     }
 
     /// The index of `name`, if it is tracked (GUC names are
@@ -65,7 +65,7 @@ pub(crate) struct Values(Arc<[Option<Box<str>>]>);
 
 impl Values {
     /// No value known for any of `tracked`.
-    pub(crate) fn unknown(tracked: &Tracked) -> Values {
+    pub(crate) fn unknown(tracked: &TrackedParams) -> Values {
         Values((0..tracked.len()).map(|_| None).collect())
     }
 
@@ -107,7 +107,7 @@ impl Values {
 pub(crate) struct ClientParams(Values);
 
 impl ClientParams {
-    pub(crate) fn new(tracked: &Tracked) -> ClientParams {
+    pub(crate) fn new(tracked: &TrackedParams) -> ClientParams {
         ClientParams(Values::unknown(tracked))
     }
 
@@ -123,7 +123,11 @@ impl ClientParams {
     /// every parameter this client has differently; `None` when there is
     /// nothing to do. Equal sets end up shared, so the steady state is one
     /// pointer comparison, without allocation.
-    pub(crate) fn differences(&mut self, server: &mut Values, tracked: &Tracked) -> Option<String> {
+    pub(crate) fn differences(
+        &mut self,
+        server: &mut Values,
+        tracked: &TrackedParams,
+    ) -> Option<String> {
         if self.0.same(server) {
             return None;
         }
@@ -179,11 +183,11 @@ pub(crate) struct ServerParams {
     /// `in_hot_standby = on`, kept as a flag: it is asked for every
     /// transaction.
     standby: bool,
-    names: Arc<Tracked>,
+    names: Arc<TrackedParams>,
 }
 
 impl ServerParams {
-    pub(crate) fn new(names: Arc<Tracked>) -> ServerParams {
+    pub(crate) fn new(names: Arc<TrackedParams>) -> ServerParams {
         ServerParams {
             reported: Vec::new(),
             tracked: Values::unknown(&names),
@@ -272,17 +276,17 @@ fn quote_literal(out: &mut String, value: &str) {
 mod tests {
     use super::*;
 
-    fn tracked(extra: &[&str]) -> Arc<Tracked> {
+    fn tracked(extra: &[&str]) -> Arc<TrackedParams> {
         let mut general = pgherd_config::Config::parse(
             "[pgherd]\nprobe_user = \"p\"\n[[nodes]]\nname = \"a\"\nhost = \"h\"\n",
         )
         .unwrap()
         .general;
         general.track_extra_parameters = extra.iter().map(|&e| e.to_owned()).collect();
-        Arc::new(Tracked::new(&general))
+        Arc::new(TrackedParams::new(&general))
     }
 
-    fn server(names: &Arc<Tracked>, list: &[(&str, &str)]) -> ServerParams {
+    fn server(names: &Arc<TrackedParams>, list: &[(&str, &str)]) -> ServerParams {
         let mut s = ServerParams::new(Arc::clone(names));
         for (k, v) in list {
             s.record(k, v);
@@ -290,7 +294,7 @@ mod tests {
         s
     }
 
-    fn client(names: &Tracked, list: &[(&str, &str)]) -> ClientParams {
+    fn client(names: &TrackedParams, list: &[(&str, &str)]) -> ClientParams {
         let mut c = ClientParams::new(names);
         for (k, v) in list {
             c.set(names.index(k).unwrap(), v);

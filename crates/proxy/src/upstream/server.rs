@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::clock::Micros;
-use crate::params::{ClientParams, ServerParams, Tracked};
+use crate::relay::params::{ClientParams, ServerParams, TrackedParams};
 
 /// Largest message accepted while logging in or resetting (no rows flow then).
 const CONTROL_MESSAGE_LIMIT: usize = 1 << 20;
@@ -81,6 +81,10 @@ pub enum ServerError {
     Protocol(String),
 }
 
+/// `max_db_connections` / `max_user_connections` permits a server
+/// connection holds while it is open (see `limits`).
+pub(crate) type Permits = Vec<tokio::sync::OwnedSemaphorePermit>;
+
 /// An open, logged-in connection to one node.
 #[derive(Debug)]
 pub struct ServerConn {
@@ -89,9 +93,9 @@ pub struct ServerConn {
     /// transactions so relaying allocates nothing in steady state.
     pub(crate) read_buf: BytesMut,
     /// Named statements pgherd prepared here (transaction mode).
-    pub(crate) statements: crate::prepared::ServerStatements,
+    pub(crate) statements: crate::relay::prepared::ServerStatements,
     /// Replies this server owes for requests pgherd added to a client's.
-    pub(crate) expected: crate::prepared::Expected,
+    pub(crate) expected: crate::relay::prepared::Expected,
     /// Index of the node in the configuration.
     pub node: usize,
     pub addr: SocketAddr,
@@ -112,7 +116,7 @@ pub struct ServerConn {
     /// `server_check_delay`).
     pub(crate) idle_since: Micros,
     /// `max_db_connections` / `max_user_connections` permits, held while open.
-    pub(crate) permits: crate::limits::Permits,
+    pub(crate) permits: Permits,
     /// Its entry in the admin console's list, while it is open.
     pub(crate) registered: Option<crate::registry::Registered<crate::registry::ServerInfo>>,
 }
@@ -122,7 +126,7 @@ impl ServerConn {
     /// `startup` parameters. `tracked` names the parameters clients keep.
     pub(crate) async fn connect(
         (node, host, port): (usize, &str, u16),
-        (startup, tracked): (Startup, &Arc<Tracked>),
+        (startup, tracked): (Startup, &Arc<TrackedParams>),
         credential: &ServerCredential,
         (tls, tcp): (&ServerTls, &TcpOptions),
         timeout: Duration,
@@ -149,14 +153,14 @@ impl ServerConn {
 
     async fn connect_once(
         (node, host, port): (usize, &str, u16),
-        (startup, tracked): (Startup, &Arc<Tracked>),
+        (startup, tracked): (Startup, &Arc<TrackedParams>),
         credential: &ServerCredential,
         (tls, options, insist_on_tls): (&ServerTls, &TcpOptions, bool),
     ) -> Result<ServerConn, ServerError> {
         let tcp = TcpStream::connect((host, port))
             .await
             .map_err(ServerError::Connect)?;
-        crate::sockets::tune(&tcp, options)?;
+        crate::listen::sockets::tune(&tcp, options)?;
         let addr = tcp.peer_addr()?;
         let stream = tls
             .start(tcp, host, insist_on_tls)
@@ -377,7 +381,7 @@ impl ServerConn {
         if !reset_query.is_empty() {
             frontend::query(&mut out, reset_query);
             expected += 1;
-            if crate::prepared::drops_all(reset_query.as_bytes()) {
+            if crate::relay::prepared::drops_all(reset_query.as_bytes()) {
                 self.statements.clear();
                 // DISCARD ALL also resets every parameter to its session
                 // default: the values this connection logged in with. (The

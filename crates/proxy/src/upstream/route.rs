@@ -20,16 +20,78 @@
 //! re-probe of the whole cluster, and is not tried again for this client
 //! until the topology has been refreshed.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use pgherd_cluster::Topology;
+use pgherd_cluster::{Cluster, Topology};
 use pgherd_config::{Config, Target};
 use pgherd_wire::backend::ErrorFields;
 use pgherd_wire::sqlstate;
 
-use crate::balance::{choose, Candidate};
-use crate::Shared;
+use crate::counters;
+use crate::upstream::balance::{choose, Candidate};
+
+/// What routing decisions read and write: the cluster as probed, the
+/// round-robin turn, each node's servers in use and drain switch, and the
+/// count of decisions taken.
+#[derive(Debug)]
+pub(crate) struct Routing {
+    /// Probes and topology: where sessions may go.
+    pub(crate) cluster: Cluster,
+    /// Spreads `replica` sessions over the standbys.
+    round_robin: AtomicUsize,
+    /// Server connections in use (checked out) on each node, for `leastconn`.
+    node_load: Vec<AtomicUsize>,
+    /// Nodes an administrator drained: no new reads.
+    node_drained: Vec<AtomicBool>,
+    pub(crate) counters: RoutingCounters,
+}
+
+impl Routing {
+    /// Routing over `cluster`'s nodes, all undrained and unloaded.
+    pub(crate) fn new(cluster: Cluster, nodes: usize) -> Routing {
+        Routing {
+            cluster,
+            round_robin: AtomicUsize::new(0),
+            node_load: (0..nodes).map(|_| AtomicUsize::new(0)).collect(),
+            node_drained: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            counters: RoutingCounters::default(),
+        }
+    }
+
+    /// How many nodes (config order) routing knows.
+    pub(crate) fn node_count(&self) -> usize {
+        self.node_drained.len()
+    }
+
+    fn node_load(&self, node: usize) -> usize {
+        self.node_load[node].load(Ordering::Relaxed)
+    }
+
+    /// Counts a server connection on `node` as in use until the lease drops.
+    pub(crate) fn lease(&self, node: usize) -> NodeLease<'_> {
+        self.node_load[node].fetch_add(1, Ordering::Relaxed);
+        NodeLease(&self.node_load[node])
+    }
+
+    pub(crate) fn node_is_drained(&self, i: usize) -> bool {
+        self.node_drained[i].load(Ordering::Relaxed)
+    }
+
+    /// An administrator's drain switch (no new reads on node `i`).
+    pub(crate) fn set_node_drained(&self, i: usize, drained: bool) {
+        self.node_drained[i].store(drained, Ordering::Relaxed);
+    }
+}
+
+/// A server connection in use on a node (see [`Routing::lease`]).
+pub(crate) struct NodeLease<'a>(&'a AtomicUsize);
+
+impl Drop for NodeLease<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// What trying one node gave.
 pub(crate) enum Attempt<T> {
@@ -95,9 +157,9 @@ impl Want {
 }
 
 /// Connects to a node for `want`, trying further nodes as the topology allows.
-/// `config` is the session's (see `Shared::config`).
-pub(crate) async fn connect<T, F, Fut>(
-    shared: &Shared,
+/// `config` is the session's (see `crate::settings`).
+pub(crate) async fn reach_node<T, F, Fut>(
+    routing: &Routing,
     config: &Config,
     want: Want,
     attempt: F,
@@ -120,7 +182,7 @@ where
     loop {
         let standby = match want {
             Want::Standby { wrote_at, peek, .. } => {
-                pick_standby(shared, config, &failures, wrote_at, peek)
+                pick_standby(routing, config, &failures, wrote_at, peek)
             }
             Want::Primary => None,
         };
@@ -136,7 +198,7 @@ where
             {
                 return Err(no_node_error(
                     "pgherd: no standby can serve reads",
-                    &shared.cluster.topology(),
+                    &routing.cluster.topology(),
                     &failures,
                 ))
             }
@@ -152,14 +214,14 @@ where
                 // no clock read. After a failure the deadline applies.
                 let now_usable = failures
                     .is_empty()
-                    .then(|| shared.cluster.pick_now(usable))
+                    .then(|| routing.cluster.pick_now(usable))
                     .flatten();
                 let primary = match now_usable {
                     Some(p) => Ok(p),
                     None => {
                         let now = tokio::time::Instant::now();
                         if deadline.is_none() {
-                            shared.cluster.count_held();
+                            routing.cluster.count_held();
                         }
                         let deadline = *deadline.get_or_insert(now + general.primary_wait_timeout);
                         let remaining = deadline.saturating_duration_since(now);
@@ -167,21 +229,21 @@ where
                             // The primary the probes see keeps failing for
                             // this client: primary_wait_timeout bounds the
                             // retries too.
-                            let t = shared.cluster.topology();
-                            shared.cluster.count_failed();
+                            let t = routing.cluster.topology();
+                            routing.cluster.count_failed();
                             return Err(no_primary(
                                 &t,
                                 &failures,
                                 "kept failing to connect to a primary",
                             ));
                         }
-                        shared.cluster.wait_for(remaining, usable).await
+                        routing.cluster.wait_for(remaining, usable).await
                     }
                 };
                 match primary {
                     Ok(p) => p,
                     Err(t) => {
-                        shared.cluster.count_failed();
+                        routing.cluster.count_failed();
                         return Err(no_primary(&t, &failures, "waited for a primary"));
                     }
                 }
@@ -198,46 +260,46 @@ where
                 tracing::info!(node = %config.nodes[node].name, "cannot use node: {why}");
                 // Not retried until a topology newer than this one (read
                 // after the failure: at worst one probe more is awaited).
-                let version = shared.cluster.topology().version;
-                shared.cluster.request_probe();
+                let version = routing.cluster.topology().version;
+                routing.cluster.request_probe();
                 failures.push(Failure { node, why, version });
             }
         }
     }
 }
 
-/// The node [`connect`] tries first for `want`, with its target, when one
+/// The node [`reach_node`] tries first for `want`, with its target, when one
 /// is known without waiting: the primary, or a standby to read from.
-/// `None` when `connect` would wait or fall back. A standby's round-robin
+/// `None` when `reach_node` would wait or fall back. A standby's round-robin
 /// turn is only looked at: [`turn_taken`] takes it once the node is used,
-/// so a pick that is not used leaves `connect` the same choice.
-pub(crate) fn pick_now(shared: &Shared, config: &Config, want: Want) -> Option<(usize, Target)> {
+/// so a pick that is not used leaves `reach_node` the same choice.
+pub(crate) fn pick_now(routing: &Routing, config: &Config, want: Want) -> Option<(usize, Target)> {
     match want {
         Want::Standby { wrote_at, .. } => {
-            pick_standby(shared, config, &[], wrote_at, true).map(|n| (n, Target::Replica))
+            pick_standby(routing, config, &[], wrote_at, true).map(|n| (n, Target::Replica))
         }
-        Want::Primary => shared.cluster.primary_now().map(|p| (p, Target::Primary)),
+        Want::Primary => routing.cluster.primary_now().map(|p| (p, Target::Primary)),
     }
 }
 
 /// After [`pick_now`]'s node was used: the round-robin turn moves on, as
-/// after [`connect`]'s own pick.
-pub(crate) fn turn_taken(shared: &Shared, want: Want) {
+/// after [`reach_node`]'s own pick.
+pub(crate) fn turn_taken(routing: &Routing, want: Want) {
     if let Want::Standby { peek: false, .. } = want {
-        shared.round_robin.fetch_add(1, Ordering::Relaxed);
+        routing.round_robin.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// The next standby that may serve reads, has not failed for this client
 /// and (when it wrote at `wrote_at`) has replayed the client's write.
 fn pick_standby(
-    shared: &Shared,
+    routing: &Routing,
     config: &Config,
     failures: &[Failure],
     wrote_at: Option<Instant>,
     peek: bool,
 ) -> Option<usize> {
-    let topology = shared.cluster.topology();
+    let topology = routing.cluster.topology();
     let replayed = match wrote_at {
         None => 0,
         Some(t) => match replayed_after(&topology, t) {
@@ -254,7 +316,7 @@ fn pick_standby(
         .enumerate()
         .filter(|(i, n)| {
             n.serves_reads()
-                && !shared.node_is_drained(*i)
+                && !routing.node_is_drained(*i)
                 && !failures.iter().any(|f| f.node == *i)
                 && n.last_sample
                     .as_ref()
@@ -266,12 +328,12 @@ fn pick_standby(
             node: i,
             weight: nodes[i].weight,
             priority: nodes[i].priority,
-            load: shared.node_load(i),
+            load: routing.node_load(i),
         });
     let turn = if peek {
-        shared.round_robin.load(Ordering::Relaxed)
+        routing.round_robin.load(Ordering::Relaxed)
     } else {
-        shared.round_robin.fetch_add(1, Ordering::Relaxed)
+        routing.round_robin.fetch_add(1, Ordering::Relaxed)
     };
     choose(
         candidates,
@@ -311,6 +373,72 @@ fn no_node_error(message: &str, topology: &Topology, failures: &[Failure]) -> Er
         ));
     }
     ErrorFields::fatal(sqlstate::CANNOT_CONNECT_NOW, message).with_detail(detail)
+}
+
+/// Where sessions (session mode) and transactions (transaction mode) went.
+/// Counted per runtime thread ([`counters`]): one is added per transaction.
+#[derive(Debug, Default)]
+pub(crate) struct RoutingCounters(counters::Sharded<RoutingCounts>);
+
+#[derive(Debug, Default)]
+struct RoutingCounts {
+    primary: AtomicU64,
+    standby: AtomicU64,
+    fallback: AtomicU64,
+    read_only_retries: AtomicU64,
+    gone_retries: AtomicU64,
+}
+
+/// Routing decisions so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoutingTotals {
+    /// Sent to the primary because they wanted it.
+    pub primary: u64,
+    /// Sent to a standby.
+    pub standby: u64,
+    /// Wanted a standby, got the primary (none usable, or read-your-writes).
+    pub fallback: u64,
+    /// Reads a standby refused as writes (25006), run again on the primary.
+    pub read_only_retries: u64,
+    /// Requests whose server left before running them (a shutdown, a
+    /// switchover), run again on another server.
+    pub gone_retries: u64,
+}
+
+impl RoutingCounters {
+    pub(crate) fn count(&self, want: Want, on_standby: bool) {
+        let local = self.0.local();
+        let c = local.counters;
+        let counter = match (want, on_standby) {
+            (_, true) => &c.standby,
+            (Want::Primary, false) => &c.primary,
+            (Want::Standby { .. }, false) => &c.fallback,
+        };
+        local.add(counter, 1);
+    }
+
+    pub(crate) fn read_only_retried(&self) {
+        let local = self.0.local();
+        local.add(&local.counters.read_only_retries, 1);
+    }
+
+    pub(crate) fn gone_retried(&self) {
+        let local = self.0.local();
+        local.add(&local.counters.gone_retries, 1);
+    }
+
+    pub(crate) fn totals(&self) -> RoutingTotals {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        self.0
+            .copies()
+            .fold(RoutingTotals::default(), |t, c| RoutingTotals {
+                primary: t.primary + get(&c.primary),
+                standby: t.standby + get(&c.standby),
+                fallback: t.fallback + get(&c.fallback),
+                read_only_retries: t.read_only_retries + get(&c.read_only_retries),
+                gone_retries: t.gone_retries + get(&c.gone_retries),
+            })
+    }
 }
 
 #[cfg(test)]

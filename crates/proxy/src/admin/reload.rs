@@ -12,11 +12,9 @@
 //! parameters, `[notify]` — keeps its running value, and the reload says
 //! which of those differ.
 
-use std::sync::Arc;
-
 use pgherd_config::{Config, ConfigError};
 
-use crate::Shared;
+use crate::shared::Shared;
 
 /// Why a reload did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -71,20 +69,14 @@ pub(crate) fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'sta
 
 impl Shared {
     pub(crate) fn reload(&self) -> Result<Vec<&'static str>, ReloadError> {
-        let path = self
-            .config_file
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(ReloadError::NoFile)?;
+        let path = self.settings.file().ok_or(ReloadError::NoFile)?;
         let mut new = Config::load(&path)?;
         let running = self.config();
         let kept = keep_restart_only(&running, &mut new);
         // Certificate files are read again (renewed ones take effect); a
         // TLS setting that does not work changes nothing.
         let tls = pgherd_tls::Contexts::new(&new.general)?;
-        self.config.store(Arc::new(new));
-        self.tls.store(Arc::new(tls));
+        self.settings.replace(new, tls);
         if kept.is_empty() {
             tracing::info!("configuration reloaded from {}", path.display());
         } else {

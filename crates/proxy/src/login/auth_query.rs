@@ -16,7 +16,9 @@
 use pgherd_config::{Config, User};
 use tokio::sync::Mutex;
 
-use crate::Shared;
+use pgherd_cluster::Cluster;
+
+use crate::settings::Settings;
 
 /// The lookup connection, opened on first use.
 #[derive(Default)]
@@ -41,7 +43,7 @@ impl AuthQuery {
     /// or the lookup failed: logged, and the login fails like a bad password).
     pub(crate) async fn lookup(
         &self,
-        shared: &Shared,
+        (cluster, settings): (&Cluster, &Settings),
         config: &Config,
         name: &str,
     ) -> Option<User> {
@@ -51,8 +53,7 @@ impl AuthQuery {
         let mut conn = self.conn.lock().await;
         for attempt in 0..2 {
             // A fresh pgherd, or a failover: wait for a primary as a writer would.
-            let primary = shared
-                .cluster
+            let primary = cluster
                 .wait_for(config.general.primary_wait_timeout, |t| t.primary)
                 .await
                 .ok();
@@ -67,7 +68,7 @@ impl AuthQuery {
                     tracing::warn!("auth_query for {name:?}: no primary to ask");
                     return None;
                 };
-                let tls = &shared.tls().server;
+                let tls = &settings.tls().server;
                 match open(config, tls, auth_user, node).await {
                     Ok(l) => *conn = Some(l),
                     Err(e) => {

@@ -8,6 +8,8 @@
 //! own entry with relaxed atomic stores (its state, its server), a few per
 //! transaction.
 
+pub(crate) mod cancel;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -17,6 +19,15 @@ use std::time::{Duration, SystemTime};
 use crate::clock::Micros;
 
 use tokio::sync::Notify;
+
+/// Where a cancel for one server connection goes: its address and the
+/// key the server gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CancelTarget {
+    pub(crate) addr: SocketAddr,
+    pub(crate) pid: i32,
+    pub(crate) secret: [u8; 4],
+}
 
 /// What a client is doing, pgbouncer's `SHOW CLIENTS` states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +45,7 @@ pub struct ClientInfo {
     pub user: String,
     /// The database name the client asked for.
     pub database: String,
-    pub addr: crate::ClientAddr,
+    pub addr: crate::listen::addr::ClientAddr,
     /// pgherd's end of a TCP connection; `None` on a Unix-domain socket.
     pub local_addr: Option<SocketAddr>,
     pub connected: SystemTime,
@@ -216,8 +227,8 @@ impl ServerInfo {
     }
 
     /// Where a CancelRequest for its backend goes.
-    pub(crate) fn cancel_target(&self) -> crate::cancel::CancelTarget {
-        crate::cancel::CancelTarget {
+    pub(crate) fn cancel_target(&self) -> CancelTarget {
+        CancelTarget {
             addr: self.addr,
             pid: self.pid,
             secret: self.secret,
@@ -359,7 +370,7 @@ impl<T> Drop for Registered<T> {
 pub(crate) struct NewClient<'a> {
     pub(crate) user: &'a str,
     pub(crate) database: &'a str,
-    pub(crate) addr: crate::ClientAddr,
+    pub(crate) addr: crate::listen::addr::ClientAddr,
     pub(crate) local_addr: Option<SocketAddr>,
     pub(crate) application_name: &'a str,
 }
@@ -507,7 +518,7 @@ mod tests {
         r.add_client(NewClient {
             user: "u",
             database: "d",
-            addr: crate::ClientAddr::Tcp("127.0.0.1:1".parse().unwrap()),
+            addr: crate::listen::addr::ClientAddr::Tcp("127.0.0.1:1".parse().unwrap()),
             local_addr: None,
             application_name: "",
         })

@@ -17,6 +17,9 @@
 //! rolling restart): the kernel spreads new connections over both until
 //! the old one stops listening.
 
+pub(crate) mod addr;
+pub(crate) mod sockets;
+
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -25,7 +28,7 @@ use std::path::{Path, PathBuf};
 use pgherd_tls::Stream;
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::ClientAddr;
+use addr::ClientAddr;
 
 #[derive(Debug)]
 pub(crate) enum Listener {

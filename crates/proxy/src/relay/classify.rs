@@ -25,7 +25,7 @@ use pgherd_wire::cstr::split_cstr_bytes;
 use pgherd_wire::frame::{self, parse_header};
 use pgherd_wire::frontend::{self, Bind, Parse};
 
-use crate::prepared::ClientStatements;
+use crate::relay::prepared::ClientStatements;
 
 /// What the start of a transaction allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,7 +313,7 @@ mod tests {
         let mut expected = Default::default();
         let mut parse = BytesMut::new();
         frontend::parse(&mut parse, b"s1", b"SELECT 1\0\0\0");
-        crate::prepared::rewrite(&parse, &mut statements, &mut server, &mut expected, 10);
+        crate::relay::prepared::rewrite(&parse, &mut statements, &mut server, &mut expected, 10);
         let b = batch("", "s1", "");
         assert_eq!(classify(&b, Some(&statements)), Request::Read);
         assert_eq!(

@@ -5,6 +5,9 @@
 //! a clear FATAL ErrorResponse (or, for a CancelRequest, a silent close, as
 //! PostgreSQL does).
 
+pub(crate) mod auth_query;
+pub mod failures;
+
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -19,7 +22,13 @@ use pgherd_wire::startup::{
 use pgherd_wire::{decode_startup, frontend, next_frame, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{ClientAddr, Shared};
+use pgherd_cluster::Cluster;
+use rand::RngCore;
+
+use crate::listen::addr::ClientAddr;
+use crate::settings::Settings;
+use auth_query::AuthQuery;
+pub use failures::LoginFailures;
 
 /// Largest message accepted from a client before it has logged in.
 const LOGIN_MESSAGE_LIMIT: usize = 8 * 1024;
@@ -124,6 +133,39 @@ fn check_peer(peer: ClientAddr, user: &str) -> Result<(), Refused> {
             sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             format!("peer authentication failed for user \"{user}\""),
         ))),
+    }
+}
+
+/// The virtual database names that open the admin console: a login
+/// question (the console has rules of its own), answered here so the
+/// console's room is not needed to let a client in.
+pub(crate) fn is_console(database: &str) -> bool {
+    database == "pgbouncer" || database == "pgherd"
+}
+
+/// What logging clients in reads: the settings, the cluster (auth_query
+/// asks the primary), the secret that seeds mock SCRAM exchanges for
+/// unknown users, and the failure counters.
+#[derive(Debug)]
+pub(crate) struct Logins {
+    pub(crate) settings: Arc<Settings>,
+    cluster: Cluster,
+    process_secret: [u8; 32],
+    auth_query: AuthQuery,
+    pub(crate) failures: LoginFailures,
+}
+
+impl Logins {
+    pub(crate) fn new(settings: Arc<Settings>, cluster: Cluster) -> Logins {
+        let mut process_secret = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut process_secret);
+        Logins {
+            settings,
+            cluster,
+            process_secret,
+            auth_query: AuthQuery::default(),
+            failures: LoginFailures::default(),
+        }
     }
 }
 
@@ -250,12 +292,12 @@ impl Client {
     /// (`client_login_timeout`) is told so.
     pub(crate) async fn login(
         &mut self,
-        shared: &Shared,
+        logins: &Logins,
         over_limit: bool,
         deadline: tokio::time::Instant,
         channel_binding: Option<Arc<[u8]>>,
     ) -> Result<Box<Authenticated>, Refused> {
-        let login = Box::pin(self.login_steps(shared, over_limit, channel_binding));
+        let login = Box::pin(self.login_steps(logins, over_limit, channel_binding));
         match tokio::time::timeout_at(deadline, login).await {
             Ok(done) => done,
             Err(_) => {
@@ -269,16 +311,16 @@ impl Client {
     /// client's TLS connection was accepted with (`None` without TLS).
     async fn login_steps(
         &mut self,
-        shared: &Shared,
+        logins: &Logins,
         over_limit: bool,
         channel_binding: Option<Arc<[u8]>>,
     ) -> Result<Box<Authenticated>, Refused> {
         let mut startup = self.read_startup().await?;
-        let config = shared.config();
+        let config = logins.settings.config();
         if config.general.application_name_add_host {
             add_host(&mut startup, self.peer);
         }
-        let tls = shared.tls();
+        let tls = logins.settings.tls();
         // As pgbouncer: a Unix-domain socket needs no encryption.
         if !self.stream.is_tls() && !self.peer.is_unix() && tls.client.required() {
             return Err(Refused::TlsRequired(ErrorFields::fatal(
@@ -316,7 +358,7 @@ impl Client {
             .unwrap_or(&user)
             .to_owned();
         let local_admin = user == "pgbouncer"
-            && crate::console::is_console(&database)
+            && is_console(&database)
             && self.peer.unix_uid() == Some(nix::unistd::getuid().as_raw());
         let auth_type = match local_admin {
             true => {
@@ -332,7 +374,10 @@ impl Client {
             None if config.general.auth_user.is_some()
                 && !matches!(auth_type, AuthType::Trust | AuthType::Peer) =>
             {
-                shared.auth_query.lookup(shared, &config, &user).await
+                logins
+                    .auth_query
+                    .lookup((&logins.cluster, &logins.settings), &config, &user)
+                    .await
             }
             _ => None,
         };
@@ -345,7 +390,7 @@ impl Client {
             AuthType::ScramSha256 => {
                 let binding = channel_binding.clone();
                 client_key = Some(
-                    self.scram(shared, &user, verifier, binding, &mut out)
+                    self.scram(logins, &user, verifier, binding, &mut out)
                         .await?,
                 );
             }
@@ -354,7 +399,7 @@ impl Client {
             AuthType::Md5 if md5.is_none() && verifier.is_some() => {
                 let binding = channel_binding.clone();
                 client_key = Some(
-                    self.scram(shared, &user, verifier, binding, &mut out)
+                    self.scram(logins, &user, verifier, binding, &mut out)
                         .await?,
                 );
             }
@@ -486,7 +531,7 @@ impl Client {
     /// users, so the reply does not tell whether the user exists).
     async fn scram(
         &mut self,
-        shared: &Shared,
+        logins: &Logins,
         user: &str,
         verifier: Option<pgherd_auth::ScramVerifier>,
         channel_binding: Option<Arc<[u8]>>,
@@ -502,7 +547,7 @@ impl Client {
             ScramError::AuthFailed => failed(),
             ScramError::Protocol(m) => protocol_violation(m),
         };
-        let mut server = ScramServer::new(verifier, user, &shared.process_secret)
+        let mut server = ScramServer::new(verifier, user, &logins.process_secret)
             .with_channel_binding(channel_binding);
         backend::authentication_sasl(out, server.mechanisms());
         self.stream.send(out).await?;

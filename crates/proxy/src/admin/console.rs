@@ -28,15 +28,10 @@ use pgherd_wire::frontend;
 use pgherd_wire::sqlstate;
 use tokio::io::AsyncReadExt;
 
-use crate::client::{Authenticated, Client};
-use crate::control::ControlError;
+use crate::admin::control::ControlError;
+use crate::login::{Authenticated, Client};
 use crate::registry::{ClientState, ServerState};
-use crate::Shared;
-
-/// The virtual database names that open the console.
-pub(crate) fn is_console(database: &str) -> bool {
-    database == "pgbouncer" || database == "pgherd"
-}
+use crate::shared::Shared;
 
 /// What a console user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,8 +288,10 @@ async fn run(shared: &Shared, access: Access, sql: &str, out: &mut BytesMut) -> 
                     }
                     backend::command_complete(out, "RELOAD");
                 }
-                // PostgreSQL's "config_file_error".
-                Err(e) => ErrorFields::error("F0000", format!("RELOAD failed: {e}")).encode(out),
+                Err(e) => {
+                    ErrorFields::error(sqlstate::CONFIG_FILE_ERROR, format!("RELOAD failed: {e}"))
+                        .encode(out)
+                }
             }
             return false;
         }
@@ -539,7 +536,7 @@ fn show_stats(shared: &Shared, what: &str, out: &mut BytesMut) {
 /// here say `client_bytes`/`server_bytes` where SHOW STATS says
 /// received/sent: the bytes received from clients, and sent to them).
 fn show_totals(shared: &Shared, out: &mut BytesMut) {
-    let total = crate::sum(shared.database_totals().values());
+    let total = crate::stats::sum(shared.database_totals().values());
     let avg = shared.all_averages();
     let micros = crate::stats::micros;
     let mut t = Table::new(out, &[("name", T), ("value", N)]);
@@ -721,7 +718,7 @@ fn show_databases(shared: &Shared, out: &mut BytesMut) {
             ("target", T),
         ],
     );
-    let topology = shared.cluster.topology();
+    let topology = shared.cluster().topology();
     let primary = topology.primary.and_then(|p| config.nodes.get(p));
     let servers = shared.registry.servers();
     for state in shared.database_states() {
@@ -783,7 +780,7 @@ fn show_lists(shared: &Shared, out: &mut BytesMut) {
 
 fn show_nodes(shared: &Shared, out: &mut BytesMut) {
     let config = shared.config();
-    let topology = shared.cluster.topology();
+    let topology = shared.cluster().topology();
     let mut t = Table::new(
         out,
         &[
@@ -828,7 +825,7 @@ fn show_nodes(shared: &Shared, out: &mut BytesMut) {
             Some(&cfg.weight.to_string()),
             Some(&cfg.priority.to_string()),
             n.last_error.as_deref(),
-            Some(yes_no(shared.node_is_drained(i))),
+            Some(yes_no(shared.servers.routing.node_is_drained(i))),
         ]);
     }
     t.finish();

@@ -21,6 +21,11 @@
 //! message headers alone so that, when the client leaves, pgherd knows whether
 //! the server still owes replies — a server is only reused when it owes none.
 
+pub(crate) mod buffers;
+pub(crate) mod classify;
+pub(crate) mod params;
+pub(crate) mod prepared;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -37,10 +42,10 @@ use tokio::time::Sleep;
 
 use crate::clock::Micros;
 
-use crate::buffers::BUF_SIZE;
-use crate::params::{ClientParams, ServerParams};
-use crate::prepared::{self, ClientStatements, Expected, Rewrite, ServerStatements};
+use crate::relay::buffers::BUF_SIZE;
+use crate::relay::params::{ClientParams, ServerParams};
 use crate::stats::{PoolStats, Traffic};
+use prepared::{ClientStatements, Expected, Rewrite, ServerStatements};
 
 /// What transaction mode keeps track of while relaying.
 #[derive(Default)]
@@ -196,7 +201,7 @@ impl Limits {
 #[cold]
 fn limit_reached(
     limits: &Limits,
-    state: &ServerState,
+    state: &ServerProgress,
     last_activity: Option<tokio::time::Instant>,
 ) -> Result<tokio::time::Instant, RelayEnd> {
     let now = tokio::time::Instant::now();
@@ -293,9 +298,10 @@ pub(crate) enum Goodbye {
     Reset,
 }
 
-/// What the proxy knows about the server's state from the traffic.
+/// How far the server is through the requests relayed to it, as the
+/// traffic shows (not the console's `ServerState`, which is its pool state).
 #[derive(Debug)]
-pub(crate) struct ServerState {
+pub(crate) struct ServerProgress {
     /// Requests sent (Query, Sync, FunctionCall) not yet answered by ReadyForQuery.
     pub(crate) pending: usize,
     /// Extended-protocol messages sent since the last Sync.
@@ -324,14 +330,14 @@ pub(crate) struct ServerState {
     xact_at: Micros,
 }
 
-impl ServerState {
+impl ServerProgress {
     /// The server's last message was a FATAL error: it is closing.
     pub(crate) fn said_goodbye(&self) -> bool {
         self.last_fatal
     }
 
     pub(crate) fn new() -> Self {
-        ServerState {
+        ServerProgress {
             pending: 0,
             unsynced: false,
             tx: TxStatus::Idle,
@@ -647,7 +653,7 @@ pub(crate) struct Ends<'a> {
 pub(crate) fn relay<'a, 't, R: std::future::Future<Output = String>>(
     ends: Ends<'a>,
     (max_packet_size, until, limits): (usize, Until, Limits),
-    state: &'a mut ServerState,
+    state: &'a mut ServerProgress,
     tracking: &'a mut Tracking<'t>,
     retire: Pin<&'a mut R>,
 ) -> impl std::future::Future<Output = Relayed> + use<'a, 't, R> {
@@ -707,7 +713,7 @@ async fn relay_inner(
     server: &mut Stream,
     down: &mut Pipe,
     (until, limits): (Until, Limits),
-    state: &mut ServerState,
+    state: &mut ServerProgress,
     tracking: &mut Tracking<'_>,
     down_at_boundary: &mut bool,
     mut retire: Pin<&mut impl std::future::Future<Output = String>>,
@@ -848,7 +854,7 @@ async fn relay_inner(
 /// never reached the request's end, where it would commit: the request
 /// runs elsewhere ([`Goodbye::Reset`]). (The FATAL the backend sent before
 /// closing may have been dropped by the kernel with the reset.)
-fn server_failed(e: std::io::Error, state: &ServerState) -> RelayEnd {
+fn server_failed(e: std::io::Error, state: &ServerProgress) -> RelayEnd {
     use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
     if state.hold == Hold::Request
         && state.pending == 1
@@ -863,7 +869,7 @@ fn server_failed(e: std::io::Error, state: &ServerState) -> RelayEnd {
 /// is kept too (the replay is all it sent since the relay began), up to
 /// [`MAX_HELD`] bytes; past that, or with nothing to keep it in, the
 /// request is committed to this server.
-fn keep_for_replay(up: &Pipe, state: &mut ServerState, replay: &mut Option<Box<BytesMut>>) {
+fn keep_for_replay(up: &Pipe, state: &mut ServerProgress, replay: &mut Option<Box<BytesMut>>) {
     match replay {
         // It holds all the client sent before this read, which added the
         // buffer's last bytes.
@@ -914,7 +920,7 @@ fn poll_directions(
 }
 
 /// The traffic of a relay so far.
-fn traffic(up: &Pipe, down: &Pipe, state: &ServerState) -> Traffic {
+fn traffic(up: &Pipe, down: &Pipe, state: &ServerProgress) -> Traffic {
     Traffic {
         queries: state.answered,
         transactions: state.idle_answers,
@@ -936,7 +942,7 @@ enum Direction {
 /// before it is forwarded, a large `Query` or `Parse`) belongs to this
 /// server's next request, and ending the relay there would leave nothing to
 /// read the rest of it.
-fn server_idle(state: &ServerState, up: &Pipe) -> bool {
+fn server_idle(state: &ServerProgress, up: &Pipe) -> bool {
     state.pending == 0
         && !state.unsynced
         && state.tx == TxStatus::Idle
@@ -947,7 +953,7 @@ fn server_idle(state: &ServerState, up: &Pipe) -> bool {
 fn scan_client(
     up: &mut Pipe,
     watch: Tags,
-    state: &mut ServerState,
+    state: &mut ServerProgress,
     statements: &mut Option<Statements<'_>>,
 ) -> Result<(), FrameError> {
     up.scan(watch, |seen| {
@@ -1011,7 +1017,7 @@ fn scan_client(
 fn scan_server(
     down: &mut Pipe,
     watch: Tags,
-    state: &mut ServerState,
+    state: &mut ServerProgress,
     tracking: &mut Tracking<'_>,
 ) -> Result<(), FrameError> {
     let Tracking {
@@ -1135,7 +1141,7 @@ fn held_after(hold: Hold, seen: &Seen<'_>, more_pending: bool) -> Hold {
 
 /// The server can be handed to another client: it owes no replies, is
 /// between messages in both directions, and nothing is left unsynced.
-pub(crate) fn reusable(state: &ServerState, end: &RelayEnd) -> bool {
+pub(crate) fn reusable(state: &ServerProgress, end: &RelayEnd) -> bool {
     matches!(end, RelayEnd::ClientLeft) && state.pending == 0 && !state.unsynced
 }
 
@@ -1255,7 +1261,7 @@ mod tests {
         bytes.extend(msg(frontend::SYNC, b""));
         bytes.extend(msg(frontend::TERMINATE, b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        let mut state = ServerState::new();
+        let mut state = ServerProgress::new();
         scan_client(&mut pipe, CLIENT_WATCH, &mut state, &mut None).unwrap();
         assert_eq!(state.pending, 2);
         assert!(!state.unsynced);
@@ -1268,7 +1274,7 @@ mod tests {
         let mut bytes = msg(backend::COMMAND_COMPLETE, b"BEGIN\0");
         bytes.extend(msg(backend::READY_FOR_QUERY, b"T"));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        let mut state = ServerState::new();
+        let mut state = ServerProgress::new();
         state.pending = 1;
         scan_server(
             &mut pipe,
@@ -1287,7 +1293,7 @@ mod tests {
     fn unsynced_extended_messages_make_a_server_unusable() {
         let bytes = msg(frontend::PARSE, b"\0select 1\0\0\0");
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        let mut state = ServerState::new();
+        let mut state = ServerProgress::new();
         scan_client(&mut pipe, CLIENT_WATCH, &mut state, &mut None).unwrap();
         assert!(!reusable(&state, &RelayEnd::ClientLeft));
     }
@@ -1297,7 +1303,7 @@ mod tests {
         let mut bytes = msg(frontend::PARSE, b"\0select 1\0\0\0");
         bytes.extend(msg(frontend::SYNC, b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        let mut state = ServerState::new();
+        let mut state = ServerProgress::new();
         scan_client(&mut pipe, CLIENT_WATCH_TRANSACTION, &mut state, &mut None).unwrap();
         assert!(
             !state.pinned,
@@ -1325,9 +1331,9 @@ mod tests {
     /// The server's `bytes` scanned in transaction mode with `pending`
     /// requests owed and replies held as `hold`: the state after, and how
     /// many bytes are ready for the client.
-    fn scanned(bytes: &[u8], pending: usize, hold: Hold) -> (ServerState, usize) {
+    fn scanned(bytes: &[u8], pending: usize, hold: Hold) -> (ServerProgress, usize) {
         let mut pipe = Pipe::new(BytesMut::from(bytes), 1 << 20);
-        let mut state = ServerState::new();
+        let mut state = ServerProgress::new();
         state.pending = pending;
         state.hold = hold;
         scan_server(
@@ -1417,7 +1423,7 @@ mod tests {
     #[test]
     fn a_reset_before_the_request_ended_runs_it_elsewhere() {
         use std::io::{Error, ErrorKind};
-        let mut state = ServerState::new();
+        let mut state = ServerProgress::new();
         state.pending = 1;
         state.hold = Hold::Request;
         let reset = || Error::from(ErrorKind::ConnectionReset);
@@ -1467,7 +1473,7 @@ mod tests {
     fn fatal_errors_are_noticed() {
         let bytes = error("FATAL", sqlstate::ADMIN_SHUTDOWN);
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        let mut state = ServerState::new();
+        let mut state = ServerProgress::new();
         scan_server(
             &mut pipe,
             SERVER_WATCH,

@@ -10,6 +10,12 @@
 //! its own startup parameters (~190 bytes), pool handles (143) and
 //! credential (128), as valgrind's dhat measured them (benches/RESULTS.md).
 
+pub mod balance;
+pub(crate) mod limits;
+pub(crate) mod pools;
+pub(crate) mod route;
+pub(crate) mod server;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
@@ -19,13 +25,35 @@ use pgherd_pool::{Guard, PoolError};
 use pgherd_wire::backend::ErrorFields;
 use pgherd_wire::sqlstate;
 
-use crate::client::Authenticated;
 use crate::clock::Micros;
-use crate::params;
+use crate::login::Authenticated;
+use crate::registry::Registry;
 use crate::registry::{ClientInfo, DatabaseControl, InUse, NewServer};
-use crate::route::{self, Attempt, Want};
-use crate::server::{same_startup, ServerConn, ServerCredential, ServerError, Startup};
-use crate::{PoolEntry, PoolKey, PoolLimits, Shared};
+use crate::relay::params;
+use crate::relay::params::TrackedParams;
+use crate::settings::Settings;
+use crate::upstream::server::{same_startup, ServerConn, ServerCredential, ServerError, Startup};
+use limits::ConnectionLimits;
+use pools::{PoolEntry, PoolKey, PoolLimits, Pools};
+use route::Routing;
+use route::{Attempt, Want};
+
+/// Where servers come from: the pools, the caps over them, routing, and
+/// what opening a connection reads. Sessions, the console and the pool
+/// sweeper reach servers through this, never through the whole proxy.
+#[derive(Debug)]
+pub(crate) struct Servers {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) pools: Pools,
+    /// `max_db_connections` / `max_user_connections`.
+    pub(crate) limits: ConnectionLimits,
+    pub(crate) routing: Routing,
+    /// Parameters transaction-mode clients keep as their own.
+    pub(crate) tracked: Arc<TrackedParams>,
+    pub(crate) registry: Arc<Registry>,
+    /// Where sessions get servers, shared by clients with the same.
+    pub(crate) upstreams: Upstreams,
+}
 
 /// Where a client's servers come from: its database entry, target and
 /// login. Shared by the clients it is the same for (see [`Upstreams`]).
@@ -79,7 +107,7 @@ struct UpstreamMap {
 type WeakStartup = Weak<[(String, String)]>;
 
 /// What a session asks [`Upstreams::get`] for.
-pub(crate) struct Wanted<'a> {
+pub(crate) struct UpstreamSpec<'a> {
     pub(crate) config: &'a Arc<Config>,
     /// The database and user the client logged in with.
     pub(crate) client: (&'a str, &'a str),
@@ -94,7 +122,7 @@ pub(crate) struct Wanted<'a> {
 
 impl Upstreams {
     /// The live upstream equal to `wanted`, or a new one.
-    pub(crate) fn get(&self, wanted: Wanted<'_>) -> Arc<Upstream> {
+    pub(crate) fn get(&self, wanted: UpstreamSpec<'_>) -> Arc<Upstream> {
         let key = (
             Arc::as_ptr(wanted.config) as usize,
             wanted.client.0.to_owned(),
@@ -199,7 +227,7 @@ impl Drop for Lease {
 }
 
 impl Upstream {
-    fn new(wanted: Wanted<'_>, params: Startup) -> Upstream {
+    fn new(wanted: UpstreamSpec<'_>, params: Startup) -> Upstream {
         let config = wanted.config;
         let param = |name: &str| params::find(&wanted.params, name).unwrap_or("").to_owned();
         let (database, user) = (param("database"), param("user"));
@@ -234,7 +262,7 @@ impl Upstream {
     }
 
     /// The pool on `node`.
-    pub(crate) fn entry(&self, shared: &Shared, node: usize) -> &PoolEntry {
+    pub(crate) fn entry(&self, servers: &Servers, node: usize) -> &PoolEntry {
         self.pools[node].get_or_init(|| {
             let key = PoolKey {
                 database: self.database.clone(),
@@ -242,7 +270,7 @@ impl Upstream {
                 node,
             };
             let size = (self.db.pool_size, self.db.reserve_pool);
-            shared.pool(key, size, self.mode)
+            servers.pools.get(key, size, self.mode)
         })
     }
 
@@ -253,13 +281,13 @@ impl Upstream {
     /// `None` changes nothing.
     pub(crate) fn checkout_now(
         &self,
-        shared: &Shared,
+        servers: &Servers,
         me: &Arc<ClientInfo>,
         want: Want,
     ) -> Option<(Guard<ServerConn>, Micros, Lease)> {
         let in_use = self.control.try_enter()?;
-        let (node, target) = route::pick_now(shared, &self.config, want)?;
-        let entry = self.entry(shared, node);
+        let (node, target) = route::pick_now(&servers.routing, &self.config, want)?;
+        let entry = self.entry(servers, node);
         let general = &self.config.general;
         // The loop's time: this runs for every transaction.
         let asked = Micros::recent();
@@ -267,7 +295,7 @@ impl Upstream {
             |c| same_startup(&c.startup, &self.params),
             |c| fit(c, general, target, asked) && !needs_check(c, general, asked),
         )?;
-        route::turn_taken(shared, want);
+        route::turn_taken(&servers.routing, want);
         // Asked and served at once: it never waited.
         me.asked_for_server(asked);
         Some(self.lease(guard, asked, in_use, me))
@@ -279,14 +307,14 @@ impl Upstream {
     /// pool's counters.
     pub(crate) async fn checkout(
         &self,
-        shared: &Shared,
+        servers: &Servers,
         me: &Arc<ClientInfo>,
         want: Want,
     ) -> Result<(Guard<ServerConn>, Micros, Lease), ErrorFields> {
         let asked = Micros::now();
         me.wants_server(asked);
         let in_use = self.control.enter().await;
-        let result = self.connect(shared, want, asked).await;
+        let result = self.take_or_open(servers, want, asked).await;
         me.served();
         let (guard, assigned) = result?;
         Ok(self.lease(guard, assigned, in_use, me))
@@ -314,49 +342,54 @@ impl Upstream {
         (guard, assigned, lease)
     }
 
-    async fn connect(
+    async fn take_or_open(
         &self,
-        shared: &Shared,
+        servers: &Servers,
         want: Want,
         asked: Micros,
     ) -> Result<(Guard<ServerConn>, Micros), ErrorFields> {
-        route::connect(shared, &self.config, want, |node, target| async move {
-            let entry = self.entry(shared, node);
-            let attempt = checkout(
-                shared,
-                (&self.config, asked),
-                (entry, self.limits),
-                node,
-                target,
-                &self.params,
-                &self.credential,
-            )
-            .await;
-            attempt.map(|guard| {
-                let assigned = Micros::now();
-                entry.stats.waited(assigned.since(asked));
-                (guard, assigned)
-            })
-        })
+        route::reach_node(
+            &servers.routing,
+            &self.config,
+            want,
+            |node, target| async move {
+                let entry = self.entry(servers, node);
+                let attempt = take_from_pool(
+                    servers,
+                    (&self.config, asked),
+                    (entry, self.limits),
+                    node,
+                    target,
+                    &self.params,
+                    &self.credential,
+                )
+                .await;
+                attempt.map(|guard| {
+                    let assigned = Micros::now();
+                    entry.stats.waited(assigned.since(asked));
+                    (guard, assigned)
+                })
+            },
+        )
         .await
     }
 }
 
 /// Opens an unpooled server connection on `node`.
 pub(crate) async fn open(
-    shared: &Shared,
+    servers: &Servers,
     node: usize,
     target: Target,
     params: Startup,
     credential: &ServerCredential,
 ) -> Attempt<ServerConn> {
-    let config = shared.config();
+    let config = servers.settings.config();
     let n = &config.nodes[node];
     let connected = ServerConn::connect(
         (node, &n.host, n.port),
-        (params, &shared.tracked),
+        (params, &servers.tracked),
         credential,
-        (&shared.tls().server, &config.general.tcp),
+        (&servers.settings.tls().server, &config.general.tcp),
         config.general.server_connect_timeout,
     )
     .await;
@@ -368,7 +401,7 @@ pub(crate) async fn open(
         Ok(mut conn) => {
             let param = |name: &str| params::find(&conn.startup, name).unwrap_or("").to_owned();
             let (user, database) = (param("user"), param("database"));
-            conn.registered = Some(shared.registry.add_server(NewServer {
+            conn.registered = Some(servers.registry.add_server(NewServer {
                 node,
                 user: &user,
                 database: &database,
@@ -417,8 +450,8 @@ pub(crate) async fn open(
 /// with the same startup parameters, or a new one.
 /// `asked` is when the client asked (the clock for `server_lifetime` and
 /// `server_check_delay`, so checkout reads none of its own).
-async fn checkout(
-    shared: &Shared,
+async fn take_from_pool(
+    servers: &Servers,
     (config, asked): (&Config, Micros),
     (entry, limits): (&PoolEntry, PoolLimits),
     node: usize,
@@ -480,7 +513,13 @@ async fn checkout(
         let database = params::find(params, "database").unwrap_or("");
         let user = params::find(params, "user").unwrap_or("");
         // Boxed, like `open` below: only with a limit configured.
-        match Box::pin(shared.connection_permits(caps, database, user, wait)).await {
+        match Box::pin(
+            servers
+                .limits
+                .permits(&servers.pools, caps, database, user, wait),
+        )
+        .await
+        {
             Some(p) => p,
             None => {
                 return Attempt::Refused(ErrorFields::fatal(
@@ -496,12 +535,12 @@ async fn checkout(
             }
         }
     };
-    let opened = open_for_pool(shared, entry, (node, target), params, credential).await;
+    let opened = open_for_pool(servers, entry, (node, target), params, credential).await;
     opened.map(|mut conn| {
         conn.permits = permits;
         guard.set(conn);
         if limits.min_size > 0 {
-            *entry.template.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::Template {
+            *entry.template.lock().unwrap_or_else(|e| e.into_inner()) = Some(pools::Template {
                 params: Arc::clone(params),
                 credential: credential.clone(),
                 target,
@@ -518,19 +557,19 @@ async fn checkout(
 /// (the sweeper) both open through here, so neither hammers a server that
 /// refuses the login.
 async fn open_for_pool(
-    shared: &Shared,
+    servers: &Servers,
     entry: &PoolEntry,
     (node, target): (usize, Target),
     params: &Startup,
     credential: &ServerCredential,
 ) -> Attempt<ServerConn> {
-    let retry = shared.config().general.server_login_retry;
+    let retry = servers.settings.config().general.server_login_retry;
     if let Some(refused) = entry.login_failure.recent(retry, Instant::now()) {
         return Attempt::Refused(refused);
     }
     // Boxed: opening a connection (TCP, TLS, login) is a large future, and
     // checkout runs for every transaction while opening is rare.
-    let attempt = Box::pin(open(shared, node, target, Arc::clone(params), credential)).await;
+    let attempt = Box::pin(open(servers, node, target, Arc::clone(params), credential)).await;
     entry.login_failure.record(&attempt);
     attempt
 }
@@ -584,13 +623,9 @@ impl LoginFailure {
 /// `min_pool_size`: opens connections in pools below it, as their last
 /// one was opened, on nodes that still fit the pool's target. Stops at a
 /// pool's size and at `max_db_connections`/`max_user_connections`.
-pub(crate) async fn fill_pools(shared: &Shared) {
-    let entries: Vec<(PoolKey, PoolEntry)> = {
-        let pools = shared.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools.iter().map(|(k, e)| (k.clone(), e.clone())).collect()
-    };
-    let topology = shared.cluster.topology();
-    for (key, entry) in entries {
+pub(crate) async fn fill_pools(servers: &Servers) {
+    let topology = servers.routing.cluster.topology();
+    for (key, entry) in servers.pools.entries() {
         let template = entry
             .template
             .lock()
@@ -625,8 +660,15 @@ pub(crate) async fn fill_pools(shared: &Shared) {
             let permits = if caps == (0, 0) {
                 Vec::new()
             } else {
-                match shared
-                    .connection_permits(caps, &key.database, &key.user, std::time::Duration::ZERO)
+                match servers
+                    .limits
+                    .permits(
+                        &servers.pools,
+                        caps,
+                        &key.database,
+                        &key.user,
+                        std::time::Duration::ZERO,
+                    )
                     .await
                 {
                     Some(p) => p,
@@ -634,7 +676,7 @@ pub(crate) async fn fill_pools(shared: &Shared) {
                 }
             };
             match open_for_pool(
-                shared,
+                servers,
                 &entry,
                 (key.node, t.target),
                 &t.params,
@@ -687,9 +729,9 @@ mod tests {
         )
     }
 
-    fn wanted<'a>(config: &'a Arc<Config>, user: &'a str, app: &str) -> Wanted<'a> {
+    fn wanted<'a>(config: &'a Arc<Config>, user: &'a str, app: &str) -> UpstreamSpec<'a> {
         let db = config.database("app").unwrap();
-        Wanted {
+        UpstreamSpec {
             config,
             client: ("app", user),
             db,

@@ -15,20 +15,11 @@
 //! nothing: a slot of its own set twice per transaction took two locks.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use rand::{Rng, RngCore};
 
-use crate::registry::{ClientInfo, Registry};
-
-/// Where a cancel for one client goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CancelTarget {
-    pub(crate) addr: SocketAddr,
-    pub(crate) pid: i32,
-    pub(crate) secret: [u8; 4],
-}
+use crate::registry::{CancelTarget, ClientInfo, Registry};
 
 /// How a key finds its server.
 #[derive(Debug)]
@@ -111,7 +102,7 @@ mod tests {
         let client = registry.add_client(NewClient {
             user: "u",
             database: "d",
-            addr: crate::ClientAddr::Tcp("127.0.0.1:1".parse().unwrap()),
+            addr: crate::listen::addr::ClientAddr::Tcp("127.0.0.1:1".parse().unwrap()),
             local_addr: None,
             application_name: "",
         });

@@ -12,11 +12,10 @@
 //!   connections are closed; sessions and transactions already there finish
 //!   normally. Writes are not affected (to stop them, pause the database).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::registry::DatabaseControl;
-use crate::Shared;
+use crate::shared::Shared;
 
 /// Why a control request could not be carried out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,8 +127,8 @@ impl Shared {
                 marked += 1;
             }
         }
-        for i in 0..self.node_drained.len() {
-            self.close_idle_marked(i);
+        for i in 0..self.servers.routing.node_count() {
+            self.servers.pools.close_idle_marked(i);
         }
         Ok(marked)
     }
@@ -164,9 +163,9 @@ impl Shared {
         let i = self
             .node_index(name)
             .ok_or_else(|| ControlError::UnknownNode(name.to_owned()))?;
-        self.node_drained[i].store(drained, Ordering::Relaxed);
+        self.servers.routing.set_node_drained(i, drained);
         if drained {
-            self.drain_node(i);
+            self.servers.pools.drain_node(i);
         }
         tracing::info!(
             node = name,
@@ -174,10 +173,6 @@ impl Shared {
             "node drain changed by an administrator"
         );
         Ok(())
-    }
-
-    pub(crate) fn node_is_drained(&self, i: usize) -> bool {
-        self.node_drained[i].load(Ordering::Relaxed)
     }
 
     pub(crate) fn database_states(&self) -> Vec<DatabaseState> {

@@ -12,9 +12,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
-use crate::{PoolKey, Shared};
+use crate::upstream::pools::{PoolKey, Pools};
+use crate::upstream::server::Permits;
 
 /// What a limit counts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -45,14 +46,12 @@ impl ConnectionLimits {
     }
 }
 
-/// The permits a server connection holds while it is open.
-pub(crate) type Permits = Vec<OwnedSemaphorePermit>;
-
-impl Shared {
+impl ConnectionLimits {
     /// Permits for a new server connection to `database` as `user`, waiting
     /// up to `wait`; `None` when none came free in time.
-    pub(crate) async fn connection_permits(
+    pub(crate) async fn permits(
         &self,
+        pools: &Pools,
         (max_db, max_user): (usize, usize),
         database: &str,
         user: &str,
@@ -67,7 +66,7 @@ impl Shared {
             if limit == 0 {
                 continue;
             }
-            let semaphore = self.limits.semaphore(&scope, limit);
+            let semaphore = self.semaphore(&scope, limit);
             // Connections hold their permits while idle in a pool: make room
             // by closing one, and again while waiting, as servers are
             // released by other clients.
@@ -75,7 +74,7 @@ impl Shared {
                 if let Ok(p) = Arc::clone(&semaphore).try_acquire_owned() {
                     break p;
                 }
-                self.close_one_idle(&scope);
+                close_one_idle(pools, &scope);
                 let now = tokio::time::Instant::now();
                 if now >= deadline {
                     return None;
@@ -91,21 +90,21 @@ impl Shared {
         }
         Some(permits)
     }
+}
 
-    /// Closes one idle server connection in `scope` (its permits go back).
-    fn close_one_idle(&self, scope: &Scope) {
-        let in_scope = |k: &PoolKey| match scope {
-            Scope::Database(d) => &k.database == d,
-            Scope::User(u) => &k.user == u,
-        };
-        let pools = self.pools_where(in_scope);
-        for pool in pools {
-            let taken = std::cell::Cell::new(false);
-            let one = pool.drain_idle_where(|_| !taken.replace(true));
-            if let Some(conn) = one.into_iter().next() {
-                conn.close_in_background();
-                return;
-            }
+/// Closes one idle server connection in `scope` (its permits go back).
+fn close_one_idle(pools: &Pools, scope: &Scope) {
+    let in_scope = |k: &PoolKey| match scope {
+        Scope::Database(d) => &k.database == d,
+        Scope::User(u) => &k.user == u,
+    };
+    let pools = pools.handles_where(in_scope);
+    for pool in pools {
+        let taken = std::cell::Cell::new(false);
+        let one = pool.drain_idle_where(|_| !taken.replace(true));
+        if let Some(conn) = one.into_iter().next() {
+            conn.close_in_background();
+            return;
         }
     }
 }

@@ -1,0 +1,211 @@
+//! A logged-in client's session set up: the database entry and server
+//! credential resolved to an [`Upstream`], the first server taken, and the
+//! client welcomed with a server's ParameterStatus values.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use pgherd_config::{PoolMode, Target};
+use pgherd_wire::backend::ErrorFields;
+use pgherd_wire::sqlstate;
+
+use super::release::release;
+use super::replication::replicate;
+use super::replication::{wants_replication, REPLICATION_FALLBACK};
+use super::transaction::{empty_slot, sync_params, Setup};
+use super::welcome::welcome;
+use crate::clock::Micros;
+use crate::login::{Authenticated, Client};
+use crate::registry::cancel::CancelRoute;
+use crate::registry::NewClient;
+use crate::relay::params::ClientParams;
+use crate::shared::Shared;
+use crate::upstream::route::{self, Want};
+use crate::upstream::server::Startup;
+use crate::upstream::{open, server_login, UpstreamSpec};
+
+/// Sets up an authenticated client's session: its upstream, its welcome
+/// (from a first server) and, in session mode, the server it keeps.
+/// `None`: the client was the console's or a replication connection, and
+/// is served already. An `Err` is sent to the client.
+pub(super) async fn start(
+    shared: &Shared,
+    client: &mut Client,
+    auth: Box<Authenticated>,
+    listener_target: Target,
+) -> Result<Option<Setup>, ErrorFields> {
+    if crate::login::is_console(&auth.database) {
+        Box::pin(crate::admin::console::serve(shared, client, &auth)).await?;
+        return Ok(None);
+    }
+    let config = shared.config();
+    let replication = wants_replication(&auth);
+    let db = match config.database(&auth.database) {
+        Some(db) => db,
+        None if replication => &REPLICATION_FALLBACK,
+        None => {
+            return Err(ErrorFields::fatal(
+                sqlstate::INVALID_CATALOG_NAME,
+                format!("database \"{}\" does not exist", auth.database),
+            )
+            .with_hint("pgherd has no [databases] entry for it and no \"*\" entry"))
+        }
+    };
+    let control = shared.registry.database(&auth.database);
+    if control.disabled() {
+        return Err(ErrorFields::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!("database \"{}\" is disabled", auth.database),
+        )
+        .with_hint("an administrator ran DISABLE on the admin console; ENABLE lifts it"));
+    }
+    let me = shared.registry.add_client(NewClient {
+        user: &auth.user,
+        database: &auth.database,
+        addr: client.peer,
+        local_addr: client.stream.local_addr(),
+        application_name: auth.startup.param("application_name").unwrap_or(""),
+    });
+    let (server_user, credential) = server_login(&config, db, &auth);
+    let server_db = db.dbname.clone().unwrap_or_else(|| auth.database.clone());
+    let mode = config.pool_mode(db, &auth.user);
+    let tracking = mode == PoolMode::Transaction && !replication;
+    let ignored = |name: &str| {
+        config
+            .general
+            .ignore_startup_parameters
+            .iter()
+            .any(|i| i.eq_ignore_ascii_case(name))
+    };
+    // Untracked startup parameters go to the server (and decide which
+    // servers this client may share); tracked ones are the client's own.
+    let mut client_params = ClientParams::new(&shared.tracked);
+    let mut params: Vec<(String, String)> = Vec::new();
+    for (name, value) in &auth.startup.params {
+        if name == "user" || name == "database" || ignored(name) {
+            continue;
+        }
+        match shared.tracked.index(name) {
+            Some(index) if tracking => client_params.set(index, value),
+            _ => params.push((name.clone(), value.clone())),
+        }
+    }
+    params.push(("user".into(), server_user));
+    params.push(("database".into(), server_db));
+    params.sort();
+
+    if replication {
+        drop(auth);
+        let params: Startup = params.into();
+        let (params, credential) = (&params, &credential);
+        let servers = &shared.servers;
+        let server = Box::pin(route::reach_node(
+            &servers.routing,
+            &config,
+            Want::Primary,
+            |node, target| async move {
+                open(servers, node, target, Arc::clone(params), credential).await
+            },
+        ))
+        .await?;
+        Box::pin(replicate(shared, client, server)).await?;
+        return Ok(None);
+    }
+
+    let target = match db.target.unwrap_or(listener_target) {
+        // Per transaction, so only in transaction mode.
+        Target::Auto if mode == PoolMode::Session => Target::Primary,
+        t => t,
+    };
+    let upstream = shared.servers.upstreams.get(UpstreamSpec {
+        config: &config,
+        client: (&auth.database, &auth.user),
+        db,
+        target,
+        params,
+        credential,
+        mode,
+        control,
+    });
+    // Everything needed from the login is copied out: the startup packet
+    // and the rest go now, not at the end of the session.
+    drop(auth);
+    // The welcome needs a server's ParameterStatus values, in both modes.
+    let welcome_want = match (upstream.want(), mode) {
+        (Want::Standby { fallback, .. }, PoolMode::Transaction) => Want::Standby {
+            fallback,
+            wrote_at: None,
+            peek: true,
+        },
+        // While no primary is known (a failover), a transaction-mode client
+        // is welcomed with a standby's values and its first transaction
+        // waits for the primary: a driver's connect timeout is usually
+        // shorter than a failover, and its first query's is not. (Not before
+        // the first probes have answered: then the primary is moments away.)
+        (Want::Primary, PoolMode::Transaction)
+            if shared.cluster().primary_now().is_none()
+                && shared
+                    .cluster()
+                    .pick_now(|t| t.probed().then_some(()))
+                    .is_some() =>
+        {
+            Want::Standby {
+                fallback: true,
+                wrote_at: None,
+                peek: true,
+            }
+        }
+        (want, _) => want,
+    };
+    let (mut first, _, first_lease) = upstream
+        .checkout(&shared.servers, &me.info, welcome_want)
+        .await?;
+    let Some(server) = first.conn() else {
+        return Err(empty_slot());
+    };
+    // Welcomed by a standby for the primary: the client's transactions will
+    // run on the primary, so it must not be told it reached a hot standby.
+    let as_primary = upstream.want() == Want::Primary && server.is_standby();
+    if tracking {
+        // What the client did not set, it gets the server's defaults of.
+        for index in 0..shared.tracked.len() {
+            if client_params.get(index).is_none() {
+                if let Some(v) = server.initial_params.tracked.get(index) {
+                    client_params.set(index, v);
+                }
+            }
+        }
+        // Usually equal to the server's: then this shares their values.
+        sync_params(shared, &mut client_params, server).await?;
+    }
+    let cancel = shared.cancels.register(
+        match mode {
+            PoolMode::Session => Some(server.pid),
+            PoolMode::Transaction => None,
+        },
+        CancelRoute::Client(Arc::clone(&me.info)),
+    );
+    if let Err(e) = welcome(client, server, (cancel.pid, cancel.secret), as_primary).await {
+        shared.cancels.unregister(&cancel);
+        return Err(e);
+    }
+    let held = match mode {
+        PoolMode::Session => Some(Box::new((first, first_lease))),
+        PoolMode::Transaction => {
+            release(first, config.general.server_lifetime, Micros::now());
+            drop(first_lease);
+            None
+        }
+    };
+    if held.is_none() && client.buf.is_empty() {
+        // Transaction mode: the login buffer is not needed while idle.
+        client.buf = BytesMut::new();
+    }
+    Ok(Some(Setup {
+        upstream,
+        me,
+        cancel,
+        params: tracking.then_some(client_params),
+        held,
+    }))
+}

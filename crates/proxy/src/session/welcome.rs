@@ -1,0 +1,36 @@
+//! The client's welcome: what a server sends after AuthenticationOk.
+
+use bytes::BytesMut;
+use pgherd_wire::backend::{self, ErrorFields, TxStatus};
+use pgherd_wire::sqlstate;
+
+use crate::login::Client;
+use crate::upstream::server::ServerConn;
+
+/// Sends the client what a server sends after AuthenticationOk: every
+/// ParameterStatus (the server's own values; `in_hot_standby` off when a
+/// standby welcomes a client `as_primary`), BackendKeyData with the
+/// client's cancel key, and ReadyForQuery.
+pub(super) async fn welcome(
+    client: &mut Client,
+    server: &ServerConn,
+    (pid, secret): (i32, [u8; 4]),
+    as_primary: bool,
+) -> Result<(), ErrorFields> {
+    let mut out = BytesMut::with_capacity(512);
+    for (k, v) in server.params.reported() {
+        let v = if as_primary && k == "in_hot_standby" {
+            "off"
+        } else {
+            v
+        };
+        backend::parameter_status(&mut out, k, v);
+    }
+    backend::backend_key_data(&mut out, pid, secret);
+    backend::ready_for_query(&mut out, TxStatus::Idle);
+    client.stream.send(&out).await.map_err(|e| {
+        tracing::debug!("client left during welcome: {e}");
+        // The client is gone; an error to it would go nowhere.
+        ErrorFields::fatal(sqlstate::CONNECTION_FAILURE, "client connection lost")
+    })
+}
