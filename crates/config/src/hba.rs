@@ -14,7 +14,7 @@
 
 use std::net::IpAddr;
 
-use crate::AuthType;
+use crate::kinds::AuthType;
 
 /// The rules of an `auth_hba_file`, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,9 +30,8 @@
 //!   the safe default is never to hand a connection in an unknown state to
 //!   someone else.
 //! * Connections are kept boxed, so a [`Guard`] is a few words: a session's
-//!   future holds guards in several of its states, and a guard holding its
-//!   connection and an evicted one inline (pgherd's ServerConn measured 376
-//!   bytes, so ~800 per guard) made every idle client's task kilobytes
+//!   future holds guards in several of its states, and guards holding their
+//!   connections inline would make every idle client's task that much
 //!   larger. The box is made once, when a connection is opened.
 
 use std::sync::{Arc, Mutex, MutexGuard};

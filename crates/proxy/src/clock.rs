@@ -5,11 +5,8 @@
 //! back) and compares with several of them (`server_lifetime`,
 //! `server_check_delay`, wait and transaction times). `Instant` keeps
 //! seconds and nanoseconds apart, and each subtraction normalizes them with
-//! overflow checks: callgrind counted ~37 instructions per subtraction and
-//! ~26 per reading (plus the vDSO's), ~460 per transaction in `Instant`'s
-//! functions in all (tokio's own readings included). Here a reading is one
-//! `clock_gettime` and a subtraction is one instruction; the change saved
-//! 452 instructions per transaction.
+//! overflow checks, dozens of instructions each; here a reading is one
+//! `clock_gettime` and a subtraction is one instruction.
 //!
 //! Stamps taken on every transaction use `Micros::recent`: like
 //! pgbouncer's cached loop time, the time the event loop woke up, read
@@ -22,8 +19,6 @@
 use std::cell::Cell;
 use std::time::Duration;
 
-use nix::time::{clock_gettime, ClockId};
-
 /// A point in time: microseconds on the monotonic clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Micros(u64);
@@ -33,13 +28,7 @@ impl Micros {
     pub(crate) const ZERO: Micros = Micros(0);
 
     pub(crate) fn now() -> Micros {
-        // CLOCK_MONOTONIC cannot fail on Linux; 0 would only make every
-        // time "long ago".
-        clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(Micros(0), |t| {
-            let secs = u64::try_from(t.tv_sec()).unwrap_or(0);
-            let micros = u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000;
-            Micros(secs.saturating_mul(1_000_000).saturating_add(micros))
-        })
+        read_clock()
     }
 
     /// About now: this thread's event-loop time (see the module docs), or
@@ -69,6 +58,40 @@ impl Micros {
     /// The microseconds themselves (for counters and the console).
     pub(crate) fn as_u64(self) -> u64 {
         self.0
+    }
+}
+
+#[cfg(not(test))]
+fn read_clock() -> Micros {
+    use nix::time::{clock_gettime, ClockId};
+    // CLOCK_MONOTONIC cannot fail on Linux; 0 would only make every time
+    // "long ago".
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(Micros(0), |t| {
+        let secs = u64::try_from(t.tv_sec()).unwrap_or(0);
+        let micros = u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000;
+        Micros(secs.saturating_mul(1_000_000).saturating_add(micros))
+    })
+}
+
+#[cfg(test)]
+use test_clock::now as read_clock;
+
+/// The seam that lets unit tests run the data path's timing under tokio's
+/// paused time (`#[tokio::test(start_paused = true)]`): in test builds the
+/// clock is tokio's, which follows the monotonic clock unless paused.
+#[cfg(test)]
+mod test_clock {
+    use std::sync::OnceLock;
+
+    use super::Micros;
+
+    pub(super) fn now() -> Micros {
+        static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+        let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+        let now = tokio::time::Instant::now().into_std();
+        let since = now.saturating_duration_since(origin);
+        // Never 0, which reads as "long ago".
+        Micros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX).max(1))
     }
 }
 

@@ -2,12 +2,10 @@
 //!
 //! Every transaction adds to its pool's counters (queries, transactions,
 //! bytes, times, a histogram bucket). As plain `fetch_add`s those are six
-//! locked instructions per transaction; in a `perf` profile of pgherd at
-//! 16 clients (160,000 transactions) the samples on or right after locked
-//! instructions were nearly a quarter of the samples in pgherd's own code,
-//! 15 to 42 at each of them (benches/RESULTS.md, session 6). Here each of the
-//! runtime's threads gets a copy of the counters of its own, which only it
-//! writes (a load and a store, no lock), and a reader sums the copies.
+//! locked instructions per transaction, each one a pipeline stall on the
+//! hot path. Here each of the runtime's threads gets a copy of the
+//! counters of its own, which only it writes (a load and a store, no
+//! lock), and a reader sums the copies.
 //!
 //! The runtime says how many threads write ([`set_writer_threads`]); each
 //! of the first that many threads to add to any counter gets a copy. Any

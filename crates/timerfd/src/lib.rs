@@ -4,18 +4,16 @@
 //!
 //! Why not `tokio::time::sleep`: while any tokio timer is pending, every
 //! time the runtime waits for I/O it asks the timer wheel for its next
-//! deadline and waits in `epoll_wait` with that timeout (strace showed
-//! every wait timed), and around each wait it reads the clock and scans
-//! the wheel (callgrind). A timed wait also costs the kernel more: a
-//! loopback ping-pong measured ~0.1-0.2 µs per wait against an untimed one.
-//! pgherd's periodic loops run for the process's whole life, so a timer
+//! deadline, waits in `epoll_wait` with that timeout, and reads the clock
+//! and scans the wheel around each wait; a timed wait also costs the
+//! kernel more than an untimed one. pgherd's periodic loops run for the
+//! process's whole life, so a timer
 //! was always pending, and at one client the proxy sleeps and wakes twice
 //! per transaction. With those loops on timerfds — file descriptors in the
 //! same epoll set, costing nothing until they fire — no tokio timer is
 //! pending in steady state (the data path sets one only while a client
 //! waits for a server, or when a client or query limit is configured): the
-//! runtime waits with no timeout and its wheel is empty. Measured in
-//! benches/RESULTS.md (session 9).
+//! runtime waits with no timeout and its wheel is empty.
 //!
 //! Timeouts that guard one request (logins, pool waits, a probe's own
 //! timeout) stay tokio's: they are pending only while that request is.

@@ -24,28 +24,31 @@
 pub(crate) mod buffers;
 pub(crate) mod classify;
 pub(crate) mod params;
+mod pipe;
 pub(crate) mod prepared;
+mod track;
 
-use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use pgherd_tls::Stream;
 use pgherd_wire::backend::{self, TxStatus};
-use pgherd_wire::frontend::{self, Parse};
-use pgherd_wire::sqlstate;
-use pgherd_wire::{frame, Chunk, FrameError, Scanner};
-use tokio::io::{AsyncReadExt, AsyncWrite};
+use pgherd_wire::{frame, FrameError};
 use tokio::time::Sleep;
 
 use crate::clock::Micros;
 
-use crate::relay::buffers::BUF_SIZE;
 use crate::relay::params::{ClientParams, ServerParams};
 use crate::stats::{PoolStats, Traffic};
-use prepared::{ClientStatements, Expected, Rewrite, ServerStatements};
+use pipe::{Pipe, Step, StepError};
+use prepared::{ClientStatements, Expected, ServerStatements};
+pub(crate) use track::{reusable, Goodbye, Hold, ServerProgress};
+use track::{
+    scan_client, scan_server, server_idle, CLIENT_WATCH, CLIENT_WATCH_STATEMENTS,
+    CLIENT_WATCH_TRANSACTION, SERVER_WATCH, SERVER_WATCH_STATEMENTS, SERVER_WATCH_TRANSACTION,
+};
 
 /// What transaction mode keeps track of while relaying.
 #[derive(Default)]
@@ -254,378 +257,6 @@ pub(crate) enum Until {
 /// Past this many bytes of held-back replies, the request is committed to
 /// its server (no more retry).
 const MAX_HELD: usize = 64 * 1024;
-
-/// Whether replies are held back from the client, and why.
-///
-/// A transaction-mode request can run again elsewhere should its server
-/// turn out to be leaving. A server that PostgreSQL stops (`pg_ctl stop -m
-/// fast`, a switchover), terminates or times out answers with a FATAL 57P01
-/// or 57P05 raised where the backend checks for interrupts. The backend
-/// queues a statement's CommandComplete right after its commit and checks
-/// next when it reads again (PostgreSQL's `postgres.c`, as read, not
-/// traced; the drills agree: no acknowledged write twice, none missing).
-/// So when that FATAL is the first thing the server says after a request,
-/// the request did not run. Until then the replies that tell of no
-/// execution (ParseComplete, BindComplete, RowDescription ...) are held
-/// back, so the client has seen nothing, and what the client sends
-/// meanwhile is kept with the request (up to [`MAX_HELD`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Hold {
-    /// Replies flow to the client.
-    Off,
-    /// Held: the request may still run elsewhere (see above).
-    Request,
-    /// Held, for a read unit on a standby ([`Until::ReadUnit`]): also run
-    /// on the primary should the standby refuse it as a write (25006).
-    ReadUnit,
-    /// The standby refused with 25006: replies are dropped up to
-    /// ReadyForQuery.
-    Refused,
-    /// The server said goodbye: the relay ends with [`RelayEnd::ServerGone`].
-    Gone(Goodbye),
-}
-
-/// Why a server said goodbye before running a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Goodbye {
-    /// 57P01: the server is shutting down, or someone terminated this
-    /// backend (`pg_terminate_backend`): PostgreSQL says the same for both.
-    Terminated,
-    /// 57P05: `idle_session_timeout` ended it while it sat in the pool.
-    IdleTimeout,
-    /// The connection was reset before the request's end was read (see
-    /// [`server_failed`]).
-    Reset,
-}
-
-/// How far the server is through the requests relayed to it, as the
-/// traffic shows (not the console's `ServerState`, which is its pool state).
-#[derive(Debug)]
-pub(crate) struct ServerProgress {
-    /// Requests sent (Query, Sync, FunctionCall) not yet answered by ReadyForQuery.
-    pub(crate) pending: usize,
-    /// Extended-protocol messages sent since the last Sync.
-    pub(crate) unsynced: bool,
-    /// Transaction status from the last ReadyForQuery.
-    pub(crate) tx: TxStatus,
-    /// The last server message was a FATAL/PANIC ErrorResponse.
-    last_fatal: bool,
-    /// The client created a named prepared statement on this server while
-    /// pgherd does not track statements (`max_prepared_statements = 0`): in
-    /// transaction mode it keeps the server from now on, or the statement
-    /// would be missing on the next one.
-    pub(crate) pinned: bool,
-    /// Replies held back (see [`Hold`]).
-    pub(crate) hold: Hold,
-    /// ReadyForQuery replies, and those saying idle (transactions ended).
-    answered: u64,
-    idle_answers: u64,
-    /// When the server began to owe an answer (for `query_timeout`), and
-    /// the microseconds it has owed one in all (pgbouncer's `query_time`).
-    request_at: Micros,
-    busy_us: u64,
-    /// When the transaction in progress began: its first request went to
-    /// an idle server (session mode's `xact_time`; transaction mode times
-    /// the server's checkout instead).
-    xact_at: Micros,
-}
-
-impl ServerProgress {
-    /// The server's last message was a FATAL error: it is closing.
-    pub(crate) fn said_goodbye(&self) -> bool {
-        self.last_fatal
-    }
-
-    pub(crate) fn new() -> Self {
-        ServerProgress {
-            pending: 0,
-            unsynced: false,
-            tx: TxStatus::Idle,
-            last_fatal: false,
-            pinned: false,
-            hold: Hold::Off,
-            answered: 0,
-            idle_answers: 0,
-            request_at: Micros::ZERO,
-            busy_us: 0,
-            xact_at: Micros::ZERO,
-        }
-    }
-
-    /// A request that ReadyForQuery will answer was sent.
-    #[inline]
-    fn request_sent(&mut self) {
-        if self.pending == 0 {
-            self.request_at = Micros::recent();
-            if self.tx == TxStatus::Idle {
-                self.xact_at = self.request_at;
-            }
-        }
-        self.pending += 1;
-    }
-}
-
-/// One direction: a buffer whose first `ready` bytes are scanned and may be written.
-struct Pipe {
-    buf: BytesMut,
-    ready: usize,
-    scanner: Scanner,
-    /// Stop after flushing `ready` (client Terminate, or end of input).
-    closing: bool,
-    /// Read nothing more (a read unit's client side).
-    no_read: bool,
-    /// Bytes read, for the pool's counters.
-    bytes: u64,
-    /// Written but maybe not yet sent: a TLS stream keeps what it was
-    /// given until flushed.
-    unflushed: bool,
-}
-
-enum Step {
-    Read,
-    Wrote,
-    Eof,
-}
-
-/// Which side of a step failed.
-enum StepError {
-    /// Reading from the pipe's source.
-    Read(std::io::Error),
-    /// Writing to the pipe's sink.
-    Write(std::io::Error),
-}
-
-impl Pipe {
-    fn new(buf: BytesMut, max_len: usize) -> Pipe {
-        Pipe {
-            buf,
-            ready: 0,
-            scanner: Scanner::new(max_len),
-            closing: false,
-            no_read: false,
-            bytes: 0,
-            unflushed: false,
-        }
-    }
-
-    /// True when nothing is buffered and the scanner is between messages.
-    fn is_clean(&self) -> bool {
-        self.buf.is_empty() && self.scanner.at_boundary()
-    }
-
-    /// True when a step would write (or flush) rather than read; `hold`:
-    /// replies are held back.
-    fn has_output(&self, hold: bool) -> bool {
-        (self.ready > 0 && !hold) || self.unflushed
-    }
-
-    /// True when everything scanned has reached the sink's socket.
-    fn delivered(&self) -> bool {
-        self.ready == 0 && !self.unflushed
-    }
-
-    /// One step: write what is ready (unless `hold`: replies held back),
-    /// or else flush, or else read more. Polled, not awaited, so the two
-    /// directions can take turns on the same two streams; each poll
-    /// changes no state unless its socket operation completed.
-    fn poll_step(
-        &mut self,
-        cx: &mut Context<'_>,
-        from: &mut Stream,
-        to: &mut Stream,
-        hold: bool,
-    ) -> Poll<Result<Step, StepError>> {
-        if self.ready > 0 && !hold {
-            let n = ready!(Pin::new(&mut *to).poll_write(cx, &self.buf[..self.ready]))
-                .map_err(StepError::Write)?;
-            if n == 0 {
-                return Poll::Ready(Err(StepError::Write(std::io::ErrorKind::WriteZero.into())));
-            }
-            self.buf.advance(n);
-            self.ready -= n;
-            if self.ready == 0 {
-                // All handed over: push it out. Free for plain TCP; TLS
-                // sends the records it holds, or finishes on a later poll.
-                match Pin::new(&mut *to).poll_flush(cx) {
-                    Poll::Ready(r) => r.map_err(StepError::Write)?,
-                    Poll::Pending => self.unflushed = true,
-                }
-            }
-            return Poll::Ready(Ok(Step::Wrote));
-        }
-        if self.unflushed {
-            ready!(Pin::new(&mut *to).poll_flush(cx)).map_err(StepError::Write)?;
-            self.unflushed = false;
-            return Poll::Ready(Ok(Step::Wrote));
-        }
-        if self.closing || self.no_read {
-            return Poll::Pending;
-        }
-        if self.buf.capacity() - self.buf.len() < BUF_SIZE / 4 {
-            self.buf.reserve(BUF_SIZE);
-        }
-        let n = ready!(std::pin::pin!(from.read_buf(&mut self.buf)).poll(cx))
-            .map_err(StepError::Read)?;
-        if n == 0 {
-            return Poll::Ready(Ok(Step::Eof));
-        }
-        self.bytes += n as u64;
-        Poll::Ready(Ok(Step::Read))
-    }
-
-    /// Writes what is ready (unless `hold`) if `to` takes it at once: what
-    /// a step read goes out in that same step instead of on the relay's
-    /// next turn, which saves a turn (select, readiness checks) per
-    /// direction per transaction. What is left (TLS, a full socket) is
-    /// written by [`Pipe::poll_step`].
-    fn write_now(&mut self, to: &Stream, hold: bool) -> std::io::Result<()> {
-        if self.ready == 0 || hold {
-            return Ok(());
-        }
-        match to.try_write_now(&self.buf[..self.ready]) {
-            Some(Ok(0)) => Err(std::io::ErrorKind::WriteZero.into()),
-            Some(Ok(n)) => {
-                self.buf.advance(n);
-                self.ready -= n;
-                Ok(())
-            }
-            Some(Err(e)) if e.kind() != std::io::ErrorKind::WouldBlock => Err(e),
-            Some(Err(_)) | None => Ok(()),
-        }
-    }
-
-    /// Scans the unscanned bytes; `on` sees every watched message whole and
-    /// every other message's tag once, and says what to do with it.
-    fn scan(
-        &mut self,
-        watch: Tags,
-        mut on: impl FnMut(Seen<'_>) -> Action,
-    ) -> Result<(), FrameError> {
-        while !self.closing {
-            match self
-                .scanner
-                .next(&self.buf[self.ready..], |t| watch.has(t))?
-            {
-                Chunk::NeedMore => break,
-                Chunk::Opaque { len, starts } => {
-                    if let Some(tag) = starts {
-                        if matches!(on(Seen::Starts(tag)), Action::Stop) {
-                            self.closing = true;
-                            break;
-                        }
-                    }
-                    self.ready += len;
-                }
-                Chunk::Message { len, .. } => {
-                    let start = self.ready;
-                    match on(Seen::Whole(&self.buf[start..start + len])) {
-                        Action::Forward => self.ready += len,
-                        Action::Stop => {
-                            self.closing = true;
-                            break;
-                        }
-                        Action::Drop => splice(&mut self.buf, start, len, &[]),
-                        Action::Replace(with) => {
-                            splice(&mut self.buf, start, len, &with);
-                            self.ready += with.len();
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What to do with a scanned message.
-#[derive(Debug, PartialEq, Eq)]
-enum Action {
-    Forward,
-    /// Stop before it (client Terminate): it is not forwarded.
-    Stop,
-    /// Remove it (a reply to a request pgherd made itself).
-    Drop,
-    /// Forward these bytes in its place.
-    Replace(BytesMut),
-}
-
-/// Replaces `len` bytes at `start` with `with`, in place.
-fn splice(buf: &mut BytesMut, start: usize, len: usize, with: &[u8]) {
-    let old = buf.len();
-    if with.len() > len {
-        buf.resize(old + with.len() - len, 0);
-    }
-    buf.copy_within(start + len..old, start + with.len());
-    buf[start..start + with.len()].copy_from_slice(with);
-    if with.len() < len {
-        buf.truncate(old - (len - with.len()));
-    }
-}
-
-enum Seen<'a> {
-    /// A watched message, whole (tag and length included).
-    Whole(&'a [u8]),
-    /// The first bytes of an unwatched message with this tag.
-    Starts(u8),
-}
-
-/// Message tags, as a set of bits: which messages a direction reads whole.
-/// A bit test per message, where a function pointer cost a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Tags([u64; 4]);
-
-impl Tags {
-    const fn of(tags: &[u8]) -> Tags {
-        let mut bits = [0u64; 4];
-        let mut i = 0;
-        while i < tags.len() {
-            let t = tags[i];
-            bits[(t >> 6) as usize] |= 1 << (t & 63);
-            i += 1;
-        }
-        Tags(bits)
-    }
-
-    fn has(self, tag: u8) -> bool {
-        self.0[usize::from(tag >> 6)] & (1 << (tag & 63)) != 0
-    }
-}
-
-const CLIENT_WATCH: Tags = Tags::of(&[frontend::TERMINATE]);
-
-/// Transaction mode without statement support reads Parse whole, for the
-/// statement name.
-const CLIENT_WATCH_TRANSACTION: Tags = Tags::of(&[frontend::TERMINATE, frontend::PARSE]);
-
-/// Transaction mode with statement support reads whole what names
-/// statements, and simple queries (for `DISCARD ALL`/`DEALLOCATE ALL`).
-const CLIENT_WATCH_STATEMENTS: Tags = Tags::of(&[
-    frontend::TERMINATE,
-    frontend::PARSE,
-    frontend::BIND,
-    frontend::DESCRIBE,
-    frontend::CLOSE,
-    frontend::QUERY,
-]);
-
-const SERVER_WATCH: Tags = Tags::of(&[backend::READY_FOR_QUERY, backend::ERROR_RESPONSE]);
-
-/// Transaction mode also reads ParameterStatus, for the client's parameters.
-const SERVER_WATCH_TRANSACTION: Tags = Tags::of(&[
-    backend::READY_FOR_QUERY,
-    backend::ERROR_RESPONSE,
-    backend::PARAMETER_STATUS,
-]);
-
-/// ... and with statement support ParseComplete and CloseComplete, which
-/// it swallows when it asked for them itself.
-const SERVER_WATCH_STATEMENTS: Tags = Tags::of(&[
-    backend::READY_FOR_QUERY,
-    backend::ERROR_RESPONSE,
-    backend::PARAMETER_STATUS,
-    backend::PARSE_COMPLETE,
-    backend::CLOSE_COMPLETE,
-]);
 
 /// How a relay ended, and whether pgherd may still write an ErrorResponse to
 /// the client: only when what the client received ends on a message boundary,
@@ -887,9 +518,9 @@ fn keep_for_replay(up: &Pipe, state: &mut ServerProgress, replay: &mut Option<Bo
 ///
 /// A direction with bytes to write is polled first whatever `up_first`
 /// says: a request is sent before the server is asked for its reply, and
-/// a reply delivered before the client is asked for more. Each poll that
-/// finds nothing to read costs a readiness check and a waker registration
-/// (~160 instructions in tokio); this order saves two per transaction.
+/// a reply delivered before the client is asked for more: a poll that
+/// finds nothing to read costs a readiness check and a waker registration,
+/// and this order saves two of those per transaction.
 fn poll_directions(
     cx: &mut Context<'_>,
     (up, down): (&mut Pipe, &mut Pipe),
@@ -936,218 +567,12 @@ enum Direction {
     Down(Result<Step, StepError>),
 }
 
-/// Transaction mode: the transaction is over and nothing is in flight, so
-/// the server can serve someone else. The client must have sent nothing
-/// more either: the start of a message it is still sending (one read whole
-/// before it is forwarded, a large `Query` or `Parse`) belongs to this
-/// server's next request, and ending the relay there would leave nothing to
-/// read the rest of it.
-fn server_idle(state: &ServerProgress, up: &Pipe) -> bool {
-    state.pending == 0
-        && !state.unsynced
-        && state.tx == TxStatus::Idle
-        && !state.pinned
-        && up.is_clean()
-}
-
-fn scan_client(
-    up: &mut Pipe,
-    watch: Tags,
-    state: &mut ServerProgress,
-    statements: &mut Option<Statements<'_>>,
-) -> Result<(), FrameError> {
-    up.scan(watch, |seen| {
-        let (tag, action) = match seen {
-            // Terminate: keep the server, end the relay.
-            Seen::Whole([frontend::TERMINATE, ..]) => return Action::Stop,
-            Seen::Whole(msg) => match statements {
-                Some(st) if msg[0] == frontend::QUERY => {
-                    if prepared::drops_all_statements(msg) {
-                        st.client.clear();
-                        st.server.clear();
-                    }
-                    (frontend::QUERY, Action::Forward)
-                }
-                Some(st) => {
-                    let action =
-                        match prepared::rewrite(msg, st.client, st.server, st.expected, st.max) {
-                            Rewrite::Keep => Action::Forward,
-                            Rewrite::Replace(with) => Action::Replace(with),
-                        };
-                    (msg[0], action)
-                }
-                None => {
-                    // Parse: a named statement outlives the transaction.
-                    if msg[0] == frontend::PARSE
-                        && Parse::from_body(frame::body(msg)).is_some_and(|p| !p.name.is_empty())
-                    {
-                        state.pinned = true;
-                    }
-                    (msg[0], Action::Forward)
-                }
-            },
-            Seen::Starts(tag) => (tag, Action::Forward),
-        };
-        match tag {
-            frontend::QUERY | frontend::FUNCTION_CALL => {
-                state.request_sent();
-                if let Some(st) = statements {
-                    st.expected.batch_sent();
-                }
-            }
-            frontend::SYNC => {
-                state.request_sent();
-                state.unsynced = false;
-                if let Some(st) = statements {
-                    st.expected.batch_sent();
-                }
-            }
-            frontend::PARSE
-            | frontend::BIND
-            | frontend::EXECUTE
-            | frontend::DESCRIBE
-            | frontend::CLOSE
-            | frontend::FLUSH => state.unsynced = true,
-            _ => {}
-        }
-        action
-    })
-}
-
-fn scan_server(
-    down: &mut Pipe,
-    watch: Tags,
-    state: &mut ServerProgress,
-    tracking: &mut Tracking<'_>,
-) -> Result<(), FrameError> {
-    let Tracking {
-        statements,
-        params,
-        session_stats,
-        ..
-    } = tracking;
-    let transaction_mode = session_stats.is_none();
-    // A local the scan can keep in a register: nearly every message is
-    // scanned with replies flowing.
-    let mut holding = matches!(state.hold, Hold::Request | Hold::ReadUnit);
-    down.scan(watch, |seen| {
-        if holding {
-            state.hold = held_after(state.hold, &seen, state.pending > 1);
-            holding = matches!(state.hold, Hold::Request | Hold::ReadUnit);
-            if let Hold::Gone(_) = state.hold {
-                // Not for the client: the request runs elsewhere.
-                return Action::Stop;
-            }
-        }
-        match seen {
-            Seen::Whole(msg) if msg[0] == backend::PARAMETER_STATUS => {
-                if let Some(p) = params {
-                    p.reported(msg);
-                }
-                state.last_fatal = false;
-            }
-            Seen::Whole(msg) if msg[0] == backend::READY_FOR_QUERY => {
-                if state.pending == 1 {
-                    let owed = Micros::recent().since(state.request_at);
-                    state.busy_us += crate::stats::micros(owed);
-                }
-                state.pending = state.pending.saturating_sub(1);
-                if let Some(tx) = backend::ready_for_query_status(msg) {
-                    state.tx = tx;
-                }
-                state.answered += 1;
-                if state.tx == TxStatus::Idle {
-                    state.idle_answers += 1;
-                }
-                state.last_fatal = false;
-                if let Some(st) = statements {
-                    st.expected.batch_answered();
-                }
-            }
-            Seen::Whole(msg) if msg[0] == backend::ERROR_RESPONSE => {
-                state.last_fatal = backend::ErrorFields::parse(frame::body(msg))
-                    .is_some_and(|e| e.severity == "FATAL" || e.severity == "PANIC");
-                if transaction_mode && state.pending == 0 && state.last_fatal {
-                    // Transaction mode, nothing owed: the server's goodbye
-                    // (a shutdown after the transaction's last answer) is
-                    // not the client's business. The server is not reused.
-                    return Action::Drop;
-                }
-                if let Some(st) = statements {
-                    st.expected.error();
-                }
-            }
-            // ParseComplete / CloseComplete: swallowed if pgherd asked.
-            Seen::Whole(msg) => {
-                if statements
-                    .as_mut()
-                    .is_some_and(|st| st.expected.swallow(msg[0]))
-                {
-                    return Action::Drop;
-                }
-                state.last_fatal = false;
-            }
-            Seen::Starts(_) => state.last_fatal = false,
-        }
-        Action::Forward
-    })
-}
-
-/// What a held reply means for `hold`: the server's goodbye before
-/// running anything (see [`Hold`]); a read unit refused as a write (25006);
-/// nothing yet (descriptions, notices, and a ReadyForQuery after only those
-/// while `more_pending` requests are owed an answer: a driver's Close + Sync
-/// sent ahead of its next statement); or the first result, which commits
-/// the request to this server.
-///
-/// Goodbyes are the FATALs raised only where no commit can be between
-/// them and the request: shutdown or termination (57P01), idle session
-/// timeout (57P05). An immediate shutdown's message (57P01 too) is a
-/// WARNING sent from a signal handler, at any point: not one of these.
-fn held_after(hold: Hold, seen: &Seen<'_>, more_pending: bool) -> Hold {
-    let tag = match seen {
-        Seen::Whole(msg) if msg[0] == backend::ERROR_RESPONSE => {
-            return match backend::ErrorFields::parse(frame::body(msg)) {
-                Some(e) if e.severity == "FATAL" && e.code == sqlstate::ADMIN_SHUTDOWN => {
-                    Hold::Gone(Goodbye::Terminated)
-                }
-                Some(e) if e.severity == "FATAL" && e.code == sqlstate::IDLE_SESSION_TIMEOUT => {
-                    Hold::Gone(Goodbye::IdleTimeout)
-                }
-                Some(e)
-                    if hold == Hold::ReadUnit && e.code == sqlstate::READ_ONLY_SQL_TRANSACTION =>
-                {
-                    Hold::Refused
-                }
-                _ => Hold::Off,
-            };
-        }
-        Seen::Whole(msg) => msg[0],
-        Seen::Starts(tag) => *tag,
-    };
-    match tag {
-        backend::PARSE_COMPLETE
-        | backend::BIND_COMPLETE
-        | backend::CLOSE_COMPLETE
-        | backend::PARAMETER_DESCRIPTION
-        | backend::ROW_DESCRIPTION
-        | backend::NO_DATA
-        | backend::NOTICE_RESPONSE
-        | backend::PARAMETER_STATUS => hold,
-        backend::READY_FOR_QUERY if hold == Hold::Request && more_pending => hold,
-        _ => Hold::Off,
-    }
-}
-
-/// The server can be handed to another client: it owes no replies, is
-/// between messages in both directions, and nothing is left unsynced.
-pub(crate) fn reusable(state: &ServerProgress, end: &RelayEnd) -> bool {
-    matches!(end, RelayEnd::ClientLeft) && state.pending == 0 && !state.unsynced
-}
-
 #[cfg(test)]
 mod tests {
+    use super::pipe::*;
+    use super::track::*;
     use super::*;
+    use pgherd_wire::{frontend, sqlstate};
 
     #[test]
     fn limits_in_whole_milliseconds() {
@@ -1482,5 +907,144 @@ mod tests {
         )
         .unwrap();
         assert!(state.last_fatal);
+    }
+
+    /// A relay between two loopback socket pairs, as a session starts one:
+    /// the application's request already read into the client's buffer.
+    /// The server answers it `answer_after` it read it, then says nothing.
+    /// Returns how the relay ended and how much (tokio) time it took.
+    async fn relay_with(
+        (until, limits): (Until, Limits),
+        app_sends: Vec<u8>,
+        (server_answers, answer_after): (Vec<u8>, Duration),
+    ) -> (RelayEnd, Duration) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+
+        async fn pair() -> (TcpStream, TcpStream) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (near, far) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            (near.unwrap(), far.unwrap().0)
+        }
+        let (app, client) = pair().await;
+        let (server, mut postgres) = pair().await;
+        let (mut client, mut server) = (Stream::Plain(client), Stream::Plain(server));
+        let mut client_buf = BytesMut::from(&app_sends[..]);
+        let postgres = tokio::spawn(async move {
+            let mut request = vec![0u8; app_sends.len()];
+            postgres.read_exact(&mut request).await.unwrap();
+            tokio::time::sleep(answer_after).await;
+            postgres.write_all(&server_answers).await.unwrap();
+            // Hold the connection open, silent, until the relay is done.
+            let _ = postgres.read(&mut [0u8; 1]).await;
+        });
+        let mut server_buf = BytesMut::new();
+        let mut state = ServerProgress::new();
+        let mut tracking = Tracking::default();
+        let retire = std::pin::pin!(std::future::pending::<String>());
+        let start = tokio::time::Instant::now();
+        let relayed = relay(
+            Ends {
+                client: &mut client,
+                client_buf: &mut client_buf,
+                server: &mut server,
+                server_buf: &mut server_buf,
+            },
+            (1 << 20, until, limits),
+            &mut state,
+            &mut tracking,
+            retire,
+        );
+        // A relay that never ends fails the test (in paused time: at once).
+        let relayed = tokio::time::timeout(Duration::from_secs(3600), relayed)
+            .await
+            .expect("the relay ends");
+        let took = start.elapsed();
+        drop((client, server, app));
+        postgres.abort();
+        (relayed.end, took)
+    }
+
+    fn query(text: &str) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        frontend::query(&mut b, text);
+        b.to_vec()
+    }
+
+    const SECS: fn(u64) -> Option<Duration> = |s| Some(Duration::from_secs(s));
+
+    #[tokio::test(start_paused = true)]
+    async fn query_timeout_ends_a_request_the_server_does_not_answer() {
+        let limits = Limits::new(None, SECS(600), SECS(5));
+        let (end, took) = relay_with(
+            (Until::Idle, limits),
+            query("SELECT pg_sleep(60)"),
+            (vec![], Duration::ZERO),
+        )
+        .await;
+        assert!(
+            matches!(end, RelayEnd::QueryTimeout(d) if d == Duration::from_secs(5)),
+            "{end:?}"
+        );
+        assert!(
+            took >= Duration::from_secs(5),
+            "not before the limit: {took:?}"
+        );
+        assert!(took < Duration::from_secs(6), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transaction_left_open_ends_after_idle_transaction_timeout() {
+        let limits = Limits::new(None, SECS(3), None);
+        let mut answer = msg(backend::COMMAND_COMPLETE, b"BEGIN\0");
+        answer.extend(msg(backend::READY_FOR_QUERY, b"T"));
+        let (end, took) = relay_with(
+            (Until::Idle, limits),
+            query("BEGIN"),
+            (answer, Duration::ZERO),
+        )
+        .await;
+        assert!(
+            matches!(end, RelayEnd::IdleTimeout(IdleKind::InTransaction)),
+            "{end:?}"
+        );
+        assert!(took >= Duration::from_secs(3), "{took:?}");
+        assert!(took < Duration::from_secs(4), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_an_answer_is_not_idle() {
+        // An answer after 10 s: the 3 s idle limit must not fire meanwhile.
+        let limits = Limits::new(SECS(3), SECS(3), None);
+        let mut answer = msg(backend::COMMAND_COMPLETE, b"SELECT 1\0");
+        answer.extend(msg(backend::READY_FOR_QUERY, b"I"));
+        let (end, took) = relay_with(
+            (Until::Idle, limits),
+            query("SELECT 1"),
+            (answer, Duration::from_secs(10)),
+        )
+        .await;
+        assert!(matches!(end, RelayEnd::ServerIdle), "{end:?}");
+        assert!(took >= Duration::from_secs(10), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_session_ends_after_client_idle_timeout() {
+        let limits = Limits::new(SECS(7), None, None);
+        let mut answer = msg(backend::COMMAND_COMPLETE, b"SELECT 1\0");
+        answer.extend(msg(backend::READY_FOR_QUERY, b"I"));
+        let (end, took) = relay_with(
+            (Until::ClientLeaves, limits),
+            query("SELECT 1"),
+            (answer, Duration::ZERO),
+        )
+        .await;
+        assert!(
+            matches!(end, RelayEnd::IdleTimeout(IdleKind::Session)),
+            "{end:?}"
+        );
+        assert!(took >= Duration::from_secs(7), "{took:?}");
+        assert!(took < Duration::from_secs(8), "{took:?}");
     }
 }

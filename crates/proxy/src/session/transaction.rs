@@ -139,12 +139,16 @@ impl Session {
             held: setup.held,
         }
     }
-}
 
-impl Session {
     /// Relays the client until it leaves. In session mode it keeps its
     /// server throughout; in transaction mode it takes a server when it
     /// sends something and gives it back when the transaction is over.
+    ///
+    /// Every idle client's task holds this future, so what a transaction
+    /// needs lives in boxes made when a request arrives: the server taken
+    /// (without waiting when it can be) and the relay step, which must stay
+    /// at or under 1,032 bytes (`-Zprint-type-sizes`): glibc serves up to
+    /// that from a per-thread cache, larger blocks through its slower bins.
     pub(super) async fn serve(&mut self, shared: &Shared) -> Result<(), ErrorFields> {
         let me = Arc::clone(&self.me.info);
         loop {
@@ -159,19 +163,10 @@ impl Session {
                     return Err(killed_by_admin());
                 }
             }
-            // A server is taken without waiting when it can be, else in a
-            // boxed future; the relay step is boxed too: an idle client's
-            // task holds none of their state. The relay step is kept under
-            // 1,032 bytes (1,024 now, `-Zprint-type-sizes`): glibc's malloc
-            // serves up to that from a per-thread cache, larger blocks
-            // through its bins (callgrind: a 1,320-byte box cost ~380 more
-            // instructions per transaction than boxes under the limit).
             // KILL / KILL_CLIENT end the wait for a server; the relay
-            // itself watches for them (`retire`).
-            //
-            // The relay is boxed before anything is awaited: a server taken
-            // now (64 bytes) never sits in this future's state, which every
-            // idle client's task holds.
+            // watches for them itself (`retire`). The relay is boxed before
+            // anything is awaited, so a taken server never sits in this
+            // future's state.
             let now = self.relay_now(shared);
             let next = match now {
                 Some(relay) => relay.await?,
@@ -209,8 +204,7 @@ impl Session {
     ) -> Option<Pin<Box<impl Future<Output = Result<Next, ErrorFields>> + 'a>>> {
         let taken = self.take_server_now(shared)?;
         // The box first, then the future written into it: `Box::pin(f)`
-        // builds the 1 KiB future on the stack and copies it over (callgrind:
-        // 6,648 → 6,489 instructions per transaction without that copy).
+        // would build the 1 KiB future on the stack and copy it over.
         let slot = Box::new_uninit();
         Some(Box::into_pin(Box::write(
             slot,

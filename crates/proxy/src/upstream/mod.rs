@@ -6,9 +6,8 @@
 //! each node. It is the same for every client of one application (same
 //! database, user, parameters and login), so those clients share one:
 //! [`Upstreams`] hands out the live one for a client instead of making a
-//! copy per session — an idle client then holds one pointer where it held
-//! its own startup parameters (~190 bytes), pool handles (143) and
-//! credential (128), as valgrind's dhat measured them (benches/RESULTS.md).
+//! copy per session: an idle client holds one pointer, not its own startup
+//! parameters, pool handles and credential.
 
 pub mod balance;
 pub(crate) mod limits;

@@ -1,0 +1,370 @@
+//! What the relay learns from the traffic it passes: how far the server is
+//! through its requests (`ServerProgress`), which replies are held back and
+//! why (`Hold`), and the scans of each direction that keep both up to date.
+
+use pgherd_wire::backend::{self, TxStatus};
+use pgherd_wire::frontend::{self, Parse};
+use pgherd_wire::sqlstate;
+use pgherd_wire::{frame, FrameError};
+
+use super::pipe::{Action, Pipe, Seen, Tags};
+use super::{prepared, RelayEnd, Statements, Tracking};
+use crate::clock::Micros;
+
+use super::prepared::Rewrite;
+
+/// Whether replies are held back from the client, and why.
+///
+/// A transaction-mode request can run again elsewhere should its server
+/// turn out to be leaving. A server that PostgreSQL stops (`pg_ctl stop -m
+/// fast`, a switchover), terminates or times out answers with a FATAL 57P01
+/// or 57P05 raised where the backend checks for interrupts. The backend
+/// queues a statement's CommandComplete right after its commit and checks
+/// next when it reads again (PostgreSQL's `postgres.c`, as read, not
+/// traced; the drills agree: no acknowledged write twice, none missing).
+/// So when that FATAL is the first thing the server says after a request,
+/// the request did not run. Until then the replies that tell of no
+/// execution (ParseComplete, BindComplete, RowDescription ...) are held
+/// back, so the client has seen nothing, and what the client sends
+/// meanwhile is kept with the request (up to [`MAX_HELD`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// Replies flow to the client.
+    Off,
+    /// Held: the request may still run elsewhere (see above).
+    Request,
+    /// Held, for a read unit on a standby ([`Until::ReadUnit`]): also run
+    /// on the primary should the standby refuse it as a write (25006).
+    ReadUnit,
+    /// The standby refused with 25006: replies are dropped up to
+    /// ReadyForQuery.
+    Refused,
+    /// The server said goodbye: the relay ends with [`RelayEnd::ServerGone`].
+    Gone(Goodbye),
+}
+
+/// Why a server said goodbye before running a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Goodbye {
+    /// 57P01: the server is shutting down, or someone terminated this
+    /// backend (`pg_terminate_backend`): PostgreSQL says the same for both.
+    Terminated,
+    /// 57P05: `idle_session_timeout` ended it while it sat in the pool.
+    IdleTimeout,
+    /// The connection was reset before the request's end was read (see
+    /// [`server_failed`]).
+    Reset,
+}
+
+/// How far the server is through the requests relayed to it, as the
+/// traffic shows (not the console's `ServerState`, which is its pool state).
+#[derive(Debug)]
+pub(crate) struct ServerProgress {
+    /// Requests sent (Query, Sync, FunctionCall) not yet answered by ReadyForQuery.
+    pub(crate) pending: usize,
+    /// Extended-protocol messages sent since the last Sync.
+    pub(crate) unsynced: bool,
+    /// Transaction status from the last ReadyForQuery.
+    pub(crate) tx: TxStatus,
+    /// The last server message was a FATAL/PANIC ErrorResponse.
+    pub(super) last_fatal: bool,
+    /// The client created a named prepared statement on this server while
+    /// pgherd does not track statements (`max_prepared_statements = 0`): in
+    /// transaction mode it keeps the server from now on, or the statement
+    /// would be missing on the next one.
+    pub(crate) pinned: bool,
+    /// Replies held back (see [`Hold`]).
+    pub(crate) hold: Hold,
+    /// ReadyForQuery replies, and those saying idle (transactions ended).
+    pub(super) answered: u64,
+    pub(super) idle_answers: u64,
+    /// When the server began to owe an answer (for `query_timeout`), and
+    /// the microseconds it has owed one in all (pgbouncer's `query_time`).
+    pub(super) request_at: Micros,
+    pub(super) busy_us: u64,
+    /// When the transaction in progress began: its first request went to
+    /// an idle server (session mode's `xact_time`; transaction mode times
+    /// the server's checkout instead).
+    pub(super) xact_at: Micros,
+}
+
+impl ServerProgress {
+    /// The server's last message was a FATAL error: it is closing.
+    pub(crate) fn said_goodbye(&self) -> bool {
+        self.last_fatal
+    }
+
+    pub(crate) fn new() -> Self {
+        ServerProgress {
+            pending: 0,
+            unsynced: false,
+            tx: TxStatus::Idle,
+            last_fatal: false,
+            pinned: false,
+            hold: Hold::Off,
+            answered: 0,
+            idle_answers: 0,
+            request_at: Micros::ZERO,
+            busy_us: 0,
+            xact_at: Micros::ZERO,
+        }
+    }
+
+    /// A request that ReadyForQuery will answer was sent.
+    #[inline]
+    pub(super) fn request_sent(&mut self) {
+        if self.pending == 0 {
+            self.request_at = Micros::recent();
+            if self.tx == TxStatus::Idle {
+                self.xact_at = self.request_at;
+            }
+        }
+        self.pending += 1;
+    }
+}
+
+pub(super) const CLIENT_WATCH: Tags = Tags::of(&[frontend::TERMINATE]);
+
+/// Transaction mode without statement support reads Parse whole, for the
+/// statement name.
+pub(super) const CLIENT_WATCH_TRANSACTION: Tags = Tags::of(&[frontend::TERMINATE, frontend::PARSE]);
+
+/// Transaction mode with statement support reads whole what names
+/// statements, and simple queries (for `DISCARD ALL`/`DEALLOCATE ALL`).
+pub(super) const CLIENT_WATCH_STATEMENTS: Tags = Tags::of(&[
+    frontend::TERMINATE,
+    frontend::PARSE,
+    frontend::BIND,
+    frontend::DESCRIBE,
+    frontend::CLOSE,
+    frontend::QUERY,
+]);
+
+pub(super) const SERVER_WATCH: Tags =
+    Tags::of(&[backend::READY_FOR_QUERY, backend::ERROR_RESPONSE]);
+
+/// Transaction mode also reads ParameterStatus, for the client's parameters.
+pub(super) const SERVER_WATCH_TRANSACTION: Tags = Tags::of(&[
+    backend::READY_FOR_QUERY,
+    backend::ERROR_RESPONSE,
+    backend::PARAMETER_STATUS,
+]);
+
+/// ... and with statement support ParseComplete and CloseComplete, which
+/// it swallows when it asked for them itself.
+pub(super) const SERVER_WATCH_STATEMENTS: Tags = Tags::of(&[
+    backend::READY_FOR_QUERY,
+    backend::ERROR_RESPONSE,
+    backend::PARAMETER_STATUS,
+    backend::PARSE_COMPLETE,
+    backend::CLOSE_COMPLETE,
+]);
+
+/// Transaction mode: the transaction is over and nothing is in flight, so
+/// the server can serve someone else. The client must have sent nothing
+/// more either: the start of a message it is still sending (one read whole
+/// before it is forwarded, a large `Query` or `Parse`) belongs to this
+/// server's next request, and ending the relay there would leave nothing to
+/// read the rest of it.
+pub(super) fn server_idle(state: &ServerProgress, up: &Pipe) -> bool {
+    state.pending == 0
+        && !state.unsynced
+        && state.tx == TxStatus::Idle
+        && !state.pinned
+        && up.is_clean()
+}
+
+pub(super) fn scan_client(
+    up: &mut Pipe,
+    watch: Tags,
+    state: &mut ServerProgress,
+    statements: &mut Option<Statements<'_>>,
+) -> Result<(), FrameError> {
+    up.scan(watch, |seen| {
+        let (tag, action) = match seen {
+            // Terminate: keep the server, end the relay.
+            Seen::Whole([frontend::TERMINATE, ..]) => return Action::Stop,
+            Seen::Whole(msg) => match statements {
+                Some(st) if msg[0] == frontend::QUERY => {
+                    if prepared::drops_all_statements(msg) {
+                        st.client.clear();
+                        st.server.clear();
+                    }
+                    (frontend::QUERY, Action::Forward)
+                }
+                Some(st) => {
+                    let action =
+                        match prepared::rewrite(msg, st.client, st.server, st.expected, st.max) {
+                            Rewrite::Keep => Action::Forward,
+                            Rewrite::Replace(with) => Action::Replace(with),
+                        };
+                    (msg[0], action)
+                }
+                None => {
+                    // Parse: a named statement outlives the transaction.
+                    if msg[0] == frontend::PARSE
+                        && Parse::from_body(frame::body(msg)).is_some_and(|p| !p.name.is_empty())
+                    {
+                        state.pinned = true;
+                    }
+                    (msg[0], Action::Forward)
+                }
+            },
+            Seen::Starts(tag) => (tag, Action::Forward),
+        };
+        match tag {
+            frontend::QUERY | frontend::FUNCTION_CALL => {
+                state.request_sent();
+                if let Some(st) = statements {
+                    st.expected.batch_sent();
+                }
+            }
+            frontend::SYNC => {
+                state.request_sent();
+                state.unsynced = false;
+                if let Some(st) = statements {
+                    st.expected.batch_sent();
+                }
+            }
+            frontend::PARSE
+            | frontend::BIND
+            | frontend::EXECUTE
+            | frontend::DESCRIBE
+            | frontend::CLOSE
+            | frontend::FLUSH => state.unsynced = true,
+            _ => {}
+        }
+        action
+    })
+}
+
+pub(super) fn scan_server(
+    down: &mut Pipe,
+    watch: Tags,
+    state: &mut ServerProgress,
+    tracking: &mut Tracking<'_>,
+) -> Result<(), FrameError> {
+    let Tracking {
+        statements,
+        params,
+        session_stats,
+        ..
+    } = tracking;
+    let transaction_mode = session_stats.is_none();
+    // A local the scan can keep in a register: nearly every message is
+    // scanned with replies flowing.
+    let mut holding = matches!(state.hold, Hold::Request | Hold::ReadUnit);
+    down.scan(watch, |seen| {
+        if holding {
+            state.hold = held_after(state.hold, &seen, state.pending > 1);
+            holding = matches!(state.hold, Hold::Request | Hold::ReadUnit);
+            if let Hold::Gone(_) = state.hold {
+                // Not for the client: the request runs elsewhere.
+                return Action::Stop;
+            }
+        }
+        match seen {
+            Seen::Whole(msg) if msg[0] == backend::PARAMETER_STATUS => {
+                if let Some(p) = params {
+                    p.reported(msg);
+                }
+                state.last_fatal = false;
+            }
+            Seen::Whole(msg) if msg[0] == backend::READY_FOR_QUERY => {
+                if state.pending == 1 {
+                    let owed = Micros::recent().since(state.request_at);
+                    state.busy_us += crate::stats::micros(owed);
+                }
+                state.pending = state.pending.saturating_sub(1);
+                if let Some(tx) = backend::ready_for_query_status(msg) {
+                    state.tx = tx;
+                }
+                state.answered += 1;
+                if state.tx == TxStatus::Idle {
+                    state.idle_answers += 1;
+                }
+                state.last_fatal = false;
+                if let Some(st) = statements {
+                    st.expected.batch_answered();
+                }
+            }
+            Seen::Whole(msg) if msg[0] == backend::ERROR_RESPONSE => {
+                state.last_fatal = backend::ErrorFields::parse(frame::body(msg))
+                    .is_some_and(|e| e.severity == "FATAL" || e.severity == "PANIC");
+                if transaction_mode && state.pending == 0 && state.last_fatal {
+                    // Transaction mode, nothing owed: the server's goodbye
+                    // (a shutdown after the transaction's last answer) is
+                    // not the client's business. The server is not reused.
+                    return Action::Drop;
+                }
+                if let Some(st) = statements {
+                    st.expected.error();
+                }
+            }
+            // ParseComplete / CloseComplete: swallowed if pgherd asked.
+            Seen::Whole(msg) => {
+                if statements
+                    .as_mut()
+                    .is_some_and(|st| st.expected.swallow(msg[0]))
+                {
+                    return Action::Drop;
+                }
+                state.last_fatal = false;
+            }
+            Seen::Starts(_) => state.last_fatal = false,
+        }
+        Action::Forward
+    })
+}
+
+/// What a held reply means for `hold`: the server's goodbye before
+/// running anything (see [`Hold`]); a read unit refused as a write (25006);
+/// nothing yet (descriptions, notices, and a ReadyForQuery after only those
+/// while `more_pending` requests are owed an answer: a driver's Close + Sync
+/// sent ahead of its next statement); or the first result, which commits
+/// the request to this server.
+///
+/// Goodbyes are the FATALs raised only where no commit can be between
+/// them and the request: shutdown or termination (57P01), idle session
+/// timeout (57P05). An immediate shutdown's message (57P01 too) is a
+/// WARNING sent from a signal handler, at any point: not one of these.
+pub(super) fn held_after(hold: Hold, seen: &Seen<'_>, more_pending: bool) -> Hold {
+    let tag = match seen {
+        Seen::Whole(msg) if msg[0] == backend::ERROR_RESPONSE => {
+            return match backend::ErrorFields::parse(frame::body(msg)) {
+                Some(e) if e.severity == "FATAL" && e.code == sqlstate::ADMIN_SHUTDOWN => {
+                    Hold::Gone(Goodbye::Terminated)
+                }
+                Some(e) if e.severity == "FATAL" && e.code == sqlstate::IDLE_SESSION_TIMEOUT => {
+                    Hold::Gone(Goodbye::IdleTimeout)
+                }
+                Some(e)
+                    if hold == Hold::ReadUnit && e.code == sqlstate::READ_ONLY_SQL_TRANSACTION =>
+                {
+                    Hold::Refused
+                }
+                _ => Hold::Off,
+            };
+        }
+        Seen::Whole(msg) => msg[0],
+        Seen::Starts(tag) => *tag,
+    };
+    match tag {
+        backend::PARSE_COMPLETE
+        | backend::BIND_COMPLETE
+        | backend::CLOSE_COMPLETE
+        | backend::PARAMETER_DESCRIPTION
+        | backend::ROW_DESCRIPTION
+        | backend::NO_DATA
+        | backend::NOTICE_RESPONSE
+        | backend::PARAMETER_STATUS => hold,
+        backend::READY_FOR_QUERY if hold == Hold::Request && more_pending => hold,
+        _ => Hold::Off,
+    }
+}
+
+/// The server can be handed to another client: it owes no replies, is
+/// between messages in both directions, and nothing is left unsynced.
+pub(crate) fn reusable(state: &ServerProgress, end: &RelayEnd) -> bool {
+    matches!(end, RelayEnd::ClientLeft) && state.pending == 0 && !state.unsynced
+}
