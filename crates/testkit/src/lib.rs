@@ -10,11 +10,15 @@
 //! * [`PatroniTestCluster`]: the same on a Patroni cluster with its etcd.
 //! * [`shared_cluster`] gives every test of one test binary the same cluster,
 //!   started once; tests that stop, promote or break nodes start their own.
+//! * [`ScriptedServer`] stands in front of a real node and answers chosen
+//!   queries with bytes a test scripts: protocol edge cases on demand.
 //! * [`PgherdBuilder`] writes a pgherd config for a cluster, starts the proxy
 //!   on a free loopback port and returns its address.
 //!
 //! Everything started here is stopped when dropped or, for the shared
 //! cluster, by localpg's watchdog when the test process exits.
+
+mod scripted;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -25,6 +29,7 @@ pub use pgherd_localpg::{
 };
 use pgherd_proxy::{Proxy, ProxyHandle};
 pub use pgherd_tls::test_pki::TestPki;
+pub use scripted::{Script, ScriptedServer};
 use tokio::sync::oneshot;
 
 /// Password of role `app`.
@@ -269,6 +274,13 @@ impl PgherdBuilder {
     /// Keeps only the nodes whose index is in `keep` (in that order).
     pub fn nodes(mut self, keep: &[usize]) -> Self {
         self.nodes = keep.iter().map(|&i| self.nodes[i].clone()).collect();
+        self
+    }
+
+    /// Points node `i` at another loopback port (a [`ScriptedServer`] in
+    /// front of it, say), keeping its name.
+    pub fn node_port(mut self, i: usize, port: u16) -> Self {
+        self.nodes[i].1 = port;
         self
     }
 
