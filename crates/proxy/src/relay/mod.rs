@@ -567,12 +567,18 @@ enum Direction {
     Down(Result<Step, StepError>),
 }
 
+/// A whole message for the relay's tests.
+#[cfg(test)]
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frame::put_message(&mut b, tag, &[body]);
+    b.to_vec()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::pipe::*;
-    use super::track::*;
     use super::*;
-    use pgherd_wire::{frontend, sqlstate};
+    use pgherd_wire::frontend;
 
     #[test]
     fn limits_in_whole_milliseconds() {
@@ -594,255 +600,6 @@ mod tests {
         assert_eq!(limits.query(), Some(Duration::from_secs(5)));
         assert!(limits.idle(TxStatus::InTransaction).is_none());
         assert_eq!(Limits::default().shortest(), None);
-    }
-
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut b = BytesMut::new();
-        pgherd_wire::frame::put_message(&mut b, tag, &[body]);
-        b.to_vec()
-    }
-
-    /// Two ends of a loopback TCP connection.
-    async fn tcp_pair() -> (Stream, tokio::net::TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ours = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
-        let (ours, theirs) = tokio::join!(ours, listener.accept());
-        (Stream::Plain(ours.unwrap()), theirs.unwrap().0)
-    }
-
-    #[tokio::test]
-    async fn write_now_sends_what_the_socket_takes_and_keeps_the_rest() {
-        use tokio::io::AsyncReadExt as _;
-        let (to, mut peer) = tcp_pair().await;
-        let bytes = [
-            msg(backend::COMMAND_COMPLETE, b"SELECT 1\0"),
-            msg(backend::READY_FOR_QUERY, b"I"),
-        ]
-        .concat();
-        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        pipe.ready = bytes.len();
-        pipe.write_now(&to, true).unwrap();
-        assert_eq!(pipe.ready, bytes.len(), "held back: nothing written");
-        pipe.write_now(&to, false).unwrap();
-        assert!(pipe.delivered() && pipe.buf.is_empty());
-        let mut got = vec![0; bytes.len()];
-        peer.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, bytes);
-
-        // A peer that reads nothing: the socket fills, the rest stays ready.
-        let big = vec![b'x'; 64 << 20];
-        let mut pipe = Pipe::new(BytesMut::from(&big[..]), 1 << 30);
-        pipe.ready = big.len();
-        pipe.write_now(&to, false).unwrap();
-        assert!(pipe.ready > 0 && pipe.ready < big.len(), "{}", pipe.ready);
-        assert_eq!(pipe.buf.len(), pipe.ready);
-        pipe.write_now(&to, false).unwrap();
-        assert!(pipe.ready > 0, "still full: kept, no error");
-    }
-
-    #[tokio::test]
-    async fn write_now_reports_a_peer_that_is_gone_and_keeps_the_bytes() {
-        let (to, peer) = tcp_pair().await;
-        // Reset, not a clean close: writes fail once the reset arrives.
-        peer.set_zero_linger().unwrap();
-        drop(peer);
-        let bytes = msg(backend::READY_FOR_QUERY, b"I");
-        let mut attempts = 0;
-        let (err, pipe) = loop {
-            let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-            pipe.ready = bytes.len();
-            match pipe.write_now(&to, false) {
-                Err(e) => break (e, pipe),
-                Ok(()) => {
-                    attempts += 1;
-                    assert!(attempts < 500, "writes to a reset peer never failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            }
-        };
-        assert!(
-            matches!(
-                err.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            ),
-            "{err}"
-        );
-        assert_eq!(pipe.ready, bytes.len(), "nothing counted as written");
-    }
-
-    #[test]
-    fn tag_sets_hold_exactly_their_tags() {
-        let members = |set: Tags| (0..=255u8).filter(|&t| set.has(t)).collect::<Vec<_>>();
-        assert_eq!(members(CLIENT_WATCH), b"X");
-        assert_eq!(members(CLIENT_WATCH_STATEMENTS), b"BCDPQX");
-        assert_eq!(members(SERVER_WATCH_STATEMENTS), b"13ESZ");
-        assert_eq!(members(Tags::of(&[0, 63, 64, 255])), [0, 63, 64, 255]);
-    }
-
-    #[test]
-    fn client_scan_counts_requests_and_stops_at_terminate() {
-        let mut bytes = msg(frontend::QUERY, b"select 1\0");
-        bytes.extend(msg(frontend::PARSE, b"\0select 2\0\0\0"));
-        bytes.extend(msg(frontend::SYNC, b""));
-        bytes.extend(msg(frontend::TERMINATE, b""));
-        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        let mut state = ServerProgress::new();
-        scan_client(&mut pipe, CLIENT_WATCH, &mut state, &mut None).unwrap();
-        assert_eq!(state.pending, 2);
-        assert!(!state.unsynced);
-        assert!(pipe.closing);
-        assert_eq!(pipe.ready, bytes.len() - 5, "Terminate is not forwarded");
-    }
-
-    #[test]
-    fn server_scan_tracks_ready_for_query() {
-        let mut bytes = msg(backend::COMMAND_COMPLETE, b"BEGIN\0");
-        bytes.extend(msg(backend::READY_FOR_QUERY, b"T"));
-        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        let mut state = ServerProgress::new();
-        state.pending = 1;
-        scan_server(
-            &mut pipe,
-            SERVER_WATCH,
-            &mut state,
-            &mut Tracking::default(),
-        )
-        .unwrap();
-        assert_eq!(state.pending, 0);
-        assert_eq!(state.tx, TxStatus::InTransaction);
-        assert_eq!(pipe.ready, bytes.len());
-        assert!(reusable(&state, &RelayEnd::ClientLeft));
-    }
-
-    #[test]
-    fn unsynced_extended_messages_make_a_server_unusable() {
-        let bytes = msg(frontend::PARSE, b"\0select 1\0\0\0");
-        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        let mut state = ServerProgress::new();
-        scan_client(&mut pipe, CLIENT_WATCH, &mut state, &mut None).unwrap();
-        assert!(!reusable(&state, &RelayEnd::ClientLeft));
-    }
-
-    #[test]
-    fn named_statements_pin_the_server_in_transaction_mode() {
-        let mut bytes = msg(frontend::PARSE, b"\0select 1\0\0\0");
-        bytes.extend(msg(frontend::SYNC, b""));
-        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        let mut state = ServerProgress::new();
-        scan_client(&mut pipe, CLIENT_WATCH_TRANSACTION, &mut state, &mut None).unwrap();
-        assert!(
-            !state.pinned,
-            "the unnamed statement dies with the transaction"
-        );
-        let mut bytes = msg(frontend::PARSE, b"s1\0select 1\0\0\0");
-        bytes.extend(msg(frontend::SYNC, b""));
-        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        scan_client(&mut pipe, CLIENT_WATCH_TRANSACTION, &mut state, &mut None).unwrap();
-        assert!(state.pinned);
-        assert_eq!(state.pending, 2);
-        assert!(!state.unsynced);
-    }
-
-    fn error(severity: &str, code: &str) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        backend::ErrorFields {
-            severity: severity.into(),
-            ..backend::ErrorFields::error(code, "no")
-        }
-        .encode(&mut out);
-        out.to_vec()
-    }
-
-    /// The server's `bytes` scanned in transaction mode with `pending`
-    /// requests owed and replies held as `hold`: the state after, and how
-    /// many bytes are ready for the client.
-    fn scanned(bytes: &[u8], pending: usize, hold: Hold) -> (ServerProgress, usize) {
-        let mut pipe = Pipe::new(BytesMut::from(bytes), 1 << 20);
-        let mut state = ServerProgress::new();
-        state.pending = pending;
-        state.hold = hold;
-        scan_server(
-            &mut pipe,
-            SERVER_WATCH_TRANSACTION,
-            &mut state,
-            &mut Tracking::default(),
-        )
-        .unwrap();
-        (state, pipe.ready)
-    }
-
-    #[test]
-    fn a_read_unit_is_held_until_a_result_and_refused_on_25006() {
-        let held = |bytes: &[u8]| scanned(bytes, 1, Hold::ReadUnit).0;
-        // Descriptions say nothing yet: still held.
-        let mut bytes = msg(backend::PARSE_COMPLETE, b"");
-        bytes.extend(msg(backend::ROW_DESCRIPTION, b"\0\0"));
-        assert_eq!(held(&bytes).hold, Hold::ReadUnit);
-        // The first row commits the unit to this server.
-        bytes.extend(msg(backend::DATA_ROW, b"\0\0"));
-        bytes.extend(error("ERROR", sqlstate::READ_ONLY_SQL_TRANSACTION));
-        assert_eq!(held(&bytes).hold, Hold::Off);
-        // Refused as a write before any row: retry, once the server is idle.
-        let mut bytes = msg(backend::ROW_DESCRIPTION, b"\0\0");
-        bytes.extend(error("ERROR", sqlstate::READ_ONLY_SQL_TRANSACTION));
-        assert_eq!(held(&bytes).hold, Hold::Refused);
-        bytes.extend(msg(backend::READY_FOR_QUERY, b"I"));
-        let state = held(&bytes);
-        assert_eq!((state.hold, state.pending), (Hold::Refused, 0));
-        // Any other error is the client's answer.
-        assert_eq!(held(&error("ERROR", "22012")).hold, Hold::Off);
-    }
-
-    #[test]
-    fn a_request_runs_elsewhere_only_on_a_goodbye_before_any_result() {
-        let after = |bytes: &[u8], pending: usize| {
-            let (state, ready) = scanned(bytes, pending, Hold::Request);
-            (state.hold, ready)
-        };
-        let gone = Hold::Gone(Goodbye::Terminated);
-        // The goodbye first, or after replies that tell of no execution.
-        assert_eq!(
-            after(&error("FATAL", sqlstate::ADMIN_SHUTDOWN), 1),
-            (gone, 0)
-        );
-        let mut described = msg(backend::PARSE_COMPLETE, b"");
-        described.extend(msg(backend::BIND_COMPLETE, b""));
-        described.extend(msg(backend::ROW_DESCRIPTION, b"\0\0"));
-        let mut bytes = described.clone();
-        bytes.extend(error("FATAL", sqlstate::ADMIN_SHUTDOWN));
-        assert_eq!(
-            after(&bytes, 1).0,
-            gone,
-            "the FATAL itself is not forwarded"
-        );
-        assert_eq!(
-            after(&error("FATAL", sqlstate::IDLE_SESSION_TIMEOUT), 1).0,
-            Hold::Gone(Goodbye::IdleTimeout)
-        );
-        // A driver's Close + Sync answered before its statement: still
-        // nothing ran.
-        let mut bytes = msg(backend::CLOSE_COMPLETE, b"");
-        bytes.extend(msg(backend::READY_FOR_QUERY, b"I"));
-        bytes.extend(error("FATAL", sqlstate::ADMIN_SHUTDOWN));
-        assert_eq!(after(&bytes, 2).0, gone);
-        // ... but the last ReadyForQuery is the answer, delivered.
-        let mut bytes = described.clone();
-        bytes.extend(msg(backend::READY_FOR_QUERY, b"I"));
-        assert_eq!(after(&bytes, 1).0, Hold::Off);
-        // After a result, or a row, it is the client's: forwarded as is.
-        let mut bytes = msg(backend::COMMAND_COMPLETE, b"INSERT 0 1\0");
-        bytes.extend(error("FATAL", sqlstate::ADMIN_SHUTDOWN));
-        assert_eq!(after(&bytes, 1).0, Hold::Off);
-        // An immediate shutdown's WARNING can come after a commit.
-        assert_eq!(
-            after(&error("WARNING", sqlstate::ADMIN_SHUTDOWN), 1).0,
-            Hold::Off
-        );
-        // A request that is not a read unit is not refused on 25006.
-        assert_eq!(
-            after(&error("ERROR", sqlstate::READ_ONLY_SQL_TRANSACTION), 1).0,
-            Hold::Off
-        );
     }
 
     #[test]
@@ -877,36 +634,6 @@ mod tests {
             server_failed(reset(), &state),
             RelayEnd::ServerIo(_)
         ));
-    }
-
-    #[test]
-    fn a_goodbye_after_the_last_answer_is_not_the_clients() {
-        let mut bytes = msg(backend::COMMAND_COMPLETE, b"SELECT 1\0");
-        bytes.extend(msg(backend::READY_FOR_QUERY, b"I"));
-        bytes.extend(error("FATAL", sqlstate::ADMIN_SHUTDOWN));
-        let (state, ready) = scanned(&bytes, 1, Hold::Off);
-        assert_eq!(state.pending, 0);
-        assert!(state.said_goodbye(), "the server is not reused");
-        assert_eq!(
-            ready,
-            bytes.len() - error("FATAL", sqlstate::ADMIN_SHUTDOWN).len(),
-            "not forwarded"
-        );
-    }
-
-    #[test]
-    fn fatal_errors_are_noticed() {
-        let bytes = error("FATAL", sqlstate::ADMIN_SHUTDOWN);
-        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        let mut state = ServerProgress::new();
-        scan_server(
-            &mut pipe,
-            SERVER_WATCH,
-            &mut state,
-            &mut Tracking::default(),
-        )
-        .unwrap();
-        assert!(state.last_fatal);
     }
 
     /// A relay between two loopback socket pairs, as a session starts one:

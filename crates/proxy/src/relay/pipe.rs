@@ -238,3 +238,78 @@ impl Tags {
         self.0[usize::from(tag >> 6)] & (1 << (tag & 63)) != 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::msg;
+    use pgherd_wire::backend;
+
+    /// Two ends of a loopback TCP connection.
+    async fn tcp_pair() -> (Stream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (ours, theirs) = tokio::join!(ours, listener.accept());
+        (Stream::Plain(ours.unwrap()), theirs.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn write_now_sends_what_the_socket_takes_and_keeps_the_rest() {
+        use tokio::io::AsyncReadExt as _;
+        let (to, mut peer) = tcp_pair().await;
+        let bytes = [
+            msg(backend::COMMAND_COMPLETE, b"SELECT 1\0"),
+            msg(backend::READY_FOR_QUERY, b"I"),
+        ]
+        .concat();
+        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
+        pipe.ready = bytes.len();
+        pipe.write_now(&to, true).unwrap();
+        assert_eq!(pipe.ready, bytes.len(), "held back: nothing written");
+        pipe.write_now(&to, false).unwrap();
+        assert!(pipe.delivered() && pipe.buf.is_empty());
+        let mut got = vec![0; bytes.len()];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, bytes);
+
+        // A peer that reads nothing: the socket fills, the rest stays ready.
+        let big = vec![b'x'; 64 << 20];
+        let mut pipe = Pipe::new(BytesMut::from(&big[..]), 1 << 30);
+        pipe.ready = big.len();
+        pipe.write_now(&to, false).unwrap();
+        assert!(pipe.ready > 0 && pipe.ready < big.len(), "{}", pipe.ready);
+        assert_eq!(pipe.buf.len(), pipe.ready);
+        pipe.write_now(&to, false).unwrap();
+        assert!(pipe.ready > 0, "still full: kept, no error");
+    }
+
+    #[tokio::test]
+    async fn write_now_reports_a_peer_that_is_gone_and_keeps_the_bytes() {
+        let (to, peer) = tcp_pair().await;
+        // Reset, not a clean close: writes fail once the reset arrives.
+        peer.set_zero_linger().unwrap();
+        drop(peer);
+        let bytes = msg(backend::READY_FOR_QUERY, b"I");
+        let mut attempts = 0;
+        let (err, pipe) = loop {
+            let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
+            pipe.ready = bytes.len();
+            match pipe.write_now(&to, false) {
+                Err(e) => break (e, pipe),
+                Ok(()) => {
+                    attempts += 1;
+                    assert!(attempts < 500, "writes to a reset peer never failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        };
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "{err}"
+        );
+        assert_eq!(pipe.ready, bytes.len(), "nothing counted as written");
+    }
+}

@@ -108,3 +108,52 @@ fn close_one_idle(pools: &Pools, scope: &Scope) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_database_at_its_cap_waits_then_gives_up() {
+        let limits = ConnectionLimits::default();
+        let pools = Pools::default();
+        let first = limits.permits(&pools, (1, 0), "app", "u1", WAIT).await;
+        assert_eq!(first.as_ref().map(Vec::len), Some(1));
+        // Another user of the same database: the database's cap counts.
+        let start = tokio::time::Instant::now();
+        let none = limits.permits(&pools, (1, 0), "app", "u2", WAIT).await;
+        assert!(none.is_none());
+        assert!(start.elapsed() >= WAIT, "waited the whole time");
+        // Another database is not held back.
+        assert!(limits
+            .permits(&pools, (1, 0), "other", "u1", WAIT)
+            .await
+            .is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permit_given_back_wakes_a_waiter() {
+        let limits = Arc::new(ConnectionLimits::default());
+        let pools = Arc::new(Pools::default());
+        let held = limits.permits(&pools, (0, 1), "app", "u", WAIT).await;
+        let waiter = {
+            let (limits, pools) = (Arc::clone(&limits), Arc::clone(&pools));
+            tokio::spawn(async move { limits.permits(&pools, (0, 1), "db2", "u", WAIT).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(held);
+        let got = waiter.await.unwrap_or_default();
+        assert_eq!(got.map(|p| p.len()), Some(1), "the user's permit, freed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_caps_no_permits_no_wait() {
+        let limits = ConnectionLimits::default();
+        let permits = limits
+            .permits(&Pools::default(), (0, 0), "app", "u", WAIT)
+            .await;
+        assert_eq!(permits.map(|p| p.len()), Some(0));
+    }
+}

@@ -526,3 +526,119 @@ pub async fn send_cancel(addr: SocketAddr, pid: i32, secret: [u8; 4]) -> std::io
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use pgherd_config::{Config, General};
+    use pgherd_wire::frontend;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn general() -> General {
+        Config::parse("[pgherd]\nprobe_user = \"p\"\n[[nodes]]\nname = \"a\"\nhost = \"h\"")
+            .map(|c| c.general)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A server that reads the startup packet and each message it expects
+    /// (the password), answering each step with the next of `steps`.
+    async fn server(steps: Vec<Vec<u8>>) -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).await.unwrap();
+            let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+            s.read_exact(&mut startup).await.unwrap();
+            let mut received = Vec::new();
+            for (i, step) in steps.iter().enumerate() {
+                if i > 0 {
+                    let mut header = [0u8; 5];
+                    s.read_exact(&mut header).await.unwrap();
+                    let mut body =
+                        vec![0u8; u32::from_be_bytes(header[1..].try_into().unwrap()) as usize - 4];
+                    s.read_exact(&mut body).await.unwrap();
+                    received.push(header[0]);
+                }
+                s.write_all(step).await.unwrap();
+            }
+            // Keep the connection until the client is done with it.
+            let _ = s.read(&mut [0u8; 1]).await;
+            received
+        });
+        (port, task)
+    }
+
+    async fn connect(port: u16, credential: &ServerCredential) -> Result<ServerConn, ServerError> {
+        let g = general();
+        let tls = ServerTls::new(&g.server_tls).unwrap();
+        let startup: Startup = vec![("user".to_owned(), "app".to_owned())].into();
+        let tracked = Arc::new(TrackedParams::new(&g));
+        ServerConn::connect(
+            (0, "127.0.0.1", port),
+            (startup, &tracked),
+            credential,
+            (&tls, &g.tcp),
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
+    fn welcome(standby: &str) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        backend::authentication_ok(&mut b);
+        ErrorFields::notice("identifier will be truncated").encode_notice(&mut b);
+        backend::parameter_status(&mut b, "in_hot_standby", standby);
+        backend::backend_key_data(&mut b, 4242, *b"abcd");
+        backend::ready_for_query(&mut b, TxStatus::Idle);
+        b.to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_cleartext_login_records_the_key_and_the_standby_flag() {
+        let mut ask = BytesMut::new();
+        backend::authentication_cleartext(&mut ask);
+        let (port, server) = server(vec![ask.to_vec(), welcome("on")]).await;
+        let password = ServerCredential::Password(pgherd_auth::Secret::new("pw"));
+        let conn = connect(port, &password).await.unwrap();
+        assert!(conn.is_standby());
+        assert_eq!((conn.pid, conn.secret), (4242, *b"abcd"));
+        drop(conn);
+        assert_eq!(server.await.unwrap(), [frontend::PASSWORD]);
+    }
+
+    #[tokio::test]
+    async fn a_login_refused_by_the_server_carries_its_error() {
+        let mut refusal = BytesMut::new();
+        ErrorFields::fatal(sqlstate::INVALID_PASSWORD, "password authentication failed")
+            .encode(&mut refusal);
+        let (port, _server) = server(vec![refusal.to_vec()]).await;
+        match connect(port, &ServerCredential::None).await {
+            Err(ServerError::Rejected(f)) => assert_eq!(f.code, sqlstate::INVALID_PASSWORD),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_password_request_without_a_password_is_an_auth_error() {
+        let mut ask = BytesMut::new();
+        backend::authentication_cleartext(&mut ask);
+        let (port, _server) = server(vec![ask.to_vec()]).await;
+        assert!(matches!(
+            connect(port, &ServerCredential::None).await,
+            Err(ServerError::Auth(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_broken_message_during_login_is_a_protocol_error() {
+        let (port, _server) = server(vec![vec![backend::AUTHENTICATION, 0, 0, 0, 1]]).await;
+        assert!(matches!(
+            connect(port, &ServerCredential::None).await,
+            Err(ServerError::Protocol(_) | ServerError::Io(_))
+        ));
+    }
+}
