@@ -81,7 +81,7 @@ impl Cluster {
     /// connecting with `tls` (`server_tls_*`).
     /// Fails only when the state file exists but cannot be read.
     pub fn start(config: &Config, tls: &pgherd_tls::ServerTls) -> std::io::Result<Cluster> {
-        let probe = &config.general.probe;
+        let probe = &config.general.probe();
         let state_file = config.general.state_file.clone();
         let remembered = match &state_file {
             Some(path) => state::load(path)?,

@@ -31,7 +31,7 @@ pub use error::ConfigError;
 pub use hba::{HbaConnection, HbaMethod, HbaRules};
 pub use kinds::{AdminAuth, AuthType, Balance, PoolMode, SslMode, Target, TlsProtocols};
 pub use model::*;
-pub use settings::{Reload, Setting, SETTINGS};
+pub use settings::{General, Reload, Setting, SETTINGS};
 
 use load::File;
 use settings::RawGeneral;
@@ -246,8 +246,8 @@ mod tests {
             ))
         };
         let c = parse("").unwrap();
-        assert_eq!(c.general.client_tls.sslmode, SslMode::Disable);
-        assert_eq!(c.general.server_tls.sslmode, SslMode::Disable);
+        assert_eq!(c.general.client_tls().sslmode, SslMode::Disable);
+        assert_eq!(c.general.server_tls().sslmode, SslMode::Disable);
 
         let e = parse("client_tls_sslmode = \"require\"")
             .unwrap_err()
@@ -272,10 +272,10 @@ mod tests {
         assert!(parse("server_tls_sslmode = \"sometimes\"").is_err());
 
         let p = parse("client_tls_protocols = \"tlsv1.3\"").unwrap();
-        let tls13 = p.general.client_tls.protocols;
+        let tls13 = p.general.client_tls().protocols;
         assert!(tls13.tls13 && !tls13.tls12);
         let all = parse("server_tls_protocols = \"all\"").unwrap();
-        assert!(all.general.server_tls.protocols.tls12);
+        assert!(all.general.server_tls().protocols.tls12);
         let e = parse("client_tls_protocols = \"tlsv1.0,tlsv1.1\"")
             .unwrap_err()
             .to_string();
@@ -294,9 +294,9 @@ mod tests {
         assert_eq!(g.server_reset_query, "DISCARD ALL");
         assert_eq!(g.query_wait_timeout, Duration::from_secs(120));
         assert_eq!(c.nodes[0].port, 5432);
-        assert_eq!(g.probe.interval, Duration::from_secs(1));
-        assert_eq!((g.probe.rise, g.probe.fall), (2, 3));
-        assert_eq!(g.probe.database, "postgres");
+        assert_eq!(g.probe().interval, Duration::from_secs(1));
+        assert_eq!((g.probe().rise, g.probe().fall), (2, 3));
+        assert_eq!(g.probe().database, "postgres");
         assert!(g.replica_fallback);
         assert!(c.database("app").is_none(), "no * entry, no fallback");
     }
@@ -460,7 +460,10 @@ mod tests {
         let (new, kept) = running.reloaded_from(&text).unwrap();
         assert_eq!(kept, ["listen_addr", "probe_interval"]);
         assert_eq!(new.general.listen_addr, running.general.listen_addr);
-        assert_eq!(new.general.probe.interval, running.general.probe.interval);
+        assert_eq!(
+            new.general.probe().interval,
+            running.general.probe().interval
+        );
         assert_eq!(new.general.default_pool_size, 9, "reloadable: applied");
         let shown = settings(&new.general);
         let row = |k: &str| shown.iter().find(|r| r.0 == k).cloned().unwrap();
@@ -490,7 +493,7 @@ mod tests {
             probe_user: Some("p".into()),
             ..Default::default()
         };
-        assert!(defaults.check().is_ok());
+        assert!(defaults.clone().check().is_ok());
         let keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
         let shown: Vec<&str> = defaults.values().iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, shown, "SHOW CONFIG lists the table, in order");

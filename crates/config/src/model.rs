@@ -8,8 +8,8 @@ use std::time::Duration;
 use pgherd_auth::{ScramVerifier, Secret};
 
 use crate::hba::HbaRules;
-use crate::kinds::{AdminAuth, AuthType, Balance, PoolMode, SslMode, Target, TlsProtocols};
-use crate::settings::RawGeneral;
+use crate::kinds::{AuthType, PoolMode, SslMode, Target, TlsProtocols};
+use crate::settings::General;
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -112,145 +112,6 @@ pub const TRACKED_PARAMETERS: &[&str] = &[
     "standard_conforming_strings",
 ];
 
-/// The `[pgherd]` section.
-#[derive(Debug, Clone)]
-pub struct General {
-    pub listen_addr: SocketAddr,
-    /// Where each listener also gets a Unix-domain socket, named as
-    /// PostgreSQL names its own (`.s.PGSQL.PORT`); `None` (`""`, the
-    /// default): TCP only.
-    pub unix_socket_dir: Option<std::path::PathBuf>,
-    /// The sockets' file mode (pgbouncer's `unix_socket_mode`).
-    pub unix_socket_mode: u32,
-    /// The group the sockets belong to; `None`: pgherd's own.
-    pub unix_socket_group: Option<String>,
-    /// pgbouncer's `so_reuseport`: other processes may listen on the same
-    /// addresses (a new pgherd started before the old one is stopped), and
-    /// a Unix socket in use is taken over.
-    pub so_reuseport: bool,
-    /// pgbouncer's `listen_backlog`: connections the kernel queues on each
-    /// listening socket before pgherd accepts them.
-    pub listen_backlog: u32,
-    pub pool_mode: PoolMode,
-    /// The admin HTTP listener (`/metrics`, health, JSON API); `None`: off.
-    pub admin_listen_addr: Option<SocketAddr>,
-    pub auth_type: AuthType,
-    /// pgbouncer's userlist.txt: more users, after those in `[users]`.
-    pub auth_file: Option<std::path::PathBuf>,
-    /// Rules for `auth_type = "hba"`, in `pg_hba.conf` format.
-    pub auth_hba_file: Option<std::path::PathBuf>,
-    /// Users in neither `[users]` nor the auth_file are looked up on the
-    /// primary with `auth_query`, logged in as this user (which needs a
-    /// plaintext password in `[users]` or the auth_file).
-    pub auth_user: Option<String>,
-    pub auth_query: String,
-    /// The database `auth_query` runs in.
-    pub auth_dbname: String,
-    pub max_client_conn: usize,
-    pub default_pool_size: usize,
-    /// Server connections each pool keeps open, idle or not (opened in the
-    /// background, like the pool's last one); 0: none.
-    pub min_pool_size: usize,
-    /// Server connections to one (server) database over all pools; 0: no limit.
-    pub max_db_connections: usize,
-    /// Server connections as one (server) user over all pools; 0: no limit.
-    pub max_user_connections: usize,
-    /// Extra server connections per pool for clients that waited
-    /// `reserve_pool_timeout` for one.
-    pub reserve_pool_size: usize,
-    pub reserve_pool_timeout: Duration,
-    pub server_reset_query: String,
-    /// Transaction mode: run `server_reset_query` after every transaction
-    /// too, not only when a session ends (pgbouncer's name and default).
-    pub server_reset_query_always: bool,
-    /// Idle server connections older than this in the pool are closed;
-    /// `None` (0 in the file): never.
-    pub server_idle_timeout: Option<Duration>,
-    /// A server connection older than this is closed when released (an
-    /// idle one by the sweeper); `None`: never.
-    pub server_lifetime: Option<Duration>,
-    /// A connection idle in the pool at least this long runs
-    /// `server_check_query` before it is handed out.
-    pub server_check_delay: Duration,
-    /// Empty: no check.
-    pub server_check_query: String,
-    /// Log each client login and logout at `info` (pgbouncer's
-    /// `log_connections` / `log_disconnections`); otherwise at `debug`.
-    pub log_connections: bool,
-    pub log_disconnections: bool,
-    /// Log the period's averages over all databases every `stats_period`
-    /// (pgbouncer's `log_stats`).
-    pub log_stats: bool,
-    /// Clients sending nothing for this long (outside a transaction) are
-    /// disconnected; `None`: never.
-    pub client_idle_timeout: Option<Duration>,
-    /// Clients sending nothing for this long inside a transaction are
-    /// disconnected (their server rolled back or closed); `None`: never.
-    pub idle_transaction_timeout: Option<Duration>,
-    pub server_connect_timeout: Duration,
-    /// TCP keepalive and user timeout of client and server connections.
-    pub tcp: TcpOptions,
-    /// After a server refused a pool's login, clients of that pool get the
-    /// same error for this long instead of another attempt each.
-    pub server_login_retry: Duration,
-    pub query_wait_timeout: Duration,
-    /// A request whose answer has not come this long after it was sent is
-    /// cancelled and its client disconnected (pgbouncer's); `None`: never.
-    pub query_timeout: Option<Duration>,
-    pub client_login_timeout: Duration,
-    pub max_packet_size: usize,
-    /// Named prepared statements kept per server connection in transaction
-    /// mode; 0 turns statement tracking off (clients that prepare keep
-    /// their server instead).
-    pub max_prepared_statements: usize,
-    /// Transaction mode: parameters re-applied (with `SET`) when a client
-    /// lands on a server whose value differs, on top of the ones PostgreSQL
-    /// reports (see [`TRACKED_PARAMETERS`]).
-    pub track_extra_parameters: Vec<String>,
-    /// Startup parameters dropped instead of passed to the server.
-    pub ignore_startup_parameters: Vec<String>,
-    /// A client's `application_name` gets its address appended
-    /// (" - 10.0.0.5:51234"), as pgbouncer's option of that name does.
-    pub application_name_add_host: bool,
-    /// On SIGTERM/SIGINT: how long to wait for clients to finish before exiting.
-    pub shutdown_timeout: Duration,
-    /// Threads that run sessions: 1 (the default) is one thread, as
-    /// pgbouncer; 0 is one per CPU.
-    pub worker_threads: usize,
-    /// Period of the admin console's `SHOW STATS_AVERAGES` (pgbouncer's).
-    pub stats_period: Duration,
-    /// How long a client waits for a primary to appear (during a failover)
-    /// before it gets 57P03.
-    pub primary_wait_timeout: Duration,
-    /// Send `replica` sessions to the primary when no standby is usable.
-    pub replica_fallback: bool,
-    /// How standbys are chosen for reads.
-    pub replica_balance: Balance,
-    /// `auto` target: after a client's transaction on the primary, its reads
-    /// go to a standby only once that standby is known to have replayed it.
-    pub read_your_writes: bool,
-    /// Users who may run every admin console command (database `pgbouncer`
-    /// or `pgherd`); they log in as any other user, with `[users]` entries.
-    pub admin_users: Vec<String>,
-    /// Users who may run the console's read-only commands (`SHOW ...`).
-    pub stats_users: Vec<String>,
-    /// What of the admin HTTP port asks for HTTP basic auth (an
-    /// `admin_users` member for control, or a `stats_users` one for reads).
-    pub admin_auth: AdminAuth,
-    /// Where pgherd remembers the highest timeline it has seen, so a
-    /// restarted pgherd still fences an old primary that comes back first.
-    pub state_file: Option<std::path::PathBuf>,
-    /// TLS towards clients (`client_tls_*`).
-    pub client_tls: Tls,
-    /// TLS towards PostgreSQL (`server_tls_*`), for sessions, probes and
-    /// `auth_query` alike.
-    pub server_tls: Tls,
-    pub probe: Probe,
-    /// The section as written (after RELOAD: with restart-only settings at
-    /// their running values), for `SHOW CONFIG`.
-    pub(crate) written: RawGeneral,
-}
-
 /// Health probes: how pgherd checks each node's role and replication.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Probe {
@@ -289,6 +150,60 @@ pub struct Tls {
     /// The CA that signs the peer's certificates (`verify-ca`, `verify-full`).
     pub ca_file: Option<std::path::PathBuf>,
     pub protocols: TlsProtocols,
+}
+
+impl General {
+    /// The health probes' settings (`probe_*`, `max_replica_lag*`,
+    /// `replica_orphan_timeout`).
+    pub fn probe(&self) -> Probe {
+        Probe {
+            user: self.probe_user.clone(),
+            password: self.probe_password.clone(),
+            database: self.probe_database.clone(),
+            interval: self.probe_interval,
+            // Never slower than the usual interval.
+            fast_interval: self.probe_fast_interval.min(self.probe_interval),
+            timeout: self.probe_timeout,
+            rise: self.probe_rise,
+            fall: self.probe_fall,
+            max_replica_lag_bytes: self.max_replica_lag_bytes,
+            max_replica_lag: self.max_replica_lag,
+            replica_orphan_timeout: self.replica_orphan_timeout,
+        }
+    }
+
+    /// TCP options of client and server connections (`tcp_*`).
+    pub fn tcp(&self) -> TcpOptions {
+        TcpOptions {
+            keepalive: self.tcp_keepalive,
+            keepidle: self.tcp_keepidle,
+            keepintvl: self.tcp_keepintvl,
+            keepcnt: self.tcp_keepcnt,
+            user_timeout: self.tcp_user_timeout,
+        }
+    }
+
+    /// TLS towards clients (`client_tls_*`).
+    pub fn client_tls(&self) -> Tls {
+        Tls {
+            sslmode: self.client_tls_sslmode,
+            key_file: self.client_tls_key_file.clone(),
+            cert_file: self.client_tls_cert_file.clone(),
+            ca_file: self.client_tls_ca_file.clone(),
+            protocols: self.client_tls_protocols,
+        }
+    }
+
+    /// TLS towards PostgreSQL (`server_tls_*`): sessions, probes, auth_query.
+    pub fn server_tls(&self) -> Tls {
+        Tls {
+            sslmode: self.server_tls_sslmode,
+            key_file: self.server_tls_key_file.clone(),
+            cert_file: self.server_tls_cert_file.clone(),
+            ca_file: self.server_tls_ca_file.clone(),
+            protocols: self.server_tls_protocols,
+        }
+    }
 }
 
 /// One PostgreSQL server of the cluster.
@@ -363,19 +278,23 @@ impl User {
     /// verifier, an md5 secret or a plaintext password. `None` when the
     /// secret is none of those.
     pub fn from_secret(name: &str, secret: &str) -> Option<User> {
-        let (verifier, md5, plain) = secrets(name, secret).ok()?;
-        Some(User {
+        secrets(name, secret).ok().map(User::with_secrets)
+    }
+
+    /// A user with these secrets and no settings of its own.
+    pub(crate) fn with_secrets((verifier, md5, plain): Secrets) -> User {
+        User {
             verifier,
             md5,
             server_password: plain,
             pool_mode: None,
             max_user_connections: None,
             auth_type: None,
-        })
+        }
     }
 }
 
-type Secrets = (Option<ScramVerifier>, Option<Secret>, Option<Secret>);
+pub(crate) type Secrets = (Option<ScramVerifier>, Option<Secret>, Option<Secret>);
 
 /// What a secret gives: a SCRAM verifier, an md5 secret, and (for a
 /// plaintext password, from which both are derived) the password.

@@ -3,10 +3,9 @@
 //! RELOAD applies it, and its one-line description.
 //!
 //! From this table come the raw section serde reads, its defaults, the
-//! checked values `validate` assembles the model from, `SHOW CONFIG`'s rows,
+//! checked [`General`] the rest of pgherd reads, `SHOW CONFIG`'s rows,
 //! which settings a RELOAD leaves at their running value, and the list
-//! the reference's completeness test walks. A new setting is one row here
-//! plus its field in the model.
+//! the reference's completeness test walks. A new setting is one row here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,19 +54,27 @@ macro_rules! settings {
             }
         }
 
-        /// Every setting checked and converted; the model is assembled
-        /// from these (cross-setting rules are checked there).
-        pub(crate) struct Checked {
-            $( pub(crate) $key: $typed, )*
+        /// The `[pgherd]` section, checked: every setting as the rest of
+        /// pgherd reads it. Grouped views: [`General::probe`],
+        /// [`General::tcp`], [`General::client_tls`], [`General::server_tls`].
+        #[derive(Debug, Clone)]
+        pub struct General {
+            $( $(#[doc = $doc])+ pub $key: $typed, )*
+            /// The section as written (after RELOAD: with restart-only
+            /// settings at their running values), for `SHOW CONFIG`.
+            pub(crate) written: RawGeneral,
         }
 
         impl RawGeneral {
-            pub(crate) fn check(&self) -> Result<Checked, ConfigError> {
-                Ok(Checked {
+            /// Checks and converts every setting (rules that span several
+            /// are `validate`'s).
+            pub(crate) fn check(self) -> Result<General, ConfigError> {
+                Ok(General {
                     $( $key: ($check)(
                         concat!("pgherd.", stringify!($key)),
                         self.$key.clone(),
                     )?, )*
+                    written: self,
                 })
             }
 

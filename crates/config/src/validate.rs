@@ -11,8 +11,7 @@ use crate::hba::HbaRules;
 use crate::kinds::{AuthType, SslMode};
 use crate::load::{self, File};
 use crate::model::{
-    secrets, Config, Database, General, Listener, Node, Notify, Probe, TcpOptions, Telegram, Tls,
-    User, NOTIFY_EVENTS,
+    secrets, Config, Database, Listener, Node, Notify, Telegram, Tls, User, NOTIFY_EVENTS,
 };
 use crate::settings::seconds;
 
@@ -69,7 +68,7 @@ impl load::Notify {
 }
 
 /// One side's TLS settings, checked for what its mode needs.
-fn tls_side(side: &str, tls: Tls) -> Result<Tls, ConfigError> {
+fn tls_side(side: &str, tls: &Tls) -> Result<(), ConfigError> {
     let key = |k: &str| format!("pgherd.{side}_tls_{k}");
     if tls.key_file.is_some() != tls.cert_file.is_some() {
         return Err(invalid(
@@ -92,7 +91,7 @@ fn tls_side(side: &str, tls: Tls) -> Result<Tls, ConfigError> {
             format!("{} needs {side}_tls_ca_file", tls.sslmode.name()),
         ));
     }
-    Ok(tls)
+    Ok(())
 }
 
 /// A user from its secret: a SCRAM verifier, an md5 secret, or a
@@ -123,117 +122,15 @@ fn user_entry(
     if let Some(message) = missing {
         return Err(invalid(key, message));
     }
-    Ok(User {
-        verifier,
-        md5,
-        server_password: plain,
-        pool_mode: None,
-        max_user_connections: None,
-        auth_type: None,
-    })
+    Ok(User::with_secrets((verifier, md5, plain)))
 }
 
 impl File {
     /// Checks everything and builds the model.
     pub(crate) fn validate(self) -> Result<Config, ConfigError> {
-        let c = self.pgherd.check()?;
-        let general = General {
-            listen_addr: c.listen_addr,
-            unix_socket_dir: c.unix_socket_dir,
-            unix_socket_mode: c.unix_socket_mode,
-            unix_socket_group: c.unix_socket_group,
-            so_reuseport: c.so_reuseport,
-            listen_backlog: c.listen_backlog,
-            pool_mode: c.pool_mode,
-            admin_listen_addr: c.admin_listen_addr,
-            auth_type: c.auth_type,
-            auth_file: c.auth_file,
-            auth_hba_file: c.auth_hba_file,
-            auth_user: c.auth_user,
-            auth_query: c.auth_query,
-            auth_dbname: c.auth_dbname,
-            max_client_conn: c.max_client_conn,
-            default_pool_size: c.default_pool_size,
-            reserve_pool_size: c.reserve_pool_size,
-            max_db_connections: c.max_db_connections,
-            min_pool_size: c.min_pool_size,
-            max_user_connections: c.max_user_connections,
-            reserve_pool_timeout: c.reserve_pool_timeout,
-            server_reset_query: c.server_reset_query,
-            server_reset_query_always: c.server_reset_query_always,
-            server_idle_timeout: c.server_idle_timeout,
-            server_lifetime: c.server_lifetime,
-            server_check_delay: c.server_check_delay,
-            server_check_query: c.server_check_query,
-            log_connections: c.log_connections,
-            log_disconnections: c.log_disconnections,
-            log_stats: c.log_stats,
-            client_idle_timeout: c.client_idle_timeout,
-            idle_transaction_timeout: c.idle_transaction_timeout,
-            server_connect_timeout: c.server_connect_timeout,
-            tcp: TcpOptions {
-                keepalive: c.tcp_keepalive,
-                keepidle: c.tcp_keepidle,
-                keepintvl: c.tcp_keepintvl,
-                keepcnt: c.tcp_keepcnt,
-                user_timeout: c.tcp_user_timeout,
-            },
-            server_login_retry: c.server_login_retry,
-            query_wait_timeout: c.query_wait_timeout,
-            query_timeout: c.query_timeout,
-            client_login_timeout: c.client_login_timeout,
-            max_packet_size: c.max_packet_size,
-            primary_wait_timeout: c.primary_wait_timeout,
-            max_prepared_statements: c.max_prepared_statements,
-            track_extra_parameters: c.track_extra_parameters,
-            ignore_startup_parameters: c.ignore_startup_parameters,
-            application_name_add_host: c.application_name_add_host,
-            shutdown_timeout: c.shutdown_timeout,
-            worker_threads: c.worker_threads,
-            stats_period: c.stats_period,
-            replica_fallback: c.replica_fallback,
-            replica_balance: c.replica_balance,
-            read_your_writes: c.read_your_writes,
-            admin_users: c.admin_users,
-            stats_users: c.stats_users,
-            admin_auth: c.admin_auth,
-            state_file: c.state_file,
-            client_tls: tls_side(
-                "client",
-                Tls {
-                    sslmode: c.client_tls_sslmode,
-                    key_file: c.client_tls_key_file,
-                    cert_file: c.client_tls_cert_file,
-                    ca_file: c.client_tls_ca_file,
-                    protocols: c.client_tls_protocols,
-                },
-            )?,
-            server_tls: tls_side(
-                "server",
-                Tls {
-                    sslmode: c.server_tls_sslmode,
-                    key_file: c.server_tls_key_file,
-                    cert_file: c.server_tls_cert_file,
-                    ca_file: c.server_tls_ca_file,
-                    protocols: c.server_tls_protocols,
-                },
-            )?,
-            probe: Probe {
-                user: c.probe_user,
-                password: c.probe_password,
-                database: c.probe_database,
-                interval: c.probe_interval,
-                // Never slower than the usual interval.
-                fast_interval: c.probe_fast_interval.min(c.probe_interval),
-                timeout: c.probe_timeout,
-                rise: c.probe_rise,
-                fall: c.probe_fall,
-                max_replica_lag_bytes: c.max_replica_lag_bytes,
-                max_replica_lag: c.max_replica_lag,
-                replica_orphan_timeout: c.replica_orphan_timeout,
-            },
-            written: self.pgherd,
-        };
+        let general = self.pgherd.check()?;
+        tls_side("client", &general.client_tls())?;
+        tls_side("server", &general.server_tls())?;
 
         if self.nodes.is_empty() {
             return Err(invalid(

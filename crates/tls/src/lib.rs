@@ -51,8 +51,8 @@ pub struct Contexts {
 impl Contexts {
     pub fn new(general: &General) -> Result<Contexts, TlsError> {
         Ok(Contexts {
-            client: ClientTls::new(&general.client_tls)?,
-            server: ServerTls::new(&general.server_tls)?,
+            client: ClientTls::new(&general.client_tls())?,
+            server: ServerTls::new(&general.server_tls())?,
         })
     }
 }

@@ -122,7 +122,7 @@ async fn begin(
     let shared = &*shared;
     let config = shared.config();
     if let Stream::Plain(tcp) = &stream {
-        if let Err(e) = crate::listen::sockets::tune(tcp, &config.general.tcp) {
+        if let Err(e) = crate::listen::sockets::tune(tcp, &config.general.tcp()) {
             tracing::debug!(%peer, "setting TCP options failed: {e}");
         }
     }

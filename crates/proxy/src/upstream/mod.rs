@@ -388,7 +388,7 @@ pub(crate) async fn open(
         (node, &n.host, n.port),
         (params, &servers.tracked),
         credential,
-        (&servers.settings.tls().server, &config.general.tcp),
+        (&servers.settings.tls().server, &config.general.tcp()),
         config.general.server_connect_timeout,
     )
     .await;
@@ -798,5 +798,35 @@ mod tests {
         let live = upstreams.live.lock().unwrap();
         let kept = live.by_key.len() + live.startups.len();
         assert!(kept <= 128, "{kept} entries kept");
+    }
+
+    #[test]
+    fn a_refused_login_is_repeated_to_the_pool_until_server_login_retry() {
+        let failure = LoginFailure::default();
+        let retry = std::time::Duration::from_secs(15);
+        let refused =
+            ErrorFields::fatal(sqlstate::INVALID_PASSWORD, "password authentication failed");
+        failure.record(&Attempt::Refused(refused));
+        let now = Instant::now();
+        let again = failure.recent(retry, now).map(|f| f.code);
+        assert_eq!(again.as_deref(), Some(sqlstate::INVALID_PASSWORD));
+        let later = now + std::time::Duration::from_secs(14);
+        assert!(
+            failure.recent(retry, later).is_some(),
+            "still within the retry"
+        );
+        let after = now + std::time::Duration::from_secs(16);
+        assert!(
+            failure.recent(retry, after).is_none(),
+            "tried again after it"
+        );
+
+        // One client's own problem (a bad startup parameter) is not the pool's.
+        let own = LoginFailure::default();
+        own.record(&Attempt::Refused(ErrorFields::fatal(
+            sqlstate::UNDEFINED_OBJECT,
+            "unrecognized parameter",
+        )));
+        assert!(own.recent(retry, Instant::now()).is_none());
     }
 }

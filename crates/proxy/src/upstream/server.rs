@@ -574,14 +574,14 @@ mod tests {
 
     async fn connect(port: u16, credential: &ServerCredential) -> Result<ServerConn, ServerError> {
         let g = general();
-        let tls = ServerTls::new(&g.server_tls).unwrap();
+        let tls = ServerTls::new(&g.server_tls()).unwrap();
         let startup: Startup = vec![("user".to_owned(), "app".to_owned())].into();
         let tracked = Arc::new(TrackedParams::new(&g));
         ServerConn::connect(
             (0, "127.0.0.1", port),
             (startup, &tracked),
             credential,
-            (&tls, &g.tcp),
+            (&tls, &g.tcp()),
             Duration::from_secs(5),
         )
         .await
