@@ -55,6 +55,17 @@ pub struct PatroniCluster {
     members: Vec<Member>,
 }
 
+/// The nodes as a [`LocalCluster`]: their names, ports and directories,
+/// SQL on them, waits for replication. Starting, stopping and promoting
+/// them is the manager's, through this type's own methods.
+impl std::ops::Deref for PatroniCluster {
+    type Target = LocalCluster;
+
+    fn deref(&self) -> &LocalCluster {
+        &self.pg
+    }
+}
+
 #[derive(Debug)]
 struct Member {
     conf: PathBuf,
@@ -112,25 +123,6 @@ impl PatroniCluster {
             }
         }
         Ok(cluster)
-    }
-
-    /// The members: names, PostgreSQL ports, data directories.
-    pub fn nodes(&self) -> &[LocalNode] {
-        self.pg.nodes()
-    }
-
-    pub fn superuser_password(&self) -> &str {
-        self.pg.superuser_password()
-    }
-
-    /// Runs SQL on member `i` as the superuser (see [`LocalCluster::sql`]).
-    pub fn sql(&self, i: usize, sql: &str) -> Result<String, LocalPgError> {
-        self.pg.sql(i, sql)
-    }
-
-    /// Waits until member `i` has replayed everything `primary` wrote so far.
-    pub fn wait_caught_up(&self, primary: usize, i: usize) -> Result<(), LocalPgError> {
-        self.pg.wait_caught_up(primary, i)
     }
 
     /// `patronictl switchover --leader <from> --candidate <to> --force`.

@@ -57,6 +57,17 @@ pub struct RepmgrCluster {
     daemons: Vec<Child>,
 }
 
+/// The nodes as a [`LocalCluster`]: their names, ports and directories,
+/// SQL on them, waits for replication. Starting, stopping and promoting
+/// them is the manager's, through this type's own methods.
+impl std::ops::Deref for RepmgrCluster {
+    type Target = LocalCluster;
+
+    fn deref(&self) -> &LocalCluster {
+        &self.pg
+    }
+}
+
 impl RepmgrCluster {
     /// Builds the cluster and starts repmgrd everywhere; returns once every
     /// standby streams and every repmgrd runs.
@@ -98,30 +109,6 @@ impl RepmgrCluster {
             cluster.start_daemon(i)?;
         }
         Ok(cluster)
-    }
-
-    /// The nodes: names, ports, data directories.
-    pub fn nodes(&self) -> &[LocalNode] {
-        self.pg.nodes()
-    }
-
-    pub fn superuser_password(&self) -> &str {
-        self.pg.superuser_password()
-    }
-
-    /// Runs SQL on node `i` as the superuser (see [`LocalCluster::sql`]).
-    pub fn sql(&self, i: usize, sql: &str) -> Result<String, LocalPgError> {
-        self.pg.sql(i, sql)
-    }
-
-    /// Waits until standby `i` has replayed everything `primary` wrote so far.
-    pub fn wait_caught_up(&self, primary: usize, i: usize) -> Result<(), LocalPgError> {
-        self.pg.wait_caught_up(primary, i)
-    }
-
-    /// Waits until standby `i` streams from a primary.
-    pub fn wait_streaming(&self, i: usize, timeout: Duration) -> Result<(), LocalPgError> {
-        self.pg.wait_streaming(i, timeout)
     }
 
     /// Stops node `i`'s PostgreSQL with `pg_ctl stop -m immediate`: a crash,

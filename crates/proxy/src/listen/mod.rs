@@ -16,6 +16,9 @@
 //! can listen on the same addresses while the old one drains (pgbouncer's
 //! rolling restart): the kernel spreads new connections over both until
 //! the old one stops listening.
+//!
+//! What may not live here: anything past `accept` (logins, sessions); this
+//! room is the floor the others stand on and imports none of them.
 
 pub(crate) mod addr;
 pub(crate) mod sockets;

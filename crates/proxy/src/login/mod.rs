@@ -4,6 +4,10 @@
 //! `client_login_timeout`, and ends either in an [`Authenticated`] client or in
 //! a clear FATAL ErrorResponse (or, for a CancelRequest, a silent close, as
 //! PostgreSQL does).
+//!
+//! What may not live here: anything about servers or pools. A login reads
+//! the settings, the cluster (for `auth_query`) and its own secret through
+//! [`Logins`], never the whole proxy.
 
 pub(crate) mod auth_query;
 pub mod failures;

@@ -7,6 +7,9 @@
 //! and when the console reads them; on the data path a session updates its
 //! own entry with relaxed atomic stores (its state, its server), a few per
 //! transaction.
+//!
+//! What may not live here: decisions. The registry records and answers;
+//! the console and the sessions act on what it says.
 
 pub(crate) mod cancel;
 

@@ -20,6 +20,10 @@
 //! server idle and in which transaction state?). Requests are counted from
 //! message headers alone so that, when the client leaves, pgherd knows whether
 //! the server still owes replies — a server is only reused when it owes none.
+//!
+//! What may not live here: routing, pools, or anything that waits on
+//! another task. The relay sees two sockets and the state it is handed
+//! (`Tracking`, `ServerProgress`); the session decides what an end means.
 
 pub(crate) mod buffers;
 pub(crate) mod classify;

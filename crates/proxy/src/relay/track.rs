@@ -401,23 +401,25 @@ mod tests {
         assert_eq!(pipe.ready, bytes.len() - 5, "Terminate is not forwarded");
     }
 
+    /// The server's `bytes` scanned in session mode with `pending`
+    /// requests owed: the state after, and the bytes ready for the client.
+    fn scanned_session(bytes: &[u8], pending: usize) -> (ServerProgress, usize) {
+        let mut pipe = Pipe::new(BytesMut::from(bytes), 1 << 20);
+        let mut state = ServerProgress::new();
+        state.pending = pending;
+        let mut tracking = Tracking::default();
+        scan_server(&mut pipe, SERVER_WATCH, &mut state, &mut tracking).unwrap();
+        (state, pipe.ready)
+    }
+
     #[test]
     fn server_scan_tracks_ready_for_query() {
         let mut bytes = msg(backend::COMMAND_COMPLETE, b"BEGIN\0");
         bytes.extend(msg(backend::READY_FOR_QUERY, b"T"));
-        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        let mut state = ServerProgress::new();
-        state.pending = 1;
-        scan_server(
-            &mut pipe,
-            SERVER_WATCH,
-            &mut state,
-            &mut Tracking::default(),
-        )
-        .unwrap();
+        let (state, ready) = scanned_session(&bytes, 1);
         assert_eq!(state.pending, 0);
         assert_eq!(state.tx, TxStatus::InTransaction);
-        assert_eq!(pipe.ready, bytes.len());
+        assert_eq!(ready, bytes.len());
         assert!(reusable(&state, &RelayEnd::ClientLeft));
     }
 
@@ -569,16 +571,7 @@ mod tests {
 
     #[test]
     fn fatal_errors_are_noticed() {
-        let bytes = error("FATAL", sqlstate::ADMIN_SHUTDOWN);
-        let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        let mut state = ServerProgress::new();
-        scan_server(
-            &mut pipe,
-            SERVER_WATCH,
-            &mut state,
-            &mut Tracking::default(),
-        )
-        .unwrap();
+        let (state, _) = scanned_session(&error("FATAL", sqlstate::ADMIN_SHUTDOWN), 0);
         assert!(state.last_fatal);
     }
 }

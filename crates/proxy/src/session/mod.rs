@@ -6,6 +6,10 @@
 //! An idle client's whole cost is its task, so the boxing here is
 //! deliberate: what an idle client does not wait in is boxed (see
 //! [`serve`]).
+//!
+//! The only room that sees a client from accept to close; what it calls
+//! (upstream, relay, login, registry) never calls back up into it. Protocol
+//! details belong to `relay` and `wire`, routing to `upstream`.
 
 mod release;
 mod replication;

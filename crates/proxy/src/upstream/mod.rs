@@ -8,6 +8,10 @@
 //! [`Upstreams`] hands out the live one for a client instead of making a
 //! copy per session: an idle client holds one pointer, not its own startup
 //! parameters, pool handles and credential.
+//!
+//! Everything here works on [`Servers`] (pools, limits, routing, settings),
+//! not on the whole proxy, and knows nothing of clients' sessions beyond
+//! the [`ClientInfo`] a lease links a server to.
 
 pub mod balance;
 pub(crate) mod limits;
