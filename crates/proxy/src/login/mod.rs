@@ -582,3 +582,188 @@ impl Client {
         Ok(client_key)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pgherd_config::Config;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// Logins for a config whose one node nothing answers on (so no
+    /// auth_query can succeed), with `users` in `[users]`.
+    fn logins(general: &str, users: &str) -> Logins {
+        let text = format!(
+            "[pgherd]\nprobe_user = \"p\"\n{general}\n\
+             [[nodes]]\nname = \"a\"\nhost = \"127.0.0.1\"\nport = 1\n\
+             [databases]\n\"*\" = {{}}\n[users]\n{users}\n"
+        );
+        let config = Config::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let tls = pgherd_tls::Contexts::new(&config.general).unwrap_or_else(|e| panic!("{e}"));
+        let cluster = Cluster::start(&config, &tls.server).unwrap_or_else(|e| panic!("{e}"));
+        Logins::new(Arc::new(Settings::new(config, tls)), cluster)
+    }
+
+    /// A client connection accepted and logged in as pgherd does, while
+    /// `client` (a tokio-postgres config) connects: what each side ended with.
+    async fn login_with(
+        logins: &Logins,
+        client: tokio_postgres::Config,
+        over_limit: bool,
+    ) -> (
+        Result<Box<Authenticated>, Refused>,
+        Result<(), tokio_postgres::Error>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = client;
+        client.host("127.0.0.1").port(addr.port()).dbname("app");
+        let app = async {
+            let (c, connection) = client.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            drop(c);
+            Ok(())
+        };
+        let pgherd = async {
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let tls = logins.settings.tls();
+            let mut c = Client::accept(
+                Stream::Plain(tcp),
+                ClientAddr::Tcp(peer),
+                &tls.client,
+                deadline,
+            )
+            .await?;
+            let done = c.login(logins, over_limit, deadline, None).await;
+            match &done {
+                Err(Refused::Fatal(fields)) => c.send_error(fields).await,
+                // What the session would send next, in short: ready.
+                Ok(_) => {
+                    let mut out = BytesMut::new();
+                    backend::ready_for_query(&mut out, backend::TxStatus::Idle);
+                    c.stream.send(&out).await.unwrap();
+                    // Until the client hangs up (its Terminate, then EOF).
+                    let _ = c.stream.read_to_end(&mut Vec::new()).await;
+                }
+                Err(_) => {}
+            }
+            done
+        };
+        tokio::join!(pgherd, app)
+    }
+
+    fn app(password: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.user("app").password(password);
+        c
+    }
+
+    #[tokio::test]
+    async fn a_scram_login_with_the_right_password_is_authenticated() {
+        let logins = logins("", "app = { password = \"secret\" }");
+        let (ours, theirs) = login_with(&logins, app("secret"), false).await;
+        let auth = ours.unwrap_or_else(|_| panic!("refused"));
+        assert_eq!((auth.user.as_str(), auth.database.as_str()), ("app", "app"));
+        assert!(theirs.is_ok(), "{theirs:?}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_and_an_unknown_user_get_the_same_28p01() {
+        let logins = logins("", "app = { password = \"secret\" }");
+        for (user, password) in [("app", "wrong"), ("nobody", "secret")] {
+            let mut client = app(password);
+            client.user(user);
+            let (ours, theirs) = login_with(&logins, client, false).await;
+            match ours {
+                Err(Refused::Fatal(f)) => assert_eq!(f.code, sqlstate::INVALID_PASSWORD, "{user}"),
+                _ => panic!("{user}: not refused"),
+            }
+            let err = theirs.unwrap_err();
+            assert_eq!(
+                err.code().map(|c| c.code()),
+                Some(sqlstate::INVALID_PASSWORD)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn over_max_client_conn_gets_53300() {
+        let logins = logins("", "app = { password = \"secret\" }");
+        let (ours, theirs) = login_with(&logins, app("secret"), true).await;
+        assert!(matches!(ours, Err(Refused::Fatal(f)) if f.code == sqlstate::TOO_MANY_CONNECTIONS));
+        let err = theirs.unwrap_err();
+        assert_eq!(
+            err.code().map(|c| c.code()),
+            Some(sqlstate::TOO_MANY_CONNECTIONS)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_says_nothing_is_dropped_at_the_login_deadline() {
+        let logins = logins("", "app = { password = \"secret\" }");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut silent = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_secs(60);
+        let tls = logins.settings.tls();
+        let accepted = Client::accept(
+            Stream::Plain(tcp),
+            ClientAddr::Tcp(peer),
+            &tls.client,
+            deadline,
+        );
+        // Past the deadline and still waiting: a failure, not a hang.
+        let accepted = tokio::time::timeout(Duration::from_secs(120), accepted)
+            .await
+            .unwrap_or_else(|_| panic!("no timeout at the deadline"));
+        assert!(matches!(accepted, Err(Refused::TimedOut)));
+        assert!(start.elapsed() >= Duration::from_secs(60));
+        // It was told why, in PostgreSQL's words for a startup timeout.
+        let mut said = Vec::new();
+        silent.read_to_end(&mut said).await.unwrap();
+        let fields = ErrorFields::parse(pgherd_wire::frame::body(&said)).unwrap();
+        assert_eq!(fields.code, sqlstate::PROTOCOL_VIOLATION);
+    }
+
+    #[tokio::test]
+    async fn an_ssl_request_without_tls_is_answered_no_and_the_login_goes_on() {
+        let logins = logins("", "app = { password = \"secret\" }");
+        let mut client = app("secret");
+        client.ssl_mode(tokio_postgres::config::SslMode::Prefer);
+        let (ours, theirs) = login_with(&logins, client, false).await;
+        assert!(ours.is_ok() && theirs.is_ok(), "{theirs:?}");
+    }
+
+    #[tokio::test]
+    async fn garbage_instead_of_a_startup_packet_is_a_protocol_violation() {
+        let logins = logins("", "app = { password = \"secret\" }");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut bad = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        // A length of 8 and a protocol version 9.9 nobody speaks.
+        bad.write_all(&[0, 0, 0, 8, 0, 9, 0, 9]).await.unwrap();
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let tls = logins.settings.tls();
+        let mut c = Client::accept(
+            Stream::Plain(tcp),
+            ClientAddr::Tcp(peer),
+            &tls.client,
+            deadline,
+        )
+        .await
+        .unwrap_or_else(|_| panic!("accepted"));
+        match c.login(&logins, false, deadline, None).await {
+            Err(Refused::Fatal(f)) => assert_eq!(f.code, sqlstate::PROTOCOL_VIOLATION),
+            _ => panic!("not refused"),
+        }
+    }
+}
