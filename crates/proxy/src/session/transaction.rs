@@ -698,3 +698,122 @@ pub(super) fn killed_by_admin() -> ErrorFields {
         "terminating connection due to administrator command",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::listen::addr::ClientAddr;
+    use crate::registry::{NewClient, Registry};
+
+    /// An idle logged-in client as a session holds it, and the far end
+    /// (the application's socket).
+    async fn idle_client() -> (Client, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let client = Client {
+            stream: pgherd_tls::Stream::Plain(tcp),
+            buf: BytesMut::new(),
+            peer: ClientAddr::Tcp(peer),
+        };
+        (client, app)
+    }
+
+    fn registered(registry: &Arc<Registry>) -> Registered<ClientInfo> {
+        registry.add_client(NewClient {
+            user: "u",
+            database: "d",
+            addr: ClientAddr::Tcp("127.0.0.1:1".parse().unwrap()),
+            local_addr: None,
+            application_name: "",
+        })
+    }
+
+    const IDLE: Option<Duration> = Some(Duration::from_secs(30));
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_client_is_told_at_client_idle_timeout() {
+        let (mut client, _app) = idle_client().await;
+        let (registry, going) = (Arc::new(Registry::default()), AtomicBool::new(false));
+        let me = registered(&registry);
+        let start = tokio::time::Instant::now();
+        let waited = wait_for_request(&mut client, (1 << 20, IDLE), (&me.info, &going));
+        let err = ends(waited).await.unwrap_err();
+        assert_eq!(err.code, sqlstate::IDLE_SESSION_TIMEOUT);
+        assert!(start.elapsed() >= Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn a_request_or_a_goodbye_ends_the_wait() {
+        let (registry, going) = (Arc::new(Registry::default()), AtomicBool::new(false));
+        let me = registered(&registry);
+        let (mut client, mut app) = idle_client().await;
+        let mut query = BytesMut::new();
+        frontend::query(&mut query, "SELECT 1");
+        app.write_all(&query[..3]).await.unwrap();
+        app.write_all(&query[3..]).await.unwrap();
+        let limits = (1 << 20, None);
+        assert!(wait_for_request(&mut client, limits, (&me.info, &going))
+            .await
+            .unwrap());
+        assert_eq!(
+            &client.buf[..],
+            &query[..],
+            "the request stays for the relay"
+        );
+
+        let (mut client, mut app) = idle_client().await;
+        let mut bye = BytesMut::new();
+        frontend::terminate(&mut bye);
+        app.write_all(&bye).await.unwrap();
+        assert!(!wait_for_request(&mut client, limits, (&me.info, &going))
+            .await
+            .unwrap());
+
+        let (mut client, app) = idle_client().await;
+        drop(app);
+        assert!(!wait_for_request(&mut client, limits, (&me.info, &going))
+            .await
+            .unwrap());
+    }
+
+    /// `wait` or a failed test: under paused time a wait that never ends
+    /// fails at once instead of hanging.
+    async fn ends<T>(wait: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(3600), wait)
+            .await
+            .unwrap_or_else(|_| panic!("the wait never ended"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kill_and_shutdown_reach_an_idle_client_at_once() {
+        let (registry, going) = (Arc::new(Registry::default()), AtomicBool::new(false));
+        let me = registered(&registry);
+        let (mut client, _app) = idle_client().await;
+        let limits = (1 << 20, None);
+        let waiting = wait_for_request(&mut client, limits, (&me.info, &going));
+        let (waited, ()) = tokio::join!(ends(waiting), async { me.info.kill() });
+        assert_eq!(waited.unwrap_err().code, sqlstate::ADMIN_SHUTDOWN);
+
+        let other = registered(&registry);
+        let (mut client, _app) = idle_client().await;
+        let waiting = wait_for_request(&mut client, limits, (&other.info, &going));
+        let shut_down = async {
+            going.store(true, Ordering::SeqCst);
+            registry.nudge_all();
+        };
+        let (waited, ()) = tokio::join!(ends(waiting), shut_down);
+        let err = waited.unwrap_err();
+        assert_eq!(err.code, sqlstate::ADMIN_SHUTDOWN);
+        assert!(err.message.contains("shutting down"), "{err}");
+    }
+}
