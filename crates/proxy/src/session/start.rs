@@ -20,9 +20,9 @@ use crate::registry::cancel::CancelRoute;
 use crate::registry::NewClient;
 use crate::relay::params::ClientParams;
 use crate::shared::Shared;
-use crate::upstream::route::{self, Want};
+use crate::upstream::route::Want;
 use crate::upstream::server::Startup;
-use crate::upstream::{open, server_login, UpstreamSpec};
+use crate::upstream::{open_on_primary, server_login, UpstreamSpec};
 
 /// Sets up an authenticated client's session: its upstream, its welcome
 /// (from a first server) and, in session mode, the server it keeps.
@@ -97,17 +97,8 @@ pub(super) async fn start(
     if replication {
         drop(auth);
         let params: Startup = params.into();
-        let (params, credential) = (&params, &credential);
-        let servers = &shared.servers;
-        let server = Box::pin(route::reach_node(
-            &servers.routing,
-            &config,
-            Want::Primary,
-            |node, target| async move {
-                open(servers, node, target, Arc::clone(params), credential).await
-            },
-        ))
-        .await?;
+        let opened = open_on_primary(&shared.servers, &config, &params, &credential);
+        let server = Box::pin(opened).await?;
         Box::pin(replicate(shared, client, server)).await?;
         return Ok(None);
     }

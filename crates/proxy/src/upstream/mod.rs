@@ -39,7 +39,7 @@ use crate::upstream::server::{same_startup, ServerConn, ServerCredential, Server
 use limits::ConnectionLimits;
 use pools::{PoolEntry, PoolKey, PoolLimits, Pools};
 use route::Routing;
-use route::{Attempt, Want};
+use route::{Attempt, NodeSearch, Want};
 
 /// Where servers come from: the pools, the caps over them, routing, and
 /// what opening a connection reads. Sessions, the console and the pool
@@ -289,7 +289,8 @@ impl Upstream {
         want: Want,
     ) -> Option<(Guard<ServerConn>, Micros, Lease)> {
         let in_use = self.control.try_enter()?;
-        let (node, target) = route::pick_now(&servers.routing, &self.config, want)?;
+        let pick = servers.routing.pick_now(&self.config, want)?;
+        let (node, target) = (pick.node, pick.target);
         let entry = self.entry(servers, node);
         let general = &self.config.general;
         // The loop's time: this runs for every transaction.
@@ -298,7 +299,7 @@ impl Upstream {
             |c| same_startup(&c.startup, &self.params),
             |c| fit(c, general, target, asked) && !needs_check(c, general, asked),
         )?;
-        route::turn_taken(&servers.routing, want);
+        pick.taken(&servers.routing);
         // Asked and served at once: it never waited.
         me.asked_for_server(asked);
         Some(self.lease(guard, asked, in_use, me))
@@ -345,36 +346,58 @@ impl Upstream {
         (guard, assigned, lease)
     }
 
+    /// A server from the pool of the first node routing offers that can
+    /// give one (or a new connection there), trying the next node when one
+    /// cannot be used.
     async fn take_or_open(
         &self,
         servers: &Servers,
         want: Want,
         asked: Micros,
     ) -> Result<(Guard<ServerConn>, Micros), ErrorFields> {
-        route::reach_node(
-            &servers.routing,
-            &self.config,
-            want,
-            |node, target| async move {
-                let entry = self.entry(servers, node);
-                let attempt = take_from_pool(
-                    servers,
-                    (&self.config, asked),
-                    (entry, self.limits),
-                    node,
-                    target,
-                    &self.params,
-                    &self.credential,
-                )
-                .await;
-                attempt.map(|guard| {
+        let mut search = NodeSearch::new(&servers.routing, &self.config, want);
+        loop {
+            let (node, target) = search.next().await?;
+            let entry = self.entry(servers, node);
+            let attempt = take_from_pool(
+                servers,
+                (&self.config, asked),
+                (entry, self.limits),
+                node,
+                target,
+                &self.params,
+                &self.credential,
+            )
+            .await;
+            match attempt {
+                Attempt::Usable(guard) => {
                     let assigned = Micros::now();
                     entry.stats.waited(assigned.since(asked));
-                    (guard, assigned)
-                })
-            },
-        )
-        .await
+                    return Ok((guard, assigned));
+                }
+                Attempt::Refused(fields) => return Err(fields),
+                Attempt::Unusable(why) => search.failed(node, why),
+            }
+        }
+    }
+}
+
+/// An unpooled server connection on the primary (replication), trying
+/// again as routing allows.
+pub(crate) async fn open_on_primary(
+    servers: &Servers,
+    config: &Config,
+    params: &Startup,
+    credential: &ServerCredential,
+) -> Result<ServerConn, ErrorFields> {
+    let mut search = NodeSearch::new(&servers.routing, config, Want::Primary);
+    loop {
+        let (node, target) = search.next().await?;
+        match Box::pin(open(servers, node, target, Arc::clone(params), credential)).await {
+            Attempt::Usable(conn) => return Ok(conn),
+            Attempt::Refused(fields) => return Err(fields),
+            Attempt::Unusable(why) => search.failed(node, why),
+        }
     }
 }
 

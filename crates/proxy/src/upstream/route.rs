@@ -156,137 +156,141 @@ impl Want {
     }
 }
 
-/// Connects to a node for `want`, trying further nodes as the topology allows.
-/// `config` is the session's (see `crate::settings`).
-pub(crate) async fn reach_node<T, F, Fut>(
-    routing: &Routing,
-    config: &Config,
+/// One client's search for a node for `want`: the node to try next (its
+/// caller takes a server there), and the nodes that failed it. Routing
+/// decides where; the caller decides what trying means.
+pub(crate) struct NodeSearch<'a> {
+    routing: &'a Routing,
+    /// The session's (see `crate::settings`).
+    config: &'a Config,
     want: Want,
-    attempt: F,
-) -> Result<T, ErrorFields>
-where
-    F: Fn(usize, Target) -> Fut,
-    Fut: std::future::Future<Output = Attempt<T>>,
-{
-    let general = &config.general;
-    // Read the clock only when there is something to wait for: the common
-    // case (a primary known, or a standby) never needs it.
-    let mut deadline: Option<tokio::time::Instant> = None;
-    let mut failures: Vec<Failure> = Vec::new();
-    let no_primary = |t: &Topology, failures: &[Failure], what: &str| {
-        no_node_error("pgherd: no primary node is available", t, failures).with_hint(format!(
+    failures: Vec<Failure>,
+    /// Set when the search first has to wait for a primary: the clock is
+    /// read only then, never in the common case.
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl<'a> NodeSearch<'a> {
+    pub(crate) fn new(routing: &'a Routing, config: &'a Config, want: Want) -> NodeSearch<'a> {
+        NodeSearch {
+            routing,
+            config,
+            want,
+            failures: Vec::new(),
+            deadline: None,
+        }
+    }
+
+    /// The next node to try and the target it serves as: a standby to
+    /// read from, else (when allowed) the primary, waiting up to
+    /// `primary_wait_timeout` for one during a failover. An error names
+    /// every node's state and what failed.
+    pub(crate) async fn next(&mut self) -> Result<(usize, Target), ErrorFields> {
+        let routing = self.routing;
+        if let Want::Standby { wrote_at, peek, .. } = self.want {
+            if let Some(node) = pick_standby(routing, self.config, &self.failures, wrote_at, peek) {
+                return Ok((node, Target::Replica));
+            }
+        }
+        if let Want::Standby {
+            fallback: false, ..
+        } = self.want
+        {
+            return Err(no_node_error(
+                "pgherd: no standby can serve reads",
+                &routing.cluster.topology(),
+                &self.failures,
+            ));
+        }
+        let failures = &self.failures;
+        let usable = |t: &Topology| {
+            t.primary.filter(|&p| {
+                !failures
+                    .iter()
+                    .any(|f| f.node == p && f.version >= t.version)
+            })
+        };
+        // The common case, nothing failed yet and a primary known: no
+        // clock read. After a failure the deadline applies.
+        if failures.is_empty() {
+            if let Some(p) = routing.cluster.pick_now(usable) {
+                return Ok((p, Target::Primary));
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if self.deadline.is_none() {
+            routing.cluster.count_held();
+        }
+        let wait = self.config.general.primary_wait_timeout;
+        let deadline = *self.deadline.get_or_insert(now + wait);
+        let remaining = deadline.saturating_duration_since(now);
+        if remaining.is_zero() && !failures.is_empty() {
+            // The primary the probes see keeps failing for this client:
+            // primary_wait_timeout bounds the retries too.
+            routing.cluster.count_failed();
+            let t = routing.cluster.topology();
+            return Err(self.no_primary(&t, "kept failing to connect to a primary"));
+        }
+        match routing.cluster.wait_for(remaining, usable).await {
+            Ok(p) => Ok((p, Target::Primary)),
+            Err(t) => {
+                routing.cluster.count_failed();
+                Err(self.no_primary(&t, "waited for a primary"))
+            }
+        }
+    }
+
+    /// The node [`NodeSearch::next`] gave could not be used: it is not
+    /// tried again until a topology newer than this one (read after the
+    /// failure: at worst one probe more is awaited), and the nodes are
+    /// probed at once.
+    pub(crate) fn failed(&mut self, node: usize, why: String) {
+        let name = &self.config.nodes[node].name;
+        tracing::info!(node = %name, "cannot use node: {why}");
+        let version = self.routing.cluster.topology().version;
+        self.routing.cluster.request_probe();
+        self.failures.push(Failure { node, why, version });
+    }
+
+    fn no_primary(&self, t: &Topology, what: &str) -> ErrorFields {
+        no_node_error("pgherd: no primary node is available", t, &self.failures).with_hint(format!(
             "{what} for primary_wait_timeout ({}s)",
-            general.primary_wait_timeout.as_secs_f64()
+            self.config.general.primary_wait_timeout.as_secs_f64()
         ))
-    };
-    loop {
-        let standby = match want {
-            Want::Standby { wrote_at, peek, .. } => {
-                pick_standby(routing, config, &failures, wrote_at, peek)
-            }
-            Want::Primary => None,
-        };
-        let node = match standby {
-            Some(node) => node,
-            None if matches!(
-                want,
-                Want::Standby {
-                    fallback: false,
-                    ..
-                }
-            ) =>
-            {
-                return Err(no_node_error(
-                    "pgherd: no standby can serve reads",
-                    &routing.cluster.topology(),
-                    &failures,
-                ))
-            }
-            None => {
-                let usable = |t: &Topology| {
-                    t.primary.filter(|&p| {
-                        !failures
-                            .iter()
-                            .any(|f| f.node == p && f.version >= t.version)
-                    })
-                };
-                // The common case, nothing failed yet and a primary known:
-                // no clock read. After a failure the deadline applies.
-                let now_usable = failures
-                    .is_empty()
-                    .then(|| routing.cluster.pick_now(usable))
-                    .flatten();
-                let primary = match now_usable {
-                    Some(p) => Ok(p),
-                    None => {
-                        let now = tokio::time::Instant::now();
-                        if deadline.is_none() {
-                            routing.cluster.count_held();
-                        }
-                        let deadline = *deadline.get_or_insert(now + general.primary_wait_timeout);
-                        let remaining = deadline.saturating_duration_since(now);
-                        if remaining.is_zero() && !failures.is_empty() {
-                            // The primary the probes see keeps failing for
-                            // this client: primary_wait_timeout bounds the
-                            // retries too.
-                            let t = routing.cluster.topology();
-                            routing.cluster.count_failed();
-                            return Err(no_primary(
-                                &t,
-                                &failures,
-                                "kept failing to connect to a primary",
-                            ));
-                        }
-                        routing.cluster.wait_for(remaining, usable).await
-                    }
-                };
-                match primary {
-                    Ok(p) => p,
-                    Err(t) => {
-                        routing.cluster.count_failed();
-                        return Err(no_primary(&t, &failures, "waited for a primary"));
-                    }
-                }
-            }
-        };
-        let target = match standby {
-            Some(_) => Target::Replica,
-            None => Target::Primary,
-        };
-        match attempt(node, target).await {
-            Attempt::Usable(t) => return Ok(t),
-            Attempt::Refused(fields) => return Err(fields),
-            Attempt::Unusable(why) => {
-                tracing::info!(node = %config.nodes[node].name, "cannot use node: {why}");
-                // Not retried until a topology newer than this one (read
-                // after the failure: at worst one probe more is awaited).
-                let version = routing.cluster.topology().version;
-                routing.cluster.request_probe();
-                failures.push(Failure { node, why, version });
-            }
-        }
     }
 }
 
-/// The node [`reach_node`] tries first for `want`, with its target, when one
-/// is known without waiting: the primary, or a standby to read from.
-/// `None` when `reach_node` would wait or fall back. A standby's round-robin
-/// turn is only looked at: [`turn_taken`] takes it once the node is used,
-/// so a pick that is not used leaves `reach_node` the same choice.
-pub(crate) fn pick_now(routing: &Routing, config: &Config, want: Want) -> Option<(usize, Target)> {
-    match want {
-        Want::Standby { wrote_at, .. } => {
-            pick_standby(routing, config, &[], wrote_at, true).map(|n| (n, Target::Replica))
-        }
-        Want::Primary => routing.cluster.primary_now().map(|p| (p, Target::Primary)),
+/// The node a search would try first for `want`, when one is known
+/// without waiting: the primary, or a standby to read from. A standby's
+/// round-robin turn is only looked at; [`Pick::taken`] takes it once the
+/// node is used, so a pick that is not used changes nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pick {
+    pub(crate) node: usize,
+    pub(crate) target: Target,
+    want: Want,
+}
+
+impl Routing {
+    pub(crate) fn pick_now(&self, config: &Config, want: Want) -> Option<Pick> {
+        let (node, target) = match want {
+            Want::Standby { wrote_at, .. } => (
+                pick_standby(self, config, &[], wrote_at, true)?,
+                Target::Replica,
+            ),
+            Want::Primary => (self.cluster.primary_now()?, Target::Primary),
+        };
+        Some(Pick { node, target, want })
     }
 }
 
-/// After [`pick_now`]'s node was used: the round-robin turn moves on, as
-/// after [`reach_node`]'s own pick.
-pub(crate) fn turn_taken(routing: &Routing, want: Want) {
-    if let Want::Standby { peek: false, .. } = want {
-        routing.round_robin.fetch_add(1, Ordering::Relaxed);
+impl Pick {
+    /// The picked node was used: the round-robin turn moves on, as after a
+    /// search's own pick.
+    pub(crate) fn taken(self, routing: &Routing) {
+        if let Want::Standby { peek: false, .. } = self.want {
+            routing.round_robin.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
