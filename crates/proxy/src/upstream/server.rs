@@ -641,4 +641,23 @@ mod tests {
             Err(ServerError::Protocol(_) | ServerError::Io(_))
         ));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_expires_after_server_lifetime() {
+        let mut ask = BytesMut::new();
+        backend::authentication_cleartext(&mut ask);
+        let (port, _server) = server(vec![ask.to_vec(), welcome("off")]).await;
+        let password = ServerCredential::Password(pgherd_auth::Secret::new("pw"));
+        let conn = connect(port, &password).await.unwrap();
+        let lifetime = Some(Duration::from_secs(3600));
+        assert!(!conn.expired(lifetime, Micros::now()));
+        tokio::time::advance(Duration::from_secs(3599)).await;
+        assert!(!conn.expired(lifetime, Micros::now()));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(conn.expired(lifetime, Micros::now()));
+        assert!(
+            !conn.expired(None, Micros::now()),
+            "no server_lifetime: never"
+        );
+    }
 }
