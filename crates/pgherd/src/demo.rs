@@ -24,10 +24,13 @@ pub(crate) fn run(port: Option<u16>) -> anyhow::Result<()> {
     result
 }
 
-fn config_for(cluster: &LocalCluster, port: u16, admin: u16) -> String {
+/// The seed's two ports: `port` read-write (the primary), `read_only`
+/// spread over the standbys round robin.
+fn config_for(cluster: &LocalCluster, (port, read_only): (u16, u16), admin: u16) -> String {
     let mut t = format!(
         "[pgherd]\nlisten_addr = \"127.0.0.1:{port}\"\nadmin_listen_addr = \"127.0.0.1:{admin}\"\n\
-         probe_user = \"postgres\"\nprobe_password = \"{}\"\nadmin_users = [\"{DEMO_USER}\"]\n",
+         probe_user = \"postgres\"\nprobe_password = \"{}\"\nadmin_users = [\"{DEMO_USER}\"]\n\
+         \n[[listeners]]\naddr = \"127.0.0.1:{read_only}\"\ntarget = \"replica\"\n",
         cluster.superuser_password()
     );
     for n in cluster.nodes() {
@@ -45,9 +48,10 @@ fn config_for(cluster: &LocalCluster, port: u16, admin: u16) -> String {
 }
 
 async fn serve(cluster: &LocalCluster, port: Option<u16>) -> anyhow::Result<()> {
-    let candidates: Vec<u16> = match port {
-        Some(p) => vec![p],
-        None => vec![5432, 6432, 0],
+    // The seed's 5432/5433, else pgbouncer's 6432/6433, else any free pair.
+    let candidates: Vec<(u16, u16)> = match port {
+        Some(p) => vec![(p, p.saturating_add(1))],
+        None => vec![(5432, 5433), (6432, 6433), (0, 0)],
     };
     let mut last_err = None;
     let mut bound = None;
@@ -64,7 +68,7 @@ async fn serve(cluster: &LocalCluster, port: Option<u16>) -> anyhow::Result<()> 
                 bound = Some(started);
                 break;
             }
-            Err(e) => last_err = Some(format!("127.0.0.1:{p}: {e:#}")),
+            Err(e) => last_err = Some(format!("127.0.0.1:{} and {}: {e:#}", p.0, p.1)),
         }
     }
     let (proxy, admin) = bound.with_context(|| {
@@ -73,15 +77,25 @@ async fn serve(cluster: &LocalCluster, port: Option<u16>) -> anyhow::Result<()> 
             last_err.unwrap_or_default()
         )
     })?;
-    let port = proxy.local_addr()?.port();
+    let ports: Vec<u16> = proxy
+        .listen_addrs()?
+        .iter()
+        .map(|(a, _)| a.port())
+        .collect();
+    let port = *ports.first().context("pgherd has no listener")?;
+    let read_only = ports.get(1).copied().unwrap_or(port);
     println!("\npgherd demo is running.\n");
     for (i, n) in cluster.nodes().iter().enumerate() {
         let role = if i == 0 { "primary" } else { "standby" };
         println!("  {role:<8} {}  127.0.0.1:{}", n.name, n.port);
     }
-    println!("\nConnect through pgherd:\n");
+    println!("\nConnect through pgherd, read-write (the primary):\n");
     println!(
         "  PGPASSWORD={DEMO_PASSWORD} psql -h 127.0.0.1 -p {port} -U {DEMO_USER} {DEMO_USER}\n"
+    );
+    println!("Read-only (the standbys, round robin):\n");
+    println!(
+        "  PGPASSWORD={DEMO_PASSWORD} psql -h 127.0.0.1 -p {read_only} -U {DEMO_USER} {DEMO_USER}\n"
     );
     println!("Admin console (pgbouncer's SHOW POOLS, SHOW NODES, PAUSE, ...):\n");
     println!(
