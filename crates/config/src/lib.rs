@@ -53,15 +53,16 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error: source,
         })?;
         Config::parse(&text)
     }
 
-    /// Parses and validates a configuration from TOML text.
+    /// Parses and validates a configuration from TOML text. Mistakes are
+    /// reported all at once where that can be: every unknown key, or every
+    /// setting with a bad value, each with its line.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let file: File = toml::from_str(text)?;
-        file.validate()
+        read_file(text)?.validate().map_err(|e| with_lines(e, text))
     }
 
     /// The file at `path` as a RELOAD applies it on top of this running
@@ -71,13 +72,13 @@ impl Config {
     pub fn reloaded(&self, path: &Path) -> Result<(Config, Vec<&'static str>), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error: source,
         })?;
         self.reloaded_from(&text)
     }
 
     fn reloaded_from(&self, text: &str) -> Result<(Config, Vec<&'static str>), ConfigError> {
-        let mut file: File = toml::from_str(text)?;
+        let mut file = read_file(text)?;
         let mut kept = self.general.written.keep_restart_only(&mut file.pgherd);
         let mut new = file.validate()?;
         if self.listeners != new.listeners {
@@ -125,6 +126,72 @@ impl Config {
     /// else the `*` fallback.
     pub fn database(&self, name: &str) -> Option<&Database> {
         self.databases.get(name).or_else(|| self.databases.get("*"))
+    }
+}
+
+/// The file as serde reads it. A file with unknown keys is read again
+/// without each (its line blanked, so the others keep their numbers) to
+/// find them all: a misspelt option is reported with every other one.
+fn read_file(text: &str) -> Result<File, ConfigError> {
+    let first = match toml::from_str(text) {
+        Ok(file) => return Ok(file),
+        Err(e) => e,
+    };
+    let mut unknown = Vec::new();
+    let mut rest = text.to_owned();
+    let mut error = first.clone();
+    while error.message().starts_with("unknown field") && unknown.len() < 100 {
+        let Some(span) = error.span() else { break };
+        let line = rest[..span.start].matches('\n').count();
+        let message = error
+            .message()
+            .split(", expected")
+            .next()
+            .unwrap_or_default();
+        unknown.push(format!("line {}: {message}", line + 1));
+        rest = rest
+            .lines()
+            .enumerate()
+            .map(|(i, l)| if i == line { "" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n");
+        match toml::from_str::<File>(&rest) {
+            Ok(_) => break,
+            Err(e) => error = e,
+        }
+    }
+    Err(match unknown.len() {
+        0 | 1 => ConfigError::Toml(first),
+        _ => ConfigError::Several(unknown),
+    })
+}
+
+/// Adds to each bad setting the line it is on, where the file names it
+/// once (`key = ...` at the start of a line).
+fn with_lines(e: ConfigError, text: &str) -> ConfigError {
+    let line_of = |key: &str| {
+        let name = key.rsplit('.').next().unwrap_or(key);
+        let mut lines = text.lines().enumerate().filter(|(_, l)| {
+            let l = l.trim_start();
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        });
+        match (lines.next(), lines.next()) {
+            (Some((i, _)), None) => Some(i + 1),
+            _ => None,
+        }
+    };
+    let located = |message: String| -> String {
+        let key = message.split(':').next().unwrap_or_default();
+        match line_of(key) {
+            Some(line) => format!("line {line}: {message}"),
+            None => message,
+        }
+    };
+    match e {
+        ConfigError::Invalid { .. } => ConfigError::Several(vec![located(e.to_string())]),
+        ConfigError::Several(all) => ConfigError::Several(all.into_iter().map(located).collect()),
+        other => other,
     }
 }
 

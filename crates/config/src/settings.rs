@@ -69,13 +69,24 @@ macro_rules! settings {
             /// Checks and converts every setting (rules that span several
             /// are `validate`'s).
             pub(crate) fn check(self) -> Result<General, ConfigError> {
-                Ok(General {
-                    $( $key: ($check)(
-                        concat!("pgherd.", stringify!($key)),
-                        self.$key.clone(),
-                    )?, )*
-                    written: self,
-                })
+                // Every setting is checked, so one reading reports every
+                // mistake, not the first.
+                let mut errors = Vec::new();
+                $( let $key = match ($check)(
+                    concat!("pgherd.", stringify!($key)),
+                    self.$key.clone(),
+                ) {
+                    Ok(value) => Some(value),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                }; )*
+                match ( $( $key, )* ) {
+                    ( $( Some($key), )* ) => Ok(General { $( $key, )* written: self }),
+                    _ if errors.len() == 1 => Err(errors.remove(0)),
+                    _ => Err(ConfigError::Several(errors.iter().map(|e| e.to_string()).collect())),
+                }
             }
 
             /// Every setting's value as `SHOW CONFIG` prints it.

@@ -199,7 +199,7 @@ impl File {
         if let Some(path) = &general.auth_file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.display().to_string(),
-                source,
+                error: source,
             })?;
             let entries = pgherd_auth::md5::parse_userlist(&text)
                 .map_err(|e| invalid("pgherd.auth_file", format!("{}: {e}", path.display())))?;
@@ -232,7 +232,7 @@ impl File {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.display().to_string(),
-                    source,
+                    error: source,
                 })?;
                 let rules = HbaRules::parse(&text).map_err(|e| {
                     invalid("pgherd.auth_hba_file", format!("{}: {e}", path.display()))

@@ -79,3 +79,57 @@ fn errors_name_what_is_wrong() {
         assert!(stderr.contains(expect), "case {i}: {stderr}");
     }
 }
+
+/// Line `n` (1-based) of `text` where `needle` is.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn every_mistake_is_reported_once_in_one_run_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typos.toml");
+    let typos = example()
+        .replace("max_client_conn = 100", "max_clent_conn = 100")
+        .replace("default_pool_size = 20", "default_pol_size = 20")
+        .replacen("port = 5432", "portt = 5432", 1);
+    std::fs::write(&path, &typos).unwrap();
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    for key in ["max_clent_conn", "default_pol_size", "portt"] {
+        let said = format!("line {}: unknown field `{key}`", line_of(&typos, key));
+        assert_eq!(stderr.matches(&said).count(), 1, "{said} once: {stderr}");
+    }
+
+    let path = dir.path().join("values.toml");
+    let values = example()
+        .replace("listen_backlog = 1024", "listen_backlog = 0")
+        .replace("default_pool_size = 20", "default_pool_size = 0");
+    std::fs::write(&path, &values).unwrap();
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    for (key, why) in [
+        ("listen_backlog", "0 is not between 1 and 65535"),
+        ("default_pool_size", "must be at least 1"),
+    ] {
+        let said = format!(
+            "line {}: pgherd.{key}: {why}",
+            line_of(&values, &format!("{key} = 0"))
+        );
+        assert_eq!(stderr.matches(&said).count(), 1, "{said} once: {stderr}");
+    }
+
+    // One mistake: TOML's own message, with its pointer, once.
+    let path = dir.path().join("one.toml");
+    std::fs::write(
+        &path,
+        example().replace("max_client_conn", "max_clent_conn"),
+    )
+    .unwrap();
+    let (_, _, stderr) = check(&path);
+    assert_eq!(
+        stderr.matches("unknown field `max_clent_conn`").count(),
+        1,
+        "{stderr}"
+    );
+}
