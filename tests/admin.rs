@@ -351,8 +351,17 @@ async fn control_endpoints_need_an_admin_and_act() {
     assert_eq!(http_request(&pgherd, "POST", drain, wrong).await.0, 401);
     let stats = Some(("md5user", MD5_PASSWORD));
     assert_eq!(http_request(&pgherd, "POST", drain, stats).await.0, 403);
-    // Reads stay open by default (admin_auth = "control").
+    // By default (admin_auth = "private") node states are open, who is
+    // connected and the settings are not.
     assert_eq!(http_get(&pgherd, "/api/v1/nodes").await.0, 200);
+    for private in ["/api/v1/clients", "/api/v1/servers", "/api/v1/config"] {
+        assert_eq!(http_get(&pgherd, private).await.0, 401, "{private}");
+        assert_eq!(
+            http_request(&pgherd, "GET", private, stats).await.0,
+            200,
+            "{private}"
+        );
+    }
 
     // Drain a standby: every read goes to the other one; undrain: both again.
     let (status, body) = http_request(&pgherd, "POST", drain, admin).await;
@@ -410,7 +419,7 @@ async fn control_endpoints_need_an_admin_and_act() {
 
     // Clients are listed and can be ended.
     let victim = pgherd.app_named("api-victim").await;
-    let (_, clients) = http_get(&pgherd, "/api/v1/clients").await;
+    let (_, clients) = http_request(&pgherd, "GET", "/api/v1/clients", admin).await;
     let clients: serde_json::Value = serde_json::from_str(&clients).unwrap();
     let id = clients["clients"]
         .as_array()
@@ -425,7 +434,7 @@ async fn control_endpoints_need_an_admin_and_act() {
     assert!(victim.simple_query("SELECT 1").await.is_err());
 
     // The config, without secrets.
-    let (_, config) = http_get(&pgherd, "/api/v1/config").await;
+    let (_, config) = http_request(&pgherd, "GET", "/api/v1/config", admin).await;
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
     let password = config["settings"]
         .as_array()

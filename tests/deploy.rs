@@ -74,5 +74,8 @@ async fn every_metric_the_rules_use_is_served() {
     let used = metric_names(&rules);
     assert!(!used.is_empty());
     let missing: Vec<&String> = used.difference(&served).collect();
-    assert!(missing.is_empty(), "used by the rules, not served: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "used by the rules, not served: {missing:?}"
+    );
 }

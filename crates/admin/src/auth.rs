@@ -1,8 +1,9 @@
 //! HTTP basic auth for the admin port, like haproxy's `stats auth`.
 //!
 //! Users are pgherd's own: a member of `admin_users` may use the control
-//! endpoints, a member of `admin_users` or `stats_users` may read when
-//! `admin_auth = "all"`. The password is checked against the user's secret
+//! endpoints, a member of `admin_users` or `stats_users` may read the
+//! client and server lists and the settings (`admin_auth = "private"`, the
+//! default) or everything (`"all"`). The password is checked against the user's secret
 //! (SCRAM verifier or md5, from `[users]` or the auth_file: the one the
 //! console and clients log in with), so no separate password file exists. Health checks are always open.
 
@@ -17,6 +18,9 @@ pub(crate) enum Need {
     Nothing,
     /// Pages, metrics, JSON.
     Read,
+    /// Reads that say who connects and how pgherd is set up (client and
+    /// server lists, the settings).
+    PrivateRead,
     /// `POST` endpoints.
     Control,
 }
@@ -37,6 +41,7 @@ pub(crate) fn check(config: &Config, need: Need, authorization: Option<&str>) ->
     let required = match need {
         Need::Nothing => false,
         Need::Read => general.admin_auth == AdminAuth::All,
+        Need::PrivateRead => general.admin_auth != AdminAuth::Control,
         Need::Control => true,
     };
     if !required {
@@ -60,7 +65,7 @@ pub(crate) fn check(config: &Config, need: Need, authorization: Option<&str>) ->
     let stats = general.stats_users.contains(&user);
     match need {
         Need::Control if admin => Verdict::Allowed,
-        Need::Read if admin || stats => Verdict::Allowed,
+        Need::Read | Need::PrivateRead if admin || stats => Verdict::Allowed,
         _ => Verdict::Forbidden,
     }
 }
@@ -137,5 +142,27 @@ mod tests {
             "a valid user in neither list"
         );
         assert_eq!(check(&c, Need::Nothing, None), Verdict::Allowed);
+    }
+
+    #[test]
+    fn private_reads_need_a_listed_user_unless_admin_auth_is_control() {
+        let viewer = basic("viewer", "viewer-pw");
+        for (mode, open) in [("control", true), ("private", false), ("all", false)] {
+            let c = config(mode);
+            let anonymous = check(&c, Need::PrivateRead, None);
+            assert_eq!(anonymous == Verdict::Allowed, open, "{mode}");
+            let listed = check(&c, Need::PrivateRead, Some(&viewer));
+            assert_eq!(listed, Verdict::Allowed, "{mode}");
+        }
+        let private = config("private");
+        assert_eq!(
+            check(&private, Need::Read, None),
+            Verdict::Allowed,
+            "pages stay open"
+        );
+        assert_eq!(
+            check(&private, Need::PrivateRead, Some(&basic("app", "app-pw"))),
+            Verdict::Forbidden
+        );
     }
 }

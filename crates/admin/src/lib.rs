@@ -132,6 +132,10 @@ async fn route<B>(
     let need = match (req.method(), path) {
         (_, "/health" | "/ready" | "/primary" | "/replica") => auth::Need::Nothing,
         (&Method::POST, _) => auth::Need::Control,
+        (
+            &Method::GET | &Method::HEAD,
+            "/api/v1/clients" | "/api/v1/servers" | "/api/v1/config",
+        ) => auth::Need::PrivateRead,
         (&Method::GET | &Method::HEAD, _) => auth::Need::Read,
         _ => {
             return reply(

@@ -80,6 +80,11 @@ pub enum AdminAuth {
     /// Control (`POST`) only; pages, metrics and JSON reads are open.
     #[serde(rename = "control")]
     Control,
+    /// Control, and the reads that say who connects from where and how
+    /// pgherd is configured (client and server lists, the settings); the
+    /// stats page, metrics and node states stay open.
+    #[serde(rename = "private")]
+    Private,
     /// Everything but the health checks.
     #[serde(rename = "all")]
     All,

@@ -354,7 +354,9 @@ mod tests {
         let c = Config::parse(MINIMAL).unwrap();
         let g = &c.general;
         assert_eq!(g.listen_addr, "0.0.0.0:5432".parse().unwrap());
-        assert_eq!(g.admin_listen_addr, Some("0.0.0.0:9930".parse().unwrap()));
+        // Loopback only until opened on purpose.
+        assert_eq!(g.admin_listen_addr, Some("127.0.0.1:9930".parse().unwrap()));
+        assert_eq!(g.admin_auth, AdminAuth::Private);
         assert_eq!(g.auth_type, AuthType::ScramSha256);
         assert_eq!(g.max_client_conn, 100);
         assert_eq!(g.default_pool_size, 20);

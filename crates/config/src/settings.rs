@@ -251,7 +251,7 @@ settings! {
     /// When a client gives its server back: `session` or `transaction`.
     pool_mode: PoolMode => PoolMode = PoolMode::Session, Applies, as_is;
     /// The admin HTTP listener (metrics, health, JSON API, stats page); "" turns it off.
-    admin_listen_addr: String => Option<SocketAddr> = "0.0.0.0:9930", NeedsRestart, address_or_off;
+    admin_listen_addr: String => Option<SocketAddr> = "127.0.0.1:9930", NeedsRestart, address_or_off;
     /// How clients prove who they are.
     auth_type: AuthType => AuthType = AuthType::ScramSha256, Applies, as_is;
     /// pgbouncer's userlist.txt: more users after `[users]`.
@@ -349,8 +349,8 @@ settings! {
     admin_users: Vec<String> => Vec<String> = Vec::<String>::new(), Applies, as_is;
     /// Users who may run the console's SHOW commands.
     stats_users: Vec<String> => Vec<String> = Vec::<String>::new(), Applies, as_is;
-    /// What of the admin HTTP port asks for basic auth: `control` or `all`.
-    admin_auth: AdminAuth => AdminAuth = AdminAuth::Control, Applies, as_is;
+    /// What of the admin HTTP port asks for basic auth: `control`, `private` or `all`.
+    admin_auth: AdminAuth => AdminAuth = AdminAuth::Private, Applies, as_is;
     /// Where pgherd remembers the highest timeline it has seen (fencing across restarts).
     state_file: Option<String> => Option<PathBuf> = None::<String>, NeedsRestart, path;
     /// TLS towards clients: disable, allow, prefer, require, verify-ca, verify-full.

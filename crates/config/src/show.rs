@@ -84,6 +84,7 @@ impl Show for AdminAuth {
     fn show(&self) -> String {
         match self {
             AdminAuth::Control => "control",
+            AdminAuth::Private => "private",
             AdminAuth::All => "all",
         }
         .into()
