@@ -284,6 +284,28 @@ pub enum ClusterEvent {
 }
 
 impl ClusterEvent {
+    /// The node the event is about, when it is about one: for a change of
+    /// primary or a failover, the new primary.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            ClusterEvent::NodeUp { node }
+            | ClusterEvent::NodeDown { node, .. }
+            | ClusterEvent::RoleChanged { node, .. }
+            | ClusterEvent::Fenced { node, .. }
+            | ClusterEvent::Unfenced { node }
+            | ClusterEvent::LagOverThreshold { node }
+            | ClusterEvent::LagUnderThreshold { node }
+            | ClusterEvent::Orphaned { node }
+            | ClusterEvent::OrphanEnded { node, .. }
+            | ClusterEvent::Switchover { node, .. } => Some(node),
+            ClusterEvent::PrimaryChanged { to, .. } => to.as_deref(),
+            ClusterEvent::Failover { to, .. } => Some(to),
+            ClusterEvent::SplitBrainDetected { .. }
+            | ClusterEvent::SplitBrainResolved
+            | ClusterEvent::NoPrimary { .. } => None,
+        }
+    }
+
     /// Its name in `[notify] events` and in notifications
     /// (`pgherd_config::NOTIFY_EVENTS`).
     pub fn kind(&self) -> &'static str {

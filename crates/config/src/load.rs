@@ -29,6 +29,7 @@ pub(crate) struct File {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Notify {
     pub webhook_urls: Vec<String>,
+    pub exec: Vec<String>,
     pub telegram_bot_token: String,
     pub telegram_chat_id: String,
     pub telegram_api_url: String,
@@ -42,6 +43,7 @@ impl Default for Notify {
     fn default() -> Self {
         Notify {
             webhook_urls: Vec::new(),
+            exec: Vec::new(),
             telegram_bot_token: String::new(),
             telegram_chat_id: String::new(),
             telegram_api_url: "https://api.telegram.org".into(),

@@ -53,6 +53,12 @@ pub struct Notify {
     pub webhook_urls: Vec<String>,
     /// A Telegram chat that gets a message per event.
     pub telegram: Option<Telegram>,
+    /// Programs run for each event, as `argv` lists: the program, then its
+    /// arguments with repmgr's placeholders (`%n` node, `%e` event, `%s`
+    /// success, `%t` time, `%d` details, `%%` a percent sign) not yet
+    /// replaced. The event also comes as JSON on standard input and in
+    /// `PGHERD_*` environment variables.
+    pub exec: Vec<Vec<String>>,
     /// The events announced ([`NOTIFY_EVENTS`]); empty: all of them.
     pub events: Vec<String>,
     /// Names this pgherd in messages (several may watch one cluster).

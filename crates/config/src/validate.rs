@@ -56,8 +56,17 @@ impl load::Notify {
         if timeout.is_zero() {
             return Err(invalid("notify.timeout", "must be more than 0"));
         }
+        let mut exec = Vec::with_capacity(self.exec.len());
+        for (i, line) in self.exec.iter().enumerate() {
+            let argv: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+            if argv.is_empty() {
+                return Err(invalid(format!("notify.exec[{i}]"), "an empty command"));
+            }
+            exec.push(argv);
+        }
         Ok(Notify {
             webhook_urls: self.webhook_urls,
+            exec,
             telegram,
             events: self.events,
             instance: self.instance,

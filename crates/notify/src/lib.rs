@@ -1,5 +1,6 @@
-//! Tells people when the cluster changes: a JSON `POST` to each webhook and
-//! a message to a Telegram chat, for every cluster event (`[notify]`).
+//! Tells people when the cluster changes: a JSON `POST` to each webhook, a
+//! message to a Telegram chat and a run of each `exec` program, for every
+//! cluster event (`[notify]`).
 //!
 //! The setups pgherd replaces send these alerts from shell scripts hooked
 //! into repmgr or keepalived, which only see what their own host saw.
@@ -19,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+mod exec;
 mod http;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,12 +62,29 @@ pub enum NotifyError {
 /// a secret, Telegram's token always does.)
 struct Destination {
     /// For logs and metrics: a webhook's URL without its path (paths often
-    /// hold secrets), or "telegram".
+    /// hold secrets), "telegram", or "exec" and the program.
     label: String,
-    endpoint: Endpoint,
-    /// Telegram: the chat to write to; webhooks: `None`.
-    telegram_chat: Option<String>,
+    channel: Channel,
     counts: Arc<Counts>,
+}
+
+/// How a destination is reached.
+enum Channel {
+    /// The event as JSON, `POST`ed.
+    Webhook(Endpoint),
+    /// A Bot API `sendMessage` for one chat.
+    Telegram { endpoint: Endpoint, chat: String },
+    /// A program and its arguments (see [`exec`]).
+    Exec(Vec<String>),
+}
+
+impl Channel {
+    fn endpoint(&self) -> Option<&Endpoint> {
+        match self {
+            Channel::Webhook(endpoint) | Channel::Telegram { endpoint, .. } => Some(endpoint),
+            Channel::Exec(_) => None,
+        }
+    }
 }
 
 /// What became of one destination's notifications so far.
@@ -113,25 +132,37 @@ impl Notifications {
 
 impl Destination {
     /// The request body announcing `message`, an event of type `kind`.
-    fn body(&self, kind: &str, message: &str, instance: &str, at: u64) -> Bytes {
+    fn body(&self, event: &ClusterEvent, message: &str, instance: &str, at: u64) -> Bytes {
+        self.body_for(event.kind(), event.node(), message, instance, at)
+    }
+
+    fn body_for(
+        &self,
+        kind: &str,
+        node: Option<&str>,
+        message: &str,
+        instance: &str,
+        at: u64,
+    ) -> Bytes {
         let text = if instance.is_empty() {
             format!("pgherd: {message}")
         } else {
             format!("pgherd {instance}: {message}")
         };
-        let json = match &self.telegram_chat {
-            Some(chat) => serde_json::json!({
+        let json = match &self.channel {
+            Channel::Telegram { chat, .. } => serde_json::json!({
                 "chat_id": chat,
                 "text": text,
                 "disable_web_page_preview": true,
             }),
             // `text`: what Slack, Mattermost and Rocket.Chat incoming
             // webhooks show as it is.
-            None => serde_json::json!({
+            Channel::Webhook(_) | Channel::Exec(_) => serde_json::json!({
                 "text": text,
                 "source": "pgherd",
                 "instance": instance,
                 "event": kind,
+                "node": node,
                 "message": message,
                 "time": at,
             }),
@@ -150,8 +181,7 @@ fn destinations(settings: &Notify) -> Result<Vec<Destination>, NotifyError> {
         let endpoint = parse(url, format!("webhook_urls[{i}]"))?;
         all.push(Destination {
             label: format!("webhook {}", endpoint.origin()),
-            endpoint,
-            telegram_chat: None,
+            channel: Channel::Webhook(endpoint),
             counts: Arc::default(),
         });
     }
@@ -160,8 +190,18 @@ fn destinations(settings: &Notify) -> Result<Vec<Destination>, NotifyError> {
         let endpoint = parse(&url, "telegram_api_url".into())?;
         all.push(Destination {
             label: "telegram".into(),
-            endpoint,
-            telegram_chat: Some(t.chat_id.clone()),
+            channel: Channel::Telegram {
+                endpoint,
+                chat: t.chat_id.clone(),
+            },
+            counts: Arc::default(),
+        });
+    }
+    for argv in &settings.exec {
+        all.push(Destination {
+            // The program only: arguments may hold secrets.
+            label: format!("exec {}", argv.first().map_or("", String::as_str)),
+            channel: Channel::Exec(argv.clone()),
             counts: Arc::default(),
         });
     }
@@ -216,7 +256,7 @@ pub async fn send_test(
     let (destinations, tls) = prepare(settings)?;
     let mut results = Vec::with_capacity(destinations.len());
     for d in destinations {
-        let body = d.body("test", message, &settings.instance, unix_now());
+        let body = d.body_for("test", None, message, &settings.instance, unix_now());
         let result = match attempt(&d, body, tls.as_ref(), settings.timeout).await {
             Outcome::Delivered => Ok(()),
             Outcome::Refused(why) => Err(format!("refused: {why}")),
@@ -245,7 +285,8 @@ fn connector(
     settings: &Notify,
     destinations: &[Destination],
 ) -> Result<Option<TlsConnector>, NotifyError> {
-    Ok(match destinations.iter().any(|d| d.endpoint.https) {
+    let https = |d: &Destination| d.channel.endpoint().is_some_and(|e| e.https);
+    Ok(match destinations.iter().any(https) {
         true => Some(pgherd_tls::https_connector(&settings.ca_file)?),
         false => None,
     })
@@ -258,7 +299,11 @@ async fn attempt(
     tls: Option<&TlsConnector>,
     timeout: Duration,
 ) -> Outcome {
-    let sent = tokio::time::timeout(timeout, http::post(&destination.endpoint, body, tls)).await;
+    let endpoint = match &destination.channel {
+        Channel::Exec(argv) => return exec::run(&destination.label, argv, &body, timeout).await,
+        Channel::Webhook(endpoint) | Channel::Telegram { endpoint, .. } => endpoint,
+    };
+    let sent = tokio::time::timeout(timeout, http::post(endpoint, body, tls)).await;
     outcome(sent, timeout)
 }
 
@@ -284,7 +329,7 @@ async fn dispatch(
         }
         let (at, message) = (unix_now(), event.to_string());
         for (destination, queue) in &queues {
-            let body = destination.body(event.kind(), &message, &instance, at);
+            let body = destination.body(&event, &message, &instance, at);
             if queue.try_send(body).is_err() {
                 destination.counts.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -391,6 +436,7 @@ mod tests {
     fn settings() -> Notify {
         Notify {
             webhook_urls: vec!["https://hooks.example.com/services/SECRET".into()],
+            exec: Vec::new(),
             telegram: Some(Telegram {
                 bot_token: "123:TOKEN".into(),
                 chat_id: "-100200".into(),
@@ -434,19 +480,15 @@ mod tests {
     #[test]
     fn a_webhook_gets_the_event_as_json_with_a_chat_friendly_text() {
         let d = destinations(&settings()).unwrap();
-        let body = json(&d[0].body(
-            "primary_changed",
-            &failover().to_string(),
-            "",
-            1_700_000_000,
-        ));
+        let body = json(&d[0].body(&failover(), &failover().to_string(), "", 1_700_000_000));
         assert_eq!(body["text"], "pgherd: primary changed: pg0 -> pg1");
         assert_eq!(body["event"], "primary_changed");
+        assert_eq!(body["node"], "pg1", "the new primary");
         assert_eq!(body["message"], "primary changed: pg0 -> pg1");
         assert_eq!(body["source"], "pgherd");
         assert_eq!(body["instance"], "");
         assert_eq!(body["time"], 1_700_000_000);
-        let named = json(&d[0].body("primary_changed", &failover().to_string(), "edge-1", 0));
+        let named = json(&d[0].body(&failover(), &failover().to_string(), "edge-1", 0));
         assert_eq!(named["text"], "pgherd edge-1: primary changed: pg0 -> pg1");
     }
 
@@ -454,10 +496,10 @@ mod tests {
     fn telegram_gets_send_message_for_its_chat() {
         let d = destinations(&settings()).unwrap();
         assert_eq!(
-            d[1].endpoint,
-            Endpoint::parse("http://127.0.0.1:8081/bot123:TOKEN/sendMessage").unwrap()
+            d[1].channel.endpoint(),
+            Some(&Endpoint::parse("http://127.0.0.1:8081/bot123:TOKEN/sendMessage").unwrap())
         );
-        let body = json(&d[1].body("primary_changed", &failover().to_string(), "", 0));
+        let body = json(&d[1].body(&failover(), &failover().to_string(), "", 0));
         assert_eq!(body["chat_id"], "-100200");
         assert_eq!(body["text"], "pgherd: primary changed: pg0 -> pg1");
     }
@@ -563,6 +605,7 @@ mod tests {
         for rx in &mut rxs {
             let body = json(&rx.recv().await.unwrap());
             assert_eq!(body["event"], "primary_changed");
+            assert_eq!(body["node"], "pg1", "the new primary");
             // node_up was not wanted, and nothing else came.
             assert!(rx.recv().await.is_none());
         }
@@ -638,5 +681,83 @@ mod tests {
         ];
         let kinds: Vec<&str> = events.iter().map(ClusterEvent::kind).collect();
         assert_eq!(kinds, pgherd_config::NOTIFY_EVENTS);
+    }
+
+    /// Settings whose only destination runs `script` (a shell script
+    /// written to a temporary directory, kept alive by the returned guard).
+    fn exec_settings(script: &str, args: &str) -> (Notify, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hook.sh");
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        let mut s = settings();
+        s.webhook_urls.clear();
+        s.telegram = None;
+        s.exec = vec![std::iter::once(path.display().to_string())
+            .chain(args.split_whitespace().map(str::to_owned))
+            .map(|a| a.replace("DIR", &dir.path().display().to_string()))
+            .collect()];
+        s.exec[0].insert(0, "/bin/sh".into());
+        (s, dir)
+    }
+
+    #[tokio::test]
+    async fn a_hook_gets_the_event_as_json_environment_and_placeholders() {
+        let script = "cat > \"$1\"/stdin.json; \
+                      echo \"$PGHERD_EVENT $PGHERD_NODE $2 $3\" > \"$1\"/said; echo done";
+        let (mut s, dir) = exec_settings(script, "DIR %e %n");
+        s.instance = "edge".into();
+        let (events_tx, events_rx) = broadcast::channel(4);
+        let counters = start(&s, events_rx).unwrap();
+        events_tx.send(failover()).unwrap();
+        let said = dir.path().join("said");
+        for _ in 0..500 {
+            if std::fs::read_to_string(&said).is_ok_and(|t| t.ends_with('\n')) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let said = std::fs::read_to_string(&said).unwrap();
+        assert_eq!(said, "primary_changed pg1 primary_changed pg1\n");
+        let stdin = std::fs::read(dir.path().join("stdin.json")).unwrap();
+        let body = json(&Bytes::from(stdin));
+        assert_eq!(body["instance"], "edge");
+        assert_eq!(body["message"], "primary changed: pg0 -> pg1");
+        let (label, counts) = counters.destinations().next().unwrap();
+        assert!(label.starts_with("exec "), "{label}");
+        for _ in 0..500 {
+            if counts.outcomes()[0].1 == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(counts.outcomes()[0], ("delivered", 1));
+    }
+
+    #[tokio::test]
+    async fn a_hook_that_fails_is_refused_and_one_that_hangs_is_cut_off() {
+        let (s, _dir) = exec_settings("echo oops >&2; exit 3", "");
+        let tried = send_test(&s, "hello").await.unwrap();
+        let outcome = tried[0].1.as_ref().unwrap_err();
+        assert!(
+            outcome.starts_with("refused") && outcome.contains('3'),
+            "{outcome}"
+        );
+
+        // Cut off at the timeout, with the sleep it started.
+        let (mut s, _dir) = exec_settings("sleep 600", "");
+        s.timeout = Duration::from_millis(300);
+        let tried = send_test(&s, "hello").await.unwrap();
+        let outcome = tried[0].1.as_ref().unwrap_err();
+        assert!(
+            outcome.starts_with("failed") && outcome.contains("still ran"),
+            "{outcome}"
+        );
+
+        let mut s = settings();
+        s.webhook_urls.clear();
+        s.telegram = None;
+        s.exec = vec![vec!["/nonexistent/hook".into()]];
+        let tried = send_test(&s, "hello").await.unwrap();
+        assert!(tried[0].1.as_ref().unwrap_err().starts_with("refused"));
     }
 }
