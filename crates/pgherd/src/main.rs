@@ -40,9 +40,20 @@ enum Command {
     /// Starts a local primary + 2 standbys from the installed PostgreSQL and
     /// pgherd in front of them, until Ctrl-C.
     Demo {
-        /// Port for pgherd (default: 5432, or another free one if it is taken).
+        /// Read-write port N and read-only port N+1 (default: 5432 and 5433,
+        /// else 6432 and 6433, else two free ones).
         #[arg(long)]
         port: Option<u16>,
+    },
+    /// Turns a pgbouncer.ini (with its %includes and auth_file) and the
+    /// haproxy.cfg files in front of it into a pgherd configuration: TOML
+    /// on standard output, what was not mapped and why on standard error.
+    Import {
+        #[arg(long, value_name = "FILE")]
+        pgbouncer: PathBuf,
+        /// A haproxy.cfg (again for each one: the seed runs one per role).
+        #[arg(long, value_name = "FILE")]
+        haproxy: Vec<PathBuf>,
     },
     /// Prints a SCRAM-SHA-256 verifier for a password (read from stdin when
     /// not given), for the `[users]` section.
@@ -77,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Check { config: path } => check(&path),
         Command::Demo { port } => demo::run(port),
+        Command::Import { pgbouncer, haproxy } => import(&pgbouncer, &haproxy),
         Command::ScramVerifier { password } => {
             let password = match password {
                 Some(p) => p,
@@ -98,6 +110,37 @@ fn main() -> anyhow::Result<()> {
             runtime(1)?.block_on(notify_test(&config.notify, &message))
         }
     }
+}
+
+/// `pgherd import`: the TOML on standard output, the notes on standard
+/// error. Relative `%include` and auth_file paths are read from the
+/// pgbouncer.ini's directory, as written in it.
+fn import(pgbouncer: &std::path::Path, haproxy: &[PathBuf]) -> anyhow::Result<()> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let text = read(pgbouncer)?;
+    let dir = pgbouncer.parent().unwrap_or(std::path::Path::new("."));
+    let proxies = haproxy
+        .iter()
+        .map(|p| Ok((p.display().to_string(), read(p)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let name = pgbouncer.display().to_string();
+    let resolve = |path: &str| std::fs::read_to_string(dir.join(path)).map_err(|e| e.to_string());
+    let imported = pgherd_import::import(&pgherd_import::Sources {
+        pgbouncer: (&name, &text),
+        read: &resolve,
+        haproxy: proxies
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.as_str()))
+            .collect(),
+    })
+    .map_err(anyhow::Error::msg)?;
+    print!("{}", imported.toml);
+    for note in &imported.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(())
 }
 
 /// `pgherd check`: the configuration's outline, or why it would not start.

@@ -133,3 +133,39 @@ fn every_mistake_is_reported_once_in_one_run_with_its_line() {
         "{stderr}"
     );
 }
+
+/// `pgherd import` then `pgherd check`, as a user moving from pgbouncer
+/// runs them: the output is accepted, the notes go to standard error.
+#[test]
+fn an_imported_pgbouncer_configuration_passes_the_check() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../import/tests/fixtures");
+    let out = Command::new(env!("CARGO_BIN_EXE_pgherd"))
+        .args(["import", "--pgbouncer"])
+        .arg(fixtures.join("full-pgbouncer.ini"))
+        .output()
+        .unwrap();
+    let (toml, notes) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{notes}");
+    assert!(notes.contains("note: "), "{notes}");
+    assert!(toml.contains("auth_file = \"userlist.txt\""), "{toml}");
+    let dir = tempfile::tempdir().unwrap();
+    let imported = dir.path().join("imported.toml");
+    std::fs::write(&imported, toml.as_bytes()).unwrap();
+    // Relative files (the auth_file) are where the pgbouncer.ini was.
+    let checked = Command::new(env!("CARGO_BIN_EXE_pgherd"))
+        .args(["check", "-c"])
+        .arg(&imported)
+        .current_dir(&fixtures)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(said.contains("imported.toml: OK"), "{said}");
+}
