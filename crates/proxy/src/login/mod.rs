@@ -607,6 +607,25 @@ mod tests {
         Logins::new(Arc::new(Settings::new(config, tls)), cluster)
     }
 
+    /// The next connection on `listener`, accepted as pgherd accepts one
+    /// (encryption negotiated), with its login deadline a minute away.
+    async fn accept_next(
+        logins: &Logins,
+        listener: &TcpListener,
+    ) -> (Result<Client, Refused>, tokio::time::Instant) {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let tls = logins.settings.tls();
+        let client = Client::accept(
+            Stream::Plain(tcp),
+            ClientAddr::Tcp(peer),
+            &tls.client,
+            deadline,
+        )
+        .await;
+        (client, deadline)
+    }
+
     /// A client connection accepted and logged in as pgherd does, while
     /// `client` (a tokio-postgres config) connects: what each side ended with.
     async fn login_with(
@@ -628,16 +647,8 @@ mod tests {
             Ok(())
         };
         let pgherd = async {
-            let (tcp, peer) = listener.accept().await.unwrap();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            let tls = logins.settings.tls();
-            let mut c = Client::accept(
-                Stream::Plain(tcp),
-                ClientAddr::Tcp(peer),
-                &tls.client,
-                deadline,
-            )
-            .await?;
+            let (accepted, deadline) = accept_next(logins, &listener).await;
+            let mut c = accepted?;
             let done = c.login(logins, over_limit, deadline, None).await;
             match &done {
                 Err(Refused::Fatal(fields)) => c.send_error(fields).await,
@@ -750,17 +761,8 @@ mod tests {
             .unwrap();
         // A length of 8 and a protocol version 9.9 nobody speaks.
         bad.write_all(&[0, 0, 0, 8, 0, 9, 0, 9]).await.unwrap();
-        let (tcp, peer) = listener.accept().await.unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let tls = logins.settings.tls();
-        let mut c = Client::accept(
-            Stream::Plain(tcp),
-            ClientAddr::Tcp(peer),
-            &tls.client,
-            deadline,
-        )
-        .await
-        .unwrap_or_else(|_| panic!("accepted"));
+        let (accepted, deadline) = accept_next(&logins, &listener).await;
+        let mut c = accepted.unwrap_or_else(|_| panic!("accepted"));
         match c.login(&logins, false, deadline, None).await {
             Err(Refused::Fatal(f)) => assert_eq!(f.code, sqlstate::PROTOCOL_VIOLATION),
             _ => panic!("not refused"),
