@@ -188,10 +188,43 @@ async fn probe_once(
 /// The most useful text of a tokio-postgres error (its source for I/O errors).
 fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
-        return format!("{}: {}", db.code().code(), db.message());
+        return db_reason(db.code().code(), db.message());
     }
     match std::error::Error::source(e) {
         Some(src) => src.to_string(),
         None => e.to_string(),
+    }
+}
+
+/// A server's refusal of the probe, as a node's reason for being down. The
+/// probe's WAL functions came with PostgreSQL 10 (`pg_last_wal_replay_lsn`
+/// and friends; 9.6 has `..._xlog_...`): an older server says so here,
+/// instead of looking merely down.
+fn db_reason(code: &str, message: &str) -> String {
+    // undefined_function
+    if code == "42883" && message.contains("_wal_") {
+        return format!(
+            "{code}: {message} (this node runs PostgreSQL 9.6 or older; pgherd's probes need 10 or later)"
+        );
+    }
+    format!("{code}: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_older_than_10_is_named_as_such() {
+        let old = db_reason("42883", "function pg_last_wal_replay_lsn() does not exist");
+        assert!(
+            old.contains("9.6 or older") && old.contains("10 or later"),
+            "{old}"
+        );
+        let other = db_reason("28P01", "password authentication failed for user \"p\"");
+        assert_eq!(
+            other,
+            "28P01: password authentication failed for user \"p\""
+        );
     }
 }
