@@ -369,14 +369,11 @@ impl Upstream {
                 &self.credential,
             )
             .await;
-            match attempt {
-                Attempt::Usable(guard) => {
-                    let assigned = Micros::now();
-                    entry.stats.waited(assigned.since(asked));
-                    return Ok((guard, assigned));
-                }
-                Attempt::Refused(fields) => return Err(fields),
-                Attempt::Unusable(why) => search.failed(node, why),
+            if let Some(taken) = search.settle(node, attempt) {
+                let guard = taken?;
+                let assigned = Micros::now();
+                entry.stats.waited(assigned.since(asked));
+                return Ok((guard, assigned));
             }
         }
     }
@@ -393,10 +390,9 @@ pub(crate) async fn open_on_primary(
     let mut search = NodeSearch::new(&servers.routing, config, Want::Primary);
     loop {
         let (node, target) = search.next().await?;
-        match Box::pin(open(servers, node, target, Arc::clone(params), credential)).await {
-            Attempt::Usable(conn) => return Ok(conn),
-            Attempt::Refused(fields) => return Err(fields),
-            Attempt::Unusable(why) => search.failed(node, why),
+        let attempt = Box::pin(open(servers, node, target, Arc::clone(params), credential)).await;
+        if let Some(opened) = search.settle(node, attempt) {
+            return opened;
         }
     }
 }

@@ -240,16 +240,28 @@ impl<'a> NodeSearch<'a> {
         }
     }
 
-    /// The node [`NodeSearch::next`] gave could not be used: it is not
+    /// What trying the node [`NodeSearch::next`] gave came to: the
+    /// search's end (a server, or a refusal that holds for every node), or
+    /// `None` to try the next node. A node that could not be used is not
     /// tried again until a topology newer than this one (read after the
     /// failure: at worst one probe more is awaited), and the nodes are
     /// probed at once.
-    pub(crate) fn failed(&mut self, node: usize, why: String) {
+    pub(crate) fn settle<T>(
+        &mut self,
+        node: usize,
+        attempt: Attempt<T>,
+    ) -> Option<Result<T, ErrorFields>> {
+        let why = match attempt {
+            Attempt::Usable(t) => return Some(Ok(t)),
+            Attempt::Refused(fields) => return Some(Err(fields)),
+            Attempt::Unusable(why) => why,
+        };
         let name = &self.config.nodes[node].name;
         tracing::info!(node = %name, "cannot use node: {why}");
         let version = self.routing.cluster.topology().version;
         self.routing.cluster.request_probe();
         self.failures.push(Failure { node, why, version });
+        None
     }
 
     fn no_primary(&self, t: &Topology, what: &str) -> ErrorFields {
