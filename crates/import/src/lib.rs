@@ -180,8 +180,9 @@ fn auth_type(value: &str) -> Option<&'static str> {
     })
 }
 
+/// `s` as a TOML string, escaped as TOML itself writes it.
 fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    toml::Value::String(s.to_owned()).to_string()
 }
 
 fn toml_value(kind: Kind, value: &str) -> Option<String> {
@@ -587,4 +588,24 @@ pub fn import(sources: &Sources<'_>) -> Result<Imported, String> {
     toml.push_str("\n[users]\n");
     toml.push_str(&users_section);
     Ok(Imported { toml, notes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_text_is_quoted_so_toml_reads_it_back() {
+        for text in [
+            "plain",
+            "a \"quoted\" word",
+            "back\\slash",
+            "tab\tand\nnewline",
+            "ünï",
+        ] {
+            let line = format!("v = {}", quote(text));
+            let read: toml::Table = toml::from_str(&line).unwrap();
+            assert_eq!(read["v"].as_str(), Some(text), "{line}");
+        }
+    }
 }
