@@ -10,12 +10,20 @@ pub enum ConfigError {
     /// TOML's own message, with the line and a pointer to the spot.
     #[error("{0}")]
     Toml(toml::de::Error),
-    #[error("{key}: {message}")]
-    Invalid { key: String, message: String },
-    /// Every mistake found in one reading, one per line, each with the
-    /// line of the file it is on when known.
-    #[error("{}", .0.join("\n"))]
-    Several(Vec<String>),
+    /// A setting with a bad value: its key, why, and the line of the file
+    /// it is on when that is known.
+    #[error("{}{key}: {message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    Invalid {
+        key: String,
+        message: String,
+        line: Option<usize>,
+    },
+    /// A key the file should not have (a misspelt option).
+    #[error("line {line}: {message}")]
+    Unknown { line: usize, message: String },
+    /// Every mistake found in one reading, one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
 impl From<toml::de::Error> for ConfigError {
@@ -28,5 +36,6 @@ pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Con
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
+        line: None,
     }
 }

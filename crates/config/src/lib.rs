@@ -148,7 +148,10 @@ fn read_file(text: &str) -> Result<File, ConfigError> {
             .split(", expected")
             .next()
             .unwrap_or_default();
-        unknown.push(format!("line {}: {message}", line + 1));
+        unknown.push(ConfigError::Unknown {
+            line: line + 1,
+            message: message.to_owned(),
+        });
         rest = rest
             .lines()
             .enumerate()
@@ -181,17 +184,17 @@ fn with_lines(e: ConfigError, text: &str) -> ConfigError {
             _ => None,
         }
     };
-    let located = |message: String| -> String {
-        let key = message.split(':').next().unwrap_or_default();
-        match line_of(key) {
-            Some(line) => format!("line {line}: {message}"),
-            None => message,
-        }
+    let located = |e: ConfigError| match e {
+        ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
+            line: line_of(&key),
+            key,
+            message,
+        },
+        other => other,
     };
     match e {
-        ConfigError::Invalid { .. } => ConfigError::Several(vec![located(e.to_string())]),
         ConfigError::Several(all) => ConfigError::Several(all.into_iter().map(located).collect()),
-        other => other,
+        one => located(one),
     }
 }
 

@@ -85,7 +85,7 @@ macro_rules! settings {
                 match ( $( $key, )* ) {
                     ( $( Some($key), )* ) => Ok(General { $( $key, )* written: self }),
                     _ if errors.len() == 1 => Err(errors.remove(0)),
-                    _ => Err(ConfigError::Several(errors.iter().map(|e| e.to_string()).collect())),
+                    _ => Err(ConfigError::Several(errors)),
                 }
             }
 
