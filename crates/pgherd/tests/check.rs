@@ -169,3 +169,30 @@ fn an_imported_pgbouncer_configuration_passes_the_check() {
     );
     assert!(said.contains("imported.toml: OK"), "{said}");
 }
+
+/// A file import cannot read, or a pgbouncer.ini it cannot parse: exit
+/// status 1, the file and the reason named, nothing on standard output.
+#[test]
+fn import_names_what_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.ini");
+    let broken = dir.path().join("broken.ini");
+    std::fs::write(&broken, "[pgbouncer\nlisten_port = 6432\n").unwrap();
+    let included = dir.path().join("included.ini");
+    std::fs::write(&included, "[databases]\n%include nowhere.ini\n").unwrap();
+    for (file, expect) in [
+        (&missing, "missing.ini".to_owned()),
+        (&broken, "without `]`".to_owned()),
+        (&included, "%include nowhere.ini".to_owned()),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pgherd"))
+            .args(["import", "--pgbouncer"])
+            .arg(file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{}", file.display());
+        assert!(out.stdout.is_empty(), "{}", file.display());
+        assert!(stderr.contains(&expect), "{expect}: {stderr}");
+    }
+}
