@@ -675,7 +675,11 @@ async fn reads_and_logins_go_on_while_no_primary_is_promoted() {
     let (told, clients) = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let event = events.recv().await.unwrap();
-            if let pgherd_cluster::ClusterEvent::Failover { clients, .. } = &event {
+            if let pgherd_cluster::Event::Cluster(pgherd_cluster::ClusterEvent::Failover {
+                clients,
+                ..
+            }) = &event
+            {
                 break (event.to_string(), *clients);
             }
         }

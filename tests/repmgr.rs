@@ -68,8 +68,9 @@ async fn repmgr_failover_rejoin_and_switchover() {
     let mut events = pgherd.handle.cluster().subscribe();
     let seen = tokio::spawn(async move {
         loop {
-            if let Ok(pgherd_cluster::ClusterEvent::PrimaryChanged { to: Some(to), .. }) =
-                events.recv().await
+            if let Ok(pgherd_cluster::Event::Cluster(
+                pgherd_cluster::ClusterEvent::PrimaryChanged { to: Some(to), .. },
+            )) = events.recv().await
             {
                 if to != "pg0" {
                     return unix_now();

@@ -21,6 +21,7 @@
 //! [`state`]) so fencing survives a pgherd restart.
 #![forbid(unsafe_code)]
 
+pub mod event;
 pub mod probe;
 pub mod state;
 pub mod topology;
@@ -33,7 +34,8 @@ use pgherd_config::Config;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::{broadcast, mpsc, watch};
 
-pub use topology::{ClusterEvent, NodeStatus, Outage, ProbeSample, Role, Thresholds, Topology};
+pub use event::{ClusterEvent, Event, Outage, ProxyEvent};
+pub use topology::{NodeStatus, ProbeSample, Role, Thresholds, Topology};
 
 /// [`Cluster::primary_now`]'s stored value for "no primary".
 const NO_PRIMARY: usize = usize::MAX;
@@ -52,7 +54,7 @@ pub struct Cluster {
     /// for, one atomic load where borrowing the topology takes and
     /// releases its lock.
     primary: Arc<AtomicUsize>,
-    events: broadcast::Sender<ClusterEvent>,
+    events: broadcast::Sender<Event>,
     schedule: Arc<probe::Schedule>,
     /// What failovers do to clients, counted by the proxy; the evaluator's
     /// task reports it with each failover.
@@ -168,9 +170,24 @@ impl Cluster {
         self.topology.clone()
     }
 
-    /// Events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<ClusterEvent> {
+    /// Events from now on, the cluster's and the proxy's.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Logs `event` and announces it to every subscriber.
+    pub fn publish(&self, event: ProxyEvent) {
+        match &event {
+            ProxyEvent::Started { .. } | ProxyEvent::PoolRecovered { .. } => {
+                tracing::info!("{event}")
+            }
+            ProxyEvent::ConfigReloaded { kept, .. } if kept.is_empty() => {
+                tracing::info!("{event}")
+            }
+            _ => tracing::warn!("{event}"),
+        }
+        // No subscriber is fine: the event is logged.
+        let _ = self.events.send(Event::Proxy(event));
     }
 
     /// A transaction waited for a primary (reported with the next failover).
@@ -233,7 +250,7 @@ async fn evaluate(
         Arc<[AtomicBool]>,
         Arc<AtomicUsize>,
     ),
-    (events, clients): (broadcast::Sender<ClusterEvent>, Arc<ClientCounts>),
+    (events, clients): (broadcast::Sender<Event>, Arc<ClientCounts>),
     state_file: Option<PathBuf>,
     schedule: Arc<probe::Schedule>,
 ) {
@@ -299,7 +316,7 @@ async fn evaluate(
                 _ => tracing::warn!("{event}"),
             }
             // No subscriber is fine: events are also logged.
-            let _ = events.send(event);
+            let _ = events.send(Event::Cluster(event));
         }
         if primary_changed {
             counted = now;

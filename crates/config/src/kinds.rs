@@ -73,6 +73,17 @@ pub enum Target {
     Auto,
 }
 
+impl Target {
+    /// As written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Primary => "primary",
+            Target::Replica => "replica",
+            Target::Auto => "auto",
+        }
+    }
+}
+
 /// Which admin HTTP endpoints need basic auth. Health checks never do:
 /// keepalived and load balancers must reach them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -560,6 +560,51 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_names_what_it_changed_and_never_a_secret() {
+        let users =
+            "[users]\nalice = { password = \"secret-a\" }\nbob = { password = \"secret-b\" }\n\
+                     [databases]\napp = { dbname = \"app\" }\n";
+        let running = Config::parse(&reload_base("default_pool_size = 5", 6432, users)).unwrap();
+        let same = Config::parse(&reload_base("default_pool_size = 5", 6432, users)).unwrap();
+        assert!(
+            same.changes_since(&running).is_empty(),
+            "a plaintext password read again (a new salt) is no change"
+        );
+        let edited =
+            "[users]\nalice = { password = \"new-secret\" }\ncarol = { password = \"c\" }\n\
+                      [databases]\napp = { dbname = \"app2\" }\nreports = {}\n";
+        let new = Config::parse(&reload_base("default_pool_size = 9", 6432, edited)).unwrap();
+        let changes = new.changes_since(&running);
+        assert_eq!(
+            changes,
+            [
+                "default_pool_size",
+                "databases.app (changed)",
+                "databases.reports (added)",
+                "users.alice (changed)",
+                "users.carol (added)",
+                "users.bob (removed)",
+            ]
+        );
+        assert!(!changes.iter().any(|c| c.contains("secret")));
+    }
+
+    #[test]
+    fn pressure_announcements_have_thresholds_that_zero_turns_off() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.notify.pool_saturated_after, Some(Duration::from_secs(10)));
+        assert_eq!(c.notify.login_failure_burst, 20);
+        let off =
+            format!("{MINIMAL}\n[notify]\npool_saturated_after = 0\nlogin_failure_burst = 0\n");
+        let c = Config::parse(&off).unwrap();
+        assert_eq!(c.notify.pool_saturated_after, None);
+        assert_eq!(c.notify.login_failure_burst, 0);
+        let bad = format!("{MINIMAL}\n[notify]\npool_saturated_after = -1\n");
+        let e = Config::parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("notify.pool_saturated_after"), "{e}");
+    }
+
+    #[test]
     fn every_setting_has_a_default_that_passes_its_own_check() {
         let defaults = settings::RawGeneral {
             probe_user: Some("p".into()),

@@ -37,6 +37,8 @@ pub(crate) struct Notify {
     pub instance: String,
     pub ca_file: String,
     pub timeout: f64,
+    pub pool_saturated_after: f64,
+    pub login_failure_burst: u64,
 }
 
 impl Default for Notify {
@@ -51,6 +53,8 @@ impl Default for Notify {
             instance: String::new(),
             ca_file: "/etc/ssl/certs/ca-certificates.crt".into(),
             timeout: 10.0,
+            pool_saturated_after: 10.0,
+            login_failure_burst: 20,
         }
     }
 }

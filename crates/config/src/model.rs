@@ -26,6 +26,52 @@ pub struct Config {
     pub hba: Option<HbaRules>,
 }
 
+impl Config {
+    /// What differs from `old`, by name: `[pgherd]` settings, and
+    /// `[databases]` and `[users]` entries added, removed or changed. No
+    /// values: some are secrets.
+    pub fn changes_since(&self, old: &Config) -> Vec<String> {
+        let (now, before) = (self.general.written.values(), old.general.written.values());
+        let mut changes: Vec<String> = (now.iter().zip(&before))
+            .filter(|(a, b)| a != b)
+            .map(|((key, _), _)| (*key).to_owned())
+            .collect();
+        changes.extend(entries(
+            "databases",
+            &old.databases,
+            &self.databases,
+            |a, b| a == b,
+        ));
+        changes.extend(entries("users", &old.users, &self.users, User::same_as));
+        if self.hba != old.hba {
+            changes.push("auth_hba_file rules".into());
+        }
+        changes
+    }
+}
+
+/// `section.name (added|removed|changed)` for each entry that differs.
+fn entries<T>(
+    section: &str,
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
+    same: impl Fn(&T, &T) -> bool,
+) -> Vec<String> {
+    let mut changes = Vec::new();
+    for (name, entry) in new {
+        match old.get(name) {
+            None => changes.push(format!("{section}.{name} (added)")),
+            Some(before) if !same(before, entry) => {
+                changes.push(format!("{section}.{name} (changed)"))
+            }
+            Some(_) => {}
+        }
+    }
+    let removed = old.keys().filter(|name| !new.contains_key(*name));
+    changes.extend(removed.map(|name| format!("{section}.{name} (removed)")));
+    changes
+}
+
 /// pgbouncer's `tcp_keepalive`, `tcp_keepidle`, `tcp_keepintvl`,
 /// `tcp_keepcnt` and `tcp_user_timeout`, for client and server connections:
 /// how soon a peer whose host died (no FIN, no RST) is noticed. `None`: the
@@ -67,6 +113,12 @@ pub struct Notify {
     pub ca_file: std::path::PathBuf,
     /// For one delivery attempt, connecting included.
     pub timeout: Duration,
+    /// How long a pool has clients waiting before `pool_saturated` is
+    /// announced; `None`: never.
+    pub pool_saturated_after: Option<Duration>,
+    /// Failed logins within a minute that make a `login_failures`
+    /// announcement; 0: never.
+    pub login_failure_burst: u64,
 }
 
 /// A Telegram bot and the chat it writes to.
@@ -105,6 +157,14 @@ pub const NOTIFY_EVENTS: &[&str] = &[
     "failover",
     "no_primary",
     "switchover",
+    "started",
+    "draining",
+    "stopped",
+    "config_reloaded",
+    "pool_saturated",
+    "pool_recovered",
+    "max_client_conn",
+    "login_failures",
 ];
 
 /// Parameters every transaction-mode client keeps as its own, whichever
@@ -285,6 +345,22 @@ impl User {
     /// secret is none of those.
     pub fn from_secret(name: &str, secret: &str) -> Option<User> {
         secrets(name, secret).ok().map(User::with_secrets)
+    }
+
+    /// Whether `other` lets the same clients in with the same settings. A
+    /// verifier derived from a plaintext password has a salt of its own
+    /// each time the file is read, so then the password is compared.
+    fn same_as(&self, other: &User) -> bool {
+        let secrets = match (&self.server_password, &other.server_password) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => self.verifier == other.verifier,
+            _ => false,
+        };
+        secrets
+            && self.md5 == other.md5
+            && self.pool_mode == other.pool_mode
+            && self.max_user_connections == other.max_user_connections
+            && self.auth_type == other.auth_type
     }
 
     /// A user with these secrets and no settings of its own.

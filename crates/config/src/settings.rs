@@ -190,7 +190,7 @@ pub(crate) fn seconds(key: &str, v: f64) -> Result<Duration, ConfigError> {
 }
 
 /// A timeout where 0 means "never" (pgbouncer's convention).
-fn zero_is_never(key: &str, v: f64) -> Result<Option<Duration>, ConfigError> {
+pub(crate) fn zero_is_never(key: &str, v: f64) -> Result<Option<Duration>, ConfigError> {
     let d = seconds(key, v)?;
     Ok((!d.is_zero()).then_some(d))
 }

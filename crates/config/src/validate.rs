@@ -13,7 +13,7 @@ use crate::load::{self, File};
 use crate::model::{
     secrets, Config, Database, Listener, Node, Notify, Telegram, Tls, User, NOTIFY_EVENTS,
 };
-use crate::settings::seconds;
+use crate::settings::{seconds, zero_is_never};
 
 impl load::Notify {
     fn validate(self) -> Result<Notify, ConfigError> {
@@ -72,6 +72,11 @@ impl load::Notify {
             instance: self.instance,
             ca_file: self.ca_file.into(),
             timeout,
+            pool_saturated_after: zero_is_never(
+                "notify.pool_saturated_after",
+                self.pool_saturated_after,
+            )?,
+            login_failure_burst: self.login_failure_burst,
         })
     }
 }

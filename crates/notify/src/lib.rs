@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod exec;
+mod flap;
 mod http;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hyper::StatusCode;
-use pgherd_cluster::ClusterEvent;
+use pgherd_cluster::{Event, ProxyEvent};
 use pgherd_config::Notify;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
@@ -117,26 +118,79 @@ impl Counts {
     }
 }
 
-/// The destinations' counters, for `/metrics`.
+/// The destinations' counters, for `/metrics`, and what is still to be
+/// sent, for [`Notifications::finish`].
 #[derive(Debug, Clone, Default)]
-pub struct Notifications(Arc<Vec<(String, Arc<Counts>)>>);
+pub struct Notifications {
+    destinations: Arc<Vec<(String, Arc<Counts>)>>,
+    pending: Arc<Pending>,
+}
+
+/// Notifications queued and not yet delivered, refused or lost, and
+/// whether the `stopped` event has been queued.
+#[derive(Debug, Default)]
+struct Pending {
+    queued: AtomicU64,
+    stopped: std::sync::atomic::AtomicBool,
+    changed: tokio::sync::Notify,
+}
+
+impl Pending {
+    fn add(&self) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn done(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    fn saw_stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    fn settled(&self) -> bool {
+        self.stopped.load(Ordering::Acquire) && self.queued.load(Ordering::Acquire) == 0
+    }
+}
 
 impl Notifications {
     /// Each destination's label (as in the logs) and counters.
     pub fn destinations(&self) -> impl Iterator<Item = (&str, &Counts)> {
-        self.0
+        self.destinations
             .iter()
             .map(|(label, counts)| (label.as_str(), &**counts))
+    }
+
+    /// Waits, at most `within`, until the `stopped` event has been queued
+    /// and everything queued is delivered or given up: so that pgherd's
+    /// last words reach people before the process ends.
+    pub async fn finish(&self, within: Duration) {
+        if self.destinations.is_empty() {
+            return;
+        }
+        let settled = async {
+            loop {
+                let changed = self.pending.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.pending.settled() {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        if tokio::time::timeout(within, settled).await.is_err() {
+            let left = self.pending.queued.load(Ordering::Relaxed);
+            tracing::warn!("stopping with {left} notifications not sent");
+        }
     }
 }
 
 impl Destination {
     /// The request body announcing `message`, an event of type `kind`.
-    fn body(&self, event: &ClusterEvent, message: &str, instance: &str, at: u64) -> Bytes {
-        self.body_for(event.kind(), event.node(), message, instance, at)
-    }
-
-    fn body_for(
+    fn body(
         &self,
         kind: &str,
         node: Option<&str>,
@@ -213,15 +267,18 @@ fn destinations(settings: &Notify) -> Result<Vec<Destination>, NotifyError> {
 /// tasks end when the events' sender is dropped.
 pub fn start(
     settings: &Notify,
-    events: broadcast::Receiver<ClusterEvent>,
+    events: broadcast::Receiver<Event>,
 ) -> Result<Notifications, NotifyError> {
     let (destinations, tls) = prepare(settings)?;
-    let counters = Notifications(Arc::new(
-        destinations
-            .iter()
-            .map(|d| (d.label.clone(), Arc::clone(&d.counts)))
-            .collect(),
-    ));
+    let counters = Notifications {
+        destinations: Arc::new(
+            destinations
+                .iter()
+                .map(|d| (d.label.clone(), Arc::clone(&d.counts)))
+                .collect(),
+        ),
+        pending: Arc::default(),
+    };
     if destinations.is_empty() {
         return Ok(counters);
     }
@@ -232,17 +289,18 @@ pub fn start(
         tokio::spawn(deliver(
             Arc::clone(&destination),
             rx,
-            tls.clone(),
-            settings.timeout,
+            (tls.clone(), settings.timeout),
+            Arc::clone(&counters.pending),
         ));
         queues.push((destination, tx));
     }
-    tokio::spawn(dispatch(
-        events,
-        settings.events.clone(),
-        settings.instance.clone(),
+    let announcer = Announcer {
+        wanted: settings.events.clone(),
+        instance: settings.instance.clone(),
         queues,
-    ));
+        pending: Arc::clone(&counters.pending),
+    };
+    tokio::spawn(dispatch(events, announcer));
     Ok(counters)
 }
 
@@ -256,7 +314,7 @@ pub async fn send_test(
     let (destinations, tls) = prepare(settings)?;
     let mut results = Vec::with_capacity(destinations.len());
     for d in destinations {
-        let body = d.body_for("test", None, message, &settings.instance, unix_now());
+        let body = d.body("test", None, message, &settings.instance, unix_now());
         let result = match attempt(&d, body, tls.as_ref(), settings.timeout).await {
             Outcome::Delivered => Ok(()),
             Outcome::Refused(why) => Err(format!("refused: {why}")),
@@ -307,33 +365,31 @@ async fn attempt(
     outcome(sent, timeout)
 }
 
-/// Reads the cluster's events and queues the wanted ones (`wanted` empty:
-/// all) for every destination.
-async fn dispatch(
-    mut events: broadcast::Receiver<ClusterEvent>,
+/// Where [`dispatch`] puts notifications.
+struct Announcer {
+    /// Event kinds announced; empty: all.
     wanted: Vec<String>,
     instance: String,
     queues: Vec<(Arc<Destination>, mpsc::Sender<Bytes>)>,
-) {
-    loop {
-        let event = match events.recv().await {
-            Ok(event) => event,
-            Err(RecvError::Lagged(n)) => {
-                tracing::warn!("{n} cluster events were not notified (too many at once)");
-                continue;
-            }
-            Err(RecvError::Closed) => return,
-        };
-        if !wanted.is_empty() && !wanted.iter().any(|w| w == event.kind()) {
-            continue;
-        }
-        let (at, message) = (unix_now(), event.to_string());
-        for (destination, queue) in &queues {
-            let body = destination.body(&event, &message, &instance, at);
+    pending: Arc<Pending>,
+}
+
+impl Announcer {
+    fn wants(&self, event: &Event) -> bool {
+        self.wanted.is_empty() || self.wanted.iter().any(|w| w == event.kind())
+    }
+
+    /// Queues `message` for every destination.
+    fn queue(&self, kind: &str, node: Option<&str>, message: &str) {
+        let at = unix_now();
+        for (destination, queue) in &self.queues {
+            let body = destination.body(kind, node, message, &self.instance, at);
+            self.pending.add();
             if queue.try_send(body).is_err() {
+                self.pending.done();
                 destination.counts.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
-                    "{}: notification dropped, {QUEUE} are waiting: {event}",
+                    "{}: notification dropped, {QUEUE} are waiting: {message}",
                     destination.label
                 );
             }
@@ -341,48 +397,103 @@ async fn dispatch(
     }
 }
 
-/// Sends one destination's notifications in order, each up to three times.
+/// Reads the events, queues the wanted ones for every destination, and
+/// summarises flapping nodes (see [`flap`]).
+async fn dispatch(mut events: broadcast::Receiver<Event>, out: Announcer) {
+    let mut flaps = flap::Flaps::default();
+    loop {
+        let steady_check = flaps.next_check();
+        let received = tokio::select! {
+            received = events.recv() => received,
+            () = sleep_until(steady_check) => {
+                for s in flaps.steady(tokio::time::Instant::now()) {
+                    out.queue(s.kind, Some(&s.node), &s.message);
+                }
+                continue;
+            }
+        };
+        let event = match received {
+            Ok(event) => event,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!("{n} events were not notified (too many at once)");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if out.wants(&event) {
+            match flaps.admit(&event, tokio::time::Instant::now()) {
+                flap::Verdict::Pass => out.queue(event.kind(), event.node(), &event.to_string()),
+                flap::Verdict::Summarise(s) => out.queue(s.kind, Some(&s.node), &s.message),
+                flap::Verdict::Hold => {}
+            }
+        }
+        if matches!(event, Event::Proxy(ProxyEvent::Stopped { .. })) {
+            out.pending.saw_stop();
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends one destination's notifications in order.
 async fn deliver(
     destination: Arc<Destination>,
     mut queue: mpsc::Receiver<Bytes>,
-    tls: Option<TlsConnector>,
+    (tls, timeout): (Option<TlsConnector>, Duration),
+    pending: Arc<Pending>,
+) {
+    while let Some(body) = queue.recv().await {
+        send(&destination, body, tls.as_ref(), timeout).await;
+        pending.done();
+    }
+}
+
+/// Sends one notification, up to three times.
+async fn send(
+    destination: &Destination,
+    body: Bytes,
+    tls: Option<&TlsConnector>,
     timeout: Duration,
 ) {
     let label = &destination.label;
     let counts = &destination.counts;
-    while let Some(body) = queue.recv().await {
-        let mut waits = RETRY_WAITS.iter();
-        loop {
-            let sent = attempt(&destination, body.clone(), tls.as_ref(), timeout).await;
-            let (failure, asked) = match sent {
-                Outcome::Delivered => {
-                    counts.delivered.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("{label}: notification delivered");
-                    break;
-                }
-                Outcome::Refused(why) => {
-                    counts.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("{label}: notification refused ({why}), not sent again");
-                    break;
-                }
-                Outcome::Failed(why, asked) => (why, asked),
-            };
-            match waits.next() {
-                Some(&planned) => {
-                    let wait = next_wait(planned, asked);
-                    tracing::info!(
-                        "{label}: notification failed ({failure}), trying again in {wait:?}"
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-                None => {
-                    counts.lost.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "{label}: notification lost after {} attempts: {failure}",
-                        RETRY_WAITS.len() + 1
-                    );
-                    break;
-                }
+    let mut waits = RETRY_WAITS.iter();
+    loop {
+        let sent = attempt(destination, body.clone(), tls, timeout).await;
+        let (failure, asked) = match sent {
+            Outcome::Delivered => {
+                counts.delivered.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("{label}: notification delivered");
+                break;
+            }
+            Outcome::Refused(why) => {
+                counts.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("{label}: notification refused ({why}), not sent again");
+                break;
+            }
+            Outcome::Failed(why, asked) => (why, asked),
+        };
+        match waits.next() {
+            Some(&planned) => {
+                let wait = next_wait(planned, asked);
+                tracing::info!(
+                    "{label}: notification failed ({failure}), trying again in {wait:?}"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            None => {
+                counts.lost.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "{label}: notification lost after {} attempts: {failure}",
+                    RETRY_WAITS.len() + 1
+                );
+                break;
             }
         }
     }
@@ -431,6 +542,7 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgherd_cluster::ClusterEvent;
     use pgherd_config::Telegram;
 
     fn settings() -> Notify {
@@ -446,6 +558,8 @@ mod tests {
             instance: String::new(),
             ca_file: "/nonexistent".into(),
             timeout: Duration::from_secs(1),
+            pool_saturated_after: None,
+            login_failure_burst: 0,
         }
     }
 
@@ -453,6 +567,19 @@ mod tests {
         ClusterEvent::PrimaryChanged {
             from: Some("pg0".into()),
             to: Some("pg1".into()),
+        }
+    }
+
+    fn announcer(
+        wanted: Vec<String>,
+        instance: &str,
+        queues: Vec<(Arc<Destination>, mpsc::Sender<Bytes>)>,
+    ) -> Announcer {
+        Announcer {
+            wanted,
+            instance: instance.into(),
+            queues,
+            pending: Arc::default(),
         }
     }
 
@@ -480,7 +607,13 @@ mod tests {
     #[test]
     fn a_webhook_gets_the_event_as_json_with_a_chat_friendly_text() {
         let d = destinations(&settings()).unwrap();
-        let body = json(&d[0].body(&failover(), &failover().to_string(), "", 1_700_000_000));
+        let body = json(&d[0].body(
+            "primary_changed",
+            Some("pg1"),
+            &failover().to_string(),
+            "",
+            1_700_000_000,
+        ));
         assert_eq!(body["text"], "pgherd: primary changed: pg0 -> pg1");
         assert_eq!(body["event"], "primary_changed");
         assert_eq!(body["node"], "pg1", "the new primary");
@@ -488,7 +621,13 @@ mod tests {
         assert_eq!(body["source"], "pgherd");
         assert_eq!(body["instance"], "");
         assert_eq!(body["time"], 1_700_000_000);
-        let named = json(&d[0].body(&failover(), &failover().to_string(), "edge-1", 0));
+        let named = json(&d[0].body(
+            "primary_changed",
+            Some("pg1"),
+            &failover().to_string(),
+            "edge-1",
+            0,
+        ));
         assert_eq!(named["text"], "pgherd edge-1: primary changed: pg0 -> pg1");
     }
 
@@ -499,7 +638,13 @@ mod tests {
             d[1].channel.endpoint(),
             Some(&Endpoint::parse("http://127.0.0.1:8081/bot123:TOKEN/sendMessage").unwrap())
         );
-        let body = json(&d[1].body(&failover(), &failover().to_string(), "", 0));
+        let body = json(&d[1].body(
+            "primary_changed",
+            Some("pg1"),
+            &failover().to_string(),
+            "",
+            0,
+        ));
         assert_eq!(body["chat_id"], "-100200");
         assert_eq!(body["text"], "pgherd: primary changed: pg0 -> pg1");
     }
@@ -595,11 +740,11 @@ mod tests {
             rxs.push(rx);
         }
         let wanted = vec!["primary_changed".to_owned()];
-        let task = tokio::spawn(dispatch(events_rx, wanted, "x".into(), queues));
+        let task = tokio::spawn(dispatch(events_rx, announcer(wanted, "x", queues)));
         events_tx
-            .send(ClusterEvent::NodeUp { node: "pg2".into() })
+            .send(Event::Cluster(ClusterEvent::NodeUp { node: "pg2".into() }))
             .unwrap();
-        events_tx.send(failover()).unwrap();
+        events_tx.send(Event::Cluster(failover())).unwrap();
         drop(events_tx);
         task.await.unwrap();
         for rx in &mut rxs {
@@ -609,6 +754,58 @@ mod tests {
             // node_up was not wanted, and nothing else came.
             assert!(rx.recv().await.is_none());
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_node_is_summarised_and_its_end_announced_once_it_keeps_still() {
+        let mut s = settings();
+        s.webhook_urls = vec!["http://127.0.0.1:1/a".into()];
+        s.telegram = None;
+        let d = Arc::new(destinations(&s).unwrap().remove(0));
+        let (events_tx, events_rx) = broadcast::channel(64);
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(dispatch(
+            events_rx,
+            announcer(Vec::new(), "", vec![(d, tx)]),
+        ));
+        for i in 0..8 {
+            let node = "pg1".to_owned();
+            let event = match i % 2 {
+                0 => ClusterEvent::NodeDown {
+                    node,
+                    reason: "refused".into(),
+                },
+                _ => ClusterEvent::NodeUp { node },
+            };
+            events_tx.send(Event::Cluster(event)).unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        let mut kinds = Vec::new();
+        for _ in 0..flap::LIMIT + 1 {
+            kinds.push(json(&rx.recv().await.unwrap())["event"].clone());
+        }
+        assert_eq!(
+            kinds[..flap::LIMIT],
+            ["node_down", "node_up", "node_down", "node_up"]
+        );
+        assert_eq!(kinds[flap::LIMIT], "flapping");
+        // Nothing more while it flaps, then the end, once it has kept still.
+        tokio::time::sleep(flap::WINDOW - Duration::from_secs(20)).await;
+        assert!(rx.try_recv().is_err(), "held back");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let ended = json(&rx.recv().await.unwrap());
+        assert_eq!(ended["event"], "flapping_ended");
+        assert_eq!(ended["node"], "pg1");
+        assert!(
+            ended["message"]
+                .as_str()
+                .unwrap()
+                .contains("3 changes held back"),
+            "{ended}"
+        );
+        drop(events_tx);
+        task.await.unwrap();
+        assert!(rx.recv().await.is_none());
     }
 
     #[tokio::test]
@@ -623,12 +820,12 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(1);
         let task = tokio::spawn(dispatch(
             events_rx,
-            Vec::new(),
-            String::new(),
-            vec![(d, tx)],
+            announcer(Vec::new(), "", vec![(d, tx)]),
         ));
-        events_tx.send(failover()).unwrap();
-        events_tx.send(ClusterEvent::SplitBrainResolved).unwrap();
+        events_tx.send(Event::Cluster(failover())).unwrap();
+        events_tx
+            .send(Event::Cluster(ClusterEvent::SplitBrainResolved))
+            .unwrap();
         drop(events_tx);
         task.await.unwrap();
         assert_eq!(json(&rx.recv().await.unwrap())["event"], "primary_changed");
@@ -669,7 +866,7 @@ mod tests {
                 from: "a".into(),
                 to: "b".into(),
                 without_primary: std::time::Duration::from_secs(3),
-                clients: pgherd_cluster::topology::Outage::default(),
+                clients: pgherd_cluster::Outage::default(),
             },
             ClusterEvent::NoPrimary {
                 without_primary: std::time::Duration::from_secs(10),
@@ -679,7 +876,36 @@ mod tests {
                 primary: "b".into(),
             },
         ];
-        let kinds: Vec<&str> = events.iter().map(ClusterEvent::kind).collect();
+        let proxy = [
+            ProxyEvent::Started {
+                listeners: vec!["127.0.0.1:5432".into()],
+            },
+            ProxyEvent::Draining { clients: 1 },
+            ProxyEvent::Stopped { cut_off: 0 },
+            ProxyEvent::ConfigReloaded {
+                applied: Vec::new(),
+                kept: Vec::new(),
+            },
+            ProxyEvent::PoolSaturated {
+                pool: "db/u@pg0".into(),
+                waiting: 1,
+                size: 1,
+                waited: Duration::from_secs(1),
+            },
+            ProxyEvent::PoolRecovered {
+                pool: "db/u@pg0".into(),
+                saturated: Duration::from_secs(1),
+            },
+            ProxyEvent::ClientLimitReached { limit: 1 },
+            ProxyEvent::LoginFailureBurst {
+                failures: 1,
+                window: Duration::from_secs(60),
+            },
+        ];
+        let kinds: Vec<&str> = (events.into_iter().map(Event::Cluster))
+            .chain(proxy.into_iter().map(Event::Proxy))
+            .map(|e| e.kind())
+            .collect();
         assert_eq!(kinds, pgherd_config::NOTIFY_EVENTS);
     }
 
@@ -708,7 +934,7 @@ mod tests {
         s.instance = "edge".into();
         let (events_tx, events_rx) = broadcast::channel(4);
         let counters = start(&s, events_rx).unwrap();
-        events_tx.send(failover()).unwrap();
+        events_tx.send(Event::Cluster(failover())).unwrap();
         let said = dir.path().join("said");
         for _ in 0..500 {
             if std::fs::read_to_string(&said).is_ok_and(|t| t.ends_with('\n')) {
@@ -759,5 +985,30 @@ mod tests {
         s.exec = vec![vec!["/nonexistent/hook".into()]];
         let tried = send_test(&s, "hello").await.unwrap();
         assert!(tried[0].1.as_ref().unwrap_err().starts_with("refused"));
+    }
+
+    #[tokio::test]
+    async fn finish_waits_for_the_stopped_event_to_be_delivered() {
+        // A slow hook: finish must wait for it, not return at once.
+        let (s, dir) = exec_settings("sleep 0.3; cat >> \"$1\"", "DIR/said");
+        let (events_tx, events_rx) = broadcast::channel(16);
+        let notifications = start(&s, events_rx).unwrap();
+        let stopped = ProxyEvent::Stopped { cut_off: 0 };
+        events_tx.send(Event::Proxy(stopped)).unwrap();
+        notifications.finish(Duration::from_secs(60)).await;
+        let said = std::fs::read_to_string(dir.path().join("said")).unwrap();
+        let body: serde_json::Value = serde_json::from_str(said.trim()).unwrap();
+        assert_eq!(body["event"], "stopped");
+        // Nothing was configured: nothing to wait for.
+        let mut none = settings();
+        (none.webhook_urls, none.telegram) = (Vec::new(), None);
+        let (_tx, rx) = broadcast::channel(1);
+        let idle = start(&none, rx).unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            idle.finish(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
     }
 }

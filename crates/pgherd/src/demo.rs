@@ -71,13 +71,13 @@ async fn serve(cluster: &LocalCluster, port: Option<u16>) -> anyhow::Result<()> 
             Err(e) => last_err = Some(format!("127.0.0.1:{} and {}: {e:#}", p.0, p.1)),
         }
     }
-    let (proxy, admin) = bound.with_context(|| {
+    let started = bound.with_context(|| {
         format!(
             "cannot bind pgherd's port ({})",
             last_err.unwrap_or_default()
         )
     })?;
-    let ports: Vec<u16> = proxy
+    let ports: Vec<u16> = (started.proxy)
         .listen_addrs()?
         .iter()
         .map(|(a, _)| a.port())
@@ -101,7 +101,7 @@ async fn serve(cluster: &LocalCluster, port: Option<u16>) -> anyhow::Result<()> 
     println!(
         "  PGPASSWORD={DEMO_PASSWORD} psql -h 127.0.0.1 -p {port} -U {DEMO_USER} pgbouncer -c 'SHOW POOLS'\n"
     );
-    if let Some(a) = admin {
+    if let Some(a) = started.admin {
         println!("Stats page:    http://{a}/");
         println!("Metrics:       http://{a}/metrics");
         println!("Health:        http://{a}/primary  http://{a}/replica");
@@ -109,6 +109,6 @@ async fn serve(cluster: &LocalCluster, port: Option<u16>) -> anyhow::Result<()> 
     }
     println!("Data and logs: {}", cluster.dir().display());
     println!("Press Ctrl-C to stop.");
-    proxy.run(crate::shutdown_signal()).await;
+    started.serve(crate::shutdown_signal()).await;
     Ok(())
 }

@@ -228,21 +228,36 @@ fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn run(config: pgherd_config::Config, path: PathBuf) -> anyhow::Result<()> {
-    let (proxy, _admin) = start(config).await?;
-    let handle = proxy.handle();
+    let started = start(config).await?;
+    let handle = started.proxy.handle();
     handle.set_config_file(path);
     tokio::spawn(reload_on_sighup(handle.clone()));
     tokio::spawn(pause_on_sigusr(handle));
-    proxy.run(shutdown_signal()).await;
-    tracing::info!("pgherd stopped");
+    started.serve(shutdown_signal()).await;
     Ok(())
 }
 
+/// A pgherd whose sockets are bound, ready to serve.
+pub(crate) struct Started {
+    pub(crate) proxy: pgherd_proxy::Proxy,
+    /// The admin port's address, if it has one.
+    pub(crate) admin: Option<std::net::SocketAddr>,
+    notifications: pgherd_notify::Notifications,
+    notify_timeout: std::time::Duration,
+}
+
+impl Started {
+    /// Serves until `shutdown`, drains, then gives the last notifications
+    /// (`draining`, `stopped`) up to `[notify] timeout` to go out.
+    pub(crate) async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
+        self.proxy.run(shutdown).await;
+        self.notifications.finish(self.notify_timeout).await;
+    }
+}
+
 /// Binds the proxy's listeners and the admin port, and starts the admin
-/// server. Returns the proxy (to run) and the admin address, if any.
-pub(crate) async fn start(
-    config: pgherd_config::Config,
-) -> anyhow::Result<(pgherd_proxy::Proxy, Option<std::net::SocketAddr>)> {
+/// server and the notifications.
+pub(crate) async fn start(config: pgherd_config::Config) -> anyhow::Result<Started> {
     let addr = config.general.listen_addr;
     let admin_addr = config.general.admin_listen_addr;
     let notify = config.notify.clone();
@@ -266,7 +281,7 @@ pub(crate) async fn start(
             let admin = pgherd_admin::Admin::bind(a, proxy.handle())
                 .await
                 .with_context(|| format!("binding the admin port {a}"))?
-                .with_notifications(notifications);
+                .with_notifications(notifications.clone());
             let bound = admin.local_addr()?;
             tracing::info!("admin HTTP (metrics, health, API) on http://{bound}/");
             tokio::spawn(admin.run(std::future::pending()));
@@ -274,7 +289,12 @@ pub(crate) async fn start(
         }
         None => None,
     };
-    Ok((proxy, admin))
+    Ok(Started {
+        proxy,
+        admin,
+        notifications,
+        notify_timeout: notify.timeout,
+    })
 }
 
 /// SIGHUP reloads the config file, as for pgbouncer (errors are logged and

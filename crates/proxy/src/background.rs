@@ -1,14 +1,15 @@
 //! The proxy's background loops: the statistics period, the idle-server
-//! sweep (`server_idle_timeout`, `server_lifetime`, `min_pool_size`), and
-//! the reactions to the cluster changing under the pools (fencing,
-//! role changes, nodes going down).
+//! sweep (`server_idle_timeout`, `server_lifetime`, `min_pool_size`), the
+//! pressure announcements, and the reactions to the cluster changing
+//! under the pools (fencing, role changes, nodes going down).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use pgherd_cluster::ClusterEvent;
+use pgherd_cluster::{ClusterEvent, Event};
 
 use crate::clock::Micros;
+use crate::pressure::{Limits, Pressure, Sample};
 use crate::shared::Shared;
 use crate::stats::{self, Averages, StatsSnapshot};
 use crate::upstream;
@@ -96,6 +97,39 @@ pub(crate) async fn sweep_idle_servers(shared: std::sync::Weak<Shared>) {
     }
 }
 
+/// Every second, announces pressure on pools and logins (see
+/// [`crate::pressure`]).
+pub(crate) async fn announce_pressure(shared: std::sync::Weak<Shared>) {
+    let mut pressure = Pressure::default();
+    let mut ticks = pgherd_timerfd::Sleeper::new();
+    loop {
+        ticks.sleep(std::time::Duration::from_secs(1)).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let config = shared.config();
+        let limits = Limits {
+            saturated_after: config.notify.pool_saturated_after,
+            failure_burst: config.notify.login_failure_burst,
+            max_client_conn: config.general.max_client_conn,
+        };
+        let failures = &shared.logins.failures;
+        let sample = Sample {
+            pools: (shared.pool_rows().into_iter())
+                .map(|p| {
+                    let name = format!("{}/{}@{}", p.database, p.user, p.node);
+                    (name, p.status.waiting, p.status.max_size)
+                })
+                .collect(),
+            auth_failures: failures.auth.load(std::sync::atomic::Ordering::Relaxed),
+            limit_refusals: failures.limit.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        for event in pressure.sample(sample, limits, std::time::Instant::now()) {
+            shared.cluster().publish(event);
+        }
+    }
+}
+
 /// Wakes every session when a node becomes fenced, so one relaying to it
 /// stops at once (see `Cluster::is_fenced`). One watch for the process,
 /// instead of one per transaction.
@@ -133,9 +167,11 @@ pub(crate) async fn drain_on_changes(shared: Arc<Shared>) {
     let mut events = shared.cluster().subscribe();
     loop {
         let node = match events.recv().await {
-            Ok(ClusterEvent::RoleChanged { node, .. })
-            | Ok(ClusterEvent::NodeDown { node, .. })
-            | Ok(ClusterEvent::Fenced { node, .. }) => node,
+            Ok(Event::Cluster(
+                ClusterEvent::RoleChanged { node, .. }
+                | ClusterEvent::NodeDown { node, .. }
+                | ClusterEvent::Fenced { node, .. },
+            )) => node,
             Ok(_) => continue,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

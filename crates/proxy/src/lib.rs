@@ -31,6 +31,7 @@ pub mod clock;
 pub mod counters;
 mod listen;
 mod login;
+mod pressure;
 mod proxy;
 mod registry;
 mod relay;

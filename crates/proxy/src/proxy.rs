@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use pgherd_cluster::{Cluster, Topology};
+use pgherd_cluster::{Cluster, ProxyEvent, Topology};
 use pgherd_config::{Config, Target};
 
 use crate::admin::control::{ControlError, DatabaseState};
@@ -95,6 +95,7 @@ impl Proxy {
         tokio::spawn(background::drain_on_changes(Arc::clone(&shared)));
         tokio::spawn(background::nudge_on_fence(Arc::downgrade(&shared)));
         tokio::spawn(background::sweep_idle_servers(Arc::downgrade(&shared)));
+        tokio::spawn(background::announce_pressure(Arc::downgrade(&shared)));
         tokio::spawn(background::average_stats(
             Arc::downgrade(&shared),
             shared.config().general.stats_period,
@@ -141,10 +142,15 @@ impl Proxy {
     /// may finish their session; after `shutdown_timeout` whoever is left is
     /// cut off when the runtime stops.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let listening = self.listening();
         let mut accepting = tokio::task::JoinSet::new();
         for (listener, target) in self.listeners {
             accepting.spawn(accept(listener, target, Arc::clone(&self.shared)));
         }
+        let cluster = self.shared.cluster().clone();
+        cluster.publish(ProxyEvent::Started {
+            listeners: listening,
+        });
         tokio::select! {
             () = shutdown => {}
             () = self.shared.shutdown_requested.notified() => {
@@ -157,16 +163,25 @@ impl Proxy {
         self.shared.registry.nudge_all();
         accepting.abort_all();
         while accepting.join_next().await.is_some() {}
-        let left = self.shared.clients.load(Ordering::Relaxed);
-        if left > 0 {
-            tracing::info!("shutting down: waiting for {left} clients to finish");
-        }
+        let clients = self.shared.clients.load(Ordering::Relaxed);
+        cluster.publish(ProxyEvent::Draining { clients });
         let deadline = tokio::time::Instant::now() + self.shared.config().general.shutdown_timeout;
         while self.shared.clients.load(Ordering::Relaxed) > 0
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+        let cut_off = self.shared.clients.load(Ordering::Relaxed);
+        cluster.publish(ProxyEvent::Stopped { cut_off });
+    }
+
+    /// Where clients reach this pgherd, for the `started` event.
+    fn listening(&self) -> Vec<String> {
+        let tcp = self.listen_addrs().unwrap_or_default().into_iter();
+        let tcp = tcp.map(|(a, t)| format!("{a} ({})", t.as_str()));
+        let unix = self.unix_sockets().into_iter();
+        let unix = unix.map(|(p, t)| format!("{} ({})", p.display(), t.as_str()));
+        tcp.chain(unix).collect()
     }
 }
 

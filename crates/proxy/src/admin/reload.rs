@@ -12,6 +12,7 @@
 //! parameters, `[notify]` — keeps its running value, and the reload says
 //! which of those differ.
 
+use pgherd_cluster::ProxyEvent;
 use pgherd_config::ConfigError;
 
 use crate::shared::Shared;
@@ -30,20 +31,17 @@ pub enum ReloadError {
 impl Shared {
     pub(crate) fn reload(&self) -> Result<Vec<&'static str>, ReloadError> {
         let path = self.settings.file().ok_or(ReloadError::NoFile)?;
-        let (new, kept) = self.config().reloaded(&path)?;
+        let old = self.config();
+        let (new, kept) = old.reloaded(&path)?;
         // Certificate files are read again (renewed ones take effect); a
         // TLS setting that does not work changes nothing.
         let tls = pgherd_tls::Contexts::new(&new.general)?;
+        let applied = new.changes_since(&old);
         self.settings.replace(new, tls);
-        if kept.is_empty() {
-            tracing::info!("configuration reloaded from {}", path.display());
-        } else {
-            tracing::warn!(
-                "configuration reloaded from {}; changes to {} need a restart and were not applied",
-                path.display(),
-                kept.join(", ")
-            );
-        }
+        self.cluster().publish(ProxyEvent::ConfigReloaded {
+            applied,
+            kept: kept.iter().map(|k| (*k).to_owned()).collect(),
+        });
         Ok(kept)
     }
 }
