@@ -268,6 +268,27 @@ pub async fn http_request(
     (status, body)
 }
 
+/// `GET path` over HTTP/1.0 (so the body is never chunked) from any
+/// server on `addr`; returns the status code and body.
+pub async fn http_get_at(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
 /// Polls `sql` on node `node` of `cluster` until it returns `expected`
 /// (bounded: 30 s, then the test fails).
 pub async fn wait_for_sql(cluster: &TestCluster, node: usize, sql: &str, expected: &str) {
