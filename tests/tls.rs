@@ -639,3 +639,60 @@ async fn required_tls_does_not_apply_on_the_unix_socket() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), Some("28000"), "{e}");
 }
+
+/// `GET path` over HTTPS (a rustls client trusting `ca`): status and body.
+async fn https_get(addr: std::net::SocketAddr, ca: &Path, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(rustls_client(ca, None)));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    // rustls reports the peer closing without close_notify as an error:
+    // what was read before it is the answer.
+    let _ = tls.read_to_end(&mut raw).await;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = raw.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_speaks_https_only_with_admin_tls_files() {
+    let pki = TestPki::new();
+    let pgherd = shared_cluster()
+        .pgherd()
+        .general(&format!(
+            "admin_tls_key_file = \"{}\"",
+            pki.server_key.display()
+        ))
+        .general(&format!(
+            "admin_tls_cert_file = \"{}\"",
+            pki.server_cert.display()
+        ))
+        .start()
+        .await;
+    pgherd.wait_settled(0).await;
+    let admin = pgherd.admin_addr.unwrap();
+    let (status, body) = https_get(admin, &pki.ca_cert, "/health").await;
+    assert_eq!((status, body.trim()), (200, "OK: pgherd is serving"));
+    let (status, metrics) = https_get(admin, &pki.ca_cert, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("pgherd_primary_known 1"), "{metrics}");
+    // Plain HTTP gets no answer: the port speaks TLS only.
+    let plain = http_get_at(admin, "/health").await;
+    assert!(
+        !matches!(plain, Ok((200, _))),
+        "plain HTTP was answered: {plain:?}"
+    );
+    // A client that trusts another CA does not get through.
+    let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let rogue = tokio_rustls::TlsConnector::from(Arc::new(rustls_client(&pki.rogue_ca_cert, None)));
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    assert!(rogue.connect(name, tcp).await.is_err());
+    // Clients are still served.
+    let app = pgherd.connect("app", APP_PASSWORD, "app").await.unwrap();
+    assert_eq!(simple_value(&app, "SELECT 1").await, "1");
+}

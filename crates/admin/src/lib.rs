@@ -18,6 +18,10 @@
 //!   the admin console's commands, through the same [`ProxyHandle`] calls.
 //!
 //! Reads only take [`ProxyHandle`] snapshots; nothing reaches into sessions.
+//!
+//! With `admin_tls_key_file` and `admin_tls_cert_file` the port speaks
+//! HTTPS only (rustls, the client side's TLS versions), so basic auth's
+//! passwords and the client list never cross the network in the clear.
 #![forbid(unsafe_code)]
 
 mod api;
@@ -43,9 +47,14 @@ use tokio::net::TcpListener;
 #[derive(Debug)]
 pub struct Admin {
     listener: TcpListener,
+    /// HTTPS, when configured.
+    tls: Option<pgherd_tls::ClientTls>,
     proxy: ProxyHandle,
     sources: Sources,
 }
+
+/// How long a client has for the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the admin port shows besides the proxy's own state.
 #[derive(Debug, Clone, Default)]
@@ -56,8 +65,15 @@ struct Sources {
 
 impl Admin {
     pub async fn bind(addr: SocketAddr, proxy: ProxyHandle) -> std::io::Result<Admin> {
+        let tls = match proxy.config().general.admin_tls() {
+            Some(settings) => Some(pgherd_tls::ClientTls::new(&settings).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("admin TLS: {e}"))
+            })?),
+            None => None,
+        };
         let events = events::EventLog::record(proxy.cluster());
         Ok(Admin {
+            tls,
             // With so_reuseport, a new pgherd's admin port starts beside
             // the old one's, as its client ports do.
             listener: {
@@ -82,6 +98,14 @@ impl Admin {
         self.listener.local_addr()
     }
 
+    /// `https` or `http`, for the address pgherd logs.
+    pub fn scheme(&self) -> &'static str {
+        match self.tls {
+            Some(_) => "https",
+            None => "http",
+        }
+    }
+
     /// Serves requests until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -97,20 +121,35 @@ impl Admin {
                 },
                 () = &mut shutdown => return,
             };
-            let proxy = self.proxy.clone();
-            let sources = self.sources.clone();
+            let (proxy, sources) = (self.proxy.clone(), self.sources.clone());
+            let Some(tls) = self.tls.clone() else {
+                tokio::spawn(serve(stream, proxy, sources));
+                continue;
+            };
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let proxy = proxy.clone();
-                    let sources = sources.clone();
-                    async move { Ok::<_, Infallible>(route(&proxy, &sources, &req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve(stream, proxy, sources).await,
+                    Ok(Err(e)) => tracing::debug!("admin TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!("admin TLS handshake not done in time"),
+                }
             });
         }
     }
+}
+
+/// Answers the requests of one connection.
+async fn serve<S>(stream: S, proxy: ProxyHandle, sources: Sources)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let proxy = proxy.clone();
+        let sources = sources.clone();
+        async move { Ok::<_, Infallible>(route(&proxy, &sources, &req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// A response with a body and content type.

@@ -590,6 +590,26 @@ mod tests {
     }
 
     #[test]
+    fn admin_https_needs_both_files_and_uses_the_client_sides_versions() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert!(c.general.admin_tls().is_none(), "plain HTTP by default");
+        let both = MINIMAL.replace(
+            "probe_user = \"pgherd\"",
+            "probe_user = \"pgherd\"\nadmin_tls_key_file = \"k.pem\"\n\
+             admin_tls_cert_file = \"c.pem\"\nclient_tls_protocols = \"tlsv1.3\"",
+        );
+        let tls = Config::parse(&both).unwrap().general.admin_tls().unwrap();
+        assert_eq!(tls.key_file.unwrap(), std::path::PathBuf::from("k.pem"));
+        assert!(tls.protocols.tls13 && !tls.protocols.tls12);
+        let one = MINIMAL.replace(
+            "probe_user = \"pgherd\"",
+            "probe_user = \"pgherd\"\nadmin_tls_cert_file = \"c.pem\"",
+        );
+        let e = Config::parse(&one).unwrap_err().to_string();
+        assert!(e.contains("admin_tls_key_file"), "{e}");
+    }
+
+    #[test]
     fn pressure_announcements_have_thresholds_that_zero_turns_off() {
         let c = Config::parse(MINIMAL).unwrap();
         assert_eq!(c.notify.pool_saturated_after, Some(Duration::from_secs(10)));

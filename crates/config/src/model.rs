@@ -260,6 +260,19 @@ impl General {
         }
     }
 
+    /// HTTPS on the admin port, when its key and certificate are set: the
+    /// client side's TLS versions, no client certificates (basic auth
+    /// says who is asking).
+    pub fn admin_tls(&self) -> Option<Tls> {
+        Some(Tls {
+            sslmode: SslMode::Require,
+            key_file: Some(self.admin_tls_key_file.clone()?),
+            cert_file: Some(self.admin_tls_cert_file.clone()?),
+            ca_file: None,
+            protocols: self.client_tls_protocols,
+        })
+    }
+
     /// TLS towards PostgreSQL (`server_tls_*`): sessions, probes, auth_query.
     pub fn server_tls(&self) -> Tls {
         Tls {

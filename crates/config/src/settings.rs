@@ -351,6 +351,10 @@ settings! {
     stats_users: Vec<String> => Vec<String> = Vec::<String>::new(), Applies, as_is;
     /// What of the admin HTTP port asks for basic auth: `control`, `private` or `all`.
     admin_auth: AdminAuth => AdminAuth = AdminAuth::Private, Applies, as_is;
+    /// HTTPS on the admin port: its private key (with admin_tls_cert_file).
+    admin_tls_key_file: Option<String> => Option<PathBuf> = None::<String>, NeedsRestart, path;
+    /// HTTPS on the admin port: its certificate chain.
+    admin_tls_cert_file: Option<String> => Option<PathBuf> = None::<String>, NeedsRestart, path;
     /// Where pgherd remembers the highest timeline it has seen (fencing across restarts).
     state_file: Option<String> => Option<PathBuf> = None::<String>, NeedsRestart, path;
     /// TLS towards clients: disable, allow, prefer, require, verify-ca, verify-full.

@@ -145,6 +145,12 @@ impl File {
         let general = self.pgherd.check()?;
         tls_side("client", &general.client_tls())?;
         tls_side("server", &general.server_tls())?;
+        if general.admin_tls_key_file.is_some() != general.admin_tls_cert_file.is_some() {
+            return Err(invalid(
+                "pgherd.admin_tls_key_file",
+                "set both admin_tls_key_file and admin_tls_cert_file, or neither",
+            ));
+        }
 
         if self.nodes.is_empty() {
             return Err(invalid(

@@ -283,7 +283,8 @@ pub(crate) async fn start(config: pgherd_config::Config) -> anyhow::Result<Start
                 .with_context(|| format!("binding the admin port {a}"))?
                 .with_notifications(notifications.clone());
             let bound = admin.local_addr()?;
-            tracing::info!("admin HTTP (metrics, health, API) on http://{bound}/");
+            let scheme = admin.scheme();
+            tracing::info!("admin HTTP (metrics, health, API) on {scheme}://{bound}/");
             tokio::spawn(admin.run(std::future::pending()));
             Some(bound)
         }
