@@ -1,7 +1,9 @@
 //! Protocol edge cases a real server cannot be made to produce, from a
 //! scripted server in front of a real node (testkit's `ScriptedServer`):
 //! the client whose server broke gets a clear error, and pgherd keeps
-//! serving everyone else with no server connection left behind.
+//! serving everyone else with no server connection left behind. And the
+//! probes of older PostgreSQL releases, from a scripted server that gives
+//! the answers such a server gives.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -98,4 +100,101 @@ async fn a_server_that_closes_between_messages_gets_its_client_08006() {
     assert_eq!(sqlstate(&err), Some("08006"), "{err}");
     assert!(message(&err).contains("was lost"), "{err}");
     still_serving(&pgherd).await;
+}
+
+/// A one-column, one-row answer to a simple query, with its tag.
+fn one_value(column: &str, value: &str, tag: &str) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    backend::row_description(&mut out, &[(column, 25)]);
+    backend::data_row(&mut out, [Some(value)].into_iter());
+    backend::command_complete(&mut out, tag);
+    backend::ready_for_query(&mut out, backend::TxStatus::Idle);
+    out.to_vec()
+}
+
+/// A server that says it is `version` (`server_version_num`) and answers
+/// the 9.6 probe with `row`.
+async fn posing_as(version: &str, row: [Option<&str>; 8]) -> ScriptedServer {
+    let mut probe = bytes::BytesMut::new();
+    let columns = [
+        "pg_is_in_recovery",
+        "current",
+        "received",
+        "replayed",
+        "age",
+        "timeline",
+        "status",
+        "system_identifier",
+    ];
+    backend::row_description(&mut probe, &columns.map(|c| (c, 25)));
+    backend::data_row(&mut probe, row.into_iter());
+    backend::command_complete(&mut probe, "SELECT 1");
+    backend::ready_for_query(&mut probe, backend::TxStatus::Idle);
+    let scripts = vec![
+        Script {
+            trigger: "SHOW server_version_num",
+            reply: one_value("server_version_num", version, "SHOW"),
+            then_close: false,
+        },
+        Script {
+            trigger: "/* pgherd probe, PostgreSQL 9.6 */",
+            reply: probe.to_vec(),
+            then_close: false,
+        },
+    ];
+    ScriptedServer::start(shared_cluster().pg.node(0).port, scripts).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_96_primary_is_probed_with_its_xlog_functions() {
+    // A 9.6 primary's answer: on timeline 1, 384 MiB of WAL written.
+    let row = [
+        Some("f"),
+        Some("402653280"),
+        None,
+        None,
+        None,
+        Some("1"),
+        None,
+        Some("6812341598721384925"),
+    ];
+    let server = posing_as("90624", row).await;
+    let pgherd = shared_cluster()
+        .pgherd()
+        .nodes(&[0])
+        .node_port(0, server.port)
+        .start()
+        .await;
+    pgherd.wait_settled(0).await;
+    let node = &pgherd.handle.topology().nodes[0];
+    let sample = node.last_sample.clone().unwrap();
+    assert_eq!(
+        (sample.current_lsn, sample.system_identifier),
+        (Some(402_653_280), Some(6_812_341_598_721_384_925)),
+        "the recorded 9.6 answer, not the real server's"
+    );
+    // Writes go to it.
+    let app = pgherd.connect("app", APP_PASSWORD, "app").await.unwrap();
+    assert_eq!(simple_value(&app, "SELECT pg_is_in_recovery()").await, "f");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_older_than_96_is_named_with_its_version_not_merely_down() {
+    let server = posing_as("90525", [None; 8]).await;
+    let pgherd = shared_cluster()
+        .pgherd()
+        .node_port(0, server.port)
+        .start()
+        .await;
+    pgherd
+        .wait_topology("node 0 refused for its version", |t| {
+            t.nodes[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("PostgreSQL 9.5.25") && e.contains("9.6 or later"))
+        })
+        .await;
+    let (_, nodes) = http_get(&pgherd, "/api/v1/nodes").await;
+    assert!(nodes.contains("PostgreSQL 9.5.25"), "{nodes}");
+    assert!(!pgherd.handle.topology().nodes[0].up);
 }

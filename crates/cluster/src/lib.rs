@@ -3,7 +3,8 @@
 //! the classic setup, done by pgherd itself with SQL.
 //!
 //! One task per node keeps a probe connection (tokio-postgres, as the probe
-//! user) and runs [`probe::PROBE_SQL`] every `probe_interval`, bounded by
+//! user) and runs the probe its server's version needs ([`probe::PROBE_SQL`],
+//! or [`probe::PROBE_SQL_96`] on 9.6) every `probe_interval`, bounded by
 //! `probe_timeout` (a hung node counts as a failed probe). Results go to one
 //! evaluator task that owns the [`topology::Evaluator`], publishes each new
 //! [`Topology`] on a `watch` channel (sessions read it without locks on the

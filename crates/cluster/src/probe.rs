@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use pgherd_config::{Node, Probe};
 use tokio::sync::{mpsc, Notify};
 
-/// One query answers everything pgherd needs about a node (PostgreSQL 10+):
-/// its role, WAL positions, replay delay, timeline and WAL receiver state.
-/// The timeline of a primary comes from the name of the WAL file it writes,
-/// which changes the moment it is promoted. The system identifier tells
-/// which cluster a timeline belongs to (see `state`).
+/// One query answers everything pgherd needs about a node (PostgreSQL 10
+/// and later): its role, WAL positions, replay delay, timeline and WAL
+/// receiver state. The timeline of a primary comes from the name of the
+/// WAL file it writes, which changes the moment it is promoted. The system
+/// identifier tells which cluster a timeline belongs to (see `state`).
 pub const PROBE_SQL: &str = "\
 SELECT pg_is_in_recovery(),
   CASE WHEN pg_is_in_recovery() THEN NULL
@@ -26,6 +26,51 @@ SELECT pg_is_in_recovery(),
        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int4 END,
   (SELECT status FROM pg_stat_wal_receiver),
   (SELECT system_identifier FROM pg_control_system())";
+
+/// The same for PostgreSQL 9.6, which calls WAL "xlog" and an LSN a
+/// "location" (`pg_last_xlog_replay_location` and friends); the WAL
+/// receiver view and the control-file functions are already there.
+pub const PROBE_SQL_96: &str = "\
+/* pgherd probe, PostgreSQL 9.6 */ SELECT pg_is_in_recovery(),
+  CASE WHEN pg_is_in_recovery() THEN NULL
+       ELSE pg_xlog_location_diff(pg_current_xlog_location(), '0/0')::int8 END,
+  pg_xlog_location_diff(pg_last_xlog_receive_location(), '0/0')::int8,
+  pg_xlog_location_diff(pg_last_xlog_replay_location(), '0/0')::int8,
+  CASE WHEN pg_is_in_recovery()
+       THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,
+  CASE WHEN pg_is_in_recovery()
+       THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
+                     (SELECT timeline_id FROM pg_control_checkpoint()))
+       ELSE ('x' || substr(pg_xlogfile_name(pg_current_xlog_location()), 1, 8))::bit(32)::int4 END,
+  (SELECT status FROM pg_stat_wal_receiver),
+  (SELECT system_identifier FROM pg_control_system())";
+
+/// The oldest PostgreSQL the probes know (`server_version_num`): 9.6
+/// brought `pg_stat_wal_receiver` and `pg_control_system()`, without which
+/// a standby's timeline and the cluster's identity cannot be read.
+pub const OLDEST_SUPPORTED: u32 = 90600;
+
+/// The probe for a server of `server_version_num` `version`, or why there
+/// is none.
+pub fn probe_sql(version: u32) -> Result<&'static str, String> {
+    match version {
+        v if v >= 100_000 => Ok(PROBE_SQL),
+        v if v >= OLDEST_SUPPORTED => Ok(PROBE_SQL_96),
+        v => Err(format!(
+            "runs PostgreSQL {}, which pgherd does not support: its probes need 9.6 or later",
+            version_name(v)
+        )),
+    }
+}
+
+/// `90624` → `9.6.24`, `150004` → `15.4`.
+fn version_name(v: u32) -> String {
+    if v >= 100_000 {
+        format!("{}.{}", v / 10_000, v % 10_000)
+    } else {
+        format!("{}.{}.{}", v / 10_000, v / 100 % 100, v % 100)
+    }
+}
 
 /// Where and as whom to probe.
 #[derive(Debug, Clone)]
@@ -56,10 +101,10 @@ impl ProbeTarget {
     }
 }
 
-/// A connected probe session with its prepared statement.
+/// A connected probe session and the probe its server's version needs.
 struct Session {
     client: tokio_postgres::Client,
-    statement: tokio_postgres::Statement,
+    sql: &'static str,
 }
 
 /// When probes run: shared by every node's probe task and the evaluator.
@@ -153,33 +198,81 @@ async fn probe_once(
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let statement = client.prepare(PROBE_SQL).await.map_err(|e| describe(&e))?;
-        *session = Some(Session { client, statement });
+        let version = first_value(&client, "SHOW server_version_num").await?;
+        let version = version
+            .parse()
+            .map_err(|_| format!("server_version_num {version:?} is not a number"))?;
+        let sql = probe_sql(version)?;
+        *session = Some(Session { client, sql });
     }
     let Some(s) = session.as_ref() else {
         return Err("no probe session".into());
     };
-    let row = s
+    // The simple protocol: one round trip, and answers in text, which the
+    // probe reads the same from every version.
+    let messages = s
         .client
-        .query_one(&s.statement, &[])
+        .simple_query(s.sql)
         .await
         .map_err(|e| describe(&e))?;
-    let lsn = |i: usize| -> Result<Option<u64>, String> {
-        let v: Option<i64> = row.try_get(i).map_err(|e| e.to_string())?;
-        Ok(v.map(|v| v.max(0) as u64))
+    let row = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .ok_or("the probe returned no row")?;
+    let columns: Vec<Option<&str>> = (0..row.len()).map(|i| row.get(i)).collect();
+    sample(&columns)
+}
+
+/// The first column of the first row `sql` returns.
+async fn first_value(client: &tokio_postgres::Client, sql: &str) -> Result<String, String> {
+    let messages = client.simple_query(sql).await.map_err(|e| describe(&e))?;
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .ok_or_else(|| format!("{sql}: no answer"))
+}
+
+/// A probe's answer, its eight columns as text (NULL: `None`).
+fn sample(columns: &[Option<&str>]) -> Result<crate::ProbeSample, String> {
+    let [in_recovery, current, received, replayed, age, timeline, receiver, system] = columns
+    else {
+        return Err(format!(
+            "the probe returned {} columns, not 8",
+            columns.len()
+        ));
     };
-    let timeline: Option<i32> = row.try_get(5).map_err(|e| e.to_string())?;
-    // An unsigned 64-bit number that PostgreSQL shows as int8.
-    let system_identifier: Option<i64> = row.try_get(7).map_err(|e| e.to_string())?;
+    fn parse<T: std::str::FromStr>(column: &Option<&str>, what: &str) -> Result<Option<T>, String> {
+        column
+            .map(|text| {
+                text.parse()
+                    .map_err(|_| format!("the probe's {what} is {text:?}"))
+            })
+            .transpose()
+    }
+    let lsn = |column, what| -> Result<Option<u64>, String> {
+        Ok(parse::<i64>(column, what)?.map(|v| v.max(0) as u64))
+    };
+    let in_recovery = match *in_recovery {
+        Some("t") => true,
+        Some("f") => false,
+        other => return Err(format!("pg_is_in_recovery() is {other:?}")),
+    };
     Ok(crate::ProbeSample {
-        in_recovery: row.try_get(0).map_err(|e| e.to_string())?,
-        current_lsn: lsn(1)?,
-        receive_lsn: lsn(2)?,
-        replay_lsn: lsn(3)?,
-        replay_age: row.try_get(4).map_err(|e| e.to_string())?,
-        timeline: timeline.map(|t| t.max(0) as u32),
-        wal_receiver: row.try_get(6).map_err(|e| e.to_string())?,
-        system_identifier: system_identifier.map(|id| id as u64),
+        in_recovery,
+        current_lsn: lsn(current, "current WAL position")?,
+        receive_lsn: lsn(received, "received WAL position")?,
+        replay_lsn: lsn(replayed, "replayed WAL position")?,
+        replay_age: parse(age, "replay age")?,
+        timeline: parse::<i32>(timeline, "timeline")?.map(|t| t.max(0) as u32),
+        wal_receiver: receiver.map(str::to_owned),
+        // An unsigned 64-bit number that PostgreSQL shows as int8.
+        system_identifier: parse::<i64>(system, "system identifier")?.map(|id| id as u64),
         duration: Duration::ZERO,
         started: None,
     })
@@ -196,17 +289,8 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A server's refusal of the probe, as a node's reason for being down. The
-/// probe's WAL functions came with PostgreSQL 10 (`pg_last_wal_replay_lsn`
-/// and friends; 9.6 has `..._xlog_...`): an older server says so here,
-/// instead of looking merely down.
+/// A server's refusal of the probe, as a node's reason for being down.
 fn db_reason(code: &str, message: &str) -> String {
-    // undefined_function
-    if code == "42883" && message.contains("_wal_") {
-        return format!(
-            "{code}: {message} (this node runs PostgreSQL 9.6 or older; pgherd's probes need 10 or later)"
-        );
-    }
     format!("{code}: {message}")
 }
 
@@ -215,16 +299,81 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_server_older_than_10_is_named_as_such() {
-        let old = db_reason("42883", "function pg_last_wal_replay_lsn() does not exist");
+    fn each_supported_version_gets_its_probe_and_older_ones_a_reason() {
+        assert_eq!(probe_sql(180_000), Ok(PROBE_SQL));
+        assert_eq!(probe_sql(100_000), Ok(PROBE_SQL));
+        assert_eq!(probe_sql(90_624), Ok(PROBE_SQL_96));
         assert!(
-            old.contains("9.6 or older") && old.contains("10 or later"),
+            PROBE_SQL_96.contains("pg_last_xlog_replay_location")
+                && !PROBE_SQL_96.contains("_wal_lsn")
+        );
+        let old = probe_sql(90_525).unwrap_err();
+        assert!(
+            old.contains("PostgreSQL 9.5.25") && old.contains("9.6 or later"),
             "{old}"
         );
-        let other = db_reason("28P01", "password authentication failed for user \"p\"");
+        assert_eq!(version_name(150_004), "15.4");
+    }
+
+    /// Answers as a PostgreSQL 9.6 primary and standby give them (text
+    /// values, as the simple protocol carries them; the 9.6 functions
+    /// return the same types as their 10 counterparts).
+    #[test]
+    fn a_96_primarys_and_standbys_answers_read_as_samples() {
+        let primary = sample(&[
+            Some("f"),
+            Some("402653280"),
+            None,
+            None,
+            None,
+            Some("3"),
+            None,
+            Some("6812341598721384925"),
+        ])
+        .unwrap();
+        assert!(!primary.in_recovery);
+        assert_eq!(primary.current_lsn, Some(402_653_280));
+        assert_eq!(primary.timeline, Some(3));
+        assert_eq!(primary.system_identifier, Some(6_812_341_598_721_384_925));
+        let standby = sample(&[
+            Some("t"),
+            None,
+            Some("402653280"),
+            Some("402653168"),
+            Some("0.412345"),
+            Some("3"),
+            Some("streaming"),
+            Some("6812341598721384925"),
+        ])
+        .unwrap();
+        assert!(standby.in_recovery);
         assert_eq!(
-            other,
-            "28P01: password authentication failed for user \"p\""
+            (standby.receive_lsn, standby.replay_lsn),
+            (Some(402_653_280), Some(402_653_168))
         );
+        assert_eq!(standby.replay_age, Some(0.412345));
+        assert_eq!(standby.wal_receiver.as_deref(), Some("streaming"));
+        // A system identifier above i64::MAX comes back as its int8 text.
+        let high = sample(&[
+            Some("f"),
+            Some("1"),
+            None,
+            None,
+            None,
+            Some("1"),
+            None,
+            Some("-1"),
+        ])
+        .unwrap();
+        assert_eq!(high.system_identifier, Some(u64::MAX));
+    }
+
+    #[test]
+    fn a_malformed_answer_is_a_failed_probe_not_a_guess() {
+        assert!(sample(&[Some("t")]).unwrap_err().contains("1 columns"));
+        let bad = [Some("maybe"), None, None, None, None, None, None, None];
+        assert!(sample(&bad).unwrap_err().contains("pg_is_in_recovery"));
+        let bad = [Some("f"), Some("x"), None, None, None, None, None, None];
+        assert!(sample(&bad).unwrap_err().contains("current WAL position"));
     }
 }
