@@ -176,9 +176,16 @@ impl RawClient {
     /// Logs in as `app` with SCRAM; returns the messages after AuthenticationOk
     /// up to and including ReadyForQuery.
     pub async fn login_app(&mut self) -> Vec<pgherd_wire::Frame> {
+        self.login_app_with(&[]).await
+    }
+
+    /// [`RawClient::login_app`] with more startup parameters.
+    pub async fn login_app_with(&mut self, more: &[(&str, &str)]) -> Vec<pgherd_wire::Frame> {
         use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
         use postgres_protocol::message::frontend;
-        self.startup(&[("user", "app"), ("database", "app")]).await;
+        let mut params = vec![("user", "app"), ("database", "app")];
+        params.extend_from_slice(more);
+        self.startup(&params).await;
         let mut scram = ScramSha256::new(APP_PASSWORD.as_bytes(), ChannelBinding::unsupported());
         let mut after_ok = Vec::new();
         let mut authenticated = false;

@@ -497,3 +497,60 @@ async fn transaction_and_query_times_are_counted_in_session_mode() {
         "total_query_time {query} µs, total_xact_time {xact} µs"
     );
 }
+
+/// PostgreSQL's notice for an application_name past 63 bytes (NAMEDATALEN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_notices_reach_the_client_in_both_modes() {
+    let long = "a".repeat(70);
+    for mode in ["session", "transaction"] {
+        let pgherd = shared_cluster()
+            .pgherd()
+            .general(&format!("pool_mode = \"{mode}\""))
+            .start()
+            .await;
+        let mut raw = RawClient::connect(&pgherd).await;
+        let welcome = raw.login_app_with(&[("application_name", &long)]).await;
+        let notices: Vec<_> = welcome
+            .iter()
+            .filter(|f| f.tag == pgherd_wire::backend::NOTICE_RESPONSE)
+            .map(|f| pgherd_wire::backend::ErrorFields::parse(&f.body).unwrap())
+            .collect();
+        assert_eq!(notices.len(), 1, "{mode}: {notices:?}");
+        assert_eq!(notices[0].code, "42622", "{mode}: name_too_long");
+        assert!(
+            notices[0].message.contains("will be truncated to"),
+            "{mode}: {}",
+            notices[0].message
+        );
+        let client = pgherd.app_named(&long).await;
+        let shown = simple_value(&client, "SHOW application_name").await;
+        assert_eq!(shown, "a".repeat(63), "{mode}");
+    }
+}
+
+/// A message type no client may send once logged in: PostgreSQL's FATAL
+/// 08P01, in both modes (in session mode the server itself says it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_message_type_after_login_is_a_protocol_violation() {
+    for mode in ["session", "transaction"] {
+        let pgherd = shared_cluster()
+            .pgherd()
+            .general(&format!("pool_mode = \"{mode}\""))
+            .start()
+            .await;
+        let mut raw = RawClient::connect(&pgherd).await;
+        raw.login_app().await;
+        raw.send(&[b'Y', 0, 0, 0, 4]).await;
+        let fatal = raw.expect_error().await;
+        assert_eq!(
+            (fatal.severity.as_str(), fatal.code.as_str()),
+            ("FATAL", "08P01"),
+            "{mode}"
+        );
+        assert_eq!(fatal.message, "invalid frontend message type 89", "{mode}");
+        assert!(raw.closed().await);
+        // Everyone else is served.
+        let other = pgherd.app().await;
+        assert_eq!(simple_value(&other, "SELECT 1").await, "1");
+    }
+}

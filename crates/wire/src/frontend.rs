@@ -35,6 +35,28 @@ pub const COPY_DONE: u8 = b'c';
 /// `CopyFail` from the client.
 pub const COPY_FAIL: u8 = b'f';
 
+/// Whether a client may send a message of this type once logged in
+/// (PostgreSQL's `postgres.c` answers any other with FATAL 08P01 "invalid
+/// frontend message type").
+pub fn is_session_message(tag: u8) -> bool {
+    matches!(
+        tag,
+        QUERY
+            | FUNCTION_CALL
+            | PARSE
+            | BIND
+            | DESCRIBE
+            | EXECUTE
+            | CLOSE
+            | SYNC
+            | FLUSH
+            | COPY_DATA
+            | COPY_DONE
+            | COPY_FAIL
+            | TERMINATE
+    )
+}
+
 /// A `Parse` body: the statement's name (empty for the unnamed statement)
 /// and its definition, the query text with its NUL and the parameter types
 /// exactly as sent, so a rewrite can forward them without re-encoding.

@@ -157,6 +157,7 @@ pub(super) async fn start(
     // Welcomed by a standby for the primary: the client's transactions will
     // run on the primary, so it must not be told it reached a hot standby.
     let as_primary = upstream.want() == Want::Primary && server.is_standby();
+    let mut notices = server.login_notices.clone();
     if tracking {
         // What the client did not set, it gets the server's defaults of.
         for index in 0..shared.tracked.len() {
@@ -167,7 +168,9 @@ pub(super) async fn start(
             }
         }
         // Usually equal to the server's: then this shares their values.
-        sync_params(shared, &mut client_params, server).await?;
+        // What the server says of the client's values (a truncated
+        // application_name), the client hears as it would at login.
+        notices.extend(sync_params(shared, &mut client_params, server).await?);
     }
     let cancel = shared.cancels.register(
         match mode {
@@ -176,7 +179,8 @@ pub(super) async fn start(
         },
         CancelRoute::Client(Arc::clone(&me.info)),
     );
-    if let Err(e) = welcome(client, server, (cancel.pid, cancel.secret), as_primary).await {
+    let key = (cancel.pid, cancel.secret);
+    if let Err(e) = welcome(client, server, (key, &notices), as_primary).await {
         shared.cancels.unregister(&cancel);
         return Err(e);
     }

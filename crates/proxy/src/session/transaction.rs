@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
+use bytes::Bytes;
 use pgherd_config::{Balance, PoolMode, Target};
 use pgherd_pool::Guard;
 use pgherd_wire::backend::ErrorFields;
@@ -331,6 +332,8 @@ impl Session {
             let _node_lease = leastconn.then(|| shared.servers.routing.lease(server.node));
             let stats = &upstream.entry(&shared.servers, server.node).stats;
             if let Some(params) = self.params.as_mut() {
+                // What the server says of them now is not news: the
+                // client heard it when it set them.
                 sync_params(shared, params, server).await?;
             }
             let until = match mode {
@@ -561,13 +564,14 @@ pub(super) async fn read_request(
 
 /// Transaction mode: gives `server` the client's session parameters where
 /// its own differ (nothing to do, and no allocation, in the steady state).
+/// Returns the notices the server sent about them.
 pub(super) async fn sync_params(
     shared: &Shared,
     params: &mut ClientParams,
     server: &mut ServerConn,
-) -> Result<(), ErrorFields> {
+) -> Result<Vec<Bytes>, ErrorFields> {
     let Some(query) = params.differences(&mut server.params.tracked, &shared.tracked) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     // Only now (a parameter differs) is the exchange's state allocated.
     Box::pin(apply_params(shared, params, server, query)).await
@@ -578,12 +582,12 @@ pub(super) async fn apply_params(
     params: &mut ClientParams,
     server: &mut ServerConn,
     query: String,
-) -> Result<(), ErrorFields> {
+) -> Result<Vec<Bytes>, ErrorFields> {
     let timeout = shared.config().general.server_connect_timeout;
     match server.apply(&query, params, timeout).await {
-        Ok(()) => {
+        Ok(notices) => {
             params.adopt(&mut server.params.tracked);
-            Ok(())
+            Ok(notices)
         }
         // A value the server refuses (a bad TimeZone in the startup packet):
         // as a direct connection would, the server says why and ends it.
@@ -624,7 +628,16 @@ pub(super) fn wait_for_request<'a>(
     std::future::poll_fn(move |cx| loop {
         match pgherd_wire::frame::parse_header(&client.buf, max_packet_size) {
             Ok(Some((frontend::TERMINATE, _))) => return Poll::Ready(Ok(false)),
-            Ok(Some(_)) => return Poll::Ready(Ok(true)),
+            Ok(Some((tag, _))) if frontend::is_session_message(tag) => {
+                return Poll::Ready(Ok(true))
+            }
+            // What PostgreSQL answers (no server is taken for it).
+            Ok(Some((tag, _))) => {
+                return Poll::Ready(Err(ErrorFields::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid frontend message type {tag}"),
+                )))
+            }
             Ok(None) => {}
             Err(e) => {
                 return Poll::Ready(Err(ErrorFields::fatal(
@@ -784,6 +797,14 @@ mod tests {
         assert!(!wait_for_request(&mut client, limits, (&me.info, &going))
             .await
             .unwrap());
+
+        // A type no client may send once logged in: PostgreSQL's answer.
+        let (mut client, mut app) = idle_client().await;
+        app.write_all(&[b'Y', 0, 0, 0, 4]).await.unwrap();
+        let refused = wait_for_request(&mut client, limits, (&me.info, &going)).await;
+        let fatal = refused.unwrap_err();
+        assert_eq!(fatal.code, sqlstate::PROTOCOL_VIOLATION);
+        assert_eq!(fatal.message, "invalid frontend message type 89");
     }
 
     /// `wait` or a failed test: under paused time a wait that never ends

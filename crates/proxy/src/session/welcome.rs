@@ -1,23 +1,28 @@
 //! The client's welcome: what a server sends after AuthenticationOk.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pgherd_wire::backend::{self, ErrorFields, TxStatus};
+use pgherd_wire::frame::put_message;
 use pgherd_wire::sqlstate;
 
 use crate::login::Client;
 use crate::upstream::server::ServerConn;
 
-/// Sends the client what a server sends after AuthenticationOk: every
-/// ParameterStatus (the server's own values; `in_hot_standby` off when a
-/// standby welcomes a client `as_primary`), BackendKeyData with the
-/// client's cancel key, and ReadyForQuery.
+/// Sends the client what a server sends after AuthenticationOk: the
+/// server's `notices` (NoticeResponse bodies), every ParameterStatus (the
+/// server's own values; `in_hot_standby` off when a standby welcomes a
+/// client `as_primary`), BackendKeyData with the client's cancel key, and
+/// ReadyForQuery.
 pub(super) async fn welcome(
     client: &mut Client,
     server: &ServerConn,
-    (pid, secret): (i32, [u8; 4]),
+    ((pid, secret), notices): ((i32, [u8; 4]), &[Bytes]),
     as_primary: bool,
 ) -> Result<(), ErrorFields> {
     let mut out = BytesMut::with_capacity(512);
+    for notice in notices {
+        put_message(&mut out, backend::NOTICE_RESPONSE, &[notice]);
+    }
     for (k, v) in server.params.reported() {
         let v = if as_primary && k == "in_hot_standby" {
             "off"

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pgherd_auth::{ScramKeysClient, ScramVerifier, Secret};
 use pgherd_config::TcpOptions;
 use pgherd_tls::{ServerTls, Stream};
@@ -119,6 +119,10 @@ pub struct ServerConn {
     pub(crate) permits: Permits,
     /// Its entry in the admin console's list, while it is open.
     pub(crate) registered: Option<crate::registry::Registered<crate::registry::ServerInfo>>,
+    /// NoticeResponse bodies the server sent during login: every client
+    /// welcomed by it gets them, as one connecting directly with the same
+    /// startup parameters would (a truncated identifier, a deprecation).
+    pub(crate) login_notices: Vec<Bytes>,
 }
 
 impl ServerConn {
@@ -182,6 +186,7 @@ impl ServerConn {
             idle_since: Micros::now(),
             permits: Vec::new(),
             registered: None,
+            login_notices: Vec::new(),
         };
         conn.login(credential).await?;
         conn.initial_params = conn.params.clone();
@@ -235,8 +240,8 @@ impl ServerConn {
                 }
                 backend::ERROR_RESPONSE => return Err(rejected(&frame)),
                 backend::READY_FOR_QUERY => return Ok(()),
-                // NoticeResponse, NegotiateProtocolVersion: nothing to do.
-                backend::NOTICE_RESPONSE | backend::NEGOTIATE_PROTOCOL_VERSION => {}
+                backend::NOTICE_RESPONSE => self.login_notices.push(frame.body),
+                backend::NEGOTIATE_PROTOCOL_VERSION => {}
                 other => {
                     return Err(ServerError::Protocol(format!(
                         "unexpected message {:?} during login",
@@ -389,7 +394,7 @@ impl ServerConn {
                 self.params = self.initial_params.clone();
             }
         }
-        self.exchange(&out, expected, timeout).await
+        self.exchange(&out, (expected, None), timeout).await
     }
 
     /// Runs `server_check_query` on a connection that sat idle: a half-open
@@ -401,7 +406,7 @@ impl ServerConn {
     ) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
         frontend::query(&mut out, query);
-        self.exchange(&out, 1, timeout).await
+        self.exchange(&out, (1, None), timeout).await
     }
 
     /// Whether it has outlived `server_lifetime` at `now` (a clock the
@@ -415,25 +420,30 @@ impl ServerConn {
     /// server's, also those it does not report; the ParameterStatus it does
     /// send then replace them with its spelling. On an error the caller must
     /// close the connection: its recorded values may be wrong.
+    /// Returns the NoticeResponse bodies the server sent meanwhile.
     pub(crate) async fn apply(
         &mut self,
         query: &str,
         values: &ClientParams,
         timeout: Duration,
-    ) -> Result<(), ServerError> {
+    ) -> Result<Vec<Bytes>, ServerError> {
         self.params.assume(values);
         let mut out = BytesMut::new();
         frontend::query(&mut out, query);
-        self.exchange(&out, 1, timeout).await
+        let mut notices = Vec::new();
+        self.exchange(&out, (1, Some(&mut notices)), timeout)
+            .await?;
+        Ok(notices)
     }
 
     /// Sends `out` (`expected` simple queries) and reads the replies up to
     /// the last ReadyForQuery, which must say idle. The first error the
     /// server reports is returned; ParameterStatus changes are recorded.
+    /// NoticeResponse bodies go to `notices`, if given.
     async fn exchange(
         &mut self,
         out: &[u8],
-        mut expected: usize,
+        (mut expected, mut notices): (usize, Option<&mut Vec<Bytes>>),
         timeout: Duration,
     ) -> Result<(), ServerError> {
         if expected == 0 {
@@ -460,6 +470,11 @@ impl ServerConn {
                     backend::PARAMETER_STATUS => {
                         if let Some((k, v)) = backend::parameter_status_view(&frame.body) {
                             self.set_param(k, v);
+                        }
+                    }
+                    backend::NOTICE_RESPONSE => {
+                        if let Some(notices) = notices.as_deref_mut() {
+                            notices.push(frame.body);
                         }
                     }
                     _ => {}
