@@ -312,8 +312,16 @@ fn fill(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
         "Server connections waiting for a check (pgherd resets at release: always 0).",
         &pool_labels,
     )?;
+    let pinned = gauge_vec(
+        registry,
+        "pgherd_pinned_servers",
+        "Transaction mode: server connections held by clients whose session state \
+         (temporary tables, LISTEN, advisory locks...) pins them.",
+        &pool_labels,
+    )?;
     for p in proxy.pools() {
         let labels = [p.database.as_str(), p.user.as_str(), p.node.as_str()];
+        pinned.with_label_values(&labels).set(p.pinned as f64);
         client_active
             .with_label_values(&labels)
             .set(p.status.checked_out as f64);

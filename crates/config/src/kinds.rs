@@ -84,6 +84,19 @@ impl Target {
     }
 }
 
+/// What happens to a client whose session state would pin a server past
+/// `max_pinned_percent` of its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinLimitAction {
+    /// The server is reset and given back, and the client is told why
+    /// (FATAL 53400): its state could not be kept.
+    Close,
+    /// The server is reset and given back, and the client goes on without
+    /// its state (pgbouncer with `server_reset_query_always`), logged.
+    Reset,
+}
+
 /// Which admin HTTP endpoints need basic auth. Health checks never do:
 /// keepalived and load balancers must reach them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

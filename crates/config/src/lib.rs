@@ -29,7 +29,9 @@ use std::path::Path;
 
 pub use error::ConfigError;
 pub use hba::{HbaConnection, HbaMethod, HbaRules};
-pub use kinds::{AdminAuth, AuthType, Balance, PoolMode, SslMode, Target, TlsProtocols};
+pub use kinds::{
+    AdminAuth, AuthType, Balance, PinLimitAction, PoolMode, SslMode, Target, TlsProtocols,
+};
 pub use model::*;
 pub use settings::{General, Reload, Setting, SETTINGS};
 

@@ -15,7 +15,9 @@ use pgherd_auth::Secret;
 use serde::Deserialize;
 
 use crate::error::{invalid, ConfigError};
-use crate::kinds::{AdminAuth, AuthType, Balance, Hidden, PoolMode, SslMode, TlsProtocols};
+use crate::kinds::{
+    AdminAuth, AuthType, Balance, Hidden, PinLimitAction, PoolMode, SslMode, TlsProtocols,
+};
 use crate::show::Show;
 
 /// Whether a RELOAD applies a setting.
@@ -283,6 +285,12 @@ settings! {
     server_reset_query: String => String = "DISCARD ALL", Applies, as_is;
     /// Transaction mode: run `server_reset_query` after every transaction too.
     server_reset_query_always: bool => bool = false, Applies, as_is;
+    /// Transaction mode: a client that leaves session state keeps its server until it drops it.
+    pin_on_session_state: bool => bool = true, Applies, as_is;
+    /// Pinned servers allowed per pool, in percent of its pool_size (at least one).
+    max_pinned_percent: u32 => u32 = 100u32, Applies, between(1, 100);
+    /// Past max_pinned_percent: `close` the client (FATAL 53400) or `reset` its state.
+    pin_limit_action: PinLimitAction => PinLimitAction = PinLimitAction::Close, Applies, as_is;
     /// Seconds an idle server connection stays pooled; 0 for ever.
     server_idle_timeout: f64 => Option<Duration> = 600.0, Applies, zero_is_never;
     /// Seconds after which a server connection is closed when released; 0 for never.

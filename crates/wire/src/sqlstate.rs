@@ -30,6 +30,8 @@ pub const SYNTAX_ERROR: &str = "42601";
 pub const UNDEFINED_OBJECT: &str = "42704";
 /// `53300`: a connection limit is reached.
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
+/// A configured limit would be passed (pgherd: `max_pinned_percent`).
+pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
 /// `57014`: the query was cancelled (`query_timeout`, `query_wait_timeout`).
 pub const QUERY_CANCELED: &str = "57014";
 /// `57P01`: an administrator or a shutdown ended the session.

@@ -619,6 +619,8 @@ fn ptr(id: Option<u64>) -> String {
 fn show_clients(shared: &Shared, out: &mut BytesMut) {
     let mut columns = SOCKET_COLUMNS.to_vec();
     columns.push(("id", oid::INT8));
+    // pgherd's: the session state that pins it to its server, if any.
+    columns.push(("pinned", T));
     let mut t = Table::new(out, &columns);
     for c in shared.registry.clients() {
         let state = match c.state() {
@@ -654,6 +656,7 @@ fn show_clients(shared: &Shared, out: &mut BytesMut) {
             Some(""),
             Some(&c.application_name),
             Some(&c.id.to_string()),
+            Some(&c.pinned_by().join(", ")),
         ]);
     }
     t.finish();

@@ -59,6 +59,8 @@ pub struct ClientInfo {
     /// Id of the server connection it holds; 0 when none.
     server: AtomicU64,
     killed: AtomicBool,
+    /// The session state it is pinned by (`session_state::Kinds` bits).
+    pinned: std::sync::atomic::AtomicU16,
     /// The session's task, woken when something it must react to happened
     /// outside it: a kill, its node fenced, pgherd shutting down. One
     /// waker and flags the session checks, not a `Notify` or a watch
@@ -73,6 +75,18 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
+    /// The session state that pins it to its server, as names (empty: none).
+    pub fn pinned_by(&self) -> Vec<&'static str> {
+        let bits = self.pinned.load(Ordering::Relaxed);
+        crate::relay::session_state::Kinds::from_bits(bits)
+            .names()
+            .collect()
+    }
+
+    pub(crate) fn set_pinned(&self, kinds: crate::relay::session_state::Kinds) {
+        self.pinned.store(kinds.bits(), Ordering::Relaxed);
+    }
+
     pub fn state(&self) -> ClientState {
         match self.state.load(Ordering::Relaxed) {
             1 => ClientState::Waiting,
@@ -408,6 +422,7 @@ impl Registry {
             request_us: AtomicU64::new(0),
             server: AtomicU64::new(0),
             killed: AtomicBool::new(false),
+            pinned: std::sync::atomic::AtomicU16::new(0),
             waker: OnceLock::new(),
         });
         lock(&self.clients).insert(id, Arc::clone(&info));

@@ -30,6 +30,7 @@ pub(crate) mod classify;
 pub(crate) mod params;
 mod pipe;
 pub(crate) mod prepared;
+pub(crate) mod session_state;
 mod track;
 
 use std::pin::Pin;
@@ -44,15 +45,16 @@ use tokio::time::Sleep;
 
 use crate::clock::Micros;
 
-use crate::relay::params::{ClientParams, ServerParams};
+use crate::relay::params::{ClientParams, ServerParams, TrackedParams};
 use crate::stats::{PoolStats, Traffic};
 use pipe::{Pipe, Step, StepError};
 use prepared::{ClientStatements, Expected, ServerStatements};
-pub(crate) use track::{reusable, Goodbye, Hold, ServerProgress};
 use track::{
-    scan_client, scan_server, server_idle, CLIENT_WATCH, CLIENT_WATCH_STATEMENTS,
-    CLIENT_WATCH_TRANSACTION, SERVER_WATCH, SERVER_WATCH_STATEMENTS, SERVER_WATCH_TRANSACTION,
+    between_transactions, scan_client, scan_server, server_idle, CLIENT_WATCH,
+    CLIENT_WATCH_STATEMENTS, CLIENT_WATCH_TRANSACTION, SERVER_WATCH, SERVER_WATCH_STATEMENTS,
+    SERVER_WATCH_TRANSACTION,
 };
+pub(crate) use track::{reusable, Goodbye, Hold, ServerProgress};
 
 /// What transaction mode keeps track of while relaying.
 #[derive(Default)]
@@ -117,6 +119,9 @@ pub(crate) enum RelayEnd {
     /// Transaction mode: the transaction is over and the server owes nothing;
     /// it can go back to the pool.
     ServerIdle,
+    /// Transaction mode: the transaction is over and left session state on
+    /// the server (see [`session_state`]): the client should keep it.
+    Pinned,
     /// A read unit the standby refused as a write (25006): the server is
     /// idle, the client got nothing, and the unit must go to the primary.
     ReadOnly,
@@ -233,6 +238,18 @@ fn limit_reached(
     })
 }
 
+/// The parameters pgherd carries itself, when the client's statements
+/// are read for session state (transaction mode, `pin_on_session_state`).
+fn detecting<'p>(
+    state: &ServerProgress,
+    params: &'p Option<Params<'_>>,
+) -> Option<&'p TrackedParams> {
+    match params {
+        Some(p) if state.detect_state => Some(p.server.tracked_names()),
+        _ => None,
+    }
+}
+
 /// The idle timer's branch: pending forever when no limit is set.
 async fn idle_tick(timer: &mut Option<Pin<Box<Sleep>>>) {
     match timer {
@@ -246,8 +263,9 @@ async fn idle_tick(timer: &mut Option<Pin<Box<Sleep>>>) {
 pub(crate) enum Until {
     /// Until the client leaves (session pooling).
     ClientLeaves,
-    /// Until the server is idle between transactions (transaction pooling),
-    /// unless the client pinned it (named prepared statement).
+    /// Until the server is idle between transactions (transaction pooling)
+    /// with no session state left on it ([`RelayEnd::Pinned`] first, when
+    /// the transaction left some).
     Idle,
     /// `auto` target, a read on a standby: the client's buffer holds one
     /// request unit and nothing more is read from the client; the server's
@@ -322,7 +340,10 @@ pub(crate) fn relay<'a, 't, R: std::future::Future<Output = String>>(
         .await;
         // Bytes the client sent that were not forwarded (the start of its next
         // transaction) stay with the client.
-        let keeps_buffers = matches!(end, RelayEnd::ServerIdle | RelayEnd::ReadOnly);
+        let keeps_buffers = matches!(
+            end,
+            RelayEnd::ServerIdle | RelayEnd::ReadOnly | RelayEnd::Pinned
+        );
         if keeps_buffers {
             up.bytes = up.bytes.saturating_sub(up.buf.len() as u64);
         }
@@ -372,7 +393,8 @@ async fn relay_inner(
     // starves. (A direction with bytes to write goes first regardless:
     // see `poll_directions`.)
     let mut up_first = false;
-    if let Err(e) = scan_client(up, client_watch, state, &mut tracking.statements) {
+    let tracked = detecting(state, &tracking.params);
+    if let Err(e) = scan_client(up, client_watch, state, (&mut tracking.statements, tracked)) {
         return RelayEnd::ClientProtocol(e);
     }
     if let Err(e) = up.write_now(server, false) {
@@ -388,8 +410,14 @@ async fn relay_inner(
             _ => {}
         }
         let holding = state.hold != Hold::Off;
-        if until != Until::ClientLeaves && down.delivered() && server_idle(state, up) {
-            return RelayEnd::ServerIdle;
+        if until != Until::ClientLeaves && down.delivered() {
+            if server_idle(state, up) {
+                return RelayEnd::ServerIdle;
+            }
+            if state.pin_new && between_transactions(state, up) {
+                state.pin_new = false;
+                return RelayEnd::Pinned;
+            }
         }
         // While replies are held back, the client has received none of them.
         *down_at_boundary = (down.ready == 0 || holding) && down.scanner.at_boundary();
@@ -429,7 +457,9 @@ async fn relay_inner(
                     if state.hold == Hold::Request {
                         keep_for_replay(up, state, &mut tracking.replay);
                     }
-                    if let Err(e) = scan_client(up, client_watch, state, &mut tracking.statements) {
+                    let tracked = detecting(state, &tracking.params);
+                    let statements = &mut tracking.statements;
+                    if let Err(e) = scan_client(up, client_watch, state, (statements, tracked)) {
                         return RelayEnd::ClientProtocol(e);
                     }
                     if let Err(e) = up.write_now(server, false) {

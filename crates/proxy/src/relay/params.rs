@@ -187,6 +187,11 @@ pub(crate) struct ServerParams {
 }
 
 impl ServerParams {
+    /// The parameters pgherd carries from server to server itself.
+    pub(crate) fn tracked_names(&self) -> &TrackedParams {
+        &self.names
+    }
+
     pub(crate) fn new(names: Arc<TrackedParams>) -> ServerParams {
         ServerParams {
             reported: Vec::new(),

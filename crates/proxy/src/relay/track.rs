@@ -11,7 +11,9 @@ use super::pipe::{Action, Pipe, Seen, Tags};
 use super::{prepared, RelayEnd, Statements, Tracking};
 use crate::clock::Micros;
 
+use super::params::TrackedParams;
 use super::prepared::Rewrite;
+use super::session_state::{self, Effect, Kinds};
 
 /// Whether replies are held back from the client, and why.
 ///
@@ -68,11 +70,16 @@ pub(crate) struct ServerProgress {
     pub(crate) tx: TxStatus,
     /// The last server message was a FATAL/PANIC ErrorResponse.
     pub(super) last_fatal: bool,
-    /// The client created a named prepared statement on this server while
-    /// pgherd does not track statements (`max_prepared_statements = 0`): in
-    /// transaction mode it keeps the server from now on, or the statement
-    /// would be missing on the next one.
-    pub(crate) pinned: bool,
+    /// What the client left on this server beyond its transaction (see
+    /// [`session_state`]): in transaction mode the client keeps the server
+    /// while this is not empty.
+    pub(crate) session_state: Kinds,
+    /// `session_state` became non-empty in this relay: it ends with
+    /// [`RelayEnd::Pinned`] when the transaction does, so the session can
+    /// count the pin, or refuse it.
+    pub(crate) pin_new: bool,
+    /// Read statements for session state (`pin_on_session_state`).
+    pub(crate) detect_state: bool,
     /// Replies held back (see [`Hold`]).
     pub(crate) hold: Hold,
     /// ReadyForQuery replies, and those saying idle (transactions ended).
@@ -100,7 +107,9 @@ impl ServerProgress {
             unsynced: false,
             tx: TxStatus::Idle,
             last_fatal: false,
-            pinned: false,
+            session_state: Kinds::NONE,
+            pin_new: false,
+            detect_state: false,
             hold: Hold::Off,
             answered: 0,
             idle_answers: 0,
@@ -108,6 +117,14 @@ impl ServerProgress {
             busy_us: 0,
             xact_at: Micros::ZERO,
         }
+    }
+
+    /// Applies what a request does to the session state.
+    #[inline]
+    fn session_effect(&mut self, effect: Effect) {
+        let before = self.session_state;
+        self.session_state = before.after(effect);
+        self.pin_new |= before.is_empty() && !self.session_state.is_empty();
     }
 
     /// A request that ReadyForQuery will answer was sent.
@@ -126,11 +143,13 @@ impl ServerProgress {
 pub(super) const CLIENT_WATCH: Tags = Tags::of(&[frontend::TERMINATE]);
 
 /// Transaction mode without statement support reads Parse whole, for the
-/// statement name.
-pub(super) const CLIENT_WATCH_TRANSACTION: Tags = Tags::of(&[frontend::TERMINATE, frontend::PARSE]);
+/// statement name, and Query, for session state.
+pub(super) const CLIENT_WATCH_TRANSACTION: Tags =
+    Tags::of(&[frontend::TERMINATE, frontend::PARSE, frontend::QUERY]);
 
 /// Transaction mode with statement support reads whole what names
-/// statements, and simple queries (for `DISCARD ALL`/`DEALLOCATE ALL`).
+/// statements, and simple queries (for `DISCARD ALL`/`DEALLOCATE ALL`, and
+/// session state).
 pub(super) const CLIENT_WATCH_STATEMENTS: Tags = Tags::of(&[
     frontend::TERMINATE,
     frontend::PARSE,
@@ -167,20 +186,36 @@ pub(super) const SERVER_WATCH_STATEMENTS: Tags = Tags::of(&[
 /// server's next request, and ending the relay there would leave nothing to
 /// read the rest of it.
 pub(super) fn server_idle(state: &ServerProgress, up: &Pipe) -> bool {
-    state.pending == 0
-        && !state.unsynced
-        && state.tx == TxStatus::Idle
-        && !state.pinned
-        && up.is_clean()
+    between_transactions(state, up) && state.session_state.is_empty()
 }
 
+/// The transaction is over, nothing is in flight, and the client has sent
+/// nothing more (see [`server_idle`]).
+pub(super) fn between_transactions(state: &ServerProgress, up: &Pipe) -> bool {
+    state.pending == 0 && !state.unsynced && state.tx == TxStatus::Idle && up.is_clean()
+}
+
+/// `tracked`: the parameters pgherd carries itself, when statements are
+/// read for session state.
 pub(super) fn scan_client(
     up: &mut Pipe,
     watch: Tags,
     state: &mut ServerProgress,
-    statements: &mut Option<Statements<'_>>,
+    (statements, tracked): (&mut Option<Statements<'_>>, Option<&TrackedParams>),
 ) -> Result<(), FrameError> {
     up.scan(watch, |seen| {
+        if let (Some(tracked), Seen::Whole(msg)) = (tracked, &seen) {
+            let sql = match msg[0] {
+                frontend::QUERY => Some(frame::body(msg)),
+                frontend::PARSE => Parse::from_body(frame::body(msg)).map(|p| p.definition),
+                _ => None,
+            };
+            if let Some(sql) = sql {
+                state.session_effect(session_state::effect(sql, |name| {
+                    tracked.index(name).is_some()
+                }));
+            }
+        }
         let (tag, action) = match seen {
             // Terminate: keep the server, end the relay.
             Seen::Whole([frontend::TERMINATE, ..]) => return Action::Stop,
@@ -205,7 +240,10 @@ pub(super) fn scan_client(
                     if msg[0] == frontend::PARSE
                         && Parse::from_body(frame::body(msg)).is_some_and(|p| !p.name.is_empty())
                     {
-                        state.pinned = true;
+                        state.session_effect(Effect {
+                            pins: Kinds::NAMED_STATEMENT,
+                            drops: Kinds::NONE,
+                        });
                     }
                     (msg[0], Action::Forward)
                 }
@@ -366,7 +404,10 @@ pub(super) fn held_after(hold: Hold, seen: &Seen<'_>, more_pending: bool) -> Hol
 /// The server can be handed to another client: it owes no replies, is
 /// between messages in both directions, and nothing is left unsynced.
 pub(crate) fn reusable(state: &ServerProgress, end: &RelayEnd) -> bool {
-    matches!(end, RelayEnd::ClientLeft) && state.pending == 0 && !state.unsynced
+    matches!(end, RelayEnd::ClientLeft)
+        && state.pending == 0
+        && !state.unsynced
+        && !state.session_state.contains(Kinds::LOAD)
 }
 
 #[cfg(test)]
@@ -394,7 +435,7 @@ mod tests {
         bytes.extend(msg(frontend::TERMINATE, b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerProgress::new();
-        scan_client(&mut pipe, CLIENT_WATCH, &mut state, &mut None).unwrap();
+        scan_client(&mut pipe, CLIENT_WATCH, &mut state, (&mut None, None)).unwrap();
         assert_eq!(state.pending, 2);
         assert!(!state.unsynced);
         assert!(pipe.closing);
@@ -428,7 +469,7 @@ mod tests {
         let bytes = msg(frontend::PARSE, b"\0select 1\0\0\0");
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerProgress::new();
-        scan_client(&mut pipe, CLIENT_WATCH, &mut state, &mut None).unwrap();
+        scan_client(&mut pipe, CLIENT_WATCH, &mut state, (&mut None, None)).unwrap();
         assert!(!reusable(&state, &RelayEnd::ClientLeft));
     }
 
@@ -438,16 +479,29 @@ mod tests {
         bytes.extend(msg(frontend::SYNC, b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
         let mut state = ServerProgress::new();
-        scan_client(&mut pipe, CLIENT_WATCH_TRANSACTION, &mut state, &mut None).unwrap();
+        scan_client(
+            &mut pipe,
+            CLIENT_WATCH_TRANSACTION,
+            &mut state,
+            (&mut None, None),
+        )
+        .unwrap();
         assert!(
-            !state.pinned,
+            state.session_state.is_empty(),
             "the unnamed statement dies with the transaction"
         );
         let mut bytes = msg(frontend::PARSE, b"s1\0select 1\0\0\0");
         bytes.extend(msg(frontend::SYNC, b""));
         let mut pipe = Pipe::new(BytesMut::from(&bytes[..]), 1 << 20);
-        scan_client(&mut pipe, CLIENT_WATCH_TRANSACTION, &mut state, &mut None).unwrap();
-        assert!(state.pinned);
+        scan_client(
+            &mut pipe,
+            CLIENT_WATCH_TRANSACTION,
+            &mut state,
+            (&mut None, None),
+        )
+        .unwrap();
+        assert_eq!(state.session_state, Kinds::NAMED_STATEMENT);
+        assert!(state.pin_new);
         assert_eq!(state.pending, 2);
         assert!(!state.unsynced);
     }

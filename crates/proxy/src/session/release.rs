@@ -70,13 +70,15 @@ pub(super) async fn finish(
 ) {
     let config = shared.config();
     let Some(server) = guard.conn() else { return };
+    // Session state a pinned client left is reset whatever
+    // server_reset_query says: the next client must not see it.
+    let reset_query = match state.session_state.is_empty() {
+        true => config.general.server_reset_query.as_str(),
+        false => "DISCARD ALL",
+    };
     if relay::reusable(state, end) {
         match server
-            .reset(
-                state.tx,
-                &config.general.server_reset_query,
-                config.general.server_connect_timeout,
-            )
+            .reset(state.tx, reset_query, config.general.server_connect_timeout)
             .await
         {
             Ok(()) => {

@@ -5,13 +5,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
-use pgherd_config::{Balance, PoolMode, Target};
+use pgherd_config::{Balance, Config, PinLimitAction, PoolMode, Target};
 use pgherd_pool::Guard;
 use pgherd_wire::backend::ErrorFields;
 use pgherd_wire::frontend;
@@ -27,6 +27,7 @@ use crate::relay::buffers;
 use crate::relay::classify::{classify, Request};
 use crate::relay::params::ClientParams;
 use crate::relay::prepared::ClientStatements;
+use crate::relay::session_state::Kinds;
 use crate::relay::{self, RelayEnd, ServerProgress, Until};
 use crate::shared::Shared;
 use crate::upstream::route::{self, Want};
@@ -74,10 +75,15 @@ pub(super) struct Session {
     /// Requests of this transaction run again because their server left
     /// ([`RelayEnd::ServerGone`]), up to [`MAX_GONE_RETRIES`].
     gone_retries: u8,
-    /// Session mode: the server kept since the welcome (boxed: a
-    /// transaction-mode client, idle most of its life, keeps 8 bytes for it
-    /// instead of 48).
+    /// Session mode: the server kept since the welcome; transaction mode:
+    /// the server the client is pinned to (boxed: a transaction-mode
+    /// client, idle most of its life, keeps 8 bytes for it instead of 48).
     held: Option<Box<(Guard<ServerConn>, Lease)>>,
+    /// Transaction mode: the session state left on the held server (see
+    /// `relay::session_state`); empty when not pinned.
+    pins: Kinds,
+    /// Its first pin was logged.
+    pin_logged: bool,
 }
 
 /// A server taken for a request, and what was asked of it.
@@ -138,6 +144,8 @@ impl Session {
             refused_read: false,
             gone_retries: 0,
             held: setup.held,
+            pins: Kinds::NONE,
+            pin_logged: false,
         }
     }
 
@@ -345,12 +353,18 @@ impl Session {
             // again: on the primary (a read unit a standby refused), or on
             // another server (this one turned out to be leaving). Boxed: this
             // state is allocated per transaction.
-            let retry = until == Until::Idle && self.gone_retries < MAX_GONE_RETRIES;
+            // Not for a pinned client: its state stays with its server.
+            let retry = until == Until::Idle
+                && self.gone_retries < MAX_GONE_RETRIES
+                && self.pins.is_empty();
             let unit = (retry || until == Until::ReadUnit).then(|| buffers::copy(&client.buf));
             let mut state = ServerProgress::new();
             if retry {
                 state.hold = relay::Hold::Request;
             }
+            state.session_state = self.pins;
+            state.detect_state =
+                mode == PoolMode::Transaction && config.general.pin_on_session_state;
             // Fenced node or KILL: checked before anything more is relayed, so
             // the server is cancelled and closed by `finish`. (`serve`'s select
             // sees a kill wherever else the transaction waits.)
@@ -399,7 +413,70 @@ impl Session {
             .await;
             let unit = tracking.replay.take();
             stats.traffic(relayed.traffic);
+            let pool = upstream.entry(&shared.servers, server.node);
+            if !self.pins.is_empty() && !matches!(relayed.end, RelayEnd::Pinned) {
+                // The state is gone (ServerIdle), or the client or the
+                // server is: the server no longer counts as pinned.
+                pool.pinned.fetch_sub(1, Ordering::Relaxed);
+                self.pins = Kinds::NONE;
+                me.set_pinned(Kinds::NONE);
+            }
             match relayed.end {
+                RelayEnd::Pinned if !self.pins.is_empty() => {
+                    // Dropped and made again in one request: still pinned.
+                    self.pins = state.session_state;
+                    me.set_pinned(self.pins);
+                    self.held = Some(Box::new((taken.guard, taken._lease)));
+                    return Ok(Next::Request);
+                }
+                RelayEnd::Pinned => {
+                    let kinds = state.session_state;
+                    let node = server.node;
+                    if let Err(limit) = take_pin(&pool.pinned, pool.pool.status().max_size, config)
+                    {
+                        // The state cannot be kept: the server is reset
+                        // (DISCARD ALL) and pooled, and the client is told
+                        // or goes on without it.
+                        let what = kinds.names().collect::<Vec<_>>().join(", ");
+                        Box::pin(finish(shared, taken.guard, &state, &RelayEnd::ClientLeft)).await;
+                        let pool_name = format!("{}/{}", me.database, me.user);
+                        return match config.general.pin_limit_action {
+                            PinLimitAction::Close => Err(ErrorFields::fatal(
+                                sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                                format!(
+                                    "session state ({what}) needs a server of its own, and pool \
+                                     {pool_name} has {limit} pinned already (max_pinned_percent)"
+                                ),
+                            )
+                            .with_hint(
+                                "the server was reset; drop such state in the same transaction \
+                                 (ON COMMIT DROP, SET LOCAL, pg_advisory_xact_lock), use \
+                                 session mode for this client, or raise max_pinned_percent",
+                            )),
+                            PinLimitAction::Reset => {
+                                tracing::warn!(
+                                    client = me.id,
+                                    "session state ({what}) reset: pool {pool_name} has {limit} \
+                                     pinned servers (max_pinned_percent)"
+                                );
+                                Ok(Next::Request)
+                            }
+                        };
+                    }
+                    if !self.pin_logged {
+                        self.pin_logged = true;
+                        tracing::info!(
+                            client = me.id,
+                            node = %config.nodes[node].name,
+                            "pinned to its server by session state: {}",
+                            kinds.names().collect::<Vec<_>>().join(", ")
+                        );
+                    }
+                    self.pins = kinds;
+                    me.set_pinned(kinds);
+                    self.held = Some(Box::new((taken.guard, taken._lease)));
+                    return Ok(Next::Request);
+                }
                 RelayEnd::ServerIdle => {
                     self.gone_retries = 0;
                     let ended = Micros::recent();
@@ -483,6 +560,7 @@ impl Session {
             );
             let outcome = match &end {
                 RelayEnd::ClientLeft
+                | RelayEnd::Pinned
                 | RelayEnd::ServerIdle
                 | RelayEnd::ReadOnly
                 | RelayEnd::ServerGone(_) => Ok(Next::Leave),
@@ -703,6 +781,19 @@ pub(super) async fn refuses_logins(shared: &Shared, upstream: &Upstream, node: u
         route::Attempt::Unusable(_) => true,
         route::Attempt::Refused(_) => false,
     }
+}
+
+/// Counts one more pinned server in a pool of `pool_size`, unless that
+/// would pass `max_pinned_percent` of it (at least one): then the cap.
+fn take_pin(pinned: &AtomicUsize, pool_size: usize, config: &Config) -> Result<(), usize> {
+    let percent = config.general.max_pinned_percent as usize;
+    let cap = (pool_size * percent / 100).max(1);
+    pinned
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < cap).then_some(n + 1)
+        })
+        .map(|_| ())
+        .map_err(|_| cap)
 }
 
 pub(super) fn killed_by_admin() -> ErrorFields {

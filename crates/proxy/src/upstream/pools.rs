@@ -3,6 +3,7 @@
 //! opened.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pgherd_config::{Node, PoolMode, Target};
@@ -32,6 +33,9 @@ pub(crate) struct PoolEntry {
     pub(crate) template: Arc<Mutex<Option<Template>>>,
     /// `server_login_retry`: when a server last refused this pool's login.
     pub(crate) login_failure: Arc<LoginFailure>,
+    /// Servers held by clients pinned to them (session state in
+    /// transaction mode).
+    pub(crate) pinned: Arc<AtomicUsize>,
 }
 
 /// What a pool's database and user entries (or the global settings) allow
@@ -80,6 +84,7 @@ impl Pools {
                 mode,
                 template: Arc::default(),
                 login_failure: Arc::default(),
+                pinned: Arc::default(),
             })
             .clone()
     }
@@ -108,6 +113,7 @@ impl Pools {
                 mode: p.mode,
                 status: p.pool.status(),
                 stats: p.stats.snapshot(),
+                pinned: p.pinned.load(Ordering::Relaxed),
             })
             .collect();
         out.sort_by(|a, b| (&a.database, &a.user, &a.node).cmp(&(&b.database, &b.user, &b.node)));
@@ -167,4 +173,6 @@ pub struct PoolSnapshot {
     pub mode: PoolMode,
     pub status: pgherd_pool::PoolStatus,
     pub stats: StatsSnapshot,
+    /// Servers held by pinned clients.
+    pub pinned: usize,
 }

@@ -1,0 +1,353 @@
+//! Transaction mode with session state: a client that creates a temporary
+//! table, LISTENs, takes a session advisory lock, opens a WITH HOLD cursor
+//! or PREPAREs a statement keeps its server until the state is gone (it is
+//! pinned), so it sees what a direct connection would and no other client
+//! sees its state. Small pools (1-2 servers) and more clients than servers,
+//! real clients (tokio-postgres, psql), a real cluster.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use pgherd_integration_tests::*;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// pgherd in transaction mode with `pool_size` servers per pool.
+async fn pgherd_with_pool(pool_size: usize, extra: &[&str]) -> RunningPgherd {
+    let mut builder = shared_cluster()
+        .pgherd()
+        .nodes(&[0])
+        .general("pool_mode = \"transaction\"")
+        .general("admin_users = [\"app\"]")
+        .general(&format!("default_pool_size = {pool_size}"));
+    for line in extra {
+        builder = builder.general(line);
+    }
+    builder.start().await
+}
+
+/// Connects and forwards notifications to a channel.
+async fn connect_listening(
+    pgherd: &RunningPgherd,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) {
+    let (client, mut connection) = pgherd
+        .config("app", APP_PASSWORD, "app")
+        .connect(NoTls)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n);
+            }
+        }
+    });
+    (client, rx)
+}
+
+/// Servers held by pinned clients, over every pool.
+fn pinned(pgherd: &RunningPgherd) -> usize {
+    pgherd.handle.pools().iter().map(|p| p.pinned).sum()
+}
+
+/// Waits (30 s at most) until `pinned` says `n`.
+async fn wait_pinned(pgherd: &RunningPgherd, n: usize) {
+    for _ in 0..1500 {
+        if pinned(pgherd) == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("pinned servers: {}, not {n}", pinned(pgherd));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_tables_live_across_transactions_and_stay_their_creators() {
+    let pgherd = pgherd_with_pool(2, &[]).await;
+    // 12 clients on 2 servers: each creates its table, uses it over several
+    // transactions, and leaves; a server then goes to the next one, reset.
+    let mut tasks = Vec::new();
+    for c in 0..12i32 {
+        let client = pgherd.app().await;
+        tasks.push(tokio::spawn(async move {
+            client
+                .batch_execute("CREATE TEMP TABLE mine (owner int, n int)")
+                .await
+                .unwrap();
+            for n in 1..=5i32 {
+                client
+                    .execute("INSERT INTO mine VALUES ($1, $2)", &[&c, &n])
+                    .await
+                    .unwrap();
+                let rows = client
+                    .query("SELECT DISTINCT owner FROM mine", &[])
+                    .await
+                    .unwrap();
+                let owners: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+                assert_eq!(owners, [c], "client {c} sees only its own rows");
+                let count: i64 = client
+                    .query_one("SELECT count(*) FROM mine", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(count, i64::from(n), "client {c}");
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("every client got a server in turn")
+            .unwrap();
+    }
+    wait_pinned(&pgherd, 0).await;
+    // The servers were reset: a new client finds no table of anyone's.
+    let after = pgherd.app().await;
+    let e = after.batch_execute("SELECT * FROM mine").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("42P01"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_across_transactions_and_unlisten_releases_the_server() {
+    let pgherd = pgherd_with_pool(2, &[]).await;
+    let (listener, mut notes) = connect_listening(&pgherd).await;
+    listener.batch_execute("LISTEN jobs").await.unwrap();
+    wait_pinned(&pgherd, 1).await;
+    // Other transactions of the listener, then a notification from another
+    // client between them: it arrives.
+    for _ in 0..3 {
+        assert_eq!(simple_value(&listener, "SELECT 1").await, "1");
+    }
+    let notifier = pgherd.app().await;
+    for payload in ["one", "two"] {
+        notifier
+            .batch_execute(&format!("NOTIFY jobs, '{payload}'"))
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(10), notes.recv())
+            .await
+            .expect("the notification arrives")
+            .unwrap();
+        assert_eq!((n.channel(), n.payload()), ("jobs", payload));
+        assert_eq!(simple_value(&listener, "SELECT 2").await, "2");
+    }
+    // SHOW CLIENTS names what pins it.
+    let console = pgherd
+        .connect("app", APP_PASSWORD, "pgbouncer")
+        .await
+        .unwrap();
+    let rows = simple_rows(&console, "SHOW CLIENTS").await.unwrap();
+    let pinned_column: Vec<Option<String>> =
+        rows.iter().map(|r| r.last().cloned().flatten()).collect();
+    assert!(
+        pinned_column.iter().any(|v| v.as_deref() == Some("LISTEN")),
+        "{pinned_column:?}"
+    );
+    listener.batch_execute("UNLISTEN *").await.unwrap();
+    wait_pinned(&pgherd, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_advisory_locks_stay_with_their_holder() {
+    let pgherd = pgherd_with_pool(2, &[]).await;
+    let holder = pgherd.app().await;
+    let other = pgherd.app().await;
+    assert_eq!(
+        simple_value(&holder, "SELECT pg_advisory_lock(4242)::text").await,
+        ""
+    );
+    for _ in 0..3 {
+        // The holder's later transactions still hold it; the other client
+        // cannot take it, whichever server it lands on.
+        assert_eq!(simple_value(&holder, "SELECT 1").await, "1");
+        assert_eq!(
+            simple_value(&other, "SELECT pg_try_advisory_lock(4242)").await,
+            "f"
+        );
+    }
+    assert_eq!(
+        simple_value(&holder, "SELECT pg_advisory_unlock_all()::text").await,
+        ""
+    );
+    // pgherd cannot tell a failed try from a taken lock: the other client
+    // is pinned too, by its tries, and sees the lock free now.
+    assert_eq!(pinned(&pgherd), 1);
+    assert_eq!(
+        simple_value(&other, "SELECT pg_try_advisory_lock(4242)").await,
+        "t"
+    );
+    assert_eq!(
+        simple_value(&other, "SELECT pg_advisory_unlock_all()::text").await,
+        ""
+    );
+    wait_pinned(&pgherd, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_cursors_and_sql_prepared_statements_live_across_transactions() {
+    let pgherd = pgherd_with_pool(1, &[]).await;
+    let client = pgherd.app().await;
+    client
+        .batch_execute("DECLARE c CURSOR WITH HOLD FOR SELECT generate_series(1, 9)")
+        .await
+        .unwrap();
+    assert_eq!(simple_value(&client, "FETCH 3 FROM c").await, "1");
+    assert_eq!(simple_value(&client, "FETCH 1 FROM c").await, "4");
+    client
+        .batch_execute("PREPARE twice (int) AS SELECT $1 * 2")
+        .await
+        .unwrap();
+    for (n, want) in [(21, "42"), (5, "10")] {
+        assert_eq!(
+            simple_value(&client, &format!("EXECUTE twice({n})")).await,
+            want
+        );
+    }
+    client.batch_execute("CLOSE ALL").await.unwrap();
+    assert_eq!(pinned(&pgherd), 1, "the prepared statement still pins");
+    client.batch_execute("DEALLOCATE ALL").await.unwrap();
+    wait_pinned(&pgherd, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_is_released_by_discard_all_and_by_the_client_leaving() {
+    // One server: while it is pinned, another client waits for it.
+    let pgherd = pgherd_with_pool(1, &[]).await;
+    let pinner = pgherd.app().await;
+    let waiter = pgherd.app().await;
+    pinner
+        .batch_execute("CREATE TEMP TABLE t (a int); SET search_path = pg_temp, public")
+        .await
+        .unwrap();
+    wait_pinned(&pgherd, 1).await;
+    let waited = tokio::spawn(async move {
+        let v = simple_value(&waiter, "SELECT 7").await;
+        (waiter, v)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waited.is_finished(), "the one server is pinned");
+    pinner.batch_execute("DISCARD ALL").await.unwrap();
+    let (waiter, v) = tokio::time::timeout(Duration::from_secs(30), waited)
+        .await
+        .expect("DISCARD ALL gave the server back")
+        .unwrap();
+    assert_eq!(v, "7");
+    wait_pinned(&pgherd, 0).await;
+
+    // Pinned again, then the client leaves: the server is reset and serves
+    // the waiting client, which sees none of the state.
+    pinner
+        .batch_execute("CREATE TEMP TABLE t2 (a int); SET work_mem = '7MB'")
+        .await
+        .unwrap();
+    wait_pinned(&pgherd, 1).await;
+    let waited = tokio::spawn(async move {
+        let shown = simple_value(&waiter, "SHOW work_mem").await;
+        let table = waiter.batch_execute("SELECT * FROM t2").await;
+        (
+            shown,
+            table.err().and_then(|e| sqlstate(&e).map(str::to_owned)),
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waited.is_finished(), "the one server is pinned");
+    drop(pinner);
+    let (shown, table) = tokio::time::timeout(Duration::from_secs(30), waited)
+        .await
+        .expect("the pinned client's leaving gave the server back")
+        .unwrap();
+    assert_eq!(shown, "4MB", "the default, not the pinned client's SET");
+    assert_eq!(table.as_deref(), Some("42P01"));
+    wait_pinned(&pgherd, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_sees_its_temporary_table_across_autocommit_statements() {
+    // Two servers. Between psql's statements another psql (run by the
+    // first with \!) makes a table of the same name: unpinned, it would
+    // land on the first one's server and find the table there, and the
+    // first would then run on either server.
+    let pgherd = pgherd_with_pool(2, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let inner_out = dir.path().join("inner.out");
+    let bins = pgherd_testkit::PgBinaries::find().unwrap();
+    let inner = format!(
+        "{} -X -A -t -v ON_ERROR_STOP=1 -h {} -p {} -U app app \
+         -c 'CREATE TEMP TABLE p (a int)' -c 'INSERT INTO p VALUES (9)' \
+         -c 'SELECT count(*) FROM p' > {} 2>&1",
+        bins.path("psql").display(),
+        pgherd.addr.ip(),
+        pgherd.addr.port(),
+        inner_out.display()
+    );
+    let script = dir.path().join("outer.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "CREATE TEMP TABLE p (a int);\nINSERT INTO p VALUES (1), (2);\n\\! {inner}\n\
+             SELECT count(*) FROM p;\n"
+        ),
+    )
+    .unwrap();
+    let out = psql(
+        &pgherd,
+        "app",
+        APP_PASSWORD,
+        "app",
+        &["-f", &script.display().to_string()],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().last(), Some("2"), "{stdout}");
+    let inner = std::fs::read_to_string(&inner_out).unwrap();
+    assert_eq!(
+        inner.lines().last(),
+        Some("1"),
+        "the other psql's own table: {inner}"
+    );
+    wait_pinned(&pgherd, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_pinned_percent_the_client_is_told_and_the_server_reset() {
+    // Two servers, at most one pinned.
+    let pgherd = pgherd_with_pool(2, &["max_pinned_percent = 50"]).await;
+    let first = pgherd.app().await;
+    first.batch_execute("LISTEN a").await.unwrap();
+    wait_pinned(&pgherd, 1).await;
+    // A second client's LISTEN runs; at the end of its transaction the
+    // state cannot be kept: the client is ended with the reason.
+    let mut second = RawClient::connect(&pgherd).await;
+    second.login_app().await;
+    let mut query = bytes::BytesMut::new();
+    pgherd_wire::frontend::query(&mut query, "LISTEN b");
+    second.send(&query).await;
+    let fatal = second.expect_error().await;
+    assert_eq!(
+        (fatal.severity.as_str(), fatal.code.as_str()),
+        ("FATAL", "53400")
+    );
+    assert!(
+        fatal.message.contains("LISTEN") && fatal.message.contains("max_pinned_percent"),
+        "{}",
+        fatal.message
+    );
+    assert!(second.closed().await);
+    assert_eq!(pinned(&pgherd), 1);
+    // The first is still served, pinned.
+    assert_eq!(simple_value(&first, "SELECT 1").await, "1");
+    // Others too, on the free server.
+    let third = pgherd.app().await;
+    assert_eq!(simple_value(&third, "SELECT 3").await, "3");
+}
