@@ -177,7 +177,7 @@ async fn session_advisory_locks_stay_with_their_holder() {
     );
     // pgherd cannot tell a failed try from a taken lock: the other client
     // is pinned too, by its tries, and sees the lock free now.
-    assert_eq!(pinned(&pgherd), 1);
+    wait_pinned(&pgherd, 1).await;
     assert_eq!(
         simple_value(&other, "SELECT pg_try_advisory_lock(4242)").await,
         "t"

@@ -103,16 +103,121 @@ impl Effect {
     }
 }
 
-/// The effect of SQL text: a simple query's (every statement), or a
-/// Parse's. `tracked` says which parameters pgherd carries from server to
-/// server itself: a `SET` of one of those pins nothing.
+/// The effect of SQL text: a simple query's, or a Parse's. `tracked` says
+/// which parameters pgherd carries from server to server itself: a `SET`
+/// of one of those pins nothing.
+///
+/// Only first words are read: a statement that starts with a keyword of
+/// [`KEYWORDS`] is read further, as is a `SELECT` whose first item is a
+/// `pg_...` function (`SELECT pg_advisory_lock(1)`); after transaction
+/// control (`BEGIN; ...`) or such a statement the next statement is looked
+/// at too. Any other statement (`SELECT`, `INSERT`, `UPDATE`...) ends the
+/// look, so the common request costs a look at its first word or two.
+#[inline]
 pub(crate) fn effect(sql: &[u8], tracked: impl Fn(&str) -> bool) -> Effect {
+    let mut total = Effect::default();
+    let mut at = 0;
+    loop {
+        while sql.get(at).is_some_and(u8::is_ascii_whitespace) {
+            at += 1;
+        }
+        let rest = &sql[at.min(sql.len())..];
+        let look = match rest.first() {
+            None | Some(0) => return total,
+            // A comment first: the careful reading, for the rest.
+            Some(b'-' | b'/') => return total.then(statements_effect(rest, &tracked)),
+            Some(_) => first_words(rest),
+        };
+        let end = match look {
+            Look::Done => return total,
+            Look::Next => memchr(b';', rest),
+            Look::Read => {
+                let end = memchr(b';', rest);
+                let statement = &rest[..end.unwrap_or(rest.len())];
+                total = total.then(statement_effect(statement, &tracked));
+                end
+            }
+        };
+        match end {
+            Some(end) => at += end + 1,
+            None => return total,
+        }
+    }
+}
+
+/// What a statement's first words call for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// Read it carefully, then look at the next statement.
+    Read,
+    /// Nothing in it; look at the next statement (transaction control).
+    Next,
+    /// Nothing in it, nor looked for after it.
+    Done,
+}
+
+/// A `SELECT` is read when its first item is a `pg_` function (an
+/// advisory lock's).
+#[inline]
+fn select(after: &[u8]) -> Look {
+    let item = after.iter().position(|b| !b.is_ascii_whitespace());
+    let item = item.map_or(&[][..], |i| &after[i..]);
+    match item.get(..3) {
+        Some(pg) if pg.eq_ignore_ascii_case(b"pg_") => Look::Read,
+        _ => Look::Done,
+    }
+}
+
+/// What `text`'s first words call for (see [`effect`]).
+#[inline]
+fn first_words(text: &[u8]) -> Look {
+    // The most common statement, in one comparison: `select` and a space.
+    if let Some(Ok(head)) = text.get(..8).map(<[u8; 8]>::try_from) {
+        const SELECT: u64 = u64::from_le_bytes(*b"select\0\0");
+        let head = u64::from_le_bytes(head);
+        if (head | 0x2020_2020_2020) & 0xffff_ffff_ffff == SELECT
+            && head >> 48 & 0xff <= b' ' as u64
+        {
+            return select(&text[6..]);
+        }
+    }
+    let Some(&first) = text.first() else {
+        return Look::Done;
+    };
+    let word = |w: &[u8]| {
+        text.len() >= w.len()
+            && text[..w.len()].eq_ignore_ascii_case(w)
+            && !text
+                .get(w.len())
+                .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+    };
+    let read_if = |yes: bool| if yes { Look::Read } else { Look::Done };
+    match first | 0x20 {
+        b'b' if word(b"begin") => Look::Next,
+        b'c' if word(b"commit") => Look::Next,
+        b'c' => read_if(word(b"create") || word(b"close")),
+        b'd' => read_if(word(b"declare") || word(b"deallocate") || word(b"discard")),
+        b'e' if word(b"end") => Look::Next,
+        b'l' => read_if(word(b"listen") || word(b"load")),
+        b'p' => read_if(word(b"prepare")),
+        b'r' if word(b"rollback") || word(b"release") => Look::Next,
+        b'r' => read_if(word(b"reset")),
+        b's' if word(b"select") => select(&text[6..]),
+        b's' if word(b"start") || word(b"savepoint") => Look::Next,
+        b's' => read_if(word(b"set")),
+        b'u' => read_if(word(b"unlisten")),
+        _ => Look::Done,
+    }
+}
+
+/// Every statement of `sql`, each read carefully.
+#[cold]
+fn statements_effect(sql: &[u8], tracked: &impl Fn(&str) -> bool) -> Effect {
     let mut total = Effect::default();
     let mut at = 0;
     while at < sql.len() {
         let end = memchr(b';', &sql[at..]).map_or(sql.len(), |i| at + i);
-        let statement = &sql[at..end];
-        total = total.then(statement_effect(statement, &tracked));
+        total = total.then(statement_effect(&sql[at..end], tracked));
         at = end + 1;
     }
     total
@@ -232,31 +337,37 @@ fn set(words: &mut Words<'_>, tracked: &impl Fn(&str) -> bool) -> Effect {
 fn advisory(statement: &[u8]) -> Effect {
     let mut effect = Effect::default();
     let mut at = 0;
-    // "advisory" has its only `v` third: find `v`s, the rare letter, fast.
     while let Some(i) = memchr2(b'v', b'V', &statement[at..]) {
-        let v = at + i;
-        at = v + 1;
-        let Some(word) = v.checked_sub(2).and_then(|s| statement.get(s..s + 8)) else {
-            continue;
-        };
-        if !word.eq_ignore_ascii_case(b"advisory") {
-            continue;
-        }
-        let rest = &statement[v + 6..];
-        let starts = |p: &[u8]| rest.len() >= p.len() && rest[..p.len()].eq_ignore_ascii_case(p);
-        if starts(b"_unlock_all") {
-            effect = effect.then(Effect {
-                pins: Kinds::NONE,
-                drops: Kinds::ADVISORY_LOCK,
-            });
-        } else if starts(b"_lock") {
-            effect = effect.then(Effect {
-                pins: Kinds::ADVISORY_LOCK,
-                drops: Kinds::NONE,
-            });
-        }
+        effect = effect.then(advisory_at(statement, at + i));
+        at += i + 1;
     }
     effect
+}
+
+/// What the word around the `v` at `v` does, if it is `advisory` (whose
+/// only `v` is its third letter) in one of the lock functions' names.
+fn advisory_at(text: &[u8], v: usize) -> Effect {
+    let Some(word) = v.checked_sub(2).and_then(|s| text.get(s..s + 8)) else {
+        return Effect::default();
+    };
+    if !word.eq_ignore_ascii_case(b"advisory") {
+        return Effect::default();
+    }
+    let rest = &text[v + 6..];
+    let starts = |p: &[u8]| rest.len() >= p.len() && rest[..p.len()].eq_ignore_ascii_case(p);
+    if starts(b"_unlock_all") {
+        Effect {
+            pins: Kinds::NONE,
+            drops: Kinds::ADVISORY_LOCK,
+        }
+    } else if starts(b"_lock") {
+        Effect {
+            pins: Kinds::ADVISORY_LOCK,
+            drops: Kinds::NONE,
+        }
+    } else {
+        Effect::default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -462,6 +573,36 @@ mod tests {
         assert!(released.is_empty());
         let kept = Kinds::TEMP.after(effect(b"UNLISTEN *", |_| false));
         assert_eq!(kept, Kinds::TEMP);
+    }
+
+    #[test]
+    fn the_quick_look_and_the_careful_reading_agree() {
+        let samples = [
+            "SELECT 1",
+            "select pg_advisory_lock(1); SELECT 2",
+            "SELECT\n  pg_try_advisory_lock(1)",
+            "BEGIN; CREATE TEMP TABLE t (a int); COMMIT;",
+            "begin; listen x; end",
+            "/* c */ SET work_mem = '1MB'",
+            "LISTEN a; LISTEN b; UNLISTEN *",
+            "selected_thing",
+            "setx = 1",
+        ];
+        for sql in samples {
+            let quick = effect(sql.as_bytes(), |_| false);
+            let careful = statements_effect(sql.as_bytes(), &|_: &str| false);
+            assert_eq!(quick, careful, "{sql}");
+        }
+    }
+
+    /// What first words cannot see: documented, not silently wrong.
+    #[test]
+    fn the_limits_of_first_words() {
+        // After a statement that is neither a keyword nor transaction
+        // control, the rest of a multi-statement query is not looked at.
+        assert!(pins("SELECT 1; LISTEN x").is_empty());
+        // An advisory lock that is not the SELECT's first item.
+        assert!(pins("SELECT id, pg_advisory_lock(id) FROM jobs").is_empty());
     }
 
     #[test]

@@ -197,6 +197,21 @@ pub(super) fn between_transactions(state: &ServerProgress, up: &Pipe) -> bool {
 
 /// `tracked`: the parameters pgherd carries itself, when statements are
 /// read for session state.
+/// What the SQL of a Query or Parse message leaves on the server. Out of
+/// line: the scan's per-message loop stays as small as without it.
+#[inline(never)]
+fn read_session_state(state: &mut ServerProgress, msg: &[u8], tracked: &TrackedParams) {
+    let sql = match msg[0] {
+        frontend::QUERY => Some(frame::body(msg)),
+        _ => Parse::from_body(frame::body(msg)).map(|p| p.definition),
+    };
+    if let Some(sql) = sql {
+        state.session_effect(session_state::effect(sql, |name| {
+            tracked.index(name).is_some()
+        }));
+    }
+}
+
 pub(super) fn scan_client(
     up: &mut Pipe,
     watch: Tags,
@@ -204,17 +219,10 @@ pub(super) fn scan_client(
     (statements, tracked): (&mut Option<Statements<'_>>, Option<&TrackedParams>),
 ) -> Result<(), FrameError> {
     up.scan(watch, |seen| {
-        if let (Some(tracked), Seen::Whole(msg)) = (tracked, &seen) {
-            let sql = match msg[0] {
-                frontend::QUERY => Some(frame::body(msg)),
-                frontend::PARSE => Parse::from_body(frame::body(msg)).map(|p| p.definition),
-                _ => None,
-            };
-            if let Some(sql) = sql {
-                state.session_effect(session_state::effect(sql, |name| {
-                    tracked.index(name).is_some()
-                }));
-            }
+        if let (Some(tracked), Seen::Whole(msg @ [frontend::QUERY | frontend::PARSE, ..])) =
+            (tracked, &seen)
+        {
+            read_session_state(state, msg, tracked);
         }
         let (tag, action) = match seen {
             // Terminate: keep the server, end the relay.
