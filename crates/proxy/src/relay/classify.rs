@@ -26,6 +26,7 @@ use pgherd_wire::frame::{self, parse_header};
 use pgherd_wire::frontend::{self, Bind, Parse};
 
 use crate::relay::prepared::ClientStatements;
+use crate::relay::session_state;
 
 /// What the start of a transaction allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +164,11 @@ fn classify_sql(text: &[u8]) -> Sql {
         }
         previous = w;
     }
+    // Session state (`SELECT pg_advisory_lock(1)`) pins the client to the
+    // server it lands on, and a client pinned to a standby could not write.
+    if !session_state::effect(text, |_| false).pins.is_empty() {
+        return Sql::Write;
+    }
     Sql::Read
 }
 
@@ -246,6 +252,8 @@ mod tests {
             "CALL p()",
             "",
             "-- only a comment",
+            // Session state: the client keeps the server it lands on.
+            "SELECT pg_advisory_lock(7)",
         ] {
             assert_eq!(sql(text), Sql::Write, "{text}");
         }
