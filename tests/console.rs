@@ -475,6 +475,19 @@ async fn reconnect_closes_servers_once_released_and_wait_close_waits() {
     let idle_one = pgherd.app().await;
     let idle_pid = simple_value(&idle_one, "SELECT pg_backend_pid()").await;
     assert_ne!(idle_pid, busy_pid);
+    // The client has its answer a moment before its server is back in the
+    // pool: wait for that, so RECONNECT finds it idle.
+    let idle_in_pool = || {
+        let pools = pgherd.handle.pools();
+        pools.iter().map(|p| p.status.idle).sum::<usize>()
+    };
+    for _ in 0..1500 {
+        if idle_in_pool() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(idle_in_pool() >= 1, "{:?}", pgherd.handle.pools());
 
     admin.simple_query("RECONNECT app").await.unwrap();
     let servers = simple_rows(&admin, "SHOW SERVERS").await.unwrap();
