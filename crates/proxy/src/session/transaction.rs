@@ -363,8 +363,11 @@ impl Session {
                 state.hold = relay::Hold::Request;
             }
             state.session_state = self.pins;
-            state.detect_state =
-                mode == PoolMode::Transaction && config.general.pin_on_session_state;
+            // With server_reset_query_always every transaction's state is
+            // reset anyway: nothing to pin for.
+            state.detect_state = mode == PoolMode::Transaction
+                && config.general.pin_on_session_state
+                && !config.general.server_reset_query_always;
             // Fenced node or KILL: checked before anything more is relayed, so
             // the server is cancelled and closed by `finish`. (`serve`'s select
             // sees a kill wherever else the transaction waits.)
