@@ -321,8 +321,11 @@ async fn failover_then_resurrected_old_primary_is_fenced() {
     // with no restart or reload of pgherd.
     cluster.pg.stop(0, StopMode::Fast).unwrap();
     cluster.pg.rejoin(0, 1).unwrap();
+    // pg1 was restarted as well: its probe answers again before long.
     pgherd
-        .wait_topology("pg0 a readable standby", |t| t.nodes[0].serves_reads())
+        .wait_topology("pg0 a readable standby of pg1", |t| {
+            t.nodes[0].serves_reads() && t.primary == Some(1)
+        })
         .await;
     let t = pgherd.handle.topology();
     assert_eq!(t.primary, Some(1));
