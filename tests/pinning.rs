@@ -220,7 +220,15 @@ async fn a_pin_is_released_by_discard_all_and_by_the_client_leaving() {
     // One server: while it is pinned, another client waits for it.
     let pgherd = pgherd_with_pool(1, &[]).await;
     let pinner = pgherd.app().await;
-    let waiter = pgherd.app().await;
+    pinner.batch_execute("LISTEN logins_go_on").await.unwrap();
+    wait_pinned(&pgherd, 1).await;
+    // With the one server pinned, a new client still logs in (welcomed as
+    // the server welcomed others); its first transaction is what waits.
+    let waiter = tokio::time::timeout(Duration::from_secs(60), pgherd.app())
+        .await
+        .expect("a login does not wait for a server");
+    pinner.batch_execute("UNLISTEN *").await.unwrap();
+    wait_pinned(&pgherd, 0).await;
     pinner
         .batch_execute("CREATE TEMP TABLE t (a int); SET search_path = pg_temp, public")
         .await

@@ -26,7 +26,14 @@ pub(super) async fn replicate(
             secret: server.secret,
         }),
     );
-    if let Err(e) = welcome(client, &server, ((cancel.pid, cancel.secret), &[]), false).await {
+    if let Err(e) = welcome(
+        client,
+        (&server.params, None),
+        ((cancel.pid, cancel.secret), &[]),
+        false,
+    )
+    .await
+    {
         shared.cancels.unregister(&cancel);
         return Err(e);
     }

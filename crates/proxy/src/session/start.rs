@@ -148,9 +148,52 @@ pub(super) async fn start(
         }
         (want, _) => want,
     };
-    let (mut first, _, first_lease) = upstream
-        .checkout(&shared.servers, &me.info, welcome_want)
-        .await?;
+    let free = match tracking {
+        true => upstream.checkout_now(&shared.servers, &me.info, welcome_want),
+        false => None,
+    };
+    if free.is_none() && tracking {
+        if let Some(cached) = upstream.cached_welcome() {
+            // Transaction mode with no server free: welcomed as a server
+            // of this upstream welcomed others, the client's first
+            // transaction waits for a server instead of its login.
+            for index in 0..shared.tracked.len() {
+                if client_params.get(index).is_none() {
+                    if let Some(v) = cached.params.tracked.get(index) {
+                        client_params.set(index, v);
+                    }
+                }
+            }
+            let as_primary = upstream.want() == Want::Primary && cached.params.is_standby();
+            let cancel = shared
+                .cancels
+                .register(None, CancelRoute::Client(Arc::clone(&me.info)));
+            let key = (cancel.pid, cancel.secret);
+            let own = (&cached.params, Some(&client_params));
+            if let Err(e) = welcome(client, own, (key, &cached.notices), as_primary).await {
+                shared.cancels.unregister(&cancel);
+                return Err(e);
+            }
+            if client.buf.is_empty() {
+                client.buf = BytesMut::new();
+            }
+            return Ok(Some(Setup {
+                upstream,
+                me,
+                cancel,
+                params: Some(client_params),
+                held: None,
+            }));
+        }
+    }
+    let (mut first, _, first_lease) = match free {
+        Some(free) => free,
+        None => {
+            upstream
+                .checkout(&shared.servers, &me.info, welcome_want)
+                .await?
+        }
+    };
     let Some(server) = first.conn() else {
         return Err(empty_slot());
     };
@@ -179,8 +222,12 @@ pub(super) async fn start(
         },
         CancelRoute::Client(Arc::clone(&me.info)),
     );
+    if tracking {
+        upstream.remember_welcome(server);
+    }
     let key = (cancel.pid, cancel.secret);
-    if let Err(e) = welcome(client, server, (key, &notices), as_primary).await {
+    let params = (&server.params, None);
+    if let Err(e) = welcome(client, params, (key, &notices), as_primary).await {
         shared.cancels.unregister(&cancel);
         return Err(e);
     }

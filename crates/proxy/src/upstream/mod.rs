@@ -81,6 +81,18 @@ pub(crate) struct Upstream {
     pools: Vec<OnceLock<PoolEntry>>,
     /// PAUSE / DISABLE of the database the client asked for.
     control: Arc<DatabaseControl>,
+    /// Transaction mode: what a server of this upstream said at login, so
+    /// a client can be welcomed while no server is free (see
+    /// [`Upstream::cached_welcome`]).
+    welcome: OnceLock<Arc<Welcome>>,
+}
+
+/// A server's login as a welcome repeats it: its ParameterStatus values
+/// and its notices.
+#[derive(Debug)]
+pub(crate) struct Welcome {
+    pub(crate) params: crate::relay::params::ServerParams,
+    pub(crate) notices: Vec<bytes::Bytes>,
 }
 
 /// What makes two clients' upstreams the same, besides the configuration
@@ -255,6 +267,24 @@ impl Upstream {
             database,
             user,
             mode: wanted.mode,
+            welcome: OnceLock::new(),
+        }
+    }
+
+    /// What a server of this upstream said at login, once one has.
+    pub(crate) fn cached_welcome(&self) -> Option<Arc<Welcome>> {
+        self.welcome.get().cloned()
+    }
+
+    /// Keeps `server`'s login for [`Upstream::cached_welcome`] (the first
+    /// one only: every server of an upstream logs in with the same
+    /// parameters).
+    pub(crate) fn remember_welcome(&self, server: &ServerConn) {
+        if self.welcome.get().is_none() {
+            let _ = self.welcome.set(Arc::new(Welcome {
+                params: server.initial_params.clone(),
+                notices: server.login_notices.clone(),
+            }));
         }
     }
 
