@@ -404,3 +404,29 @@ async fn read_http_request(conn: &mut tokio::net::TcpStream) -> Option<(String, 
     }
     Some((path, buf[head_end..head_end + length].to_vec()))
 }
+
+/// Connects as `app` and forwards the connection's notifications to a
+/// channel.
+pub async fn connect_listening(
+    pgherd: &RunningPgherd,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) {
+    use futures_util::StreamExt;
+    let (client, mut connection) = pgherd
+        .config("app", APP_PASSWORD, "app")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect through pgherd");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n);
+            }
+        }
+    });
+    (client, rx)
+}

@@ -9,9 +9,8 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use pgherd_integration_tests::*;
-use tokio_postgres::{AsyncMessage, NoTls};
+
 
 /// pgherd in transaction mode with `pool_size` servers per pool.
 async fn pgherd_with_pool(pool_size: usize, extra: &[&str]) -> RunningPgherd {
@@ -25,30 +24,6 @@ async fn pgherd_with_pool(pool_size: usize, extra: &[&str]) -> RunningPgherd {
         builder = builder.general(line);
     }
     builder.start().await
-}
-
-/// Connects and forwards notifications to a channel.
-async fn connect_listening(
-    pgherd: &RunningPgherd,
-) -> (
-    tokio_postgres::Client,
-    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
-) {
-    let (client, mut connection) = pgherd
-        .config("app", APP_PASSWORD, "app")
-        .connect(NoTls)
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(m)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = m {
-                let _ = tx.send(n);
-            }
-        }
-    });
-    (client, rx)
 }
 
 /// Servers held by pinned clients, over every pool.

@@ -88,30 +88,6 @@ async fn copy_in_and_out() {
     );
 }
 
-/// Connects and forwards notifications to a channel.
-async fn connect_listening(
-    pgherd: &RunningPgherd,
-) -> (
-    tokio_postgres::Client,
-    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
-) {
-    let (client, mut connection) = pgherd
-        .config("app", APP_PASSWORD, "app")
-        .connect(NoTls)
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(m)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = m {
-                let _ = tx.send(n);
-            }
-        }
-    });
-    (client, rx)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_notify_with_consistent_backend_pids() {
     let pgherd = shared_cluster().pgherd().start().await;

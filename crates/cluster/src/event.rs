@@ -6,7 +6,24 @@
 
 use std::time::Duration;
 
-use crate::topology::Role;
+/// A node's role as last probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Never probed successfully.
+    Unknown,
+    Primary,
+    Standby,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Unknown => "unknown",
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+        }
+    }
+}
 
 /// Something that changed, for logs, notifiers and the admin side.
 #[derive(Debug, Clone, PartialEq)]

@@ -35,8 +35,8 @@ use pgherd_config::Config;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::{broadcast, mpsc, watch};
 
-pub use event::{ClusterEvent, Event, Outage, ProxyEvent};
-pub use topology::{NodeStatus, ProbeSample, Role, Thresholds, Topology};
+pub use event::{ClusterEvent, Event, Outage, ProxyEvent, Role};
+pub use topology::{NodeStatus, ProbeSample, Thresholds, Topology};
 
 /// [`Cluster::primary_now`]'s stored value for "no primary".
 const NO_PRIMARY: usize = usize::MAX;

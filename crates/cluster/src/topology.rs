@@ -36,7 +36,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::event::{ClusterEvent, Outage};
+use crate::event::{ClusterEvent, Outage, Role};
 
 /// One successful probe of one node.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,25 +61,6 @@ pub struct ProbeSample {
     /// When the probe's query was sent: its WAL positions are at least those
     /// of any commit that completed before (read-your-writes relies on it).
     pub started: Option<std::time::Instant>,
-}
-
-/// A node's role as last probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Never probed successfully.
-    Unknown,
-    Primary,
-    Standby,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Unknown => "unknown",
-            Role::Primary => "primary",
-            Role::Standby => "standby",
-        }
-    }
 }
 
 /// Everything known about one node.
