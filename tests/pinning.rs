@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use pgherd_integration_tests::*;
 
-
 /// pgherd in transaction mode with `pool_size` servers per pool.
 async fn pgherd_with_pool(pool_size: usize, extra: &[&str]) -> RunningPgherd {
     let mut builder = shared_cluster()

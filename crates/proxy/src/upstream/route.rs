@@ -460,7 +460,8 @@ impl RoutingCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgherd_cluster::topology::{NodeStatus, ProbeSample, Role};
+    use pgherd_cluster::topology::{NodeStatus, ProbeSample};
+    use pgherd_cluster::Role;
     use std::time::Duration;
 
     fn topology(primary_probe_started: Option<Instant>) -> Topology {
