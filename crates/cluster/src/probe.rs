@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use pgherd_config::{Node, Probe};
 use tokio::sync::{mpsc, Notify};
 
+use crate::topology::ProbeSample;
+
 /// One query answers everything pgherd needs about a node (PostgreSQL 10
 /// and later): its role, WAL positions, replay delay, timeline and WAL
 /// receiver state. The timeline of a primary comes from the name of the
@@ -146,7 +148,7 @@ pub(crate) async fn run(
     index: usize,
     target: ProbeTarget,
     schedule: Arc<Schedule>,
-    results: mpsc::Sender<(usize, Result<crate::ProbeSample, String>)>,
+    results: mpsc::Sender<(usize, Result<ProbeSample, String>)>,
 ) {
     let timeout = schedule.timeout;
     let mut session: Option<Session> = None;
@@ -188,7 +190,7 @@ pub(crate) async fn run(
 async fn probe_once(
     target: &ProbeTarget,
     session: &mut Option<Session>,
-) -> Result<crate::ProbeSample, String> {
+) -> Result<ProbeSample, String> {
     if session.as_ref().is_none_or(|s| s.client.is_closed()) {
         let (client, connection) = target
             .config
@@ -239,7 +241,7 @@ async fn first_value(client: &tokio_postgres::Client, sql: &str) -> Result<Strin
 }
 
 /// A probe's answer, its eight columns as text (NULL: `None`).
-fn sample(columns: &[Option<&str>]) -> Result<crate::ProbeSample, String> {
+fn sample(columns: &[Option<&str>]) -> Result<ProbeSample, String> {
     let [in_recovery, current, received, replayed, age, timeline, receiver, system] = columns
     else {
         return Err(format!(
@@ -263,7 +265,7 @@ fn sample(columns: &[Option<&str>]) -> Result<crate::ProbeSample, String> {
         Some("f") => false,
         other => return Err(format!("pg_is_in_recovery() is {other:?}")),
     };
-    Ok(crate::ProbeSample {
+    Ok(ProbeSample {
         in_recovery,
         current_lsn: lsn(current, "current WAL position")?,
         receive_lsn: lsn(received, "received WAL position")?,
