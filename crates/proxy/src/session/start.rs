@@ -148,13 +148,9 @@ pub(super) async fn start(
         }
         (want, _) => want,
     };
-    let free = match tracking {
-        true => upstream.checkout_now(&shared.servers, &me.info, welcome_want),
-        false => None,
-    };
-    if free.is_none() && tracking {
+    if tracking {
         if let Some(cached) = upstream.cached_welcome() {
-            // Transaction mode with no server free: welcomed as a server
+            // Transaction mode with every server in use: welcomed as a server
             // of this upstream welcomed others, the client's first
             // transaction waits for a server instead of its login.
             for index in 0..shared.tracked.len() {
@@ -186,14 +182,9 @@ pub(super) async fn start(
             }));
         }
     }
-    let (mut first, _, first_lease) = match free {
-        Some(free) => free,
-        None => {
-            upstream
-                .checkout(&shared.servers, &me.info, welcome_want)
-                .await?
-        }
-    };
+    let (mut first, _, first_lease) = upstream
+        .checkout(&shared.servers, &me.info, welcome_want)
+        .await?;
     let Some(server) = first.conn() else {
         return Err(empty_slot());
     };

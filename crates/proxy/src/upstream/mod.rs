@@ -271,9 +271,16 @@ impl Upstream {
         }
     }
 
-    /// What a server of this upstream said at login, once one has.
+    /// What a server of this upstream said at login, once one has, while
+    /// a pool of it is full, every server in use. Otherwise a login goes
+    /// through taking or opening a server, so a server that refuses pgherd
+    /// is heard at login.
     pub(crate) fn cached_welcome(&self) -> Option<Arc<Welcome>> {
-        self.welcome.get().cloned()
+        let full = (self.pools.iter().filter_map(OnceLock::get)).any(|p| {
+            let status = p.pool.status();
+            status.max_size > 0 && status.checked_out >= status.max_size
+        });
+        self.welcome.get().filter(|_| full).cloned()
     }
 
     /// Keeps `server`'s login for [`Upstream::cached_welcome`] (the first
