@@ -416,11 +416,12 @@ impl Session {
             .await;
             let unit = tracking.replay.take();
             stats.traffic(relayed.traffic);
-            let pool = upstream.entry(&shared.servers, server.node);
+            // Looked up only when a pin begins or ends, not per transaction.
+            let pool = || upstream.entry(&shared.servers, server.node);
             if !self.pins.is_empty() && !matches!(relayed.end, RelayEnd::Pinned) {
                 // The state is gone (ServerIdle), or the client or the
                 // server is: the server no longer counts as pinned.
-                pool.pinned.fetch_sub(1, Ordering::Relaxed);
+                pool().pinned.fetch_sub(1, Ordering::Relaxed);
                 self.pins = Kinds::NONE;
                 me.set_pinned(Kinds::NONE);
             }
@@ -435,6 +436,7 @@ impl Session {
                 RelayEnd::Pinned => {
                     let kinds = state.session_state;
                     let node = server.node;
+                    let pool = pool();
                     if let Err(limit) = take_pin(&pool.pinned, pool.pool.status().max_size, config)
                     {
                         // The state cannot be kept: the server is reset
