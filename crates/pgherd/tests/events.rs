@@ -7,43 +7,14 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+mod process;
+
 use pgherd_testkit::{shared_cluster, APP_PASSWORD};
-
-/// The pgherd process; stopped by PID if the test ends early.
-struct Pgherd(Child);
-
-impl Drop for Pgherd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-async fn connect(
-    port: u16,
-    password: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .user("app")
-        .password(password)
-        .dbname("app")
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
+use process::{connect, free_port, Pgherd};
 
 fn write_config(path: &Path, port: u16, pool_size: u32, hook: &Path) {
     let toml = shared_cluster()
@@ -110,7 +81,7 @@ async fn pgherds_own_events_reach_an_exec_hook_and_stopped_goes_out_before_exit(
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     let holder = loop {
-        match connect(port, APP_PASSWORD).await {
+        match connect(port, APP_PASSWORD, "app").await {
             Ok(c) => break c,
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -128,7 +99,7 @@ async fn pgherds_own_events_reach_an_exec_hook_and_stopped_goes_out_before_exit(
 
     // The one server is held by an open transaction: the next client waits
     // past pool_saturated_after, then gets it once the first commits.
-    let waiter = connect(port, APP_PASSWORD).await.unwrap();
+    let waiter = connect(port, APP_PASSWORD, "app").await.unwrap();
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let waited = tokio::spawn(async move {
         waiter.simple_query("SELECT 1").await.unwrap();
@@ -146,7 +117,7 @@ async fn pgherds_own_events_reach_an_exec_hook_and_stopped_goes_out_before_exit(
 
     // Three wrong passwords make a burst.
     for _ in 0..3 {
-        let e = connect(port, "wrong").await.err().unwrap();
+        let e = connect(port, "wrong", "app").await.err().unwrap();
         assert_eq!(e.code().unwrap().code(), "28P01");
     }
     told(&said, "login_failures").await;
@@ -155,9 +126,9 @@ async fn pgherds_own_events_reach_an_exec_hook_and_stopped_goes_out_before_exit(
     // refused, which is news once.
     let mut more = Vec::new();
     for _ in 0..2 {
-        more.push(connect(port, APP_PASSWORD).await.unwrap());
+        more.push(connect(port, APP_PASSWORD, "app").await.unwrap());
     }
-    let e = connect(port, APP_PASSWORD).await.err().unwrap();
+    let e = connect(port, APP_PASSWORD, "app").await.err().unwrap();
     assert_eq!(e.code().unwrap().code(), "53300");
     let limit = told(&said, "max_client_conn").await;
     assert!(limit["message"].as_str().unwrap().contains("(4)"));
@@ -166,14 +137,14 @@ async fn pgherds_own_events_reach_an_exec_hook_and_stopped_goes_out_before_exit(
 
     // A reload says what it changed.
     write_config(&config, port, 2, &hook);
-    kill(Pid::from_raw(pgherd.0.id() as i32), Signal::SIGHUP).unwrap();
+    pgherd.signal(Signal::SIGHUP);
     let reloaded = told(&said, "config_reloaded").await;
     let message = reloaded["message"].as_str().unwrap();
     assert!(message.contains("changed: default_pool_size"), "{message}");
 
     // SIGTERM: draining, then stopped, delivered before the process ends.
     drop(holder);
-    kill(Pid::from_raw(pgherd.0.id() as i32), Signal::SIGTERM).unwrap();
+    pgherd.signal(Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = pgherd.0.try_wait().unwrap() {

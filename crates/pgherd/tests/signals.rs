@@ -5,47 +5,15 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+mod process;
+
 use pgherd_testkit::{shared_cluster, APP_PASSWORD};
+use process::{connect, free_port, Pgherd};
 use tokio_postgres::SimpleQueryMessage;
-
-/// The pgherd process; stopped by PID if the test ends early.
-struct Pgherd(Child);
-
-impl Pgherd {
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.0.id() as i32), signal).unwrap();
-    }
-}
-
-impl Drop for Pgherd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-async fn connect(port: u16, dbname: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .user("app")
-        .password(APP_PASSWORD)
-        .dbname(dbname)
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
 
 /// The `value` of row `key` in a console command's result.
 async fn console_value(console: &tokio_postgres::Client, sql: &str, key: &str) -> String {
@@ -110,7 +78,7 @@ async fn sighup_reloads_sigusr1_pauses_sigusr2_resumes_sigterm_stops() {
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     let app = loop {
-        match connect(port, "app").await {
+        match connect(port, APP_PASSWORD, "app").await {
             Ok(c) => break c,
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -118,7 +86,7 @@ async fn sighup_reloads_sigusr1_pauses_sigusr2_resumes_sigterm_stops() {
             Err(e) => panic!("pgherd does not serve: {e}"),
         }
     };
-    let console = connect(port, "pgbouncer").await.unwrap();
+    let console = connect(port, APP_PASSWORD, "pgbouncer").await.unwrap();
     app.simple_query("SELECT 1").await.unwrap();
     let (_, hard) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
