@@ -416,12 +416,12 @@ impl Session {
             .await;
             let unit = tracking.replay.take();
             stats.traffic(relayed.traffic);
-            // Looked up only when a pin begins or ends, not per transaction.
-            let pool = || upstream.entry(&shared.servers, server.node);
+            // The pool is looked up only when a pin begins or ends.
             if !self.pins.is_empty() && !matches!(relayed.end, RelayEnd::Pinned) {
                 // The state is gone (ServerIdle), or the client or the
                 // server is: the server no longer counts as pinned.
-                pool().pinned.fetch_sub(1, Ordering::Relaxed);
+                let pool = upstream.entry(&shared.servers, server.node);
+                pool.pinned.fetch_sub(1, Ordering::Relaxed);
                 self.pins = Kinds::NONE;
                 me.set_pinned(Kinds::NONE);
             }
@@ -436,9 +436,9 @@ impl Session {
                 RelayEnd::Pinned => {
                     let kinds = state.session_state;
                     let node = server.node;
-                    let pool = pool();
-                    if let Err(limit) = take_pin(&pool.pinned, pool.pool.status().max_size, config)
-                    {
+                    let pool = upstream.entry(&shared.servers, server.node);
+                    let taken_pin = take_pin(&pool.pinned, pool.pool.status().max_size, config);
+                    if let Err(limit) = taken_pin {
                         // The state cannot be kept: the server is reset
                         // (DISCARD ALL) and pooled, and the client is told
                         // or goes on without it.
