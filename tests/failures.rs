@@ -295,6 +295,27 @@ async fn query_wait_timeout_when_the_pool_is_exhausted() {
         .start()
         .await;
     let holder = pgherd.app().await;
+    assert_eq!(simple_value(&holder, "SELECT 1").await, "1");
+    // Logged in (session_server_at = "first_query"); the first query waits.
+    let waiter = pgherd.app().await;
+    let e = waiter.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("53300"));
+    assert!(
+        message(&e).contains("query_wait_timeout"),
+        "{}",
+        message(&e)
+    );
+    assert_eq!(simple_value(&holder, "SELECT 1").await, "1");
+
+    // With "login", the login itself waits.
+    let pgherd = shared_cluster()
+        .pgherd()
+        .database("app = { pool_size = 1 }")
+        .general("query_wait_timeout = 0.5")
+        .general("session_server_at = \"login\"")
+        .start()
+        .await;
+    let holder = pgherd.app().await;
     let e = connect_err(&pgherd, "app", APP_PASSWORD, "app").await;
     assert_eq!(sqlstate(&e), Some("53300"));
     assert!(

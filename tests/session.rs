@@ -109,9 +109,14 @@ async fn listen_notify_with_consistent_backend_pids() {
     assert_eq!(n.process_id().to_string(), notifier_pid);
 }
 
+/// With `session_server_at = "login"` the client is told its server's PID.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_key_data_pid_is_the_servers() {
-    let pgherd = shared_cluster().pgherd().start().await;
+    let pgherd = shared_cluster()
+        .pgherd()
+        .general("session_server_at = \"login\"")
+        .start()
+        .await;
     let mut raw = RawClient::connect(&pgherd).await;
     let welcome = raw.login_app().await;
     let key = welcome
@@ -529,4 +534,88 @@ async fn an_unknown_message_type_after_login_is_a_protocol_violation() {
         let other = pgherd.app().await;
         assert_eq!(simple_value(&other, "SELECT 1").await, "1");
     }
+}
+
+/// Session mode's default (`session_server_at = "first_query"`), pgbouncer's:
+/// a client gets its server at its first request, so idle connections hold
+/// none. 50 clients log in to a pool of 5, then 5 of them hold a
+/// transaction each at once, with no one waiting, and the sixth waits for a
+/// server. With `"login"`, the sixth login already waits, and fails at
+/// query_wait_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_session_clients_hold_no_server() {
+    let pool = |at: &str| {
+        shared_cluster()
+            .pgherd()
+            .nodes(&[0])
+            .general("default_pool_size = 5")
+            .general("max_client_conn = 200")
+            .general("query_wait_timeout = 2")
+            .general(&format!("session_server_at = \"{at}\""))
+    };
+    let status = |pgherd: &RunningPgherd| {
+        let pools = pgherd.handle.pools();
+        assert_eq!(pools.len(), 1);
+        pools[0].status
+    };
+
+    let pgherd = pool("first_query").start().await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(pgherd.app().await);
+    }
+    assert_eq!(
+        status(&pgherd).checked_out,
+        0,
+        "idle clients hold no server"
+    );
+    let mut busy = clients.split_off(45);
+    let mut pids = std::collections::HashSet::new();
+    for client in &busy {
+        client.batch_execute("BEGIN").await.unwrap();
+        pids.insert(simple_value(client, "SELECT pg_backend_pid()").await);
+    }
+    assert_eq!(pids.len(), 5, "five transactions on five servers");
+    let now = status(&pgherd);
+    assert_eq!((now.total, now.checked_out, now.waiting), (5, 5, 0));
+    // The pool is full: a sixth client's first query waits for a server,
+    // and gets the one a client leaves.
+    let sixth = &clients[0];
+    let query = sixth.simple_query("SELECT pg_backend_pid()");
+    let leaving = async {
+        for _ in 0..1500 {
+            if status(&pgherd).waiting == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(status(&pgherd).waiting, 1, "the sixth waits");
+        busy.pop();
+    };
+    let (rows, ()) = tokio::join!(query, leaving);
+    let rows = rows.unwrap();
+    let pid = match &rows[1] {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).unwrap().to_owned(),
+        other => panic!("a row expected: {other:?}"),
+    };
+    assert!(
+        pids.contains(&pid),
+        "the sixth got the server a client left"
+    );
+    drop((busy, clients));
+    drop(pgherd);
+
+    // At login: the sixth login waits for a server and is refused.
+    let pgherd = pool("login").start().await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(pgherd.app().await);
+    }
+    let sixth = pgherd
+        .config("app", APP_PASSWORD, "app")
+        .connect(NoTls)
+        .await;
+    let err = sixth.err().expect("the sixth login fails");
+    assert_eq!(sqlstate(&err), Some("53300"), "{err}");
+    assert_eq!(status(&pgherd).checked_out, 5);
 }

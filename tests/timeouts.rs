@@ -105,8 +105,10 @@ async fn server_check_query_runs_before_transactions_on_idle_servers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_check_query_runs_on_servers_that_sat_idle() {
     let cluster = shared_cluster();
+    // At login: the first session's server is the brand new one.
     let pgherd = cluster
         .pgherd()
+        .general("session_server_at = \"login\"")
         .general("server_check_delay = 0")
         .general("server_check_query = \"SELECT set_config('pgherd.checked', 'yes', false)\"")
         .start()

@@ -59,6 +59,19 @@ pub enum PoolMode {
     Transaction,
 }
 
+/// Session mode: when a client gets the server it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionServerAt {
+    /// At its first request, as pgbouncer does: idle clients hold no
+    /// server, and the BackendKeyData PID is pgherd's.
+    FirstQuery,
+    /// At login: the BackendKeyData PID is the server's own
+    /// (`pg_backend_pid()` agrees), and every connected client holds a
+    /// server.
+    Login,
+}
+
 /// Where a database's sessions go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

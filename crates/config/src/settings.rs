@@ -16,7 +16,8 @@ use serde::Deserialize;
 
 use crate::error::{invalid, ConfigError};
 use crate::kinds::{
-    AdminAuth, AuthType, Balance, Hidden, PinLimitAction, PoolMode, SslMode, TlsProtocols,
+    AdminAuth, AuthType, Balance, Hidden, PinLimitAction, PoolMode, SessionServerAt, SslMode,
+    TlsProtocols,
 };
 use crate::show::Show;
 
@@ -252,6 +253,8 @@ settings! {
     listen_backlog: u32 => u32 = 1024u32, NeedsRestart, between(1, 65_535);
     /// When a client gives its server back: `session` or `transaction`.
     pool_mode: PoolMode => PoolMode = PoolMode::Session, Applies, as_is;
+    /// Session mode: a client gets its server at its `first_query` (pgbouncer) or at `login`.
+    session_server_at: SessionServerAt => SessionServerAt = SessionServerAt::FirstQuery, Applies, as_is;
     /// The admin HTTP listener (metrics, health, JSON API, stats page); "" turns it off.
     admin_listen_addr: String => Option<SocketAddr> = "127.0.0.1:9930", NeedsRestart, address_or_off;
     /// How clients prove who they are.

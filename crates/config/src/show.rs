@@ -2,7 +2,9 @@
 //! the file (times in seconds, lists comma-separated), booleans as
 //! pgbouncer prints them (1 and 0), secrets only as set.
 
-use crate::kinds::{AdminAuth, AuthType, Balance, Hidden, PinLimitAction, PoolMode, SslMode};
+use crate::kinds::{
+    AdminAuth, AuthType, Balance, Hidden, PinLimitAction, PoolMode, SessionServerAt, SslMode,
+};
 
 /// How a value written in the file prints.
 pub(crate) trait Show {
@@ -75,6 +77,16 @@ impl Show for Balance {
         match self {
             Balance::RoundRobin => "roundrobin",
             Balance::LeastConn => "leastconn",
+        }
+        .into()
+    }
+}
+
+impl Show for SessionServerAt {
+    fn show(&self) -> String {
+        match self {
+            SessionServerAt::FirstQuery => "first_query",
+            SessionServerAt::Login => "login",
         }
         .into()
     }

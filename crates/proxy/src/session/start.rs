@@ -1,11 +1,16 @@
 //! A logged-in client's session set up: the database entry and server
 //! credential resolved to an [`Upstream`], the first server taken, and the
 //! client welcomed with a server's ParameterStatus values.
+//!
+//! A client that gets its server later (transaction mode, and session mode
+//! with `session_server_at = "first_query"`) gives the first server back
+//! at once, and while its pool is full is welcomed with what a server of
+//! the pool said at its own login, so that logins never wait for a server.
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use pgherd_config::{PoolMode, Target};
+use pgherd_config::{PoolMode, SessionServerAt, Target};
 use pgherd_wire::backend::ErrorFields;
 use pgherd_wire::sqlstate;
 
@@ -70,6 +75,11 @@ pub(super) async fn start(
     let server_db = db.dbname.clone().unwrap_or_else(|| auth.database.clone());
     let mode = config.pool_mode(db, &auth.user);
     let tracking = mode == PoolMode::Transaction && !replication;
+    // The client gets a server only when it sends something: transaction
+    // mode, and session mode with `session_server_at = "first_query"`.
+    let server_later = tracking
+        || (mode == PoolMode::Session
+            && config.general.session_server_at == SessionServerAt::FirstQuery);
     let ignored = |name: &str| {
         config
             .general
@@ -122,18 +132,19 @@ pub(super) async fn start(
     // and the rest go now, not at the end of the session.
     drop(auth);
     // The welcome needs a server's ParameterStatus values, in both modes.
-    let welcome_want = match (upstream.want(), mode) {
-        (Want::Standby { fallback, .. }, PoolMode::Transaction) => Want::Standby {
+    let welcome_want = match (upstream.want(), server_later) {
+        (Want::Standby { fallback, .. }, true) => Want::Standby {
             fallback,
             wrote_at: None,
             peek: true,
         },
-        // While no primary is known (a failover), a transaction-mode client
-        // is welcomed with a standby's values and its first transaction
-        // waits for the primary: a driver's connect timeout is usually
-        // shorter than a failover, and its first query's is not. (Not before
-        // the first probes have answered: then the primary is moments away.)
-        (Want::Primary, PoolMode::Transaction)
+        // While no primary is known (a failover), a client that gets its
+        // server later is welcomed with a standby's values and its first
+        // request waits for the primary: a driver's connect timeout is
+        // usually shorter than a failover, and its first query's is not.
+        // (Not before the first probes have answered: then the primary is
+        // moments away.)
+        (Want::Primary, true)
             if shared.cluster().primary_now().is_none()
                 && shared
                     .cluster()
@@ -148,11 +159,11 @@ pub(super) async fn start(
         }
         (want, _) => want,
     };
-    if tracking {
+    if server_later {
         if let Some(cached) = upstream.cached_welcome() {
-            // Transaction mode with every server in use: welcomed as a server
-            // of this upstream welcomed others, the client's first
-            // transaction waits for a server instead of its login.
+            // Every server in use: welcomed as a server of this upstream
+            // welcomed others, the client's first request waits for a
+            // server instead of its login.
             for index in 0..shared.tracked.len() {
                 if client_params.get(index).is_none() {
                     if let Some(v) = cached.params.tracked.get(index) {
@@ -165,7 +176,7 @@ pub(super) async fn start(
                 .cancels
                 .register(None, CancelRoute::Client(Arc::clone(&me.info)));
             let key = (cancel.pid, cancel.secret);
-            let own = (&cached.params, Some(&client_params));
+            let own = (&cached.params, tracking.then_some(&client_params));
             if let Err(e) = welcome(client, own, (key, &cached.notices), as_primary).await {
                 shared.cancels.unregister(&cancel);
                 return Err(e);
@@ -177,7 +188,7 @@ pub(super) async fn start(
                 upstream,
                 me,
                 cancel,
-                params: Some(client_params),
+                params: tracking.then_some(client_params),
                 held: None,
             }));
         }
@@ -206,14 +217,12 @@ pub(super) async fn start(
         // application_name), the client hears as it would at login.
         notices.extend(sync_params(shared, &mut client_params, server).await?);
     }
+    // A client that keeps this server is told its real PID.
     let cancel = shared.cancels.register(
-        match mode {
-            PoolMode::Session => Some(server.pid),
-            PoolMode::Transaction => None,
-        },
+        (!server_later).then_some(server.pid),
         CancelRoute::Client(Arc::clone(&me.info)),
     );
-    if tracking {
+    if server_later {
         upstream.remember_welcome(server);
     }
     let key = (cancel.pid, cancel.secret);
@@ -222,16 +231,15 @@ pub(super) async fn start(
         shared.cancels.unregister(&cancel);
         return Err(e);
     }
-    let held = match mode {
-        PoolMode::Session => Some(Box::new((first, first_lease))),
-        PoolMode::Transaction => {
-            release(first, config.general.server_lifetime, Micros::now());
-            drop(first_lease);
-            None
-        }
+    let held = if server_later {
+        release(first, config.general.server_lifetime, Micros::now());
+        drop(first_lease);
+        None
+    } else {
+        Some(Box::new((first, first_lease)))
     };
     if held.is_none() && client.buf.is_empty() {
-        // Transaction mode: the login buffer is not needed while idle.
+        // No server yet: the login buffer is not needed while idle.
         client.buf = BytesMut::new();
     }
     Ok(Some(Setup {

@@ -1,7 +1,8 @@
-//! The served session: wait for a request, take a server (at login in
-//! session mode, per transaction in transaction mode), relay until the
-//! server is free again, and turn how the relay ended into what the client
-//! is told (an error, a retry on another server, or nothing).
+//! The served session: wait for a request, take a server (in session mode
+//! at the first request or, with `session_server_at = "login"`, at login;
+//! per transaction in transaction mode), relay until the server is free
+//! again, and turn how the relay ended into what the client is told (an
+//! error, a retry on another server, or nothing).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -75,7 +76,8 @@ pub(super) struct Session {
     /// Requests of this transaction run again because their server left
     /// ([`RelayEnd::ServerGone`]), up to [`MAX_GONE_RETRIES`].
     gone_retries: u8,
-    /// Session mode: the server kept since the welcome; transaction mode:
+    /// Session mode: the server kept since the welcome (with
+    /// `session_server_at = "login"`); transaction mode:
     /// the server the client is pinned to (boxed: a transaction-mode
     /// client, idle most of its life, keeps 8 bytes for it instead of 48).
     held: Option<Box<(Guard<ServerConn>, Lease)>>,
@@ -150,7 +152,7 @@ impl Session {
     }
 
     /// Relays the client until it leaves. In session mode it keeps its
-    /// server throughout; in transaction mode it takes a server when it
+    /// server from its first request (or login) on; in transaction mode it takes a server when it
     /// sends something and gives it back when the transaction is over.
     ///
     /// Every idle client's task holds this future, so what a transaction
@@ -246,7 +248,7 @@ impl Session {
     async fn take_server(&mut self, shared: &Shared) -> Result<Option<Taken>, ErrorFields> {
         let upstream = &*self.upstream;
         if let Some((guard, lease)) = self.held.take().map(|held| *held) {
-            // Session mode's server, held since the welcome.
+            // Session mode's server held since the welcome, or a pinned one.
             let server = (guard, lease, Micros::now());
             return Ok(Some(Taken::new(shared, server, upstream.want(), false)));
         }
