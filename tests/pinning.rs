@@ -333,3 +333,92 @@ async fn past_max_pinned_percent_the_client_is_told_and_the_server_reset() {
     let third = pgherd.app().await;
     assert_eq!(simple_value(&third, "SELECT 3").await, "3");
 }
+
+/// The pid of the server a client's next statement runs on, with `sql`'s
+/// one value beside it.
+async fn on_server(client: &tokio_postgres::Client, sql: &str) -> (String, String) {
+    let rows = simple_rows(
+        client,
+        &format!("SELECT pg_backend_pid()::text, ({sql})::text"),
+    )
+    .await
+    .unwrap();
+    (
+        rows[0][0].clone().unwrap(),
+        rows[0][1].clone().unwrap_or_default(),
+    )
+}
+
+/// `SET` outside a transaction is replayed, not pinned: the client's
+/// settings (unreported ones: `work_mem`, a list-valued `search_path`, a
+/// custom `app.*`) follow it to the other server, the server it set them on
+/// has them reset for the next client, a failed `SET` changes nothing, and
+/// `RESET`/`RESET ALL` are honoured. A `SET` inside a transaction still pins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_follow_the_client_to_other_servers() {
+    let pgherd = pgherd_with_pool(2, &[]).await;
+    let (a, b, c) = (pgherd.app().await, pgherd.app().await, pgherd.app().await);
+    // b holds one server; a's settings are made on the other.
+    b.batch_execute("BEGIN").await.unwrap();
+    let (b_server, _) = on_server(&b, "1").await;
+    for set in [
+        "SET work_mem = '77MB'",
+        "SET search_path TO \"Odd Schema\", public;",
+        "set app.user_id to 42",
+    ] {
+        a.batch_execute(set).await.unwrap();
+    }
+    // A bad value fails and changes nothing.
+    let err = a.batch_execute("SET work_mem = 'lots'").await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("22023"));
+    assert_eq!(pinned(&pgherd), 0, "settings are replayed, not pinned");
+    // c takes the server a set them on and sees none of them.
+    c.batch_execute("BEGIN").await.unwrap();
+    let (c_server, c_work_mem) = on_server(&c, "current_setting('work_mem')").await;
+    assert_ne!(c_server, b_server);
+    assert_eq!(c_work_mem, "4MB");
+    let (_, custom) = on_server(&c, "current_setting('app.user_id', true)").await;
+    assert_eq!(custom, "");
+    b.batch_execute("COMMIT").await.unwrap();
+    // a lands on b's old server, with its settings.
+    let (a_server, work_mem) = on_server(&a, "current_setting('work_mem')").await;
+    assert_eq!(a_server, b_server, "the only free server");
+    assert_eq!(work_mem, "77MB");
+    let (_, path) = on_server(&a, "current_setting('search_path')").await;
+    assert_eq!(path, "\"Odd Schema\", public");
+    let (_, user_id) = on_server(&a, "current_setting('app.user_id')").await;
+    assert_eq!(user_id, "42");
+    c.batch_execute("COMMIT").await.unwrap();
+
+    // RESET one, then RESET ALL; every server then shows the defaults.
+    a.batch_execute("RESET work_mem").await.unwrap();
+    b.batch_execute("BEGIN").await.unwrap();
+    let (_, work_mem) = on_server(&a, "current_setting('work_mem')").await;
+    assert_eq!(work_mem, "4MB");
+    let (_, user_id) = on_server(&a, "current_setting('app.user_id')").await;
+    assert_eq!(user_id, "42");
+    b.batch_execute("COMMIT").await.unwrap();
+    a.batch_execute("RESET ALL").await.unwrap();
+    // Both servers at once.
+    for client in [&a, &b] {
+        client.batch_execute("BEGIN").await.unwrap();
+    }
+    for client in [&a, &b] {
+        let (_, user_id) = on_server(client, "current_setting('app.user_id', true)").await;
+        assert_eq!(user_id, "");
+        let (_, path) = on_server(client, "current_setting('search_path')").await;
+        assert_eq!(path, "\"$user\", public");
+    }
+    for client in [&a, &b] {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    assert_eq!(pinned(&pgherd), 0);
+
+    // Inside a transaction a SET's fate is the transaction's: it pins.
+    a.batch_execute("BEGIN; SET work_mem = '9MB'; COMMIT")
+        .await
+        .unwrap();
+    wait_pinned(&pgherd, 1).await;
+    a.batch_execute("RESET ALL").await.unwrap();
+    wait_pinned(&pgherd, 0).await;
+}

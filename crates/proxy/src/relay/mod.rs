@@ -31,6 +31,7 @@ pub(crate) mod params;
 mod pipe;
 pub(crate) mod prepared;
 pub(crate) mod session_state;
+pub(crate) mod settings;
 mod track;
 
 use std::pin::Pin;
@@ -45,7 +46,7 @@ use tokio::time::Sleep;
 
 use crate::clock::Micros;
 
-use crate::relay::params::{ClientParams, ServerParams, TrackedParams};
+use crate::relay::params::{ClientParams, ServerParams};
 use crate::stats::{PoolStats, Traffic};
 use pipe::{Pipe, Step, StepError};
 use prepared::{ClientStatements, Expected, ServerStatements};
@@ -238,16 +239,13 @@ fn limit_reached(
     })
 }
 
-/// The parameters pgherd carries itself, when the client's statements
-/// are read for session state (transaction mode, `pin_on_session_state`).
-fn detecting<'p>(
-    state: &ServerProgress,
-    params: &'p Option<Params<'_>>,
-) -> Option<&'p TrackedParams> {
-    match params {
-        Some(p) if state.detect_state => Some(p.server.tracked_names()),
-        _ => None,
-    }
+/// The client's parameters, when its statements are read for session
+/// state (transaction mode, `pin_on_session_state`).
+fn detecting<'p, 'a>(
+    detect_state: bool,
+    params: &'p mut Option<Params<'a>>,
+) -> Option<&'p mut Params<'a>> {
+    params.as_mut().filter(|_| detect_state)
 }
 
 /// The idle timer's branch: pending forever when no limit is set.
@@ -393,8 +391,8 @@ async fn relay_inner(
     // starves. (A direction with bytes to write goes first regardless:
     // see `poll_directions`.)
     let mut up_first = false;
-    let tracked = detecting(state, &tracking.params);
-    if let Err(e) = scan_client(up, client_watch, state, (&mut tracking.statements, tracked)) {
+    let params = detecting(state.detect_state, &mut tracking.params);
+    if let Err(e) = scan_client(up, client_watch, state, (&mut tracking.statements, params)) {
         return RelayEnd::ClientProtocol(e);
     }
     if let Err(e) = up.write_now(server, false) {
@@ -457,9 +455,9 @@ async fn relay_inner(
                     if state.hold == Hold::Request {
                         keep_for_replay(up, state, &mut tracking.replay);
                     }
-                    let tracked = detecting(state, &tracking.params);
+                    let params = detecting(state.detect_state, &mut tracking.params);
                     let statements = &mut tracking.statements;
-                    if let Err(e) = scan_client(up, client_watch, state, (statements, tracked)) {
+                    if let Err(e) = scan_client(up, client_watch, state, (statements, params)) {
                         return RelayEnd::ClientProtocol(e);
                     }
                     if let Err(e) = up.write_now(server, false) {

@@ -26,6 +26,8 @@ use std::sync::Arc;
 
 use pgherd_config::{General, TRACKED_PARAMETERS};
 
+use super::settings::{Change, Settings};
+
 /// The tracked parameter names of a configuration; a name's place here is
 /// its index in every [`Values`].
 #[derive(Debug, Clone)]
@@ -102,39 +104,92 @@ impl Values {
     }
 }
 
-/// One client's values of the tracked parameters.
+/// One client's session parameters: its values of the tracked ones, and
+/// the settings it made with SQL (`relay::settings`).
 #[derive(Debug, Clone)]
-pub(crate) struct ClientParams(Values);
+pub(crate) struct ClientParams {
+    values: Values,
+    /// Boxed, and only once the client makes a setting: most never do.
+    made: Option<Box<Made>>,
+}
+
+/// Settings a client made with SQL, and the change of its statement in
+/// flight, kept once the server answers it without an error.
+#[derive(Debug, Clone, Default)]
+struct Made {
+    settings: Settings,
+    pending: Option<Change>,
+}
+
+/// What a client without settings of its own has.
+static NO_SETTINGS: Settings = Settings::NONE;
 
 impl ClientParams {
     pub(crate) fn new(tracked: &TrackedParams) -> ClientParams {
-        ClientParams(Values::unknown(tracked))
+        ClientParams {
+            values: Values::unknown(tracked),
+            made: None,
+        }
     }
 
     pub(crate) fn set(&mut self, index: usize, value: &str) {
-        self.0.set(index, value);
+        self.values.set(index, value);
     }
 
     pub(crate) fn get(&self, index: usize) -> Option<&str> {
-        self.0.get(index)
+        self.values.get(index)
     }
 
-    /// A query setting, on a server whose tracked values are `server`,
-    /// every parameter this client has differently; `None` when there is
-    /// nothing to do. Equal sets end up shared, so the steady state is one
-    /// pointer comparison, without allocation.
+    /// The settings this client made with SQL.
+    pub(crate) fn settings(&self) -> &Settings {
+        self.made.as_ref().map_or(&NO_SETTINGS, |m| &m.settings)
+    }
+
+    /// The client sent a statement making `change`.
+    pub(crate) fn expect(&mut self, change: Change) {
+        self.made.get_or_insert_with(Default::default).pending = Some(change);
+    }
+
+    /// The server answered without an error, idle: the change in flight is
+    /// made, on the client's settings and on `server`'s (which were the
+    /// client's when its transaction began).
+    pub(crate) fn confirm(&mut self, server: &mut ServerParams) {
+        let Some(made) = self.made.as_mut() else {
+            return;
+        };
+        if let Some(change) = made.pending.take() {
+            made.settings.apply(&change);
+            made.settings.share_with(&mut server.settings);
+            if made.settings.is_empty() {
+                self.made = None;
+            }
+        }
+    }
+
+    /// The statement in flight failed: nothing changed.
+    pub(crate) fn forget(&mut self) {
+        if let Some(made) = self.made.as_mut() {
+            made.pending = None;
+        }
+    }
+
+    /// A query setting, on `server`, every parameter this client has
+    /// differently; `None` when there is nothing to do. Equal sets end up
+    /// shared, so the steady state is two pointer comparisons, without
+    /// allocation.
     pub(crate) fn differences(
         &mut self,
-        server: &mut Values,
+        server: &mut ServerParams,
         tracked: &TrackedParams,
     ) -> Option<String> {
-        if self.0.same(server) {
+        let settings_same = self.settings().same(&server.settings);
+        if self.values.same(&server.tracked) && settings_same {
             return None;
         }
         let mut query: Option<String> = None;
-        for (index, value) in self.0 .0.iter().enumerate() {
+        for (index, value) in self.values.0.iter().enumerate() {
             let Some(value) = value else { continue };
-            if server.get(index) == Some(value) {
+            if server.tracked.get(index) == Some(value) {
                 continue;
             }
             let q = query.get_or_insert_with(String::new);
@@ -145,7 +200,16 @@ impl ClientParams {
             q.push(';');
         }
         if query.is_none() {
-            self.0.share(server);
+            self.values.share(&mut server.tracked);
+        }
+        if !settings_same {
+            let q = query.get_or_insert_with(String::new);
+            self.settings().differences(&server.settings, q);
+            if q.is_empty() {
+                // Equal, apart: one allocation from now on.
+                self.settings().share_with(&mut server.settings);
+                query = None;
+            }
         }
         query
     }
@@ -153,20 +217,22 @@ impl ClientParams {
     /// After a server applied this client's values: takes the server's
     /// spelling of each (it reports `DateStyle` `iso, mdy` as `ISO, MDY`), so
     /// the next comparison with a server holding the same setting matches.
-    pub(crate) fn adopt(&mut self, server: &mut Values) {
-        for index in 0..self.0 .0.len() {
-            if let (Some(_), Some(theirs)) = (self.0.get(index), server.get(index)) {
+    /// The server has the client's settings now.
+    pub(crate) fn adopt(&mut self, server: &mut ServerParams) {
+        for index in 0..self.values.0.len() {
+            if let (Some(_), Some(theirs)) = (self.values.get(index), server.tracked.get(index)) {
                 let theirs = theirs.to_owned();
-                self.0.set(index, &theirs);
+                self.values.set(index, &theirs);
             }
         }
-        self.0.share(server);
+        self.values.share(&mut server.tracked);
+        self.settings().share_with(&mut server.settings);
     }
 
     /// Whether this client's values and `other` are one allocation.
     #[cfg(test)]
     fn shares_with(&self, other: &Values) -> bool {
-        self.0.same(other)
+        self.values.same(other)
     }
 }
 
@@ -180,6 +246,9 @@ pub(crate) struct ServerParams {
     /// The tracked values (plus those pgherd set that the server does not
     /// report).
     pub(crate) tracked: Values,
+    /// Settings made with SQL on this server that pgherd replays
+    /// (`relay::settings`): what a client landing here has reset or changed.
+    pub(crate) settings: Settings,
     /// `in_hot_standby = on`, kept as a flag: it is asked for every
     /// transaction.
     standby: bool,
@@ -196,6 +265,7 @@ impl ServerParams {
         ServerParams {
             reported: Vec::new(),
             tracked: Values::unknown(&names),
+            settings: Settings::NONE,
             standby: false,
             names,
         }
@@ -326,7 +396,7 @@ mod tests {
         );
         let mut s = server(&names, &[("TimeZone", "UTC"), ("application_name", "app")]);
         assert_eq!(
-            c.differences(&mut s.tracked, &names).as_deref(),
+            c.differences(&mut s, &names).as_deref(),
             Some("SET \"TimeZone\" TO E'Asia/Tokyo';")
         );
         assert!(!c.shares_with(&s.tracked), "different sets stay apart");
@@ -335,13 +405,13 @@ mod tests {
             &names,
             &[("application_name", "app"), ("timezone", "Asia/Tokyo")],
         );
-        assert_eq!(c.differences(&mut same.tracked, &names), None);
+        assert_eq!(c.differences(&mut same, &names), None);
         let mut changed = server(
             &names,
             &[("application_name", "other"), ("TimeZone", "Asia/Tokyo")],
         );
         assert_eq!(
-            c.differences(&mut changed.tracked, &names).as_deref(),
+            c.differences(&mut changed, &names).as_deref(),
             Some("SET \"application_name\" TO E'app';")
         );
     }
@@ -352,17 +422,17 @@ mod tests {
         let mut a = client(&names, &[("TimeZone", "UTC")]);
         let mut b = client(&names, &[("TimeZone", "UTC")]);
         let mut s = server(&names, &[("TimeZone", "UTC")]);
-        assert_eq!(a.differences(&mut s.tracked, &names), None);
+        assert_eq!(a.differences(&mut s, &names), None);
         assert!(a.shares_with(&s.tracked));
         // Two share it now: b takes theirs rather than they b's.
-        assert_eq!(b.differences(&mut s.tracked, &names), None);
+        assert_eq!(b.differences(&mut s, &names), None);
         assert!(b.shares_with(&s.tracked) && a.shares_with(&s.tracked));
         // A SET on the server changes its set and this client's, not a's.
         let index = s.record("TimeZone", "Europe/Paris").unwrap();
         b.set(index, "Europe/Paris");
         assert_eq!(a.get(index), Some("UTC"));
         assert_eq!(
-            a.differences(&mut s.tracked, &names).as_deref(),
+            a.differences(&mut s, &names).as_deref(),
             Some("SET \"TimeZone\" TO E'UTC';")
         );
     }
@@ -373,12 +443,12 @@ mod tests {
         let mut c = client(&names, &[("search_path", "app, public")]);
         let mut s = server(&names, &[]);
         assert_eq!(
-            c.differences(&mut s.tracked, &names).as_deref(),
+            c.differences(&mut s, &names).as_deref(),
             Some("SET \"search_path\" TO E'app, public';")
         );
         // Once set, pgherd knows the server has it (it will not report it).
         s.assume(&c);
-        assert_eq!(c.differences(&mut s.tracked, &names), None);
+        assert_eq!(c.differences(&mut s, &names), None);
     }
 
     #[test]
@@ -391,7 +461,7 @@ mod tests {
         let mut c = c;
         let mut s = server(&names, &[]);
         assert_eq!(
-            c.differences(&mut s.tracked, &names).as_deref(),
+            c.differences(&mut s, &names).as_deref(),
             Some(r#"SET "application_name" TO E'it''s a \\ path';SET "we""ird" TO E'x';"#)
         );
     }
@@ -402,7 +472,7 @@ mod tests {
         let datestyle = names.index("DateStyle").unwrap();
         let mut c = client(&names, &[("DateStyle", "iso, dmy")]);
         let mut s = server(&names, &[("DateStyle", "ISO, DMY"), ("TimeZone", "UTC")]);
-        c.adopt(&mut s.tracked);
+        c.adopt(&mut s);
         assert_eq!(c.get(datestyle), Some("ISO, DMY"));
         // What the client had no value for stays unknown to it.
         assert_eq!(c.get(names.index("TimeZone").unwrap()), None);

@@ -73,7 +73,7 @@ impl Kinds {
         Kinds(self.0 | other.0)
     }
 
-    fn without(self, other: Kinds) -> Kinds {
+    pub(crate) fn without(self, other: Kinds) -> Kinds {
         Kinds(self.0 & !other.0)
     }
 
@@ -94,6 +94,11 @@ pub(crate) struct Effect {
 }
 
 impl Effect {
+    /// It pins or drops one of `kinds`.
+    pub(crate) fn involves(self, kinds: Kinds) -> bool {
+        (self.pins.0 | self.drops.0) & kinds.0 != 0
+    }
+
     /// This effect followed by `next`.
     fn then(self, next: Effect) -> Effect {
         Effect {
@@ -261,6 +266,12 @@ fn statement_effect(statement: &[u8], tracked: &impl Fn(&str) -> bool) -> Effect
             Some(w) if w.eq_ignore_ascii_case(b"role") || w.eq_ignore_ascii_case(b"session") => {
                 drops(Kinds::ROLE)
             }
+            // Another parameter's: a setting pgherd does not carry itself
+            // changed (replayed when it can be: `relay::settings`).
+            Some(w) if !w.eq_ignore_ascii_case(b"time") => match std::str::from_utf8(w) {
+                Ok(name) if tracked(name) => Effect::default(),
+                _ => pins(Kinds::SETTING),
+            },
             _ => Effect::default(),
         },
         Keyword::Load => pins(Kinds::LOAD),

@@ -8,10 +8,9 @@ use pgherd_wire::sqlstate;
 use pgherd_wire::{frame, FrameError};
 
 use super::pipe::{Action, Pipe, Seen, Tags};
-use super::{prepared, RelayEnd, Statements, Tracking};
+use super::{prepared, settings, Params, RelayEnd, Statements, Tracking};
 use crate::clock::Micros;
 
-use super::params::TrackedParams;
 use super::prepared::Rewrite;
 use super::session_state::{self, Effect, Kinds};
 
@@ -195,34 +194,48 @@ pub(super) fn between_transactions(state: &ServerProgress, up: &Pipe) -> bool {
     state.pending == 0 && !state.unsynced && state.tx == TxStatus::Idle && up.is_clean()
 }
 
-/// `tracked`: the parameters pgherd carries itself, when statements are
-/// read for session state.
 /// What the SQL of a Query or Parse message leaves on the server. Out of
 /// line: the scan's per-message loop stays as small as without it.
+///
+/// A `SET`/`RESET` the client sends on its own between transactions is
+/// replayed rather than pinned (see `relay::settings`): its change is kept
+/// once the server has answered it.
 #[inline(never)]
-fn read_session_state(state: &mut ServerProgress, msg: &[u8], tracked: &TrackedParams) {
-    let sql = match msg[0] {
-        frontend::QUERY => Some(frame::body(msg)),
-        _ => Parse::from_body(frame::body(msg)).map(|p| p.definition),
+fn read_session_state(state: &mut ServerProgress, msg: &[u8], params: &mut Params<'_>) {
+    let query = msg[0] == frontend::QUERY;
+    let sql = match query {
+        true => Some(frame::body(msg)),
+        false => Parse::from_body(frame::body(msg)).map(|p| p.definition),
     };
-    if let Some(sql) = sql {
-        state.session_effect(session_state::effect(sql, |name| {
-            tracked.index(name).is_some()
-        }));
+    let Some(sql) = sql else { return };
+    let names = params.server.tracked_names();
+    let tracked = |name: &str| names.index(name).is_some();
+    let mut effect = session_state::effect(sql, tracked);
+    if query
+        && effect.involves(Kinds::SETTING)
+        && state.pending == 0
+        && !state.unsynced
+        && state.tx == TxStatus::Idle
+    {
+        if let Some(change) = settings::parse(sql, tracked) {
+            params.client.expect(change);
+            effect.pins = effect.pins.without(Kinds::SETTING);
+        }
     }
+    state.session_effect(effect);
 }
 
 pub(super) fn scan_client(
     up: &mut Pipe,
     watch: Tags,
     state: &mut ServerProgress,
-    (statements, tracked): (&mut Option<Statements<'_>>, Option<&TrackedParams>),
+    (statements, mut params): (&mut Option<Statements<'_>>, Option<&mut Params<'_>>),
 ) -> Result<(), FrameError> {
     up.scan(watch, |seen| {
-        if let (Some(tracked), Seen::Whole(msg @ [frontend::QUERY | frontend::PARSE, ..])) =
-            (tracked, &seen)
+        if let (Some(params), Seen::Whole(msg @ [frontend::QUERY | frontend::PARSE, ..])) =
+            (params.as_deref_mut(), &seen)
         {
-            read_session_state(state, msg, tracked);
+            read_session_state(state, msg, params);
         }
         let (tag, action) = match seen {
             // Terminate: keep the server, end the relay.
@@ -329,6 +342,14 @@ pub(super) fn scan_server(
                 if state.tx == TxStatus::Idle {
                     state.idle_answers += 1;
                 }
+                if let Some(p) = params {
+                    // A replayed setting's statement answered (see
+                    // `read_session_state`).
+                    match state.tx {
+                        TxStatus::Idle => p.client.confirm(p.server),
+                        _ => p.client.forget(),
+                    }
+                }
                 state.last_fatal = false;
                 if let Some(st) = statements {
                     st.expected.batch_answered();
@@ -345,6 +366,9 @@ pub(super) fn scan_server(
                 }
                 if let Some(st) = statements {
                     st.expected.error();
+                }
+                if let Some(p) = params {
+                    p.client.forget();
                 }
             }
             // ParseComplete / CloseComplete: swallowed if pgherd asked.

@@ -655,7 +655,7 @@ pub(super) async fn sync_params(
     params: &mut ClientParams,
     server: &mut ServerConn,
 ) -> Result<Vec<Bytes>, ErrorFields> {
-    let Some(query) = params.differences(&mut server.params.tracked, &shared.tracked) else {
+    let Some(query) = params.differences(&mut server.params, &shared.tracked) else {
         return Ok(Vec::new());
     };
     // Only now (a parameter differs) is the exchange's state allocated.
@@ -671,7 +671,7 @@ pub(super) async fn apply_params(
     let timeout = shared.config().general.server_connect_timeout;
     match server.apply(&query, params, timeout).await {
         Ok(notices) => {
-            params.adopt(&mut server.params.tracked);
+            params.adopt(&mut server.params);
             Ok(notices)
         }
         // A value the server refuses (a bad TimeZone in the startup packet):
