@@ -2,8 +2,9 @@
 //! table, LISTENs, takes a session advisory lock, opens a WITH HOLD cursor
 //! or PREPAREs a statement keeps its server until the state is gone (it is
 //! pinned), so it sees what a direct connection would and no other client
-//! sees its state. Small pools (1-2 servers) and more clients than servers,
-//! real clients (tokio-postgres, psql), a real cluster.
+//! sees its state; a SET outside a transaction is replayed instead. Small
+//! pools (1-2 servers) and more clients than servers, real clients
+//! (tokio-postgres, psql), a real cluster.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -421,4 +422,102 @@ async fn settings_follow_the_client_to_other_servers() {
     wait_pinned(&pgherd, 1).await;
     a.batch_execute("RESET ALL").await.unwrap();
     wait_pinned(&pgherd, 0).await;
+}
+
+/// The next notification, or a failed test (a hang guard, not a timing).
+async fn next_note(
+    notes: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) -> tokio_postgres::Notification {
+    tokio::time::timeout(Duration::from_secs(60), notes.recv())
+        .await
+        .expect("a notification arrives")
+        .expect("the connection is open")
+}
+
+/// `listen_fanout`: 100 clients LISTEN on a pool of 2 without pinning it;
+/// pgherd's one listening connection fans each NOTIFY out, every listener
+/// gets it exactly once with the sender's real PID, between their own
+/// transactions; UNLISTEN (one channel, or `*`) and leaving stop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_fanout_serves_a_hundred_listeners_from_one_connection() {
+    let pgherd = pgherd_with_pool(2, &["listen_fanout = true", "max_client_conn = 200"]).await;
+    let mut listeners = Vec::new();
+    for _ in 0..100 {
+        let (client, notes) = connect_listening(&pgherd).await;
+        client.batch_execute("LISTEN jobs").await.unwrap();
+        client.batch_execute("listen \"Other\";").await.unwrap();
+        listeners.push((client, notes));
+    }
+    assert_eq!(pinned(&pgherd), 0, "nobody is pinned");
+    let pooled: usize = pgherd.handle.pools().iter().map(|p| p.status.total).sum();
+    assert!(pooled <= 2, "{pooled} pooled servers");
+    // Listeners run transactions as usual.
+    for (client, _) in listeners.iter().take(10) {
+        assert_eq!(simple_value(client, "SELECT 1").await, "1");
+    }
+    let notifier = pgherd.app().await;
+    let notify = |sql: &'static str| {
+        let notifier = &notifier;
+        async move {
+            let rows = simple_rows(
+                notifier,
+                &format!("BEGIN; {sql}; SELECT pg_backend_pid(); COMMIT"),
+            )
+            .await
+            .unwrap();
+            rows[0][0].clone().unwrap()
+        }
+    };
+    let sender = notify("NOTIFY jobs, 'hello'").await;
+    let second = notify("NOTIFY jobs, 'again'").await;
+    for (_, notes) in &mut listeners {
+        let n = next_note(notes).await;
+        assert_eq!((n.channel(), n.payload()), ("jobs", "hello"));
+        assert_eq!(n.process_id().to_string(), sender, "the sender's real PID");
+        // Once: the next one is the second NOTIFY.
+        let n = next_note(notes).await;
+        assert_eq!((n.channel(), n.payload()), ("jobs", "again"));
+        assert_eq!(n.process_id().to_string(), second);
+    }
+    // Half stop listening on jobs (one by UNLISTEN jobs, one by UNLISTEN *
+    // then LISTEN "Other" again), ten leave.
+    for (i, (client, _)) in listeners.iter().enumerate().take(50) {
+        let sql = match i % 2 {
+            0 => "UNLISTEN jobs",
+            _ => "UNLISTEN *; ",
+        };
+        client.batch_execute(sql).await.unwrap();
+        if i % 2 == 1 {
+            client.batch_execute("LISTEN \"Other\"").await.unwrap();
+        }
+    }
+    listeners.truncate(90);
+    notify("NOTIFY jobs, 'third'").await;
+    notify("NOTIFY \"Other\", 'fourth'").await;
+    for (i, (_, notes)) in listeners.iter_mut().enumerate() {
+        let mut n = next_note(notes).await;
+        if i >= 50 {
+            assert_eq!(
+                (n.channel(), n.payload()),
+                ("jobs", "third"),
+                "listener {i}"
+            );
+            n = next_note(notes).await;
+        }
+        assert_eq!(
+            (n.channel(), n.payload()),
+            ("Other", "fourth"),
+            "listener {i}"
+        );
+    }
+    assert_eq!(pinned(&pgherd), 0);
+    // A LISTEN inside a transaction goes to the server and pins, as before.
+    let (client, mut notes) = connect_listening(&pgherd).await;
+    client
+        .batch_execute("BEGIN; LISTEN pinned; COMMIT")
+        .await
+        .unwrap();
+    wait_pinned(&pgherd, 1).await;
+    notifier.batch_execute("NOTIFY pinned").await.unwrap();
+    assert_eq!(next_note(&mut notes).await.channel(), "pinned");
 }

@@ -290,6 +290,8 @@ settings! {
     server_reset_query_always: bool => bool = false, Applies, as_is;
     /// Transaction mode: a client that leaves session state keeps its server until it drops it.
     pin_on_session_state: bool => bool = true, Applies, as_is;
+    /// Transaction mode: serve LISTEN from one pgherd-owned connection per database and user.
+    listen_fanout: bool => bool = false, Applies, as_is;
     /// Pinned servers allowed per pool, in percent of its pool_size (at least one).
     max_pinned_percent: u32 => u32 = 100u32, Applies, between(1, 100);
     /// Past max_pinned_percent: `close` the client (FATAL 53400) or `reset` its state.

@@ -29,6 +29,7 @@ mod admin;
 mod background;
 pub mod clock;
 pub mod counters;
+mod fanout;
 mod listen;
 mod login;
 mod pressure;

@@ -88,6 +88,7 @@ impl Proxy {
             registry,
             tracked,
             going: AtomicBool::new(false),
+            hubs: Mutex::default(),
             shutdown_requested: tokio::sync::Notify::new(),
             averages: Mutex::default(),
             all_averages: Mutex::default(),

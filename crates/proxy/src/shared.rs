@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use pgherd_cluster::Cluster;
 use pgherd_config::Config;
 
+use crate::fanout::Hub;
 use crate::login::Logins;
 use crate::registry::cancel::CancelRegistry;
 use crate::registry::Registry;
@@ -36,6 +37,9 @@ pub(crate) struct Shared {
     pub(crate) going: AtomicBool,
     /// The console's SHUTDOWN: `Proxy::run` stops as if signalled.
     pub(crate) shutdown_requested: tokio::sync::Notify,
+    /// `listen_fanout`: the listening connection of each database and
+    /// user, started by the first client that listens.
+    pub(crate) hubs: Mutex<std::collections::HashMap<(String, String), Arc<Hub>>>,
     /// `SHOW STATS_AVERAGES` per database, over the last `stats_period`.
     pub(crate) averages: Mutex<BTreeMap<String, Averages>>,
     /// The same over all databases (`SHOW TOTALS`, `log_stats`).

@@ -59,6 +59,8 @@ pub struct ClientInfo {
     /// Id of the server connection it holds; 0 when none.
     server: AtomicU64,
     killed: AtomicBool,
+    /// `listen_fanout` queued a notification for it (see `fanout`).
+    notified: AtomicBool,
     /// The session state it is pinned by (`session_state::Kinds` bits).
     pinned: std::sync::atomic::AtomicU16,
     /// The session's task, woken when something it must react to happened
@@ -178,6 +180,17 @@ impl ClientInfo {
                 None => std::task::Poll::Pending,
             }
         })
+    }
+
+    /// A notification waits for it: the session is woken to write it.
+    pub(crate) fn notify(&self) {
+        self.notified.store(true, Ordering::SeqCst);
+        self.nudge();
+    }
+
+    /// Whether a notification was queued since the last call.
+    pub(crate) fn take_notified(&self) -> bool {
+        self.notified.swap(false, Ordering::SeqCst)
     }
 
     pub(crate) fn is_killed(&self) -> bool {
@@ -422,6 +435,7 @@ impl Registry {
             request_us: AtomicU64::new(0),
             server: AtomicU64::new(0),
             killed: AtomicBool::new(false),
+            notified: AtomicBool::new(false),
             pinned: std::sync::atomic::AtomicU16::new(0),
             waker: OnceLock::new(),
         });

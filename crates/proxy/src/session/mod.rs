@@ -11,6 +11,7 @@
 //! (upstream, relay, login, registry) never calls back up into it. Protocol
 //! details belong to `relay` and `wire`, routing to `upstream`.
 
+mod listening;
 mod release;
 mod replication;
 mod start;
@@ -84,7 +85,7 @@ fn run(
         let shared = &*slot.0;
         // The error boxed: a 120-byte result kept across the await below
         // would be in every client's task.
-        let failed = session.serve(shared).await.err().map(Box::new);
+        let failed = session.serve(&slot.0).await.err().map(Box::new);
         shared.cancels.unregister(&session.cancel);
         log_logout(shared, &session.me.info, failed.as_deref());
         if let Some(fields) = failed {

@@ -11,16 +11,18 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pgherd_config::{Balance, Config, PinLimitAction, PoolMode, Target};
 use pgherd_pool::Guard;
-use pgherd_wire::backend::ErrorFields;
+use pgherd_wire::backend::{self, ErrorFields, TxStatus};
 use pgherd_wire::frontend;
 use pgherd_wire::sqlstate;
 use tokio::io::AsyncReadExt;
 
+use super::listening::Listening;
 use super::release::{finish, release, reset_after_transaction};
 use crate::clock::Micros;
+use crate::fanout;
 use crate::login::Client;
 use crate::registry::cancel::CancelKey;
 use crate::registry::{ClientInfo, Registered};
@@ -86,6 +88,8 @@ pub(super) struct Session {
     pins: Kinds,
     /// Its first pin was logged.
     pin_logged: bool,
+    /// `listen_fanout`: its LISTENs, served by pgherd.
+    listening: Option<Box<Listening>>,
 }
 
 /// A server taken for a request, and what was asked of it.
@@ -148,6 +152,7 @@ impl Session {
             held: setup.held,
             pins: Kinds::NONE,
             pin_logged: false,
+            listening: None,
         }
     }
 
@@ -160,18 +165,38 @@ impl Session {
     /// (without waiting when it can be) and the relay step, which must stay
     /// at or under 1,032 bytes (`-Zprint-type-sizes`): glibc serves up to
     /// that from a per-thread cache, larger blocks through its slower bins.
-    pub(super) async fn serve(&mut self, shared: &Shared) -> Result<(), ErrorFields> {
+    pub(super) async fn serve(&mut self, shared: &Arc<Shared>) -> Result<(), ErrorFields> {
         let me = Arc::clone(&self.me.info);
         loop {
-            if self.held.is_none() {
+            // A pinned client that listens through pgherd waits here too,
+            // for its notifications.
+            if self.held.is_none() || self.listening.is_some() {
+                if self.listening.as_ref().is_some_and(|l| !l.inbox.is_empty())
+                    && !Box::pin(self.deliver_notifications()).await
+                {
+                    return Ok(());
+                }
                 let general = &self.upstream.config.general;
                 let limits = (general.max_packet_size, general.client_idle_timeout);
-                if !wait_for_request(&mut self.client, limits, (&me, &shared.going)).await? {
-                    return Ok(());
+                match wait_for_request(&mut self.client, limits, (&me, &shared.going)).await? {
+                    Wait::Request => {}
+                    Wait::Left => return Ok(()),
+                    Wait::Notified => continue,
                 }
                 // Killed while idle: not one more transaction.
                 if me.is_killed() {
                     return Err(killed_by_admin());
+                }
+                if self.held.is_none() && self.upstream.config.general.listen_fanout {
+                    if let Some((request, len)) = self
+                        .params
+                        .as_ref()
+                        .and_then(|_| fanout::request(&self.client.buf))
+                    {
+                        if Box::pin(self.serve_listen(shared, request, len)).await? {
+                            continue;
+                        }
+                    }
                 }
             }
             // KILL / KILL_CLIENT end the wait for a server; the relay
@@ -204,6 +229,69 @@ impl Session {
                 return Ok(());
             }
         }
+    }
+
+    /// Writes the notifications queued for the client. False: it left.
+    async fn deliver_notifications(&mut self) -> bool {
+        let Some(listening) = &self.listening else {
+            return true;
+        };
+        let out = listening.inbox.take();
+        out.is_empty() || self.client.stream.send(&out).await.is_ok()
+    }
+
+    /// `listen_fanout`: serves a LISTEN/UNLISTEN from the hub (see
+    /// `crate::fanout`) and answers it as the server would. False when the
+    /// request still goes to a server (`DISCARD ALL`, which ends the
+    /// client's listening too).
+    async fn serve_listen(
+        &mut self,
+        shared: &Arc<Shared>,
+        request: fanout::Request,
+        len: usize,
+    ) -> Result<bool, ErrorFields> {
+        let mut out = BytesMut::new();
+        match request {
+            fanout::Request::DiscardAll => {
+                self.listening = None;
+                return Ok(false);
+            }
+            fanout::Request::UnlistenAll => {
+                self.listening = None;
+                backend::command_complete(&mut out, "UNLISTEN");
+            }
+            fanout::Request::Unlisten(channel) => {
+                if let Some(l) = &self.listening {
+                    l.hub.unlisten(channel, &l.inbox);
+                }
+                backend::command_complete(&mut out, "UNLISTEN");
+            }
+            fanout::Request::Listen(channel) => {
+                let listening = match &mut self.listening {
+                    Some(l) => l,
+                    None => self.listening.insert(Box::new(Listening::new(
+                        shared,
+                        &self.upstream,
+                        &self.me.info,
+                    ))),
+                };
+                match listening.hub.listen(channel, &listening.inbox).await {
+                    Ok(()) => backend::command_complete(&mut out, "LISTEN"),
+                    Err(e) => ErrorFields::error(
+                        sqlstate::CONNECTION_FAILURE,
+                        format!("LISTEN failed: pgherd's listening connection to the primary: {e}"),
+                    )
+                    .encode(&mut out),
+                }
+            }
+        }
+        backend::ready_for_query(&mut out, TxStatus::Idle);
+        let _ = self.client.buf.split_to(len);
+        if self.client.stream.send(&out).await.is_err() {
+            // Gone: the next wait sees it.
+            self.client.buf.clear();
+        }
+        Ok(true)
     }
 
     /// The relay of the client's request on a server taken without waiting
@@ -688,8 +776,19 @@ pub(super) async fn apply_params(
     }
 }
 
+/// What ended a wait for a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// The start of a message is in the client's buffer.
+    Request,
+    /// The client left (closed, or sent Terminate).
+    Left,
+    /// A notification waits for it (`listen_fanout`).
+    Notified,
+}
+
 /// Transaction mode, between transactions: waits until the client sends
-/// the start of a message. False when it left (closed, or sent Terminate).
+/// the start of a message ([`Wait`]).
 /// Ends the session when pgherd shuts down (`going`), when the client is
 /// killed, or at `client_idle_timeout`; the session is nudged for the
 /// first two.
@@ -702,7 +801,7 @@ pub(super) fn wait_for_request<'a>(
     client: &'a mut Client,
     (max_packet_size, idle_limit): (usize, Option<std::time::Duration>),
     (me, going): (&'a ClientInfo, &'a std::sync::atomic::AtomicBool),
-) -> impl Future<Output = Result<bool, ErrorFields>> + 'a {
+) -> impl Future<Output = Result<Wait, ErrorFields>> + 'a {
     // Allocated only with client_idle_timeout set: a timer inline would
     // grow every idle client.
     let mut idle_for = idle_limit.map(|d| Box::pin(tokio::time::sleep(d)));
@@ -712,9 +811,9 @@ pub(super) fn wait_for_request<'a>(
     }
     std::future::poll_fn(move |cx| loop {
         match pgherd_wire::frame::parse_header(&client.buf, max_packet_size) {
-            Ok(Some((frontend::TERMINATE, _))) => return Poll::Ready(Ok(false)),
+            Ok(Some((frontend::TERMINATE, _))) => return Poll::Ready(Ok(Wait::Left)),
             Ok(Some((tag, _))) if frontend::is_session_message(tag) => {
-                return Poll::Ready(Ok(true))
+                return Poll::Ready(Ok(Wait::Request))
             }
             // What PostgreSQL answers (no server is taken for it).
             Ok(Some((tag, _))) => {
@@ -737,6 +836,9 @@ pub(super) fn wait_for_request<'a>(
         if me.is_killed() {
             return Poll::Ready(Err(killed_by_admin()));
         }
+        if me.take_notified() {
+            return Poll::Ready(Ok(Wait::Notified));
+        }
         if client.buf.is_empty() && going.load(Ordering::SeqCst) {
             return Poll::Ready(Err(ErrorFields::fatal(
                 sqlstate::ADMIN_SHUTDOWN,
@@ -755,13 +857,13 @@ pub(super) fn wait_for_request<'a>(
             // Wait without a buffer; take one only when there is data.
             match client.stream.poll_read_ready(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => return Poll::Ready(Ok(false)),
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(Wait::Left)),
                 Poll::Ready(Ok(())) => client.buf = buffers::take(),
             }
         }
         match std::pin::pin!(client.stream.read_buf(&mut client.buf)).poll(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Ok(false)),
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Ok(Wait::Left)),
             Poll::Ready(Ok(_)) => {}
         }
     })
@@ -873,9 +975,10 @@ mod tests {
         app.write_all(&query[..3]).await.unwrap();
         app.write_all(&query[3..]).await.unwrap();
         let limits = (1 << 20, None);
-        assert!(wait_for_request(&mut client, limits, (&me.info, &going))
-            .await
-            .unwrap());
+        assert_eq!(
+            wait_for_request(&mut client, limits, (&me.info, &going)).await,
+            Ok(Wait::Request)
+        );
         assert_eq!(
             &client.buf[..],
             &query[..],
@@ -886,15 +989,17 @@ mod tests {
         let mut bye = BytesMut::new();
         frontend::terminate(&mut bye);
         app.write_all(&bye).await.unwrap();
-        assert!(!wait_for_request(&mut client, limits, (&me.info, &going))
-            .await
-            .unwrap());
+        assert_eq!(
+            wait_for_request(&mut client, limits, (&me.info, &going)).await,
+            Ok(Wait::Left)
+        );
 
         let (mut client, app) = idle_client().await;
         drop(app);
-        assert!(!wait_for_request(&mut client, limits, (&me.info, &going))
-            .await
-            .unwrap());
+        assert_eq!(
+            wait_for_request(&mut client, limits, (&me.info, &going)).await,
+            Ok(Wait::Left)
+        );
 
         // A type no client may send once logged in: PostgreSQL's answer.
         let (mut client, mut app) = idle_client().await;
@@ -911,6 +1016,20 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(3600), wait)
             .await
             .unwrap_or_else(|_| panic!("the wait never ended"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_notification_ends_the_wait_once() {
+        let (registry, going) = (Arc::new(Registry::default()), AtomicBool::new(false));
+        let me = registered(&registry);
+        let (mut client, _app) = idle_client().await;
+        let limits = (1 << 20, None);
+        let waiting = wait_for_request(&mut client, limits, (&me.info, &going));
+        let (waited, ()) = tokio::join!(ends(waiting), async { me.info.notify() });
+        assert_eq!(waited, Ok(Wait::Notified));
+        let again = wait_for_request(&mut client, limits, (&me.info, &going));
+        let quiet = tokio::time::timeout(Duration::from_secs(60), again).await;
+        assert!(quiet.is_err(), "told once: {quiet:?}");
     }
 
     #[tokio::test(start_paused = true)]
