@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pgherd_wire::backend::ErrorFields;
-use pgherd_wire::{backend, frame, frontend};
+use pgherd_wire::{backend, frame, frontend, Frame};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::registry::ClientInfo;
@@ -118,10 +119,6 @@ impl Inbox {
         self.client.notify();
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.queue().is_empty()
-    }
-
     /// Every waiting notification, in order, as one write.
     pub(crate) fn take(&self) -> BytesMut {
         let mut out = BytesMut::new();
@@ -202,6 +199,31 @@ struct Connection {
     buf: BytesMut,
 }
 
+impl Connection {
+    /// The next message. Cancel-safe: what was read stays in `buf`. (Read
+    /// through a buffer of its own rather than `ServerConn`'s reader: the
+    /// relay's reads inline better with fewer users of the same reader.)
+    async fn next_frame(&mut self) -> Result<Frame, String> {
+        loop {
+            if let Some(frame) =
+                pgherd_wire::next_frame(&mut self.buf, MAX_MESSAGE).map_err(|e| e.to_string())?
+            {
+                return Ok(frame);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.server.stream.read(&mut chunk).await {
+                Ok(0) => return Err("the server closed the connection".into()),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// The largest message the hub reads (a notification's payload is at
+/// most 8,000 bytes).
+const MAX_MESSAGE: usize = 1 << 20;
+
 /// How long a hub waits before connecting again after a failure.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -216,6 +238,7 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, source: impl Source
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     tracing::warn!("listen_fanout: reconnecting failed: {e}");
+                    answer_offline(&mut commands, &mut channels, &e);
                     tokio::time::sleep(RETRY).await;
                     continue;
                 }
@@ -231,7 +254,7 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, source: impl Source
                     Some(command) => command,
                     None => return,
                 },
-                frame = c.server.read_frame(&mut c.buf) => {
+                frame = c.next_frame() => {
                     match frame {
                         Ok(f) => deliver(&channels, f.tag, &f.body),
                         Err(e) => {
@@ -285,11 +308,8 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, source: impl Source
                 }
             }
             Command::UnlistenAll(inbox) => {
-                let names: Vec<String> = channels.keys().cloned().collect();
-                for name in names {
-                    if forget(&mut channels, &name, &inbox) {
-                        unlisten(&mut conn, &name, &channels).await;
-                    }
+                for name in forget_all(&mut channels, &inbox) {
+                    unlisten(&mut conn, &name, &channels).await;
                 }
             }
         }
@@ -297,6 +317,36 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, source: impl Source
             // Nobody listens: the connection is not kept.
             if let Some(c) = conn.take() {
                 c.server.close_in_background();
+            }
+        }
+    }
+}
+
+/// Answers the commands that came while there is no connection: a LISTEN
+/// on a channel not listened on yet fails with `error`; the rest only
+/// change who listens (the reconnect listens on what is left).
+fn answer_offline(
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    channels: &mut Channels,
+    error: &str,
+) {
+    while let Ok(command) = commands.try_recv() {
+        match command {
+            Command::Listen(channel, inbox, done) => {
+                let answer = match channels.get_mut(&channel) {
+                    Some(listeners) => {
+                        listeners.push(inbox);
+                        Ok(())
+                    }
+                    None => Err(error.to_owned()),
+                };
+                let _ = done.send(answer);
+            }
+            Command::Unlisten(channel, inbox) => {
+                forget(channels, &channel, &inbox);
+            }
+            Command::UnlistenAll(inbox) => {
+                forget_all(channels, &inbox);
             }
         }
     }
@@ -313,6 +363,16 @@ fn forget(channels: &mut Channels, channel: &str, inbox: &Arc<Inbox>) -> bool {
         return true;
     }
     false
+}
+
+/// Takes `inbox` off every channel; returns those nobody listens on any
+/// more.
+fn forget_all(channels: &mut Channels, inbox: &Arc<Inbox>) -> Vec<String> {
+    let names: Vec<String> = channels.keys().cloned().collect();
+    names
+        .into_iter()
+        .filter(|name| forget(channels, name, inbox))
+        .collect()
 }
 
 /// Stops listening on a channel nobody listens on any more.
@@ -353,11 +413,7 @@ async fn query(c: &mut Connection, sql: &str, channels: &Channels) -> Result<(),
         .map_err(|e| e.to_string())?;
     let mut failed = None;
     loop {
-        let f = c
-            .server
-            .read_frame(&mut c.buf)
-            .await
-            .map_err(|e| e.to_string())?;
+        let f = c.next_frame().await?;
         match f.tag {
             backend::READY_FOR_QUERY => return failed.map_or(Ok(()), Err),
             backend::ERROR_RESPONSE => {

@@ -190,7 +190,9 @@ impl ClientInfo {
 
     /// Whether a notification was queued since the last call.
     pub(crate) fn take_notified(&self) -> bool {
-        self.notified.swap(false, Ordering::SeqCst)
+        // A plain load first: the swap is a locked instruction, and this is
+        // asked before every wait.
+        self.notified.load(Ordering::Relaxed) && self.notified.swap(false, Ordering::SeqCst)
     }
 
     pub(crate) fn is_killed(&self) -> bool {

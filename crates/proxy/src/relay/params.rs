@@ -150,10 +150,24 @@ impl ClientParams {
         self.made.get_or_insert_with(Default::default).pending = Some(change);
     }
 
+    /// A request was answered (ReadyForQuery): when idle, the change in
+    /// flight is made (see [`ClientParams::confirm`]), else forgotten.
+    #[inline]
+    pub(crate) fn settle(&mut self, idle: bool, server: &mut ServerParams) {
+        if self.made.is_none() {
+            return;
+        }
+        match idle {
+            true => self.confirm(server),
+            false => self.forget(),
+        }
+    }
+
     /// The server answered without an error, idle: the change in flight is
     /// made, on the client's settings and on `server`'s (which were the
     /// client's when its transaction began).
-    pub(crate) fn confirm(&mut self, server: &mut ServerParams) {
+    #[cold]
+    fn confirm(&mut self, server: &mut ServerParams) {
         let Some(made) = self.made.as_mut() else {
             return;
         };
@@ -167,6 +181,7 @@ impl ClientParams {
     }
 
     /// The statement in flight failed: nothing changed.
+    #[inline]
     pub(crate) fn forget(&mut self) {
         if let Some(made) = self.made.as_mut() {
             made.pending = None;
@@ -182,10 +197,10 @@ impl ClientParams {
         server: &mut ServerParams,
         tracked: &TrackedParams,
     ) -> Option<String> {
-        let settings_same = self.settings().same(&server.settings);
-        if self.values.same(&server.tracked) && settings_same {
+        if self.values.same(&server.tracked) && self.settings().same(&server.settings) {
             return None;
         }
+        let settings_same = self.settings().same(&server.settings);
         let mut query: Option<String> = None;
         for (index, value) in self.values.0.iter().enumerate() {
             let Some(value) = value else { continue };

@@ -2,14 +2,13 @@
 //! message boundaries and the few messages acted on, and written to the
 //! other socket from the same buffer.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use pgherd_tls::Stream;
 use pgherd_wire::{Chunk, FrameError, Scanner};
-use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncWrite;
 
 use crate::relay::buffers::BUF_SIZE;
 
@@ -112,8 +111,15 @@ impl Pipe {
         if self.buf.capacity() - self.buf.len() < BUF_SIZE / 4 {
             self.buf.reserve(BUF_SIZE);
         }
-        let n = ready!(std::pin::pin!(from.read_buf(&mut self.buf)).poll(cx))
-            .map_err(StepError::Read)?;
+        // A plain function rather than tokio's `read_buf` future, whose poll
+        // the compiler may leave out of line here (60 instructions per
+        // transaction when it did).
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut *from),
+            cx,
+            &mut self.buf
+        ))
+        .map_err(StepError::Read)?;
         if n == 0 {
             return Poll::Ready(Ok(Step::Eof));
         }

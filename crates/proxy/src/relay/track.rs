@@ -210,19 +210,25 @@ fn read_session_state(state: &mut ServerProgress, msg: &[u8], params: &mut Param
     let Some(sql) = sql else { return };
     let names = params.server.tracked_names();
     let tracked = |name: &str| names.index(name).is_some();
-    let mut effect = session_state::effect(sql, tracked);
-    if query
-        && effect.involves(Kinds::SETTING)
-        && state.pending == 0
-        && !state.unsynced
-        && state.tx == TxStatus::Idle
-    {
-        if let Some(change) = settings::parse(sql, tracked) {
-            params.client.expect(change);
-            effect.pins = effect.pins.without(Kinds::SETTING);
-        }
+    let effect = session_state::effect(sql, tracked);
+    let alone = || state.pending == 0 && !state.unsynced && state.tx == TxStatus::Idle;
+    if effect.involves(Kinds::SETTING) && query && alone() {
+        return state.session_effect(replayed(effect, sql, params));
     }
     state.session_effect(effect);
+}
+
+/// `effect`, without its setting's pin when `sql` is a replayable `SET`
+/// (see `relay::settings`), whose change the client then expects.
+#[cold]
+#[inline(never)]
+fn replayed(mut effect: Effect, sql: &[u8], params: &mut Params<'_>) -> Effect {
+    let names = params.server.tracked_names();
+    if let Some(change) = settings::parse(sql, |name| names.index(name).is_some()) {
+        params.client.expect(change);
+        effect.pins = effect.pins.without(Kinds::SETTING);
+    }
+    effect
 }
 
 pub(super) fn scan_client(
@@ -345,10 +351,7 @@ pub(super) fn scan_server(
                 if let Some(p) = params {
                     // A replayed setting's statement answered (see
                     // `read_session_state`).
-                    match state.tx {
-                        TxStatus::Idle => p.client.confirm(p.server),
-                        _ => p.client.forget(),
-                    }
+                    p.client.settle(state.tx == TxStatus::Idle, p.server);
                 }
                 state.last_fatal = false;
                 if let Some(st) = statements {

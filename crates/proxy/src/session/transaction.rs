@@ -171,31 +171,21 @@ impl Session {
             // A pinned client that listens through pgherd waits here too,
             // for its notifications.
             if self.held.is_none() || self.listening.is_some() {
-                if self.listening.as_ref().is_some_and(|l| !l.inbox.is_empty())
-                    && !Box::pin(self.deliver_notifications()).await
-                {
-                    return Ok(());
-                }
                 let general = &self.upstream.config.general;
                 let limits = (general.max_packet_size, general.client_idle_timeout);
-                match wait_for_request(&mut self.client, limits, (&me, &shared.going)).await? {
-                    Wait::Request => {}
-                    Wait::Left => return Ok(()),
-                    Wait::Notified => continue,
-                }
+                let waited =
+                    wait_for_request(&mut self.client, limits, (&me, &shared.going)).await?;
                 // Killed while idle: not one more transaction.
-                if me.is_killed() {
+                if waited == Wait::Request && me.is_killed() {
                     return Err(killed_by_admin());
                 }
-                if self.held.is_none() && self.upstream.config.general.listen_fanout {
-                    if let Some((request, len)) = self
-                        .params
-                        .as_ref()
-                        .and_then(|_| fanout::request(&self.client.buf))
-                    {
-                        if Box::pin(self.serve_listen(shared, request, len)).await? {
-                            continue;
-                        }
+                // One await for the rarer cases, boxed: each await point is
+                // a state of this future, resumed every transaction.
+                if waited != Wait::Request || self.upstream.config.general.listen_fanout {
+                    match Box::pin(self.between_requests(shared, waited)).await? {
+                        Between::Request => {}
+                        Between::Served => continue,
+                        Between::Left => return Ok(()),
                     }
                 }
             }
@@ -231,13 +221,38 @@ impl Session {
         }
     }
 
-    /// Writes the notifications queued for the client. False: it left.
-    async fn deliver_notifications(&mut self) -> bool {
-        let Some(listening) = &self.listening else {
-            return true;
+    /// After a wait that did not simply end with a request (or under
+    /// `listen_fanout`): the client left, its notifications are written, or
+    /// its LISTEN/UNLISTEN is served without a server.
+    async fn between_requests(
+        &mut self,
+        shared: &Arc<Shared>,
+        waited: Wait,
+    ) -> Result<Between, ErrorFields> {
+        match waited {
+            Wait::Left => return Ok(Between::Left),
+            Wait::Notified => {
+                let Some(listening) = &self.listening else {
+                    return Ok(Between::Served);
+                };
+                let out = listening.inbox.take();
+                if !out.is_empty() && self.client.stream.send(&out).await.is_err() {
+                    return Ok(Between::Left);
+                }
+                return Ok(Between::Served);
+            }
+            Wait::Request => {}
+        }
+        if self.held.is_some() || self.params.is_none() {
+            return Ok(Between::Request);
+        }
+        let Some((request, len)) = fanout::request(&self.client.buf) else {
+            return Ok(Between::Request);
         };
-        let out = listening.inbox.take();
-        out.is_empty() || self.client.stream.send(&out).await.is_ok()
+        match self.serve_listen(shared, request, len).await? {
+            true => Ok(Between::Served),
+            false => Ok(Between::Request),
+        }
     }
 
     /// `listen_fanout`: serves a LISTEN/UNLISTEN from the hub (see
@@ -776,6 +791,15 @@ pub(super) async fn apply_params(
     }
 }
 
+/// What happened between two requests ([`Session::between_requests`]).
+enum Between {
+    /// A request for a server is in the client's buffer.
+    Request,
+    /// Something was served without a server: wait again.
+    Served,
+    Left,
+}
+
 /// What ended a wait for a request.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Wait {
@@ -836,9 +860,6 @@ pub(super) fn wait_for_request<'a>(
         if me.is_killed() {
             return Poll::Ready(Err(killed_by_admin()));
         }
-        if me.take_notified() {
-            return Poll::Ready(Ok(Wait::Notified));
-        }
         if client.buf.is_empty() && going.load(Ordering::SeqCst) {
             return Poll::Ready(Err(ErrorFields::fatal(
                 sqlstate::ADMIN_SHUTDOWN,
@@ -852,6 +873,10 @@ pub(super) fn wait_for_request<'a>(
                     "terminating connection due to idle-session timeout (client_idle_timeout)",
                 )));
             }
+        }
+        // (Checked only before waiting: a request already sent goes first.)
+        if me.take_notified() {
+            return Poll::Ready(Ok(Wait::Notified));
         }
         if client.buf.capacity() == 0 {
             // Wait without a buffer; take one only when there is data.

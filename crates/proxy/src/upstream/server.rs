@@ -355,9 +355,7 @@ impl ServerConn {
         self.params.record(name, value);
     }
 
-    /// The next message, read into `buf`. Cancel-safe: what was read
-    /// stays in `buf` for the next call.
-    pub(crate) async fn read_frame(&mut self, buf: &mut BytesMut) -> Result<Frame, ServerError> {
+    async fn read_frame(&mut self, buf: &mut BytesMut) -> Result<Frame, ServerError> {
         loop {
             if let Some(frame) = next_frame(buf, CONTROL_MESSAGE_LIMIT)
                 .map_err(|e| ServerError::Protocol(e.to_string()))?
