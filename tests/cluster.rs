@@ -473,6 +473,7 @@ async fn failover_drill_in_transaction_mode() {
         .probe_interval(1.0)
         .general("pool_mode = \"transaction\"")
         .general("primary_wait_timeout = 20")
+        .general("listen_fanout = true")
         .database("ro = { dbname = \"postgres\", target = \"replica\" }")
         .start()
         .await;
@@ -481,6 +482,9 @@ async fn failover_drill_in_transaction_mode() {
             t.primary == Some(0) && t.nodes.iter().filter(|n| n.serves_reads()).count() == 2
         })
         .await;
+    // A client listening through pgherd's own connection (listen_fanout).
+    let (listener, mut notes) = connect_listening(&pgherd).await;
+    listener.batch_execute("LISTEN drill").await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let promoted: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let first_write: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
@@ -548,6 +552,27 @@ async fn failover_drill_in_transaction_mode() {
         .parse()
         .unwrap();
     assert!(on_new > 0);
+    // The listening connection follows the primary: a NOTIFY on the new
+    // primary reaches the listener (those sent before it listened again are
+    // lost, as for a direct connection, so it is sent until one arrives).
+    let notifier = pgherd.app().await;
+    let arrived = async {
+        loop {
+            notifier
+                .batch_execute("NOTIFY drill, 'after'")
+                .await
+                .unwrap();
+            let wait = tokio::time::timeout(Duration::from_millis(500), notes.recv());
+            if let Ok(Some(n)) = wait.await {
+                return n;
+            }
+        }
+    };
+    let n = tokio::time::timeout(Duration::from_secs(60), arrived)
+        .await
+        .expect("a notification after the failover arrives");
+    assert_eq!((n.channel(), n.payload()), ("drill", "after"));
+    assert_eq!(simple_value(&listener, "SELECT 1").await, "1");
 }
 
 /// A failover manager takes its time to promote (repmgrd waits

@@ -335,6 +335,52 @@ async fn past_max_pinned_percent_the_client_is_told_and_the_server_reset() {
     assert_eq!(simple_value(&third, "SELECT 3").await, "3");
 }
 
+/// `pin_limit_action = "reset"`: past the cap the state is reset and the
+/// client goes on without it (pgbouncer's behaviour for it), and the next
+/// client of that server sees none of it. `LOAD` closes its server when
+/// the client leaves: nothing unloads a library.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_pinned_percent_reset_drops_the_state_and_goes_on() {
+    let pgherd = pgherd_with_pool(
+        2,
+        &["max_pinned_percent = 50", "pin_limit_action = \"reset\""],
+    )
+    .await;
+    let first = pgherd.app().await;
+    first.batch_execute("LISTEN a").await.unwrap();
+    wait_pinned(&pgherd, 1).await;
+    let second = pgherd.app().await;
+    second
+        .batch_execute("CREATE TEMP TABLE mine (a int)")
+        .await
+        .unwrap();
+    assert_eq!(pinned(&pgherd), 1, "the cap held");
+    let err = second
+        .batch_execute("SELECT * FROM mine")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("42P01"), "reset: the table is gone");
+    assert_eq!(simple_value(&second, "SELECT 2").await, "2");
+    first.batch_execute("UNLISTEN *").await.unwrap();
+    wait_pinned(&pgherd, 0).await;
+
+    // LOAD pins (refused here to a role that is not a superuser, but pgherd
+    // does not read results: it pins all the same); when its client
+    // leaves, its server is closed, not pooled.
+    let loader = pgherd.app().await;
+    let refused = loader
+        .batch_execute("LOAD 'auto_explain'")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&refused), Some("42501"));
+    wait_pinned(&pgherd, 1).await;
+    let (pid, _) = on_server(&loader, "1").await;
+    drop(loader);
+    wait_pinned(&pgherd, 0).await;
+    let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
+    wait_for_sql(shared_cluster(), 0, &gone, "0").await;
+}
+
 /// The pid of the server a client's next statement runs on, with `sql`'s
 /// one value beside it.
 async fn on_server(client: &tokio_postgres::Client, sql: &str) -> (String, String) {

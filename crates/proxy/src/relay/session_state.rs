@@ -173,6 +173,39 @@ fn select(after: &[u8]) -> Look {
     }
 }
 
+/// True when a simple query's text surely leaves no session state, told
+/// from its first bytes alone, inline in the relay's scan: a `SELECT` whose
+/// first item is not a `pg_` function, or a statement whose first letter
+/// starts none of the statements [`effect`] reads (`INSERT`, `UPDATE`,
+/// `WITH` ...). Anything else gets the whole reading.
+#[inline(always)]
+pub(crate) fn surely_none(sql: &[u8]) -> bool {
+    let Some(&first) = sql.first() else {
+        return true;
+    };
+    match first | 0x20 {
+        b's' => {
+            let Some(Ok(head)) = sql.get(..8).map(<[u8; 8]>::try_from) else {
+                return false;
+            };
+            // `select` in any case and one space, in one comparison.
+            const SELECT: u64 = u64::from_le_bytes(*b"select \0");
+            let head = u64::from_le_bytes(head);
+            if (head | 0x2020_2020_2020) & 0x00ff_ffff_ffff_ffff != SELECT {
+                return false;
+            }
+            // Then an item that is no `pg_` function (nor more space).
+            let item = sql[7];
+            match item {
+                b'*' | b'"' | b'\'' | b'$' | b'0'..=b'9' => true,
+                _ => (item | 0x20).is_ascii_lowercase() && item | 0x20 != b'p',
+            }
+        }
+        b'b' | b'c' | b'd' | b'e' | b'l' | b'p' | b'r' | b'u' | b'-' | b'/' => false,
+        c => c.is_ascii_alphabetic(),
+    }
+}
+
 /// What `text`'s first words call for (see [`effect`]).
 #[inline]
 fn first_words(text: &[u8]) -> Look {
@@ -477,6 +510,49 @@ impl<'a> Words<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn surely_none_agrees_with_the_whole_reading() {
+        let tracked = |_: &str| false;
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "select * from t",
+            "SELECT 1",
+            "SELECT $1",
+            "INSERT INTO t VALUES (1)",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "VALUES (1)",
+        ] {
+            assert!(surely_none(sql.as_bytes()), "{sql}");
+            assert_eq!(effect(sql.as_bytes(), tracked), Effect::default(), "{sql}");
+        }
+        // Left to the whole reading (which finds state in some).
+        for sql in [
+            "SELECT pg_advisory_lock(1)",
+            "SELECT PG_ADVISORY_LOCK(1)",
+            "SELECT  pg_advisory_lock(1)",
+            "SELECT\tpg_advisory_lock(1)",
+            "SELECT\npg_advisory_lock(1)",
+            "select",
+            "SET work_mem = '1MB'",
+            "CREATE TEMP TABLE t (a int)",
+            "LISTEN x",
+            "BEGIN; LISTEN x",
+            "PREPARE p AS SELECT 1",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "RESET ALL",
+            "UNLISTEN *",
+            "LOAD 'x'",
+            "  LISTEN x",
+            "/* c */ LISTEN x",
+            "-- c\nLISTEN x",
+            "(SELECT pg_advisory_lock(1))",
+            "UPDATE t SET a = 1",
+            "\0",
+        ] {
+            assert!(!surely_none(sql.as_bytes()), "{sql}");
+        }
+    }
 
     fn pins(sql: &str) -> Kinds {
         effect(sql.as_bytes(), |n| {

@@ -241,7 +241,10 @@ pub(super) fn scan_client(
         if let (Some(params), Seen::Whole(msg @ [frontend::QUERY | frontend::PARSE, ..])) =
             (params.as_deref_mut(), &seen)
         {
-            read_session_state(state, msg, params);
+            // Most queries are told apart inline, without the call.
+            if msg[0] != frontend::QUERY || !session_state::surely_none(frame::body(msg)) {
+                read_session_state(state, msg, params);
+            }
         }
         let (tag, action) = match seen {
             // Terminate: keep the server, end the relay.
