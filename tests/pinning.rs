@@ -567,3 +567,24 @@ async fn listen_fanout_serves_a_hundred_listeners_from_one_connection() {
     notifier.batch_execute("NOTIFY pinned").await.unwrap();
     assert_eq!(next_note(&mut notes).await.channel(), "pinned");
 }
+
+/// A parameter listed in `track_extra_parameters` that the server does not
+/// report (`search_path`): a later `SET` of it follows the client too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_of_an_unreported_tracked_parameter_follows_the_client() {
+    let pgherd = pgherd_with_pool(2, &["track_extra_parameters = [\"search_path\"]"]).await;
+    let (a, b, c) = (pgherd.app().await, pgherd.app().await, pgherd.app().await);
+    // b holds one server, so a's SET runs on the other, which c then holds.
+    b.batch_execute("BEGIN").await.unwrap();
+    let (b_server, _) = on_server(&b, "1").await;
+    a.batch_execute("SET search_path TO app_one, public")
+        .await
+        .unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("COMMIT").await.unwrap();
+    let (server, path) = on_server(&a, "current_setting('search_path')").await;
+    assert_eq!(server, b_server, "the only free server");
+    assert_eq!(path, "app_one, public");
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(pinned(&pgherd), 0);
+}

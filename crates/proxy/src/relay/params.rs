@@ -330,6 +330,17 @@ impl ServerParams {
     }
 }
 
+/// Whether every server reports `name` in ParameterStatus, so that its
+/// changes follow the client through [`ClientParams`] alone. A `SET` of
+/// any other parameter, `track_extra_parameters` included (they may be
+/// ones a server does not report, such as `search_path`), is replayed
+/// (`relay::settings`) or pins.
+pub(crate) fn always_reported(name: &str) -> bool {
+    TRACKED_PARAMETERS
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(name))
+}
+
 /// The value of `name` in a parameter list (GUC names are case-insensitive).
 pub(crate) fn find<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a str> {
     list.iter()

@@ -11,6 +11,7 @@ use super::pipe::{Action, Pipe, Seen, Tags};
 use super::{prepared, settings, Params, RelayEnd, Statements, Tracking};
 use crate::clock::Micros;
 
+use super::params::always_reported;
 use super::prepared::Rewrite;
 use super::session_state::{self, Effect, Kinds};
 
@@ -208,9 +209,7 @@ fn read_session_state(state: &mut ServerProgress, msg: &[u8], params: &mut Param
         false => Parse::from_body(frame::body(msg)).map(|p| p.definition),
     };
     let Some(sql) = sql else { return };
-    let names = params.server.tracked_names();
-    let tracked = |name: &str| names.index(name).is_some();
-    let effect = session_state::effect(sql, tracked);
+    let effect = session_state::effect(sql, always_reported);
     let alone = || state.pending == 0 && !state.unsynced && state.tx == TxStatus::Idle;
     if effect.involves(Kinds::SETTING) && query && alone() {
         return state.session_effect(replayed(effect, sql, params));
@@ -223,8 +222,7 @@ fn read_session_state(state: &mut ServerProgress, msg: &[u8], params: &mut Param
 #[cold]
 #[inline(never)]
 fn replayed(mut effect: Effect, sql: &[u8], params: &mut Params<'_>) -> Effect {
-    let names = params.server.tracked_names();
-    if let Some(change) = settings::parse(sql, |name| names.index(name).is_some()) {
+    if let Some(change) = settings::parse(sql, always_reported) {
         params.client.expect(change);
         effect.pins = effect.pins.without(Kinds::SETTING);
     }
