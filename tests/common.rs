@@ -430,3 +430,9 @@ pub async fn connect_listening(
     });
     (client, rx)
 }
+
+/// A loopback port free now (the caller binds it soon after).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("its address").port()
+}

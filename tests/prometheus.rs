@@ -34,11 +34,6 @@ fn deploy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 impl Prometheus {
     /// Scrapes `target` every second with the deploy kit's rules.
     async fn start(dir: &Path, target: SocketAddr) -> Prometheus {

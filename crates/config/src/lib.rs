@@ -408,6 +408,27 @@ mod tests {
     }
 
     #[test]
+    fn peers_need_an_own_peer_id_and_valid_ids() {
+        let peers = "\n[peers]\n1 = { host = \"10.0.0.1\" }\n2 = { host = \"h2\", port = 6432 }\n";
+        let with_id = MINIMAL.replace("[pgherd]", "[pgherd]\npeer_id = 1");
+        let c = Config::parse(&format!("{with_id}{peers}")).unwrap();
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.peers[&1].port, 5432);
+        assert_eq!(c.peers[&2].host, "h2");
+        let err = Config::parse(&format!("{MINIMAL}{peers}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("peer_id"), "{err}");
+        let bad = "\n[peers]\n0 = { host = \"h\" }\n";
+        let err = Config::parse(&format!("{with_id}{bad}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("peers.0"), "{err}");
+        let too_big = MINIMAL.replace("[pgherd]", "[pgherd]\npeer_id = 16384");
+        assert!(Config::parse(&too_big).is_err());
+    }
+
+    #[test]
     fn extra_listeners_with_a_default_target() {
         let c = Config::parse(&format!(
             "{MINIMAL}\n[[listeners]]\naddr = \"127.0.0.1:5433\"\ntarget = \"replica\"\n"

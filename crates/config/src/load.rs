@@ -23,6 +23,16 @@ pub(crate) struct File {
     pub users: BTreeMap<String, User>,
     #[serde(default)]
     pub notify: Notify,
+    #[serde(default)]
+    pub peers: BTreeMap<String, Peer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Peer {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
 }
 
 #[derive(Deserialize)]

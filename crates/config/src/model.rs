@@ -24,6 +24,9 @@ pub struct Config {
     pub users: BTreeMap<String, User>,
     /// The rules of `auth_hba_file`, read with the rest.
     pub hba: Option<HbaRules>,
+    /// Other pgherd instances by `peer_id` (`[peers]`): where a cancel
+    /// request whose key names one of them is sent on.
+    pub peers: BTreeMap<u16, Peer>,
 }
 
 impl Config {
@@ -45,6 +48,9 @@ impl Config {
         changes.extend(entries("users", &old.users, &self.users, User::same_as));
         if self.hba != old.hba {
             changes.push("auth_hba_file rules".into());
+        }
+        if self.peers != old.peers {
+            changes.push("peers".into());
         }
         changes
     }
@@ -332,6 +338,13 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// Target of databases that do not set their own.
     pub target: Target,
+}
+
+/// A `[peers]` entry: another pgherd instance's client address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub host: String,
+    pub port: u16,
 }
 
 /// A `[users]` entry.

@@ -249,6 +249,8 @@ settings! {
     unix_socket_group: String => Option<String> = "", NeedsRestart, text_or_unset;
     /// Let a new pgherd listen on the same addresses while the old one drains.
     so_reuseport: bool => bool = false, NeedsRestart, as_is;
+    /// This instance's id among several (pgbouncer's `peer_id`): cancel keys carry it; 0 for none.
+    peer_id: u32 => u32 = 0u32, NeedsRestart, between(0, 16_383);
     /// Connections the kernel queues per listening socket.
     listen_backlog: u32 => u32 = 1024u32, NeedsRestart, between(1, 65_535);
     /// When a client gives its server back: `session` or `transaction`.

@@ -11,7 +11,7 @@ use crate::hba::HbaRules;
 use crate::kinds::{AuthType, SslMode};
 use crate::load::{self, File};
 use crate::model::{
-    secrets, Config, Database, Listener, Node, Notify, Telegram, Tls, User, NOTIFY_EVENTS,
+    secrets, Config, Database, Listener, Node, Notify, Peer, Telegram, Tls, User, NOTIFY_EVENTS,
 };
 use crate::settings::{seconds, zero_is_never};
 
@@ -269,6 +269,30 @@ impl File {
                 "auth_type \"hba\" needs an auth_hba_file",
             ));
         }
+        let mut peers = BTreeMap::new();
+        for (id, p) in self.peers {
+            let key = format!("peers.{id}");
+            let id: u16 = match id.parse() {
+                Ok(n) if (1..=16_383).contains(&n) => n,
+                _ => return Err(invalid(key, "a peer's id is a number from 1 to 16383")),
+            };
+            if p.host.is_empty() {
+                return Err(invalid(format!("{key}.host"), "a peer needs a host"));
+            }
+            peers.insert(
+                id,
+                Peer {
+                    host: p.host,
+                    port: p.port,
+                },
+            );
+        }
+        if !peers.is_empty() && general.peer_id == 0 {
+            return Err(invalid(
+                "pgherd.peer_id",
+                "[peers] needs this instance's own peer_id (1 to 16383)",
+            ));
+        }
         Ok(Config {
             general,
             notify: self.notify.validate()?,
@@ -277,6 +301,7 @@ impl File {
             databases,
             users,
             hba,
+            peers,
         })
     }
 }

@@ -96,6 +96,7 @@ const SAME: &[(&str, Kind)] = &[
     ("unix_socket_mode", Kind::Text),
     ("unix_socket_group", Kind::Text),
     ("so_reuseport", Kind::Bool),
+    ("peer_id", Kind::Int),
     ("tcp_keepalive", Kind::Bool),
     ("tcp_keepidle", Kind::Seconds),
     ("tcp_keepintvl", Kind::Seconds),
@@ -363,6 +364,7 @@ pub fn import(sources: &Sources<'_>) -> Result<Imported, String> {
     // pgbouncer's settings.
     let mut databases = String::new();
     let mut users_section = String::new();
+    let mut peers = String::new();
     let mut db_ports: Vec<(String, u16)> = Vec::new();
     for e in &entries {
         match e.section.as_str() {
@@ -488,6 +490,25 @@ pub fn import(sources: &Sources<'_>) -> Result<Imported, String> {
                     );
                 }
             }
+            "peers" => {
+                let mut fields = Vec::new();
+                for (k, v) in ini::connstr(&e.value) {
+                    match k.as_str() {
+                        "host" => fields.push(format!("host = {}", quote(&v))),
+                        "port" => fields.push(format!("port = {v}")),
+                        other => {
+                            notes.push(format!("{}: peer {}: {other} not mapped", e.at, e.key))
+                        }
+                    }
+                }
+                let _ = writeln!(
+                    peers,
+                    "{} = {{ {} }}    # {}",
+                    e.key,
+                    fields.join(", "),
+                    e.at
+                );
+            }
             other => notes.push(format!("{}: [{other}] {}: not mapped", e.at, e.key)),
         }
     }
@@ -587,6 +608,10 @@ pub fn import(sources: &Sources<'_>) -> Result<Imported, String> {
     toml.push_str(&databases);
     toml.push_str("\n[users]\n");
     toml.push_str(&users_section);
+    if !peers.is_empty() {
+        toml.push_str("\n[peers]\n");
+        toml.push_str(&peers);
+    }
     Ok(Imported { toml, notes })
 }
 

@@ -122,6 +122,8 @@ fn every_pgbouncer_setting_is_mapped_or_explained() {
         "\"archive\" = { dbname = \"archive\", min_pool_size = 1 }",
         "\"batch\" = { password = \"batchpassword\", pool_mode = \"session\", max_user_connections = 4 }",
         "listen_addr = \"0.0.0.0:6432\"",
+        "peer_id = 1",
+        "2 = { host = \"10.0.0.12\", port = 6432 }",
     ] {
         assert!(out.toml.contains(line), "{line}\n{}", out.toml);
     }

@@ -69,6 +69,8 @@ impl Proxy {
         let cluster = Cluster::start(&config, &tls.server)?;
         let nodes = config.nodes.len();
         let tracked = Arc::new(TrackedParams::new(&config.general));
+        // Between 0 and 16,383 (checked with the configuration).
+        let peer_id = u16::try_from(config.general.peer_id).unwrap_or(0);
         let registry = Arc::<Registry>::default();
         let settings = Arc::new(Settings::new(config, tls));
         let shared = Arc::new(Shared {
@@ -83,7 +85,7 @@ impl Proxy {
             },
             logins: Logins::new(Arc::clone(&settings), cluster),
             settings,
-            cancels: CancelRegistry::default(),
+            cancels: CancelRegistry::new(peer_id),
             clients: AtomicUsize::new(0),
             registry,
             tracked,

@@ -176,6 +176,8 @@ pub struct PgherdBuilder {
     users: Vec<String>,
     /// `key = value` lines of the `[notify]` section.
     notify: Vec<String>,
+    /// `id = { ... }` lines of the `[peers]` section.
+    peers: Vec<String>,
 }
 
 impl PgherdBuilder {
@@ -202,7 +204,16 @@ impl PgherdBuilder {
                 format!("md5user = {{ password = \"{MD5_PASSWORD}\" }}"),
             ],
             notify: Vec::new(),
+            peers: Vec::new(),
         }
+    }
+
+    /// Adds another pgherd instance, `id`, listening on 127.0.0.1:`port`,
+    /// to `[peers]`.
+    pub fn peer(mut self, id: u16, port: u16) -> Self {
+        self.peers
+            .push(format!("{id} = {{ host = \"127.0.0.1\", port = {port} }}"));
+        self
     }
 
     /// Probes every `seconds` instead of the tests' 0.2 s.
@@ -334,6 +345,13 @@ impl PgherdBuilder {
         if !self.notify.is_empty() {
             t.push_str("\n[notify]\n");
             for l in &self.notify {
+                t.push_str(l);
+                t.push('\n');
+            }
+        }
+        if !self.peers.is_empty() {
+            t.push_str("\n[peers]\n");
+            for l in &self.peers {
                 t.push_str(l);
                 t.push('\n');
             }

@@ -9,6 +9,14 @@
 //! forwarded, with the server's real secret, to that server only. A client
 //! can never cancel another client's query.
 //!
+//! With several pgherd instances (`peer_id`, `[peers]`, pgbouncer's) the
+//! first two bytes of every secret are this instance's peer id, so an
+//! instance that receives a cancel request for another one's client (a
+//! load balancer spread the connections) sends it on to that peer
+//! ([`CancelRegistry::peer_of`]). That leaves 16 random bits of secret
+//! beside the PID: with `session_server_at = "login"`, where the PID is
+//! the server's own, a key is as guessable as 65,536 tries.
+//!
 //! "Right now" is the registry's link between a client and the server it
 //! holds ([`ClientInfo::server`], kept by the session's lease), read when a
 //! cancel arrives, so taking and giving back a server costs the cancel path
@@ -43,9 +51,29 @@ type Keys = HashMap<(i32, [u8; 4]), CancelRoute>;
 #[derive(Debug, Default)]
 pub(crate) struct CancelRegistry {
     keys: Mutex<Keys>,
+    /// This instance's `peer_id`; 0 when it has none.
+    peer: u16,
 }
 
 impl CancelRegistry {
+    /// Keys of the instance with `peer_id` `peer` (0: none).
+    pub(crate) fn new(peer: u16) -> CancelRegistry {
+        CancelRegistry {
+            keys: Mutex::default(),
+            peer,
+        }
+    }
+
+    /// The other instance a key belongs to, by the peer id in its secret;
+    /// `None` for this instance's keys (or without peers).
+    pub(crate) fn peer_of(&self, secret: &[u8]) -> Option<u16> {
+        if self.peer == 0 {
+            return None;
+        }
+        let id = u16::from_be_bytes(secret.get(..2)?.try_into().ok()?);
+        (id != self.peer).then_some(id)
+    }
+
     fn keys(&self) -> std::sync::MutexGuard<'_, Keys> {
         self.keys.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -59,6 +87,9 @@ impl CancelRegistry {
             let pid = pid.unwrap_or_else(|| rng.gen_range(1..i32::MAX));
             let mut secret = [0u8; 4];
             rng.fill_bytes(&mut secret);
+            if self.peer != 0 {
+                secret[..2].copy_from_slice(&self.peer.to_be_bytes());
+            }
             if let std::collections::hash_map::Entry::Vacant(e) = keys.entry((pid, secret)) {
                 e.insert(route);
                 return CancelKey { pid, secret };
@@ -147,6 +178,26 @@ mod tests {
 
         let fixed = reg.register(None, CancelRoute::Fixed(t));
         assert_eq!(reg.lookup(&registry, fixed.pid, &fixed.secret), Some(t));
+    }
+
+    #[test]
+    fn keys_carry_the_peer_id_and_name_other_peers() {
+        let reg = CancelRegistry::new(7);
+        let t = CancelTarget {
+            addr: "127.0.0.1:5432".parse().unwrap(),
+            pid: 77,
+            secret: [1, 2, 3, 4],
+        };
+        for _ in 0..50 {
+            let key = reg.register(None, CancelRoute::Fixed(t));
+            assert_eq!(key.secret[..2], [0, 7]);
+            assert_eq!(reg.peer_of(&key.secret), None, "its own");
+        }
+        assert_eq!(reg.peer_of(&[0, 9, 1, 1]), Some(9));
+        assert_eq!(reg.peer_of(&[0, 9]), Some(9));
+        assert_eq!(reg.peer_of(&[0]), None);
+        let alone = CancelRegistry::default();
+        assert_eq!(alone.peer_of(&[0, 9, 1, 1]), None, "without peers");
     }
 
     #[test]

@@ -185,6 +185,9 @@ async fn begin(
 }
 
 async fn forward_cancel(shared: &Shared, pid: i32, secret: &Bytes) {
+    if let Some(peer) = shared.cancels.peer_of(secret) {
+        return forward_to_peer(shared, peer, pid, secret).await;
+    }
     match shared.cancels.lookup(&shared.registry, pid, secret) {
         Some(t) => {
             if let Err(e) = send_cancel(t.addr, t.pid, t.secret).await {
@@ -192,5 +195,31 @@ async fn forward_cancel(shared: &Shared, pid: i32, secret: &Bytes) {
             }
         }
         None => tracing::debug!(pid, "cancel request with an unknown key ignored"),
+    }
+}
+
+/// A cancel request for another instance's client (its key names that
+/// instance's `peer_id`): sent on, as it came, to the address `[peers]`
+/// gives for it.
+async fn forward_to_peer(shared: &Shared, peer: u16, pid: i32, secret: &Bytes) {
+    let config = shared.config();
+    let Some(p) = config.peers.get(&peer) else {
+        tracing::debug!(peer, "cancel request for an unknown peer ignored");
+        return;
+    };
+    let Ok(secret) = <[u8; 4]>::try_from(&secret[..]) else {
+        return;
+    };
+    let addr = match tokio::net::lookup_host((p.host.as_str(), p.port)).await {
+        Ok(mut addrs) => addrs.next(),
+        Err(e) => {
+            tracing::warn!(peer, "cancel request to peer {}: {e}", p.host);
+            return;
+        }
+    };
+    if let Some(addr) = addr {
+        if let Err(e) = send_cancel(addr, pid, secret).await {
+            tracing::warn!(peer, "cancel request to peer {addr} failed: {e}");
+        }
     }
 }

@@ -1,0 +1,61 @@
+//! Several pgherd instances in front of one cluster (`peer_id`, `[peers]`,
+//! pgbouncer's names): a cancel request that reaches another instance than
+//! the one holding the query is sent on to it, as behind a load balancer
+//! that spreads a driver's cancel connection elsewhere.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use pgherd_integration_tests::*;
+use tokio_postgres::NoTls;
+
+/// Two instances, peers 1 and 2, that know each other.
+async fn two_peers(mode: &str) -> (RunningPgherd, RunningPgherd) {
+    let (port_a, port_b) = (free_port(), free_port());
+    let instance = |id: u16, port: u16| {
+        shared_cluster()
+            .pgherd()
+            .general(&format!("listen_addr = \"127.0.0.1:{port}\""))
+            .general(&format!("peer_id = {id}"))
+            .general(&format!("pool_mode = \"{mode}\""))
+            .peer(1, port_a)
+            .peer(2, port_b)
+    };
+    let a = instance(1, port_a).start().await;
+    let b = instance(2, port_b).start().await;
+    (a, b)
+}
+
+/// A query through instance A, its cancel request sent to instance B: B
+/// sends it on to A, and the query ends with 57014, in both pool modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_to_the_wrong_instance_reaches_the_query() {
+    for mode in ["session", "transaction"] {
+        let (a, b) = two_peers(mode).await;
+        let client = a.app().await;
+        let token = client.cancel_token();
+        let sleep = format!("SELECT pg_sleep(60) /* {mode} */");
+        let running = {
+            let sleep = sleep.clone();
+            tokio::spawn(async move {
+                let result = client.simple_query(&sleep).await;
+                (client, result)
+            })
+        };
+        wait_for_sql(
+            shared_cluster(),
+            0,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = '{sleep}' AND state = 'active'"
+            ),
+            "1",
+        )
+        .await;
+        // The key is A's; the request goes to B.
+        let to_b = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+        token.cancel_query_raw(to_b, NoTls).await.unwrap();
+        let (client, result) = running.await.unwrap();
+        let err = result.unwrap_err();
+        assert_eq!(sqlstate(&err), Some("57014"), "{mode}: {err}");
+        assert_eq!(simple_value(&client, "SELECT 1").await, "1", "{mode}");
+    }
+}
