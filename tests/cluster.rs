@@ -189,7 +189,7 @@ fn writes_on(cluster: &TestCluster, node: usize) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failover_then_resurrected_old_primary_is_fenced() {
+async fn failover_then_resurrected_old_primary_is_fenced_by_every_instance() {
     let mut cluster = TestCluster::start(1);
     cluster
         .pg
@@ -209,9 +209,25 @@ async fn failover_then_resurrected_old_primary_is_fenced() {
         .database("ro = { dbname = \"postgres\", target = \"replica\" }")
         .start()
         .await;
-    pgherd
-        .wait_topology("pg0 primary", |t| t.primary == Some(0))
+    // A second instance in front of the same cluster, probing on its own
+    // schedule (several instances agree through the cluster, not with
+    // each other).
+    let second_state = cluster.pg.dir().join("pgherd-second.state");
+    let second = cluster
+        .pgherd()
+        .probe_interval(1.0)
+        .general("primary_wait_timeout = 20")
+        .general(&format!(
+            "state_file = {:?}",
+            second_state.display().to_string()
+        ))
+        .start()
         .await;
+    for instance in [&pgherd, &second] {
+        instance
+            .wait_topology("pg0 primary", |t| t.primary == Some(0))
+            .await;
+    }
     let mut events = pgherd.handle.cluster().subscribe();
     let write = "INSERT INTO writes (port) SELECT inet_server_port()";
 
@@ -242,22 +258,27 @@ async fn failover_then_resurrected_old_primary_is_fenced() {
         cluster.pg.node(1).port.to_string()
     );
 
-    // The old primary comes back as a primary on the old timeline: fenced.
+    // The old primary comes back as a primary on the old timeline: fenced,
+    // by both instances.
     cluster.pg.restart(0).unwrap();
-    pgherd
-        .wait_topology("pg0 fenced", |t| t.nodes[0].up && t.nodes[0].fenced)
-        .await;
-    let t = pgherd.handle.topology();
-    assert_eq!(t.primary, Some(1));
-    assert!(t.split_brain);
-    assert_eq!(t.nodes[0].role, Role::Primary);
+    for instance in [&pgherd, &second] {
+        instance
+            .wait_topology("pg0 fenced", |t| t.nodes[0].up && t.nodes[0].fenced)
+            .await;
+        let t = instance.handle.topology();
+        assert_eq!(t.primary, Some(1));
+        assert!(t.split_brain);
+        assert_eq!(t.nodes[0].role, Role::Primary);
+    }
     let old_rows = writes_on(&cluster, 0);
     for _ in 0..10 {
-        let c = pgherd
-            .connect("app", APP_PASSWORD, "postgres")
-            .await
-            .unwrap();
-        c.batch_execute(write).await.unwrap();
+        for instance in [&pgherd, &second] {
+            let c = instance
+                .connect("app", APP_PASSWORD, "postgres")
+                .await
+                .unwrap();
+            c.batch_execute(write).await.unwrap();
+        }
     }
     assert_eq!(
         writes_on(&cluster, 0),
@@ -275,8 +296,9 @@ async fn failover_then_resurrected_old_primary_is_fenced() {
                 )
             )
             .unwrap(),
-        "11"
+        "21"
     );
+    drop(second);
     // The split brain was reported.
     let mut seen = Vec::new();
     while let Ok(e) = events.try_recv() {
