@@ -299,12 +299,7 @@ async fn query_wait_timeout_when_the_pool_is_exhausted() {
     // Logged in (session_server_at = "first_query"); the first query waits.
     let waiter = pgherd.app().await;
     let e = waiter.simple_query("SELECT 1").await.unwrap_err();
-    assert_eq!(sqlstate(&e), Some("53300"));
-    assert!(
-        message(&e).contains("query_wait_timeout"),
-        "{}",
-        message(&e)
-    );
+    assert_is_query_wait_timeout(&e);
     assert_eq!(simple_value(&holder, "SELECT 1").await, "1");
 
     // With "login", the login itself waits.
@@ -317,13 +312,13 @@ async fn query_wait_timeout_when_the_pool_is_exhausted() {
         .await;
     let holder = pgherd.app().await;
     let e = connect_err(&pgherd, "app", APP_PASSWORD, "app").await;
-    assert_eq!(sqlstate(&e), Some("53300"));
-    assert!(
-        message(&e).contains("query_wait_timeout"),
-        "{}",
-        message(&e)
-    );
+    assert_is_query_wait_timeout(&e);
     assert_eq!(simple_value(&holder, "SELECT 1").await, "1");
+}
+
+fn assert_is_query_wait_timeout(e: &tokio_postgres::Error) {
+    assert_eq!(sqlstate(e), Some("53300"));
+    assert!(message(e).contains("query_wait_timeout"), "{}", message(e));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,7 +92,9 @@ fn channel(text: &str) -> Option<String> {
 
 /// `"name"`, with `"` doubled.
 fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+    let mut out = String::with_capacity(name.len() + 2);
+    crate::relay::params::quote_ident(&mut out, name);
+    out
 }
 
 /// Notifications waiting for one client, and the client to wake for them.

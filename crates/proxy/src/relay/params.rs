@@ -349,7 +349,7 @@ pub(crate) fn find<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a s
 }
 
 /// `"name"`, with `"` doubled.
-fn quote_ident(out: &mut String, name: &str) {
+pub(crate) fn quote_ident(out: &mut String, name: &str) {
     out.push('"');
     for c in name.chars() {
         if c == '"' {
