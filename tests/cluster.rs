@@ -24,6 +24,16 @@ async fn ports(pgherd: &RunningPgherd, db: &str, n: usize) -> HashMap<u16, usize
     seen
 }
 
+/// Runs `n` reads on one session and counts which server port each ran on.
+async fn reads_by_port(client: &tokio_postgres::Client, n: usize) -> HashMap<u16, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let port = simple_value(client, "SELECT inet_server_port()").await;
+        *seen.entry(port.parse().unwrap()).or_insert(0) += 1;
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_spread_over_standbys_writes_stay_on_the_primary() {
     let cluster = shared_cluster();
@@ -91,6 +101,40 @@ async fn node_weights_and_priorities_shape_read_routing() {
     drained.wait_standbys_readable().await;
     let reads = ports(&drained, "ro", 10).await;
     assert_eq!(reads.get(&node_port(1)), Some(&10), "{reads:?}");
+}
+
+/// A RELOAD changes the nodes' weights and priorities for the next read of
+/// every session, a running one included, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_weights_change_on_reload_for_running_sessions() {
+    let cluster = shared_cluster();
+    let with_weight = |weight: u32| {
+        cluster
+            .pgherd()
+            .general("pool_mode = \"transaction\"")
+            .database("ro = { dbname = \"app\", target = \"replica\" }")
+            .node_option("pg1", &format!("weight = {weight}"))
+    };
+    let first = with_weight(1);
+    let pgherd = first.start().await;
+    pgherd.wait_standbys_readable().await;
+    let dir = std::env::temp_dir().join(format!("pgherd-weights-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pgherd.toml");
+    std::fs::write(&path, first.toml()).unwrap();
+    pgherd.handle.set_config_file(path.clone());
+    let client = pgherd.connect("app", APP_PASSWORD, "ro").await.unwrap();
+    let pg1 = cluster.pg.node(1).port;
+    let before = reads_by_port(&client, 20).await;
+    assert!(before.get(&pg1).is_some_and(|&n| n > 0), "{before:?}");
+    // Weight 0 takes pg1 out of reads.
+    std::fs::write(&path, with_weight(0).toml()).unwrap();
+    let kept = pgherd.handle.reload().unwrap();
+    assert!(!kept.contains(&"nodes"), "{kept:?}");
+    let after = reads_by_port(&client, 20).await;
+    assert_eq!(after.get(&pg1), None, "{after:?}");
+    assert_eq!(after.values().sum::<usize>(), 20);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

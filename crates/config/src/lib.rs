@@ -70,7 +70,8 @@ impl Config {
 
     /// The file at `path` as a RELOAD applies it on top of this running
     /// configuration: what only a restart can change (the settings the
-    /// table marks so, `[[listeners]]`, `[[nodes]]`, `[notify]`) keeps its
+    /// table marks so, `[[listeners]]`, `[[nodes]]` but for their weights
+    /// and priorities, `[notify]`) keeps its
     /// running value. Also returns the names of those that differed.
     pub fn reloaded(&self, path: &Path) -> Result<(Config, Vec<&'static str>), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -88,7 +89,13 @@ impl Config {
             new.listeners = self.listeners.clone();
             kept.push("listeners");
         }
-        if self.nodes != new.nodes {
+        // A node's weight and priority apply at once; its name, address
+        // and place in the list (and nodes added or removed) need a
+        // restart.
+        let same_places = self.nodes.len() == new.nodes.len()
+            && (self.nodes.iter().zip(&new.nodes))
+                .all(|(a, b)| (&a.name, &a.host, a.port) == (&b.name, &b.host, b.port));
+        if !same_places {
             new.nodes = self.nodes.clone();
             kept.push("nodes");
         }
@@ -581,6 +588,21 @@ mod tests {
         let (new, kept) = running.reloaded_from(&notified).unwrap();
         assert_eq!(kept, ["notify"]);
         assert_eq!(new.notify, running.notify);
+
+        // A node's weight and priority apply; its address needs a restart.
+        let weighted = reload_base("", 6432, "weight = 3\npriority = 200\n");
+        let (new, kept) = running.reloaded_from(&weighted).unwrap();
+        assert!(kept.is_empty(), "{kept:?}");
+        assert_eq!((new.nodes[0].weight, new.nodes[0].priority), (3, 200));
+        let changed = new.changes_since(&running);
+        assert!(
+            changed.contains(&"nodes.a changed".to_owned()),
+            "{changed:?}"
+        );
+        let moved = reload_base("", 6432, "port = 5999\n");
+        let (new, kept) = running.reloaded_from(&moved).unwrap();
+        assert_eq!(kept, ["nodes"]);
+        assert_eq!(new.nodes, running.nodes);
     }
 
     #[test]

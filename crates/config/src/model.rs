@@ -52,6 +52,11 @@ impl Config {
         if self.peers != old.peers {
             changes.push("peers".into());
         }
+        for (now, before) in self.nodes.iter().zip(&old.nodes) {
+            if now != before {
+                changes.push(format!("nodes.{} changed", now.name));
+            }
+        }
         changes
     }
 }

@@ -67,7 +67,7 @@ impl Proxy {
         let tls = pgherd_tls::Contexts::new(&config.general)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let cluster = Cluster::start(&config, &tls.server)?;
-        let nodes = config.nodes.len();
+        let node_list = config.nodes.clone();
         let tracked = Arc::new(TrackedParams::new(&config.general));
         // Between 0 and 16,383 (checked with the configuration).
         let peer_id = u16::try_from(config.general.peer_id).unwrap_or(0);
@@ -78,7 +78,7 @@ impl Proxy {
                 settings: Arc::clone(&settings),
                 pools: Pools::default(),
                 limits: ConnectionLimits::default(),
-                routing: Routing::new(cluster.clone(), nodes),
+                routing: Routing::new(cluster.clone(), &node_list),
                 tracked: Arc::clone(&tracked),
                 registry: Arc::clone(&registry),
                 upstreams: Upstreams::default(),

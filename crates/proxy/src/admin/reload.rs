@@ -8,7 +8,8 @@
 //! running session keeps the configuration it started with, so no rule
 //! changes under an open transaction (as pgbouncer, existing server
 //! connections stay). What needs a restart — the sockets pgherd listens on,
-//! the node list and the probes' settings, the state file, the tracked
+//! the node list (but for nodes' weights and priorities, which every
+//! session's next read takes) and the probes' settings, the state file, the tracked
 //! parameters, `[notify]` — keeps its running value, and the reload says
 //! which of those differ.
 
@@ -37,6 +38,8 @@ impl Shared {
         // TLS setting that does not work changes nothing.
         let tls = pgherd_tls::Contexts::new(&new.general)?;
         let applied = new.changes_since(&old);
+        // Nodes' weights and priorities apply to every session's next pick.
+        self.servers.routing.set_weights(&new.nodes);
         self.settings.replace(new, tls);
         self.cluster().publish(ProxyEvent::ConfigReloaded {
             applied,

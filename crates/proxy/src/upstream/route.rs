@@ -21,10 +21,13 @@
 //! until the topology has been refreshed.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+
 use pgherd_cluster::{Cluster, Topology};
-use pgherd_config::{Config, Target};
+use pgherd_config::{Config, Node, Target};
 use pgherd_wire::backend::ErrorFields;
 use pgherd_wire::sqlstate;
 
@@ -44,19 +47,48 @@ pub(crate) struct Routing {
     node_load: Vec<AtomicUsize>,
     /// Nodes an administrator drained: no new reads.
     node_drained: Vec<AtomicBool>,
+    /// Each node's read weight and priority as configured now: a RELOAD
+    /// changes them for every session's next pick, not only new sessions'.
+    weights: ArcSwap<Vec<Weight>>,
     pub(crate) counters: RoutingCounters,
 }
 
+/// The weights of `nodes`, in their order.
+fn weights(nodes: &[Node]) -> Vec<Weight> {
+    nodes
+        .iter()
+        .map(|n| Weight {
+            weight: n.weight,
+            priority: n.priority,
+        })
+        .collect()
+}
+
+/// A node's `weight` and `priority`.
+#[derive(Debug, Clone, Copy)]
+struct Weight {
+    weight: u32,
+    priority: u32,
+}
+
 impl Routing {
-    /// Routing over `cluster`'s nodes, all undrained and unloaded.
-    pub(crate) fn new(cluster: Cluster, nodes: usize) -> Routing {
+    /// Routing over `cluster`'s `nodes`, all undrained and unloaded.
+    pub(crate) fn new(cluster: Cluster, nodes: &[Node]) -> Routing {
+        let count = nodes.len();
         Routing {
             cluster,
             round_robin: AtomicUsize::new(0),
-            node_load: (0..nodes).map(|_| AtomicUsize::new(0)).collect(),
-            node_drained: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            node_load: (0..count).map(|_| AtomicUsize::new(0)).collect(),
+            node_drained: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            weights: ArcSwap::from_pointee(weights(nodes)),
             counters: RoutingCounters::default(),
         }
+    }
+
+    /// Takes the weights and priorities of a reloaded node list (the same
+    /// nodes, in the same order).
+    pub(crate) fn set_weights(&self, nodes: &[Node]) {
+        self.weights.store(Arc::new(weights(nodes)));
     }
 
     /// How many nodes (config order) routing knows.
@@ -325,7 +357,7 @@ fn pick_standby(
             Replayed::NoPrimary => 0,
         },
     };
-    let nodes = &config.nodes;
+    let weights = routing.weights.load();
     let candidates = topology
         .nodes
         .iter()
@@ -340,11 +372,14 @@ fn pick_standby(
                     .unwrap_or(0)
                     >= replayed
         })
-        .map(|(i, _)| Candidate {
-            node: i,
-            weight: nodes[i].weight,
-            priority: nodes[i].priority,
-            load: routing.node_load(i),
+        .filter_map(|(i, _)| {
+            let w = weights.get(i)?;
+            Some(Candidate {
+                node: i,
+                weight: w.weight,
+                priority: w.priority,
+                load: routing.node_load(i),
+            })
         });
     let turn = if peek {
         routing.round_robin.load(Ordering::Relaxed)
