@@ -544,14 +544,24 @@ async fn show_totals_adds_up_the_databases() {
                 .unwrap()
         }
     };
-    // Totals: the sum of SHOW STATS's rows.
-    let per_database: u64 = simple_rows(&admin, "SHOW STATS")
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r[1].as_deref().unwrap().parse::<u64>().unwrap())
-        .sum();
-    let xacts = total("total_xact_count").await;
+    // Totals: the sum of SHOW STATS's rows. A transaction is counted when
+    // its server is back in the pool, a moment after the client has its
+    // answer: read both until all 30 are in.
+    let mut read = (0, 0);
+    for _ in 0..500 {
+        let per_database: u64 = simple_rows(&admin, "SHOW STATS")
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r[1].as_deref().unwrap().parse::<u64>().unwrap())
+            .sum();
+        read = (total("total_xact_count").await, per_database);
+        if read.0 >= 30 && read.1 >= 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (xacts, per_database) = read;
     assert!(xacts >= 30, "{xacts}");
     assert_eq!(xacts, per_database);
     assert!(total("total_client_bytes").await > 0);
