@@ -525,6 +525,26 @@ async fn listen_fanout_serves_a_hundred_listeners_from_one_connection() {
         assert_eq!((n.channel(), n.payload()), ("jobs", "again"));
         assert_eq!(n.process_id().to_string(), second);
     }
+    // One connection, two channels, 200 listeners; each NOTIFY written 100 times.
+    let hubs = pgherd.handle.listen_fanout();
+    assert_eq!(hubs.len(), 1, "{hubs:?}");
+    let hub = &hubs[0];
+    assert_eq!(
+        (
+            hub.channels,
+            hub.listeners,
+            hub.connected,
+            hub.received,
+            hub.delivered
+        ),
+        (2, 200, true, 2, 200),
+        "{hub:?}"
+    );
+    let (_, metrics) = http_get(&pgherd, "/metrics").await;
+    assert!(
+        metrics.contains("pgherd_listen_fanout_listeners{database=\"app\",user=\"app\"} 200"),
+        "{metrics}"
+    );
     // Half stop listening on jobs (one by UNLISTEN jobs, one by UNLISTEN *
     // then LISTEN "Other" again), ten leave.
     for (i, (client, _)) in listeners.iter().enumerate().take(50) {

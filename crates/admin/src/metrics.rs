@@ -219,8 +219,55 @@ fn notified(registry: &Registry, notifications: &Notifications) -> prometheus::R
     Ok(())
 }
 
+/// `listen_fanout`: each database and user's listening connection.
+fn fanout(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
+    let labels = ["database", "user"];
+    let channels = gauge_vec(
+        registry,
+        "pgherd_listen_fanout_channels",
+        "listen_fanout: channels some client listens on.",
+        &labels,
+    )?;
+    let listeners = gauge_vec(
+        registry,
+        "pgherd_listen_fanout_listeners",
+        "listen_fanout: (client, channel) pairs listening.",
+        &labels,
+    )?;
+    let connected = gauge_vec(
+        registry,
+        "pgherd_listen_fanout_connected",
+        "listen_fanout: 1 while the listening connection is open on the primary.",
+        &labels,
+    )?;
+    let received = counter_vec(
+        registry,
+        "pgherd_listen_fanout_received_total",
+        "listen_fanout: notifications the listening connection received.",
+        &labels,
+    )?;
+    let delivered = counter_vec(
+        registry,
+        "pgherd_listen_fanout_delivered_total",
+        "listen_fanout: notifications queued for clients (one per listening client).",
+        &labels,
+    )?;
+    for hub in proxy.listen_fanout() {
+        let l = [hub.database.as_str(), hub.user.as_str()];
+        channels.with_label_values(&l).set(hub.channels as f64);
+        listeners.with_label_values(&l).set(hub.listeners as f64);
+        connected
+            .with_label_values(&l)
+            .set(if hub.connected { 1.0 } else { 0.0 });
+        received.with_label_values(&l).inc_by(hub.received as f64);
+        delivered.with_label_values(&l).inc_by(hub.delivered as f64);
+    }
+    Ok(())
+}
+
 fn fill(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
     traffic(registry, proxy)?;
+    fanout(registry, proxy)?;
     let config = proxy.config();
     gauge(
         registry,

@@ -19,6 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,6 +150,33 @@ enum Command {
 #[derive(Debug)]
 pub(crate) struct Hub {
     commands: mpsc::UnboundedSender<Command>,
+    counts: Arc<Counts>,
+}
+
+/// What a hub's task tells the metrics.
+#[derive(Debug, Default)]
+struct Counts {
+    channels: AtomicUsize,
+    listeners: AtomicUsize,
+    connected: AtomicBool,
+    received: AtomicU64,
+    delivered: AtomicU64,
+}
+
+/// One hub as `/metrics` shows it (`listen_fanout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutSnapshot {
+    pub database: String,
+    pub user: String,
+    /// Channels some client listens on.
+    pub channels: usize,
+    /// (client, channel) pairs.
+    pub listeners: usize,
+    /// It has its connection on the primary.
+    pub connected: bool,
+    /// Notifications the connection received, and copies written to clients.
+    pub received: u64,
+    pub delivered: u64,
 }
 
 impl std::fmt::Debug for Command {
@@ -164,8 +192,23 @@ impl std::fmt::Debug for Command {
 impl Hub {
     pub(crate) fn start(source: impl Source) -> Hub {
         let (commands, received) = mpsc::unbounded_channel();
-        tokio::spawn(run(received, source));
-        Hub { commands }
+        let counts = Arc::new(Counts::default());
+        tokio::spawn(run(received, source, Arc::clone(&counts)));
+        Hub { commands, counts }
+    }
+
+    /// Its figures now, named for `database` and `user`.
+    pub(crate) fn snapshot(&self, database: &str, user: &str) -> FanoutSnapshot {
+        let c = &self.counts;
+        FanoutSnapshot {
+            database: database.to_owned(),
+            user: user.to_owned(),
+            channels: c.channels.load(Ordering::Relaxed),
+            listeners: c.listeners.load(Ordering::Relaxed),
+            connected: c.connected.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+        }
     }
 
     /// Listens on `channel` for `inbox`: once this returns `Ok`, every
@@ -194,6 +237,15 @@ impl Hub {
 
 /// Who listens on what.
 type Channels = HashMap<String, Vec<Arc<Inbox>>>;
+
+impl Counts {
+    fn update(&self, channels: &Channels, connected: bool) {
+        let listeners = channels.values().map(Vec::len).sum();
+        self.channels.store(channels.len(), Ordering::Relaxed);
+        self.listeners.store(listeners, Ordering::Relaxed);
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+}
 
 /// The hub's connection and its read buffer.
 struct Connection {
@@ -229,18 +281,25 @@ const MAX_MESSAGE: usize = 1 << 20;
 /// How long a hub waits before connecting again after a failure.
 const RETRY: Duration = Duration::from_secs(1);
 
-async fn run(mut commands: mpsc::UnboundedReceiver<Command>, source: impl Source) {
+async fn run(
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    source: impl Source,
+    counts: Arc<Counts>,
+) {
     let mut channels = Channels::new();
     let mut conn: Option<Connection> = None;
     let mut check = tokio::time::interval(RETRY);
     loop {
         if conn.is_none() && !channels.is_empty() {
             // Lost: connect again and listen on every channel.
-            match connect(&source, channels.keys()).await {
+            let connected = connect(&source, channels.keys(), &counts).await;
+            counts.update(&channels, connected.is_ok());
+            match connected {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     tracing::warn!("listen_fanout: reconnecting failed: {e}");
                     answer_offline(&mut commands, &mut channels, &e);
+                    counts.update(&channels, false);
                     tokio::time::sleep(RETRY).await;
                     continue;
                 }
@@ -258,10 +317,11 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, source: impl Source
                 },
                 frame = c.next_frame() => {
                     match frame {
-                        Ok(f) => deliver(&channels, f.tag, &f.body),
+                        Ok(f) => deliver(&channels, f.tag, &f.body, &counts),
                         Err(e) => {
                             tracing::warn!("listen_fanout: connection lost: {e}");
                             conn = None;
+                            counts.update(&channels, false);
                         }
                     }
                     continue;
@@ -272,6 +332,7 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, source: impl Source
                         if let Some(c) = conn.take() {
                             c.server.close_in_background();
                         }
+                        counts.update(&channels, false);
                     }
                     continue;
                 }
@@ -279,39 +340,30 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, source: impl Source
         };
         match command {
             Command::Listen(channel, inbox, done) => {
-                if let Some(listeners) = channels.get_mut(&channel) {
-                    listeners.push(inbox);
-                    let _ = done.send(Ok(()));
-                    continue;
-                }
-                let listened = match conn.as_mut() {
-                    Some(c) => query(c, &format!("LISTEN {}", quoted(&channel)), &channels).await,
-                    None => match connect(&source, std::iter::once(&channel)).await {
-                        Ok(c) => {
-                            conn = Some(c);
-                            Ok(())
+                let answer = match channels.get_mut(&channel) {
+                    Some(listeners) => {
+                        listeners.push(inbox);
+                        Ok(())
+                    }
+                    None => {
+                        let listened =
+                            listen_new(&mut conn, &source, &channel, (&channels, &counts)).await;
+                        if listened.is_ok() {
+                            channels.insert(channel, vec![inbox]);
                         }
-                        Err(e) => Err(e),
-                    },
+                        listened
+                    }
                 };
-                match listened {
-                    Ok(()) => {
-                        channels.insert(channel, vec![inbox]);
-                        let _ = done.send(Ok(()));
-                    }
-                    Err(e) => {
-                        let _ = done.send(Err(e));
-                    }
-                }
+                let _ = done.send(answer);
             }
             Command::Unlisten(channel, inbox) => {
                 if forget(&mut channels, &channel, &inbox) {
-                    unlisten(&mut conn, &channel, &channels).await;
+                    unlisten(&mut conn, &channel, (&channels, &counts)).await;
                 }
             }
             Command::UnlistenAll(inbox) => {
                 for name in forget_all(&mut channels, &inbox) {
-                    unlisten(&mut conn, &name, &channels).await;
+                    unlisten(&mut conn, &name, (&channels, &counts)).await;
                 }
             }
         }
@@ -320,6 +372,27 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, source: impl Source
             if let Some(c) = conn.take() {
                 c.server.close_in_background();
             }
+        }
+        counts.update(&channels, conn.is_some());
+    }
+}
+
+/// Listens on a channel nobody listened on yet: on the connection, or on
+/// one opened for it.
+async fn listen_new(
+    conn: &mut Option<Connection>,
+    source: &impl Source,
+    channel: &String,
+    (channels, counts): (&Channels, &Counts),
+) -> Result<(), String> {
+    match conn.as_mut() {
+        Some(c) => {
+            let sql = format!("LISTEN {}", quoted(channel));
+            query(c, &sql, channels, counts).await
+        }
+        None => {
+            *conn = Some(connect(source, std::iter::once(channel), counts).await?);
+            Ok(())
         }
     }
 }
@@ -378,11 +451,15 @@ fn forget_all(channels: &mut Channels, inbox: &Arc<Inbox>) -> Vec<String> {
 }
 
 /// Stops listening on a channel nobody listens on any more.
-async fn unlisten(conn: &mut Option<Connection>, name: &str, channels: &Channels) {
+async fn unlisten(
+    conn: &mut Option<Connection>,
+    name: &str,
+    (channels, counts): (&Channels, &Counts),
+) {
     let Some(c) = conn.as_mut() else {
         return;
     };
-    if let Err(e) = query(c, &format!("UNLISTEN {}", quoted(name)), channels).await {
+    if let Err(e) = query(c, &format!("UNLISTEN {}", quoted(name)), channels, counts).await {
         tracing::warn!("listen_fanout: UNLISTEN failed, reconnecting: {e}");
         *conn = None;
     }
@@ -392,6 +469,7 @@ async fn unlisten(conn: &mut Option<Connection>, name: &str, channels: &Channels
 async fn connect<'a>(
     source: &impl Source,
     names: impl Iterator<Item = &'a String>,
+    counts: &Counts,
 ) -> Result<Connection, String> {
     let server = source.open().await.map_err(|e| e.message)?;
     let mut c = Connection {
@@ -399,13 +477,18 @@ async fn connect<'a>(
         buf: BytesMut::new(),
     };
     let sql: String = names.map(|n| format!("LISTEN {};", quoted(n))).collect();
-    query(&mut c, &sql, &Channels::new()).await?;
+    query(&mut c, &sql, &Channels::new(), counts).await?;
     Ok(c)
 }
 
 /// Runs `sql` and reads up to its ReadyForQuery, delivering the
 /// notifications that arrive meanwhile.
-async fn query(c: &mut Connection, sql: &str, channels: &Channels) -> Result<(), String> {
+async fn query(
+    c: &mut Connection,
+    sql: &str,
+    channels: &Channels,
+    counts: &Counts,
+) -> Result<(), String> {
     let mut out = BytesMut::new();
     frontend::query(&mut out, sql);
     c.server
@@ -423,17 +506,18 @@ async fn query(c: &mut Connection, sql: &str, channels: &Channels) -> Result<(),
                     ErrorFields::parse(&f.body).map_or_else(|| "error".into(), |e| e.message);
                 failed.get_or_insert(message);
             }
-            tag => deliver(channels, tag, &f.body),
+            tag => deliver(channels, tag, &f.body, counts),
         }
     }
 }
 
 /// A NotificationResponse to everyone listening on its channel, as the
 /// server sent it.
-fn deliver(channels: &Channels, tag: u8, body: &[u8]) {
+fn deliver(channels: &Channels, tag: u8, body: &[u8], counts: &Counts) {
     if tag != backend::NOTIFICATION_RESPONSE {
         return;
     }
+    counts.received.fetch_add(1, Ordering::Relaxed);
     let Some(channel) = body
         .get(4..)
         .and_then(|rest| pgherd_wire::cstr::split_cstr(rest))
@@ -450,6 +534,8 @@ fn deliver(channels: &Channels, tag: u8, body: &[u8]) {
     for inbox in listeners {
         inbox.push(message.clone());
     }
+    let copies = listeners.len() as u64;
+    counts.delivered.fetch_add(copies, Ordering::Relaxed);
 }
 
 #[cfg(test)]

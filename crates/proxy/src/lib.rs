@@ -44,6 +44,7 @@ mod upstream;
 
 pub use admin::control::{ControlError, DatabaseState};
 pub use admin::reload;
+pub use fanout::FanoutSnapshot;
 pub use listen::addr::ClientAddr;
 pub use listen::bind_tcp;
 pub use login::LoginFailures;

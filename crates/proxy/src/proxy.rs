@@ -14,6 +14,7 @@ use pgherd_config::{Config, Target};
 use crate::admin::control::{ControlError, DatabaseState};
 use crate::admin::reload;
 use crate::background;
+use crate::fanout::FanoutSnapshot;
 use crate::listen::{self, bind_tcp, Listener};
 use crate::login::{LoginFailures, Logins};
 use crate::registry::cancel::CancelRegistry;
@@ -262,6 +263,17 @@ impl ProxyHandle {
     /// Every pool with its counters.
     pub fn pools(&self) -> Vec<PoolSnapshot> {
         self.shared.pool_rows()
+    }
+
+    /// `listen_fanout`'s hubs, one per database and user that listened.
+    pub fn listen_fanout(&self) -> Vec<FanoutSnapshot> {
+        let hubs = self.shared.hubs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<FanoutSnapshot> = hubs
+            .iter()
+            .map(|((database, user), hub)| hub.snapshot(database, user))
+            .collect();
+        rows.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        rows
     }
 
     /// Connected clients (logged in).
