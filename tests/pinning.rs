@@ -608,3 +608,43 @@ async fn a_set_of_an_unreported_tracked_parameter_follows_the_client() {
     c.batch_execute("COMMIT").await.unwrap();
     assert_eq!(pinned(&pgherd), 0);
 }
+
+/// A bad tracked value in the startup packet while the pool is full: the
+/// client is welcomed with the cached welcome, so its first transaction,
+/// not its login, is where the server refuses the value (FATAL 22023, as
+/// a direct connection's login would say). Everyone else goes on; the
+/// server the refusal happened on is closed (pgherd had already taken the
+/// value as the server's) and its place in the pool is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_time_zone_after_a_cached_welcome_fails_its_first_transaction() {
+    let pgherd = pgherd_with_pool(1, &[]).await;
+    let holder = pgherd.app().await;
+    let (pid, _) = on_server(&holder, "1").await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let mut bad = RawClient::connect(&pgherd).await;
+    let welcome = bad.login_app_with(&[("TimeZone", "No/Such_Zone")]).await;
+    assert_eq!(
+        welcome.last().map(|f| f.tag),
+        Some(pgherd_wire::backend::READY_FOR_QUERY),
+        "welcomed while the one server is busy"
+    );
+    let mut query = bytes::BytesMut::new();
+    pgherd_wire::frontend::query(&mut query, "SELECT 1");
+    bad.send(&query).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let fatal = bad.expect_error().await;
+    assert_eq!(
+        (fatal.severity.as_str(), fatal.code.as_str()),
+        ("FATAL", "22023")
+    );
+    assert!(fatal.message.contains("TimeZone"), "{}", fatal.message);
+    assert!(bad.closed().await);
+    let (again, _) = on_server(&holder, "1").await;
+    assert_ne!(again, pid, "a fresh server in its place");
+    let other = pgherd.app().await;
+    assert_eq!(simple_value(&other, "SELECT 2").await, "2");
+    let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
+    wait_for_sql(shared_cluster(), 0, &gone, "0").await;
+    let total: usize = pgherd.handle.pools().iter().map(|p| p.status.total).sum();
+    assert_eq!(total, 1, "the pool of one holds one server");
+}
