@@ -59,3 +59,30 @@ async fn a_cancel_sent_to_the_wrong_instance_reaches_the_query() {
         assert_eq!(simple_value(&client, "SELECT 1").await, "1", "{mode}");
     }
 }
+
+/// The console's SHOW PEERS lists `[peers]` with pgbouncer's columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_peers_lists_the_peers() {
+    let ports = [free_port(), free_port()];
+    let pgherd = shared_cluster()
+        .pgherd()
+        .general("admin_users = [\"app\"]")
+        .general("peer_id = 1")
+        .peer(1, ports[0])
+        .peer(2, ports[1])
+        .start()
+        .await;
+    let admin = pgherd
+        .connect("app", APP_PASSWORD, "pgbouncer")
+        .await
+        .unwrap();
+    let rows = simple_rows(&admin, "SHOW PEERS").await.unwrap();
+    let ports = ports.map(|p| p.to_string());
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row[0].as_deref(), Some((i + 1).to_string().as_str()));
+        assert_eq!(row[1].as_deref(), Some("127.0.0.1"));
+        assert_eq!(row[2].as_deref(), Some(ports[i].as_str()));
+        assert_eq!(row[3], None);
+    }
+}

@@ -112,7 +112,7 @@ impl Command {
 }
 
 const HELP: &str = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n\
-                    \tSHOW LISTS|STATE|NODES\n\
+                    \tSHOW LISTS|STATE|NODES|PEERS\n\
                     \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\
                     \tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\
                     \tRECONNECT [<db>]\n\tWAIT_CLOSE [<db>]\n\
@@ -385,6 +385,23 @@ fn show(shared: &Shared, what: &str, out: &mut BytesMut) -> Result<(), ErrorFiel
             t.finish();
         }
         "NODES" => show_nodes(shared, out),
+        "PEERS" => {
+            // pgbouncer's columns; pool_size is empty: each forwarded cancel
+            // request opens a connection of its own.
+            let mut t = Table::new(
+                out,
+                &[("peer_id", I), ("host", T), ("port", I), ("pool_size", I)],
+            );
+            for (id, p) in &shared.config().peers {
+                t.row(&[
+                    Some(&id.to_string()),
+                    Some(&p.host),
+                    Some(&p.port.to_string()),
+                    None,
+                ]);
+            }
+            t.finish();
+        }
         _ => {
             return Err(ErrorFields::error(
                 sqlstate::SYNTAX_ERROR,
