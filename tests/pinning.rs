@@ -497,9 +497,11 @@ async fn listen_fanout_serves_a_hundred_listeners_from_one_connection() {
     assert_eq!(pinned(&pgherd), 0, "nobody is pinned");
     let pooled: usize = pgherd.handle.pools().iter().map(|p| p.status.total).sum();
     assert!(pooled <= 2, "{pooled} pooled servers");
-    // Listeners run transactions as usual.
+    // Listeners run transactions as usual; a second LISTEN of a channel
+    // changes nothing (notifications still come once).
     for (client, _) in listeners.iter().take(10) {
         assert_eq!(simple_value(client, "SELECT 1").await, "1");
+        client.batch_execute("LISTEN jobs").await.unwrap();
     }
     let notifier = pgherd.app().await;
     let notify = |sql: &'static str| {
@@ -577,6 +579,16 @@ async fn listen_fanout_serves_a_hundred_listeners_from_one_connection() {
         );
     }
     assert_eq!(pinned(&pgherd), 0);
+    // DISCARD ALL ends a client's listening too (PostgreSQL's includes
+    // UNLISTEN *): it hears only what it listens to afterwards.
+    let (client, mut notes) = connect_listening(&pgherd).await;
+    client.batch_execute("LISTEN jobs").await.unwrap();
+    client.batch_execute("DISCARD ALL").await.unwrap();
+    client.batch_execute("LISTEN after_discard").await.unwrap();
+    notify("NOTIFY jobs, 'fifth'").await;
+    notify("NOTIFY after_discard, 'sixth'").await;
+    assert_eq!(next_note(&mut notes).await.payload(), "sixth");
+    drop(client);
     // A LISTEN inside a transaction goes to the server and pins, as before.
     let (client, mut notes) = connect_listening(&pgherd).await;
     client

@@ -340,12 +340,9 @@ async fn run(
         };
         match command {
             Command::Listen(channel, inbox, done) => {
-                let answer = match channels.get_mut(&channel) {
-                    Some(listeners) => {
-                        listeners.push(inbox);
-                        Ok(())
-                    }
-                    None => {
+                let answer = match join(&mut channels, &channel, inbox) {
+                    None => Ok(()),
+                    Some(inbox) => {
                         let listened =
                             listen_new(&mut conn, &source, &channel, (&channels, &counts)).await;
                         if listened.is_ok() {
@@ -408,12 +405,9 @@ fn answer_offline(
     while let Ok(command) = commands.try_recv() {
         match command {
             Command::Listen(channel, inbox, done) => {
-                let answer = match channels.get_mut(&channel) {
-                    Some(listeners) => {
-                        listeners.push(inbox);
-                        Ok(())
-                    }
-                    None => Err(error.to_owned()),
+                let answer = match join(channels, &channel, inbox) {
+                    None => Ok(()),
+                    Some(_) => Err(error.to_owned()),
                 };
                 let _ = done.send(answer);
             }
@@ -425,6 +419,19 @@ fn answer_offline(
             }
         }
     }
+}
+
+/// Adds `inbox` to `channel`'s listeners when the hub listens on it
+/// already, once (a second LISTEN of a channel changes nothing, as in
+/// PostgreSQL); gives `inbox` back when the channel is new.
+fn join(channels: &mut Channels, channel: &str, inbox: Arc<Inbox>) -> Option<Arc<Inbox>> {
+    let Some(listeners) = channels.get_mut(channel) else {
+        return Some(inbox);
+    };
+    if !listeners.iter().any(|l| Arc::ptr_eq(l, &inbox)) {
+        listeners.push(inbox);
+    }
+    None
 }
 
 /// Takes `inbox` off `channel`; true when nobody listens on it any more.

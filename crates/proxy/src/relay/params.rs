@@ -140,6 +140,18 @@ impl ClientParams {
         self.values.get(index)
     }
 
+    /// What this client has no value of, it takes from `server` (the
+    /// server's defaults, as a direct connection would have them).
+    pub(crate) fn default_to(&mut self, server: &ServerParams) {
+        for index in 0..self.values.0.len() {
+            if self.values.get(index).is_none() {
+                if let Some(v) = server.tracked.get(index) {
+                    self.values.set(index, v);
+                }
+            }
+        }
+    }
+
     /// The settings this client made with SQL.
     pub(crate) fn settings(&self) -> &Settings {
         self.made.as_ref().map_or(&NO_SETTINGS, |m| &m.settings)
@@ -197,10 +209,10 @@ impl ClientParams {
         server: &mut ServerParams,
         tracked: &TrackedParams,
     ) -> Option<String> {
-        if self.values.same(&server.tracked) && self.settings().same(&server.settings) {
+        let settings_same = self.settings().same(&server.settings);
+        if settings_same && self.values.same(&server.tracked) {
             return None;
         }
-        let settings_same = self.settings().same(&server.settings);
         let mut query: Option<String> = None;
         for (index, value) in self.values.0.iter().enumerate() {
             let Some(value) = value else { continue };

@@ -173,6 +173,18 @@ fn select(after: &[u8]) -> Look {
     }
 }
 
+/// The most common statement, in one comparison: `select` in any case,
+/// then a space or other control byte, with at least one byte after it.
+#[inline(always)]
+fn starts_with_select(text: &[u8]) -> bool {
+    let Some(Ok(head)) = text.get(..8).map(<[u8; 8]>::try_from) else {
+        return false;
+    };
+    const SELECT: u64 = u64::from_le_bytes(*b"select\0\0");
+    let head = u64::from_le_bytes(head);
+    (head | 0x2020_2020_2020) & 0xffff_ffff_ffff == SELECT && head >> 48 & 0xff <= b' ' as u64
+}
+
 /// True when a simple query's text surely leaves no session state, told
 /// from its first bytes alone, inline in the relay's scan: a `SELECT` whose
 /// first item is not a `pg_` function, or a statement whose first letter
@@ -184,16 +196,7 @@ pub(crate) fn surely_none(sql: &[u8]) -> bool {
         return true;
     };
     match first | 0x20 {
-        b's' => {
-            let Some(Ok(head)) = sql.get(..8).map(<[u8; 8]>::try_from) else {
-                return false;
-            };
-            // `select` in any case and one space, in one comparison.
-            const SELECT: u64 = u64::from_le_bytes(*b"select \0");
-            let head = u64::from_le_bytes(head);
-            if (head | 0x2020_2020_2020) & 0x00ff_ffff_ffff_ffff != SELECT {
-                return false;
-            }
+        b's' if starts_with_select(sql) && sql[6] == b' ' => {
             // Then an item that is no `pg_` function (nor more space).
             let item = sql[7];
             match item {
@@ -201,6 +204,7 @@ pub(crate) fn surely_none(sql: &[u8]) -> bool {
                 _ => (item | 0x20).is_ascii_lowercase() && item | 0x20 != b'p',
             }
         }
+        b's' => false,
         b'b' | b'c' | b'd' | b'e' | b'l' | b'p' | b'r' | b'u' | b'-' | b'/' => false,
         c => c.is_ascii_alphabetic(),
     }
@@ -209,15 +213,8 @@ pub(crate) fn surely_none(sql: &[u8]) -> bool {
 /// What `text`'s first words call for (see [`effect`]).
 #[inline]
 fn first_words(text: &[u8]) -> Look {
-    // The most common statement, in one comparison: `select` and a space.
-    if let Some(Ok(head)) = text.get(..8).map(<[u8; 8]>::try_from) {
-        const SELECT: u64 = u64::from_le_bytes(*b"select\0\0");
-        let head = u64::from_le_bytes(head);
-        if (head | 0x2020_2020_2020) & 0xffff_ffff_ffff == SELECT
-            && head >> 48 & 0xff <= b' ' as u64
-        {
-            return select(&text[6..]);
-        }
+    if starts_with_select(text) {
+        return select(&text[6..]);
     }
     let Some(&first) = text.first() else {
         return Look::Done;

@@ -21,9 +21,10 @@ use super::transaction::{empty_slot, sync_params, Setup};
 use super::welcome::welcome;
 use crate::clock::Micros;
 use crate::login::{Authenticated, Client};
-use crate::registry::cancel::CancelRoute;
+use crate::registry::cancel::{CancelKey, CancelRoute};
+use crate::registry::ClientInfo;
 use crate::registry::NewClient;
-use crate::relay::params::ClientParams;
+use crate::relay::params::{ClientParams, ServerParams};
 use crate::shared::Shared;
 use crate::upstream::route::Want;
 use crate::upstream::server::Startup;
@@ -159,84 +160,60 @@ pub(super) async fn start(
         }
         (want, _) => want,
     };
-    if server_later {
-        if let Some(cached) = upstream.cached_welcome() {
-            // Every server in use: welcomed as a server of this upstream
-            // welcomed others, the client's first request waits for a
-            // server instead of its login.
-            for index in 0..shared.tracked.len() {
-                if client_params.get(index).is_none() {
-                    if let Some(v) = cached.params.tracked.get(index) {
-                        client_params.set(index, v);
-                    }
-                }
+    // Every server in use: welcomed as a server of this upstream welcomed
+    // others, the client's first request waits for a server instead of
+    // its login.
+    let cached = server_later.then(|| upstream.cached_welcome()).flatten();
+    let (cancel, held) = match cached {
+        Some(cached) => {
+            if tracking {
+                client_params.default_to(&cached.params);
             }
             let as_primary = upstream.want() == Want::Primary && cached.params.is_standby();
-            let cancel = shared
-                .cancels
-                .register(None, CancelRoute::Client(Arc::clone(&me.info)));
-            let key = (cancel.pid, cancel.secret);
             let own = (&cached.params, tracking.then_some(&client_params));
-            if let Err(e) = welcome(client, own, (key, &cached.notices), as_primary).await {
-                shared.cancels.unregister(&cancel);
-                return Err(e);
-            }
-            if client.buf.is_empty() {
-                client.buf = BytesMut::new();
-            }
-            return Ok(Some(Setup {
-                upstream,
-                me,
-                cancel,
-                params: tracking.then_some(client_params),
-                held: None,
-            }));
+            let said = (&cached.notices[..], as_primary);
+            (
+                welcome_keyed(shared, client, &me.info, None, own, said).await?,
+                None,
+            )
         }
-    }
-    let (mut first, _, first_lease) = upstream
-        .checkout(&shared.servers, &me.info, welcome_want)
-        .await?;
-    let Some(server) = first.conn() else {
-        return Err(empty_slot());
-    };
-    // Welcomed by a standby for the primary: the client's transactions will
-    // run on the primary, so it must not be told it reached a hot standby.
-    let as_primary = upstream.want() == Want::Primary && server.is_standby();
-    let mut notices = server.login_notices.clone();
-    if tracking {
-        // What the client did not set, it gets the server's defaults of.
-        for index in 0..shared.tracked.len() {
-            if client_params.get(index).is_none() {
-                if let Some(v) = server.initial_params.tracked.get(index) {
-                    client_params.set(index, v);
-                }
+        None => {
+            let (mut first, _, first_lease) = upstream
+                .checkout(&shared.servers, &me.info, welcome_want)
+                .await?;
+            let Some(server) = first.conn() else {
+                return Err(empty_slot());
+            };
+            // Welcomed by a standby for the primary: the client's
+            // transactions will run on the primary, so it must not be told
+            // it reached a hot standby.
+            let as_primary = upstream.want() == Want::Primary && server.is_standby();
+            let mut notices = server.login_notices.clone();
+            if tracking {
+                // What the client did not set, it gets the server's defaults of.
+                client_params.default_to(&server.initial_params);
+                // Usually equal to the server's: then this shares their values.
+                // What the server says of the client's values (a truncated
+                // application_name), the client hears as it would at login.
+                notices.extend(sync_params(shared, &mut client_params, server).await?);
             }
+            if server_later {
+                upstream.remember_welcome(server);
+            }
+            // A client that keeps this server is told its real PID.
+            let pid = (!server_later).then_some(server.pid);
+            let said = (&notices[..], as_primary);
+            let own = (&server.params, None);
+            let cancel = welcome_keyed(shared, client, &me.info, pid, own, said).await?;
+            let held = if server_later {
+                release(first, config.general.server_lifetime, Micros::now());
+                drop(first_lease);
+                None
+            } else {
+                Some(Box::new((first, first_lease)))
+            };
+            (cancel, held)
         }
-        // Usually equal to the server's: then this shares their values.
-        // What the server says of the client's values (a truncated
-        // application_name), the client hears as it would at login.
-        notices.extend(sync_params(shared, &mut client_params, server).await?);
-    }
-    // A client that keeps this server is told its real PID.
-    let cancel = shared.cancels.register(
-        (!server_later).then_some(server.pid),
-        CancelRoute::Client(Arc::clone(&me.info)),
-    );
-    if server_later {
-        upstream.remember_welcome(server);
-    }
-    let key = (cancel.pid, cancel.secret);
-    let params = (&server.params, None);
-    if let Err(e) = welcome(client, params, (key, &notices), as_primary).await {
-        shared.cancels.unregister(&cancel);
-        return Err(e);
-    }
-    let held = if server_later {
-        release(first, config.general.server_lifetime, Micros::now());
-        drop(first_lease);
-        None
-    } else {
-        Some(Box::new((first, first_lease)))
     };
     if held.is_none() && client.buf.is_empty() {
         // No server yet: the login buffer is not needed while idle.
@@ -249,4 +226,26 @@ pub(super) async fn start(
         params: tracking.then_some(client_params),
         held,
     }))
+}
+
+/// Registers the client's cancel key (with the server's `pid`, or one of
+/// pgherd's) and sends the welcome; a key whose welcome failed is
+/// unregistered again.
+async fn welcome_keyed(
+    shared: &Shared,
+    client: &mut Client,
+    me: &Arc<ClientInfo>,
+    pid: Option<i32>,
+    params: (&ServerParams, Option<&ClientParams>),
+    (notices, as_primary): (&[bytes::Bytes], bool),
+) -> Result<CancelKey, ErrorFields> {
+    let cancel = shared
+        .cancels
+        .register(pid, CancelRoute::Client(Arc::clone(me)));
+    let key = (cancel.pid, cancel.secret);
+    if let Err(e) = welcome(client, params, (key, notices), as_primary).await {
+        shared.cancels.unregister(&cancel);
+        return Err(e);
+    }
+    Ok(cancel)
 }
