@@ -660,3 +660,20 @@ async fn a_bad_time_zone_after_a_cached_welcome_fails_its_first_transaction() {
     let total: usize = pgherd.handle.pools().iter().map(|p| p.status.total).sum();
     assert_eq!(total, 1, "the pool of one holds one server");
 }
+
+/// A server reset by `server_reset_query = "RESET ALL"` (a client left
+/// mid-transaction) has none of the replayed settings any more: a client
+/// with the same setting as the one that left gets it set again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_server_forgets_the_settings_replayed_on_it() {
+    let pgherd = pgherd_with_pool(1, &["server_reset_query = \"RESET ALL\""]).await;
+    let keeper = pgherd.app().await;
+    keeper.batch_execute("SET work_mem = '77MB'").await.unwrap();
+    let leaver = pgherd.app().await;
+    leaver.batch_execute("SET work_mem = '77MB'").await.unwrap();
+    leaver.batch_execute("BEGIN").await.unwrap();
+    // Leaves inside its transaction: ROLLBACK and RESET ALL on the server.
+    drop(leaver);
+    let (_, work_mem) = on_server(&keeper, "current_setting('work_mem')").await;
+    assert_eq!(work_mem, "77MB");
+}

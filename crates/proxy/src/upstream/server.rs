@@ -388,8 +388,12 @@ impl ServerConn {
             expected += 1;
             if crate::relay::prepared::drops_all(reset_query.as_bytes()) {
                 self.statements.clear();
-                // DISCARD ALL also resets every parameter to its session
-                // default: the values this connection logged in with. (The
+            }
+            let resets_all = crate::relay::settings::parse(reset_query.as_bytes(), |_| false);
+            if resets_all == Some(crate::relay::settings::Change::ResetAll) {
+                // DISCARD ALL and RESET ALL reset every parameter to its
+                // session default: the values this connection logged in
+                // with, and none of the settings replayed on it. (The
                 // ParameterStatus the server sends may refine them.)
                 self.params = self.initial_params.clone();
             }
