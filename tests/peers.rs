@@ -86,3 +86,29 @@ async fn show_peers_lists_the_peers() {
         assert_eq!(row[3], None);
     }
 }
+
+/// A cancel request whose key names a peer `[peers]` does not list is
+/// dropped (the connection closed without a reply, as for any cancel
+/// request), and the instance goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_for_an_unknown_peer_is_dropped() {
+    use tokio::io::AsyncWriteExt;
+    let (a, _b) = two_peers("transaction").await;
+    let client = a.app().await;
+    // CancelRequest: length 16, code 80877102, a PID, a secret naming peer 3.
+    let mut request = Vec::new();
+    request.extend_from_slice(&16u32.to_be_bytes());
+    request.extend_from_slice(&80_877_102u32.to_be_bytes());
+    request.extend_from_slice(&4242i32.to_be_bytes());
+    request.extend_from_slice(&[0, 3, 1, 1]);
+    let mut stream = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+    stream.write_all(&request).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest);
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), read).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "closed without a reply: {closed:?}"
+    );
+    assert_eq!(simple_value(&client, "SELECT 1").await, "1");
+}

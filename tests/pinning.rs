@@ -677,3 +677,28 @@ async fn a_reset_server_forgets_the_settings_replayed_on_it() {
     let (_, work_mem) = on_server(&keeper, "current_setting('work_mem')").await;
     assert_eq!(work_mem, "77MB");
 }
+
+/// `listen_fanout` while there is no primary to listen on: the LISTEN gets
+/// an error naming the cause (08006, not FATAL), and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_fanout_without_a_primary_fails_the_listen_only() {
+    let pgherd = shared_cluster()
+        .pgherd()
+        .nodes(&[1])
+        .general("pool_mode = \"transaction\"")
+        .general("listen_fanout = true")
+        .general("primary_wait_timeout = 1")
+        .database("ro = { dbname = \"app\", target = \"replica\" }")
+        .start()
+        .await;
+    pgherd
+        .wait_topology("pg1 readable", |t| t.nodes[0].serves_reads())
+        .await;
+    let client = pgherd.connect("app", APP_PASSWORD, "ro").await.unwrap();
+    let err = client.batch_execute("LISTEN jobs").await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some("08006"), "{err}");
+    assert!(message(&err).contains("LISTEN failed"), "{}", message(&err));
+    assert_eq!(simple_value(&client, "SELECT 1").await, "1");
+    let hubs = pgherd.handle.listen_fanout();
+    assert_eq!((hubs[0].channels, hubs[0].connected), (0, false));
+}

@@ -234,6 +234,14 @@ fn probe_user(key: &str, v: Option<String>) -> Result<String, ConfigError> {
     })
 }
 
+/// pgbouncer's range for `peer_id`: 0 (none) to 16,383.
+fn peer_id(key: &str, v: u32) -> Result<u16, ConfigError> {
+    match u16::try_from(v) {
+        Ok(id) if id <= 16_383 => Ok(id),
+        _ => Err(invalid(key, format!("{v} is not between 0 and 16383"))),
+    }
+}
+
 fn at_least_one_try(_: &str, v: u32) -> Result<u32, ConfigError> {
     Ok(v.max(1))
 }
@@ -250,7 +258,7 @@ settings! {
     /// Let a new pgherd listen on the same addresses while the old one drains.
     so_reuseport: bool => bool = false, NeedsRestart, as_is;
     /// This instance's id among several (pgbouncer's `peer_id`): cancel keys carry it; 0 for none.
-    peer_id: u32 => u32 = 0u32, NeedsRestart, between(0, 16_383);
+    peer_id: u32 => u16 = 0u32, NeedsRestart, peer_id;
     /// Connections the kernel queues per listening socket.
     listen_backlog: u32 => u32 = 1024u32, NeedsRestart, between(1, 65_535);
     /// When a client gives its server back: `session` or `transaction`.

@@ -68,10 +68,9 @@ impl Proxy {
         let tls = pgherd_tls::Contexts::new(&config.general)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let cluster = Cluster::start(&config, &tls.server)?;
-        let node_list = config.nodes.clone();
+        let routing = Routing::new(cluster.clone(), &config.nodes);
         let tracked = Arc::new(TrackedParams::new(&config.general));
-        // Between 0 and 16,383 (checked with the configuration).
-        let peer_id = u16::try_from(config.general.peer_id).unwrap_or(0);
+        let peer_id = config.general.peer_id;
         let registry = Arc::<Registry>::default();
         let settings = Arc::new(Settings::new(config, tls));
         let shared = Arc::new(Shared {
@@ -79,7 +78,7 @@ impl Proxy {
                 settings: Arc::clone(&settings),
                 pools: Pools::default(),
                 limits: ConnectionLimits::default(),
-                routing: Routing::new(cluster.clone(), &node_list),
+                routing,
                 tracked: Arc::clone(&tracked),
                 registry: Arc::clone(&registry),
                 upstreams: Upstreams::default(),
