@@ -20,11 +20,8 @@
 //! re-probe of the whole cluster, and is not tried again for this client
 //! until the topology has been refreshed.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
-
-use arc_swap::ArcSwap;
 
 use pgherd_cluster::{Cluster, Topology};
 use pgherd_config::{Config, Node, Target};
@@ -49,26 +46,8 @@ pub(crate) struct Routing {
     node_drained: Vec<AtomicBool>,
     /// Each node's read weight and priority as configured now: a RELOAD
     /// changes them for every session's next pick, not only new sessions'.
-    weights: ArcSwap<Vec<Weight>>,
+    weights: Vec<[AtomicU32; 2]>,
     pub(crate) counters: RoutingCounters,
-}
-
-/// The weights of `nodes`, in their order.
-fn weights(nodes: &[Node]) -> Vec<Weight> {
-    nodes
-        .iter()
-        .map(|n| Weight {
-            weight: n.weight,
-            priority: n.priority,
-        })
-        .collect()
-}
-
-/// A node's `weight` and `priority`.
-#[derive(Debug, Clone, Copy)]
-struct Weight {
-    weight: u32,
-    priority: u32,
 }
 
 impl Routing {
@@ -80,7 +59,9 @@ impl Routing {
             round_robin: AtomicUsize::new(0),
             node_load: (0..count).map(|_| AtomicUsize::new(0)).collect(),
             node_drained: (0..count).map(|_| AtomicBool::new(false)).collect(),
-            weights: ArcSwap::from_pointee(weights(nodes)),
+            weights: (nodes.iter())
+                .map(|n| [AtomicU32::new(n.weight), AtomicU32::new(n.priority)])
+                .collect(),
             counters: RoutingCounters::default(),
         }
     }
@@ -88,7 +69,10 @@ impl Routing {
     /// Takes the weights and priorities of a reloaded node list (the same
     /// nodes, in the same order).
     pub(crate) fn set_weights(&self, nodes: &[Node]) {
-        self.weights.store(Arc::new(weights(nodes)));
+        for (w, n) in self.weights.iter().zip(nodes) {
+            w[0].store(n.weight, Ordering::Relaxed);
+            w[1].store(n.priority, Ordering::Relaxed);
+        }
     }
 
     /// How many nodes (config order) routing knows.
@@ -357,7 +341,6 @@ fn pick_standby(
             Replayed::NoPrimary => 0,
         },
     };
-    let weights = routing.weights.load();
     let candidates = topology
         .nodes
         .iter()
@@ -373,11 +356,11 @@ fn pick_standby(
                     >= replayed
         })
         .filter_map(|(i, _)| {
-            let w = weights.get(i)?;
+            let [weight, priority] = routing.weights.get(i)?;
             Some(Candidate {
                 node: i,
-                weight: w.weight,
-                priority: w.priority,
+                weight: weight.load(Ordering::Relaxed),
+                priority: priority.load(Ordering::Relaxed),
                 load: routing.node_load(i),
             })
         });
