@@ -92,7 +92,7 @@ async fn temporary_tables_live_across_transactions_and_stay_their_creators() {
 async fn listen_across_transactions_and_unlisten_releases_the_server() {
     let pgherd = pgherd_with_pool(2, &[]).await;
     let (listener, mut notes) = connect_listening(&pgherd).await;
-    listener.batch_execute("LISTEN jobs").await.unwrap();
+    listener.batch_execute("LISTEN pin_jobs").await.unwrap();
     wait_pinned(&pgherd, 1).await;
     // Other transactions of the listener, then a notification from another
     // client between them: it arrives.
@@ -102,14 +102,14 @@ async fn listen_across_transactions_and_unlisten_releases_the_server() {
     let notifier = pgherd.app().await;
     for payload in ["one", "two"] {
         notifier
-            .batch_execute(&format!("NOTIFY jobs, '{payload}'"))
+            .batch_execute(&format!("NOTIFY pin_jobs, '{payload}'"))
             .await
             .unwrap();
         let n = tokio::time::timeout(Duration::from_secs(10), notes.recv())
             .await
             .expect("the notification arrives")
             .unwrap();
-        assert_eq!((n.channel(), n.payload()), ("jobs", payload));
+        assert_eq!((n.channel(), n.payload()), ("pin_jobs", payload));
         assert_eq!(simple_value(&listener, "SELECT 2").await, "2");
     }
     // SHOW CLIENTS names what pins it.
@@ -486,12 +486,14 @@ async fn next_note(
 /// transactions; UNLISTEN (one channel, or `*`) and leaving stop it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_fanout_serves_a_hundred_listeners_from_one_connection() {
+    // Channel names of this test's own: a NOTIFY reaches every listener of
+    // the database, other tests' included.
     let pgherd = pgherd_with_pool(2, &["listen_fanout = true", "max_client_conn = 200"]).await;
     let mut listeners = Vec::new();
     for _ in 0..100 {
         let (client, notes) = connect_listening(&pgherd).await;
-        client.batch_execute("LISTEN jobs").await.unwrap();
-        client.batch_execute("listen \"Other\";").await.unwrap();
+        client.batch_execute("LISTEN fan_jobs").await.unwrap();
+        client.batch_execute("listen \"Fan Other\";").await.unwrap();
         listeners.push((client, notes));
     }
     assert_eq!(pinned(&pgherd), 0, "nobody is pinned");
@@ -501,7 +503,7 @@ async fn listen_fanout_serves_a_hundred_listeners_from_one_connection() {
     // changes nothing (notifications still come once).
     for (client, _) in listeners.iter().take(10) {
         assert_eq!(simple_value(client, "SELECT 1").await, "1");
-        client.batch_execute("LISTEN jobs").await.unwrap();
+        client.batch_execute("LISTEN fan_jobs").await.unwrap();
     }
     let notifier = pgherd.app().await;
     let notify = |sql: &'static str| {
@@ -516,15 +518,15 @@ async fn listen_fanout_serves_a_hundred_listeners_from_one_connection() {
             rows[0][0].clone().unwrap()
         }
     };
-    let sender = notify("NOTIFY jobs, 'hello'").await;
-    let second = notify("NOTIFY jobs, 'again'").await;
+    let sender = notify("NOTIFY fan_jobs, 'hello'").await;
+    let second = notify("NOTIFY fan_jobs, 'again'").await;
     for (_, notes) in &mut listeners {
         let n = next_note(notes).await;
-        assert_eq!((n.channel(), n.payload()), ("jobs", "hello"));
+        assert_eq!((n.channel(), n.payload()), ("fan_jobs", "hello"));
         assert_eq!(n.process_id().to_string(), sender, "the sender's real PID");
         // Once: the next one is the second NOTIFY.
         let n = next_note(notes).await;
-        assert_eq!((n.channel(), n.payload()), ("jobs", "again"));
+        assert_eq!((n.channel(), n.payload()), ("fan_jobs", "again"));
         assert_eq!(n.process_id().to_string(), second);
     }
     // One connection, two channels, 200 listeners; each NOTIFY written 100 times.
@@ -547,34 +549,34 @@ async fn listen_fanout_serves_a_hundred_listeners_from_one_connection() {
         metrics.contains("pgherd_listen_fanout_listeners{database=\"app\",user=\"app\"} 200"),
         "{metrics}"
     );
-    // Half stop listening on jobs (one by UNLISTEN jobs, one by UNLISTEN *
+    // Half stop listening on fan_jobs (one by UNLISTEN fan_jobs, one by UNLISTEN *
     // then LISTEN "Other" again), ten leave.
     for (i, (client, _)) in listeners.iter().enumerate().take(50) {
         let sql = match i % 2 {
-            0 => "UNLISTEN jobs",
+            0 => "UNLISTEN fan_jobs",
             _ => "UNLISTEN *; ",
         };
         client.batch_execute(sql).await.unwrap();
         if i % 2 == 1 {
-            client.batch_execute("LISTEN \"Other\"").await.unwrap();
+            client.batch_execute("LISTEN \"Fan Other\"").await.unwrap();
         }
     }
     listeners.truncate(90);
-    notify("NOTIFY jobs, 'third'").await;
-    notify("NOTIFY \"Other\", 'fourth'").await;
+    notify("NOTIFY fan_jobs, 'third'").await;
+    notify("NOTIFY \"Fan Other\", 'fourth'").await;
     for (i, (_, notes)) in listeners.iter_mut().enumerate() {
         let mut n = next_note(notes).await;
         if i >= 50 {
             assert_eq!(
                 (n.channel(), n.payload()),
-                ("jobs", "third"),
+                ("fan_jobs", "third"),
                 "listener {i}"
             );
             n = next_note(notes).await;
         }
         assert_eq!(
             (n.channel(), n.payload()),
-            ("Other", "fourth"),
+            ("Fan Other", "fourth"),
             "listener {i}"
         );
     }
@@ -582,22 +584,25 @@ async fn listen_fanout_serves_a_hundred_listeners_from_one_connection() {
     // DISCARD ALL ends a client's listening too (PostgreSQL's includes
     // UNLISTEN *): it hears only what it listens to afterwards.
     let (client, mut notes) = connect_listening(&pgherd).await;
-    client.batch_execute("LISTEN jobs").await.unwrap();
+    client.batch_execute("LISTEN fan_jobs").await.unwrap();
     client.batch_execute("DISCARD ALL").await.unwrap();
-    client.batch_execute("LISTEN after_discard").await.unwrap();
-    notify("NOTIFY jobs, 'fifth'").await;
-    notify("NOTIFY after_discard, 'sixth'").await;
+    client
+        .batch_execute("LISTEN fan_after_discard")
+        .await
+        .unwrap();
+    notify("NOTIFY fan_jobs, 'fifth'").await;
+    notify("NOTIFY fan_after_discard, 'sixth'").await;
     assert_eq!(next_note(&mut notes).await.payload(), "sixth");
     drop(client);
     // A LISTEN inside a transaction goes to the server and pins, as before.
     let (client, mut notes) = connect_listening(&pgherd).await;
     client
-        .batch_execute("BEGIN; LISTEN pinned; COMMIT")
+        .batch_execute("BEGIN; LISTEN fan_pinned; COMMIT")
         .await
         .unwrap();
     wait_pinned(&pgherd, 1).await;
-    notifier.batch_execute("NOTIFY pinned").await.unwrap();
-    assert_eq!(next_note(&mut notes).await.channel(), "pinned");
+    notifier.batch_execute("NOTIFY fan_pinned").await.unwrap();
+    assert_eq!(next_note(&mut notes).await.channel(), "fan_pinned");
 }
 
 /// A parameter listed in `track_extra_parameters` that the server does not
