@@ -163,12 +163,17 @@ async fn garbage_after_login_and_oversized_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_and_standby_nodes_are_named() {
-    // Only a dead node and a standby: no primary.
-    let pgherd = shared_cluster()
-        .pgherd()
-        .nodes(&[1])
-        .dead_node("dead", 0)
-        .general("primary_wait_timeout = 0.5")
+    // Only a dead node and a standby: no primary. A session that gets its
+    // server at login is refused at login.
+    let no_primary = || {
+        shared_cluster()
+            .pgherd()
+            .nodes(&[1])
+            .dead_node("dead", 0)
+            .general("primary_wait_timeout = 0.5")
+    };
+    let pgherd = no_primary()
+        .general("session_server_at = \"login\"")
         .start()
         .await;
     let e = connect_err(&pgherd, "app", APP_PASSWORD, "app").await;
@@ -180,6 +185,19 @@ async fn unreachable_and_standby_nodes_are_named() {
         .to_owned();
     assert!(detail.contains("dead: down ("), "{detail}");
     assert!(detail.contains("Connection refused"), "{detail}");
+    assert!(detail.contains("pg1: standby"), "{detail}");
+
+    // With the default (`first_query`), once the probes have answered the
+    // login is welcomed by the standby and the first query is refused, with
+    // the same reasons.
+    let pgherd = no_primary().start().await;
+    pgherd
+        .wait_topology("pg1 probed", |t| t.nodes.iter().any(|n| n.serves_reads()))
+        .await;
+    let client = pgherd.app().await;
+    let e = client.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("57P03"), "{e}");
+    let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or_default();
     assert!(detail.contains("pg1: standby"), "{detail}");
 
     // A dead node in front of the primary is passed over.
