@@ -137,6 +137,140 @@ async fn node_weights_change_on_reload_for_running_sessions() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Nodes added and removed by a RELOAD, under load: the new standby is
+/// probed and joins reads, the removed one is drained (transactions finish,
+/// its servers close; a session still on it after `shutdown_timeout` gets
+/// 57P01), and no client of the load sees an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standbys_added_and_removed_by_reload_under_load() {
+    let cluster = shared_cluster();
+    let all = cluster
+        .pgherd()
+        .general("pool_mode = \"transaction\"")
+        .general("shutdown_timeout = 1")
+        .database("ro = { dbname = \"app\", target = \"replica\" }")
+        .database(
+            "ro_session = { dbname = \"app\", target = \"replica\", pool_mode = \"session\" }",
+        );
+    let (pg1, pg2) = (cluster.pg.node(1).port, cluster.pg.node(2).port);
+    let first = all.clone().nodes(&[0, 1]);
+    let pgherd = first.start().await;
+    pgherd
+        .wait_topology("pg1 serves reads", |t| t.nodes[1].serves_reads())
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgherd.toml");
+    std::fs::write(&path, first.toml()).unwrap();
+    pgherd.handle.set_config_file(path.clone());
+
+    // The load: reads on "ro" and writes on "app", every port read from
+    // counted with the phase it was seen in.
+    let phase = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..6 {
+        let reader = pgherd.connect("app", APP_PASSWORD, "ro").await.unwrap();
+        let writer = pgherd.app().await;
+        let (phase, stop) = (phase.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut seen: HashMap<(usize, u16), usize> = HashMap::new();
+            let mut errors = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = phase.load(std::sync::atomic::Ordering::Relaxed);
+                match reader.simple_query("SELECT inet_server_port()").await {
+                    Ok(rows) => {
+                        let port = rows.iter().find_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
+                            _ => None,
+                        });
+                        let port: u16 = port.unwrap_or_default().parse().unwrap_or_default();
+                        *seen.entry((at, port)).or_default() += 1;
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+                if let Err(e) = writer.simple_query("SELECT pg_is_in_recovery()").await {
+                    errors.push(e.to_string());
+                }
+            }
+            (seen, errors)
+        }));
+    }
+    // A session-mode client on pg1.
+    let mut on_pg1 = None;
+    for _ in 0..10 {
+        let c = pgherd
+            .connect("app", APP_PASSWORD, "ro_session")
+            .await
+            .unwrap();
+        if simple_value(&c, "SELECT inet_server_port()").await == pg1.to_string() {
+            on_pg1 = Some(c);
+            break;
+        }
+    }
+    let on_pg1 = on_pg1.expect("a session on pg1 (round robin over pg1 alone)");
+
+    // Add pg2: it is probed, then serves reads.
+    std::fs::write(&path, all.toml()).unwrap();
+    pgherd.handle.reload().unwrap();
+    pgherd
+        .wait_topology("pg2 serves reads", |t| {
+            t.slot_of("pg2").is_some_and(|i| t.nodes[i].serves_reads())
+        })
+        .await;
+    phase.store(1, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Remove pg1: reads go on, on pg2 only.
+    std::fs::write(&path, all.clone().nodes(&[0, 2]).toml()).unwrap();
+    pgherd.handle.reload().unwrap();
+    assert_eq!(pgherd.handle.topology().slot_of("pg1"), None);
+    phase.store(2, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen: HashMap<(usize, u16), usize> = HashMap::new();
+    for task in load {
+        let (s, errors) = task.await.unwrap();
+        assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+        for (k, n) in s {
+            *seen.entry(k).or_default() += n;
+        }
+    }
+    assert!(seen.contains_key(&(0, pg1)), "{seen:?}");
+    assert!(
+        !seen.contains_key(&(0, pg2)),
+        "pg2 was not a node yet: {seen:?}"
+    );
+    assert!(seen.contains_key(&(1, pg2)), "pg2 joined reads: {seen:?}");
+    assert!(!seen.contains_key(&(2, pg1)), "pg1 left reads: {seen:?}");
+
+    // The session on pg1 is ended after shutdown_timeout, and pg1's
+    // servers close.
+    let err = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match on_pg1.simple_query("SELECT 1").await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the session on the removed node ends");
+    assert!(
+        sqlstate(&err) == Some("57P01") || on_pg1.is_closed(),
+        "{err}"
+    );
+    let slot = (pgherd.handle.topology().nodes.iter())
+        .position(|n| n.name == "pg1")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while pgherd.handle.servers().iter().any(|s| s.node == slot) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("pg1's servers close");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_write_and_read_only_ports_like_haproxy() {
     // The seed setup's two haproxy frontends in one config: the main port

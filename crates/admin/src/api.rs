@@ -10,18 +10,17 @@ use serde_json::{json, Value};
 
 use crate::reply;
 
-/// `/api/v1/nodes`: every node with its state, and the election result.
+/// `/api/v1/nodes`: every node with its state and where it came from
+/// (`config`, `repmgr`, `patroni`), and the election result.
 pub(crate) fn nodes(proxy: &ProxyHandle) -> String {
     let topology = proxy.topology();
-    let config = proxy.config();
     let nodes: Vec<Value> = topology
-        .nodes
-        .iter()
-        .zip(&config.nodes)
-        .enumerate()
-        .map(|(i, (n, c))| {
+        .members()
+        .map(|(i, n)| {
+            let c = &n.node;
             json!({
                 "name": n.name,
+                "source": n.source.as_str(),
                 "host": c.host,
                 "port": c.port,
                 "up": n.up,
@@ -141,7 +140,7 @@ pub(crate) fn clients(proxy: &ProxyHandle) -> String {
 
 /// `/api/v1/servers`: every open server connection.
 pub(crate) fn servers(proxy: &ProxyHandle) -> String {
-    let nodes = &proxy.config().nodes;
+    let nodes = &proxy.topology().nodes;
     let servers: Vec<Value> = proxy
         .servers()
         .iter()

@@ -89,7 +89,19 @@ mod tests {
 
     fn topology(primary_up: bool) -> Topology {
         let mut e = Evaluator::new(
-            vec!["pg0".into(), "pg1".into()],
+            ["pg0", "pg1"]
+                .into_iter()
+                .zip(5432..)
+                .map(|(name, port)| {
+                    pgherd_cluster::Member::configured(pgherd_config::Node {
+                        name: name.into(),
+                        host: "127.0.0.1".into(),
+                        port,
+                        weight: 100,
+                        priority: 0,
+                    })
+                })
+                .collect(),
             Thresholds {
                 rise: 1,
                 fall: 1,

@@ -88,7 +88,8 @@ pub(crate) fn render(
 
     h.push_str("<section><h2>Nodes</h2><table><tr><th>node</th><th>address</th><th>state</th>\
                 <th class=n>timeline</th><th class=n>lag</th><th>reads</th><th class=n>probe</th><th>last error</th></tr>");
-    for (i, (n, c)) in topology.nodes.iter().zip(&config.nodes).enumerate() {
+    for (i, n) in topology.members() {
+        let c = &n.node;
         let (class, label) = match (n.up, n.role, n.fenced) {
             (false, _, _) => ("down", "down"),
             (true, Role::Primary, true) => ("fenced", "fenced"),
@@ -118,9 +119,13 @@ pub(crate) fn render(
             .map(|s| format!("{:.1} ms", s.duration.as_secs_f64() * 1000.0))
             .unwrap_or_else(|| "—".into());
         h.push_str(&format!(
-            "<tr><td><b>{}</b></td><td>{}:{}</td><td><span class=\"b {class}\">{label}</span></td>\
+            "<tr><td><b>{}</b>{}</td><td>{}:{}</td><td><span class=\"b {class}\">{label}</span></td>\
              <td class=n>{}</td><td class=n>{}</td><td>{reads}</td><td class=n>{probe}</td><td class=muted>{}</td></tr>",
             esc(&n.name),
+            match n.source {
+                pgherd_cluster::Source::Config => String::new(),
+                source => format!(" <span class=muted>({})</span>", source.as_str()),
+            },
             esc(&c.host),
             c.port,
             n.timeline.map(|t| t.to_string()).unwrap_or_else(|| "—".into()),

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use crate::members::Source;
+
 /// A node's role as last probed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -90,6 +92,17 @@ pub enum ClusterEvent {
         node: String,
         primary: String,
     },
+    /// A node joined the cluster (a RELOAD, or discovery): it is probed,
+    /// and routed to once its probes say so.
+    NodeAdded {
+        node: String,
+        source: Source,
+    },
+    /// A node left: no new sessions go to it, its servers are drained.
+    NodeRemoved {
+        node: String,
+        source: Source,
+    },
 }
 
 impl ClusterEvent {
@@ -106,7 +119,9 @@ impl ClusterEvent {
             | ClusterEvent::LagUnderThreshold { node }
             | ClusterEvent::Orphaned { node }
             | ClusterEvent::OrphanEnded { node, .. }
-            | ClusterEvent::Switchover { node, .. } => Some(node),
+            | ClusterEvent::Switchover { node, .. }
+            | ClusterEvent::NodeAdded { node, .. }
+            | ClusterEvent::NodeRemoved { node, .. } => Some(node),
             ClusterEvent::PrimaryChanged { to, .. } => to.as_deref(),
             ClusterEvent::Failover { to, .. } => Some(to),
             ClusterEvent::SplitBrainDetected { .. }
@@ -134,6 +149,8 @@ impl ClusterEvent {
             ClusterEvent::Failover { .. } => "failover",
             ClusterEvent::NoPrimary { .. } => "no_primary",
             ClusterEvent::Switchover { .. } => "switchover",
+            ClusterEvent::NodeAdded { .. } => "node_added",
+            ClusterEvent::NodeRemoved { .. } => "node_removed",
         }
     }
 }
@@ -207,6 +224,14 @@ impl std::fmt::Display for ClusterEvent {
             ClusterEvent::Switchover { node, primary } => write!(
                 f,
                 "switchover: old primary {node} is now a standby of {primary}"
+            ),
+            ClusterEvent::NodeAdded { node, source } => {
+                write!(f, "node {node} added (from {})", source.as_str())
+            }
+            ClusterEvent::NodeRemoved { node, source } => write!(
+                f,
+                "node {node} removed (was from {}): its servers are drained",
+                source.as_str()
             ),
         }
     }

@@ -23,12 +23,13 @@
 #![forbid(unsafe_code)]
 
 pub mod event;
+pub mod members;
 pub mod probe;
 pub mod state;
 pub mod topology;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgherd_config::Config;
@@ -36,6 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::{broadcast, mpsc, watch};
 
 pub use event::{ClusterEvent, Event, Outage, ProxyEvent, Role};
+pub use members::{Member, Source, NODE_SLOTS};
 pub use topology::{NodeStatus, ProbeSample, Thresholds, Topology};
 
 /// [`Cluster::primary_now`]'s stored value for "no primary".
@@ -57,6 +59,10 @@ pub struct Cluster {
     primary: Arc<AtomicUsize>,
     events: broadcast::Sender<Event>,
     schedule: Arc<probe::Schedule>,
+    /// The evaluator and what it publishes to: probe results and member
+    /// lists (see [`Cluster::set_members`]) are applied under this lock,
+    /// one at a time.
+    evaluation: Arc<Mutex<Evaluation>>,
     /// What failovers do to clients, counted by the proxy; the evaluator's
     /// task reports it with each failover.
     clients: Arc<ClientCounts>,
@@ -97,8 +103,14 @@ impl Cluster {
                 r.system_identifier
             );
         }
+        let configured: Vec<Member> = config
+            .nodes
+            .iter()
+            .cloned()
+            .map(Member::configured)
+            .collect();
         let evaluator = topology::Evaluator::new(
-            config.nodes.iter().map(|n| n.name.clone()).collect(),
+            configured.clone(),
             Thresholds {
                 rise: probe.rise,
                 fall: probe.fall,
@@ -111,47 +123,77 @@ impl Cluster {
         let (topo_tx, topo_rx) = watch::channel(Arc::new(evaluator.topology().clone()));
         let (events, _) = broadcast::channel(256);
         let schedule = Arc::new(probe::Schedule::new(probe));
-        let (results_tx, results_rx) = mpsc::channel(config.nodes.len() * 4);
+        let (results_tx, results_rx) = mpsc::channel(NODE_SLOTS);
+        let mut probes = Probes {
+            running: Vec::new(),
+            probe: probe.clone(),
+            tls: tls.clone(),
+            schedule: Arc::clone(&schedule),
+            results: results_tx,
+        };
         for (i, node) in config.nodes.iter().enumerate() {
-            let target = probe::ProbeTarget::new(node, probe, tls);
-            tokio::spawn(probe::run(
-                i,
-                target,
-                Arc::clone(&schedule),
-                results_tx.clone(),
-            ));
+            probes.start(i, node);
         }
-        let fenced: Arc<[AtomicBool]> = evaluator
-            .topology()
-            .nodes
-            .iter()
-            .map(|n| AtomicBool::new(n.fenced))
-            .collect();
+        let fenced: Arc<[AtomicBool]> = (0..NODE_SLOTS).map(|_| AtomicBool::new(false)).collect();
         let primary = Arc::new(AtomicUsize::new(
             evaluator.topology().primary.unwrap_or(NO_PRIMARY),
         ));
         let clients = Arc::new(ClientCounts::default());
-        tokio::spawn(evaluate(
+        let counted = clients.now();
+        let evaluation = Arc::new(Mutex::new(Evaluation {
+            saved: evaluator.remembered(),
             evaluator,
-            results_rx,
-            (topo_tx, Arc::clone(&fenced), Arc::clone(&primary)),
-            (events.clone(), Arc::clone(&clients)),
+            sources: [(Source::Config, configured)].into(),
+            probes,
+            published: Published {
+                topology: topo_tx,
+                fenced: Arc::clone(&fenced),
+                primary: Arc::clone(&primary),
+                events: events.clone(),
+            },
+            clients: Arc::clone(&clients),
+            counted,
             state_file,
-            Arc::clone(&schedule),
-        ));
+        }));
+        tokio::spawn(evaluate(Arc::clone(&evaluation), results_rx));
         Ok(Cluster {
             topology: topo_rx,
             fenced,
             primary,
             events,
             schedule,
+            evaluation,
             clients,
         })
+    }
+
+    /// The nodes `source` lists now (the configuration's after a RELOAD,
+    /// a cluster manager's after discovery): nodes join and leave the
+    /// topology accordingly (see [`members`]), published before this
+    /// returns.
+    pub fn set_members(&self, source: Source, nodes: Vec<Member>) {
+        let mut evaluation = self.evaluation.lock().unwrap_or_else(|e| e.into_inner());
+        evaluation.set_members(source, nodes);
     }
 
     /// The latest topology.
     pub fn topology(&self) -> Arc<Topology> {
         Arc::clone(&self.topology.borrow())
+    }
+
+    /// The address, weight and priority of the node in `slot` (removed
+    /// ones included: their servers may still be open).
+    pub fn node(&self, slot: usize) -> Option<Arc<pgherd_config::Node>> {
+        self.topology
+            .borrow()
+            .nodes
+            .get(slot)
+            .map(|n| Arc::clone(&n.node))
+    }
+
+    /// The name of the node in `slot`, for messages.
+    pub fn node_name(&self, slot: usize) -> String {
+        (self.topology.borrow().nodes.get(slot)).map_or_else(String::new, |n| n.name.clone())
     }
 
     /// Whether node `i` is fenced in the latest topology (one atomic load).
@@ -243,36 +285,129 @@ impl Cluster {
     }
 }
 
-async fn evaluate(
-    mut evaluator: topology::Evaluator,
-    mut results: mpsc::Receiver<(usize, Result<ProbeSample, String>)>,
-    (topology, fenced, primary): (
-        watch::Sender<Arc<Topology>>,
-        Arc<[AtomicBool]>,
-        Arc<AtomicUsize>,
-    ),
-    (events, clients): (broadcast::Sender<Event>, Arc<ClientCounts>),
-    state_file: Option<PathBuf>,
+/// The probe task of each slot, and what starting one takes.
+struct Probes {
+    running: Vec<Option<tokio::task::JoinHandle<()>>>,
+    probe: pgherd_config::Probe,
+    tls: pgherd_tls::ServerTls,
     schedule: Arc<probe::Schedule>,
-) {
-    let mut saved = evaluator.remembered();
-    // The clients' counts when the current (or last) primary was elected:
-    // a failover reports what happened since, the trouble that led to it
-    // included (clients notice a dead primary before the probes do).
-    let mut counted = clients.now();
-    while let Some((node, result)) = results.recv().await {
-        let before = evaluator.topology().version;
-        let happened = evaluator.apply(node, result, std::time::Instant::now());
+    results: mpsc::Sender<(usize, Result<ProbeSample, String>)>,
+}
+
+impl Probes {
+    fn start(&mut self, slot: usize, node: &pgherd_config::Node) {
+        self.stop(slot);
+        let target = probe::ProbeTarget::new(node, &self.probe, &self.tls);
+        let task = tokio::spawn(probe::run(
+            slot,
+            target,
+            Arc::clone(&self.schedule),
+            self.results.clone(),
+        ));
+        if self.running.len() <= slot {
+            self.running.resize_with(slot + 1, || None);
+        }
+        self.running[slot] = Some(task);
+    }
+
+    fn stop(&mut self, slot: usize) {
+        if let Some(task) = self.running.get_mut(slot).and_then(Option::take) {
+            task.abort();
+        }
+    }
+}
+
+/// Where a new topology goes: the watch channel, the atomics the data path
+/// reads, the event stream.
+struct Published {
+    topology: watch::Sender<Arc<Topology>>,
+    fenced: Arc<[AtomicBool]>,
+    primary: Arc<AtomicUsize>,
+    events: broadcast::Sender<Event>,
+}
+
+/// The evaluator with each source's member list, the probes, and what
+/// publishing a topology needs.
+struct Evaluation {
+    evaluator: topology::Evaluator,
+    sources: std::collections::BTreeMap<Source, Vec<Member>>,
+    probes: Probes,
+    published: Published,
+    /// What failovers did to clients: counted by the proxy, reported with
+    /// each failover as the difference since `counted`.
+    clients: Arc<ClientCounts>,
+    /// The clients' counts when the current (or last) primary was elected:
+    /// a failover reports what happened since, the trouble that led to it
+    /// included (clients notice a dead primary before the probes do).
+    counted: Outage,
+    state_file: Option<PathBuf>,
+    /// What the state file holds.
+    saved: Option<topology::Remembered>,
+}
+
+impl std::fmt::Debug for Evaluation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evaluation")
+            .field("topology", self.evaluator.topology())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Evaluation {
+    /// Takes one probe result.
+    fn take_probe(&mut self, node: usize, result: Result<ProbeSample, String>) {
+        let before = self.evaluator.topology().version;
+        let happened = self
+            .evaluator
+            .apply(node, result, std::time::Instant::now());
+        self.publish(before, happened);
+    }
+
+    /// Takes `source`'s new list: the merged members, probes started and
+    /// stopped to match.
+    fn set_members(&mut self, source: Source, list: Vec<Member>) {
+        self.sources.insert(source, list);
+        let configured = self
+            .sources
+            .get(&Source::Config)
+            .map_or(&[][..], Vec::as_slice);
+        let discovered: Vec<Member> = (self.sources.iter())
+            .filter(|(s, _)| **s != Source::Config)
+            .flat_map(|(_, list)| list.iter().cloned())
+            .collect();
+        let desired = members::merge(configured, &discovered);
+        let before = self.evaluator.topology().version;
+        let (changes, happened) = self
+            .evaluator
+            .set_members(&desired, std::time::Instant::now());
+        for change in changes {
+            match change {
+                members::Change::Join(slot, m) => self.probes.start(slot, &m.node),
+                members::Change::Leave(slot) => self.probes.stop(slot),
+                members::Change::Update(..) => {}
+            }
+        }
+        self.publish(before, happened);
+    }
+
+    /// Publishes the evaluator's topology if it is newer than `before`,
+    /// keeps the probe pace and the state file up to date, and announces
+    /// `happened`.
+    fn publish(&mut self, before: u64, happened: Vec<ClusterEvent>) {
+        let evaluator = &self.evaluator;
+        let out = &self.published;
         if evaluator.topology().version != before {
-            for (flag, node) in fenced.iter().zip(&evaluator.topology().nodes) {
+            for (flag, node) in out.fenced.iter().zip(&evaluator.topology().nodes) {
                 flag.store(node.fenced, Ordering::Release);
             }
-            primary.store(
+            out.primary.store(
                 evaluator.topology().primary.unwrap_or(NO_PRIMARY),
                 Ordering::Release,
             );
-            topology.send_replace(Arc::new(evaluator.topology().clone()));
+            out.topology
+                .send_replace(Arc::new(evaluator.topology().clone()));
         }
+        let schedule = &self.probes.schedule;
         let unsettled = evaluator.topology().unsettled();
         let was = schedule.unsettled.swap(unsettled, Ordering::Relaxed);
         if unsettled && !was {
@@ -280,12 +415,12 @@ async fn evaluate(
             schedule.reprobe.notify_waiters();
         }
         let remembered = evaluator.remembered();
-        if let (Some(path), Some(r)) = (&state_file, remembered) {
-            if remembered != saved {
+        if let (Some(path), Some(r)) = (&self.state_file, remembered) {
+            if remembered != self.saved {
                 // Rare (a new timeline): a blocking write is fine here, and
                 // the probes wait for it rather than race it.
                 match state::save(path, &r) {
-                    Ok(()) => saved = remembered,
+                    Ok(()) => self.saved = remembered,
                     Err(e) => tracing::error!(
                         "cannot write state file {}: {e}; a restarted pgherd may not fence \
                          an old primary on timeline < {}",
@@ -295,14 +430,14 @@ async fn evaluate(
                 }
             }
         }
-        let now = clients.now();
+        let now = self.clients.now();
         let mut primary_changed = false;
         for mut event in happened {
             match &mut event {
                 ClusterEvent::Failover { clients, .. } => {
                     *clients = Outage {
-                        held: now.held - counted.held,
-                        failed: now.failed - counted.failed,
+                        held: now.held - self.counted.held,
+                        failed: now.failed - self.counted.failed,
                     }
                 }
                 ClusterEvent::PrimaryChanged { to: Some(_), .. } => primary_changed = true,
@@ -311,16 +446,28 @@ async fn evaluate(
             match &event {
                 ClusterEvent::LagOverThreshold { .. }
                 | ClusterEvent::LagUnderThreshold { .. }
+                | ClusterEvent::NodeAdded { .. }
                 | ClusterEvent::OrphanEnded {
                     serves_reads: true, ..
                 } => tracing::info!("{event}"),
                 _ => tracing::warn!("{event}"),
             }
             // No subscriber is fine: events are also logged.
-            let _ = events.send(Event::Cluster(event));
+            let _ = out.events.send(Event::Cluster(event));
         }
         if primary_changed {
-            counted = now;
+            self.counted = now;
         }
+    }
+}
+
+/// Applies every probe result, in the order they come.
+async fn evaluate(
+    evaluation: Arc<Mutex<Evaluation>>,
+    mut results: mpsc::Receiver<(usize, Result<ProbeSample, String>)>,
+) {
+    while let Some((node, result)) = results.recv().await {
+        let mut evaluation = evaluation.lock().unwrap_or_else(|e| e.into_inner());
+        evaluation.take_probe(node, result);
     }
 }

@@ -34,9 +34,13 @@
 //!   A primary with another system identifier is another cluster (rebuilt
 //!   with initdb): the remembered timeline no longer applies.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pgherd_config::Node;
+
 use crate::event::{ClusterEvent, Outage, Role};
+use crate::members::{self, Change, Member, Slot, Source};
 
 /// One successful probe of one node.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +71,13 @@ pub struct ProbeSample {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeStatus {
     pub name: String,
+    /// Its address, read weight and priority.
+    pub node: Arc<Node>,
+    /// Where it came from.
+    pub source: Source,
+    /// It left the cluster (see [`crate::members`]): never routed to, not
+    /// probed; its slot stays.
+    pub removed: bool,
     pub up: bool,
     pub role: Role,
     /// A primary that must take no writes (lower timeline, or split brain).
@@ -91,6 +102,28 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
+    /// A node not probed yet.
+    pub fn new(member: Member) -> NodeStatus {
+        NodeStatus {
+            name: member.node.name.clone(),
+            node: Arc::new(member.node),
+            source: member.source,
+            removed: false,
+            up: false,
+            role: Role::Unknown,
+            fenced: false,
+            timeline: None,
+            lag_bytes: None,
+            lag_seconds: None,
+            lag_ok: false,
+            old_timeline: false,
+            streamed_until: None,
+            orphaned: false,
+            last_sample: None,
+            last_error: None,
+        }
+    }
+
     /// Up, a standby streaming from a primary, not fenced and fresh enough:
     /// may serve reads. (A rejoining node serves reads once it streams.)
     pub fn serves_reads(&self) -> bool {
@@ -184,15 +217,24 @@ impl Topology {
     /// Every node has answered or failed a probe at least once: pgherd is
     /// past its first look at the cluster.
     pub fn probed(&self) -> bool {
-        self.nodes
-            .iter()
-            .all(|n| n.last_sample.is_some() || n.last_error.is_some())
+        self.members()
+            .all(|(_, n)| n.last_sample.is_some() || n.last_error.is_some())
+    }
+
+    /// The nodes that have not left, with their slots.
+    pub fn members(&self) -> impl Iterator<Item = (usize, &NodeStatus)> {
+        self.nodes.iter().enumerate().filter(|(_, n)| !n.removed)
+    }
+
+    /// The slot of the member named `name`.
+    pub fn slot_of(&self, name: &str) -> Option<usize> {
+        self.members().find(|(_, n)| n.name == name).map(|(i, _)| i)
     }
 
     /// One line per node, for error details: `pg0: down (...); pg1: standby`.
     pub fn describe(&self) -> String {
-        self.nodes
-            .iter()
+        self.members()
+            .map(|(_, n)| n)
             .map(|n| format!("{}: {}", n.name, n.describe()))
             .collect::<Vec<_>>()
             .join("; ")
@@ -210,7 +252,7 @@ pub struct Thresholds {
     pub orphan_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Health {
     /// `None` until the first probe.
     up: Option<bool>,
@@ -252,38 +294,18 @@ const NO_PRIMARY_REMINDERS: [u64; 5] = [10, 30, 60, 120, 300];
 impl Evaluator {
     /// An evaluator for the named nodes, starting from what a previous run
     /// remembered (if anything).
-    pub fn new(names: Vec<String>, thresholds: Thresholds, remembered: Option<Remembered>) -> Self {
-        let nodes: Vec<NodeStatus> = names
-            .into_iter()
-            .map(|name| NodeStatus {
-                name,
-                up: false,
-                role: Role::Unknown,
-                fenced: false,
-                timeline: None,
-                lag_bytes: None,
-                lag_seconds: None,
-                lag_ok: false,
-                old_timeline: false,
-                streamed_until: None,
-                orphaned: false,
-                last_sample: None,
-                last_error: None,
-            })
-            .collect();
+    pub fn new(
+        members: Vec<Member>,
+        thresholds: Thresholds,
+        remembered: Option<Remembered>,
+    ) -> Self {
+        let nodes: Vec<NodeStatus> = members.into_iter().map(NodeStatus::new).collect();
         Evaluator {
             thresholds,
             last_streamed: vec![None; nodes.len()],
             outage: None,
             demoted: Vec::new(),
-            health: vec![
-                Health {
-                    up: None,
-                    successes: 0,
-                    failures: 0
-                };
-                nodes.len()
-            ],
+            health: vec![Health::default(); nodes.len()],
             current: Topology {
                 nodes,
                 primary: None,
@@ -316,6 +338,10 @@ impl Evaluator {
         result: Result<ProbeSample, String>,
         now: Instant,
     ) -> Vec<ClusterEvent> {
+        if self.current.nodes.get(i).is_none_or(|n| n.removed) {
+            // A probe that was under way when its node left.
+            return Vec::new();
+        }
         let previous = self.current.clone();
         let h = &mut self.health[i];
         let node = &mut self.current.nodes[i];
@@ -345,8 +371,93 @@ impl Evaluator {
             }
         }
         node.up = h.up == Some(true);
+        self.settle(previous, Some(i), now)
+    }
+
+    /// Takes the cluster to the members `desired` (see [`crate::members`]).
+    /// Returns the slot changes, for the probes to follow, and the events;
+    /// nodes refused for want of a slot are logged.
+    pub fn set_members(
+        &mut self,
+        desired: &[Member],
+        now: Instant,
+    ) -> (Vec<Change>, Vec<ClusterEvent>) {
+        let previous = self.current.clone();
+        let slots: Vec<Slot<'_>> = (previous.nodes.iter())
+            .map(|n| Slot {
+                node: &n.node,
+                source: n.source,
+                removed: n.removed,
+            })
+            .collect();
+        let (changes, refused) = members::plan(&slots, desired);
+        for name in refused {
+            tracing::error!(
+                "node {name} not added: pgherd has used all its {} node slots; restart it",
+                members::NODE_SLOTS
+            );
+        }
+        let mut events = Vec::new();
+        for change in &changes {
+            match change {
+                Change::Join(slot, m) => {
+                    let fresh = NodeStatus::new(m.clone());
+                    if *slot == self.current.nodes.len() {
+                        self.current.nodes.push(fresh);
+                        self.health.push(Health::default());
+                        self.last_streamed.push(None);
+                    } else {
+                        // Back to its own slot: probed afresh, but still
+                        // fenced if it was (it may still be a diverged
+                        // primary).
+                        let n = &mut self.current.nodes[*slot];
+                        let fenced = n.fenced;
+                        *n = NodeStatus {
+                            fenced,
+                            role: if fenced { Role::Primary } else { Role::Unknown },
+                            ..fresh
+                        };
+                        self.health[*slot] = Health::default();
+                        self.last_streamed[*slot] = None;
+                    }
+                    events.push(ClusterEvent::NodeAdded {
+                        node: m.node.name.clone(),
+                        source: m.source,
+                    });
+                }
+                Change::Leave(slot) => {
+                    let n = &mut self.current.nodes[*slot];
+                    n.removed = true;
+                    n.up = false;
+                    n.orphaned = false;
+                    self.demoted.retain(|d| d != slot);
+                    events.push(ClusterEvent::NodeRemoved {
+                        node: n.name.clone(),
+                        source: n.source,
+                    });
+                }
+                Change::Update(slot, m) => {
+                    let n = &mut self.current.nodes[*slot];
+                    n.node = Arc::new(m.node.clone());
+                    n.source = m.source;
+                }
+            }
+        }
+        events.extend(self.settle(previous, None, now));
+        (changes, events)
+    }
+
+    /// After a probe of node `probed` or a change of members: the election,
+    /// lags and orphans again, the events since `previous`, a new version
+    /// if anything changed.
+    fn settle(
+        &mut self,
+        previous: Topology,
+        probed: Option<usize>,
+        now: Instant,
+    ) -> Vec<ClusterEvent> {
         self.elect();
-        self.measure_lag(i, now);
+        self.measure_lag(probed, now);
         self.judge_orphans(now);
         let mut events = diff(&previous, &self.current);
         self.follow_failover(previous.primary, now, &mut events);
@@ -405,7 +516,7 @@ impl Evaluator {
     }
 
     /// Lag of every standby, as of `now`, when node `probed` was probed.
-    fn measure_lag(&mut self, probed: usize, now: Instant) {
+    fn measure_lag(&mut self, probed: Option<usize>, now: Instant) {
         let primary_sample = self
             .current
             .primary
@@ -428,7 +539,7 @@ impl Evaluator {
             );
             let streaming = s.wal_receiver.as_deref() == Some("streaming");
             // Only a sample taken now says it streams now.
-            if i == probed && streaming && !n.old_timeline {
+            if probed == Some(i) && streaming && !n.old_timeline {
                 self.last_streamed[i] = Some(now);
             }
             n.streamed_until = self.last_streamed[i].filter(|_| !streaming);
@@ -537,6 +648,7 @@ impl Evaluator {
         });
         for n in nodes.iter_mut() {
             n.orphaned = !fed
+                && !n.removed
                 && n.role == Role::Standby
                 && n.streamed_until
                     .is_some_and(|t| now.saturating_duration_since(t) < timeout);
@@ -551,7 +663,7 @@ fn diff(old: &Topology, new: &Topology) -> Vec<ClusterEvent> {
         if !o.up && n.up {
             events.push(ClusterEvent::NodeUp { node: node.clone() });
         }
-        if o.up && !n.up {
+        if o.up && !n.up && !n.removed {
             let reason = n.last_error.clone().unwrap_or_default();
             events.push(ClusterEvent::NodeDown {
                 node: node.clone(),
@@ -644,12 +756,25 @@ mod tests {
         *T0.get_or_init(Instant::now)
     }
 
+    /// Configured nodes `pg0`, `pg1`... on ports 5432, 5433...
+    pub(crate) fn named(names: &[&str]) -> Vec<Member> {
+        (names.iter().zip(5432..))
+            .map(|(name, port)| {
+                Member::configured(Node {
+                    name: (*name).into(),
+                    host: "127.0.0.1".into(),
+                    port,
+                    weight: 100,
+                    priority: 0,
+                })
+            })
+            .collect()
+    }
+
     fn eval(n: usize) -> Evaluator {
-        Evaluator::new(
-            (0..n).map(|i| format!("pg{i}")).collect(),
-            thresholds(),
-            None,
-        )
+        let names: Vec<String> = (0..n).map(|i| format!("pg{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        Evaluator::new(named(&names), thresholds(), None)
     }
 
     fn primary(tl: u32, lsn: u64) -> Result<ProbeSample, String> {
@@ -886,8 +1011,7 @@ mod tests {
             })
         );
         // A new pgherd whose first sight is the old primary on timeline 2.
-        let mut restarted =
-            Evaluator::new(vec!["pg0".into(), "pg1".into()], thresholds(), remembered);
+        let mut restarted = Evaluator::new(named(&["pg0", "pg1"]), thresholds(), remembered);
         restarted.apply(1, primary(2, 100), t0());
         assert_eq!(restarted.topology().primary, None);
         assert!(restarted.topology().nodes[1].fenced);
@@ -903,7 +1027,7 @@ mod tests {
             system_identifier: CLUSTER + 1,
             timeline: 9,
         });
-        let mut e = Evaluator::new(vec!["pg0".into()], thresholds(), remembered);
+        let mut e = Evaluator::new(named(&["pg0"]), thresholds(), remembered);
         e.apply(0, primary(1, 100), t0());
         assert_eq!(
             e.topology().primary,
@@ -1036,7 +1160,7 @@ mod tests {
     fn unheard_time_counts_against_max_replica_lag() {
         let mut th = thresholds();
         th.max_lag = Some(Duration::from_secs(10));
-        let mut e = Evaluator::new(vec!["pg0".into(), "pg1".into()], th, None);
+        let mut e = Evaluator::new(named(&["pg0", "pg1"]), th, None);
         e.apply(0, primary(1, 100), at(0));
         e.apply(1, standby(1, 100), at(0));
         lose_primary(&mut e, at(1));
@@ -1069,7 +1193,7 @@ mod tests {
     fn a_zero_orphan_timeout_stops_reads_with_the_stream() {
         let mut th = thresholds();
         th.orphan_timeout = Duration::ZERO;
-        let mut e = Evaluator::new(vec!["pg0".into(), "pg1".into()], th, None);
+        let mut e = Evaluator::new(named(&["pg0", "pg1"]), th, None);
         e.apply(0, primary(1, 100), at(0));
         e.apply(1, standby(1, 100), at(0));
         e.apply(1, cut_off(1, 100), at(0));
@@ -1138,5 +1262,81 @@ mod tests {
             without_primary: Duration::ZERO,
             clients: Outage::default(),
         }));
+    }
+
+    #[test]
+    fn a_node_added_is_routed_once_probed_and_a_removed_one_never_again() {
+        let mut e = eval(2);
+        e.apply(0, primary(1, 1000), t0());
+        e.apply(1, standby(1, 1000), t0());
+        let mut members = named(&["pg0", "pg1", "pg2"]);
+        let (changes, events) = e.set_members(&members, t0());
+        assert_eq!(changes, [Change::Join(2, members[2].clone())]);
+        assert!(events.contains(&ClusterEvent::NodeAdded {
+            node: "pg2".into(),
+            source: Source::Config
+        }));
+        assert!(!e.topology().nodes[2].serves_reads(), "not probed yet");
+        e.apply(2, standby(1, 1000), t0());
+        assert!(e.topology().nodes[2].serves_reads());
+
+        // pg1 leaves: no reads, no node_down, and a late probe of it is
+        // ignored.
+        members.remove(1);
+        let version = e.topology().version;
+        let (changes, events) = e.set_members(&members, t0());
+        assert_eq!(changes, [Change::Leave(1)]);
+        assert_eq!(
+            events,
+            [ClusterEvent::NodeRemoved {
+                node: "pg1".into(),
+                source: Source::Config
+            }]
+        );
+        assert!(e.topology().version > version);
+        assert!(!e.topology().nodes[1].serves_reads());
+        assert!(e.apply(1, standby(1, 1000), t0()).is_empty());
+        assert!(!e.topology().nodes[1].serves_reads());
+        assert_eq!(e.topology().slot_of("pg1"), None);
+        assert!(!e.topology().describe().contains("pg1"));
+    }
+
+    #[test]
+    fn removing_the_primary_leaves_no_primary_and_a_fenced_node_comes_back_fenced() {
+        let mut e = eval(2);
+        e.apply(0, primary(1, 1000), t0());
+        e.apply(1, primary(2, 2000), t0());
+        assert!(e.topology().nodes[0].fenced);
+        assert_eq!(e.topology().primary, Some(1));
+
+        let (_, events) = e.set_members(&named(&["pg0"]), t0());
+        assert_eq!(e.topology().primary, None, "the primary left");
+        assert!(events.contains(&ClusterEvent::PrimaryChanged {
+            from: Some("pg1".into()),
+            to: None
+        }));
+        // pg0 is still on the old timeline: with pg1 gone it must not be
+        // elected (the highest timeline is remembered).
+        e.apply(0, primary(1, 1000), t0());
+        assert_eq!(e.topology().primary, None);
+        assert!(e.topology().nodes[0].fenced);
+
+        // pg1 comes back to its slot, fresh, and is elected again.
+        let (changes, _) = e.set_members(&named(&["pg0", "pg1"]), t0());
+        assert!(matches!(changes[..], [Change::Join(1, _)]), "{changes:?}");
+        assert!(!e.topology().nodes[1].up);
+        e.apply(1, primary(2, 2000), t0());
+        assert_eq!(e.topology().primary, Some(1));
+    }
+
+    #[test]
+    fn a_new_weight_changes_the_node_in_place() {
+        let mut e = eval(1);
+        let mut members = named(&["pg0"]);
+        members[0].node.weight = 7;
+        let (changes, events) = e.set_members(&members, t0());
+        assert!(matches!(changes[..], [Change::Update(0, _)]));
+        assert!(events.is_empty());
+        assert_eq!(e.topology().nodes[0].node.weight, 7);
     }
 }

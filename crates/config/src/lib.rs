@@ -70,9 +70,8 @@ impl Config {
 
     /// The file at `path` as a RELOAD applies it on top of this running
     /// configuration: what only a restart can change (the settings the
-    /// table marks so, `[[listeners]]`, `[[nodes]]` but for their weights
-    /// and priorities, `[notify]`) keeps its
-    /// running value. Also returns the names of those that differed.
+    /// table marks so, `[[listeners]]`, `[notify]`) keeps its running
+    /// value. Also returns the names of those that differed.
     pub fn reloaded(&self, path: &Path) -> Result<(Config, Vec<&'static str>), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
@@ -88,16 +87,6 @@ impl Config {
         if self.listeners != new.listeners {
             new.listeners = self.listeners.clone();
             kept.push("listeners");
-        }
-        // A node's weight and priority apply at once; its name, address
-        // and place in the list (and nodes added or removed) need a
-        // restart.
-        let same_places = self.nodes.len() == new.nodes.len()
-            && (self.nodes.iter().zip(&new.nodes))
-                .all(|(a, b)| (&a.name, &a.host, a.port) == (&b.name, &b.host, b.port));
-        if !same_places {
-            new.nodes = self.nodes.clone();
-            kept.push("nodes");
         }
         if self.notify != new.notify {
             new.notify = self.notify.clone();
@@ -589,20 +578,27 @@ mod tests {
         assert_eq!(kept, ["notify"]);
         assert_eq!(new.notify, running.notify);
 
-        // A node's weight and priority apply; its address needs a restart.
+        // Nodes apply: weights, priorities, addresses, the list itself.
         let weighted = reload_base("", 6432, "weight = 3\npriority = 200\n");
         let (new, kept) = running.reloaded_from(&weighted).unwrap();
         assert!(kept.is_empty(), "{kept:?}");
         assert_eq!((new.nodes[0].weight, new.nodes[0].priority), (3, 200));
         let changed = new.changes_since(&running);
         assert!(
-            changed.contains(&"nodes.a changed".to_owned()),
+            changed.contains(&"nodes.a (changed)".to_owned()),
             "{changed:?}"
         );
         let moved = reload_base("", 6432, "port = 5999\n");
         let (new, kept) = running.reloaded_from(&moved).unwrap();
-        assert_eq!(kept, ["nodes"]);
-        assert_eq!(new.nodes, running.nodes);
+        assert!(kept.is_empty(), "{kept:?}");
+        assert_eq!(new.nodes[0].port, 5999);
+        let more = reload_base("", 6432, "[[nodes]]\nname = \"b\"\nhost = \"h2\"\n");
+        let (new, _) = running.reloaded_from(&more).unwrap();
+        let changed = new.changes_since(&running);
+        assert!(
+            changed.contains(&"nodes.b (added)".to_owned()),
+            "{changed:?}"
+        );
     }
 
     #[test]

@@ -52,11 +52,15 @@ impl Config {
         if self.peers != old.peers {
             changes.push("peers".into());
         }
-        for (now, before) in self.nodes.iter().zip(&old.nodes) {
-            if now != before {
-                changes.push(format!("nodes.{} changed", now.name));
-            }
-        }
+        let by_name = |nodes: &[Node]| -> BTreeMap<String, Node> {
+            nodes.iter().map(|n| (n.name.clone(), n.clone())).collect()
+        };
+        changes.extend(entries(
+            "nodes",
+            &by_name(&old.nodes),
+            &by_name(&self.nodes),
+            |a, b| a == b,
+        ));
         changes
     }
 }
@@ -168,6 +172,8 @@ pub const NOTIFY_EVENTS: &[&str] = &[
     "failover",
     "no_primary",
     "switchover",
+    "node_added",
+    "node_removed",
     "started",
     "draining",
     "stopped",

@@ -875,6 +875,14 @@ mod tests {
                 node: "a".into(),
                 primary: "b".into(),
             },
+            ClusterEvent::NodeAdded {
+                node: "a".into(),
+                source: pgherd_cluster::Source::Repmgr,
+            },
+            ClusterEvent::NodeRemoved {
+                node: "a".into(),
+                source: pgherd_cluster::Source::Config,
+            },
         ];
         let proxy = [
             ProxyEvent::Started {

@@ -162,11 +162,16 @@ pub(crate) async fn nudge_on_fence(shared: std::sync::Weak<Shared>) {
     }
 }
 
-/// Drains idle connections of nodes whose role or health changed.
+/// Drains idle connections of nodes whose role or health changed, and
+/// every connection of nodes that left (see [`drain_removed`]).
 pub(crate) async fn drain_on_changes(shared: Arc<Shared>) {
     let mut events = shared.cluster().subscribe();
     loop {
         let node = match events.recv().await {
+            Ok(Event::Cluster(ClusterEvent::NodeRemoved { node, .. })) => {
+                drain_removed(&shared, &node);
+                continue;
+            }
             Ok(Event::Cluster(
                 ClusterEvent::RoleChanged { node, .. }
                 | ClusterEvent::NodeDown { node, .. }
@@ -180,4 +185,52 @@ pub(crate) async fn drain_on_changes(shared: Arc<Shared>) {
             shared.servers.pools.drain_node(i);
         }
     }
+}
+
+/// A node left the cluster (RELOAD, discovery): routing already sends
+/// nobody new to it. Its idle servers close now, busy ones when their
+/// client releases them (at the end of its transaction, in transaction
+/// mode); clients that still hold one after `shutdown_timeout` (sessions,
+/// pinned clients) are terminated with 57P01, as a shutdown would.
+fn drain_removed(shared: &Arc<Shared>, name: &str) {
+    let topology = shared.cluster().topology();
+    let slots: Vec<usize> = (topology.nodes.iter().enumerate())
+        .filter(|(_, n)| n.removed && n.name == name)
+        .map(|(i, _)| i)
+        .collect();
+    for &slot in &slots {
+        for s in shared.registry.servers() {
+            if s.node == slot {
+                s.mark_close_needed();
+            }
+        }
+        shared.servers.pools.drain_node(slot);
+    }
+    let grace = shared.config().general.shutdown_timeout;
+    let shared = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let topology = shared.cluster().topology();
+        for slot in slots {
+            let Some(node) = topology.nodes.get(slot).filter(|n| n.removed) else {
+                continue; // It came back.
+            };
+            let holders = shared.registry.servers().into_iter();
+            let holders = holders
+                .filter(|s| s.node == slot)
+                .filter_map(|s| s.client());
+            for client in holders.filter_map(|id| shared.registry.client(id)) {
+                tracing::warn!(
+                    client = client.id,
+                    node = %node.name,
+                    "terminating a client still on a removed node after shutdown_timeout"
+                );
+                client.kill();
+            }
+            shared.servers.pools.drain_node(slot);
+        }
+    });
 }

@@ -68,7 +68,7 @@ impl Proxy {
         let tls = pgherd_tls::Contexts::new(&config.general)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let cluster = Cluster::start(&config, &tls.server)?;
-        let routing = Routing::new(cluster.clone(), &config.nodes);
+        let routing = Routing::new(cluster.clone());
         let tracked = Arc::new(TrackedParams::new(&config.general));
         let peer_id = config.general.peer_id;
         let registry = Arc::<Registry>::default();

@@ -59,7 +59,7 @@ impl Shared {
 
     /// Every pool with its counters, sorted by database, user, node.
     pub(crate) fn pool_rows(&self) -> Vec<PoolSnapshot> {
-        self.servers.pools.rows(&self.config().nodes)
+        self.servers.pools.rows(&self.cluster().topology().nodes)
     }
 
     /// Traffic totals per (server) database, over users and nodes.
@@ -86,6 +86,6 @@ impl Shared {
 
     /// A node's index in the configuration, by name.
     pub(crate) fn node_index(&self, name: &str) -> Option<usize> {
-        self.config().nodes.iter().position(|n| n.name == name)
+        self.cluster().topology().slot_of(name)
     }
 }

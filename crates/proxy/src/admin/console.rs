@@ -684,7 +684,7 @@ fn show_servers(shared: &Shared, out: &mut BytesMut) {
     columns.push(("id", oid::INT8));
     columns.push(("node", T));
     let mut t = Table::new(out, &columns);
-    let nodes = &shared.config().nodes;
+    let nodes = &shared.cluster().topology().nodes;
     for s in shared.registry.servers() {
         let state = match s.state() {
             ServerState::Active => "active",
@@ -739,7 +739,10 @@ fn show_databases(shared: &Shared, out: &mut BytesMut) {
         ],
     );
     let topology = shared.cluster().topology();
-    let primary = topology.primary.and_then(|p| config.nodes.get(p));
+    let primary = topology
+        .primary
+        .and_then(|p| topology.nodes.get(p))
+        .map(|n| &n.node);
     let servers = shared.registry.servers();
     for state in shared.database_states() {
         let name = state.name;
@@ -799,7 +802,6 @@ fn show_lists(shared: &Shared, out: &mut BytesMut) {
 }
 
 fn show_nodes(shared: &Shared, out: &mut BytesMut) {
-    let config = shared.config();
     let topology = shared.cluster().topology();
     let mut t = Table::new(
         out,
@@ -818,9 +820,11 @@ fn show_nodes(shared: &Shared, out: &mut BytesMut) {
             ("priority", oid::INT8),
             ("last_error", T),
             ("drained", T),
+            ("source", T),
         ],
     );
-    for (i, (n, cfg)) in topology.nodes.iter().zip(&config.nodes).enumerate() {
+    for (i, n) in topology.members() {
+        let cfg = &n.node;
         let role = match (n.role, n.fenced) {
             (_, true) => "fenced",
             (Role::Primary, false) => "primary",
@@ -846,6 +850,7 @@ fn show_nodes(shared: &Shared, out: &mut BytesMut) {
             Some(&cfg.priority.to_string()),
             n.last_error.as_deref(),
             Some(yes_no(shared.servers.routing.node_is_drained(i))),
+            Some(n.source.as_str()),
         ]);
     }
     t.finish();

@@ -127,7 +127,7 @@ impl Shared {
                 marked += 1;
             }
         }
-        for i in 0..self.servers.routing.node_count() {
+        for i in 0..self.cluster().topology().nodes.len() {
             self.servers.pools.close_idle_marked(i);
         }
         Ok(marked)

@@ -7,13 +7,15 @@
 //! options, console users — for sessions that start after the reload. A
 //! running session keeps the configuration it started with, so no rule
 //! changes under an open transaction (as pgbouncer, existing server
-//! connections stay). What needs a restart — the sockets pgherd listens on,
-//! the node list (but for nodes' weights and priorities, which every
-//! session's next read takes) and the probes' settings, the state file, the tracked
-//! parameters, `[notify]` — keeps its running value, and the reload says
-//! which of those differ.
+//! connections stay). The node list applies to everyone at once: nodes
+//! added are probed and join routing, nodes removed are drained (see
+//! `crate::background::drain_removed_nodes`), weights and priorities take
+//! effect on every session's next pick. What needs a restart — the
+//! sockets pgherd listens on, the probes' settings, the state file, the
+//! tracked parameters, `[notify]` — keeps its running value, and the
+//! reload says which of those differ.
 
-use pgherd_cluster::ProxyEvent;
+use pgherd_cluster::{Member, ProxyEvent, Source};
 use pgherd_config::ConfigError;
 
 use crate::shared::Shared;
@@ -38,8 +40,8 @@ impl Shared {
         // TLS setting that does not work changes nothing.
         let tls = pgherd_tls::Contexts::new(&new.general)?;
         let applied = new.changes_since(&old);
-        // Nodes' weights and priorities apply to every session's next pick.
-        self.servers.routing.set_weights(&new.nodes);
+        let nodes = new.nodes.iter().cloned().map(Member::configured).collect();
+        self.cluster().set_members(Source::Config, nodes);
         self.settings.replace(new, tls);
         self.cluster().publish(ProxyEvent::ConfigReloaded {
             applied,

@@ -13,7 +13,7 @@
 //! row, a NULL secret (an expired role, with the default query) — gets the
 //! same 28P01 as a wrong password.
 
-use pgherd_config::{Config, User};
+use pgherd_config::{Config, Node, User};
 use tokio::sync::Mutex;
 
 use pgherd_cluster::Cluster;
@@ -69,7 +69,8 @@ impl AuthQuery {
                     return None;
                 };
                 let tls = &settings.tls().server;
-                match open(config, tls, auth_user, node).await {
+                let address = cluster.node(node)?;
+                match open(config, tls, auth_user, (node, &address)).await {
                     Ok(l) => *conn = Some(l),
                     Err(e) => {
                         tracing::warn!("auth_query: cannot log in as auth_user {auth_user:?}: {e}");
@@ -101,9 +102,8 @@ async fn open(
     config: &Config,
     tls: &pgherd_tls::ServerTls,
     auth_user: &str,
-    node: usize,
+    (node, n): (usize, &Node),
 ) -> Result<Lookup, String> {
-    let n = &config.nodes[node];
     let password = config
         .users
         .get(auth_user)

@@ -577,7 +577,7 @@ impl Session {
                         self.pin_logged = true;
                         tracing::info!(
                             client = me.id,
-                            node = %config.nodes[node].name,
+                            node = %shared.cluster().node_name(node),
                             "pinned to its server by session state: {}",
                             kinds.names().collect::<Vec<_>>().join(", ")
                         );
@@ -641,13 +641,13 @@ impl Session {
                                 sqlstate::CONNECTION_FAILURE,
                                 format!(
                                     "server connection to node \"{}\" was lost",
-                                    config.nodes[node].name
+                                    shared.cluster().node_name(node)
                                 ),
                             ),
                         });
                     }
                     tracing::info!(
-                        node = %config.nodes[node].name,
+                        node = %shared.cluster().node_name(node),
                         "server left before running a request ({why:?}): running it on another server"
                     );
                     if let Some(unit) = unit {
@@ -660,10 +660,10 @@ impl Session {
                 }
                 _ => {}
             }
-            let node = &config.nodes[server.node];
+            let node = || shared.cluster().node_name(server.node);
             let end = relayed.end;
             tracing::debug!(
-                node = %node.name,
+                node = %node(),
                 "relay ended: {end:?} (can tell the client: {}, hold {:?})",
                 relayed.can_tell_client,
                 state.hold
@@ -681,17 +681,17 @@ impl Session {
                 RelayEnd::ClientProtocol(e) => Err(ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
                 RelayEnd::ServerClosed => Err(ErrorFields::fatal(
                     sqlstate::CONNECTION_FAILURE,
-                    format!("server connection to node \"{}\" was lost", node.name),
+                    format!("server connection to node \"{}\" was lost", node()),
                 )
                 .with_detail("the server closed the connection unexpectedly")),
                 RelayEnd::ServerIo(e) => Err(ErrorFields::fatal(
                     sqlstate::CONNECTION_FAILURE,
-                    format!("server connection to node \"{}\" was lost", node.name),
+                    format!("server connection to node \"{}\" was lost", node()),
                 )
                 .with_detail(e.to_string())),
                 RelayEnd::ServerProtocol(e) => Err(ErrorFields::fatal(
                     sqlstate::PROTOCOL_VIOLATION,
-                    format!("node \"{}\" broke the protocol: {e}", node.name),
+                    format!("node \"{}\" broke the protocol: {e}", node()),
                 )),
                 RelayEnd::IdleTimeout(relay::IdleKind::InTransaction) => Err(ErrorFields::fatal(
                     sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
@@ -705,14 +705,14 @@ impl Session {
                     sqlstate::QUERY_CANCELED,
                     format!(
                         "terminating connection: no answer from node \"{}\" within query_timeout ({}s); the query was cancelled",
-                        node.name,
+                        node(),
                         limit.as_secs_f64()
                     ),
                 )),
                 RelayEnd::Retired(_) if me.is_killed() => Err(killed_by_admin()),
                 RelayEnd::Retired(reason) => Err(ErrorFields::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
-                    format!("terminating connection: node \"{}\" {reason}", node.name),
+                    format!("terminating connection: node \"{}\" {reason}", node()),
                 )),
             };
             if matches!(end, RelayEnd::ServerClosed | RelayEnd::ServerIo(_)) {

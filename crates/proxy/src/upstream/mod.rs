@@ -37,7 +37,7 @@ use crate::relay::params::TrackedParams;
 use crate::settings::Settings;
 use crate::upstream::server::{same_startup, ServerConn, ServerCredential, ServerError, Startup};
 use limits::ConnectionLimits;
-use pools::{PoolEntry, PoolKey, PoolLimits, Pools};
+use pools::{NodePools, PoolEntry, PoolKey, PoolLimits, Pools};
 use route::Routing;
 use route::{Attempt, NodeSearch, Want};
 
@@ -78,7 +78,7 @@ pub(crate) struct Upstream {
     /// The relay's idle and query limits, from this configuration.
     pub(crate) relay_limits: crate::relay::Limits,
     /// The pool on each node, looked up once.
-    pools: Vec<OnceLock<PoolEntry>>,
+    pools: NodePools,
     /// PAUSE / DISABLE of the database the client asked for.
     control: Arc<DatabaseControl>,
     /// Transaction mode: what a server of this upstream said at login, so
@@ -133,6 +133,8 @@ pub(crate) struct UpstreamSpec<'a> {
     pub(crate) mode: PoolMode,
     /// PAUSE / DISABLE of the client's database.
     pub(crate) control: Arc<DatabaseControl>,
+    /// The cluster's node slots now.
+    pub(crate) nodes: usize,
 }
 
 impl Upstreams {
@@ -257,7 +259,7 @@ impl Upstream {
                 config.general.idle_transaction_timeout,
                 config.general.query_timeout,
             ),
-            pools: config.nodes.iter().map(|_| OnceLock::new()).collect(),
+            pools: NodePools::new(wanted.nodes),
             control: wanted.control,
             config: Arc::clone(config),
             db: wanted.db.clone(),
@@ -276,7 +278,7 @@ impl Upstream {
     /// through taking or opening a server, so a server that refuses pgherd
     /// is heard at login.
     pub(crate) fn cached_welcome(&self) -> Option<Arc<Welcome>> {
-        let full = (self.pools.iter().filter_map(OnceLock::get)).any(|p| {
+        let full = self.pools.iter().any(|p| {
             let status = p.pool.status();
             status.max_size > 0 && status.checked_out >= status.max_size
         });
@@ -303,7 +305,7 @@ impl Upstream {
 
     /// The pool on `node`.
     pub(crate) fn entry(&self, servers: &Servers, node: usize) -> &PoolEntry {
-        self.pools[node].get_or_init(|| {
+        self.pools.cell(node).get_or_init(|| {
             let key = PoolKey {
                 database: self.database.clone(),
                 user: self.user.clone(),
@@ -443,7 +445,9 @@ pub(crate) async fn open(
     credential: &ServerCredential,
 ) -> Attempt<ServerConn> {
     let config = servers.settings.config();
-    let n = &config.nodes[node];
+    let Some(n) = servers.routing.cluster.node(node) else {
+        return Attempt::Unusable("is not a node of the cluster".into());
+    };
     let connected = ServerConn::connect(
         (node, &n.host, n.port),
         (params, &servers.tracked),
@@ -803,6 +807,7 @@ mod tests {
             credential: ServerCredential::None,
             mode: PoolMode::Transaction,
             control: Arc::default(),
+            nodes: 2,
         }
     }
 

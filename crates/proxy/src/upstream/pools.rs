@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use pgherd_config::{Node, PoolMode, Target};
+use pgherd_cluster::{NodeStatus, NODE_SLOTS};
+use pgherd_config::{PoolMode, Target};
 use pgherd_pool::Pool;
 
 use crate::stats::{PoolStats, StatsSnapshot};
@@ -36,6 +37,45 @@ pub(crate) struct PoolEntry {
     /// Servers held by clients pinned to them (session state in
     /// transaction mode).
     pub(crate) pinned: Arc<AtomicUsize>,
+}
+
+/// An upstream's pool on each node, looked up once. Sized for the nodes
+/// the cluster had when the upstream was made; a node that joins while it
+/// lives is served from a table of every slot, allocated only then (most
+/// upstreams never need it, and an idle one stays small).
+#[derive(Debug)]
+pub(crate) struct NodePools {
+    first: Box<[OnceLock<PoolEntry>]>,
+    later: OnceLock<Box<[OnceLock<PoolEntry>]>>,
+}
+
+impl NodePools {
+    pub(crate) fn new(nodes: usize) -> NodePools {
+        NodePools {
+            first: (0..nodes).map(|_| OnceLock::new()).collect(),
+            later: OnceLock::new(),
+        }
+    }
+
+    /// Where the pool on `node` is kept. Slots are below `NODE_SLOTS`
+    /// (`pgherd_cluster::members`), so the second table has every one.
+    pub(crate) fn cell(&self, node: usize) -> &OnceLock<PoolEntry> {
+        match self.first.get(node) {
+            Some(cell) => cell,
+            None => {
+                let later = self
+                    .later
+                    .get_or_init(|| (0..NODE_SLOTS).map(|_| OnceLock::new()).collect());
+                &later[node]
+            }
+        }
+    }
+
+    /// The pools looked up so far.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &PoolEntry> {
+        let later = self.later.get().map_or(&[][..], |l| &l[..]);
+        self.first.iter().chain(later).filter_map(OnceLock::get)
+    }
 }
 
 /// What a pool's database and user entries (or the global settings) allow
@@ -99,7 +139,7 @@ impl Pools {
 
     /// Every pool with its counters, sorted by database, user, node;
     /// `nodes` names them.
-    pub(crate) fn rows(&self, nodes: &[Node]) -> Vec<PoolSnapshot> {
+    pub(crate) fn rows(&self, nodes: &[NodeStatus]) -> Vec<PoolSnapshot> {
         let mut out: Vec<PoolSnapshot> = self
             .map()
             .iter()

@@ -20,11 +20,11 @@
 //! re-probe of the whole cluster, and is not tried again for this client
 //! until the topology has been refreshed.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use pgherd_cluster::{Cluster, Topology};
-use pgherd_config::{Config, Node, Target};
+use pgherd_cluster::{Cluster, Topology, NODE_SLOTS};
+use pgherd_config::{Config, Target};
 use pgherd_wire::backend::ErrorFields;
 use pgherd_wire::sqlstate;
 
@@ -44,40 +44,22 @@ pub(crate) struct Routing {
     node_load: Vec<AtomicUsize>,
     /// Nodes an administrator drained: no new reads.
     node_drained: Vec<AtomicBool>,
-    /// Each node's read weight and priority as configured now: a RELOAD
-    /// changes them for every session's next pick, not only new sessions'.
-    weights: Vec<[AtomicU32; 2]>,
     pub(crate) counters: RoutingCounters,
 }
 
 impl Routing {
-    /// Routing over `cluster`'s `nodes`, all undrained and unloaded.
-    pub(crate) fn new(cluster: Cluster, nodes: &[Node]) -> Routing {
-        let count = nodes.len();
+    /// Routing over `cluster`'s nodes (every slot it may ever use: see
+    /// `pgherd_cluster::members`), all undrained and unloaded. Nodes'
+    /// weights and priorities are read from the topology, so a RELOAD
+    /// changes them for every session's next pick.
+    pub(crate) fn new(cluster: Cluster) -> Routing {
         Routing {
             cluster,
             round_robin: AtomicUsize::new(0),
-            node_load: (0..count).map(|_| AtomicUsize::new(0)).collect(),
-            node_drained: (0..count).map(|_| AtomicBool::new(false)).collect(),
-            weights: (nodes.iter())
-                .map(|n| [AtomicU32::new(n.weight), AtomicU32::new(n.priority)])
-                .collect(),
+            node_load: (0..NODE_SLOTS).map(|_| AtomicUsize::new(0)).collect(),
+            node_drained: (0..NODE_SLOTS).map(|_| AtomicBool::new(false)).collect(),
             counters: RoutingCounters::default(),
         }
-    }
-
-    /// Takes the weights and priorities of a reloaded node list (the same
-    /// nodes, in the same order).
-    pub(crate) fn set_weights(&self, nodes: &[Node]) {
-        for (w, n) in self.weights.iter().zip(nodes) {
-            w[0].store(n.weight, Ordering::Relaxed);
-            w[1].store(n.priority, Ordering::Relaxed);
-        }
-    }
-
-    /// How many nodes (config order) routing knows.
-    pub(crate) fn node_count(&self) -> usize {
-        self.node_drained.len()
     }
 
     fn node_load(&self, node: usize) -> usize {
@@ -272,9 +254,10 @@ impl<'a> NodeSearch<'a> {
             Attempt::Refused(fields) => return Some(Err(fields)),
             Attempt::Unusable(why) => why,
         };
-        let name = &self.config.nodes[node].name;
+        let topology = self.routing.cluster.topology();
+        let name = topology.nodes.get(node).map_or("", |n| n.name.as_str());
         tracing::info!(node = %name, "cannot use node: {why}");
-        let version = self.routing.cluster.topology().version;
+        let version = topology.version;
         self.routing.cluster.request_probe();
         self.failures.push(Failure { node, why, version });
         None
@@ -355,14 +338,11 @@ fn pick_standby(
                     .unwrap_or(0)
                     >= replayed
         })
-        .filter_map(|(i, _)| {
-            let [weight, priority] = routing.weights.get(i)?;
-            Some(Candidate {
-                node: i,
-                weight: weight.load(Ordering::Relaxed),
-                priority: priority.load(Ordering::Relaxed),
-                load: routing.node_load(i),
-            })
+        .map(|(i, n)| Candidate {
+            node: i,
+            weight: n.node.weight,
+            priority: n.node.priority,
+            load: routing.node_load(i),
         });
     let turn = if peek {
         routing.round_robin.load(Ordering::Relaxed)
@@ -497,19 +477,18 @@ mod tests {
         };
         Topology {
             nodes: vec![NodeStatus {
-                name: "pg0".into(),
                 up: true,
                 role: Role::Primary,
-                fenced: false,
                 timeline: Some(1),
-                lag_bytes: None,
-                lag_seconds: None,
                 lag_ok: true,
-                old_timeline: false,
-                streamed_until: None,
-                orphaned: false,
                 last_sample: Some(sample),
-                last_error: None,
+                ..NodeStatus::new(pgherd_cluster::Member::configured(pgherd_config::Node {
+                    name: "pg0".into(),
+                    host: "127.0.0.1".into(),
+                    port: 5432,
+                    weight: 100,
+                    priority: 0,
+                }))
             }],
             primary: Some(0),
             split_brain: false,
