@@ -4,12 +4,19 @@
 //! `ttl`, and the member coming back as a replica. pgherd is driven by
 //! writer and reader clients throughout; each drill prints what they saw.
 //!
+//! pgherd reads Patroni's member list (`discovery = "patroni"`), whose
+//! leader is the fencing authority; a second instance knowing only pg0
+//! from its configuration finds the others there. At the end a replica is
+//! promoted behind Patroni's back (its agent frozen): it is on a newer
+//! timeline than the leader, yet neither instance lets it take a write.
+//!
 //! One cluster serves the drills in turn (one test).
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::time::Duration;
 
+use pgherd_cluster::Source;
 use pgherd_integration_tests::drill::*;
 use pgherd_integration_tests::*;
 
@@ -43,8 +50,28 @@ async fn patroni_switchover_failover_and_a_lost_leader() {
     for i in 1..3 {
         cluster.pg.wait_caught_up(0, i).unwrap();
     }
-    let pgherd = drill_pgherd(cluster.pgherd()).start().await;
+    let urls: Vec<String> = (0..3)
+        .map(|i| format!("{:?}", cluster.pg.rest_url(i).unwrap()))
+        .collect();
+    let discovery = |b: PgherdBuilder| {
+        b.general("discovery = \"patroni\"")
+            .general(&format!("patroni_urls = [{}]", urls.join(", ")))
+            .general("discovery_interval = 1")
+    };
+    let pgherd = discovery(drill_pgherd(cluster.pgherd())).start().await;
     pgherd.wait_settled(0).await;
+    let second = discovery(cluster.pgherd().nodes(&[0])).start().await;
+    second
+        .wait_topology("pg1 and pg2 from Patroni, pg0 its leader", |t| {
+            let from_patroni = |name: &str| {
+                t.slot_of(name).is_some_and(|i| {
+                    t.nodes[i].source == Source::Patroni && t.nodes[i].serves_reads()
+                })
+            };
+            let leader = t.authority.as_ref().and_then(|a| a.leader.as_ref());
+            from_patroni("pg1") && from_patroni("pg2") && leader.is_some_and(|l| l.name == "pg0")
+        })
+        .await;
     planned((&cluster, &pgherd), ("switchover pg0 -> pg1", 0, 1), || {
         cluster.pg.switchover(0, 1)
     })
@@ -89,4 +116,47 @@ async fn patroni_switchover_failover_and_a_lost_leader() {
     // --- The host comes back: Patroni rejoins it as a replica (rewound).
     cluster.pg.start_member(2).unwrap();
     pgherd.wait_settled(new).await;
+
+    // --- A replica promoted behind Patroni's back, its agent frozen so it
+    // cannot demote it: a newer timeline than the leader's, which would
+    // make it the primary for the probes alone. Patroni's leader key says
+    // otherwise: both instances fence it and keep writing to the leader.
+    let leader = &cluster.pg.nodes()[new];
+    let (leader_name, leader_port) = (leader.name.clone(), leader.port.to_string());
+    let rogue = (0..3).find(|&i| i != new).unwrap();
+    let rogue_name = cluster.pg.nodes()[rogue].name.clone();
+    for instance in [&pgherd, &second] {
+        instance
+            .wait_topology("the leader primary, the rogue-to-be reading", |t| {
+                let named = |i: Option<usize>| i.map(|i| t.nodes[i].name.as_str());
+                named(t.primary) == Some(leader_name.as_str())
+                    && t.slot_of(&rogue_name)
+                        .is_some_and(|i| t.nodes[i].serves_reads())
+            })
+            .await;
+    }
+    cluster.pg.freeze_patroni(rogue, true).unwrap();
+    cluster.pg.promote(rogue).unwrap();
+    for instance in [&pgherd, &second] {
+        instance
+            .wait_topology("the rogue primary fenced", |t| {
+                t.slot_of(&rogue_name).is_some_and(|i| {
+                    let n = &t.nodes[i];
+                    n.up && n.role == pgherd_cluster::Role::Primary && n.fenced
+                })
+            })
+            .await;
+        let t = instance.handle.topology();
+        let primary = t.primary.map(|p| t.nodes[p].name.clone());
+        assert_eq!(primary, Some(leader_name.clone()), "{}", t.describe());
+        let writer = instance
+            .connect("app", APP_PASSWORD, "postgres")
+            .await
+            .unwrap();
+        assert_eq!(
+            simple_value(&writer, "SELECT inet_server_port()").await,
+            leader_port
+        );
+    }
+    cluster.pg.freeze_patroni(rogue, false).unwrap();
 }

@@ -9,11 +9,18 @@
 //! cluster takes longer than a drill. After the failover and the rejoin,
 //! a planned switchover back to the first node by repmgr's manual steps
 //! (`repmgr standby switchover` needs ssh between the nodes).
+//!
+//! A second pgherd follows it all with `discovery = "repmgr"`, knowing
+//! only pg1 from its configuration: the other nodes come from
+//! `repmgr.nodes`, the failed primary leaves when repmgr marks it
+//! inactive and comes back when it rejoins, and a standby cloned and
+//! registered at the end joins reads, then leaves when unregistered.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::time::Duration;
 
+use pgherd_cluster::Source;
 use pgherd_integration_tests::drill::*;
 use pgherd_integration_tests::*;
 
@@ -45,7 +52,7 @@ fn promoted_at(cluster: &RepmgrTestCluster, i: usize) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repmgr_failover_rejoin_and_switchover() {
     // The seed's repmgr.conf: reconnect_attempts=5, reconnect_interval=5.
-    let cluster = RepmgrTestCluster::start(RepmgrSpec {
+    let mut cluster = RepmgrTestCluster::start(RepmgrSpec {
         standbys: 2,
         reconnect_attempts: 5,
         reconnect_interval: 5,
@@ -63,6 +70,25 @@ async fn repmgr_failover_rejoin_and_switchover() {
         .start()
         .await;
     pgherd.wait_settled(0).await;
+    let discovering = cluster
+        .pgherd()
+        .nodes(&[1])
+        .database("ro = { dbname = \"postgres\", target = \"replica\" }")
+        .general("discovery = \"repmgr\"")
+        // The kit's repmgr keeps its metadata where its conninfo points.
+        .general("repmgr_database = \"postgres\"")
+        .general("discovery_interval = 0.5")
+        .start()
+        .await;
+    discovering
+        .wait_topology("pg0 and pg2 found in repmgr.nodes", |t| {
+            let found = |name: &str| t.slot_of(name).map(|i| &t.nodes[i]);
+            found("pg0")
+                .is_some_and(|n| n.source == Source::Repmgr && t.primary == t.slot_of("pg0"))
+                && found("pg2").is_some_and(|n| n.source == Source::Repmgr && n.serves_reads())
+                && found("pg1").is_some_and(|n| n.source == Source::Config)
+        })
+        .await;
 
     // --- Unplanned: the primary crashes; repmgrd promotes after 25 s.
     let mut events = pgherd.handle.cluster().subscribe();
@@ -133,6 +159,14 @@ async fn repmgr_failover_rejoin_and_switchover() {
         .await;
     assert_eq!(told.body["instance"], "drill");
     println!("webhook: {}", told.body["text"]);
+    // The discovering pgherd follows, and drops pg0, which the promotion
+    // marked inactive in repmgr.nodes.
+    discovering
+        .wait_topology_for(MANAGER_DELAY, "the new primary, pg0 gone", |t| {
+            let primary = t.primary.map(|p| t.nodes[p].name.as_str());
+            (primary == Some(new_name.as_str()) && t.slot_of("pg0").is_none()).then_some(())
+        })
+        .await;
 
     // --- The old primary rejoins as a standby (repmgr node rejoin
     // --force-rewind) and serves reads again once it streams.
@@ -143,6 +177,11 @@ async fn repmgr_failover_rejoin_and_switchover() {
         "switchover: old primary pg0 is now a standby of {new_name}"
     ))
     .await;
+    discovering
+        .wait_topology("pg0 back (active again), serving reads", |t| {
+            t.slot_of("pg0").is_some_and(|i| t.nodes[i].serves_reads())
+        })
+        .await;
 
     // --- Planned: back to pg0 by repmgr's manual switchover (repmgrd
     // paused; the old primary stopped with a checkpoint, pg0 promoted, the
@@ -172,4 +211,38 @@ async fn repmgr_failover_rejoin_and_switchover() {
         write_errors.is_empty(),
         "no failed transaction: {write_errors:?}"
     );
+
+    // --- A standby cloned and registered with repmgr joins the
+    // discovering pgherd's reads with no edit of its configuration, and
+    // leaves once unregistered.
+    discovering
+        .wait_topology("pg0 primary again", |t| {
+            t.primary.is_some() && t.primary == t.slot_of("pg0")
+        })
+        .await;
+    let added = cluster.pg.add_standby().unwrap();
+    let name = cluster.pg.nodes()[added].name.clone();
+    discovering
+        .wait_topology("the new standby serving reads", |t| {
+            t.slot_of(&name)
+                .is_some_and(|i| t.nodes[i].source == Source::Repmgr && t.nodes[i].serves_reads())
+        })
+        .await;
+    // Standbys take reads in turn: one of the next four sessions reads there.
+    let port = cluster.pg.nodes()[added].port.to_string();
+    let mut ports = Vec::new();
+    for _ in 0..4 {
+        let c = discovering
+            .connect("app", APP_PASSWORD, "ro")
+            .await
+            .unwrap();
+        ports.push(simple_value(&c, "SELECT inet_server_port()").await);
+    }
+    assert!(ports.contains(&port), "{ports:?} has no {port}");
+    cluster.pg.unregister(added).unwrap();
+    discovering
+        .wait_topology("the unregistered standby gone", |t| {
+            t.slot_of(&name).is_none()
+        })
+        .await;
 }

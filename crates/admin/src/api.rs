@@ -39,10 +39,27 @@ pub(crate) fn nodes(proxy: &ProxyHandle) -> String {
             })
         })
         .collect();
+    let discovery = proxy.cluster().discovery().map(|d| {
+        json!({
+            "manager": d.manager.as_str(),
+            "last_read": d.last_read.map(unix),
+            "last_error": d.last_error,
+            "failures": d.failures,
+            "disagreements": d.disagreements.iter().map(|x| json!({
+                "node": x.node,
+                "manager_says": x.manager_says.as_str(),
+                "probes_say": x.probes_say.as_str(),
+            })).collect::<Vec<_>>(),
+            "leader": topology.authority.as_ref()
+                .and_then(|a| a.leader.as_ref())
+                .map(|l| l.name.clone()),
+        })
+    });
     json!({
         "primary": topology.primary.map(|p| topology.nodes[p].name.clone()),
         "split_brain": topology.split_brain,
         "nodes": nodes,
+        "discovery": discovery,
     })
     .to_string()
 }

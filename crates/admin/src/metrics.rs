@@ -18,6 +18,7 @@ pub(crate) fn render(proxy: &ProxyHandle, notifications: &Notifications) -> Stri
     let registry = Registry::new();
     let result = fill(&registry, proxy).and_then(|()| {
         notified(&registry, notifications)?;
+        discovery(&registry, proxy)?;
         let mut out = Vec::new();
         TextEncoder::new().encode(&registry.gather(), &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())
@@ -192,6 +193,49 @@ fn gauge_vec(
     let g = GaugeVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(g.clone()))?;
     Ok(g)
+}
+
+/// With `discovery` on: whether the manager's list can be read, and how
+/// many nodes it sees in another role than the probes.
+fn discovery(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
+    let Some(status) = proxy.cluster().discovery() else {
+        return Ok(());
+    };
+    let manager = status.manager.as_str();
+    let up = gauge_vec(
+        registry,
+        "pgherd_discovery_up",
+        "1 when the cluster manager's node list was read at the last try.",
+        &["manager"],
+    )?;
+    up.with_label_values(&[manager]).set(
+        if status.last_error.is_none() && status.last_read.is_some() {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    let failures = prometheus::CounterVec::new(
+        Opts::new(
+            "pgherd_discovery_failures_total",
+            "Readings of the cluster manager's node list that failed.",
+        ),
+        &["manager"],
+    )?;
+    registry.register(Box::new(failures.clone()))?;
+    failures
+        .with_label_values(&[manager])
+        .inc_by(status.failures as f64);
+    let disagreements = gauge_vec(
+        registry,
+        "pgherd_discovery_disagreements",
+        "Nodes the cluster manager and the probes see in different roles.",
+        &["manager"],
+    )?;
+    disagreements
+        .with_label_values(&[manager])
+        .set(status.disagreements.len() as f64);
+    Ok(())
 }
 
 /// `pgherd_notifications_total`: what became of each destination's
@@ -403,6 +447,12 @@ fn fill(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
         "The node passes its probes.",
         &["node"],
     )?;
+    let source = gauge_vec(
+        registry,
+        "pgherd_node_source",
+        "1 for where the node came from (config, repmgr, patroni).",
+        &["node", "source"],
+    )?;
     let role = gauge_vec(
         registry,
         "pgherd_node_role",
@@ -433,10 +483,13 @@ fn fill(registry: &Registry, proxy: &ProxyHandle) -> prometheus::Result<()> {
         "Duration of the last successful probe.",
         &["node"],
     )?;
-    for n in &topology.nodes {
+    for (_, n) in topology.members() {
         let name = n.name.as_str();
         up.with_label_values(&[name])
             .set(if n.up { 1.0 } else { 0.0 });
+        source
+            .with_label_values(&[name, n.source.as_str()])
+            .set(1.0);
         let current = match (n.role, n.fenced) {
             (Role::Primary, true) => "fenced",
             (r, _) => r.as_str(),

@@ -103,6 +103,28 @@ pub enum ClusterEvent {
         node: String,
         source: Source,
     },
+    /// The cluster manager and the probes see a node in different roles
+    /// (two readings in a row). The probes' view routes.
+    ManagerDisagrees {
+        node: String,
+        manager: Source,
+        manager_says: Role,
+        probes_say: Role,
+    },
+    /// They agree again (or the node is no longer listed).
+    ManagerAgrees {
+        node: String,
+        manager: Source,
+    },
+    /// The manager's node list cannot be read: the last one stands.
+    DiscoveryFailed {
+        manager: Source,
+        reason: String,
+    },
+    /// It can be read again.
+    DiscoveryRecovered {
+        manager: Source,
+    },
 }
 
 impl ClusterEvent {
@@ -121,12 +143,16 @@ impl ClusterEvent {
             | ClusterEvent::OrphanEnded { node, .. }
             | ClusterEvent::Switchover { node, .. }
             | ClusterEvent::NodeAdded { node, .. }
-            | ClusterEvent::NodeRemoved { node, .. } => Some(node),
+            | ClusterEvent::NodeRemoved { node, .. }
+            | ClusterEvent::ManagerDisagrees { node, .. }
+            | ClusterEvent::ManagerAgrees { node, .. } => Some(node),
             ClusterEvent::PrimaryChanged { to, .. } => to.as_deref(),
             ClusterEvent::Failover { to, .. } => Some(to),
             ClusterEvent::SplitBrainDetected { .. }
             | ClusterEvent::SplitBrainResolved
-            | ClusterEvent::NoPrimary { .. } => None,
+            | ClusterEvent::NoPrimary { .. }
+            | ClusterEvent::DiscoveryFailed { .. }
+            | ClusterEvent::DiscoveryRecovered { .. } => None,
         }
     }
 
@@ -151,6 +177,10 @@ impl ClusterEvent {
             ClusterEvent::Switchover { .. } => "switchover",
             ClusterEvent::NodeAdded { .. } => "node_added",
             ClusterEvent::NodeRemoved { .. } => "node_removed",
+            ClusterEvent::ManagerDisagrees { .. } => "manager_disagrees",
+            ClusterEvent::ManagerAgrees { .. } => "manager_agrees",
+            ClusterEvent::DiscoveryFailed { .. } => "discovery_failed",
+            ClusterEvent::DiscoveryRecovered { .. } => "discovery_recovered",
         }
     }
 }
@@ -233,6 +263,31 @@ impl std::fmt::Display for ClusterEvent {
                 "node {node} removed (was from {}): its servers are drained",
                 source.as_str()
             ),
+            ClusterEvent::ManagerDisagrees {
+                node,
+                manager,
+                manager_says,
+                probes_say,
+            } => write!(
+                f,
+                "{} says node {node} is a {}, the probes find a {}: routing follows the probes",
+                manager.as_str(),
+                manager_says.as_str(),
+                probes_say.as_str()
+            ),
+            ClusterEvent::ManagerAgrees { node, manager } => write!(
+                f,
+                "{} and the probes agree on node {node} again",
+                manager.as_str()
+            ),
+            ClusterEvent::DiscoveryFailed { manager, reason } => write!(
+                f,
+                "cannot read {}'s node list, keeping the last one: {reason}",
+                manager.as_str()
+            ),
+            ClusterEvent::DiscoveryRecovered { manager } => {
+                write!(f, "{}'s node list can be read again", manager.as_str())
+            }
         }
     }
 }

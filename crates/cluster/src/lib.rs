@@ -22,6 +22,7 @@
 //! [`state`]) so fencing survives a pgherd restart.
 #![forbid(unsafe_code)]
 
+pub mod discovery;
 pub mod event;
 pub mod members;
 pub mod probe;
@@ -39,6 +40,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 pub use event::{ClusterEvent, Event, Outage, ProxyEvent, Role};
 pub use members::{Member, Source, NODE_SLOTS};
 pub use topology::{NodeStatus, ProbeSample, Thresholds, Topology};
+
+/// The quickest discovery reads a cluster manager while the cluster is
+/// unsettled: its API is a program of its own, not a probe.
+const MIN_FAST_DISCOVERY: Duration = Duration::from_millis(250);
 
 /// [`Cluster::primary_now`]'s stored value for "no primary".
 const NO_PRIMARY: usize = usize::MAX;
@@ -66,6 +71,8 @@ pub struct Cluster {
     /// What failovers do to clients, counted by the proxy; the evaluator's
     /// task reports it with each failover.
     clients: Arc<ClientCounts>,
+    /// With `discovery` on: how reading the manager goes.
+    discovery: Option<Arc<Mutex<discovery::DiscoveryStatus>>>,
 }
 
 /// Running totals behind [`Outage`]: a failover reports the difference
@@ -156,7 +163,7 @@ impl Cluster {
             state_file,
         }));
         tokio::spawn(evaluate(Arc::clone(&evaluation), results_rx));
-        Ok(Cluster {
+        let mut cluster = Cluster {
             topology: topo_rx,
             fenced,
             primary,
@@ -164,7 +171,52 @@ impl Cluster {
             schedule,
             evaluation,
             clients,
-        })
+            discovery: None,
+        };
+        let g = &config.general;
+        let reader = discovery::Reader::new(config, tls);
+        if let Some(reader) = reader {
+            let status = Arc::new(Mutex::new(discovery::DiscoveryStatus {
+                manager: reader.source(),
+                last_read: None,
+                last_error: None,
+                failures: 0,
+                disagreements: Vec::new(),
+            }));
+            cluster.discovery = Some(Arc::clone(&status));
+            let pace = (
+                g.discovery_interval,
+                probe.fast_interval.max(MIN_FAST_DISCOVERY),
+            );
+            tokio::spawn(discovery::run(cluster.clone(), reader, pace, status));
+        }
+        Ok(cluster)
+    }
+
+    /// The cluster manager's leader, as it last said: the only node that
+    /// may be primary from now on (see [`topology::Authority`]).
+    /// `read` is when the manager was asked.
+    pub(crate) fn set_authority(&self, authority: topology::Authority, read: std::time::Instant) {
+        let mut evaluation = self.evaluation.lock().unwrap_or_else(|e| e.into_inner());
+        evaluation.set_authority(authority, read);
+    }
+
+    /// How reading the cluster manager goes, with `discovery` on.
+    pub fn discovery(&self) -> Option<discovery::DiscoveryStatus> {
+        let status = self.discovery.as_ref()?;
+        Some(status.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// Logs `event` and announces it to every subscriber.
+    pub(crate) fn announce(&self, event: ClusterEvent) {
+        match &event {
+            ClusterEvent::ManagerAgrees { .. } | ClusterEvent::DiscoveryRecovered { .. } => {
+                tracing::info!("{event}")
+            }
+            _ => tracing::warn!("{event}"),
+        }
+        // No subscriber is fine: the event is logged.
+        let _ = self.events.send(Event::Cluster(event));
     }
 
     /// The nodes `source` lists now (the configuration's after a RELOAD,
@@ -387,6 +439,14 @@ impl Evaluation {
                 members::Change::Update(..) => {}
             }
         }
+        self.publish(before, happened);
+    }
+
+    /// Takes the manager's word on the leader.
+    fn set_authority(&mut self, authority: topology::Authority, read: std::time::Instant) {
+        let before = self.evaluator.topology().version;
+        let now = std::time::Instant::now();
+        let happened = self.evaluator.set_authority(Some(authority), read, now);
         self.publish(before, happened);
     }
 

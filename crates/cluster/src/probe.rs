@@ -101,6 +101,25 @@ impl ProbeTarget {
             tls: tls.for_postgres(),
         }
     }
+
+    /// The same login in database `name`, named `application_name`.
+    pub(crate) fn in_database(mut self, name: &str, application_name: &str) -> Self {
+        self.config.dbname(name).application_name(application_name);
+        self
+    }
+
+    /// A connected client (its connection runs in its own task).
+    pub(crate) async fn connect(&self) -> Result<tokio_postgres::Client, String> {
+        let (client, connection) = self
+            .config
+            .connect(self.tls.clone())
+            .await
+            .map_err(|e| describe(&e))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
 }
 
 /// A connected probe session and the probe its server's version needs.
@@ -192,14 +211,7 @@ async fn probe_once(
     session: &mut Option<Session>,
 ) -> Result<ProbeSample, String> {
     if session.as_ref().is_none_or(|s| s.client.is_closed()) {
-        let (client, connection) = target
-            .config
-            .connect(target.tls.clone())
-            .await
-            .map_err(|e| describe(&e))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let client = target.connect().await?;
         let version = first_value(&client, "SHOW server_version_num").await?;
         let version = version
             .parse()

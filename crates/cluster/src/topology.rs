@@ -191,10 +191,31 @@ impl NodeStatus {
     }
 }
 
+/// A cluster manager whose word on the primary is final (Patroni: the
+/// leader key in its DCS). A node it does not name as the leader takes no
+/// writes, whatever its probes say: it is fenced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Authority {
+    pub manager: Source,
+    /// The leader, by name and address; `None`: there is none now.
+    pub leader: Option<Arc<Node>>,
+}
+
+impl Authority {
+    /// Whether `n` is the leader: the same name, or the same address.
+    pub fn allows(&self, n: &NodeStatus) -> bool {
+        self.leader
+            .as_ref()
+            .is_some_and(|l| l.name == n.name || (l.host == n.node.host && l.port == n.node.port))
+    }
+}
+
 /// The cluster as pgherd sees it at one instant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Topology {
     pub nodes: Vec<NodeStatus>,
+    /// With `discovery = "patroni"`: the leader as the manager last said.
+    pub authority: Option<Authority>,
     /// The node that takes writes, if any.
     pub primary: Option<usize>,
     /// More than one up node claims to be primary.
@@ -285,6 +306,10 @@ pub struct Evaluator {
     outage: Option<(usize, Instant, usize)>,
     /// Old primaries of failovers, until they stream from the new one.
     demoted: Vec<usize>,
+    /// Per node: since when its probes say it is an up primary.
+    claimed_since: Vec<Option<Instant>>,
+    /// When the authority's last word was asked for.
+    authority_read: Option<Instant>,
 }
 
 /// When a lasting outage is announced again ([`ClusterEvent::NoPrimary`]);
@@ -303,11 +328,14 @@ impl Evaluator {
         Evaluator {
             thresholds,
             last_streamed: vec![None; nodes.len()],
+            claimed_since: vec![None; nodes.len()],
+            authority_read: None,
             outage: None,
             demoted: Vec::new(),
             health: vec![Health::default(); nodes.len()],
             current: Topology {
                 nodes,
+                authority: None,
                 primary: None,
                 split_brain: false,
                 version: 0,
@@ -406,6 +434,7 @@ impl Evaluator {
                         self.current.nodes.push(fresh);
                         self.health.push(Health::default());
                         self.last_streamed.push(None);
+                        self.claimed_since.push(None);
                     } else {
                         // Back to its own slot: probed afresh, but still
                         // fenced if it was (it may still be a diverged
@@ -447,6 +476,23 @@ impl Evaluator {
         (changes, events)
     }
 
+    /// The manager whose leader is the only node that may be primary, as
+    /// it last said (see [`Authority`]). Returns the events.
+    /// `read` is when the manager was asked: a node that claimed to be
+    /// primary since is not fenced for not being its leader (see
+    /// [`Evaluator::elect`]).
+    pub fn set_authority(
+        &mut self,
+        authority: Option<Authority>,
+        read: Instant,
+        now: Instant,
+    ) -> Vec<ClusterEvent> {
+        let previous = self.current.clone();
+        self.current.authority = authority;
+        self.authority_read = Some(read);
+        self.settle(previous, None, now)
+    }
+
     /// After a probe of node `probed` or a change of members: the election,
     /// lags and orphans again, the events since `previous`, a new version
     /// if anything changed.
@@ -456,7 +502,7 @@ impl Evaluator {
         probed: Option<usize>,
         now: Instant,
     ) -> Vec<ClusterEvent> {
-        self.elect();
+        self.elect(now);
         self.measure_lag(probed, now);
         self.judge_orphans(now);
         let mut events = diff(&previous, &self.current);
@@ -467,13 +513,20 @@ impl Evaluator {
         events
     }
 
-    fn elect(&mut self) {
+    fn elect(&mut self, now: Instant) {
         let claimants: Vec<usize> = (0..self.current.nodes.len())
             .filter(|&i| {
                 let n = &self.current.nodes[i];
                 n.up && n.role == Role::Primary
             })
             .collect();
+        for (i, since) in self.claimed_since.iter_mut().enumerate() {
+            *since = match (claimants.contains(&i), *since) {
+                (true, None) => Some(now),
+                (true, since) => since,
+                (false, _) => None,
+            };
+        }
         let nodes = &self.current.nodes;
         if let Some(known) = self.system_identifier {
             let mut ids = claimants
@@ -487,26 +540,53 @@ impl Evaluator {
                 self.max_timeline = 0;
             }
         }
-        for &i in &claimants {
-            let tl = self.current.nodes[i].timeline.unwrap_or(0);
+        let primary = match &self.current.authority {
+            // The manager's leader, whatever the timelines: a member
+            // promoted behind the manager's back is on a newer one.
+            Some(a) => match claimants
+                .iter()
+                .copied()
+                .filter(|&i| a.allows(&self.current.nodes[i]))
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                [only] => Some(*only),
+                _ => None,
+            },
+            None => {
+                for &i in &claimants {
+                    let tl = self.current.nodes[i].timeline.unwrap_or(0);
+                    self.max_timeline = self.max_timeline.max(tl);
+                }
+                let newest: Vec<usize> = (claimants.iter().copied())
+                    .filter(|&i| self.current.nodes[i].timeline.unwrap_or(0) == self.max_timeline)
+                    .collect();
+                match newest.as_slice() {
+                    [only] => Some(*only),
+                    _ => None,
+                }
+            }
+        };
+        if let Some(tl) = primary.and_then(|p| self.current.nodes[p].timeline) {
             self.max_timeline = self.max_timeline.max(tl);
         }
-        let newest: Vec<usize> = claimants
-            .iter()
-            .copied()
-            .filter(|&i| self.current.nodes[i].timeline.unwrap_or(0) == self.max_timeline)
-            .collect();
-        let primary = match newest.as_slice() {
-            [only] => Some(*only),
-            _ => None,
-        };
         for (i, n) in self.current.nodes.iter_mut().enumerate() {
             // Fencing is sticky: a fenced node that stops answering probes
             // (overloaded, partitioned) may still be reachable by sessions
             // pinned to it, so it stays fenced until a probe shows it is no
             // longer a primary (rejoined as a standby) or it is elected.
             let claims = claimants.contains(&i) || (n.fenced && n.role == Role::Primary);
-            n.fenced = claims && Some(i) != primary;
+            // A claimant the manager has not been asked about since it
+            // claimed may be the leader the manager just chose (Patroni
+            // takes the leader key, then promotes): it takes no writes
+            // until the manager names it, but its sessions are not ended
+            // before the manager has had its say.
+            let unheard = self.current.authority.as_ref().is_some_and(|a| {
+                !a.allows(n)
+                    && self.claimed_since[i]
+                        .is_some_and(|since| self.authority_read.is_none_or(|read| read < since))
+            });
+            n.fenced = claims && Some(i) != primary && (n.fenced || !unheard);
         }
         self.current.primary = primary;
         self.current.split_brain = claimants.len() > 1;
@@ -678,7 +758,14 @@ fn diff(old: &Topology, new: &Topology) -> Vec<ClusterEvent> {
             });
         }
         if !o.fenced && n.fenced {
-            let reason = if new.split_brain && new.primary.is_none() {
+            let not_leader = new.authority.as_ref().filter(|a| !a.allows(n));
+            let reason = if let Some(a) = not_leader {
+                format!(
+                    "claims to be primary, but {}'s leader is {}",
+                    a.manager.as_str(),
+                    a.leader.as_ref().map_or("no node", |l| l.name.as_str())
+                )
+            } else if new.split_brain && new.primary.is_none() {
                 "another node on the same timeline also claims to be primary".to_owned()
             } else {
                 format!(
@@ -1338,5 +1425,77 @@ mod tests {
         assert!(matches!(changes[..], [Change::Update(0, _)]));
         assert!(events.is_empty());
         assert_eq!(e.topology().nodes[0].node.weight, 7);
+    }
+
+    fn leader(e: &Evaluator, name: &str) -> Option<Authority> {
+        let node = e.topology().nodes.iter().find(|n| n.name == name)?;
+        Some(Authority {
+            manager: Source::Patroni,
+            leader: Some(Arc::clone(&node.node)),
+        })
+    }
+
+    #[test]
+    fn with_an_authority_only_its_leader_may_be_primary() {
+        let mut e = eval(2);
+        e.apply(0, primary(1, 1000), t0());
+        e.apply(1, standby(1, 1000), t0());
+        let events = e.set_authority(leader(&e, "pg0"), t0(), t0());
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(e.topology().primary, Some(0));
+
+        // pg1 is promoted while the last reading names pg0: no writes
+        // there, but its sessions stay until the manager is asked again
+        // (it may be the leader the manager just chose).
+        for _ in 0..3 {
+            e.apply(0, down(), at(1));
+        }
+        e.apply(1, primary(2, 2000), at(1));
+        assert_eq!(e.topology().primary, None);
+        assert!(!e.topology().nodes[1].fenced);
+
+        // Asked after the promotion, the manager still names pg0: pg1 was
+        // promoted behind its back, and is fenced.
+        let events = e.set_authority(leader(&e, "pg0"), at(2), at(2));
+        assert!(e.topology().nodes[1].fenced);
+        let fenced = events.iter().find_map(|ev| match ev {
+            ClusterEvent::Fenced { node, reason } if node == "pg1" => Some(reason.clone()),
+            _ => None,
+        });
+        assert!(
+            fenced.is_some_and(|r| r.contains("patroni's leader is pg0")),
+            "{events:?}"
+        );
+
+        // The manager names pg1: it is the primary, on any timeline.
+        e.set_authority(leader(&e, "pg1"), at(3), at(3));
+        assert_eq!(e.topology().primary, Some(1));
+        assert!(!e.topology().nodes[1].fenced);
+
+        // No leader at all: no primary.
+        let none = Authority {
+            manager: Source::Patroni,
+            leader: None,
+        };
+        e.set_authority(Some(none), at(4), at(4));
+        assert_eq!(e.topology().primary, None);
+        assert!(e.topology().nodes[1].fenced);
+    }
+
+    #[test]
+    fn an_authority_settles_two_primaries_and_outranks_timelines() {
+        let mut e = eval(2);
+        e.apply(0, primary(1, 1000), t0());
+        e.apply(1, primary(1, 1000), t0());
+        assert_eq!(e.topology().primary, None, "split brain");
+        e.set_authority(leader(&e, "pg1"), at(1), at(1));
+        assert_eq!(e.topology().primary, Some(1));
+        assert!(e.topology().nodes[0].fenced);
+
+        // pg0 is promoted again, on a newer timeline: still not the leader.
+        e.apply(0, primary(5, 9000), at(2));
+        e.set_authority(leader(&e, "pg1"), at(3), at(3));
+        assert_eq!(e.topology().primary, Some(1));
+        assert!(e.topology().nodes[0].fenced);
     }
 }

@@ -72,6 +72,18 @@ pub enum SessionServerAt {
     Login,
 }
 
+/// Where nodes come from besides `[[nodes]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    /// Only `[[nodes]]`.
+    None,
+    /// `repmgr.nodes`, read from any reachable node.
+    Repmgr,
+    /// Patroni's member list, from its REST API (`/cluster`).
+    Patroni,
+}
+
 /// Where a database's sessions go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

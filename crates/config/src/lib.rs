@@ -30,8 +30,8 @@ use std::path::Path;
 pub use error::ConfigError;
 pub use hba::{HbaConnection, HbaMethod, HbaRules};
 pub use kinds::{
-    AdminAuth, AuthType, Balance, PinLimitAction, PoolMode, SessionServerAt, SslMode, Target,
-    TlsProtocols,
+    AdminAuth, AuthType, Balance, Discovery, PinLimitAction, PoolMode, SessionServerAt, SslMode,
+    Target, TlsProtocols,
 };
 pub use model::*;
 pub use settings::{General, Reload, Setting, SETTINGS};

@@ -90,12 +90,11 @@ pub(crate) struct Node {
 }
 
 fn default_weight() -> u32 {
-    1
+    crate::Node::DEFAULT_WEIGHT
 }
 
-// repmgr's default node priority: higher is preferred there too.
 fn default_priority() -> u32 {
-    100
+    crate::Node::DEFAULT_PRIORITY
 }
 
 fn default_port() -> u16 {

@@ -174,6 +174,10 @@ pub const NOTIFY_EVENTS: &[&str] = &[
     "switchover",
     "node_added",
     "node_removed",
+    "manager_disagrees",
+    "manager_agrees",
+    "discovery_failed",
+    "discovery_recovered",
     "started",
     "draining",
     "stopped",
@@ -315,6 +319,26 @@ pub struct Node {
     /// ones serve only when none of those can (haproxy's `backup` servers,
     /// in as many tiers as needed).
     pub priority: u32,
+}
+
+impl Node {
+    /// `weight` when a node does not set one.
+    pub const DEFAULT_WEIGHT: u32 = 1;
+    /// `priority` when a node does not set one (repmgr's default node
+    /// priority: higher is preferred there too).
+    pub const DEFAULT_PRIORITY: u32 = 100;
+
+    /// A node with the default weight and priority (one a cluster manager
+    /// listed).
+    pub fn at(name: String, host: String, port: u16) -> Node {
+        Node {
+            name,
+            host,
+            port,
+            weight: Node::DEFAULT_WEIGHT,
+            priority: Node::DEFAULT_PRIORITY,
+        }
+    }
 }
 
 /// A `[databases]` entry: what a client's database name maps to upstream.

@@ -16,8 +16,8 @@ use serde::Deserialize;
 
 use crate::error::{invalid, ConfigError};
 use crate::kinds::{
-    AdminAuth, AuthType, Balance, Hidden, PinLimitAction, PoolMode, SessionServerAt, SslMode,
-    TlsProtocols,
+    AdminAuth, AuthType, Balance, Discovery, Hidden, PinLimitAction, PoolMode, SessionServerAt,
+    SslMode, TlsProtocols,
 };
 use crate::show::Show;
 
@@ -422,4 +422,12 @@ settings! {
     max_replica_lag: Option<f64> => Option<Duration> = None::<f64>, NeedsRestart, optional_seconds;
     /// Seconds a standby that stopped streaming keeps serving reads while no other streams.
     replica_orphan_timeout: f64 => Duration = 60.0, NeedsRestart, seconds;
+    /// Where nodes come from besides `[[nodes]]`: `none`, `repmgr` or `patroni`.
+    discovery: Discovery => Discovery = Discovery::None, NeedsRestart, as_is;
+    /// Seconds between two readings of the cluster manager's node list.
+    discovery_interval: f64 => Duration = 5.0, NeedsRestart, positive;
+    /// The database holding repmgr's metadata (`repmgr.nodes`), read as `probe_user`.
+    repmgr_database: String => String = "repmgr", NeedsRestart, as_is;
+    /// Patroni REST API addresses; empty: port 8008 of every `[[nodes]]` host.
+    patroni_urls: Vec<String> => Vec<String> = Vec::<String>::new(), NeedsRestart, as_is;
 }

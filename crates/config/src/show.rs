@@ -3,7 +3,8 @@
 //! pgbouncer prints them (1 and 0), secrets only as set.
 
 use crate::kinds::{
-    AdminAuth, AuthType, Balance, Hidden, PinLimitAction, PoolMode, SessionServerAt, SslMode,
+    AdminAuth, AuthType, Balance, Discovery, Hidden, PinLimitAction, PoolMode, SessionServerAt,
+    SslMode,
 };
 
 /// How a value written in the file prints.
@@ -77,6 +78,17 @@ impl Show for Balance {
         match self {
             Balance::RoundRobin => "roundrobin",
             Balance::LeastConn => "leastconn",
+        }
+        .into()
+    }
+}
+
+impl Show for Discovery {
+    fn show(&self) -> String {
+        match self {
+            Discovery::None => "none",
+            Discovery::Repmgr => "repmgr",
+            Discovery::Patroni => "patroni",
         }
         .into()
     }

@@ -152,6 +152,13 @@ impl File {
             ));
         }
 
+        if let Some(url) = (general.patroni_urls.iter()).find(|u| !u.starts_with("http://")) {
+            return Err(invalid(
+                "pgherd.patroni_urls",
+                format!("{url:?} is not an http:// URL (Patroni's REST API over TLS is not supported yet)"),
+            ));
+        }
+
         if self.nodes.is_empty() {
             return Err(invalid(
                 "nodes",

@@ -70,6 +70,8 @@ impl std::ops::Deref for PatroniCluster {
 struct Member {
     conf: PathBuf,
     patroni: Option<Child>,
+    /// Its REST API's port on 127.0.0.1.
+    rest_port: u16,
 }
 
 impl PatroniCluster {
@@ -108,6 +110,7 @@ impl PatroniCluster {
             cluster.members.push(Member {
                 conf,
                 patroni: None,
+                rest_port,
             });
             cluster.start_member(i)?;
             let (role, what) = match i {
@@ -123,6 +126,12 @@ impl PatroniCluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// Member `i`'s REST API, `http://127.0.0.1:PORT`.
+    pub fn rest_url(&self, i: usize) -> Option<String> {
+        let port = self.members.get(i)?.rest_port;
+        Some(format!("http://127.0.0.1:{port}"))
     }
 
     /// `patronictl switchover --leader <from> --candidate <to> --force`.
@@ -158,6 +167,28 @@ impl PatroniCluster {
             }
         }
         Ok(())
+    }
+
+    /// Freezes member `i`'s Patroni (SIGSTOP), or thaws it (SIGCONT): its
+    /// PostgreSQL runs on unwatched, as if the agent hung. (Its member key
+    /// in the DCS expires after `ttl`.)
+    pub fn freeze_patroni(&self, i: usize, frozen: bool) -> Result<(), LocalPgError> {
+        let child = self.members[i].patroni.as_ref().ok_or_else(|| {
+            LocalPgError::Timeout(format!(
+                "{}'s Patroni is not running",
+                self.pg.nodes[i].name
+            ))
+        })?;
+        let signal = if frozen {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).map_err(|e| LocalPgError::Command {
+            program: "kill".into(),
+            output: e.to_string(),
+        })
     }
 
     /// Starts member `i`'s Patroni (again, after [`PatroniCluster::kill_host`]).

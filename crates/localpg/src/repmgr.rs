@@ -55,6 +55,8 @@ pub struct RepmgrCluster {
     confs: Vec<PathBuf>,
     /// repmgrd on each node.
     daemons: Vec<Child>,
+    /// How it was built: a standby added later is built the same way.
+    spec: RepmgrSpec,
 }
 
 /// The nodes as a [`LocalCluster`]: their names, ports and directories,
@@ -87,10 +89,17 @@ impl RepmgrCluster {
         cluster_spec
             .extra_conf
             .push("shared_preload_libraries = 'repmgr'".into());
-        // repmgr connects to every node through its Unix socket, replication included.
-        cluster_spec
-            .hba_first
-            .push("local replication all trust".into());
+        // repmgr connects to every node as its conninfo says: over TCP on
+        // loopback (a host other programs, pgherd's discovery among them,
+        // can reach), replication included, as the superuser without a
+        // password (a real setup would use a .pgpass).
+        for line in [
+            "local replication all trust",
+            "host all postgres 127.0.0.1/32 trust",
+            "host replication postgres 127.0.0.1/32 trust",
+        ] {
+            cluster_spec.hba_first.push(line.into());
+        }
         let mut pg = LocalCluster::start(cluster_spec)?;
         // From now on pg_ctl runs the primary, as it will every other node.
         pg.nodes[0].stop(node::StopMode::Fast)?;
@@ -98,12 +107,13 @@ impl RepmgrCluster {
             pg,
             confs: Vec::new(),
             daemons: Vec::new(),
+            spec: spec.clone(),
         };
-        cluster.write_conf(0, &spec)?;
+        cluster.write_conf(0)?;
         cluster.start_server(0)?;
         cluster.repmgr(0, &["primary", "register"])?;
         for i in 1..=spec.standbys {
-            cluster.clone_standby(i, &spec)?;
+            cluster.clone_standby(i)?;
         }
         for i in 0..cluster.pg.nodes.len() {
             cluster.start_daemon(i)?;
@@ -175,6 +185,22 @@ impl RepmgrCluster {
         )
     }
 
+    /// A new standby, cloned from node 0 and registered with repmgr
+    /// (`repmgr standby clone`, `repmgr standby register`), its repmgrd
+    /// started; returns its index.
+    pub fn add_standby(&mut self) -> Result<usize, LocalPgError> {
+        let i = self.pg.nodes.len();
+        self.clone_standby(i)?;
+        self.start_daemon(i)?;
+        Ok(i)
+    }
+
+    /// `repmgr standby unregister` of standby `i`: its record leaves
+    /// `repmgr.nodes` (the server runs on).
+    pub fn unregister(&self, i: usize) -> Result<(), LocalPgError> {
+        self.repmgr(i, &["standby", "unregister"])
+    }
+
     /// Starts repmgrd on node `i`.
     fn start_daemon(&mut self, i: usize) -> Result<(), LocalPgError> {
         let name = format!("repmgrd-{}", self.pg.nodes[i].name);
@@ -190,14 +216,14 @@ impl RepmgrCluster {
         Ok(())
     }
 
-    fn clone_standby(&mut self, i: usize, spec: &RepmgrSpec) -> Result<(), LocalPgError> {
+    fn clone_standby(&mut self, i: usize) -> Result<(), LocalPgError> {
         let name = format!("pg{i}");
         let node = LocalNode::new(&name, self.pg.dir(), node::free_port()?);
         let home = node.data_dir.parent().unwrap_or(self.pg.dir()).to_owned();
         std::fs::create_dir_all(&home).map_err(io_err("create node dir"))?;
         crate::RunAs::chown(self.pg.run_as, &home)?;
         self.pg.nodes.push(node);
-        self.write_conf(i, spec)?;
+        self.write_conf(i)?;
         let sock = self.pg.socket_dir().display().to_string();
         let port0 = self.pg.nodes[0].port.to_string();
         self.repmgr(
@@ -230,8 +256,7 @@ impl RepmgrCluster {
 
     fn conninfo(&self, i: usize) -> String {
         format!(
-            "host={} port={} user=postgres dbname=postgres connect_timeout=2",
-            self.pg.socket_dir().display(),
+            "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2",
             self.pg.nodes[i].port
         )
     }
@@ -251,7 +276,8 @@ impl RepmgrCluster {
 
     /// Writes node `i`'s repmgr.conf, as repmgr's documentation has it for
     /// automatic failover, with pg_ctl as every service command.
-    fn write_conf(&mut self, i: usize, spec: &RepmgrSpec) -> Result<(), LocalPgError> {
+    fn write_conf(&mut self, i: usize) -> Result<(), LocalPgError> {
+        let spec = &self.spec;
         let dir = self.pg.dir().to_owned();
         let node = &self.pg.nodes[i];
         let name = &node.name;

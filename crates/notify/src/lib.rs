@@ -36,7 +36,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
 use tokio_rustls::TlsConnector;
 
-use crate::http::Endpoint;
+use pgherd_http::Endpoint;
 
 /// Notifications that may wait for one destination.
 pub const QUEUE: usize = 64;
@@ -512,7 +512,7 @@ enum Outcome {
 }
 
 fn outcome(
-    sent: Result<Result<http::Answer, http::PostError>, tokio::time::error::Elapsed>,
+    sent: Result<Result<http::Answer, pgherd_http::HttpError>, tokio::time::error::Elapsed>,
     timeout: Duration,
 ) -> Outcome {
     match sent {
@@ -882,6 +882,23 @@ mod tests {
             ClusterEvent::NodeRemoved {
                 node: "a".into(),
                 source: pgherd_cluster::Source::Config,
+            },
+            ClusterEvent::ManagerDisagrees {
+                node: "a".into(),
+                manager: pgherd_cluster::Source::Repmgr,
+                manager_says: pgherd_cluster::Role::Primary,
+                probes_say: pgherd_cluster::Role::Standby,
+            },
+            ClusterEvent::ManagerAgrees {
+                node: "a".into(),
+                manager: pgherd_cluster::Source::Repmgr,
+            },
+            ClusterEvent::DiscoveryFailed {
+                manager: pgherd_cluster::Source::Patroni,
+                reason: "r".into(),
+            },
+            ClusterEvent::DiscoveryRecovered {
+                manager: pgherd_cluster::Source::Patroni,
             },
         ];
         let proxy = [

@@ -147,7 +147,7 @@ fn import(pgbouncer: &std::path::Path, haproxy: &[PathBuf]) -> anyhow::Result<()
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config =
         pgherd_config::Config::load(path).with_context(|| format!("loading {}", path.display()))?;
-    pgherd_tls::Contexts::new(&config.general).context("loading the TLS files")?;
+    let tls = pgherd_tls::Contexts::new(&config.general).context("loading the TLS files")?;
     let notified = pgherd_notify::check(&config.notify).context("[notify]")?;
     let g = &config.general;
     let mut listeners = vec![format!("{} (primary)", g.listen_addr)];
@@ -157,14 +157,32 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             .iter()
             .map(|l| format!("{} ({:?})", l.addr, l.target).to_lowercase()),
     );
-    let nodes: Vec<String> = config
-        .nodes
-        .iter()
-        .map(|n| format!("{} {}:{}", n.name, n.host, n.port))
+    let node = |n: &pgherd_config::Node, source: pgherd_cluster::Source| {
+        format!("{} {}:{} ({})", n.name, n.host, n.port, source.as_str())
+    };
+    let mut nodes: Vec<String> = (config.nodes.iter())
+        .map(|n| node(n, pgherd_cluster::Source::Config))
         .collect();
+    // With discovery, the manager is asked now, as pgherd would at start.
+    let discovered =
+        runtime(1)?.block_on(pgherd_cluster::discovery::members_now(&config, &tls.server));
+    let discovery = match discovered {
+        None => None,
+        Some((manager, Ok(members))) => {
+            nodes = members.iter().map(|m| node(&m.node, m.source)).collect();
+            Some(format!("{} read", manager.as_str()))
+        }
+        Some((manager, Err(why))) => Some(format!(
+            "{}: cannot be read now ({why}); pgherd would start with [[nodes]] and keep trying",
+            manager.as_str()
+        )),
+    };
     println!("{}: OK", path.display());
     println!("  listeners: {}", listeners.join(", "));
     println!("  nodes: {}", nodes.join(", "));
+    if let Some(discovery) = discovery {
+        println!("  discovery: {discovery}");
+    }
     println!(
         "  {} database entries, {} users, pool_mode {}, auth_type {}",
         config.databases.len(),

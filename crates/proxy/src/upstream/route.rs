@@ -490,6 +490,7 @@ mod tests {
                     priority: 0,
                 }))
             }],
+            authority: None,
             primary: Some(0),
             split_brain: false,
             version: 1,

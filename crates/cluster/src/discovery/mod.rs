@@ -1,0 +1,317 @@
+//! Nodes from the cluster manager (`discovery = "repmgr"` or `"patroni"`):
+//! every `discovery_interval` the manager's member list is read and handed
+//! to the cluster as that source's members (see [`crate::members`]), so a
+//! standby the manager registers is probed and joins reads with no edit of
+//! pgherd's configuration, and one it drops leaves.
+//!
+//! The manager says which nodes exist; pgherd's probes still say what
+//! each one is. Where the manager's role for a node and the probes' differ
+//! in two readings in a row (one reading may fall in the middle of a
+//! failover), that is an event (`manager_disagrees`, then
+//! `manager_agrees`) and a metric, never an override. A manager that cannot
+//! be read changes nothing: the last list stands (`discovery_failed`, then
+//! `discovery_recovered`).
+
+pub(crate) mod patroni;
+pub(crate) mod repmgr;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::event::{ClusterEvent, Role};
+use crate::members::{Member, Source};
+use crate::topology::{Authority, Topology};
+use crate::Cluster;
+
+/// What a manager lists.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Listing {
+    pub(crate) members: Vec<Member>,
+    /// The role the manager gives each member, by its name there.
+    pub(crate) roles: Vec<(String, Role)>,
+    /// Nodes it lists that cannot be members, each with the reason.
+    pub(crate) skipped: Vec<(String, String)>,
+    /// The member it names as the one primary.
+    pub(crate) leader: Option<String>,
+    /// Its leader is the fencing authority (see `topology::Authority`).
+    pub(crate) authority: bool,
+}
+
+/// A node the manager and the probes see in different roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disagreement {
+    pub node: String,
+    pub manager_says: Role,
+    pub probes_say: Role,
+}
+
+/// How discovery is doing, for metrics and the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryStatus {
+    pub manager: Source,
+    /// When the manager's list was last read.
+    pub last_read: Option<SystemTime>,
+    /// Why the last reading failed, while it does.
+    pub last_error: Option<String>,
+    /// Readings that failed since start.
+    pub failures: u64,
+    /// Nodes whose roles differ, as last reported.
+    pub disagreements: Vec<Disagreement>,
+}
+
+/// The manager discovery reads.
+#[derive(Debug)]
+pub(crate) enum Reader {
+    Repmgr(repmgr::Repmgr),
+    Patroni(patroni::Patroni),
+}
+
+impl Reader {
+    /// The reader `config`'s `discovery` asks for, if any.
+    pub(crate) fn new(
+        config: &pgherd_config::Config,
+        tls: &pgherd_tls::ServerTls,
+    ) -> Option<Reader> {
+        let g = &config.general;
+        match g.discovery {
+            pgherd_config::Discovery::None => None,
+            pgherd_config::Discovery::Repmgr => Some(Reader::Repmgr(repmgr::Repmgr {
+                probe: g.probe(),
+                tls: tls.clone(),
+                database: g.repmgr_database.clone(),
+            })),
+            pgherd_config::Discovery::Patroni => Some(Reader::Patroni(patroni::Patroni {
+                urls: (g.patroni_urls.iter())
+                    .filter_map(|u| {
+                        let url = format!("{}/cluster", u.trim_end_matches('/'));
+                        pgherd_http::Endpoint::parse(&url)
+                            .map_err(|why| tracing::error!("patroni_urls: {u:?}: {why}"))
+                            .ok()
+                    })
+                    .collect(),
+                timeout: g.probe_timeout,
+            })),
+        }
+    }
+
+    pub(crate) fn source(&self) -> Source {
+        match self {
+            Reader::Repmgr(_) => Source::Repmgr,
+            Reader::Patroni(_) => Source::Patroni,
+        }
+    }
+
+    async fn read(&self, topology: &Topology) -> Result<Listing, String> {
+        match self {
+            Reader::Repmgr(r) => r.read(topology).await,
+            Reader::Patroni(p) => p.read(topology).await,
+        }
+    }
+}
+
+/// What `pgherd check` shows: the members the manager lists now, merged
+/// with `config`'s nodes as a running pgherd would (`None` when
+/// `discovery` is off), or why the manager cannot be read.
+pub async fn members_now(
+    config: &pgherd_config::Config,
+    tls: &pgherd_tls::ServerTls,
+) -> Option<(Source, Result<Vec<Member>, String>)> {
+    let reader = Reader::new(config, tls)?;
+    let configured: Vec<Member> = (config.nodes.iter().cloned())
+        .map(Member::configured)
+        .collect();
+    // Nothing probed yet: the manager is asked through the configured nodes.
+    let topology = crate::topology::Evaluator::new(
+        configured.clone(),
+        crate::Thresholds {
+            rise: 1,
+            fall: 1,
+            max_lag_bytes: None,
+            max_lag: None,
+            orphan_timeout: Duration::ZERO,
+        },
+        None,
+    )
+    .topology()
+    .clone();
+    let listing = reader.read(&topology).await;
+    let members = listing.map(|l| crate::members::merge(&configured, &l.members));
+    Some((reader.source(), members))
+}
+
+/// Reads the manager every `interval` (every `fast_interval` while the
+/// cluster is unsettled: a failover's new leader is read at once), forever.
+pub(crate) async fn run(
+    cluster: Cluster,
+    reader: Reader,
+    (interval, fast_interval): (Duration, Duration),
+    status: Arc<Mutex<DiscoveryStatus>>,
+) {
+    let manager = reader.source();
+    let mut judge = Judge::default();
+    let mut skipped_said: Vec<(String, String)> = Vec::new();
+    let mut pause = pgherd_timerfd::Sleeper::new();
+    loop {
+        let asked = std::time::Instant::now();
+        let read = reader.read(&cluster.topology()).await;
+        let failing = status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_error
+            .is_some();
+        match read {
+            Ok(listing) => {
+                for skip in &listing.skipped {
+                    if !skipped_said.contains(skip) {
+                        tracing::warn!(
+                            "{} lists node {}, not used: {}",
+                            manager.as_str(),
+                            skip.0,
+                            skip.1
+                        );
+                    }
+                }
+                skipped_said = listing.skipped.clone();
+                cluster.set_members(manager, listing.members.clone());
+                if listing.authority {
+                    let leader = listing.leader.as_ref().and_then(|name| {
+                        let m = listing.members.iter().find(|m| m.node.name == *name)?;
+                        Some(Arc::new(m.node.clone()))
+                    });
+                    cluster.set_authority(Authority { manager, leader }, asked);
+                }
+                let found = disagreements(&cluster.topology(), &listing);
+                let events = judge.next(manager, found);
+                let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                s.last_read = Some(SystemTime::now());
+                s.last_error = None;
+                s.disagreements = judge.reported.values().cloned().collect();
+                drop(s);
+                if failing {
+                    cluster.announce(ClusterEvent::DiscoveryRecovered { manager });
+                }
+                for event in events {
+                    cluster.announce(event);
+                }
+            }
+            Err(reason) => {
+                let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                s.failures += 1;
+                s.last_error = Some(reason.clone());
+                drop(s);
+                if !failing {
+                    cluster.announce(ClusterEvent::DiscoveryFailed { manager, reason });
+                }
+            }
+        }
+        let unsettled = cluster.topology().unsettled();
+        pause
+            .sleep(if unsettled { fast_interval } else { interval })
+            .await;
+    }
+}
+
+/// The nodes the manager and the probes see in different roles: listed
+/// members the probes have seen up in a known role, matched by address.
+fn disagreements(topology: &Topology, listing: &Listing) -> Vec<Disagreement> {
+    let mut out = Vec::new();
+    for (name, says) in &listing.roles {
+        let Some(m) = listing.members.iter().find(|m| m.node.name == *name) else {
+            continue;
+        };
+        let probed = topology
+            .members()
+            .find(|(_, n)| n.node.host == m.node.host && n.node.port == m.node.port);
+        let Some((_, n)) = probed else { continue };
+        if n.up && n.role != Role::Unknown && n.role != *says {
+            out.push(Disagreement {
+                node: n.name.clone(),
+                manager_says: *says,
+                probes_say: n.role,
+            });
+        }
+    }
+    out
+}
+
+/// Which disagreements to report: those seen in two readings in a row.
+#[derive(Debug, Default)]
+struct Judge {
+    /// Seen in the last reading.
+    seen: BTreeMap<String, Disagreement>,
+    /// Reported and not resolved.
+    reported: BTreeMap<String, Disagreement>,
+}
+
+impl Judge {
+    fn next(&mut self, manager: Source, found: Vec<Disagreement>) -> Vec<ClusterEvent> {
+        let now: BTreeMap<String, Disagreement> =
+            found.into_iter().map(|d| (d.node.clone(), d)).collect();
+        let mut events = Vec::new();
+        for (node, d) in &now {
+            let twice = self.seen.get(node) == Some(d);
+            if twice && self.reported.get(node) != Some(d) {
+                self.reported.insert(node.clone(), d.clone());
+                events.push(ClusterEvent::ManagerDisagrees {
+                    node: node.clone(),
+                    manager,
+                    manager_says: d.manager_says,
+                    probes_say: d.probes_say,
+                });
+            }
+        }
+        let resolved: Vec<String> = (self.reported.keys())
+            .filter(|n| !now.contains_key(*n))
+            .cloned()
+            .collect();
+        for node in resolved {
+            self.reported.remove(&node);
+            events.push(ClusterEvent::ManagerAgrees { node, manager });
+        }
+        self.seen = now;
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(node: &str, says: Role, probes: Role) -> Disagreement {
+        Disagreement {
+            node: node.into(),
+            manager_says: says,
+            probes_say: probes,
+        }
+    }
+
+    #[test]
+    fn a_disagreement_is_reported_when_it_lasts_two_readings_and_ended_once() {
+        let mut j = Judge::default();
+        let pg1 = d("pg1", Role::Primary, Role::Standby);
+        assert!(j.next(Source::Repmgr, vec![pg1.clone()]).is_empty(), "once");
+        let events = j.next(Source::Repmgr, vec![pg1.clone()]);
+        assert_eq!(
+            events,
+            [ClusterEvent::ManagerDisagrees {
+                node: "pg1".into(),
+                manager: Source::Repmgr,
+                manager_says: Role::Primary,
+                probes_say: Role::Standby
+            }]
+        );
+        assert!(j.next(Source::Repmgr, vec![pg1]).is_empty(), "said once");
+        assert_eq!(
+            j.next(Source::Repmgr, Vec::new()),
+            [ClusterEvent::ManagerAgrees {
+                node: "pg1".into(),
+                manager: Source::Repmgr
+            }]
+        );
+        // A blip during a failover: never reported.
+        let pg2 = d("pg2", Role::Standby, Role::Primary);
+        assert!(j.next(Source::Repmgr, vec![pg2]).is_empty());
+        assert!(j.next(Source::Repmgr, Vec::new()).is_empty());
+    }
+}

@@ -1,0 +1,195 @@
+//! repmgr's node list: `repmgr.nodes`, which `repmgr primary register` and
+//! `repmgr standby register` fill and repmgr keeps up to date through
+//! promotions, follows and `repmgr standby unregister`. It is replicated,
+//! so any node can answer; the primary is asked first (its copy is the one
+//! repmgr writes).
+
+use pgherd_config::{Node, Probe};
+use tokio_postgres::config::Host;
+
+use super::Listing;
+use crate::event::Role;
+use crate::members::Member;
+use crate::probe::ProbeTarget;
+use crate::topology::Topology;
+use crate::Source;
+
+/// The columns discovery needs, in text (the simple protocol).
+const NODES_SQL: &str =
+    "SELECT node_name, conninfo, type, active::text FROM repmgr.nodes ORDER BY node_id";
+
+/// Reads `repmgr.nodes` as the probe user, in `repmgr_database`.
+#[derive(Debug)]
+pub(crate) struct Repmgr {
+    pub(crate) probe: Probe,
+    pub(crate) tls: pgherd_tls::ServerTls,
+    pub(crate) database: String,
+}
+
+impl Repmgr {
+    /// The node list from the first node that answers: the primary, then
+    /// the others in slot order.
+    pub(crate) async fn read(&self, topology: &Topology) -> Result<Listing, String> {
+        let mut order: Vec<&Node> = Vec::new();
+        if let Some(p) = topology.primary {
+            order.push(&topology.nodes[p].node);
+        }
+        for (i, n) in topology.members() {
+            if Some(i) != topology.primary {
+                order.push(&n.node);
+            }
+        }
+        let mut failures = Vec::new();
+        for node in order {
+            let target = ProbeTarget::new(node, &self.probe, &self.tls)
+                .in_database(&self.database, "pgherd discovery");
+            let read = tokio::time::timeout(self.probe.timeout, rows(&target)).await;
+            match read {
+                Ok(Ok(rows)) => return Ok(listing(&rows)),
+                Ok(Err(e)) => failures.push(format!("{}: {e}", node.name)),
+                Err(_) => failures.push(format!("{}: timed out", node.name)),
+            }
+        }
+        Err(format!(
+            "no node answered for repmgr.nodes ({})",
+            failures.join("; ")
+        ))
+    }
+}
+
+/// One row of `repmgr.nodes`: name, conninfo, type, active.
+type Row = [String; 4];
+
+async fn rows(target: &ProbeTarget) -> Result<Vec<Row>, String> {
+    let client = target.connect().await?;
+    let messages = client
+        .simple_query(NODES_SQL)
+        .await
+        .map_err(|e| match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        })?;
+    Ok(messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                let col = |i: usize| r.get(i).unwrap_or_default().to_owned();
+                Some([col(0), col(1), col(2), col(3)])
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// The members `rows` list: active primaries and standbys whose conninfo
+/// names a TCP host. The others are skipped, each with the reason.
+fn listing(rows: &[Row]) -> Listing {
+    let mut out = Listing::default();
+    for [name, conninfo, kind, active] in rows {
+        let role = match kind.as_str() {
+            "primary" => Role::Primary,
+            "standby" => Role::Standby,
+            other => {
+                out.skipped.push((
+                    name.clone(),
+                    format!("a {other} node holds no data to serve"),
+                ));
+                continue;
+            }
+        };
+        if active != "true" {
+            out.skipped
+                .push((name.clone(), "inactive in repmgr.nodes".into()));
+            continue;
+        }
+        match address(conninfo) {
+            Ok((host, port)) => {
+                out.members.push(Member {
+                    node: Node::at(name.clone(), host, port),
+                    source: Source::Repmgr,
+                });
+                out.roles.push((name.clone(), role));
+            }
+            Err(why) => out.skipped.push((name.clone(), why)),
+        }
+    }
+    out
+}
+
+/// The TCP host and port of a libpq conninfo (either form).
+fn address(conninfo: &str) -> Result<(String, u16), String> {
+    let config: tokio_postgres::Config = conninfo
+        .parse()
+        .map_err(|e| format!("its conninfo cannot be read: {e}"))?;
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    match config.get_hosts().first() {
+        Some(Host::Tcp(host)) => Ok((host.clone(), port)),
+        Some(Host::Unix(dir)) => Err(format!(
+            "its conninfo names a Unix socket ({}), which pgherd cannot reach: give repmgr a host",
+            dir.display()
+        )),
+        None => Err("its conninfo names no host".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, conninfo: &str, kind: &str, active: bool) -> Row {
+        [
+            name.into(),
+            conninfo.into(),
+            kind.into(),
+            active.to_string(),
+        ]
+    }
+
+    #[test]
+    fn active_data_nodes_with_a_tcp_host_are_members() {
+        let l = listing(&[
+            row(
+                "node1",
+                "host=10.1.1.195 user=repmgr dbname=repmgr connect_timeout=2",
+                "primary",
+                true,
+            ),
+            row(
+                "node2",
+                "host='10.1.1.196' port=5433 user=repmgr",
+                "standby",
+                true,
+            ),
+            row(
+                "node3",
+                "postgresql://repmgr@10.1.1.197:5434/repmgr",
+                "standby",
+                true,
+            ),
+            row("old", "host=10.1.1.198", "standby", false),
+            row("witness", "host=10.1.1.199", "witness", true),
+            row(
+                "local",
+                "host=/var/run/postgresql port=5432",
+                "standby",
+                true,
+            ),
+        ]);
+        let members: Vec<(&str, &str, u16)> = (l.members.iter())
+            .map(|m| (m.node.name.as_str(), m.node.host.as_str(), m.node.port))
+            .collect();
+        assert_eq!(
+            members,
+            [
+                ("node1", "10.1.1.195", 5432),
+                ("node2", "10.1.1.196", 5433),
+                ("node3", "10.1.1.197", 5434)
+            ]
+        );
+        assert!(l.members.iter().all(|m| m.source == Source::Repmgr));
+        assert_eq!(l.roles[0], ("node1".into(), Role::Primary));
+        let skipped: Vec<&str> = l.skipped.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(skipped, ["old", "witness", "local"]);
+        assert!(l.skipped[2].1.contains("Unix socket"), "{:?}", l.skipped);
+    }
+}
