@@ -225,6 +225,17 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// `members`, none probed yet.
+    pub fn unprobed(members: Vec<Member>) -> Topology {
+        Topology {
+            nodes: members.into_iter().map(NodeStatus::new).collect(),
+            authority: None,
+            primary: None,
+            split_brain: false,
+            version: 0,
+        }
+    }
+
     /// No primary, or the primary's last probe failed: a failover may be
     /// under way and probes should run at `probe_fast_interval`.
     /// Orphaned standbys count too: their `replica_orphan_timeout` is
@@ -324,22 +335,16 @@ impl Evaluator {
         thresholds: Thresholds,
         remembered: Option<Remembered>,
     ) -> Self {
-        let nodes: Vec<NodeStatus> = members.into_iter().map(NodeStatus::new).collect();
+        let count = members.len();
         Evaluator {
             thresholds,
-            last_streamed: vec![None; nodes.len()],
-            claimed_since: vec![None; nodes.len()],
+            last_streamed: vec![None; count],
+            claimed_since: vec![None; count],
             authority_read: None,
             outage: None,
             demoted: Vec::new(),
-            health: vec![Health::default(); nodes.len()],
-            current: Topology {
-                nodes,
-                authority: None,
-                primary: None,
-                split_brain: false,
-                version: 0,
-            },
+            health: vec![Health::default(); count],
+            current: Topology::unprobed(members),
             max_timeline: remembered.map_or(0, |r| r.timeline),
             system_identifier: remembered.map(|r| r.system_identifier),
         }

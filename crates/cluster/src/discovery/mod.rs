@@ -122,19 +122,7 @@ pub async fn members_now(
         .map(Member::configured)
         .collect();
     // Nothing probed yet: the manager is asked through the configured nodes.
-    let topology = crate::topology::Evaluator::new(
-        configured.clone(),
-        crate::Thresholds {
-            rise: 1,
-            fall: 1,
-            max_lag_bytes: None,
-            max_lag: None,
-            orphan_timeout: Duration::ZERO,
-        },
-        None,
-    )
-    .topology()
-    .clone();
+    let topology = Topology::unprobed(configured.clone());
     let listing = reader.read(&topology).await;
     let members = listing.map(|l| crate::members::merge(&configured, &l.members));
     Some((reader.source(), members))
