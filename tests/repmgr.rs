@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use pgherd_cluster::Source;
+use pgherd_cluster::{ClusterEvent, Role, Source};
 use pgherd_integration_tests::drill::*;
 use pgherd_integration_tests::*;
 
@@ -49,6 +49,49 @@ fn promoted_at(cluster: &RepmgrTestCluster, i: usize) -> f64 {
         .unwrap()
 }
 
+/// Each node's source as `pgherd check` (the manager read once), the JSON
+/// API and the metrics show it: pg1 from the configuration, pg0 and pg2
+/// from repmgr.
+async fn where_nodes_came_from(config: &PgherdBuilder, pgherd: &RunningPgherd) {
+    let expected = [("pg0", "repmgr"), ("pg1", "config"), ("pg2", "repmgr")];
+    let config = pgherd_config::Config::parse(&config.toml()).unwrap();
+    let tls = pgherd_tls::Contexts::new(&config.general).unwrap();
+    let (manager, members) = pgherd_cluster::discovery::members_now(&config, &tls.server)
+        .await
+        .unwrap();
+    assert_eq!(manager, Source::Repmgr);
+    let mut checked: Vec<(String, &str)> = (members.unwrap().iter())
+        .map(|m| (m.node.name.clone(), m.source.as_str()))
+        .collect();
+    checked.sort();
+    let want: Vec<(String, &str)> = expected.iter().map(|(n, s)| ((*n).into(), *s)).collect();
+    assert_eq!(checked, want, "pgherd check");
+
+    let (_, body) = http_get(pgherd, "/api/v1/nodes").await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for (name, source) in expected {
+        let node = json["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name);
+        assert_eq!(node.unwrap()["source"], source, "{body}");
+    }
+    assert_eq!(json["discovery"]["manager"], "repmgr", "{body}");
+    assert_eq!(
+        json["discovery"]["last_error"],
+        serde_json::Value::Null,
+        "{body}"
+    );
+
+    let (_, metrics) = http_get(pgherd, "/metrics").await;
+    for (name, source) in expected {
+        let line = format!("pgherd_node_source{{node=\"{name}\",source=\"{source}\"}} 1");
+        assert!(metrics.contains(&line), "no {line}");
+    }
+    assert!(metrics.contains("pgherd_discovery_up{manager=\"repmgr\"} 1"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repmgr_failover_rejoin_and_switchover() {
     // The seed's repmgr.conf: reconnect_attempts=5, reconnect_interval=5.
@@ -70,16 +113,15 @@ async fn repmgr_failover_rejoin_and_switchover() {
         .start()
         .await;
     pgherd.wait_settled(0).await;
-    let discovering = cluster
+    let discovering_config = cluster
         .pgherd()
         .nodes(&[1])
         .database("ro = { dbname = \"postgres\", target = \"replica\" }")
         .general("discovery = \"repmgr\"")
         // The kit's repmgr keeps its metadata where its conninfo points.
         .general("repmgr_database = \"postgres\"")
-        .general("discovery_interval = 0.5")
-        .start()
-        .await;
+        .general("discovery_interval = 0.5");
+    let discovering = discovering_config.start().await;
     discovering
         .wait_topology("pg0 and pg2 found in repmgr.nodes", |t| {
             let found = |name: &str| t.slot_of(name).map(|i| &t.nodes[i]);
@@ -89,6 +131,7 @@ async fn repmgr_failover_rejoin_and_switchover() {
                 && found("pg1").is_some_and(|n| n.source == Source::Config)
         })
         .await;
+    where_nodes_came_from(&discovering_config, &discovering).await;
 
     // --- Unplanned: the primary crashes; repmgrd promotes after 25 s.
     let mut events = pgherd.handle.cluster().subscribe();
@@ -245,4 +288,57 @@ async fn repmgr_failover_rejoin_and_switchover() {
             t.slot_of(&name).is_none()
         })
         .await;
+
+    // --- repmgr's metadata says pg2 is a primary; the probes find a
+    // standby: an event once two readings agree on it, the metric, and the
+    // probes keep routing (pg2 serves reads). Put back, they agree again.
+    let mut events = discovering.handle.cluster().subscribe();
+    let set_type = |kind: &str| {
+        let sql = format!("UPDATE repmgr.nodes SET type = '{kind}' WHERE node_name = 'pg2'");
+        cluster.pg.sql(0, &sql).unwrap();
+    };
+    set_type("primary");
+    let said = next_event(
+        &mut events,
+        |e| matches!(e, ClusterEvent::ManagerDisagrees { node, .. } if node == "pg2"),
+    )
+    .await;
+    assert_eq!(
+        said,
+        ClusterEvent::ManagerDisagrees {
+            node: "pg2".into(),
+            manager: Source::Repmgr,
+            manager_says: Role::Primary,
+            probes_say: Role::Standby
+        }
+    );
+    let (_, metrics) = http_get(&discovering, "/metrics").await;
+    assert!(metrics.contains("pgherd_discovery_disagreements{manager=\"repmgr\"} 1"));
+    let t = discovering.handle.topology();
+    assert!(t.slot_of("pg2").is_some_and(|i| t.nodes[i].serves_reads()));
+    set_type("standby");
+    next_event(
+        &mut events,
+        |e| matches!(e, ClusterEvent::ManagerAgrees { node, .. } if node == "pg2"),
+    )
+    .await;
+}
+
+/// The next cluster event `wanted` accepts (waiting up to 30 s).
+async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<pgherd_cluster::Event>,
+    wanted: impl Fn(&ClusterEvent) -> bool,
+) -> ClusterEvent {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(pgherd_cluster::Event::Cluster(e)) if wanted(&e) => return e,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("events ended: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .expect("the event within 30 s")
 }
