@@ -4,9 +4,10 @@
 //! `ttl`, and the member coming back as a replica. pgherd is driven by
 //! writer and reader clients throughout; each drill prints what they saw.
 //!
-//! pgherd reads Patroni's member list (`discovery = "patroni"`), whose
-//! leader is the fencing authority; a second instance knowing only pg0
-//! from its configuration finds the others there. At the end a replica is
+//! pgherd reads Patroni's member list (`discovery = "patroni"`, from the
+//! REST API), whose leader is the fencing authority; a second instance
+//! knowing only pg0 from its configuration finds the others in Patroni's
+//! DCS (etcd) itself. At the end a replica is
 //! promoted behind Patroni's back (its agent frozen): it is on a newer
 //! timeline than the leader, yet neither instance lets it take a write.
 //!
@@ -60,7 +61,20 @@ async fn patroni_switchover_failover_and_a_lost_leader() {
     };
     let pgherd = discovery(drill_pgherd(cluster.pgherd())).start().await;
     pgherd.wait_settled(0).await;
-    let second = discovery(cluster.pgherd().nodes(&[0])).start().await;
+    // The second instance reads Patroni's DCS itself.
+    let second = cluster
+        .pgherd()
+        .nodes(&[0])
+        .general("discovery = \"patroni\"")
+        .general(&format!(
+            "patroni_etcd_urls = [{:?}]",
+            cluster.pg.etcd_url()
+        ))
+        .general("patroni_scope = \"pgherd\"")
+        .general("patroni_namespace = \"/pgherd/\"")
+        .general("discovery_interval = 1")
+        .start()
+        .await;
     second
         .wait_topology("pg1 and pg2 from Patroni, pg0 its leader", |t| {
             let from_patroni = |name: &str| {

@@ -430,4 +430,10 @@ settings! {
     repmgr_database: String => String = "repmgr", NeedsRestart, as_is;
     /// Patroni REST API addresses; empty: port 8008 of every `[[nodes]]` host.
     patroni_urls: Vec<String> => Vec<String> = Vec::<String>::new(), NeedsRestart, as_is;
+    /// Read Patroni's DCS (etcd v3) at these addresses instead of its REST API.
+    patroni_etcd_urls: Vec<String> => Vec<String> = Vec::<String>::new(), NeedsRestart, as_is;
+    /// Patroni's `scope` (the cluster's name in the DCS), for `patroni_etcd_urls`.
+    patroni_scope: String => String = "", NeedsRestart, as_is;
+    /// Patroni's `namespace` in the DCS, for `patroni_etcd_urls`.
+    patroni_namespace: String => String = "/service/", NeedsRestart, as_is;
 }

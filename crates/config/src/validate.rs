@@ -152,10 +152,21 @@ impl File {
             ));
         }
 
-        if let Some(url) = (general.patroni_urls.iter()).find(|u| !u.starts_with("http://")) {
+        for (key, urls) in [
+            ("pgherd.patroni_urls", &general.patroni_urls),
+            ("pgherd.patroni_etcd_urls", &general.patroni_etcd_urls),
+        ] {
+            if let Some(url) = urls.iter().find(|u| !u.starts_with("http://")) {
+                return Err(invalid(
+                    key,
+                    format!("{url:?} is not an http:// URL (TLS towards Patroni or etcd is not supported yet)"),
+                ));
+            }
+        }
+        if !general.patroni_etcd_urls.is_empty() && general.patroni_scope.is_empty() {
             return Err(invalid(
-                "pgherd.patroni_urls",
-                format!("{url:?} is not an http:// URL (Patroni's REST API over TLS is not supported yet)"),
+                "pgherd.patroni_scope",
+                "set it to Patroni's scope (the cluster's name in the DCS) to read patroni_etcd_urls",
             ));
         }
 

@@ -52,6 +52,8 @@ pub struct PatroniCluster {
     /// data directories (their servers belong to Patroni).
     pg: LocalCluster,
     etcd: Option<Child>,
+    /// etcd's client port on 127.0.0.1.
+    etcd_port: u16,
     members: Vec<Member>,
 }
 
@@ -91,9 +93,11 @@ impl PatroniCluster {
         let mut cluster = PatroniCluster {
             pg,
             etcd: None,
+            etcd_port: 0,
             members: Vec::new(),
         };
         let etcd_port = cluster.start_etcd()?;
+        cluster.etcd_port = etcd_port;
         for i in 0..spec.members {
             let name = format!("pg{i}");
             let node = LocalNode::new(&name, cluster.pg.dir(), node::free_port()?);
@@ -126,6 +130,12 @@ impl PatroniCluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// The DCS: etcd's client URL, `http://127.0.0.1:PORT`. Patroni's keys
+    /// are under `/pgherd/pgherd/` (namespace `/pgherd/`, scope `pgherd`).
+    pub fn etcd_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.etcd_port)
     }
 
     /// Member `i`'s REST API, `http://127.0.0.1:PORT`.

@@ -81,17 +81,37 @@ impl Reader {
                 tls: tls.clone(),
                 database: g.repmgr_database.clone(),
             })),
-            pgherd_config::Discovery::Patroni => Some(Reader::Patroni(patroni::Patroni {
-                urls: (g.patroni_urls.iter())
-                    .filter_map(|u| {
-                        let url = format!("{}/cluster", u.trim_end_matches('/'));
-                        pgherd_http::Endpoint::parse(&url)
-                            .map_err(|why| tracing::error!("patroni_urls: {u:?}: {why}"))
-                            .ok()
-                    })
-                    .collect(),
-                timeout: g.probe_timeout,
-            })),
+            pgherd_config::Discovery::Patroni => {
+                let urls = |list: &[String], path: &str| -> Vec<pgherd_http::Endpoint> {
+                    (list.iter())
+                        .filter_map(|u| {
+                            let url = format!("{}{path}", u.trim_end_matches('/'));
+                            pgherd_http::Endpoint::parse(&url)
+                                .map_err(|why| tracing::error!("{u:?}: {why}"))
+                                .ok()
+                        })
+                        .collect()
+                };
+                let timeout = g.probe_timeout;
+                Some(Reader::Patroni(if g.patroni_etcd_urls.is_empty() {
+                    patroni::Patroni::Rest {
+                        urls: urls(&g.patroni_urls, "/cluster"),
+                        timeout,
+                    }
+                } else {
+                    // Patroni's own key layout: /<namespace>/<scope>/...
+                    let namespace = g.patroni_namespace.trim_matches('/');
+                    let prefix = match namespace {
+                        "" => format!("/{}/", g.patroni_scope),
+                        ns => format!("/{ns}/{}/", g.patroni_scope),
+                    };
+                    patroni::Patroni::Etcd {
+                        urls: urls(&g.patroni_etcd_urls, "/v3/kv/range"),
+                        prefix,
+                        timeout,
+                    }
+                }))
+            }
         }
     }
 

@@ -1,11 +1,22 @@
-//! Patroni's member list: `GET /cluster` on any member's REST API, which
-//! answers from its DCS (the members' keys and the leader key). Tags are
-//! respected: `noloadbalance` gives a member no reads (weight 0, as
-//! Patroni's own `/replica?noloadbalance` health check does for haproxy);
-//! `nofailover` is Patroni's business alone (pgherd never promotes).
+//! Patroni's member list and leader, from one of two places:
+//!
+//! * its REST API, `GET /cluster` on any member (each answers from its
+//!   view of the DCS), the default;
+//! * its DCS itself when `patroni_etcd_urls` is set: the keys under
+//!   `<namespace><scope>/` in etcd (v3, through etcd's JSON gateway): the
+//!   `leader` key, whose value is the leader's name, and one `members/<name>`
+//!   key per member. This still works while every Patroni agent is down,
+//!   and the leader is read from the key Patroni itself takes.
+//!
+//! Tags are respected: `noloadbalance` gives a member no reads (weight 0,
+//! as Patroni's own `/replica?noloadbalance` health check does for
+//! haproxy); `nofailover` is Patroni's business alone (pgherd never
+//! promotes).
 
 use std::time::Duration;
 
+use base64::Engine;
+use bytes::Bytes;
 use pgherd_config::Node;
 use pgherd_http::Endpoint;
 use serde::Deserialize;
@@ -19,60 +30,95 @@ use crate::Source;
 /// Patroni's REST API port when `patroni_urls` does not say.
 const DEFAULT_PORT: u16 = 8008;
 
-/// The most of a `/cluster` answer read: a few hundred bytes per member.
+/// The most of an answer read: a few hundred bytes per member.
 const BODY_LIMIT: usize = 1 << 20;
 
-/// Reads `/cluster` from the configured APIs, or from port 8008 of every
-/// member.
+/// Where Patroni's view is read.
 #[derive(Debug)]
-pub(crate) struct Patroni {
-    pub(crate) urls: Vec<Endpoint>,
-    pub(crate) timeout: Duration,
+pub(crate) enum Patroni {
+    /// `/cluster` on these APIs, or on port 8008 of every member.
+    Rest {
+        urls: Vec<Endpoint>,
+        timeout: Duration,
+    },
+    /// The keys under `prefix` (`<namespace><scope>/`) in etcd.
+    Etcd {
+        urls: Vec<Endpoint>,
+        prefix: String,
+        timeout: Duration,
+    },
 }
 
 impl Patroni {
-    /// The member list from the first API that answers.
+    /// The member list from the first endpoint that answers.
     pub(crate) async fn read(&self, topology: &Topology) -> Result<Listing, String> {
-        let derived: Vec<Endpoint>;
-        let urls = if self.urls.is_empty() {
-            derived = (topology.members())
-                .filter_map(|(_, n)| {
-                    Endpoint::parse(&format!("http://{}:{DEFAULT_PORT}/cluster", n.node.host)).ok()
-                })
-                .collect();
-            &derived
-        } else {
-            &self.urls
+        let (urls, timeout, what) = match self {
+            Patroni::Rest { urls, timeout } if urls.is_empty() => {
+                let derived = (topology.members())
+                    .filter_map(|(_, n)| {
+                        let url = format!("http://{}:{DEFAULT_PORT}/cluster", n.node.host);
+                        Endpoint::parse(&url).ok()
+                    })
+                    .collect();
+                (
+                    std::borrow::Cow::Owned(derived),
+                    *timeout,
+                    "Patroni REST API",
+                )
+            }
+            Patroni::Rest { urls, timeout } => (
+                std::borrow::Cow::Borrowed(urls),
+                *timeout,
+                "Patroni REST API",
+            ),
+            Patroni::Etcd { urls, timeout, .. } => {
+                (std::borrow::Cow::Borrowed(urls), *timeout, "etcd endpoint")
+            }
         };
         let mut failures = Vec::new();
-        for url in urls {
-            let got = tokio::time::timeout(self.timeout, pgherd_http::get(url, None, BODY_LIMIT));
-            let why = match got.await {
-                Ok(Ok(reply)) if reply.status.is_success() => {
-                    match serde_json::from_slice::<ClusterView>(&reply.body) {
-                        Ok(view) => return Ok(listing(view)),
-                        Err(e) => format!("not Patroni's /cluster: {e}"),
-                    }
-                }
-                Ok(Ok(reply)) => format!("answered {}", reply.status),
-                Ok(Err(e)) => e.to_string(),
+        for url in urls.iter() {
+            let why = match tokio::time::timeout(timeout, self.read_from(url)).await {
+                Ok(Ok(listing)) => return Ok(listing),
+                Ok(Err(why)) => why,
                 Err(_) => "timed out".into(),
             };
             failures.push(format!("{}: {why}", url.origin()));
         }
-        Err(format!(
-            "no Patroni REST API answered ({})",
-            failures.join("; ")
-        ))
+        Err(format!("no {what} answered ({})", failures.join("; ")))
+    }
+
+    async fn read_from(&self, url: &Endpoint) -> Result<Listing, String> {
+        match self {
+            Patroni::Rest { .. } => {
+                let body = answer(pgherd_http::get(url, None, BODY_LIMIT).await)?;
+                let view: ClusterView = serde_json::from_slice(&body)
+                    .map_err(|e| format!("not Patroni's /cluster: {e}"))?;
+                let leader = (view.members.iter())
+                    .find(|m| role(&m.role) == Role::Primary)
+                    .map(|m| m.name.clone());
+                Ok(listing(view.members, leader))
+            }
+            Patroni::Etcd { prefix, .. } => {
+                let request = range_request(prefix);
+                let body = answer(pgherd_http::post_json(url, request, None, BODY_LIMIT).await)?;
+                let range: Range = serde_json::from_slice(&body)
+                    .map_err(|e| format!("not an etcd range answer: {e}"))?;
+                dcs_listing(prefix, range)
+            }
+        }
     }
 }
 
-/// `GET /cluster`, as much of it as pgherd reads.
-#[derive(Debug, Deserialize)]
-struct ClusterView {
-    members: Vec<MemberView>,
+/// A 2xx answer's body, or what went wrong.
+fn answer(reply: Result<pgherd_http::Reply, pgherd_http::HttpError>) -> Result<Bytes, String> {
+    match reply {
+        Ok(r) if r.status.is_success() => Ok(r.body),
+        Ok(r) => Err(format!("answered {}", r.status)),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
+/// A member as Patroni describes it.
 #[derive(Debug, Deserialize)]
 struct MemberView {
     name: String,
@@ -89,33 +135,130 @@ struct Tags {
     noloadbalance: bool,
 }
 
-fn listing(view: ClusterView) -> Listing {
-    let mut out = Listing::default();
-    for m in view.members {
-        let role = match m.role.as_str() {
-            "leader" | "master" | "primary" => Role::Primary,
-            _ => Role::Standby,
-        };
+/// `GET /cluster`, as much of it as pgherd reads.
+#[derive(Debug, Deserialize)]
+struct ClusterView {
+    members: Vec<MemberView>,
+}
+
+fn role(name: &str) -> Role {
+    match name {
+        "leader" | "master" | "primary" => Role::Primary,
+        _ => Role::Standby,
+    }
+}
+
+/// The listing of `members`, `leader` (by name) being the authority's
+/// choice (none: no member may take writes).
+fn listing(members: Vec<MemberView>, leader: Option<String>) -> Listing {
+    let mut out = Listing {
+        authority: true,
+        ..Listing::default()
+    };
+    for m in members {
         let Some(host) = m.host.filter(|h| !h.is_empty()) else {
-            out.skipped
-                .push((m.name, "Patroni gives it no host (is it running?)".into()));
+            out.skipped.push((
+                m.name,
+                "Patroni gives it no address (is it running?)".into(),
+            ));
             continue;
         };
         let mut node = Node::at(m.name.clone(), host, m.port.unwrap_or(5432));
         if m.tags.noloadbalance {
             node.weight = 0;
         }
-        if role == Role::Primary {
+        if leader.as_deref() == Some(m.name.as_str()) {
             out.leader = Some(m.name.clone());
         }
-        out.roles.push((m.name, role));
+        out.roles.push((m.name, role(&m.role)));
         out.members.push(Member {
             node,
             source: Source::Patroni,
         });
     }
-    out.authority = true;
     out
+}
+
+/// etcd v3's `/v3/kv/range` body for every key under `prefix`.
+fn range_request(prefix: &str) -> Bytes {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut end = prefix.as_bytes().to_vec();
+    // The first key after every key starting with `prefix`.
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let body = serde_json::json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&end) });
+    Bytes::from(body.to_string())
+}
+
+/// etcd's range answer (keys and values in base64).
+#[derive(Debug, Deserialize)]
+struct Range {
+    #[serde(default)]
+    kvs: Vec<KeyValue>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyValue {
+    key: String,
+    #[serde(default)]
+    value: String,
+}
+
+/// A `members/<name>` key's value, as much of it as pgherd reads.
+#[derive(Debug, Deserialize)]
+struct MemberKey {
+    conn_url: Option<String>,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    tags: Tags,
+}
+
+/// The members and leader of the keys under `prefix`.
+fn dcs_listing(prefix: &str, range: Range) -> Result<Listing, String> {
+    let text = |b64: &str| -> Result<String, String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("etcd sent bad base64: {e}"))?;
+        String::from_utf8(bytes).map_err(|e| format!("etcd sent a value that is not text: {e}"))
+    };
+    let mut leader = None;
+    let mut members = Vec::new();
+    for kv in &range.kvs {
+        let key = text(&kv.key)?;
+        let Some(name) = key.strip_prefix(prefix) else {
+            continue;
+        };
+        if name == "leader" {
+            leader = Some(text(&kv.value)?);
+        } else if let Some(member) = name.strip_prefix("members/") {
+            let value: MemberKey = serde_json::from_str(&text(&kv.value)?)
+                .map_err(|e| format!("member key {key}: {e}"))?;
+            let address = (value.conn_url.as_deref())
+                .and_then(|u| u.parse::<tokio_postgres::Config>().ok())
+                .and_then(|c| {
+                    let port = c.get_ports().first().copied();
+                    match c.get_hosts().first() {
+                        Some(tokio_postgres::config::Host::Tcp(h)) => Some((h.clone(), port)),
+                        _ => None,
+                    }
+                });
+            members.push(MemberView {
+                name: member.to_owned(),
+                role: value.role,
+                host: address.as_ref().map(|a| a.0.clone()),
+                port: address.and_then(|a| a.1),
+                tags: value.tags,
+            });
+        }
+    }
+    if members.is_empty() {
+        return Err(format!(
+            "no Patroni member keys under {prefix} (scope and namespace right?)"
+        ));
+    }
+    Ok(listing(members, leader))
 }
 
 #[cfg(test)]
@@ -135,7 +278,8 @@ mod tests {
             ],
             "scope": "demo"
         }"#;
-        let l = listing(serde_json::from_str(body).unwrap());
+        let view: ClusterView = serde_json::from_str(body).unwrap();
+        let l = listing(view.members, Some("pg0".into()));
         let members: Vec<(&str, &str, u16, u32)> = (l.members.iter())
             .map(|m| {
                 let n = &m.node;
@@ -152,15 +296,75 @@ mod tests {
         );
         assert_eq!(l.leader.as_deref(), Some("pg0"));
         assert!(l.authority);
+        assert_eq!(l.roles[0], ("pg0".into(), Role::Primary));
         assert_eq!(l.roles[2], ("pg2".into(), Role::Standby));
         assert_eq!(l.skipped.len(), 1);
     }
 
     #[test]
-    fn a_cluster_without_a_leader_names_none() {
-        let body = r#"{"members": [{"name": "pg1", "role": "replica", "host": "h", "port": 1}]}"#;
-        let l = listing(serde_json::from_str(body).unwrap());
+    fn the_dcs_keys_give_the_members_and_the_leader_key_the_leader() {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let kv = |k: &str, v: &str| format!(r#"{{"key":"{}","value":"{}"}}"#, b64(k), b64(v));
+        let body = format!(
+            r#"{{"header":{{}},"kvs":[{},{},{},{}],"count":"4"}}"#,
+            kv("/service/demo/config", "{}"),
+            kv("/service/demo/leader", "pg1"),
+            kv(
+                "/service/demo/members/pg0",
+                r#"{"conn_url":"postgres://10.0.0.1:5432/postgres","role":"replica","state":"running"}"#
+            ),
+            kv(
+                "/service/demo/members/pg1",
+                r#"{"conn_url":"postgres://10.0.0.2:5433/postgres","role":"master","tags":{"noloadbalance":true}}"#
+            ),
+        );
+        let range: Range = serde_json::from_str(&body).unwrap();
+        let l = dcs_listing("/service/demo/", range).unwrap();
+        assert_eq!(l.leader.as_deref(), Some("pg1"));
+        let members: Vec<(&str, &str, u16, u32)> = (l.members.iter())
+            .map(|m| {
+                (
+                    m.node.name.as_str(),
+                    m.node.host.as_str(),
+                    m.node.port,
+                    m.node.weight,
+                )
+            })
+            .collect();
+        assert_eq!(
+            members,
+            [("pg0", "10.0.0.1", 5432, 1), ("pg1", "10.0.0.2", 5433, 0)]
+        );
+
+        // No leader key: an answer too (no member may take writes).
+        let range: Range = serde_json::from_str(&format!(
+            r#"{{"kvs":[{}]}}"#,
+            kv(
+                "/service/demo/members/pg0",
+                r#"{"conn_url":"postgres://h:1/postgres","role":"replica"}"#
+            )
+        ))
+        .unwrap();
+        let l = dcs_listing("/service/demo/", range).unwrap();
         assert_eq!(l.leader, None);
-        assert!(l.authority, "no leader is an answer too: no writes");
+        assert!(l.authority);
+        let empty: Range = serde_json::from_str("{}").unwrap();
+        assert!(dcs_listing("/service/demo/", empty)
+            .unwrap_err()
+            .contains("scope"));
+    }
+
+    #[test]
+    fn the_range_covers_every_key_under_the_prefix() {
+        let body: serde_json::Value =
+            serde_json::from_slice(&range_request("/service/demo/")).unwrap();
+        let decode = |v: &serde_json::Value| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap();
+            String::from_utf8(bytes).unwrap()
+        };
+        assert_eq!(decode(&body["key"]), "/service/demo/");
+        assert_eq!(decode(&body["range_end"]), "/service/demo0");
     }
 }
