@@ -188,7 +188,7 @@ impl Cluster {
                 g.discovery_interval,
                 probe.fast_interval.max(MIN_FAST_DISCOVERY),
             );
-            tokio::spawn(discovery::run(cluster.clone(), reader, pace, status));
+            tokio::spawn(follow_manager(cluster.clone(), reader, pace, status));
         }
         Ok(cluster)
     }
@@ -518,6 +518,78 @@ impl Evaluation {
         if primary_changed {
             self.counted = now;
         }
+    }
+}
+
+/// Reads the manager every `interval` (every `fast_interval` while the
+/// cluster is unsettled: a failover's new leader is read at once), forever.
+async fn follow_manager(
+    cluster: Cluster,
+    reader: discovery::Reader,
+    (interval, fast_interval): (Duration, Duration),
+    status: Arc<Mutex<discovery::DiscoveryStatus>>,
+) {
+    let manager = reader.source();
+    let mut judge = discovery::Judge::default();
+    let mut skipped_said: Vec<(String, String)> = Vec::new();
+    let mut pause = pgherd_timerfd::Sleeper::new();
+    loop {
+        let asked = std::time::Instant::now();
+        let read = reader.read(&cluster.topology()).await;
+        let failing = status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_error
+            .is_some();
+        match read {
+            Ok(listing) => {
+                for skip in &listing.skipped {
+                    if !skipped_said.contains(skip) {
+                        tracing::warn!(
+                            "{} lists node {}, not used: {}",
+                            manager.as_str(),
+                            skip.0,
+                            skip.1
+                        );
+                    }
+                }
+                skipped_said = listing.skipped.clone();
+                cluster.set_members(manager, listing.members.clone());
+                if listing.authority {
+                    let leader = listing.leader.as_ref().and_then(|name| {
+                        let m = listing.members.iter().find(|m| m.node.name == *name)?;
+                        Some(Arc::new(m.node.clone()))
+                    });
+                    cluster.set_authority(topology::Authority { manager, leader }, asked);
+                }
+                let found = discovery::disagreements(&cluster.topology(), &listing);
+                let events = judge.next(manager, found);
+                let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                s.last_read = Some(std::time::SystemTime::now());
+                s.last_error = None;
+                s.disagreements = judge.reported.values().cloned().collect();
+                drop(s);
+                if failing {
+                    cluster.announce(ClusterEvent::DiscoveryRecovered { manager });
+                }
+                for event in events {
+                    cluster.announce(event);
+                }
+            }
+            Err(reason) => {
+                let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                s.failures += 1;
+                s.last_error = Some(reason.clone());
+                drop(s);
+                if !failing {
+                    cluster.announce(ClusterEvent::DiscoveryFailed { manager, reason });
+                }
+            }
+        }
+        let unsettled = cluster.topology().unsettled();
+        pause
+            .sleep(if unsettled { fast_interval } else { interval })
+            .await;
     }
 }
 

@@ -16,13 +16,11 @@ pub(crate) mod patroni;
 pub(crate) mod repmgr;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::event::{ClusterEvent, Role};
 use crate::members::{Member, Source};
-use crate::topology::{Authority, Topology};
-use crate::Cluster;
+use crate::topology::Topology;
 
 /// What a manager lists.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -122,7 +120,7 @@ impl Reader {
         }
     }
 
-    async fn read(&self, topology: &Topology) -> Result<Listing, String> {
+    pub(crate) async fn read(&self, topology: &Topology) -> Result<Listing, String> {
         match self {
             Reader::Repmgr(r) => r.read(topology).await,
             Reader::Patroni(p) => p.read(topology).await,
@@ -148,81 +146,9 @@ pub async fn members_now(
     Some((reader.source(), members))
 }
 
-/// Reads the manager every `interval` (every `fast_interval` while the
-/// cluster is unsettled: a failover's new leader is read at once), forever.
-pub(crate) async fn run(
-    cluster: Cluster,
-    reader: Reader,
-    (interval, fast_interval): (Duration, Duration),
-    status: Arc<Mutex<DiscoveryStatus>>,
-) {
-    let manager = reader.source();
-    let mut judge = Judge::default();
-    let mut skipped_said: Vec<(String, String)> = Vec::new();
-    let mut pause = pgherd_timerfd::Sleeper::new();
-    loop {
-        let asked = std::time::Instant::now();
-        let read = reader.read(&cluster.topology()).await;
-        let failing = status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_error
-            .is_some();
-        match read {
-            Ok(listing) => {
-                for skip in &listing.skipped {
-                    if !skipped_said.contains(skip) {
-                        tracing::warn!(
-                            "{} lists node {}, not used: {}",
-                            manager.as_str(),
-                            skip.0,
-                            skip.1
-                        );
-                    }
-                }
-                skipped_said = listing.skipped.clone();
-                cluster.set_members(manager, listing.members.clone());
-                if listing.authority {
-                    let leader = listing.leader.as_ref().and_then(|name| {
-                        let m = listing.members.iter().find(|m| m.node.name == *name)?;
-                        Some(Arc::new(m.node.clone()))
-                    });
-                    cluster.set_authority(Authority { manager, leader }, asked);
-                }
-                let found = disagreements(&cluster.topology(), &listing);
-                let events = judge.next(manager, found);
-                let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
-                s.last_read = Some(SystemTime::now());
-                s.last_error = None;
-                s.disagreements = judge.reported.values().cloned().collect();
-                drop(s);
-                if failing {
-                    cluster.announce(ClusterEvent::DiscoveryRecovered { manager });
-                }
-                for event in events {
-                    cluster.announce(event);
-                }
-            }
-            Err(reason) => {
-                let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
-                s.failures += 1;
-                s.last_error = Some(reason.clone());
-                drop(s);
-                if !failing {
-                    cluster.announce(ClusterEvent::DiscoveryFailed { manager, reason });
-                }
-            }
-        }
-        let unsettled = cluster.topology().unsettled();
-        pause
-            .sleep(if unsettled { fast_interval } else { interval })
-            .await;
-    }
-}
-
 /// The nodes the manager and the probes see in different roles: listed
 /// members the probes have seen up in a known role, matched by address.
-fn disagreements(topology: &Topology, listing: &Listing) -> Vec<Disagreement> {
+pub(crate) fn disagreements(topology: &Topology, listing: &Listing) -> Vec<Disagreement> {
     let mut out = Vec::new();
     for (name, says) in &listing.roles {
         let Some(m) = listing.members.iter().find(|m| m.node.name == *name) else {
@@ -245,15 +171,15 @@ fn disagreements(topology: &Topology, listing: &Listing) -> Vec<Disagreement> {
 
 /// Which disagreements to report: those seen in two readings in a row.
 #[derive(Debug, Default)]
-struct Judge {
+pub(crate) struct Judge {
     /// Seen in the last reading.
     seen: BTreeMap<String, Disagreement>,
     /// Reported and not resolved.
-    reported: BTreeMap<String, Disagreement>,
+    pub(crate) reported: BTreeMap<String, Disagreement>,
 }
 
 impl Judge {
-    fn next(&mut self, manager: Source, found: Vec<Disagreement>) -> Vec<ClusterEvent> {
+    pub(crate) fn next(&mut self, manager: Source, found: Vec<Disagreement>) -> Vec<ClusterEvent> {
         let now: BTreeMap<String, Disagreement> =
             found.into_iter().map(|d| (d.node.clone(), d)).collect();
         let mut events = Vec::new();

@@ -23,9 +23,8 @@ use serde::Deserialize;
 
 use super::Listing;
 use crate::event::Role;
-use crate::members::Member;
+use crate::members::{Member, Source};
 use crate::topology::Topology;
-use crate::Source;
 
 /// Patroni's REST API port when `patroni_urls` does not say.
 const DEFAULT_PORT: u16 = 8008;

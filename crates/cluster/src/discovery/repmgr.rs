@@ -9,10 +9,9 @@ use tokio_postgres::config::Host;
 
 use super::Listing;
 use crate::event::Role;
-use crate::members::Member;
+use crate::members::{Member, Source};
 use crate::probe::ProbeTarget;
 use crate::topology::Topology;
-use crate::Source;
 
 /// The columns discovery needs, in text (the simple protocol).
 const NODES_SQL: &str =
