@@ -172,5 +172,23 @@ async fn patroni_switchover_failover_and_a_lost_leader() {
             leader_port
         );
     }
+    // An instance started now (a restart, with no state file) asks the DCS
+    // before it elects anyone: it writes to the leader too.
+    let restarted = discovery(cluster.pgherd()).start().await;
+    restarted
+        .wait_topology("the leader primary, the rogue fenced", |t| {
+            let named = |i: Option<usize>| i.map(|i| t.nodes[i].name.as_str());
+            named(t.primary) == Some(leader_name.as_str())
+                && t.slot_of(&rogue_name).is_some_and(|i| t.nodes[i].fenced)
+        })
+        .await;
+    let writer = restarted
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    assert_eq!(
+        simple_value(&writer, "SELECT inet_server_port()").await,
+        leader_port
+    );
     cluster.pg.freeze_patroni(rogue, false).unwrap();
 }

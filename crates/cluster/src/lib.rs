@@ -116,7 +116,7 @@ impl Cluster {
             .cloned()
             .map(Member::configured)
             .collect();
-        let evaluator = topology::Evaluator::new(
+        let mut evaluator = topology::Evaluator::new(
             configured.clone(),
             Thresholds {
                 rise: probe.rise,
@@ -127,6 +127,9 @@ impl Cluster {
             },
             remembered,
         );
+        if config.general.discovery == pgherd_config::Discovery::Patroni {
+            evaluator.await_authority(Source::Patroni);
+        }
         let (topo_tx, topo_rx) = watch::channel(Arc::new(evaluator.topology().clone()));
         let (events, _) = broadcast::channel(256);
         let schedule = Arc::new(probe::Schedule::new(probe));

@@ -483,6 +483,17 @@ impl Evaluator {
 
     /// The manager whose leader is the only node that may be primary, as
     /// it last said (see [`Authority`]). Returns the events.
+    /// From now on only the leader `manager` names may be primary, and
+    /// until it has been read, none is (a fresh pgherd with Patroni's
+    /// discovery: the DCS decides, not the timelines). Nodes are not fenced
+    /// for it before the first reading.
+    pub fn await_authority(&mut self, manager: Source) {
+        self.current.authority = Some(Authority {
+            manager,
+            leader: None,
+        });
+    }
+
     /// `read` is when the manager was asked: a node that claimed to be
     /// primary since is not fenced for not being its leader (see
     /// [`Evaluator::elect`]).
@@ -1502,5 +1513,22 @@ mod tests {
         e.set_authority(leader(&e, "pg1"), at(3), at(3));
         assert_eq!(e.topology().primary, Some(1));
         assert!(e.topology().nodes[0].fenced);
+    }
+
+    #[test]
+    fn awaiting_the_authority_elects_no_one_and_fences_no_one() {
+        let mut e = eval(2);
+        e.await_authority(Source::Patroni);
+        e.apply(0, primary(1, 1000), t0());
+        e.apply(1, primary(2, 2000), t0());
+        assert_eq!(e.topology().primary, None);
+        assert!(e.topology().nodes.iter().all(|n| !n.fenced));
+        e.set_authority(leader(&e, "pg0"), at(1), at(1));
+        assert_eq!(
+            e.topology().primary,
+            Some(0),
+            "the older timeline: the DCS decides"
+        );
+        assert!(e.topology().nodes[1].fenced);
     }
 }
