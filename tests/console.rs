@@ -196,7 +196,16 @@ async fn console_access_and_errors() {
 
     // A stats user may look, not touch.
     let stats = console(&pgherd, "md5user", MD5_PASSWORD).await;
-    assert!(!simple_rows(&stats, "SHOW NODES").await.unwrap().is_empty());
+    let nodes = stats.simple_query("SHOW NODES").await.unwrap();
+    let sources: Vec<&str> = nodes
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get("source"),
+            _ => None,
+        })
+        .collect();
+    assert!(!sources.is_empty());
+    assert!(sources.iter().all(|s| *s == "config"), "{sources:?}");
     let err = stats.simple_query("PAUSE").await.unwrap_err();
     assert_eq!(sqlstate(&err), Some("42501"), "{err}");
     // ... and the session goes on.
