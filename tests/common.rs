@@ -436,3 +436,22 @@ pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("its address").port()
 }
+
+/// The next cluster event `wanted` accepts (waiting up to 30 s).
+pub async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<pgherd_cluster::Event>,
+    wanted: impl Fn(&pgherd_cluster::ClusterEvent) -> bool,
+) -> pgherd_cluster::ClusterEvent {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(pgherd_cluster::Event::Cluster(e)) if wanted(&e) => return e,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("events ended: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .expect("the event within 30 s")
+}

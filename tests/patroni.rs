@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use pgherd_cluster::Source;
+use pgherd_cluster::{ClusterEvent, Source};
 use pgherd_integration_tests::drill::*;
 use pgherd_integration_tests::*;
 
@@ -191,4 +191,36 @@ async fn patroni_switchover_failover_and_a_lost_leader() {
         leader_port
     );
     cluster.pg.freeze_patroni(rogue, false).unwrap();
+
+    // --- The DCS hangs for a moment: the instance reading it says so once
+    // (and its metric), keeps the members and the leader it last read, and
+    // says when it can read it again.
+    let mut events = second.handle.cluster().subscribe();
+    let members_before = second.handle.topology().members().count();
+    cluster.pg.freeze_etcd(true).unwrap();
+    let failed = next_event(&mut events, |e| {
+        matches!(e, ClusterEvent::DiscoveryFailed { .. })
+    })
+    .await;
+    let (_, metrics) = http_get(&second, "/metrics").await;
+    cluster.pg.freeze_etcd(false).unwrap();
+    assert!(matches!(
+        failed,
+        ClusterEvent::DiscoveryFailed {
+            manager: Source::Patroni,
+            ..
+        }
+    ));
+    assert!(
+        metrics.contains("pgherd_discovery_up{manager=\"patroni\"} 0"),
+        "{metrics}"
+    );
+    let t = second.handle.topology();
+    assert_eq!(t.members().count(), members_before, "the last list stands");
+    let leader = t.authority.as_ref().and_then(|a| a.leader.as_ref());
+    assert_eq!(leader.map(|l| l.name.clone()), Some(leader_name.clone()));
+    next_event(&mut events, |e| {
+        matches!(e, ClusterEvent::DiscoveryRecovered { .. })
+    })
+    .await;
 }

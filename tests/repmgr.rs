@@ -323,22 +323,3 @@ async fn repmgr_failover_rejoin_and_switchover() {
     )
     .await;
 }
-
-/// The next cluster event `wanted` accepts (waiting up to 30 s).
-async fn next_event(
-    events: &mut tokio::sync::broadcast::Receiver<pgherd_cluster::Event>,
-    wanted: impl Fn(&ClusterEvent) -> bool,
-) -> ClusterEvent {
-    let wait = async {
-        loop {
-            match events.recv().await {
-                Ok(pgherd_cluster::Event::Cluster(e)) if wanted(&e) => return e,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("events ended: {e}"),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), wait)
-        .await
-        .expect("the event within 30 s")
-}

@@ -183,22 +183,14 @@ impl PatroniCluster {
     /// PostgreSQL runs on unwatched, as if the agent hung. (Its member key
     /// in the DCS expires after `ttl`.)
     pub fn freeze_patroni(&self, i: usize, frozen: bool) -> Result<(), LocalPgError> {
-        let child = self.members[i].patroni.as_ref().ok_or_else(|| {
-            LocalPgError::Timeout(format!(
-                "{}'s Patroni is not running",
-                self.pg.nodes[i].name
-            ))
-        })?;
-        let signal = if frozen {
-            nix::sys::signal::Signal::SIGSTOP
-        } else {
-            nix::sys::signal::Signal::SIGCONT
-        };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, signal).map_err(|e| LocalPgError::Command {
-            program: "kill".into(),
-            output: e.to_string(),
-        })
+        freeze(self.members[i].patroni.as_ref(), frozen)
+    }
+
+    /// Freezes etcd (SIGSTOP), or thaws it: the DCS stops answering, as
+    /// if its host hung. Patroni's leader steps down after
+    /// `retry_timeout` without it.
+    pub fn freeze_etcd(&self, frozen: bool) -> Result<(), LocalPgError> {
+        freeze(self.etcd.as_ref(), frozen)
     }
 
     /// Starts member `i`'s Patroni (again, after [`PatroniCluster::kill_host`]).
@@ -362,4 +354,19 @@ fn which(program: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| PathBuf::from(d).join(program))
         .find(|p| p.is_file())
+}
+
+/// SIGSTOP (`frozen`) or SIGCONT to a helper process.
+fn freeze(child: Option<&Child>, frozen: bool) -> Result<(), LocalPgError> {
+    let child = child.ok_or_else(|| LocalPgError::Timeout("the process is not running".into()))?;
+    let signal = if frozen {
+        nix::sys::signal::Signal::SIGSTOP
+    } else {
+        nix::sys::signal::Signal::SIGCONT
+    };
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, signal).map_err(|e| LocalPgError::Command {
+        program: "kill".into(),
+        output: e.to_string(),
+    })
 }
