@@ -163,20 +163,24 @@ async fn standbys_added_and_removed_by_reload_under_load() {
     std::fs::write(&path, first.toml()).unwrap();
     pgherd.handle.set_config_file(path.clone());
 
-    // The load: reads on "ro" and writes on "app", every port read from
-    // counted with the phase it was seen in.
+    // The load: reads on "ro" and writes on "app". Each read's port is
+    // counted with the phase when it was sent and when it was answered:
+    // 0 before the first RELOAD, 1 while pg2 joins, 2 once it serves
+    // reads, 3 once pg1 is removed.
+    type Seen = HashMap<(usize, usize, u16), usize>;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::new()));
     let phase = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();
     for _ in 0..6 {
         let reader = pgherd.connect("app", APP_PASSWORD, "ro").await.unwrap();
         let writer = pgherd.app().await;
-        let (phase, stop) = (phase.clone(), stop.clone());
+        let (seen, phase, stop) = (seen.clone(), phase.clone(), stop.clone());
         load.push(tokio::spawn(async move {
-            let mut seen: HashMap<(usize, u16), usize> = HashMap::new();
             let mut errors = Vec::new();
+            let now = || phase.load(std::sync::atomic::Ordering::SeqCst);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let at = phase.load(std::sync::atomic::Ordering::Relaxed);
+                let sent = now();
                 match reader.simple_query("SELECT inet_server_port()").await {
                     Ok(rows) => {
                         let port = rows.iter().find_map(|m| match m {
@@ -184,7 +188,8 @@ async fn standbys_added_and_removed_by_reload_under_load() {
                             _ => None,
                         });
                         let port: u16 = port.unwrap_or_default().parse().unwrap_or_default();
-                        *seen.entry((at, port)).or_default() += 1;
+                        let mut seen = seen.lock().unwrap();
+                        *seen.entry((sent, now(), port)).or_default() += 1;
                     }
                     Err(e) => errors.push(e.to_string()),
                 }
@@ -192,9 +197,24 @@ async fn standbys_added_and_removed_by_reload_under_load() {
                     errors.push(e.to_string());
                 }
             }
-            (seen, errors)
+            errors
         }));
     }
+    // Waits (hang guard only) until the load has read from `port` in a
+    // request sent in phase `at` or later.
+    let read_there = |at: usize, port: u16| {
+        let seen = seen.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while !(seen.lock().unwrap().keys()).any(|&(sent, _, p)| sent >= at && p == port) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no read on port {port} from phase {at}"));
+        }
+    };
+    read_there(0, pg1).await;
     // A session-mode client on pg1.
     let mut on_pg1 = None;
     for _ in 0..10 {
@@ -210,6 +230,7 @@ async fn standbys_added_and_removed_by_reload_under_load() {
     let on_pg1 = on_pg1.expect("a session on pg1 (round robin over pg1 alone)");
 
     // Add pg2: it is probed, then serves reads.
+    phase.store(1, std::sync::atomic::Ordering::SeqCst);
     std::fs::write(&path, all.toml()).unwrap();
     pgherd.handle.reload().unwrap();
     pgherd
@@ -217,31 +238,30 @@ async fn standbys_added_and_removed_by_reload_under_load() {
             t.slot_of("pg2").is_some_and(|i| t.nodes[i].serves_reads())
         })
         .await;
-    phase.store(1, std::sync::atomic::Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    phase.store(2, std::sync::atomic::Ordering::SeqCst);
+    read_there(2, pg2).await;
 
     // Remove pg1: reads go on, on pg2 only.
     std::fs::write(&path, all.clone().nodes(&[0, 2]).toml()).unwrap();
     pgherd.handle.reload().unwrap();
     assert_eq!(pgherd.handle.topology().slot_of("pg1"), None);
-    phase.store(2, std::sync::atomic::Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    phase.store(3, std::sync::atomic::Ordering::SeqCst);
+    read_there(3, pg2).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut seen: HashMap<(usize, u16), usize> = HashMap::new();
     for task in load {
-        let (s, errors) = task.await.unwrap();
+        let errors = task.await.unwrap();
         assert!(errors.is_empty(), "clients saw errors: {errors:?}");
-        for (k, n) in s {
-            *seen.entry(k).or_default() += n;
-        }
     }
-    assert!(seen.contains_key(&(0, pg1)), "{seen:?}");
+    let seen = seen.lock().unwrap().clone();
+    let any = |f: &dyn Fn(usize, usize, u16) -> bool| seen.keys().any(|&(s, a, p)| f(s, a, p));
     assert!(
-        !seen.contains_key(&(0, pg2)),
-        "pg2 was not a node yet: {seen:?}"
+        !any(&|_, answered, port| answered == 0 && port == pg2),
+        "pg2 read from before it was added: {seen:?}"
     );
-    assert!(seen.contains_key(&(1, pg2)), "pg2 joined reads: {seen:?}");
-    assert!(!seen.contains_key(&(2, pg1)), "pg1 left reads: {seen:?}");
+    assert!(
+        !any(&|sent, _, port| sent == 3 && port == pg1),
+        "pg1 read from after it was removed: {seen:?}"
+    );
 
     // The session on pg1 is ended after shutdown_timeout, and pg1's
     // servers close.

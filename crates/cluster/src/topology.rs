@@ -128,6 +128,7 @@ impl NodeStatus {
     /// may serve reads. (A rejoining node serves reads once it streams.)
     pub fn serves_reads(&self) -> bool {
         self.up
+            && !self.removed
             && self.role == Role::Standby
             && !self.fenced
             && self.lag_ok
@@ -533,7 +534,7 @@ impl Evaluator {
         let claimants: Vec<usize> = (0..self.current.nodes.len())
             .filter(|&i| {
                 let n = &self.current.nodes[i];
-                n.up && n.role == Role::Primary
+                n.up && !n.removed && n.role == Role::Primary
             })
             .collect();
         for (i, since) in self.claimed_since.iter_mut().enumerate() {
