@@ -177,7 +177,7 @@ impl Cluster {
             discovery: None,
         };
         let g = &config.general;
-        let reader = discovery::Reader::new(config, tls);
+        let reader = discovery::Reader::new(config, tls).map_err(std::io::Error::other)?;
         if let Some(reader) = reader {
             let status = Arc::new(Mutex::new(discovery::DiscoveryStatus {
                 manager: reader.source(),

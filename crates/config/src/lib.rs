@@ -404,6 +404,30 @@ mod tests {
     }
 
     #[test]
+    fn discovery_urls_are_web_urls_and_etcd_needs_the_scope() {
+        let with = |lines: &str| {
+            Config::parse(&MINIMAL.replace("[pgherd]", &format!("[pgherd]\n{lines}")))
+        };
+        let ok = with(
+            "discovery = \"patroni\"\npatroni_urls = [\"https://10.0.0.1:8008\"]\n\
+             patroni_etcd_urls = [\"http://10.0.0.9:2379\"]\npatroni_scope = \"demo\"",
+        )
+        .unwrap();
+        assert_eq!(ok.general.discovery, Discovery::Patroni);
+        let err = with("patroni_urls = [\"ftp://10.0.0.1\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("patroni_urls") && err.contains("https://"),
+            "{err}"
+        );
+        let err = with("patroni_etcd_urls = [\"http://10.0.0.9:2379\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("patroni_scope"), "{err}");
+    }
+
+    #[test]
     fn peers_need_an_own_peer_id_and_valid_ids() {
         let peers = "\n[peers]\n1 = { host = \"10.0.0.1\" }\n2 = { host = \"h2\", port = 6432 }\n";
         let with_id = MINIMAL.replace("[pgherd]", "[pgherd]\npeer_id = 1");

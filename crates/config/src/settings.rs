@@ -436,4 +436,6 @@ settings! {
     patroni_scope: String => String = "", NeedsRestart, as_is;
     /// Patroni's `namespace` in the DCS, for `patroni_etcd_urls`.
     patroni_namespace: String => String = "/service/", NeedsRestart, as_is;
+    /// CA certificates (PEM) for https:// `patroni_urls` and `patroni_etcd_urls`; unset: the system's bundle.
+    discovery_ca_file: Option<String> => Option<PathBuf> = None::<String>, NeedsRestart, path;
 }

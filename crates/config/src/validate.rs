@@ -156,10 +156,11 @@ impl File {
             ("pgherd.patroni_urls", &general.patroni_urls),
             ("pgherd.patroni_etcd_urls", &general.patroni_etcd_urls),
         ] {
-            if let Some(url) = urls.iter().find(|u| !u.starts_with("http://")) {
+            let web = |u: &&String| u.starts_with("http://") || u.starts_with("https://");
+            if let Some(url) = urls.iter().find(|u| !web(u)) {
                 return Err(invalid(
                     key,
-                    format!("{url:?} is not an http:// URL (TLS towards Patroni or etcd is not supported yet)"),
+                    format!("{url:?} is not an http:// or https:// URL"),
                 ));
             }
         }

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+pub use tokio_rustls::TlsConnector;
 
 /// Where a URL points.
 #[derive(Debug, Clone, PartialEq, Eq)]

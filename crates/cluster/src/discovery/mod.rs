@@ -13,6 +13,9 @@
 //! `discovery_recovered`).
 
 pub(crate) mod patroni;
+
+/// Where Debian keeps the system's trusted CA certificates.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub(crate) mod repmgr;
 
 use std::collections::BTreeMap;
@@ -66,19 +69,20 @@ pub(crate) enum Reader {
 }
 
 impl Reader {
-    /// The reader `config`'s `discovery` asks for, if any.
+    /// The reader `config`'s `discovery` asks for, if any, or why it
+    /// cannot be made (a CA file that does not load).
     pub(crate) fn new(
         config: &pgherd_config::Config,
         tls: &pgherd_tls::ServerTls,
-    ) -> Option<Reader> {
+    ) -> Result<Option<Reader>, String> {
         let g = &config.general;
         match g.discovery {
-            pgherd_config::Discovery::None => None,
-            pgherd_config::Discovery::Repmgr => Some(Reader::Repmgr(repmgr::Repmgr {
+            pgherd_config::Discovery::None => Ok(None),
+            pgherd_config::Discovery::Repmgr => Ok(Some(Reader::Repmgr(repmgr::Repmgr {
                 probe: g.probe(),
                 tls: tls.clone(),
                 database: g.repmgr_database.clone(),
-            })),
+            }))),
             pgherd_config::Discovery::Patroni => {
                 let urls = |list: &[String], path: &str| -> Vec<pgherd_http::Endpoint> {
                     (list.iter())
@@ -91,10 +95,23 @@ impl Reader {
                         .collect()
                 };
                 let timeout = g.probe_timeout;
-                Some(Reader::Patroni(if g.patroni_etcd_urls.is_empty() {
+                let (etcd, rest) = (&g.patroni_etcd_urls, &g.patroni_urls);
+                let https = etcd.iter().chain(rest).any(|u| u.starts_with("https://"));
+                let tls = match https {
+                    false => None,
+                    true => {
+                        let ca = (g.discovery_ca_file.as_deref())
+                            .unwrap_or(std::path::Path::new(SYSTEM_CA_BUNDLE));
+                        let connector = pgherd_tls::https_connector(ca)
+                            .map_err(|e| format!("discovery_ca_file {}: {e}", ca.display()))?;
+                        Some(connector)
+                    }
+                };
+                Ok(Some(Reader::Patroni(if etcd.is_empty() {
                     patroni::Patroni::Rest {
-                        urls: urls(&g.patroni_urls, "/cluster"),
+                        urls: urls(rest, "/cluster"),
                         timeout,
+                        tls,
                     }
                 } else {
                     // Patroni's own key layout: /<namespace>/<scope>/...
@@ -104,11 +121,12 @@ impl Reader {
                         ns => format!("/{ns}/{}/", g.patroni_scope),
                     };
                     patroni::Patroni::Etcd {
-                        urls: urls(&g.patroni_etcd_urls, "/v3/kv/range"),
+                        urls: urls(etcd, "/v3/kv/range"),
                         prefix,
                         timeout,
+                        tls,
                     }
-                }))
+                })))
             }
         }
     }
@@ -135,7 +153,10 @@ pub async fn members_now(
     config: &pgherd_config::Config,
     tls: &pgherd_tls::ServerTls,
 ) -> Option<(Source, Result<Vec<Member>, String>)> {
-    let reader = Reader::new(config, tls)?;
+    let reader = match Reader::new(config, tls) {
+        Ok(reader) => reader?,
+        Err(why) => return Some((Source::Patroni, Err(why))),
+    };
     let configured: Vec<Member> = (config.nodes.iter().cloned())
         .map(Member::configured)
         .collect();

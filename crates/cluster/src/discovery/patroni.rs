@@ -18,7 +18,7 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use pgherd_config::Node;
-use pgherd_http::Endpoint;
+use pgherd_http::{Endpoint, TlsConnector};
 use serde::Deserialize;
 
 use super::Listing;
@@ -33,26 +33,40 @@ const DEFAULT_PORT: u16 = 8008;
 const BODY_LIMIT: usize = 1 << 20;
 
 /// Where Patroni's view is read.
-#[derive(Debug)]
 pub(crate) enum Patroni {
     /// `/cluster` on these APIs, or on port 8008 of every member.
     Rest {
         urls: Vec<Endpoint>,
         timeout: Duration,
+        /// For https:// URLs.
+        tls: Option<TlsConnector>,
     },
     /// The keys under `prefix` (`<namespace><scope>/`) in etcd.
     Etcd {
         urls: Vec<Endpoint>,
         prefix: String,
         timeout: Duration,
+        /// For https:// URLs.
+        tls: Option<TlsConnector>,
     },
+}
+
+impl std::fmt::Debug for Patroni {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, urls) = match self {
+            Patroni::Rest { urls, .. } => ("Rest", urls),
+            Patroni::Etcd { urls, .. } => ("Etcd", urls),
+        };
+        let origins: Vec<String> = urls.iter().map(Endpoint::origin).collect();
+        f.debug_tuple(what).field(&origins).finish()
+    }
 }
 
 impl Patroni {
     /// The member list from the first endpoint that answers.
     pub(crate) async fn read(&self, topology: &Topology) -> Result<Listing, String> {
         let (urls, timeout, what) = match self {
-            Patroni::Rest { urls, timeout } if urls.is_empty() => {
+            Patroni::Rest { urls, timeout, .. } if urls.is_empty() => {
                 let derived = (topology.members())
                     .filter_map(|(_, n)| {
                         let url = format!("http://{}:{DEFAULT_PORT}/cluster", n.node.host);
@@ -65,7 +79,7 @@ impl Patroni {
                     "Patroni REST API",
                 )
             }
-            Patroni::Rest { urls, timeout } => (
+            Patroni::Rest { urls, timeout, .. } => (
                 std::borrow::Cow::Borrowed(urls),
                 *timeout,
                 "Patroni REST API",
@@ -88,8 +102,8 @@ impl Patroni {
 
     async fn read_from(&self, url: &Endpoint) -> Result<Listing, String> {
         match self {
-            Patroni::Rest { .. } => {
-                let body = answer(pgherd_http::get(url, None, BODY_LIMIT).await)?;
+            Patroni::Rest { tls, .. } => {
+                let body = answer(pgherd_http::get(url, tls.as_ref(), BODY_LIMIT).await)?;
                 let view: ClusterView = serde_json::from_slice(&body)
                     .map_err(|e| format!("not Patroni's /cluster: {e}"))?;
                 let leader = (view.members.iter())
@@ -97,9 +111,10 @@ impl Patroni {
                     .map(|m| m.name.clone());
                 Ok(listing(view.members, leader))
             }
-            Patroni::Etcd { prefix, .. } => {
+            Patroni::Etcd { prefix, tls, .. } => {
                 let request = range_request(prefix);
-                let body = answer(pgherd_http::post_json(url, request, None, BODY_LIMIT).await)?;
+                let reply = pgherd_http::post_json(url, request, tls.as_ref(), BODY_LIMIT).await;
+                let body = answer(reply)?;
                 let range: Range = serde_json::from_slice(&body)
                     .map_err(|e| format!("not an etcd range answer: {e}"))?;
                 dcs_listing(prefix, range)
@@ -365,5 +380,67 @@ mod tests {
         };
         assert_eq!(decode(&body["key"]), "/service/demo/");
         assert_eq!(decode(&body["range_end"]), "/service/demo0");
+    }
+
+    /// An https server on 127.0.0.1 answering every request with `body`.
+    async fn https_server(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        body: &'static str,
+    ) -> u16 {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let chain = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut buf = [0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.flush().await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn an_https_api_is_read_when_its_certificate_verifies() {
+        let pki = pgherd_tls::test_pki::TestPki::new();
+        let body =
+            r#"{"members": [{"name": "pg0", "role": "leader", "host": "10.0.0.1", "port": 5432}]}"#;
+        let reader = |port: u16| Patroni::Rest {
+            urls: vec![Endpoint::parse(&format!("https://127.0.0.1:{port}/cluster")).unwrap()],
+            timeout: Duration::from_secs(10),
+            tls: Some(pgherd_tls::https_connector(&pki.ca_cert).unwrap()),
+        };
+        let nobody = Topology::unprobed(Vec::new());
+        let trusted = https_server(&pki.server_cert, &pki.server_key, body).await;
+        let l = reader(trusted).read(&nobody).await.unwrap();
+        assert_eq!(l.leader.as_deref(), Some("pg0"));
+
+        let rogue = https_server(&pki.rogue_cert, &pki.rogue_key, body).await;
+        let err = reader(rogue).read(&nobody).await.unwrap_err();
+        assert!(err.contains("TLS"), "{err}");
     }
 }
