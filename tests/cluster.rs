@@ -388,7 +388,7 @@ fn writes_on(cluster: &TestCluster, node: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_then_resurrected_old_primary_is_fenced_by_every_instance() {
-    let mut cluster = TestCluster::start(1);
+    let mut cluster = TestCluster::start(2);
     cluster
         .pg
         .sql(
@@ -397,6 +397,7 @@ async fn failover_then_resurrected_old_primary_is_fenced_by_every_instance() {
         )
         .unwrap();
     cluster.pg.wait_caught_up(0, 1).unwrap();
+    cluster.pg.wait_caught_up(0, 2).unwrap();
     let state_file = cluster.pg.dir().join("pgherd.state");
     let remember = format!("state_file = {:?}", state_file.display().to_string());
     let pgherd = cluster
@@ -455,6 +456,15 @@ async fn failover_then_resurrected_old_primary_is_fenced_by_every_instance() {
         simple_value(&after, "SELECT inet_server_port()").await,
         cluster.pg.node(1).port.to_string()
     );
+    // pg2 follows the new primary (as `repmgr standby follow` would) and
+    // makes a restartpoint on its timeline.
+    cluster.pg.stop(2, StopMode::Fast).unwrap();
+    cluster.pg.rejoin(2, 1).unwrap();
+    cluster
+        .pg
+        .wait_streaming(2, Duration::from_secs(30))
+        .unwrap();
+    cluster.pg.sql(2, "CHECKPOINT").unwrap();
 
     // The old primary comes back as a primary on the old timeline: fenced,
     // by both instances.
@@ -527,11 +537,24 @@ async fn failover_then_resurrected_old_primary_is_fenced_by_every_instance() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&err), Some("57P03"), "{err}");
-    // Without it, the old primary would have been taken for the primary.
-    let forgetful = cluster.pgherd().start().await;
-    forgetful
-        .wait_topology("pg0 primary without a state file", |t| t.primary == Some(0))
+    // Without it, a standby on the new timeline is the proof: pg2 follows
+    // timeline 2, so pg0 is fenced by a pgherd that never saw pg1 either.
+    let forgetful = cluster
+        .pgherd()
+        .general("primary_wait_timeout = 1")
+        .start()
         .await;
+    forgetful
+        .wait_topology("pg0 fenced by pg2's timeline, without a state file", |t| {
+            t.nodes[0].up && t.nodes[0].fenced && t.nodes[2].up && t.nodes[2].timeline == Some(2)
+        })
+        .await;
+    assert_eq!(forgetful.handle.topology().primary, None);
+    let err = forgetful
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("57P03"), "{err}");
     assert_eq!(writes_on(&cluster, 0), old_rows, "nothing written to pg0");
     drop((restarted, forgetful));
     cluster.pg.restart(1).unwrap();

@@ -12,7 +12,10 @@ use crate::topology::ProbeSample;
 /// One query answers everything pgherd needs about a node (PostgreSQL 10
 /// and later): its role, WAL positions, replay delay, timeline and WAL
 /// receiver state. The timeline of a primary comes from the name of the
-/// WAL file it writes, which changes the moment it is promoted. The system
+/// WAL file it writes, which changes the moment it is promoted; a
+/// standby's is the newest of what it receives, its last restartpoint's
+/// and its minimum recovery point's (the first is gone while it streams
+/// from no one). The system
 /// identifier tells which cluster a timeline belongs to (see `state`).
 pub const PROBE_SQL: &str = "\
 SELECT pg_is_in_recovery(),
@@ -23,8 +26,9 @@ SELECT pg_is_in_recovery(),
   CASE WHEN pg_is_in_recovery()
        THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,
   CASE WHEN pg_is_in_recovery()
-       THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
-                     (SELECT timeline_id FROM pg_control_checkpoint()))
+       THEN greatest((SELECT received_tli FROM pg_stat_wal_receiver),
+                     (SELECT timeline_id FROM pg_control_checkpoint()),
+                     (SELECT min_recovery_end_timeline FROM pg_control_recovery()))
        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int4 END,
   (SELECT status FROM pg_stat_wal_receiver),
   (SELECT system_identifier FROM pg_control_system())";
@@ -41,8 +45,9 @@ pub const PROBE_SQL_96: &str = "\
   CASE WHEN pg_is_in_recovery()
        THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,
   CASE WHEN pg_is_in_recovery()
-       THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
-                     (SELECT timeline_id FROM pg_control_checkpoint()))
+       THEN greatest((SELECT received_tli FROM pg_stat_wal_receiver),
+                     (SELECT timeline_id FROM pg_control_checkpoint()),
+                     (SELECT min_recovery_end_timeline FROM pg_control_recovery()))
        ELSE ('x' || substr(pg_xlogfile_name(pg_current_xlog_location()), 1, 8))::bit(32)::int4 END,
   (SELECT status FROM pg_stat_wal_receiver),
   (SELECT system_identifier FROM pg_control_system())";

@@ -10,7 +10,8 @@
 //! * **Role** comes from the latest successful probe, without delay: a
 //!   promotion is followed on the next probe.
 //! * **Exactly one primary.** Of the up nodes that are not in recovery, only
-//!   one on the highest timeline ever seen may take writes. A primary on a
+//!   one on the highest timeline ever seen (by a primary, or by a standby of
+//!   the same cluster receiving it) may take writes. A primary on a
 //!   lower timeline (an old primary restarted after a failover) is *fenced*,
 //!   even once the newer primary is down: its data has diverged. Two primaries
 //!   on the same timeline is a split brain that cannot be resolved by
@@ -574,6 +575,24 @@ impl Evaluator {
                 for &i in &claimants {
                     let tl = self.current.nodes[i].timeline.unwrap_or(0);
                     self.max_timeline = self.max_timeline.max(tl);
+                }
+                // A standby of the same cluster receiving a newer timeline
+                // is proof of a promotion, whether or not its primary can
+                // be seen from here: primaries on older timelines are
+                // obsolete (a fresh pgherd that cannot reach the new
+                // primary still fences the old one).
+                let cluster = self.system_identifier.or_else(|| {
+                    (claimants.iter()).find_map(|&i| self.current.nodes[i].system_identifier())
+                });
+                for n in &self.current.nodes {
+                    let ours = cluster.is_some() && n.system_identifier() == cluster;
+                    if n.up && !n.removed && n.role == Role::Standby && ours {
+                        let tl = n.timeline.unwrap_or(0);
+                        if tl > self.max_timeline {
+                            self.max_timeline = tl;
+                            self.system_identifier = cluster;
+                        }
+                    }
                 }
                 let newest: Vec<usize> = (claimants.iter().copied())
                     .filter(|&i| self.current.nodes[i].timeline.unwrap_or(0) == self.max_timeline)
@@ -1531,5 +1550,19 @@ mod tests {
             "the older timeline: the DCS decides"
         );
         assert!(e.topology().nodes[1].fenced);
+    }
+
+    #[test]
+    fn a_standby_on_a_newer_timeline_fences_an_old_primary_whose_successor_is_unseen() {
+        // A fresh evaluator (nothing remembered): pg1, promoted to
+        // timeline 2, is down; pg2 streams timeline 2; pg0 is back as a
+        // primary on timeline 1.
+        let mut e = eval(3);
+        e.apply(1, down(), t0());
+        e.apply(2, standby(2, 1000), t0());
+        e.apply(0, primary(1, 900), t0());
+        assert_eq!(e.topology().primary, None);
+        assert!(e.topology().nodes[0].fenced);
+        assert_eq!(e.remembered().map(|r| r.timeline), Some(2));
     }
 }
