@@ -44,6 +44,15 @@ async fn planned(
     assert!(failed.is_empty(), "no failed transaction: {failed:?}");
 }
 
+/// The port of the server a new session's write goes to.
+async fn write_port(pgherd: &RunningPgherd) -> String {
+    let writer = pgherd
+        .connect("app", APP_PASSWORD, "postgres")
+        .await
+        .unwrap();
+    simple_value(&writer, "SELECT inet_server_port()").await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patroni_switchover_failover_and_a_lost_leader() {
     let mut cluster = PatroniTestCluster::start(PatroniSpec::default());
@@ -163,14 +172,7 @@ async fn patroni_switchover_failover_and_a_lost_leader() {
         let t = instance.handle.topology();
         let primary = t.primary.map(|p| t.nodes[p].name.clone());
         assert_eq!(primary, Some(leader_name.clone()), "{}", t.describe());
-        let writer = instance
-            .connect("app", APP_PASSWORD, "postgres")
-            .await
-            .unwrap();
-        assert_eq!(
-            simple_value(&writer, "SELECT inet_server_port()").await,
-            leader_port
-        );
+        assert_eq!(write_port(instance).await, leader_port);
     }
     // An instance started now (a restart, with no state file) asks the DCS
     // before it elects anyone: it writes to the leader too.
@@ -182,14 +184,7 @@ async fn patroni_switchover_failover_and_a_lost_leader() {
                 && t.slot_of(&rogue_name).is_some_and(|i| t.nodes[i].fenced)
         })
         .await;
-    let writer = restarted
-        .connect("app", APP_PASSWORD, "postgres")
-        .await
-        .unwrap();
-    assert_eq!(
-        simple_value(&writer, "SELECT inet_server_port()").await,
-        leader_port
-    );
+    assert_eq!(write_port(&restarted).await, leader_port);
     cluster.pg.freeze_patroni(rogue, false).unwrap();
 
     // --- The DCS hangs for a moment: the instance reading it says so once

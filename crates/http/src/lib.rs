@@ -263,9 +263,6 @@ mod tests {
 
     #[tokio::test]
     async fn https_checks_the_certificate_against_the_ca_file_and_the_host() {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        use std::sync::Arc;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let pki = pgherd_tls::test_pki::TestPki::new();
@@ -276,19 +273,7 @@ mod tests {
             (&pki.wrong_host_cert, &pki.wrong_host_key, false),
         ];
         for (cert, key, valid) in cases {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .unwrap()
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-            let key = PrivateKeyDer::from_pem_file(key).unwrap();
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .unwrap();
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            let acceptor = pgherd_tls::test_pki::acceptor(cert, key);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap().port();
             tokio::spawn(async move {

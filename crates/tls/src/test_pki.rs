@@ -83,6 +83,25 @@ fn write_private(path: &Path, contents: &str) {
     f.write_all(contents.as_bytes()).unwrap();
 }
 
+/// A TLS acceptor presenting `cert` (a PEM chain) with `key`, for a test's
+/// own server (an https endpoint, say).
+pub fn acceptor(cert: &std::path::Path, key: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(crate::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
+
 impl TestPki {
     pub fn new() -> TestPki {
         let dir = tempfile::tempdir().unwrap();
