@@ -156,6 +156,23 @@ impl ClusterEvent {
         }
     }
 
+    /// Good news or routine (logged at `info`), rather than something an
+    /// operator should look at (`warn`).
+    pub fn is_routine(&self) -> bool {
+        matches!(
+            self,
+            ClusterEvent::LagOverThreshold { .. }
+                | ClusterEvent::LagUnderThreshold { .. }
+                | ClusterEvent::NodeAdded { .. }
+                | ClusterEvent::ManagerAgrees { .. }
+                | ClusterEvent::DiscoveryRecovered { .. }
+                | ClusterEvent::OrphanEnded {
+                    serves_reads: true,
+                    ..
+                }
+        )
+    }
+
     /// Its name in `[notify] events` and in notifications
     /// (`pgherd_config::NOTIFY_EVENTS`).
     pub fn kind(&self) -> &'static str {

@@ -196,12 +196,25 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// The cluster manager's leader, as it last said: the only node that
-    /// may be primary from now on (see [`topology::Authority`]).
-    /// `read` is when the manager was asked.
-    pub(crate) fn set_authority(&self, authority: topology::Authority, read: std::time::Instant) {
+    /// One reading of the cluster manager, applied at once: its members
+    /// and, when its leader is the fencing authority, that leader (the only
+    /// node that may be primary from now on: see [`topology::Authority`]),
+    /// with when the manager was asked.
+    pub(crate) fn take_reading(
+        &self,
+        manager: Source,
+        members: Vec<Member>,
+        authority: Option<(topology::Authority, std::time::Instant)>,
+    ) {
         let mut evaluation = self.evaluation.lock().unwrap_or_else(|e| e.into_inner());
-        evaluation.set_authority(authority, read);
+        let before = evaluation.evaluator.topology().version;
+        let mut happened = evaluation.change_members(manager, members);
+        if let Some((authority, read)) = authority {
+            let now = std::time::Instant::now();
+            let evaluator = &mut evaluation.evaluator;
+            happened.extend(evaluator.set_authority(Some(authority), read, now));
+        }
+        evaluation.publish(before, happened);
     }
 
     /// How reading the cluster manager goes, with `discovery` on.
@@ -212,14 +225,7 @@ impl Cluster {
 
     /// Logs `event` and announces it to every subscriber.
     pub(crate) fn announce(&self, event: ClusterEvent) {
-        match &event {
-            ClusterEvent::ManagerAgrees { .. } | ClusterEvent::DiscoveryRecovered { .. } => {
-                tracing::info!("{event}")
-            }
-            _ => tracing::warn!("{event}"),
-        }
-        // No subscriber is fine: the event is logged.
-        let _ = self.events.send(Event::Cluster(event));
+        announce(&self.events, event);
     }
 
     /// The nodes `source` lists now (the configuration's after a RELOAD,
@@ -244,6 +250,11 @@ impl Cluster {
             .nodes
             .get(slot)
             .map(|n| Arc::clone(&n.node))
+    }
+
+    /// How many node slots are in use (removed nodes' included).
+    pub fn slots(&self) -> usize {
+        self.topology.borrow().nodes.len()
     }
 
     /// The name of the node in `slot`, for messages.
@@ -418,9 +429,16 @@ impl Evaluation {
         self.publish(before, happened);
     }
 
-    /// Takes `source`'s new list: the merged members, probes started and
-    /// stopped to match.
+    /// Takes `source`'s new list and publishes the result.
     fn set_members(&mut self, source: Source, list: Vec<Member>) {
+        let before = self.evaluator.topology().version;
+        let happened = self.change_members(source, list);
+        self.publish(before, happened);
+    }
+
+    /// Takes `source`'s new list: the merged members, probes started and
+    /// stopped to match. Returns the events, for [`Evaluation::publish`].
+    fn change_members(&mut self, source: Source, list: Vec<Member>) -> Vec<ClusterEvent> {
         self.sources.insert(source, list);
         let configured = self
             .sources
@@ -431,7 +449,6 @@ impl Evaluation {
             .flat_map(|(_, list)| list.iter().cloned())
             .collect();
         let desired = members::merge(configured, &discovered);
-        let before = self.evaluator.topology().version;
         let (changes, happened) = self
             .evaluator
             .set_members(&desired, std::time::Instant::now());
@@ -442,15 +459,7 @@ impl Evaluation {
                 members::Change::Update(..) => {}
             }
         }
-        self.publish(before, happened);
-    }
-
-    /// Takes the manager's word on the leader.
-    fn set_authority(&mut self, authority: topology::Authority, read: std::time::Instant) {
-        let before = self.evaluator.topology().version;
-        let now = std::time::Instant::now();
-        let happened = self.evaluator.set_authority(Some(authority), read, now);
-        self.publish(before, happened);
+        happened
     }
 
     /// Publishes the evaluator's topology if it is newer than `before`,
@@ -506,17 +515,7 @@ impl Evaluation {
                 ClusterEvent::PrimaryChanged { to: Some(_), .. } => primary_changed = true,
                 _ => {}
             }
-            match &event {
-                ClusterEvent::LagOverThreshold { .. }
-                | ClusterEvent::LagUnderThreshold { .. }
-                | ClusterEvent::NodeAdded { .. }
-                | ClusterEvent::OrphanEnded {
-                    serves_reads: true, ..
-                } => tracing::info!("{event}"),
-                _ => tracing::warn!("{event}"),
-            }
-            // No subscriber is fine: events are also logged.
-            let _ = out.events.send(Event::Cluster(event));
+            announce(&out.events, event);
         }
         if primary_changed {
             self.counted = now;
@@ -557,14 +556,14 @@ async fn follow_manager(
                     }
                 }
                 skipped_said = listing.skipped.clone();
-                cluster.set_members(manager, listing.members.clone());
-                if listing.authority {
+                let authority = listing.authority.then(|| {
                     let leader = listing.leader.as_ref().and_then(|name| {
                         let m = listing.members.iter().find(|m| m.node.name == *name)?;
                         Some(Arc::new(m.node.clone()))
                     });
-                    cluster.set_authority(topology::Authority { manager, leader }, asked);
-                }
+                    (topology::Authority { manager, leader }, asked)
+                });
+                cluster.take_reading(manager, listing.members.clone(), authority);
                 let found = discovery::disagreements(&cluster.topology(), &listing);
                 let events = judge.next(manager, found);
                 let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
@@ -594,6 +593,17 @@ async fn follow_manager(
             .sleep(if unsettled { fast_interval } else { interval })
             .await;
     }
+}
+
+/// Logs `event` (see [`ClusterEvent::is_routine`]) and sends it to every
+/// subscriber; none is fine, the event is logged.
+fn announce(events: &broadcast::Sender<Event>, event: ClusterEvent) {
+    if event.is_routine() {
+        tracing::info!("{event}");
+    } else {
+        tracing::warn!("{event}");
+    }
+    let _ = events.send(Event::Cluster(event));
 }
 
 /// Applies every probe result, in the order they come.

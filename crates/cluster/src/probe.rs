@@ -298,7 +298,7 @@ fn sample(columns: &[Option<&str>]) -> Result<ProbeSample, String> {
 }
 
 /// The most useful text of a tokio-postgres error (its source for I/O errors).
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return db_reason(db.code().code(), db.message());
     }

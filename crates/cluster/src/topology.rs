@@ -483,8 +483,6 @@ impl Evaluator {
         (changes, events)
     }
 
-    /// The manager whose leader is the only node that may be primary, as
-    /// it last said (see [`Authority`]). Returns the events.
     /// From now on only the leader `manager` names may be primary, and
     /// until it has been read, none is (a fresh pgherd with Patroni's
     /// discovery: the DCS decides, not the timelines). Nodes are not fenced
@@ -496,9 +494,10 @@ impl Evaluator {
         });
     }
 
-    /// `read` is when the manager was asked: a node that claimed to be
-    /// primary since is not fenced for not being its leader (see
-    /// [`Evaluator::elect`]).
+    /// The manager whose leader is the only node that may be primary, as
+    /// it last said (see [`Authority`]). `read` is when the manager was
+    /// asked: a node that claimed to be primary since is not fenced for not
+    /// being its leader (see [`Evaluator::elect`]). Returns the events.
     pub fn set_authority(
         &mut self,
         authority: Option<Authority>,

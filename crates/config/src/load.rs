@@ -61,7 +61,7 @@ impl Default for Notify {
             telegram_api_url: "https://api.telegram.org".into(),
             events: Vec::new(),
             instance: String::new(),
-            ca_file: "/etc/ssl/certs/ca-certificates.crt".into(),
+            ca_file: crate::SYSTEM_CA_BUNDLE.into(),
             timeout: 10.0,
             pool_saturated_after: 10.0,
             login_failure_burst: 20,

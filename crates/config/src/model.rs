@@ -156,6 +156,10 @@ impl std::fmt::Debug for Telegram {
 }
 
 /// The cluster events `[notify] events` can name.
+/// Where Debian keeps the system's trusted CA certificates: what https
+/// towards webhooks and cluster managers trusts unless told otherwise.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 pub const NOTIFY_EVENTS: &[&str] = &[
     "node_up",
     "node_down",

@@ -13,9 +13,6 @@
 //! `discovery_recovered`).
 
 pub(crate) mod patroni;
-
-/// Where Debian keeps the system's trusted CA certificates.
-const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub(crate) mod repmgr;
 
 use std::collections::BTreeMap;
@@ -101,7 +98,7 @@ impl Reader {
                     false => None,
                     true => {
                         let ca = (g.discovery_ca_file.as_deref())
-                            .unwrap_or(std::path::Path::new(SYSTEM_CA_BUNDLE));
+                            .unwrap_or(std::path::Path::new(pgherd_config::SYSTEM_CA_BUNDLE));
                         let connector = pgherd_tls::https_connector(ca)
                             .map_err(|e| format!("discovery_ca_file {}: {e}", ca.display()))?;
                         Some(connector)
@@ -165,6 +162,23 @@ pub async fn members_now(
     let listing = reader.read(&topology).await;
     let members = listing.map(|l| crate::members::merge(&configured, &l.members));
     Some((reader.source(), members))
+}
+
+/// The TCP host and port of a libpq conninfo (`key=value` or URI form, as
+/// repmgr's `conninfo` and Patroni's `conn_url` give them).
+pub(crate) fn tcp_address(conninfo: &str) -> Result<(String, u16), String> {
+    let config: tokio_postgres::Config = conninfo
+        .parse()
+        .map_err(|e| format!("its conninfo cannot be read: {e}"))?;
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => Ok((host.clone(), port)),
+        Some(tokio_postgres::config::Host::Unix(dir)) => Err(format!(
+            "its conninfo names a Unix socket ({}), which pgherd cannot reach: give it a host",
+            dir.display()
+        )),
+        None => Err("its conninfo names no host".into()),
+    }
 }
 
 /// The nodes the manager and the probes see in different roles: listed

@@ -249,20 +249,13 @@ fn dcs_listing(prefix: &str, range: Range) -> Result<Listing, String> {
         } else if let Some(member) = name.strip_prefix("members/") {
             let value: MemberKey = serde_json::from_str(&text(&kv.value)?)
                 .map_err(|e| format!("member key {key}: {e}"))?;
-            let address = (value.conn_url.as_deref())
-                .and_then(|u| u.parse::<tokio_postgres::Config>().ok())
-                .and_then(|c| {
-                    let port = c.get_ports().first().copied();
-                    match c.get_hosts().first() {
-                        Some(tokio_postgres::config::Host::Tcp(h)) => Some((h.clone(), port)),
-                        _ => None,
-                    }
-                });
+            let address = (value.conn_url.as_deref()).and_then(|u| super::tcp_address(u).ok());
+            let (host, port) = address.unzip();
             members.push(MemberView {
                 name: member.to_owned(),
                 role: value.role,
-                host: address.as_ref().map(|a| a.0.clone()),
-                port: address.and_then(|a| a.1),
+                host,
+                port,
                 tags: value.tags,
             });
         }

@@ -5,7 +5,6 @@
 //! repmgr writes).
 
 use pgherd_config::{Node, Probe};
-use tokio_postgres::config::Host;
 
 use super::Listing;
 use crate::event::Role;
@@ -64,10 +63,7 @@ async fn rows(target: &ProbeTarget) -> Result<Vec<Row>, String> {
     let messages = client
         .simple_query(NODES_SQL)
         .await
-        .map_err(|e| match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.code().code(), db.message()),
-            None => e.to_string(),
-        })?;
+        .map_err(|e| crate::probe::describe(&e))?;
     Ok(messages
         .iter()
         .filter_map(|m| match m {
@@ -101,7 +97,7 @@ fn listing(rows: &[Row]) -> Listing {
                 .push((name.clone(), "inactive in repmgr.nodes".into()));
             continue;
         }
-        match address(conninfo) {
+        match super::tcp_address(conninfo) {
             Ok((host, port)) => {
                 out.members.push(Member {
                     node: Node::at(name.clone(), host, port),
@@ -113,22 +109,6 @@ fn listing(rows: &[Row]) -> Listing {
         }
     }
     out
-}
-
-/// The TCP host and port of a libpq conninfo (either form).
-fn address(conninfo: &str) -> Result<(String, u16), String> {
-    let config: tokio_postgres::Config = conninfo
-        .parse()
-        .map_err(|e| format!("its conninfo cannot be read: {e}"))?;
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    match config.get_hosts().first() {
-        Some(Host::Tcp(host)) => Ok((host.clone(), port)),
-        Some(Host::Unix(dir)) => Err(format!(
-            "its conninfo names a Unix socket ({}), which pgherd cannot reach: give repmgr a host",
-            dir.display()
-        )),
-        None => Err("its conninfo names no host".into()),
-    }
 }
 
 #[cfg(test)]
