@@ -198,14 +198,7 @@ fn drain_removed(shared: &Arc<Shared>, name: &str) {
         .filter(|(_, n)| n.removed && n.name == name)
         .map(|(i, _)| i)
         .collect();
-    for &slot in &slots {
-        for s in shared.registry.servers() {
-            if s.node == slot {
-                s.mark_close_needed();
-            }
-        }
-        shared.servers.pools.drain_node(slot);
-    }
+    shared.close_servers_where(|s| slots.contains(&s.node));
     let grace = shared.config().general.shutdown_timeout;
     let shared = Arc::downgrade(shared);
     tokio::spawn(async move {

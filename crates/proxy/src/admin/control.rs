@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use crate::registry::DatabaseControl;
+use crate::registry::{DatabaseControl, ServerInfo};
 use crate::shared::Shared;
 
 /// Why a control request could not be carried out.
@@ -120,17 +120,22 @@ impl Shared {
     /// Returns how many were marked.
     pub(crate) fn reconnect(&self, db: Option<&str>) -> Result<usize, ControlError> {
         let server_db = self.server_databases(db)?;
+        Ok(self.close_servers_where(|s| server_db.as_ref().is_none_or(|d| *d == s.database)))
+    }
+
+    /// Marks the open server connections `which` picks to be closed: idle
+    /// ones now, busy ones when their client releases them. Returns how
+    /// many were marked.
+    pub(crate) fn close_servers_where(&self, which: impl Fn(&ServerInfo) -> bool) -> usize {
         let mut marked = 0;
         for s in self.registry.servers() {
-            if server_db.as_ref().is_none_or(|d| *d == s.database) {
+            if which(&s) {
                 s.mark_close_needed();
                 marked += 1;
             }
         }
-        for i in 0..self.cluster().topology().nodes.len() {
-            self.servers.pools.close_idle_marked(i);
-        }
-        Ok(marked)
+        self.servers.pools.close_idle_marked();
+        marked
     }
 
     /// `WAIT_CLOSE`: waits until no server connection of `db` (all when

@@ -9,7 +9,7 @@
 //! changes under an open transaction (as pgbouncer, existing server
 //! connections stay). The node list applies to everyone at once: nodes
 //! added are probed and join routing, nodes removed are drained (see
-//! `crate::background::drain_removed_nodes`), weights and priorities take
+//! `crate::background::drain_on_changes`), weights and priorities take
 //! effect on every session's next pick. What needs a restart — the
 //! sockets pgherd listens on, the probes' settings, the state file, the
 //! tracked parameters, `[notify]` — keeps its running value, and the

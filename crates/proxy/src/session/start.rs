@@ -128,7 +128,7 @@ pub(super) async fn start(
         credential,
         mode,
         control,
-        nodes: shared.cluster().topology().nodes.len(),
+        nodes: shared.cluster().slots(),
     });
     // Everything needed from the login is copied out: the startup packet
     // and the rest go now, not at the end of the session.

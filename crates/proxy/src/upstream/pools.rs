@@ -192,9 +192,10 @@ impl Pools {
         }
     }
 
-    /// Closes the idle connections to node `node` that `RECONNECT` marked.
-    pub(crate) fn close_idle_marked(&self, node: usize) {
-        for pool in self.handles_where(|k| k.node == node) {
+    /// Closes the idle connections marked to be closed (`RECONNECT`, a
+    /// node that left).
+    pub(crate) fn close_idle_marked(&self) {
+        for pool in self.handles_where(|_| true) {
             let marked =
                 |c: &ServerConn| c.registered.as_ref().is_some_and(|r| r.info.close_needed());
             for conn in pool.drain_idle_where(marked) {
