@@ -283,4 +283,40 @@ mod tests {
         assert!(j.next(Source::Repmgr, vec![pg2]).is_empty());
         assert!(j.next(Source::Repmgr, Vec::new()).is_empty());
     }
+
+    #[test]
+    fn an_https_manager_needs_a_ca_file_that_loads() {
+        let config = pgherd_config::Config::parse(
+            "[pgherd]\nprobe_user = \"p\"\ndiscovery = \"patroni\"\n\
+             patroni_urls = [\"https://10.0.0.1:8008\"]\n\
+             discovery_ca_file = \"/nonexistent/ca.crt\"\n\
+             [[nodes]]\nname = \"a\"\nhost = \"h\"\n",
+        )
+        .unwrap();
+        let tls = pgherd_tls::Contexts::new(&config.general).unwrap();
+        let err = Reader::new(&config, &tls.server).unwrap_err();
+        assert!(
+            err.contains("discovery_ca_file /nonexistent/ca.crt"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn conninfos_give_tcp_addresses_or_say_why_not() {
+        assert_eq!(
+            tcp_address("host=10.0.0.1 port=5433 user=repmgr"),
+            Ok(("10.0.0.1".into(), 5433))
+        );
+        assert_eq!(
+            tcp_address("postgres://10.0.0.2/postgres"),
+            Ok(("10.0.0.2".into(), 5432))
+        );
+        assert!(tcp_address("host=/var/run/postgresql")
+            .unwrap_err()
+            .contains("Unix socket"));
+        assert!(tcp_address("host='unterminated")
+            .unwrap_err()
+            .contains("cannot be read"));
+        assert!(tcp_address("user=x").unwrap_err().contains("no host"));
+    }
 }

@@ -422,4 +422,62 @@ mod tests {
         let err = reader(rogue).read(&nobody).await.unwrap_err();
         assert!(err.contains("TLS"), "{err}");
     }
+
+    /// A plain HTTP server on 127.0.0.1 answering every request with
+    /// `status` and `body`.
+    async fn http_server(status: &'static str, body: &'static str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn an_api_that_fails_or_is_not_patroni_is_named_and_the_next_one_asked() {
+        let garbage = http_server("200 OK", "<html>hello</html>").await;
+        let failing = http_server("503 Service Unavailable", "").await;
+        let good = http_server(
+            "200 OK",
+            r#"{"members": [{"name": "pg0", "role": "leader", "host": "h", "port": 1}]}"#,
+        )
+        .await;
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let reader = |ports: &[u16]| Patroni::Rest {
+            urls: (ports.iter())
+                .map(|p| Endpoint::parse(&format!("http://127.0.0.1:{p}/cluster")).unwrap())
+                .collect(),
+            timeout: Duration::from_secs(10),
+            tls: None,
+        };
+        let nobody = Topology::unprobed(Vec::new());
+        let err = reader(&[garbage, failing, closed])
+            .read(&nobody)
+            .await
+            .unwrap_err();
+        assert!(err.contains("not Patroni's /cluster"), "{err}");
+        assert!(err.contains("answered 503"), "{err}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{closed}: connecting")),
+            "{err}"
+        );
+        let l = reader(&[closed, garbage, good])
+            .read(&nobody)
+            .await
+            .unwrap();
+        assert_eq!(l.leader.as_deref(), Some("pg0"));
+    }
 }
