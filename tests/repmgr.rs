@@ -132,6 +132,31 @@ async fn repmgr_failover_rejoin_and_switchover() {
         })
         .await;
     where_nodes_came_from(&discovering_config, &discovering).await;
+    // One session serves the readings (0.5 s apart), not a login each.
+    let sessions = || {
+        let sql = "SELECT coalesce(string_agg(pid::text, ','), '') FROM pg_stat_activity \
+                   WHERE application_name = 'pgherd discovery'";
+        cluster.pg.sql(0, sql).unwrap()
+    };
+    // (Readings before pg0 was probed as the primary asked pg1.)
+    let first = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let pids = sessions();
+            if !pids.is_empty() {
+                return pids;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("a discovery session on the primary");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!first.contains(','), "one session: {first:?}");
+    assert_eq!(
+        sessions(),
+        first,
+        "the same session read repmgr.nodes again"
+    );
 
     // --- Unplanned: the primary crashes; repmgrd promotes after 25 s.
     let mut events = pgherd.handle.cluster().subscribe();

@@ -61,7 +61,7 @@ pub struct DiscoveryStatus {
 /// The manager discovery reads.
 #[derive(Debug)]
 pub(crate) enum Reader {
-    Repmgr(repmgr::Repmgr),
+    Repmgr(Box<repmgr::Repmgr>),
     Patroni(patroni::Patroni),
 }
 
@@ -75,11 +75,9 @@ impl Reader {
         let g = &config.general;
         match g.discovery {
             pgherd_config::Discovery::None => Ok(None),
-            pgherd_config::Discovery::Repmgr => Ok(Some(Reader::Repmgr(repmgr::Repmgr {
-                probe: g.probe(),
-                tls: tls.clone(),
-                database: g.repmgr_database.clone(),
-            }))),
+            pgherd_config::Discovery::Repmgr => Ok(Some(Reader::Repmgr(Box::new(
+                repmgr::Repmgr::new(g.probe(), tls.clone(), g.repmgr_database.clone()),
+            )))),
             pgherd_config::Discovery::Patroni => {
                 let urls = |list: &[String], path: &str| -> Vec<pgherd_http::Endpoint> {
                     (list.iter())

@@ -4,6 +4,8 @@
 //! so any node can answer; the primary is asked first (its copy is the one
 //! repmgr writes).
 
+use std::sync::Mutex;
+
 use pgherd_config::{Node, Probe};
 
 use super::Listing;
@@ -19,12 +21,32 @@ const NODES_SQL: &str =
 /// Reads `repmgr.nodes` as the probe user, in `repmgr_database`.
 #[derive(Debug)]
 pub(crate) struct Repmgr {
-    pub(crate) probe: Probe,
-    pub(crate) tls: pgherd_tls::ServerTls,
-    pub(crate) database: String,
+    probe: Probe,
+    tls: pgherd_tls::ServerTls,
+    database: String,
+    /// The session of the last reading, kept for the next one while it
+    /// is to the node asked first: a reading every `discovery_interval`
+    /// (and more often during a failover) does not log in each time.
+    kept: Mutex<Option<Kept>>,
+}
+
+/// A session to the node whose address it names.
+#[derive(Debug)]
+struct Kept {
+    address: (String, u16),
+    client: tokio_postgres::Client,
 }
 
 impl Repmgr {
+    pub(crate) fn new(probe: Probe, tls: pgherd_tls::ServerTls, database: String) -> Repmgr {
+        Repmgr {
+            probe,
+            tls,
+            database,
+            kept: Mutex::new(None),
+        }
+    }
+
     /// The node list from the first node that answers: the primary, then
     /// the others in slot order.
     pub(crate) async fn read(&self, topology: &Topology) -> Result<Listing, String> {
@@ -37,13 +59,33 @@ impl Repmgr {
                 order.push(&n.node);
             }
         }
+        let address = |n: &Node| (n.host.clone(), n.port);
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let first = order.first().map(|n| address(n));
+        if let Some(kept) = kept.filter(|k| Some(&k.address) == first.as_ref()) {
+            let read = tokio::time::timeout(self.probe.timeout, rows(&kept.client)).await;
+            if let Ok(Ok(rows)) = read {
+                *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
+                return Ok(listing(&rows));
+            }
+            // Gone or hung: dropped, and a new session is opened below.
+        }
         let mut failures = Vec::new();
         for node in order {
             let target = ProbeTarget::new(node, &self.probe, &self.tls)
                 .in_database(&self.database, "pgherd discovery");
-            let read = tokio::time::timeout(self.probe.timeout, rows(&target)).await;
-            match read {
-                Ok(Ok(rows)) => return Ok(listing(&rows)),
+            let read = tokio::time::timeout(self.probe.timeout, async {
+                let client = target.connect().await?;
+                let rows = rows(&client).await?;
+                Ok::<_, String>((client, rows))
+            });
+            match read.await {
+                Ok(Ok((client, rows))) => {
+                    let address = address(node);
+                    *self.kept.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(Kept { address, client });
+                    return Ok(listing(&rows));
+                }
                 Ok(Err(e)) => failures.push(format!("{}: {e}", node.name)),
                 Err(_) => failures.push(format!("{}: timed out", node.name)),
             }
@@ -58,8 +100,7 @@ impl Repmgr {
 /// One row of `repmgr.nodes`: name, conninfo, type, active.
 type Row = [String; 4];
 
-async fn rows(target: &ProbeTarget) -> Result<Vec<Row>, String> {
-    let client = target.connect().await?;
+async fn rows(client: &tokio_postgres::Client) -> Result<Vec<Row>, String> {
     let messages = client
         .simple_query(NODES_SQL)
         .await
